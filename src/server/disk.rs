@@ -1,0 +1,671 @@
+//! The embedded server's object store: a flat key namespace on a local directory.
+//!
+//! Unlike `s3s-fs`, keys are not mapped to paths: every object is one file named by the
+//! SHA-256 of its key, so `x/`, `f` beside `f/g`, and any other S3 key are all storable.
+//! Invariants:
+//! - An object file holds the body, then a JSON trailer (key, size, ETag, mtime, user
+//!   metadata), then the trailer's length and a magic; body and metadata are written together
+//!   to a temporary file and renamed into place, so a write is atomic.
+//! - The in-memory index (`BTreeMap` per bucket) is rebuilt from the files on start and
+//!   updated under the bucket lock together with the rename, so listings are strongly
+//!   consistent with reads, as on S3.
+//! - Multipart uploads live under `uploads/<id>/` until completed or aborted, and survive a
+//!   restart (ListMultipartUploads finds them).
+
+use md5::{Digest, Md5};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use std::collections::BTreeMap;
+use std::fs::{self, File};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+const MAGIC: &[u8; 8] = b"PFSOBJ01";
+/// S3's minimum size of every part but the last.
+pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+
+/// What a store operation can fail with, mapped to S3 error codes by the protocol layer.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    #[error("no such bucket")]
+    NoSuchBucket,
+    #[error("bucket already exists")]
+    BucketExists,
+    #[error("bucket not empty")]
+    BucketNotEmpty,
+    #[error("no such key")]
+    NoSuchKey,
+    #[error("no such upload")]
+    NoSuchUpload,
+    #[error("precondition failed")]
+    PreconditionFailed,
+    #[error("invalid part: {0}")]
+    InvalidPart(String),
+    #[error("part too small")]
+    EntityTooSmall,
+    #[error("i/o: {0}")]
+    Io(#[from] io::Error),
+}
+
+pub type DiskResult<T> = Result<T, DiskError>;
+
+/// An object's metadata, as kept in its trailer and in the index.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub size: u64,
+    pub etag: String,
+    pub mtime_ns: u64,
+    #[serde(default)]
+    pub meta: BTreeMap<String, String>,
+    #[serde(default)]
+    pub content_type: Option<String>,
+}
+
+impl Entry {
+    pub fn modified(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_nanos(self.mtime_ns)
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Upload {
+    pub id: String,
+    pub key: String,
+    pub initiated_ns: u64,
+    pub meta: BTreeMap<String, String>,
+    pub content_type: Option<String>,
+}
+
+pub struct DiskStore {
+    root: PathBuf,
+    buckets: RwLock<BTreeMap<String, Arc<Bucket>>>,
+}
+
+pub struct Bucket {
+    dir: PathBuf,
+    pub created: SystemTime,
+    index: RwLock<BTreeMap<String, Entry>>,
+    uploads: Mutex<BTreeMap<String, Upload>>,
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+}
+
+fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write_lock<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock<T>(l: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DiskStore {
+    /// Opens (creating if needed) a store rooted at `root`, loading every bucket's index.
+    pub fn open(root: &Path) -> io::Result<DiskStore> {
+        fs::create_dir_all(root)?;
+        let mut buckets = BTreeMap::new();
+        for entry in fs::read_dir(root)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_dir() {
+                continue;
+            }
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            buckets.insert(name, Arc::new(Bucket::load(entry.path())?));
+        }
+        Ok(DiskStore { root: root.to_path_buf(), buckets: RwLock::new(buckets) })
+    }
+
+    pub fn create_bucket(&self, name: &str) -> DiskResult<()> {
+        let mut buckets = write_lock(&self.buckets);
+        if buckets.contains_key(name) {
+            return Err(DiskError::BucketExists);
+        }
+        let dir = self.root.join(name);
+        fs::create_dir_all(&dir)?;
+        buckets.insert(name.to_string(), Arc::new(Bucket::load(dir)?));
+        Ok(())
+    }
+
+    pub fn delete_bucket(&self, name: &str) -> DiskResult<()> {
+        let mut buckets = write_lock(&self.buckets);
+        let b = buckets.get(name).ok_or(DiskError::NoSuchBucket)?;
+        if !read_lock(&b.index).is_empty() {
+            return Err(DiskError::BucketNotEmpty);
+        }
+        fs::remove_dir_all(&b.dir)?;
+        buckets.remove(name);
+        Ok(())
+    }
+
+    pub fn bucket(&self, name: &str) -> DiskResult<Arc<Bucket>> {
+        read_lock(&self.buckets).get(name).cloned().ok_or(DiskError::NoSuchBucket)
+    }
+
+    pub fn bucket_names(&self) -> Vec<(String, SystemTime)> {
+        read_lock(&self.buckets).iter().map(|(n, b)| (n.clone(), b.created)).collect()
+    }
+}
+
+/// Where the listing resumes: strictly after a key, or after everything under a prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    AfterKey(String),
+    AfterPrefix(String),
+}
+
+impl Resume {
+    pub fn encode(&self) -> String {
+        match self {
+            Resume::AfterKey(k) => format!("k{}", hex::encode(k)),
+            Resume::AfterPrefix(p) => format!("p{}", hex::encode(p)),
+        }
+    }
+
+    pub fn decode(token: &str) -> Option<Resume> {
+        let (tag, rest) = token.split_at_checked(1)?;
+        let s = String::from_utf8(hex::decode(rest).ok()?).ok()?;
+        match tag {
+            "k" => Some(Resume::AfterKey(s)),
+            "p" => Some(Resume::AfterPrefix(s)),
+            _ => None,
+        }
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub objects: Vec<Entry>,
+    pub prefixes: Vec<String>,
+    pub next: Option<Resume>,
+}
+
+/// A body being written to a temporary file, hashed on the way.
+pub struct Staged {
+    path: PathBuf,
+    file: File,
+    md5: Md5,
+    size: u64,
+}
+
+impl Staged {
+    pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
+        self.md5.update(data);
+        self.size += data.len() as u64;
+        self.file.write_all(data)
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn finish_md5(&mut self) -> [u8; 16] {
+        std::mem::take(&mut self.md5).finalize().into()
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // A committed file has been renamed away; an abandoned one is removed.
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// Conditions S3 checks on a write, against the current object.
+#[derive(Debug, Default, Clone)]
+pub struct WriteCondition {
+    /// `If-None-Match: *`: fail if the key exists.
+    pub if_none_match_any: bool,
+    /// `If-Match: etag`: fail unless the current ETag matches.
+    pub if_match: Option<String>,
+}
+
+impl Bucket {
+    fn load(dir: PathBuf) -> io::Result<Bucket> {
+        for sub in ["objects", "tmp", "uploads"] {
+            fs::create_dir_all(dir.join(sub))?;
+        }
+        for e in fs::read_dir(dir.join("tmp"))? {
+            let _ = fs::remove_file(e?.path());
+        }
+        let mut index = BTreeMap::new();
+        for shard in fs::read_dir(dir.join("objects"))? {
+            let shard = shard?;
+            if !shard.file_type()?.is_dir() {
+                continue;
+            }
+            for f in fs::read_dir(shard.path())? {
+                let path = f?.path();
+                match File::open(&path).and_then(|mut f| read_trailer(&mut f)) {
+                    Ok(entry) => {
+                        index.insert(entry.key.clone(), entry);
+                    }
+                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping unreadable object file"),
+                }
+            }
+        }
+        let mut uploads = BTreeMap::new();
+        for u in fs::read_dir(dir.join("uploads"))? {
+            let p = u?.path().join("upload.json");
+            if let Ok(text) = fs::read(&p) {
+                if let Ok(up) = serde_json::from_slice::<Upload>(&text) {
+                    uploads.insert(up.id.clone(), up);
+                }
+            }
+        }
+        let created = fs::metadata(&dir).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
+        Ok(Bucket { dir, created, index: RwLock::new(index), uploads: Mutex::new(uploads) })
+    }
+
+    fn object_path(&self, key: &str) -> PathBuf {
+        let h = hex::encode(Sha256::digest(key.as_bytes()));
+        self.dir.join("objects").join(&h[..2]).join(&h)
+    }
+
+    pub fn stage(&self) -> io::Result<Staged> {
+        let path = self.dir.join("tmp").join(uuid::Uuid::new_v4().to_string());
+        let file = File::create(&path)?;
+        Ok(Staged { path, file, md5: Md5::new(), size: 0 })
+    }
+
+    /// Commits a staged body as `key`, checking `cond` atomically with the replacement.
+    pub fn commit(
+        &self,
+        mut staged: Staged,
+        key: &str,
+        etag: Option<String>,
+        meta: BTreeMap<String, String>,
+        content_type: Option<String>,
+        cond: &WriteCondition,
+    ) -> DiskResult<Entry> {
+        let md5 = staged.finish_md5();
+        let entry = Entry {
+            key: key.to_string(),
+            size: staged.size,
+            etag: etag.unwrap_or_else(|| hex::encode(md5)),
+            mtime_ns: now_ns(),
+            meta,
+            content_type,
+        };
+        write_trailer(&mut staged.file, &entry)?;
+        let dst = self.object_path(key);
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mut index = write_lock(&self.index);
+        let current = index.get(key);
+        if cond.if_none_match_any && current.is_some() {
+            return Err(DiskError::PreconditionFailed);
+        }
+        if let Some(want) = &cond.if_match {
+            match current {
+                Some(c) if etag_eq(&c.etag, want) => {}
+                _ => return Err(DiskError::PreconditionFailed),
+            }
+        }
+        fs::rename(&staged.path, &dst)?;
+        index.insert(key.to_string(), entry.clone());
+        Ok(entry)
+    }
+
+    pub fn lookup(&self, key: &str) -> Option<Entry> {
+        read_lock(&self.index).get(key).cloned()
+    }
+
+    /// Opens an object for reading: the file positioned at the start of the body, and the
+    /// entry read from the file itself (so a concurrent replacement cannot mix versions).
+    pub fn open(&self, key: &str) -> DiskResult<(File, Entry)> {
+        let mut f = match File::open(self.object_path(key)) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(DiskError::NoSuchKey),
+            Err(e) => return Err(e.into()),
+        };
+        let entry = read_trailer(&mut f)?;
+        if entry.key != key {
+            return Err(DiskError::NoSuchKey);
+        }
+        f.seek(SeekFrom::Start(0))?;
+        Ok((f, entry))
+    }
+
+    pub fn delete(&self, key: &str, if_match: Option<&str>) -> DiskResult<()> {
+        let mut index = write_lock(&self.index);
+        if let Some(want) = if_match {
+            match index.get(key) {
+                Some(c) if etag_eq(&c.etag, want) => {}
+                _ => return Err(DiskError::PreconditionFailed),
+            }
+        }
+        if index.remove(key).is_some() {
+            match fs::remove_file(self.object_path(key)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        read_lock(&self.index).is_empty()
+    }
+
+    /// ListObjectsV2 over the index: keys under `prefix`, strictly after `resume`, rolled up
+    /// at the first `delimiter` after the prefix, at most `max` items (objects + prefixes).
+    pub fn list(&self, prefix: &str, delimiter: Option<&str>, resume: Option<Resume>, max: usize) -> Listing {
+        use std::ops::Bound;
+        let index = read_lock(&self.index);
+        let mut out = Listing::default();
+        let mut lower: Bound<String> = Bound::Included(prefix.to_string());
+        match &resume {
+            Some(Resume::AfterKey(k)) if k.as_str() >= prefix => lower = Bound::Excluded(k.clone()),
+            Some(Resume::AfterPrefix(p)) if p.as_str() >= prefix => lower = prefix_successor(p),
+            _ => {}
+        }
+        let mut count = 0;
+        loop {
+            let mut range = index.range::<String, _>((lower.clone(), Bound::Unbounded));
+            let Some((key, entry)) = range.next() else { break };
+            if !key.starts_with(prefix) {
+                break;
+            }
+            let rolled = delimiter
+                .filter(|d| !d.is_empty())
+                .and_then(|d| key[prefix.len()..].find(d).map(|i| key[..prefix.len() + i + d.len()].to_string()));
+            if count == max {
+                out.next = match (out.objects.last(), out.prefixes.last()) {
+                    (Some(o), Some(p)) if o.key > *p => Some(Resume::AfterKey(o.key.clone())),
+                    (_, Some(p)) => Some(Resume::AfterPrefix(p.clone())),
+                    (Some(o), None) => Some(Resume::AfterKey(o.key.clone())),
+                    (None, None) => None,
+                };
+                break;
+            }
+            count += 1;
+            match rolled {
+                Some(cp) => {
+                    lower = prefix_successor(&cp);
+                    out.prefixes.push(cp);
+                }
+                None => {
+                    lower = Bound::Excluded(key.clone());
+                    out.objects.push(entry.clone());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn create_upload(
+        &self,
+        key: &str,
+        meta: BTreeMap<String, String>,
+        content_type: Option<String>,
+    ) -> DiskResult<Upload> {
+        let up = Upload { id: uuid::Uuid::new_v4().simple().to_string(), key: key.to_string(), initiated_ns: now_ns(), meta, content_type };
+        let dir = self.dir.join("uploads").join(&up.id);
+        fs::create_dir_all(&dir)?;
+        let json = serde_json::to_vec(&up).map_err(io::Error::other)?;
+        fs::write(dir.join("upload.json"), json)?;
+        lock(&self.uploads).insert(up.id.clone(), up.clone());
+        Ok(up)
+    }
+
+    fn upload(&self, key: &str, id: &str) -> DiskResult<Upload> {
+        match lock(&self.uploads).get(id) {
+            Some(u) if u.key == key => Ok(u.clone()),
+            _ => Err(DiskError::NoSuchUpload),
+        }
+    }
+
+    fn part_path(&self, id: &str, part: i32) -> PathBuf {
+        self.dir.join("uploads").join(id).join(format!("part-{part:05}"))
+    }
+
+    /// Stores a staged body as part `part` of an upload; returns its ETag.
+    pub fn put_part(&self, key: &str, id: &str, part: i32, mut staged: Staged) -> DiskResult<String> {
+        self.upload(key, id)?;
+        if !(1..=10_000).contains(&part) {
+            return Err(DiskError::InvalidPart(format!("part number {part} outside 1..=10000")));
+        }
+        let etag = hex::encode(staged.finish_md5());
+        let path = self.part_path(id, part);
+        fs::write(path.with_extension("etag"), &etag)?;
+        fs::rename(&staged.path, &path)?;
+        Ok(etag)
+    }
+
+    pub fn complete_upload(&self, key: &str, id: &str, parts: &[(i32, String)], cond: &WriteCondition) -> DiskResult<Entry> {
+        let up = self.upload(key, id)?;
+        if parts.is_empty() {
+            return Err(DiskError::InvalidPart("no parts".into()));
+        }
+        let mut staged = self.stage()?;
+        let mut md5s = Vec::new();
+        let mut last = 0;
+        for (i, (n, want)) in parts.iter().enumerate() {
+            if *n <= last {
+                return Err(DiskError::InvalidPart("parts not in ascending order".into()));
+            }
+            last = *n;
+            let path = self.part_path(id, *n);
+            let etag = fs::read_to_string(path.with_extension("etag")).map_err(|_| DiskError::InvalidPart(format!("part {n} missing")))?;
+            if !etag_eq(&etag, want) {
+                return Err(DiskError::InvalidPart(format!("part {n} etag mismatch")));
+            }
+            let mut f = File::open(&path)?;
+            let len = f.metadata()?.len();
+            if len < MIN_PART_SIZE && i + 1 < parts.len() {
+                return Err(DiskError::EntityTooSmall);
+            }
+            copy_into(&mut f, &mut staged, len)?;
+            md5s.extend(hex::decode(etag.trim()).map_err(|_| DiskError::InvalidPart("bad etag".into()))?);
+        }
+        let etag = format!("{}-{}", hex::encode(Md5::digest(&md5s)), parts.len());
+        let entry = self.commit(staged, key, Some(etag), up.meta.clone(), up.content_type.clone(), cond)?;
+        self.remove_upload(id);
+        Ok(entry)
+    }
+
+    pub fn abort_upload(&self, key: &str, id: &str) -> DiskResult<()> {
+        self.upload(key, id)?;
+        self.remove_upload(id);
+        Ok(())
+    }
+
+    fn remove_upload(&self, id: &str) {
+        lock(&self.uploads).remove(id);
+        let _ = fs::remove_dir_all(self.dir.join("uploads").join(id));
+    }
+
+    pub fn uploads(&self, prefix: &str) -> Vec<Upload> {
+        let mut v: Vec<Upload> = lock(&self.uploads).values().filter(|u| u.key.starts_with(prefix)).cloned().collect();
+        v.sort_by(|a, b| (&a.key, a.initiated_ns).cmp(&(&b.key, b.initiated_ns)));
+        v
+    }
+
+    /// Copies `len` bytes at `offset` of `src`'s body into a new staged body.
+    pub fn stage_copy(&self, src: &str, range: Option<std::ops::Range<u64>>) -> DiskResult<(Staged, Entry)> {
+        let (mut f, entry) = self.open(src)?;
+        let r = range.unwrap_or(0..entry.size);
+        if r.end > entry.size || r.start > r.end {
+            return Err(DiskError::InvalidPart("copy range outside the source".into()));
+        }
+        f.seek(SeekFrom::Start(r.start))?;
+        let mut staged = self.stage()?;
+        copy_into(&mut f, &mut staged, r.end - r.start)?;
+        Ok((staged, entry))
+    }
+}
+
+fn copy_into(src: &mut File, dst: &mut Staged, len: u64) -> io::Result<()> {
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let n = src.read(&mut buf[..want])?;
+        if n == 0 {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "source shorter than expected"));
+        }
+        dst.write(&buf[..n])?;
+        left -= n as u64;
+    }
+    Ok(())
+}
+
+/// The smallest bound above every key that starts with `p`.
+fn prefix_successor(p: &str) -> std::ops::Bound<String> {
+    use std::ops::Bound;
+    let mut bytes = p.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            if let Ok(s) = String::from_utf8(bytes) {
+                return Bound::Included(s);
+            }
+            break;
+        }
+    }
+    // Non-ASCII tail: exclude the prefix followed by the highest char, close enough.
+    Bound::Excluded(format!("{p}\u{10FFFF}"))
+}
+
+pub fn etag_eq(a: &str, b: &str) -> bool {
+    a.trim().trim_matches('"') == b.trim().trim_matches('"')
+}
+
+fn write_trailer(f: &mut File, entry: &Entry) -> io::Result<()> {
+    let json = serde_json::to_vec(entry).map_err(io::Error::other)?;
+    f.write_all(&json)?;
+    f.write_all(&(json.len() as u64).to_le_bytes())?;
+    f.write_all(MAGIC)?;
+    f.flush()
+}
+
+fn read_trailer(f: &mut File) -> io::Result<Entry> {
+    let len = f.metadata()?.len();
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "not a prefixfs object file");
+    if len < 16 {
+        return Err(bad());
+    }
+    f.seek(SeekFrom::Start(len - 16))?;
+    let mut tail = [0u8; 16];
+    f.read_exact(&mut tail)?;
+    if &tail[8..] != MAGIC {
+        return Err(bad());
+    }
+    let json_len = u64::from_le_bytes(tail[..8].try_into().map_err(|_| bad())?);
+    if json_len + 16 > len {
+        return Err(bad());
+    }
+    f.seek(SeekFrom::Start(len - 16 - json_len))?;
+    let mut json = vec![0u8; json_len as usize];
+    f.read_exact(&mut json)?;
+    let entry: Entry = serde_json::from_slice(&json).map_err(|_| bad())?;
+    if entry.size != len - 16 - json_len {
+        return Err(bad());
+    }
+    Ok(entry)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(b: &Bucket, key: &str, body: &[u8]) -> Entry {
+        let mut s = b.stage().unwrap();
+        s.write(body).unwrap();
+        b.commit(s, key, None, BTreeMap::new(), None, &WriteCondition::default()).unwrap()
+    }
+
+    fn all(b: &Bucket, prefix: &str, delim: Option<&str>, max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut resume = None;
+        loop {
+            let page = b.list(prefix, delim, resume, max);
+            out.extend(page.prefixes.iter().cloned());
+            out.extend(page.objects.iter().map(|o| o.key.clone()));
+            match page.next {
+                Some(r) => resume = Some(r),
+                None => return out,
+            }
+        }
+    }
+
+    #[test]
+    fn flat_namespace_holds_markers_and_file_beside_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        store.create_bucket("b").unwrap();
+        let b = store.bucket("b").unwrap();
+        put(&b, "x/", b"");
+        put(&b, "f", b"file");
+        put(&b, "f/g", b"child");
+        assert_eq!(b.lookup("x/").unwrap().size, 0);
+        assert_eq!(b.lookup("f").unwrap().size, 4);
+        let (mut file, e) = b.open("f/g").unwrap();
+        let mut body = vec![0; e.size as usize];
+        file.read_exact(&mut body).unwrap();
+        assert_eq!(body, b"child");
+        // survives a restart
+        drop(b);
+        let store = DiskStore::open(dir.path()).unwrap();
+        let b = store.bucket("b").unwrap();
+        assert_eq!(all(&b, "", None, 1000), vec!["f", "f/g", "x/"]);
+    }
+
+    #[test]
+    fn listing_paginates_and_rolls_up_prefixes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        store.create_bucket("b").unwrap();
+        let b = store.bucket("b").unwrap();
+        for k in ["a/1", "a/2", "a/b/c", "a/b/d", "a/c", "b/1", "a0"] {
+            put(&b, k, b"1");
+        }
+        for max in [1, 2, 1000] {
+            let mut got = all(&b, "a/", Some("/"), max);
+            got.sort();
+            assert_eq!(got, vec!["a/1", "a/2", "a/b/", "a/c"]);
+            assert_eq!(all(&b, "", Some("/"), max).len(), 3);
+        }
+        assert_eq!(all(&b, "a", None, 2), vec!["a/1", "a/2", "a/b/c", "a/b/d", "a/c", "a0"]);
+    }
+
+    #[test]
+    fn conditional_writes_and_multipart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DiskStore::open(dir.path()).unwrap();
+        store.create_bucket("b").unwrap();
+        let b = store.bucket("b").unwrap();
+        let e = put(&b, "k", b"v1");
+        let mut s = b.stage().unwrap();
+        s.write(b"v2").unwrap();
+        let cond = WriteCondition { if_none_match_any: true, if_match: None };
+        assert!(matches!(b.commit(s, "k", None, BTreeMap::new(), None, &cond), Err(DiskError::PreconditionFailed)));
+        assert!(matches!(b.delete("k", Some("nope")), Err(DiskError::PreconditionFailed)));
+        b.delete("k", Some(&e.etag)).unwrap();
+        assert!(b.lookup("k").is_none());
+
+        let up = b.create_upload("big", BTreeMap::new(), None).unwrap();
+        let mut p1 = b.stage().unwrap();
+        p1.write(&vec![1u8; MIN_PART_SIZE as usize]).unwrap();
+        let e1 = b.put_part("big", &up.id, 1, p1).unwrap();
+        let mut p2 = b.stage().unwrap();
+        p2.write(b"tail").unwrap();
+        let e2 = b.put_part("big", &up.id, 2, p2).unwrap();
+        assert_eq!(b.uploads("").len(), 1);
+        let entry = b.complete_upload("big", &up.id, &[(1, e1), (2, e2)], &WriteCondition::default()).unwrap();
+        assert_eq!(entry.size, MIN_PART_SIZE + 4);
+        assert!(entry.etag.ends_with("-2"));
+        assert!(b.uploads("").is_empty());
+    }
+}

@@ -1,0 +1,518 @@
+//! The `s3s::S3` trait over [`DiskStore`]: request DTOs in, store calls, response DTOs out.
+
+use super::disk::{Bucket, DiskError, DiskStore, Entry, Resume, Staged, WriteCondition, etag_eq};
+use futures::StreamExt;
+use s3s::dto::*;
+use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
+use std::collections::BTreeMap;
+use std::io::{Seek, SeekFrom};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+pub struct S3Store {
+    store: Arc<DiskStore>,
+}
+
+impl S3Store {
+    pub fn new(store: Arc<DiskStore>) -> Self {
+        S3Store { store }
+    }
+
+    fn bucket(&self, name: &str) -> S3Result<Arc<Bucket>> {
+        self.store.bucket(name).map_err(to_s3)
+    }
+}
+
+fn to_s3(e: DiskError) -> S3Error {
+    match e {
+        DiskError::NoSuchBucket => s3_error!(NoSuchBucket),
+        DiskError::BucketExists => s3_error!(BucketAlreadyOwnedByYou),
+        DiskError::BucketNotEmpty => s3_error!(BucketNotEmpty),
+        DiskError::NoSuchKey => s3_error!(NoSuchKey),
+        DiskError::NoSuchUpload => s3_error!(NoSuchUpload),
+        DiskError::PreconditionFailed => s3_error!(PreconditionFailed),
+        DiskError::InvalidPart(m) => S3Error::with_message(S3ErrorCode::InvalidPart, m),
+        DiskError::EntityTooSmall => s3_error!(EntityTooSmall),
+        DiskError::Io(e) => S3Error::with_message(S3ErrorCode::InternalError, e.to_string()),
+    }
+}
+
+fn io_err(e: std::io::Error) -> S3Error {
+    S3Error::with_message(S3ErrorCode::InternalError, e.to_string())
+}
+
+/// Streams a request body into a staged file.
+async fn stage_body(bucket: &Bucket, body: Option<StreamingBlob>) -> S3Result<Staged> {
+    let mut staged = bucket.stage().map_err(io_err)?;
+    if let Some(mut body) = body {
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk.map_err(|e| S3Error::with_message(S3ErrorCode::IncompleteBody, e.to_string()))?;
+            staged.write(&chunk).map_err(io_err)?;
+        }
+    }
+    Ok(staged)
+}
+
+fn etag_of(e: &Entry) -> ETag {
+    ETag::Strong(e.etag.clone())
+}
+
+fn cond_matches(cond: &ETagCondition, etag: &str) -> bool {
+    match cond {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(t) => etag_eq(t.value(), etag),
+    }
+}
+
+/// S3's read preconditions: If-Match / If-Unmodified-Since (412) and If-None-Match /
+/// If-Modified-Since (304).
+fn check_read_conditions(
+    e: &Entry,
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+    if_modified_since: Option<&Timestamp>,
+    if_unmodified_since: Option<&Timestamp>,
+) -> S3Result<()> {
+    let modified = time::OffsetDateTime::from(e.modified()).replace_nanosecond(0).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    if let Some(c) = if_match {
+        if !cond_matches(c, &e.etag) {
+            return Err(s3_error!(PreconditionFailed));
+        }
+    } else if let Some(t) = if_unmodified_since {
+        if modified > time::OffsetDateTime::from(t.clone()) {
+            return Err(s3_error!(PreconditionFailed));
+        }
+    }
+    if let Some(c) = if_none_match {
+        if cond_matches(c, &e.etag) {
+            return Err(s3_error!(NotModified));
+        }
+    } else if let Some(t) = if_modified_since {
+        if modified <= time::OffsetDateTime::from(t.clone()) {
+            return Err(s3_error!(NotModified));
+        }
+    }
+    Ok(())
+}
+
+fn write_condition(if_none_match: Option<&ETagCondition>, if_match: Option<&ETagCondition>) -> WriteCondition {
+    WriteCondition {
+        if_none_match_any: matches!(if_none_match, Some(ETagCondition::Any)),
+        if_match: match if_match {
+            Some(ETagCondition::ETag(t)) => Some(t.value().to_string()),
+            _ => None,
+        },
+    }
+}
+
+fn source(cs: &CopySource) -> S3Result<(&str, &str)> {
+    match cs {
+        CopySource::Bucket { bucket, key, .. } => Ok((bucket, key)),
+        _ => Err(s3_error!(NotImplemented)),
+    }
+}
+
+fn meta_map(m: Option<Metadata>) -> BTreeMap<String, String> {
+    m.map(|m| m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()).unwrap_or_default()
+}
+
+fn to_metadata(m: &BTreeMap<String, String>) -> Option<Metadata> {
+    if m.is_empty() { None } else { Some(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()) }
+}
+
+/// Percent-encoding for `encoding-type=url` listings.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn parse_copy_range(r: &str) -> S3Result<std::ops::Range<u64>> {
+    let bad = || S3Error::with_message(S3ErrorCode::InvalidArgument, "bad x-amz-copy-source-range");
+    let (a, b) = r.strip_prefix("bytes=").and_then(|s| s.split_once('-')).ok_or_else(bad)?;
+    let first: u64 = a.parse().map_err(|_| bad())?;
+    let last: u64 = b.parse().map_err(|_| bad())?;
+    if last < first {
+        return Err(bad());
+    }
+    Ok(first..last + 1)
+}
+
+#[async_trait::async_trait]
+impl S3 for S3Store {
+    async fn create_bucket(&self, req: S3Request<CreateBucketInput>) -> S3Result<S3Response<CreateBucketOutput>> {
+        self.store.create_bucket(&req.input.bucket).map_err(to_s3)?;
+        Ok(S3Response::new(CreateBucketOutput::default()))
+    }
+
+    async fn delete_bucket(&self, req: S3Request<DeleteBucketInput>) -> S3Result<S3Response<DeleteBucketOutput>> {
+        self.store.delete_bucket(&req.input.bucket).map_err(to_s3)?;
+        Ok(S3Response::new(DeleteBucketOutput {}))
+    }
+
+    async fn head_bucket(&self, req: S3Request<HeadBucketInput>) -> S3Result<S3Response<HeadBucketOutput>> {
+        self.bucket(&req.input.bucket)?;
+        Ok(S3Response::new(HeadBucketOutput::default()))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        self.bucket(&req.input.bucket)?;
+        Ok(S3Response::new(GetBucketLocationOutput::default()))
+    }
+
+    async fn list_buckets(&self, _req: S3Request<ListBucketsInput>) -> S3Result<S3Response<ListBucketsOutput>> {
+        let buckets = self
+            .store
+            .bucket_names()
+            .into_iter()
+            .map(|(name, created)| Bucket_ { name: Some(name), creation_date: Some(Timestamp::from(created)), bucket_region: None })
+            .collect();
+        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
+    }
+
+    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket)?;
+        let staged = stage_body(&b, input.body).await?;
+        if let Some(len) = input.content_length {
+            if len >= 0 && staged.size() != len as u64 {
+                return Err(s3_error!(IncompleteBody));
+            }
+        }
+        let cond = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref());
+        let entry = b
+            .commit(staged, &input.key, None, meta_map(input.metadata), input.content_type.map(|c| c.to_string()), &cond)
+            .map_err(to_s3)?;
+        Ok(S3Response::new(PutObjectOutput { e_tag: Some(etag_of(&entry)), ..Default::default() }))
+    }
+
+    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket)?;
+        let (mut file, e) = b.open(&input.key).map_err(to_s3)?;
+        check_read_conditions(
+            &e,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        let (range, content_range) = match &input.range {
+            None => (0..e.size, None),
+            Some(r) => {
+                let r = r.check(e.size).map_err(|_| s3_error!(InvalidRange))?;
+                let cr = format!("bytes {}-{}/{}", r.start, r.end.saturating_sub(1), e.size);
+                (r, Some(cr))
+            }
+        };
+        file.seek(SeekFrom::Start(range.start)).map_err(io_err)?;
+        let len = range.end - range.start;
+        let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
+        let stream = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024);
+        Ok(S3Response::new(GetObjectOutput {
+            body: Some(StreamingBlob::wrap(stream)),
+            content_length: Some(len as i64),
+            content_range,
+            accept_ranges: Some("bytes".into()),
+            last_modified: Some(Timestamp::from(e.modified())),
+            e_tag: Some(etag_of(&e)),
+            metadata: to_metadata(&e.meta),
+            content_type: e.content_type.as_deref().and_then(|c| c.parse().ok()),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket)?;
+        let e = b.lookup(&input.key).ok_or_else(|| s3_error!(NoSuchKey))?;
+        check_read_conditions(
+            &e,
+            input.if_match.as_ref(),
+            input.if_none_match.as_ref(),
+            input.if_modified_since.as_ref(),
+            input.if_unmodified_since.as_ref(),
+        )?;
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(e.size as i64),
+            accept_ranges: Some("bytes".into()),
+            last_modified: Some(Timestamp::from(e.modified())),
+            e_tag: Some(etag_of(&e)),
+            metadata: to_metadata(&e.meta),
+            content_type: e.content_type.as_deref().and_then(|c| c.parse().ok()),
+            ..Default::default()
+        }))
+    }
+
+    async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket)?;
+        let if_match = match &input.if_match {
+            Some(ETagCondition::ETag(t)) => Some(t.value().to_string()),
+            _ => None,
+        };
+        b.delete(&input.key, if_match.as_deref()).map_err(to_s3)?;
+        Ok(S3Response::new(DeleteObjectOutput::default()))
+    }
+
+    async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket)?;
+        if input.delete.objects.len() > 1000 {
+            return Err(S3Error::with_message(S3ErrorCode::MalformedXML, "more than 1000 keys"));
+        }
+        let quiet = input.delete.quiet.unwrap_or(false);
+        let mut deleted = Vec::new();
+        let mut errors = Vec::new();
+        for o in input.delete.objects {
+            match b.delete(&o.key, None) {
+                Ok(()) if !quiet => deleted.push(DeletedObject { key: Some(o.key), ..Default::default() }),
+                Ok(()) => {}
+                Err(e) => errors.push(Error {
+                    key: Some(o.key),
+                    code: Some("InternalError".into()),
+                    message: Some(e.to_string()),
+                    version_id: None,
+                }),
+            }
+        }
+        Ok(S3Response::new(DeleteObjectsOutput {
+            deleted: Some(deleted),
+            errors: if errors.is_empty() { None } else { Some(errors) },
+            ..Default::default()
+        }))
+    }
+
+    async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        let input = req.input;
+        let (src_bucket, src_key) = source(&input.copy_source)?;
+        let src = self.bucket(src_bucket)?;
+        let dst = self.bucket(&input.bucket)?;
+        let (staged, src_entry) = src.stage_copy(src_key, None).map_err(to_s3)?;
+        if let Some(c) = &input.copy_source_if_match {
+            if !cond_matches(c, &src_entry.etag) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        }
+        if let Some(c) = &input.copy_source_if_none_match {
+            if cond_matches(c, &src_entry.etag) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        }
+        let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let (meta, ctype) = if replace {
+            (meta_map(input.metadata), input.content_type.map(|c| c.to_string()))
+        } else {
+            (src_entry.meta.clone(), src_entry.content_type.clone())
+        };
+        // A multipart ETag is not the MD5 of the body; a copy keeps it, as S3 does.
+        let etag = src_entry.etag.contains('-').then(|| src_entry.etag.clone());
+        let entry = dst.commit(staged, &input.key, etag, meta, ctype, &WriteCondition::default()).map_err(to_s3)?;
+        Ok(S3Response::new(CopyObjectOutput {
+            copy_object_result: Some(CopyObjectResult {
+                e_tag: Some(etag_of(&entry)),
+                last_modified: Some(Timestamp::from(entry.modified())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket)?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let max = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
+        let resume = match (&input.continuation_token, &input.start_after) {
+            (Some(t), _) => Some(Resume::decode(t).ok_or_else(|| s3_error!(InvalidArgument, "bad continuation token"))?),
+            (None, Some(sa)) => Some(Resume::AfterKey(sa.clone())),
+            (None, None) => None,
+        };
+        let url = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
+        let enc = |s: &str| if url { url_encode(s) } else { s.to_string() };
+        let page = if max == 0 { Default::default() } else { b.list(&prefix, input.delimiter.as_deref(), resume, max) };
+        let key_count = (page.objects.len() + page.prefixes.len()) as i32;
+        let contents = page
+            .objects
+            .iter()
+            .map(|e| Object {
+                key: Some(enc(&e.key)),
+                size: Some(e.size as i64),
+                e_tag: Some(etag_of(e)),
+                last_modified: Some(Timestamp::from(e.modified())),
+                storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+                ..Default::default()
+            })
+            .collect();
+        let common_prefixes = page.prefixes.iter().map(|p| CommonPrefix { prefix: Some(enc(p)) }).collect();
+        Ok(S3Response::new(ListObjectsV2Output {
+            name: Some(input.bucket),
+            prefix: Some(enc(&prefix)),
+            delimiter: input.delimiter.map(|d| enc(&d)),
+            max_keys: Some(max as i32),
+            key_count: Some(key_count),
+            continuation_token: input.continuation_token,
+            start_after: input.start_after.map(|s| enc(&s)),
+            is_truncated: Some(page.next.is_some()),
+            next_continuation_token: page.next.map(|r| r.encode()),
+            contents: Some(contents),
+            common_prefixes: Some(common_prefixes),
+            encoding_type: input.encoding_type,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
+        let marker = req.input.marker.clone();
+        let v2 = req.map_input(|i| ListObjectsV2Input {
+            bucket: i.bucket,
+            delimiter: i.delimiter,
+            encoding_type: i.encoding_type,
+            max_keys: i.max_keys,
+            prefix: i.prefix,
+            start_after: i.marker,
+            ..Default::default()
+        });
+        let out = self.list_objects_v2(v2).await?;
+        Ok(out.map_output(|o| {
+            let next_marker = if o.is_truncated == Some(true) {
+                let last_obj = o.contents.as_ref().and_then(|c| c.last()).and_then(|c| c.key.clone());
+                let last_cp = o.common_prefixes.as_ref().and_then(|c| c.last()).and_then(|c| c.prefix.clone());
+                last_obj.max(last_cp)
+            } else {
+                None
+            };
+            ListObjectsOutput {
+                name: o.name,
+                prefix: o.prefix,
+                delimiter: o.delimiter,
+                max_keys: o.max_keys,
+                is_truncated: o.is_truncated,
+                contents: o.contents,
+                common_prefixes: o.common_prefixes,
+                encoding_type: o.encoding_type,
+                marker,
+                next_marker,
+                ..Default::default()
+            }
+        }))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket)?;
+        let up = b
+            .create_upload(&input.key, meta_map(input.metadata), input.content_type.map(|c| c.to_string()))
+            .map_err(to_s3)?;
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            upload_id: Some(up.id),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket)?;
+        let staged = stage_body(&b, input.body).await?;
+        let etag = b.put_part(&input.key, &input.upload_id, input.part_number, staged).map_err(to_s3)?;
+        Ok(S3Response::new(UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
+    }
+
+    async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let input = req.input;
+        let (src_bucket, src_key) = source(&input.copy_source)?;
+        let src = self.bucket(src_bucket)?;
+        let dst = self.bucket(&input.bucket)?;
+        let range = input.copy_source_range.as_deref().map(parse_copy_range).transpose()?;
+        let (staged, _) = src.stage_copy(src_key, range).map_err(to_s3)?;
+        let etag = dst.put_part(&input.key, &input.upload_id, input.part_number, staged).map_err(to_s3)?;
+        Ok(S3Response::new(UploadPartCopyOutput {
+            copy_part_result: Some(CopyPartResult {
+                e_tag: Some(ETag::Strong(etag)),
+                last_modified: Some(Timestamp::from(SystemTime::now())),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket)?;
+        let mut parts = Vec::new();
+        for p in input.multipart_upload.and_then(|m| m.parts).unwrap_or_default() {
+            let n = p.part_number.ok_or_else(|| s3_error!(InvalidPart, "part without number"))?;
+            let etag = p.e_tag.map(|e| e.value().to_string()).unwrap_or_default();
+            parts.push((n, etag));
+        }
+        let cond = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref());
+        let entry = b.complete_upload(&input.key, &input.upload_id, &parts, &cond).map_err(to_s3)?;
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(input.bucket),
+            key: Some(input.key),
+            e_tag: Some(etag_of(&entry)),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket)?;
+        b.abort_upload(&input.key, &input.upload_id).map_err(to_s3)?;
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let input = req.input;
+        let b = self.bucket(&input.bucket)?;
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let max = input.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
+        let after = input.key_marker.clone();
+        let mut all: Vec<_> = b.uploads(&prefix).into_iter().filter(|u| after.as_ref().is_none_or(|m| u.key > *m)).collect();
+        let truncated = all.len() > max;
+        all.truncate(max);
+        let next_key_marker = truncated.then(|| all.last().map(|u| u.key.clone())).flatten();
+        let uploads = all
+            .into_iter()
+            .map(|u| MultipartUpload {
+                key: Some(u.key),
+                upload_id: Some(u.id),
+                initiated: Some(Timestamp::from(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u.initiated_ns))),
+                ..Default::default()
+            })
+            .collect();
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(input.bucket),
+            prefix: input.prefix,
+            is_truncated: Some(truncated),
+            next_key_marker,
+            uploads: Some(uploads),
+            ..Default::default()
+        }))
+    }
+}
+
+type Bucket_ = s3s::dto::Bucket;

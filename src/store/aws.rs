@@ -1,0 +1,383 @@
+//! The aws-sdk-s3 implementation of [`ObjectStore`].
+//!
+//! Credentials come from the standard `aws-config` chain (environment, profile, IMDS) unless
+//! static ones are given (the embedded server). The SDK's own retries are disabled: retries
+//! and their counting live in [`super::retry`].
+
+use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta};
+use async_trait::async_trait;
+use aws_sdk_s3::Client;
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
+use bytes::Bytes;
+use std::ops::Range;
+use std::time::{Duration, SystemTime};
+
+/// How to reach S3.
+#[derive(Debug, Clone, Default)]
+pub struct AwsConfig {
+    pub bucket: String,
+    pub endpoint_url: Option<String>,
+    pub region: Option<String>,
+    pub force_path_style: bool,
+    pub profile: Option<String>,
+    /// Static (access key, secret key); otherwise the default credential chain.
+    pub static_credentials: Option<(String, String)>,
+}
+
+pub struct AwsStore {
+    client: Client,
+    bucket: String,
+}
+
+impl AwsStore {
+    pub async fn connect(cfg: &AwsConfig) -> AwsStore {
+        use aws_config::BehaviorVersion;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(10))
+                    .read_timeout(Duration::from_secs(60))
+                    .build(),
+            );
+        if let Some(r) = &cfg.region {
+            loader = loader.region(aws_config::Region::new(r.clone()));
+        }
+        if let Some(p) = &cfg.profile {
+            loader = loader.profile_name(p);
+        }
+        if let Some(e) = &cfg.endpoint_url {
+            loader = loader.endpoint_url(e);
+        }
+        if let Some((ak, sk)) = &cfg.static_credentials {
+            loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(ak, sk, None, None, "prefixfs"));
+        }
+        let shared = loader.load().await;
+        let mut b = aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(cfg.force_path_style)
+            // Checksums only where S3 requires them: keeps every S3-compatible store working.
+            .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+            .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
+        if shared.region().is_none() {
+            b = b.region(aws_config::Region::new("us-east-1"));
+        }
+        AwsStore { client: Client::from_conf(b.build()), bucket: cfg.bucket.clone() }
+    }
+
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Creates the bucket (used by the embedded server set-up and tests).
+    pub async fn create_bucket(&self) -> StoreResult<()> {
+        match self.client.create_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let err = map_err("create_bucket", &self.bucket, e);
+                match &err {
+                    StoreError::Client { code, .. } if code.starts_with("BucketAlready") => Ok(()),
+                    _ => Err(err),
+                }
+            }
+        }
+    }
+}
+
+fn map_err<E, R>(op: &'static str, key: &str, e: SdkError<E, R>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + HasStatus,
+{
+    let status = e.raw_response().map(|r| r.status_u16());
+    let code = e.code().unwrap_or("").to_string();
+    let message = e.message().unwrap_or("").to_string();
+    match (status, &e) {
+        (Some(s), SdkError::ServiceError(_)) | (Some(s), SdkError::ResponseError(_)) => {
+            StoreError::from_response(op, key, s, &code, &message)
+        }
+        (_, SdkError::ConstructionFailure(_)) => StoreError::Client {
+            op,
+            key: key.to_string(),
+            status: 0,
+            code: "ConstructionFailure".into(),
+            message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+        },
+        _ => StoreError::Transport {
+            op,
+            key: key.to_string(),
+            message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+        },
+    }
+}
+
+/// Status of a raw HTTP response, whatever its type.
+trait HasStatus {
+    fn status_u16(&self) -> u16;
+}
+
+impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
+    fn status_u16(&self) -> u16 {
+        self.status().as_u16()
+    }
+}
+
+fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
+    t.and_then(|d| SystemTime::try_from(*d).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Percent-encodes a key for `x-amz-copy-source`, keeping `/`.
+fn encode_copy_source(bucket: &str, key: &str) -> String {
+    let mut out = format!("{bucket}/");
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[async_trait]
+impl ObjectStore for AwsStore {
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        let r = self.client.head_object().bucket(&self.bucket).key(key).send().await;
+        let r = r.map_err(|e| map_err("head", key, e))?;
+        Ok(ObjectMeta {
+            key: key.to_string(),
+            size: r.content_length().unwrap_or(0).max(0) as u64,
+            last_modified: to_system_time(r.last_modified()),
+            etag: r.e_tag().map(str::to_string),
+            user_meta: r.metadata().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
+        })
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
+        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+        if let Some(r) = &range {
+            if r.start >= r.end {
+                return Ok(Bytes::new());
+            }
+            req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+        }
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                let err = map_err("get", key, e);
+                // A range starting at or past the end: nothing to read.
+                if let StoreError::Client { status: 416, .. } = err {
+                    return Ok(Bytes::new());
+                }
+                return Err(err);
+            }
+        };
+        let body = resp.body.collect().await.map_err(|e| StoreError::Transport {
+            op: "get",
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(body.into_bytes())
+    }
+
+    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
+        let mut req = self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body));
+        for (k, v) in meta {
+            req = req.metadata(k, v);
+        }
+        req.send().await.map_err(|e| map_err("put", key, e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        let r = self.client.delete_object().bucket(&self.bucket).key(key).send().await;
+        match r.map_err(|e| map_err("delete", key, e)) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>> {
+        let first = keys.first().cloned().unwrap_or_default();
+        let mut ids = Vec::with_capacity(keys.len());
+        for k in keys {
+            let id = ObjectIdentifier::builder().key(k).build().map_err(|e| StoreError::Client {
+                op: "delete_objects",
+                key: k.clone(),
+                status: 0,
+                code: "Build".into(),
+                message: e.to_string(),
+            })?;
+            ids.push(id);
+        }
+        let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| StoreError::Client {
+            op: "delete_objects",
+            key: first.clone(),
+            status: 0,
+            code: "Build".into(),
+            message: e.to_string(),
+        })?;
+        let r = self.client.delete_objects().bucket(&self.bucket).delete(delete).send().await;
+        let r = r.map_err(|e| map_err("delete_objects", &first, e))?;
+        Ok(r.errors()
+            .iter()
+            .map(|e| {
+                (
+                    e.key().unwrap_or("").to_string(),
+                    format!("{} {}", e.code().unwrap_or(""), e.message().unwrap_or("")),
+                )
+            })
+            .collect())
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<&str>,
+        max_keys: Option<i32>,
+    ) -> StoreResult<ListPage> {
+        let r = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.bucket)
+            .prefix(prefix)
+            .set_delimiter(delimiter.map(str::to_string))
+            .set_continuation_token(token.map(str::to_string))
+            .set_max_keys(max_keys)
+            .send()
+            .await
+            .map_err(|e| map_err("list", prefix, e))?;
+        Ok(ListPage {
+            objects: r
+                .contents()
+                .iter()
+                .map(|o| ObjectMeta {
+                    key: o.key().unwrap_or("").to_string(),
+                    size: o.size().unwrap_or(0).max(0) as u64,
+                    last_modified: to_system_time(o.last_modified()),
+                    etag: o.e_tag().map(str::to_string),
+                    user_meta: UserMeta::new(),
+                })
+                .collect(),
+            common_prefixes: r.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)).collect(),
+            next_token: if r.is_truncated().unwrap_or(false) {
+                r.next_continuation_token().map(str::to_string)
+            } else {
+                None
+            },
+        })
+    }
+
+    async fn copy(&self, src: &str, dst: &str) -> StoreResult<()> {
+        self.client
+            .copy_object()
+            .bucket(&self.bucket)
+            .key(dst)
+            .copy_source(encode_copy_source(&self.bucket, src))
+            .send()
+            .await
+            .map_err(|e| map_err("copy", src, e))?;
+        Ok(())
+    }
+
+    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
+        let mut req = self.client.create_multipart_upload().bucket(&self.bucket).key(key);
+        for (k, v) in meta {
+            req = req.metadata(k, v);
+        }
+        let r = req.send().await.map_err(|e| map_err("create_multipart", key, e))?;
+        r.upload_id().map(str::to_string).ok_or_else(|| StoreError::Server {
+            op: "create_multipart",
+            key: key.to_string(),
+            status: 200,
+            code: "NoUploadId".into(),
+            message: "response had no upload id".into(),
+        })
+    }
+
+    async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String> {
+        let r = self
+            .client
+            .upload_part()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part)
+            .body(ByteStream::from(body))
+            .send()
+            .await
+            .map_err(|e| map_err("upload_part", key, e))?;
+        Ok(r.e_tag().unwrap_or("").to_string())
+    }
+
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
+        let parts = parts
+            .iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+            .collect::<Vec<_>>();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| map_err("complete_multipart", key, e))?;
+        Ok(())
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        let r = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(upload_id).send().await;
+        match r.map_err(|e| map_err("abort_multipart", key, e)) {
+            Ok(_) => Ok(()),
+            Err(e) if e.is_not_found() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let r = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(id_marker.clone())
+                .send()
+                .await
+                .map_err(|e| map_err("list_uploads", prefix, e))?;
+            for u in r.uploads() {
+                out.push(UploadInfo {
+                    key: u.key().unwrap_or("").to_string(),
+                    upload_id: u.upload_id().unwrap_or("").to_string(),
+                    initiated: u.initiated().and_then(|d| SystemTime::try_from(*d).ok()),
+                });
+            }
+            if !r.is_truncated().unwrap_or(false) {
+                return Ok(out);
+            }
+            key_marker = r.next_key_marker().map(str::to_string);
+            id_marker = r.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn copy_source_is_percent_encoded() {
+        assert_eq!(encode_copy_source("b", "a/b c+d%é.txt"), "b/a/b%20c%2Bd%25%C3%A9.txt");
+    }
+}

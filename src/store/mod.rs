@@ -1,0 +1,185 @@
+//! S3 access: the one small trait the filesystem needs, and its implementations.
+//!
+//! - [`ObjectStore`]: the operations prefixfs sends to S3, free of aws-sdk-s3 types so doubles
+//!   and other backends stay simple. Errors are [`StoreError`], with a matchable `NotFound`.
+//! - [`aws::AwsStore`]: the aws-sdk-s3 implementation (SDK retries disabled: ours count).
+//! - [`retry::RetryingStore`]: backoff with full jitter on SlowDown/5xx/transport errors and
+//!   per-kind request counters ([`stats::RequestStats`]).
+//! - [`memory::MemoryStore`]: an in-memory double for unit tests of the layers above.
+
+pub mod aws;
+pub mod memory;
+pub mod retry;
+pub mod stats;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::ops::Range;
+use std::time::SystemTime;
+
+/// User metadata (`x-amz-meta-*`, names without the prefix, lower case).
+pub type UserMeta = BTreeMap<String, String>;
+
+/// What HEAD (or a listing) says about an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: SystemTime,
+    pub etag: Option<String>,
+    pub user_meta: UserMeta,
+}
+
+/// One page of ListObjectsV2.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectMeta>,
+    pub common_prefixes: Vec<String>,
+    pub next_token: Option<String>,
+}
+
+/// An incomplete multipart upload.
+#[derive(Debug, Clone)]
+pub struct UploadInfo {
+    pub key: String,
+    pub upload_id: String,
+    pub initiated: Option<SystemTime>,
+}
+
+/// The kinds of request, for counters and for the retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OpKind {
+    Head,
+    Get,
+    Put,
+    List,
+    Delete,
+    DeleteMany,
+    Copy,
+    CreateMultipart,
+    UploadPart,
+    CompleteMultipart,
+    AbortMultipart,
+    ListUploads,
+}
+
+impl OpKind {
+    pub const ALL: [OpKind; 12] = [
+        OpKind::Head,
+        OpKind::Get,
+        OpKind::Put,
+        OpKind::List,
+        OpKind::Delete,
+        OpKind::DeleteMany,
+        OpKind::Copy,
+        OpKind::CreateMultipart,
+        OpKind::UploadPart,
+        OpKind::CompleteMultipart,
+        OpKind::AbortMultipart,
+        OpKind::ListUploads,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            OpKind::Head => "head",
+            OpKind::Get => "get",
+            OpKind::Put => "put",
+            OpKind::List => "list",
+            OpKind::Delete => "delete",
+            OpKind::DeleteMany => "delete_objects",
+            OpKind::Copy => "copy",
+            OpKind::CreateMultipart => "create_multipart",
+            OpKind::UploadPart => "upload_part",
+            OpKind::CompleteMultipart => "complete_multipart",
+            OpKind::AbortMultipart => "abort_multipart",
+            OpKind::ListUploads => "list_uploads",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        OpKind::ALL.iter().position(|k| *k == self).unwrap_or(0)
+    }
+}
+
+/// A failed request. `NotFound` is the one callers match on; the rest carry enough to log.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {key}: not found")]
+    NotFound { op: &'static str, key: String },
+    #[error("{op} {key}: precondition failed")]
+    PreconditionFailed { op: &'static str, key: String },
+    #[error("{op} {key}: throttled (SlowDown)")]
+    Throttled { op: &'static str, key: String },
+    #[error("{op} {key}: server error {status} {code}: {message}")]
+    Server { op: &'static str, key: String, status: u16, code: String, message: String },
+    #[error("{op} {key}: request rejected {status} {code}: {message}")]
+    Client { op: &'static str, key: String, status: u16, code: String, message: String },
+    #[error("{op} {key}: transport error: {message}")]
+    Transport { op: &'static str, key: String, message: String },
+    #[error("{op} {key}: gave up after {attempts} attempts: {last}")]
+    RetriesExhausted { op: &'static str, key: String, attempts: u32, last: Box<StoreError> },
+}
+
+impl StoreError {
+    /// Errors worth another attempt: throttling, 5xx, broken connections.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, StoreError::Throttled { .. } | StoreError::Server { .. } | StoreError::Transport { .. })
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+
+    pub fn is_throttle(&self) -> bool {
+        matches!(self, StoreError::Throttled { .. })
+    }
+
+    /// Classifies an S3 error response.
+    pub fn from_response(op: &'static str, key: &str, status: u16, code: &str, message: &str) -> StoreError {
+        let key = key.to_string();
+        match (status, code) {
+            (404, _) | (_, "NoSuchKey") | (_, "NotFound") => StoreError::NotFound { op, key },
+            (412, _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed { op, key },
+            (503, _) | (_, "SlowDown") | (_, "Throttling") | (_, "RequestLimitExceeded") => {
+                StoreError::Throttled { op, key }
+            }
+            (s, _) if s >= 500 || code == "InternalError" || code == "RequestTimeout" => StoreError::Server {
+                op,
+                key,
+                status,
+                code: code.to_string(),
+                message: message.to_string(),
+            },
+            _ => StoreError::Client { op, key, status, code: code.to_string(), message: message.to_string() },
+        }
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The S3 operations the filesystem needs. Keys are full keys (the layout applied already).
+#[async_trait]
+pub trait ObjectStore: Send + Sync + 'static {
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta>;
+    /// GET of the whole object or of `range` (clamped to the object by the server).
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes>;
+    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()>;
+    async fn delete(&self, key: &str) -> StoreResult<()>;
+    /// DeleteObjects of up to 1000 keys; returns the keys that failed, with their errors.
+    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>>;
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<&str>,
+        max_keys: Option<i32>,
+    ) -> StoreResult<ListPage>;
+    /// Server-side copy of a whole object (metadata copied with it).
+    async fn copy(&self, src: &str, dst: &str) -> StoreResult<()>;
+    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String>;
+    async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String>;
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()>;
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
+    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>>;
+}

@@ -1,0 +1,202 @@
+//! Retries with exponential backoff and full jitter, and request counting.
+//!
+//! Every attempt is counted by kind in [`RequestStats`]. Retryable failures (SlowDown, 5xx,
+//! transport) sleep `uniform(0, min(cap, base * 2^attempt))` and try again, up to
+//! `max_attempts`; then the operation fails with [`StoreError::RetriesExhausted`], which the
+//! FUSE edge turns into EIO (never ENOENT). The SDK's own retry is disabled so that what is
+//! counted here is what went over the wire.
+
+use super::stats::RequestStats;
+use super::{ListPage, ObjectMeta, ObjectStore, OpKind, StoreError, StoreResult, UploadInfo, UserMeta};
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::future::Future;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The retry policy.
+#[derive(Debug, Clone)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig { max_attempts: 10, base_delay: Duration::from_millis(20), max_delay: Duration::from_secs(5) }
+    }
+}
+
+impl RetryConfig {
+    /// The full-jitter delay before attempt `attempt + 1` (attempt counts from 1).
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self.base_delay.saturating_mul(1u32 << attempt.min(20));
+        let ceiling = exp.min(self.max_delay);
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
+/// Wraps a store with retries and counters.
+pub struct RetryingStore<S> {
+    inner: S,
+    config: RetryConfig,
+    stats: Arc<RequestStats>,
+}
+
+impl<S: ObjectStore> RetryingStore<S> {
+    pub fn new(inner: S, config: RetryConfig, stats: Arc<RequestStats>) -> Self {
+        RetryingStore { inner, config, stats }
+    }
+
+    pub fn stats(&self) -> &Arc<RequestStats> {
+        &self.stats
+    }
+
+    async fn run<T, F, Fut>(&self, kind: OpKind, key: &str, mut f: F) -> StoreResult<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = StoreResult<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            self.stats.record_request(kind);
+            let err = match f().await {
+                Ok(v) => return Ok(v),
+                Err(e) => e,
+            };
+            if err.is_throttle() {
+                self.stats.record_throttle();
+            }
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            if attempt >= self.config.max_attempts {
+                self.stats.record_failure();
+                tracing::warn!(op = kind.name(), key, attempts = attempt, error = %err, "giving up");
+                return Err(StoreError::RetriesExhausted {
+                    op: kind.name(),
+                    key: key.to_string(),
+                    attempts: attempt,
+                    last: Box::new(err),
+                });
+            }
+            let delay = self.config.backoff(attempt);
+            tracing::debug!(op = kind.name(), key, attempt, ?delay, error = %err, "retrying");
+            self.stats.record_retry();
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+#[async_trait]
+impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
+    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+        self.run(OpKind::Head, key, || self.inner.head(key)).await
+    }
+
+    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
+        self.run(OpKind::Get, key, || self.inner.get(key, range.clone())).await
+    }
+
+    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
+        self.run(OpKind::Put, key, || self.inner.put(key, body.clone(), meta)).await
+    }
+
+    async fn delete(&self, key: &str) -> StoreResult<()> {
+        self.run(OpKind::Delete, key, || self.inner.delete(key)).await
+    }
+
+    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>> {
+        let first = keys.first().map(String::as_str).unwrap_or("");
+        self.run(OpKind::DeleteMany, first, || self.inner.delete_many(keys)).await
+    }
+
+    async fn list(
+        &self,
+        prefix: &str,
+        delimiter: Option<&str>,
+        token: Option<&str>,
+        max_keys: Option<i32>,
+    ) -> StoreResult<ListPage> {
+        self.run(OpKind::List, prefix, || self.inner.list(prefix, delimiter, token, max_keys)).await
+    }
+
+    async fn copy(&self, src: &str, dst: &str) -> StoreResult<()> {
+        self.run(OpKind::Copy, dst, || self.inner.copy(src, dst)).await
+    }
+
+    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
+        self.run(OpKind::CreateMultipart, key, || self.inner.create_multipart(key, meta)).await
+    }
+
+    async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String> {
+        self.run(OpKind::UploadPart, key, || self.inner.upload_part(key, upload_id, part, body.clone())).await
+    }
+
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
+        self.run(OpKind::CompleteMultipart, key, || self.inner.complete_multipart(key, upload_id, parts)).await
+    }
+
+    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+        self.run(OpKind::AbortMultipart, key, || self.inner.abort_multipart(key, upload_id)).await
+    }
+
+    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
+        self.run(OpKind::ListUploads, prefix, || self.inner.list_uploads(prefix)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    fn fast() -> RetryConfig {
+        RetryConfig { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(4) }
+    }
+
+    #[tokio::test]
+    async fn slowdown_is_retried_until_it_clears() {
+        let mem = MemoryStore::new();
+        mem.fail_next(2, |key| StoreError::Throttled { op: "put", key: key.to_string() });
+        let stats = Arc::new(RequestStats::default());
+        let s = RetryingStore::new(mem, fast(), stats.clone());
+        s.put("k", Bytes::from_static(b"v"), &UserMeta::new()).await.unwrap();
+        let snap = stats.snapshot();
+        assert_eq!(snap.get(OpKind::Put), 3);
+        assert_eq!(snap.throttles, 2);
+        assert_eq!(snap.retries, 2);
+    }
+
+    #[tokio::test]
+    async fn retries_exhausted_is_not_not_found() {
+        let mem = MemoryStore::new();
+        mem.fail_next(100, |key| StoreError::Throttled { op: "head", key: key.to_string() });
+        let stats = Arc::new(RequestStats::default());
+        let s = RetryingStore::new(mem, fast(), stats.clone());
+        let err = s.head("k").await.unwrap_err();
+        assert!(matches!(err, StoreError::RetriesExhausted { attempts: 4, .. }), "{err}");
+        assert!(!err.is_not_found());
+        assert_eq!(stats.snapshot().failures, 1);
+    }
+
+    #[tokio::test]
+    async fn not_found_is_not_retried() {
+        let stats = Arc::new(RequestStats::default());
+        let s = RetryingStore::new(MemoryStore::new(), fast(), stats.clone());
+        assert!(s.head("missing").await.unwrap_err().is_not_found());
+        assert_eq!(stats.snapshot().get(OpKind::Head), 1);
+    }
+
+    #[test]
+    fn backoff_is_capped_and_jittered() {
+        let c = RetryConfig { max_attempts: 5, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(50) };
+        for attempt in 1..30 {
+            assert!(c.backoff(attempt) <= Duration::from_millis(50));
+        }
+    }
+}
