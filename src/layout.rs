@@ -273,6 +273,34 @@ impl Layout {
         }
         Some((path, is_dir))
     }
+
+    /// Orders keys so that consecutive ones fall in different prefixes wherever possible
+    /// (round-robin over the prefixes, each prefix's keys in their given order): bulk deletes
+    /// and copies then spread over S3's partitions instead of walking one at a time.
+    pub fn interleave_by_prefix(&self, keys: Vec<String>) -> Vec<String> {
+        use std::collections::BTreeMap;
+        let root = self.root_slash();
+        let mut groups: BTreeMap<String, std::collections::VecDeque<String>> = BTreeMap::new();
+        for k in keys {
+            let group = if self.prefix_count == 1 {
+                String::new()
+            } else {
+                k.strip_prefix(&root).and_then(|r| r.split_once('/')).map(|(p, _)| p.to_string()).unwrap_or_default()
+            };
+            groups.entry(group).or_default().push_back(k);
+        }
+        let mut out = Vec::new();
+        let mut queues: Vec<_> = groups.into_values().collect();
+        while !queues.is_empty() {
+            for q in queues.iter_mut() {
+                if let Some(k) = q.pop_front() {
+                    out.push(k);
+                }
+            }
+            queues.retain(|q| !q.is_empty());
+        }
+        out
+    }
 }
 
 fn check_key_len(key: String, path: &RelPath) -> Result<String, LayoutError> {
@@ -353,6 +381,17 @@ mod tests {
         assert!(Layout::new("", 4097).is_err());
         assert_eq!(Layout::new("", 1).unwrap().prefix_bases(), vec![String::new()]);
         assert_eq!(Layout::new("/a/b/", 2).unwrap().prefix_bases(), vec!["a/b/0/", "a/b/1/"]);
+    }
+
+    #[test]
+    fn interleaving_alternates_prefixes() {
+        let l = Layout::new("r", 16).unwrap();
+        let keys: Vec<String> = ["r/0/a", "r/0/b", "r/0/c", "r/1/a", "r/2/a", "r/2/b"].iter().map(|s| s.to_string()).collect();
+        let out = l.interleave_by_prefix(keys.clone());
+        assert_eq!(out, vec!["r/0/a", "r/1/a", "r/2/a", "r/0/b", "r/2/b", "r/0/c"]);
+        let mut sorted = out.clone();
+        sorted.sort();
+        assert_eq!(sorted, keys);
     }
 
     #[test]

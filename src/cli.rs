@@ -1,0 +1,264 @@
+//! Command-line flags and their validation into the library's config structs.
+
+use crate::fs::FsConfig;
+use crate::layout::{DEFAULT_PREFIX_COUNT, MAX_PREFIX_COUNT};
+use crate::store::aws::AwsConfig;
+use crate::store::retry::RetryConfig;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "prefixfs", version, about = "Mount an S3 bucket as a directory tree stored under hash-prefixed keys")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter); RUST_LOG also works.
+    #[arg(long, global = true, default_value = "info")]
+    pub log_level: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mount s3://BUCKET[/ROOT] at MOUNTPOINT; with no bucket, an embedded local S3 store.
+    Mount(MountArgs),
+    /// Write the layout descriptor to s3://BUCKET[/ROOT] (once, before the first mount).
+    Init(InitArgs),
+    /// Print the S3 key a path inside the mount is stored under.
+    Key(KeyArgs),
+    /// Run the embedded S3-compatible server on its own.
+    Serve(ServeArgs),
+    /// Print the request counters of a running mount.
+    Stats(StatsArgs),
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct ConnArgs {
+    /// S3 endpoint, e.g. http://127.0.0.1:9000 for a local store.
+    #[arg(long)]
+    pub endpoint_url: Option<String>,
+    #[arg(long)]
+    pub region: Option<String>,
+    /// Address buckets as http://host/bucket instead of http://bucket.host.
+    #[arg(long)]
+    pub force_path_style: bool,
+    /// Profile in ~/.aws/config to take credentials and region from.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Attempts per request before an operation fails with EIO.
+    #[arg(long, default_value_t = 10)]
+    pub max_attempts: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct MountArgs {
+    /// s3://BUCKET[/ROOT] then MOUNTPOINT; MOUNTPOINT alone mounts the embedded store.
+    #[arg(num_args = 1..=2, required = true)]
+    pub targets: Vec<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    /// Number of hash prefixes (1 to 4096). Must match the bucket's descriptor.
+    #[arg(long)]
+    pub prefix_count: Option<u32>,
+    /// Write the layout descriptor if the bucket has none (instead of refusing to mount).
+    #[arg(long)]
+    pub init: bool,
+    /// Seconds attributes and listings are cached (0 disables the cache).
+    #[arg(long, default_value_t = 5.0)]
+    pub metadata_ttl: f64,
+    /// Cached path entries at most.
+    #[arg(long, default_value_t = 100_000)]
+    pub cache_entries: usize,
+    /// Concurrent requests of one listing fan-out.
+    #[arg(long, default_value_t = 16)]
+    pub fanout: usize,
+    /// FUSE worker threads (= requests served at once).
+    #[arg(long, default_value_t = 16)]
+    pub threads: usize,
+    /// First multipart part size in MiB (grows every 1,000 parts).
+    #[arg(long, default_value_t = 8)]
+    pub part_size_mib: usize,
+    #[arg(long)]
+    pub read_only: bool,
+    /// Let other users access the mount (needs user_allow_other for non-root).
+    #[arg(long)]
+    pub allow_other: bool,
+    #[arg(long)]
+    pub uid: Option<u32>,
+    #[arg(long)]
+    pub gid: Option<u32>,
+    /// Permission bits of files, octal.
+    #[arg(long, default_value = "644")]
+    pub file_mode: String,
+    /// Permission bits of directories, octal.
+    #[arg(long, default_value = "755")]
+    pub dir_mode: String,
+    /// Stay in the foreground (Ctrl-C uploads open files and unmounts).
+    #[arg(long, short = 'f')]
+    pub foreground: bool,
+    /// Where the embedded store keeps its data (no bucket given).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Log file of the background daemon.
+    #[arg(long)]
+    pub log_file: Option<PathBuf>,
+    /// Accepted for fstab/mount(8) compatibility: -o options (rw, ro, allow_other, ...).
+    #[arg(short = 'o', value_delimiter = ',')]
+    pub options: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// s3://BUCKET[/ROOT]
+    pub target: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+    #[arg(long, default_value_t = DEFAULT_PREFIX_COUNT)]
+    pub prefix_count: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct KeyArgs {
+    /// Path inside the mount, e.g. 2017/02/08/a.txt
+    pub path: String,
+    #[arg(long, default_value_t = DEFAULT_PREFIX_COUNT)]
+    pub prefix_count: u32,
+    /// The mount's ROOT inside the bucket.
+    #[arg(long, default_value = "")]
+    pub root: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub addr: std::net::SocketAddr,
+    /// Buckets to create at start.
+    #[arg(long)]
+    pub bucket: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    pub mountpoint: PathBuf,
+}
+
+/// `s3://bucket/root/` → ("bucket", "root").
+pub fn parse_s3_url(s: &str) -> Result<(String, String), String> {
+    let rest = s.strip_prefix("s3://").ok_or_else(|| format!("{s:?} is not an s3://BUCKET[/ROOT] URL"))?;
+    let (bucket, root) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(format!("{s:?} names no bucket"));
+    }
+    Ok((bucket.to_string(), root.trim_matches('/').to_string()))
+}
+
+fn parse_mode(s: &str, what: &str) -> Result<u16, String> {
+    u16::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| format!("--{what} {s:?} is not an octal mode"))
+}
+
+impl ConnArgs {
+    pub fn aws_config(&self, bucket: &str) -> AwsConfig {
+        AwsConfig {
+            bucket: bucket.to_string(),
+            endpoint_url: self.endpoint_url.clone(),
+            region: self.region.clone(),
+            force_path_style: self.force_path_style,
+            profile: self.profile.clone(),
+            static_credentials: None,
+        }
+    }
+
+    pub fn retry_config(&self) -> Result<RetryConfig, String> {
+        if self.max_attempts == 0 {
+            return Err("--max-attempts must be at least 1".into());
+        }
+        Ok(RetryConfig { max_attempts: self.max_attempts, ..RetryConfig::default() })
+    }
+}
+
+/// A validated mount request.
+#[derive(Debug, Clone)]
+pub struct MountPlan {
+    /// `None`: the embedded store.
+    pub bucket: Option<(String, String)>,
+    pub mountpoint: PathBuf,
+    pub fs: FsConfig,
+    pub prefix_count: Option<u32>,
+    pub threads: usize,
+    pub allow_other: bool,
+}
+
+impl MountArgs {
+    pub fn plan(&self) -> Result<MountPlan, String> {
+        let (bucket, mountpoint) = match self.targets.as_slice() {
+            [m] => (None, m),
+            [b, m] => (Some(parse_s3_url(b)?), m),
+            _ => return Err("usage: prefixfs mount [s3://BUCKET[/ROOT]] MOUNTPOINT".into()),
+        };
+        let mountpoint = PathBuf::from(mountpoint);
+        if !mountpoint.is_dir() {
+            return Err(format!("mount point {} is not a directory", mountpoint.display()));
+        }
+        if let Some(n) = self.prefix_count {
+            if n == 0 || n > MAX_PREFIX_COUNT {
+                return Err(format!("--prefix-count {n} is outside 1..={MAX_PREFIX_COUNT}"));
+            }
+        }
+        if !(self.metadata_ttl >= 0.0 && self.metadata_ttl.is_finite()) {
+            return Err(format!("--metadata-ttl {} must be a number of seconds >= 0", self.metadata_ttl));
+        }
+        if self.fanout == 0 || self.threads == 0 {
+            return Err("--fanout and --threads must be at least 1".into());
+        }
+        if !(5..=5 * 1024).contains(&self.part_size_mib) {
+            return Err(format!("--part-size-mib {} is outside S3's 5..=5120", self.part_size_mib));
+        }
+        let mut read_only = self.read_only;
+        let mut allow_other = self.allow_other;
+        for o in &self.options {
+            match o.as_str() {
+                "ro" => read_only = true,
+                "allow_other" => allow_other = true,
+                "rw" | "" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "_netdev" | "nofail" | "dev" | "nodev"
+                | "suid" | "nosuid" | "exec" | "noexec" => {}
+                other => tracing::debug!(option = other, "ignoring mount option"),
+            }
+        }
+        // SAFETY: getuid/getgid cannot fail.
+        let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+        let fs = FsConfig {
+            metadata_ttl: Duration::from_secs_f64(self.metadata_ttl),
+            cache_capacity: self.cache_entries.max(1),
+            fanout: self.fanout,
+            part_size: self.part_size_mib * 1024 * 1024,
+            uid: self.uid.unwrap_or(uid),
+            gid: self.gid.unwrap_or(gid),
+            file_mode: parse_mode(&self.file_mode, "file-mode")?,
+            dir_mode: parse_mode(&self.dir_mode, "dir-mode")?,
+            read_only,
+            ..FsConfig::default()
+        };
+        Ok(MountPlan { bucket, mountpoint, fs, prefix_count: self.prefix_count, threads: self.threads, allow_other })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s3_urls() {
+        assert_eq!(parse_s3_url("s3://b").unwrap(), ("b".into(), "".into()));
+        assert_eq!(parse_s3_url("s3://b/x/y/").unwrap(), ("b".into(), "x/y".into()));
+        assert!(parse_s3_url("b/x").is_err());
+        assert!(parse_s3_url("s3:///x").is_err());
+    }
+
+    #[test]
+    fn modes() {
+        assert_eq!(parse_mode("644", "m").unwrap(), 0o644);
+        assert!(parse_mode("999", "m").is_err());
+    }
+}

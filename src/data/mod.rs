@@ -1,0 +1,6 @@
+//! The data path: reading object bodies with a growing prefetch window, and uploading new
+//! bodies (one PUT for small files, a streamed multipart upload for large ones).
+//! Knows keys and bytes; nothing of directories.
+
+pub mod read;
+pub mod upload;

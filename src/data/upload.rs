@@ -1,0 +1,229 @@
+//! Uploading a new body as it is written.
+//!
+//! Writes must be sequential. Up to one part is buffered; a small file becomes one PUT at
+//! `finish`. Once the buffer fills, a multipart upload starts and full parts are sent in the
+//! background, at most `max_inflight` at a time, so memory stays below
+//! `(max_inflight + 1) × part size` whatever the file size. Part sizes grow every 1,000 parts
+//! so that S3's 10,000-part limit still allows objects of more than 5 TiB.
+//! `finish` returns only when S3 has the whole object: that is what makes `close` durable.
+
+use crate::store::{ObjectStore, StoreError, StoreResult, UserMeta};
+use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+use tokio::task::JoinHandle;
+
+/// S3's largest part.
+const MAX_PART: usize = 5 * 1024 * 1024 * 1024;
+
+/// The size of part `n` (1-based) for a base part size: doubles every 1,000 parts.
+pub fn part_size(base: usize, n: i32) -> usize {
+    let doublings = ((n.max(1) - 1) / 1000).min(10) as u32;
+    base.saturating_mul(1 << doublings).min(MAX_PART)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    #[error("write at offset {offset} but the file is {size} bytes long: only sequential writes are supported for new files")]
+    NotSequential { offset: u64, size: u64 },
+    #[error("the upload already finished; reopen the file to write again")]
+    Finished,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub struct Upload {
+    store: Arc<dyn ObjectStore>,
+    key: String,
+    meta: UserMeta,
+    base_part: usize,
+    max_inflight: usize,
+    buf: BytesMut,
+    size: u64,
+    upload_id: Option<String>,
+    next_part: i32,
+    inflight: Vec<(i32, JoinHandle<StoreResult<String>>)>,
+    done: Vec<(i32, String)>,
+    finished: bool,
+}
+
+impl Upload {
+    pub fn new(store: Arc<dyn ObjectStore>, key: String, meta: UserMeta, base_part: usize, max_inflight: usize) -> Self {
+        Upload {
+            store,
+            key,
+            meta,
+            base_part,
+            max_inflight: max_inflight.max(1),
+            buf: BytesMut::new(),
+            size: 0,
+            upload_id: None,
+            next_part: 1,
+            inflight: Vec::new(),
+            done: Vec::new(),
+            finished: false,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.finished
+    }
+
+    /// Forgets what was written (truncate to 0 before anything was sent).
+    pub fn reset(&mut self) -> Result<(), UploadError> {
+        if self.upload_id.is_some() {
+            return Err(UploadError::NotSequential { offset: 0, size: self.size });
+        }
+        self.buf.clear();
+        self.size = 0;
+        Ok(())
+    }
+
+    pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), UploadError> {
+        if self.finished {
+            return Err(UploadError::Finished);
+        }
+        if offset != self.size {
+            return Err(UploadError::NotSequential { offset, size: self.size });
+        }
+        let mut rest = data;
+        while !rest.is_empty() {
+            let want = part_size(self.base_part, self.next_part);
+            let take = (want - self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            self.size += take as u64;
+            if self.buf.len() == want {
+                self.send_part().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_part(&mut self) -> Result<(), UploadError> {
+        let id = match &self.upload_id {
+            Some(id) => id.clone(),
+            None => {
+                let id = self.store.create_multipart(&self.key, &self.meta).await?;
+                self.upload_id = Some(id.clone());
+                id
+            }
+        };
+        while self.inflight.len() >= self.max_inflight {
+            self.reap_one().await?;
+        }
+        let n = self.next_part;
+        self.next_part += 1;
+        let body: Bytes = std::mem::take(&mut self.buf).freeze();
+        let (store, key) = (self.store.clone(), self.key.clone());
+        self.inflight.push((n, tokio::spawn(async move { store.upload_part(&key, &id, n, body).await })));
+        Ok(())
+    }
+
+    async fn reap_one(&mut self) -> Result<(), UploadError> {
+        if self.inflight.is_empty() {
+            return Ok(());
+        }
+        let (n, h) = self.inflight.remove(0);
+        let etag = h.await.map_err(|e| StoreError::Transport {
+            op: "upload_part",
+            key: self.key.clone(),
+            message: format!("upload task failed: {e}"),
+        })??;
+        self.done.push((n, etag));
+        Ok(())
+    }
+
+    /// Sends what is left and makes the object visible. Idempotent once it succeeded.
+    pub async fn finish(&mut self) -> Result<(), UploadError> {
+        if self.finished {
+            return Ok(());
+        }
+        match self.upload_id.clone() {
+            None => {
+                let body = self.buf.clone().freeze();
+                self.store.put(&self.key, body, &self.meta).await?;
+            }
+            Some(id) => {
+                if !self.buf.is_empty() {
+                    self.send_part().await?;
+                }
+                while !self.inflight.is_empty() {
+                    self.reap_one().await?;
+                }
+                self.done.sort_by_key(|(n, _)| *n);
+                self.store.complete_multipart(&self.key, &id, &self.done).await?;
+            }
+        }
+        self.buf = BytesMut::new();
+        self.finished = true;
+        Ok(())
+    }
+
+    /// Abandons the upload (the file is not created); aborts a started multipart upload.
+    pub async fn abort(&mut self) {
+        for (_, h) in self.inflight.drain(..) {
+            h.abort();
+        }
+        if let Some(id) = self.upload_id.take() {
+            if let Err(e) = self.store.abort_multipart(&self.key, &id).await {
+                tracing::warn!(key = %self.key, error = %e, "could not abort multipart upload");
+            }
+        }
+        self.finished = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    #[test]
+    fn part_sizes_reach_five_tib_within_ten_thousand_parts() {
+        let base = 8 * 1024 * 1024;
+        let total: u128 = (1..=10_000).map(|n| part_size(base, n) as u128).sum();
+        assert!(total >= 5 * (1u128 << 40), "{total}");
+        assert_eq!(part_size(base, 1), base);
+        assert_eq!(part_size(base, 1001), 2 * base);
+    }
+
+    #[tokio::test]
+    async fn small_file_is_one_put_and_large_file_is_multipart() {
+        let mem = Arc::new(MemoryStore::new());
+        let mut u = Upload::new(mem.clone(), "small".into(), UserMeta::new(), 1024, 2);
+        u.write(0, b"hello").await.unwrap();
+        assert!(matches!(u.write(2, b"x").await, Err(UploadError::NotSequential { .. })));
+        u.finish().await.unwrap();
+        assert_eq!(&mem.get("small", None).await.unwrap()[..], b"hello");
+
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut u = Upload::new(mem.clone(), "big".into(), UserMeta::new(), 1024, 2);
+        for chunk in data.chunks(700) {
+            let off = u.size();
+            u.write(off, chunk).await.unwrap();
+        }
+        u.finish().await.unwrap();
+        assert_eq!(&mem.get("big", None).await.unwrap()[..], &data[..]);
+        assert!(mem.list_uploads("").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn failed_put_is_reported_not_swallowed() {
+        let mem = Arc::new(MemoryStore::new());
+        mem.fail_next(1, |k| StoreError::Client { op: "put", key: k.into(), status: 403, code: "AccessDenied".into(), message: String::new() });
+        let mut u = Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2);
+        u.write(0, b"data").await.unwrap();
+        assert!(u.finish().await.is_err());
+        assert!(!u.is_finished());
+        u.finish().await.unwrap();
+        assert_eq!(&mem.get("k", None).await.unwrap()[..], b"data");
+    }
+}

@@ -1,0 +1,149 @@
+//! The inode table: kernel inode numbers ⇄ paths, with the kernel's lookup counts.
+//!
+//! Invariants: inode 1 is the root and is never forgotten; an inode stays while the kernel
+//! holds lookups on it (`forget` drops them); a rename rewrites the paths of the renamed
+//! inode and of every inode below it, so open handles keep working.
+
+use super::cache::Kind;
+use crate::layout::RelPath;
+use std::collections::HashMap;
+
+pub const ROOT_INO: u64 = 1;
+
+#[derive(Debug, Clone)]
+pub struct Inode {
+    pub path: RelPath,
+    pub kind: Kind,
+    lookups: u64,
+}
+
+#[derive(Debug)]
+pub struct Inodes {
+    by_ino: HashMap<u64, Inode>,
+    by_path: HashMap<RelPath, u64>,
+    next: u64,
+}
+
+impl Default for Inodes {
+    fn default() -> Self {
+        let mut t = Inodes { by_ino: HashMap::new(), by_path: HashMap::new(), next: ROOT_INO + 1 };
+        t.by_ino.insert(ROOT_INO, Inode { path: RelPath::root(), kind: Kind::Dir, lookups: 1 });
+        t.by_path.insert(RelPath::root(), ROOT_INO);
+        t
+    }
+}
+
+impl Inodes {
+    pub fn get(&self, ino: u64) -> Option<&Inode> {
+        self.by_ino.get(&ino)
+    }
+
+    /// The inode of `path`, created if needed, with one more kernel lookup counted.
+    pub fn lookup(&mut self, path: &RelPath, kind: Kind) -> u64 {
+        if let Some(&ino) = self.by_path.get(path) {
+            if let Some(i) = self.by_ino.get_mut(&ino) {
+                i.lookups += 1;
+                i.kind = kind;
+            }
+            return ino;
+        }
+        let ino = self.next;
+        self.next += 1;
+        self.by_ino.insert(ino, Inode { path: path.clone(), kind, lookups: 1 });
+        self.by_path.insert(path.clone(), ino);
+        ino
+    }
+
+    /// The inode of `path` if the kernel knows it, without counting a lookup.
+    pub fn find(&self, path: &RelPath) -> Option<u64> {
+        self.by_path.get(path).copied()
+    }
+
+    pub fn forget(&mut self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let remove = match self.by_ino.get_mut(&ino) {
+            Some(i) => {
+                i.lookups = i.lookups.saturating_sub(n);
+                i.lookups == 0
+            }
+            None => false,
+        };
+        if remove {
+            if let Some(i) = self.by_ino.remove(&ino) {
+                if self.by_path.get(&i.path) == Some(&ino) {
+                    self.by_path.remove(&i.path);
+                }
+            }
+        }
+    }
+
+    /// Moves `from` (and everything below it) to `to`. An inode already at `to` loses its path.
+    pub fn rename(&mut self, from: &RelPath, to: &RelPath) {
+        if let Some(old) = self.by_path.remove(to) {
+            if let Some(i) = self.by_ino.get_mut(&old) {
+                // Still open perhaps, but no longer reachable by name.
+                i.path = RelPath::parse(&format!(".prefixfs-unlinked-{old}")).unwrap_or_default();
+            }
+        }
+        let moved: Vec<(u64, RelPath)> = self
+            .by_ino
+            .iter()
+            .filter(|(_, i)| i.path.starts_with(from) && !from.is_root())
+            .map(|(ino, i)| (*ino, i.path.rebase(from, to)))
+            .collect();
+        for (ino, new_path) in moved {
+            if let Some(i) = self.by_ino.get_mut(&ino) {
+                self.by_path.remove(&i.path);
+                i.path = new_path.clone();
+                self.by_path.insert(new_path, ino);
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_ino.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_ino.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> RelPath {
+        RelPath::parse(s).unwrap()
+    }
+
+    #[test]
+    fn forget_drops_inode_after_all_lookups() {
+        let mut t = Inodes::default();
+        let a = t.lookup(&p("a"), Kind::File);
+        assert_eq!(t.lookup(&p("a"), Kind::File), a);
+        t.forget(a, 1);
+        assert!(t.get(a).is_some());
+        t.forget(a, 1);
+        assert!(t.get(a).is_none());
+        assert_eq!(t.find(&p("a")), None);
+        t.forget(ROOT_INO, 100);
+        assert!(t.get(ROOT_INO).is_some());
+    }
+
+    #[test]
+    fn rename_moves_subtree_paths() {
+        let mut t = Inodes::default();
+        let d = t.lookup(&p("d"), Kind::Dir);
+        let f = t.lookup(&p("d/x/f"), Kind::File);
+        let other = t.lookup(&p("dd/f"), Kind::File);
+        t.rename(&p("d"), &p("e/d2"));
+        assert_eq!(t.get(d).unwrap().path, p("e/d2"));
+        assert_eq!(t.get(f).unwrap().path, p("e/d2/x/f"));
+        assert_eq!(t.get(other).unwrap().path, p("dd/f"));
+        assert_eq!(t.find(&p("e/d2/x/f")), Some(f));
+        assert_eq!(t.find(&p("d/x/f")), None);
+    }
+}

@@ -1,0 +1,397 @@
+//! The operations the kernel asks for, on inodes and names. Each returns an [`FsError`]
+//! carrying the errno and a message naming the path, for the adapter to log and reply.
+
+use super::cache::{EntryInfo, Kind};
+use super::error::{FsError, FsResult};
+use super::{Attr, Core, Handle, Writer};
+use crate::data::read::Reader;
+use crate::data::upload::{Upload, UploadError};
+use crate::layout::RelPath;
+use crate::store::UserMeta;
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::SystemTime;
+
+use super::lock;
+
+/// Numbers `statfs` reports: S3 has no meaningful capacity, so report a lot of it.
+const STATFS_BLOCKS: u64 = 1 << 40;
+
+#[derive(Debug, Clone, Copy)]
+pub struct StatFs {
+    pub blocks: u64,
+    pub bfree: u64,
+    pub files: u64,
+    pub ffree: u64,
+    pub bsize: u32,
+    pub namelen: u32,
+}
+
+fn upload_err(path: &RelPath, e: UploadError) -> FsError {
+    match e {
+        UploadError::NotSequential { .. } | UploadError::Finished => FsError::new(libc::EINVAL, format!("{path}: {e}")),
+        UploadError::Store(s) => FsError::new(libc::EIO, format!("{path}: upload failed: {s}")),
+    }
+}
+
+impl Core {
+    fn check_writable(&self, path: &RelPath) -> FsResult<()> {
+        if self.cfg.read_only {
+            return Err(FsError::new(libc::EROFS, format!("{path}: mounted read-only")));
+        }
+        Ok(())
+    }
+
+    pub async fn lookup(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let path = match self.child_path(parent, name) {
+            Ok(p) => p,
+            // The descriptor's folder is not part of the tree.
+            Err(e) if e.errno == libc::EPERM => return Err(FsError::not_found(name.to_string_lossy())),
+            Err(e) => return Err(e),
+        };
+        let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
+        let ino = lock(&self.inodes).lookup(&path, info.kind);
+        Ok(self.attr(ino, info))
+    }
+
+    pub fn forget(&self, ino: u64, n: u64) {
+        lock(&self.inodes).forget(ino, n);
+    }
+
+    pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        let path = self.path_of(ino)?;
+        let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
+        Ok(self.attr(ino, info))
+    }
+
+    /// Size changes: truncating a file being written to 0, or an existing file to 0 (one
+    /// empty PUT). Mode/owner changes are refused until POSIX metadata is stored.
+    pub async fn setattr(&self, ino: u64, size: Option<u64>, mode: Option<u32>, uid: Option<u32>, gid: Option<u32>) -> FsResult<Attr> {
+        let path = self.path_of(ino)?;
+        let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
+        let default_mode = if info.kind == Kind::Dir { self.cfg.dir_mode } else { self.cfg.file_mode };
+        if mode.is_some_and(|m| (m & 0o7777) as u16 != default_mode)
+            || uid.is_some_and(|u| u != self.cfg.uid)
+            || gid.is_some_and(|g| g != self.cfg.gid)
+        {
+            return Err(FsError::new(libc::EPERM, format!("{path}: changing mode or owner is not supported yet")));
+        }
+        if let Some(size) = size {
+            if info.kind == Kind::Dir {
+                return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
+            }
+            self.check_writable(&path)?;
+            if size != info.size {
+                if size != 0 {
+                    return Err(FsError::new(libc::EOPNOTSUPP, format!("{path}: truncate to {size} bytes is not supported yet (only to 0)")));
+                }
+                let writer = lock(&self.writers).get(&ino).map(|w| (w.upload.clone(), w.size.clone()));
+                match writer {
+                    Some((up, sz)) => {
+                        up.lock().await.reset().map_err(|e| upload_err(&path, e))?;
+                        sz.store(0, Ordering::Relaxed);
+                    }
+                    None => {
+                        let key = self.layout.file_key(&path)?;
+                        self.store.put(&key, Bytes::new(), &UserMeta::new()).await?;
+                        self.cache.upsert(&path, EntryInfo { kind: Kind::File, size: 0, mtime: SystemTime::now() });
+                    }
+                }
+            }
+        }
+        self.getattr(ino).await
+    }
+
+    pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
+        let path = self.path_of(ino)?;
+        let listing = self.list_dir(&path).await?;
+        let inodes = lock(&self.inodes);
+        let parent_ino = path.parent().and_then(|p| inodes.find(&p)).unwrap_or(super::inodes::ROOT_INO);
+        let mut entries = vec![(".".to_string(), Kind::Dir, ino), ("..".to_string(), Kind::Dir, parent_ino)];
+        for (name, info) in listing.iter() {
+            // Entries the kernel has not looked up yet get a placeholder number; it uses the
+            // name and type, and looks the entry up before using it.
+            let child_ino = path.join(name).ok().and_then(|p| inodes.find(&p)).unwrap_or(u64::MAX);
+            entries.push((name.clone(), info.kind, child_ino));
+        }
+        drop(inodes);
+        Ok(self.new_fh(Handle::Dir(Arc::new(entries))))
+    }
+
+    /// Directory entries of an open directory from `offset` on.
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<(String, Kind, u64)>>> {
+        match lock(&self.handles).get(&fh) {
+            Some(Handle::Dir(entries)) => Ok(entries.clone()),
+            _ => Err(FsError::new(libc::EBADF, format!("directory handle {fh} is not open"))),
+        }
+    }
+
+    pub fn release_handle(&self, fh: u64) {
+        lock(&self.handles).remove(&fh);
+    }
+
+    pub async fn mkdir(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        self.check_writable(&path)?;
+        if self.stat(&path).await?.is_some() {
+            return Err(FsError::new(libc::EEXIST, format!("{path}: exists")));
+        }
+        let key = self.layout.dir_marker_key(&path)?;
+        self.store.put(&key, Bytes::new(), &UserMeta::new()).await?;
+        let info = EntryInfo { kind: Kind::Dir, size: 0, mtime: SystemTime::now() };
+        self.cache.upsert(&path, info);
+        // A directory we just created is empty: its listing needs no request.
+        self.cache.put_listing(&path, Arc::default());
+        let ino = lock(&self.inodes).lookup(&path, Kind::Dir);
+        Ok(self.attr(ino, info))
+    }
+
+    pub async fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        self.check_writable(&path)?;
+        match self.stat(&path).await? {
+            None => return Err(FsError::not_found(&path)),
+            Some(i) if i.kind == Kind::File => return Err(FsError::new(libc::ENOTDIR, format!("{path}: not a directory"))),
+            _ => {}
+        }
+        if !self.pending_in(&path).is_empty() || self.any_under(&path).await? {
+            return Err(FsError::new(libc::ENOTEMPTY, format!("{path}: directory not empty")));
+        }
+        self.store.delete(&self.layout.dir_marker_key(&path)?).await?;
+        self.cache.remove(&path);
+        Ok(())
+    }
+
+    pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
+        let path = self.child_path(parent, name)?;
+        self.check_writable(&path)?;
+        match self.stat(&path).await? {
+            None => return Err(FsError::not_found(&path)),
+            Some(i) if i.kind == Kind::Dir => return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory"))),
+            _ => {}
+        }
+        self.store.delete(&self.layout.file_key(&path)?).await?;
+        self.cache.remove(&path);
+        Ok(())
+    }
+
+    fn start_writer(&self, ino: u64, path: &RelPath) -> FsResult<u64> {
+        let key = self.layout.file_key(path)?;
+        let upload = Upload::new(self.store.clone(), key, UserMeta::new(), self.cfg.part_size, self.cfg.upload_inflight);
+        let mut writers = lock(&self.writers);
+        if writers.contains_key(&ino) {
+            return Err(FsError::new(libc::EBUSY, format!("{path}: already open for writing by another handle")));
+        }
+        writers.insert(
+            ino,
+            Writer { path: path.clone(), size: Arc::new(AtomicU64::new(0)), upload: Arc::new(tokio::sync::Mutex::new(upload)) },
+        );
+        drop(writers);
+        self.cache.upsert(path, EntryInfo { kind: Kind::File, size: 0, mtime: SystemTime::now() });
+        Ok(self.new_fh(Handle::Write { ino }))
+    }
+
+    pub async fn create(&self, parent: u64, name: &OsStr) -> FsResult<(Attr, u64)> {
+        let path = self.child_path(parent, name)?;
+        self.check_writable(&path)?;
+        if let Some(i) = self.stat(&path).await? {
+            if i.kind == Kind::Dir {
+                return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
+            }
+        }
+        let ino = lock(&self.inodes).lookup(&path, Kind::File);
+        let fh = self.start_writer(ino, &path)?;
+        let attr = Attr { ino, kind: Kind::File, size: 0, mtime: SystemTime::now() };
+        Ok((attr, fh))
+    }
+
+    /// Opens a file. Writing replaces the whole object, so it needs O_TRUNC (or an empty
+    /// file); reading uses ranged GETs.
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let path = self.path_of(ino)?;
+        let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
+        if info.kind == Kind::Dir {
+            return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
+        }
+        let acc = flags & libc::O_ACCMODE;
+        if acc == libc::O_WRONLY || acc == libc::O_RDWR {
+            self.check_writable(&path)?;
+            if flags & libc::O_TRUNC != 0 || info.size == 0 {
+                return self.start_writer(ino, &path);
+            }
+            return Err(FsError::new(
+                libc::EPERM,
+                format!("{path}: modifying an existing file in place is not supported yet; open it with O_TRUNC to replace it"),
+            ));
+        }
+        let key = self.layout.file_key(&path)?;
+        let reader = Reader::new(self.store.clone(), key, info.size, self.cfg.read_window_min, self.cfg.read_window_max);
+        Ok(self.new_fh(Handle::Read(Arc::new(tokio::sync::Mutex::new(reader)))))
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let reader = match lock(&self.handles).get(&fh) {
+            Some(Handle::Read(r)) => r.clone(),
+            Some(Handle::Write { .. }) => {
+                return Err(FsError::new(libc::EBADF, "reading a file while it is being written is not supported yet"));
+            }
+            _ => return Err(FsError::new(libc::EBADF, format!("file handle {fh} is not open"))),
+        };
+        let mut r = reader.lock().await;
+        Ok(r.read(offset, size as usize).await?)
+    }
+
+    fn writer_of(&self, fh: u64) -> FsResult<(u64, RelPath, Arc<AtomicU64>, Arc<tokio::sync::Mutex<Upload>>)> {
+        let ino = match lock(&self.handles).get(&fh) {
+            Some(Handle::Write { ino }) => *ino,
+            _ => return Err(FsError::new(libc::EBADF, format!("file handle {fh} is not open for writing"))),
+        };
+        let writers = lock(&self.writers);
+        let w = writers.get(&ino).ok_or_else(|| FsError::new(libc::EBADF, format!("file handle {fh} lost its writer")))?;
+        Ok((ino, w.path.clone(), w.size.clone(), w.upload.clone()))
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (_, path, size, upload) = self.writer_of(fh)?;
+        let mut up = upload.lock().await;
+        up.write(offset, data).await.map_err(|e| upload_err(&path, e))?;
+        size.store(up.size(), Ordering::Relaxed);
+        Ok(data.len() as u32)
+    }
+
+    /// `close` (and `fsync`): a written file is uploaded now, and an upload failure is
+    /// returned to the program.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        let Ok((_, path, _, upload)) = self.writer_of(fh) else { return Ok(()) };
+        let mut up = upload.lock().await;
+        if up.is_finished() {
+            return Ok(());
+        }
+        up.finish().await.map_err(|e| upload_err(&path, e))?;
+        self.cache.upsert(&path, EntryInfo { kind: Kind::File, size: up.size(), mtime: SystemTime::now() });
+        Ok(())
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let result = self.flush(fh).await;
+        let handle = lock(&self.handles).remove(&fh);
+        if let Some(Handle::Write { ino }) = handle {
+            if let Some(w) = lock(&self.writers).remove(&ino) {
+                if let Err(e) = &result {
+                    tracing::error!(path = %w.path, error = %e, "file closed without its data reaching S3; the write is lost");
+                    let up = w.upload.clone();
+                    tokio::spawn(async move { up.lock().await.abort().await });
+                    self.cache.remove(&w.path);
+                }
+            }
+        }
+        result
+    }
+
+    pub async fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> FsResult<()> {
+        let from = self.child_path(parent, name)?;
+        let to = self.child_path(newparent, newname)?;
+        self.check_writable(&from)?;
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return Err(FsError::new(libc::EINVAL, format!("{from}: RENAME_EXCHANGE is not supported")));
+        }
+        if from == to {
+            return Ok(());
+        }
+        if to.starts_with(&from) {
+            return Err(FsError::new(libc::EINVAL, format!("cannot move {from} into itself ({to})")));
+        }
+        let src = self.stat(&from).await?.ok_or_else(|| FsError::not_found(&from))?;
+        if let Some(dst) = self.stat(&to).await? {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(FsError::new(libc::EEXIST, format!("{to}: exists")));
+            }
+            match (src.kind, dst.kind) {
+                (Kind::File, Kind::Dir) => return Err(FsError::new(libc::EISDIR, format!("{to}: is a directory"))),
+                (Kind::Dir, Kind::File) => return Err(FsError::new(libc::ENOTDIR, format!("{to}: not a directory"))),
+                (Kind::Dir, Kind::Dir) if self.any_under(&to).await? => {
+                    return Err(FsError::new(libc::ENOTEMPTY, format!("{to}: directory not empty")));
+                }
+                _ => {}
+            }
+        }
+        match src.kind {
+            Kind::File => {
+                if self.writer_info(&from).is_some() {
+                    return Err(FsError::new(libc::EBUSY, format!("{from}: still being written; close it before renaming")));
+                }
+                let (sk, dk) = (self.layout.file_key(&from)?, self.layout.file_key(&to)?);
+                self.store.copy(&sk, &dk).await?;
+                self.store.delete(&sk).await?;
+                self.cache.remove(&from);
+                self.cache.upsert(&to, EntryInfo { mtime: SystemTime::now(), ..src });
+            }
+            Kind::Dir => {
+                let result = self.rename_dir(&from, &to).await;
+                self.cache.clear();
+                result?;
+            }
+        }
+        lock(&self.inodes).rename(&from, &to);
+        Ok(())
+    }
+
+    /// Copies every object below `from` to its key below `to` (in parallel, interleaved
+    /// across prefixes), and deletes the old keys only once every copy succeeded.
+    async fn rename_dir(&self, from: &RelPath, to: &RelPath) -> FsResult<()> {
+        let mut pairs = Vec::new();
+        let to_marker = self.layout.dir_marker_key(to)?;
+        let mut has_marker = false;
+        for key in self.list_tree(from).await? {
+            let Some((path, is_dir)) = self.layout.key_to_path(&key) else { continue };
+            if !path.starts_with(from) {
+                continue;
+            }
+            let new_path = path.rebase(from, to);
+            let new_key = if is_dir { self.layout.dir_marker_key(&new_path)? } else { self.layout.file_key(&new_path)? };
+            has_marker |= new_key == to_marker;
+            pairs.push((key, new_key));
+        }
+        if !has_marker {
+            self.store.put(&to_marker, Bytes::new(), &UserMeta::new()).await?;
+        }
+        let order = self.layout.interleave_by_prefix(pairs.iter().map(|(k, _)| k.clone()).collect());
+        let dst_of: std::collections::HashMap<String, String> = pairs.into_iter().collect();
+        let total = order.len();
+        let failures: Vec<String> = stream::iter(order.iter())
+            .map(|src| {
+                let dst = dst_of.get(src).cloned().unwrap_or_default();
+                async move { self.store.copy(src, &dst).await.err().map(|e| e.to_string()) }
+            })
+            .buffer_unordered(self.cfg.fanout.max(1))
+            .filter_map(|r| async move { r })
+            .collect()
+            .await;
+        if let Some(first) = failures.first() {
+            tracing::error!(
+                %from, %to, failed = failures.len(), total, error = %first,
+                "directory rename failed midway; no source object was deleted, so every file is still readable under its old name"
+            );
+            return Err(FsError::new(libc::EIO, format!("rename {from} -> {to}: {} of {total} copies failed: {first}", failures.len())));
+        }
+        self.delete_keys(order).await
+    }
+
+    /// DeleteObjects in batches of 1000, keys interleaved across prefixes.
+    pub(super) async fn delete_keys(&self, keys: Vec<String>) -> FsResult<()> {
+        for batch in keys.chunks(1000) {
+            let failed = self.store.delete_many(batch).await?;
+            if let Some((key, err)) = failed.first() {
+                return Err(FsError::new(libc::EIO, format!("deleting {key}: {err} ({} keys failed)", failed.len())));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn statfs(&self) -> StatFs {
+        StatFs { blocks: STATFS_BLOCKS, bfree: STATFS_BLOCKS, files: STATFS_BLOCKS, ffree: STATFS_BLOCKS, bsize: 4096, namelen: 255 }
+    }
+}

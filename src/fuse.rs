@@ -1,0 +1,334 @@
+//! The FUSE adapter: `fuser::Filesystem` over [`Core`]. Translates, calls the core, replies
+//! exactly once, maps errors to errno and logs them.
+//!
+//! Concurrency design: fuser runs `threads` worker threads (a config value); each request
+//! blocks its worker on the tokio runtime while the core talks to S3. The number of FUSE
+//! requests in flight is therefore bounded by the thread count, and a slow S3 request never
+//! blocks the runtime itself. This is mountpoint-s3's design; it keeps every reply on the
+//! thread that received the request.
+
+use crate::fs::Core;
+use crate::fs::cache::Kind;
+use crate::fs::error::{FsError, FsResult};
+use fuser::{
+    Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
+    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+};
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// The extended attribute on the mount root that returns the request counters.
+pub const STATS_XATTR: &str = "user.prefixfs.stats";
+
+pub struct FuseFs {
+    core: Arc<Core>,
+    rt: tokio::runtime::Handle,
+    ttl: Duration,
+}
+
+impl FuseFs {
+    pub fn new(core: Arc<Core>, rt: tokio::runtime::Handle) -> Self {
+        let ttl = core.config().metadata_ttl;
+        FuseFs { core, rt, ttl }
+    }
+
+    fn run<T>(&self, f: impl std::future::Future<Output = FsResult<T>>) -> FsResult<T> {
+        self.rt.block_on(f)
+    }
+
+    fn file_attr(&self, a: crate::fs::Attr) -> FileAttr {
+        let cfg = self.core.config();
+        let (kind, perm, nlink) = match a.kind {
+            Kind::Dir => (FileType::Directory, cfg.dir_mode, 2),
+            Kind::File => (FileType::RegularFile, cfg.file_mode, 1),
+        };
+        FileAttr {
+            ino: INodeNo(a.ino),
+            size: a.size,
+            blocks: a.size.div_ceil(512),
+            atime: a.mtime,
+            mtime: a.mtime,
+            ctime: a.mtime,
+            crtime: a.mtime,
+            kind,
+            perm,
+            nlink,
+            uid: cfg.uid,
+            gid: cfg.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+}
+
+fn errno(op: &str, e: FsError) -> Errno {
+    if e.is_expected() {
+        tracing::debug!(op, errno = e.errno, "{}", e.message);
+    } else {
+        tracing::warn!(op, errno = e.errno, "{}", e.message);
+    }
+    Errno::from_i32(e.errno)
+}
+
+fn file_type(k: Kind) -> FileType {
+    match k {
+        Kind::Dir => FileType::Directory,
+        Kind::File => FileType::RegularFile,
+    }
+}
+
+impl fuser::Filesystem for FuseFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // O_TRUNC arrives with open(), so truncate-and-rewrite is one upload, not two.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
+        let _ = config.set_max_write(1024 * 1024);
+        let _ = config.set_max_readahead(1024 * 1024);
+        Ok(())
+    }
+
+    fn destroy(&mut self) {
+        self.rt.block_on(self.core.flush_all());
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        match self.run(self.core.lookup(parent.0, name)) {
+            Ok(a) => reply.entry(&self.ttl, &self.file_attr(a), Generation(0)),
+            Err(e) => reply.error(errno("lookup", e)),
+        }
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.core.forget(ino.0, nlookup);
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.run(self.core.getattr(ino.0)) {
+            Ok(a) => reply.attr(&self.ttl, &self.file_attr(a)),
+            Err(e) => reply.error(errno("getattr", e)),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        _fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        // Times are accepted and not stored yet (S3 keeps LastModified); see README.
+        match self.run(self.core.setattr(ino.0, size, mode, uid, gid)) {
+            Ok(a) => reply.attr(&self.ttl, &self.file_attr(a)),
+            Err(e) => reply.error(errno("setattr", e)),
+        }
+    }
+
+    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
+        match self.run(self.core.mkdir(parent.0, name)) {
+            Ok(a) => reply.entry(&self.ttl, &self.file_attr(a), Generation(0)),
+            Err(e) => reply.error(errno("mkdir", e)),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.run(self.core.unlink(parent.0, name)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("unlink", e)),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.run(self.core.rmdir(parent.0, name)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rmdir", e)),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        match self.run(self.core.rename(parent.0, name, newparent.0, newname, flags.bits())) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("rename", e)),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.run(self.core.open(ino.0, flags.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno("open", e)),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _flags: i32,
+        reply: ReplyCreate,
+    ) {
+        match self.run(self.core.create(parent.0, name)) {
+            Ok((a, fh)) => reply.created(&self.ttl, &self.file_attr(a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno("create", e)),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        match self.run(self.core.read(fh.0, offset, size)) {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(errno("read", e)),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        match self.run(self.core.write(fh.0, offset, data)) {
+            Ok(n) => reply.written(n),
+            Err(e) => reply.error(errno("write", e)),
+        }
+    }
+
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        match self.run(self.core.flush(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("flush", e)),
+        }
+    }
+
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        match self.run(self.core.flush(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("fsync", e)),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.run(self.core.release(fh.0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("release", e)),
+        }
+    }
+
+    fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        match self.run(self.core.opendir(ino.0)) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(errno("opendir", e)),
+        }
+    }
+
+    fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
+        let entries = match self.core.readdir(fh.0) {
+            Ok(e) => e,
+            Err(e) => return reply.error(errno("readdir", e)),
+        };
+        for (i, (name, kind, ino)) in entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(*ino), (i + 1) as u64, file_type(*kind), name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {
+        self.core.release_handle(fh.0);
+        reply.ok();
+    }
+
+    fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let s = self.core.statfs();
+        reply.statfs(s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize);
+    }
+
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if ino.0 != crate::fs::inodes::ROOT_INO || name != STATS_XATTR {
+            return reply.error(Errno::NO_XATTR);
+        }
+        let text = self.core.stats_text();
+        if size == 0 {
+            reply.size(text.len() as u32);
+        } else if (size as usize) < text.len() {
+            reply.error(Errno::ERANGE);
+        } else {
+            reply.data(text.as_bytes());
+        }
+    }
+
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if size == 0 {
+            reply.size(0);
+        } else {
+            reply.data(&[]);
+        }
+    }
+
+    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, _target: &std::path::Path, reply: ReplyEntry) {
+        tracing::warn!(parent = parent.0, name = ?link_name, "symlinks are not supported yet");
+        reply.error(Errno::EPERM);
+    }
+
+    fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        tracing::warn!(name = ?newname, "hard links are not supported on S3");
+        reply.error(Errno::EPERM);
+    }
+
+    fn mknod(&self, _req: &Request, _parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
+        tracing::warn!(name = ?name, "special files are not supported on S3");
+        reply.error(Errno::EPERM);
+    }
+}

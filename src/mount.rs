@@ -1,0 +1,200 @@
+//! Putting a mount together: connect to S3 (or start the embedded store), check the layout
+//! descriptor, build the core, run the FUSE session until unmount or a signal.
+
+use crate::cli::MountPlan;
+use crate::fs::Core;
+use crate::fuse::FuseFs;
+use crate::layout::{Descriptor, Layout};
+use crate::server::{self, RunningServer, ServerConfig};
+use crate::store::aws::{AwsConfig, AwsStore};
+use crate::store::retry::{RetryConfig, RetryingStore};
+use crate::store::stats::RequestStats;
+use crate::store::{ObjectStore, UserMeta};
+use bytes::Bytes;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The bucket name the embedded store serves.
+pub const EMBEDDED_BUCKET: &str = "prefixfs";
+
+/// Reads the descriptor and checks it against the requested prefix count; writes it when
+/// `init` is set and there is none.
+pub async fn resolve_layout(
+    store: &dyn ObjectStore,
+    root: &str,
+    requested: Option<u32>,
+    init: bool,
+) -> Result<Layout, String> {
+    let probe = Layout::new(root, 1).map_err(|e| e.to_string())?;
+    let key = probe.descriptor_key();
+    match store.get(&key, None).await {
+        Ok(body) => {
+            let d: Descriptor = serde_json::from_slice(&body).map_err(|e| format!("layout descriptor {key} is unreadable: {e}"))?;
+            if d.format != crate::layout::FORMAT_VERSION || d.hash != crate::layout::HASH_NAME {
+                return Err(format!("layout descriptor {key} has format {} / hash {:?}, which this prefixfs does not know", d.format, d.hash));
+            }
+            if let Some(n) = requested {
+                if n != d.prefix_count {
+                    return Err(format!(
+                        "--prefix-count {n} disagrees with the bucket's layout ({} prefixes, in {key}); refusing to mount",
+                        d.prefix_count
+                    ));
+                }
+            }
+            Layout::new(root, d.prefix_count).map_err(|e| e.to_string())
+        }
+        Err(e) if e.is_not_found() => {
+            if !init {
+                return Err(format!(
+                    "no prefixfs layout at {key}: run `prefixfs init` first, or mount with --init to create one"
+                ));
+            }
+            let layout = Layout::new(root, requested.unwrap_or(crate::layout::DEFAULT_PREFIX_COUNT)).map_err(|e| e.to_string())?;
+            write_descriptor(store, &layout).await?;
+            Ok(layout)
+        }
+        Err(e) => Err(format!("reading layout descriptor {key}: {e}")),
+    }
+}
+
+pub async fn write_descriptor(store: &dyn ObjectStore, layout: &Layout) -> Result<(), String> {
+    let body = serde_json::to_vec_pretty(&layout.descriptor()).map_err(|e| e.to_string())?;
+    store.put(&layout.descriptor_key(), Bytes::from(body), &UserMeta::new()).await.map_err(|e| e.to_string())
+}
+
+/// The default data directory of the embedded store.
+pub fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("prefixfs")
+}
+
+pub struct Connected {
+    pub store: Arc<RetryingStore<AwsStore>>,
+    pub stats: Arc<RequestStats>,
+    pub server: Option<RunningServer>,
+}
+
+/// Connects to the bucket, or starts the embedded server and connects to it.
+pub async fn connect(
+    bucket: Option<&str>,
+    aws: AwsConfig,
+    retry: RetryConfig,
+    data_dir: Option<PathBuf>,
+) -> Result<Connected, String> {
+    let stats = Arc::new(RequestStats::default());
+    let (cfg, server) = match bucket {
+        Some(_) => (aws, None),
+        None => {
+            let dir = data_dir.unwrap_or_else(default_data_dir);
+            let mut sc = ServerConfig::local(dir.clone());
+            sc.buckets.push(EMBEDDED_BUCKET.into());
+            let srv = server::start(sc).await.map_err(|e| format!("starting the embedded S3 store in {}: {e}", dir.display()))?;
+            tracing::info!(endpoint = %srv.endpoint(), data = %dir.display(), "no bucket given: using the embedded S3 store");
+            let cfg = AwsConfig {
+                bucket: EMBEDDED_BUCKET.into(),
+                endpoint_url: Some(srv.endpoint()),
+                region: Some("us-east-1".into()),
+                force_path_style: true,
+                profile: None,
+                static_credentials: Some((server::DEFAULT_ACCESS_KEY.into(), server::DEFAULT_SECRET_KEY.into())),
+            };
+            (cfg, Some(srv))
+        }
+    };
+    let aws = AwsStore::connect(&cfg).await;
+    let store = Arc::new(RetryingStore::new(aws, retry, stats.clone()));
+    Ok(Connected { store, stats, server })
+}
+
+/// Mounts and serves until unmounted (umount, fusermount3 -u, SIGINT, SIGTERM).
+pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: Option<PathBuf>) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .enable_all()
+        .thread_name("prefixfs-rt")
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let (bucket_name, root) = match &plan.bucket {
+        Some((b, r)) => (Some(b.clone()), r.clone()),
+        None => (None, String::new()),
+    };
+    let retry = conn.retry_config()?;
+    let aws = conn.aws_config(bucket_name.as_deref().unwrap_or(EMBEDDED_BUCKET));
+    let connected = rt.block_on(connect(bucket_name.as_deref(), aws, retry, data_dir))?;
+    let embedded = connected.server.is_some();
+    let layout = rt.block_on(resolve_layout(connected.store.as_ref(), &root, plan.prefix_count, init || embedded))?;
+    tracing::info!(prefixes = layout.prefix_count(), root = layout.root(), "layout");
+
+    let core = Arc::new(Core::new(layout, connected.store.clone(), connected.stats.clone(), plan.fs.clone()));
+    let fsname = match &plan.bucket {
+        Some((b, r)) if r.is_empty() => format!("prefixfs:{b}"),
+        Some((b, r)) => format!("prefixfs:{b}/{r}"),
+        None => "prefixfs:embedded".to_string(),
+    };
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(fsname),
+        fuser::MountOption::Subtype("prefixfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    if plan.fs.read_only {
+        config.mount_options.push(fuser::MountOption::RO);
+    }
+    if plan.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(plan.threads);
+    config.clone_fd = true;
+
+    let fs = FuseFs::new(core.clone(), rt.handle().clone());
+    let mut session = fuser::Session::new(fs, &plan.mountpoint, &config)
+        .map_err(|e| format!("mounting at {}: {e}", plan.mountpoint.display()))?;
+    let mut unmounter = session.unmount_callable();
+    let mountpoint = plan.mountpoint.clone();
+    let signal_core = core.clone();
+    rt.spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(mountpoint = %mountpoint.display(), "signal received: uploading open files and unmounting");
+        signal_core.flush_all().await;
+        if let Err(e) = tokio::task::spawn_blocking(move || unmounter.unmount()).await.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
+            tracing::error!(error = %e, "unmount failed");
+        }
+    });
+    tracing::info!(mountpoint = %plan.mountpoint.display(), "mounted");
+    notify_ready();
+    let result = session.run().map_err(|e| format!("FUSE session ended with an error: {e}"));
+    rt.block_on(core.flush_all());
+    tracing::info!("unmounted");
+    if let Some(srv) = connected.server {
+        rt.block_on(srv.shutdown());
+    }
+    result
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        tracing::warn!("cannot install signal handlers; unmount with umount or fusermount3 -u");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// Environment variable naming the fd a background parent waits on for "mounted".
+pub const READY_FD_ENV: &str = "PREFIXFS_READY_FD";
+
+fn notify_ready() {
+    use std::io::Write;
+    use std::os::fd::FromRawFd;
+    let Some(fd) = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()) else { return };
+    // SAFETY: the parent created this pipe end for us and nothing else in this process owns it.
+    let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
+    let _ = f.write_all(b"ready\n");
+}
