@@ -88,7 +88,12 @@ impl Upload {
 
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), UploadError> {
         if self.finished {
-            return Err(UploadError::Finished);
+            // A small file was PUT by an earlier flush (a shell's `close` of a dup'd fd, say)
+            // and its bytes are still here: keep writing, and the next flush PUTs it again.
+            if self.upload_id.is_some() {
+                return Err(UploadError::Finished);
+            }
+            self.finished = false;
         }
         if offset != self.size {
             return Err(UploadError::NotSequential { offset, size: self.size });
@@ -150,6 +155,8 @@ impl Upload {
             None => {
                 let body = self.buf.clone().freeze();
                 self.store.put(&self.key, body, &self.meta).await?;
+                self.finished = true;
+                return Ok(());
             }
             Some(id) => {
                 if !self.buf.is_empty() {
@@ -213,6 +220,17 @@ mod tests {
         u.finish().await.unwrap();
         assert_eq!(&mem.get("big", None).await.unwrap()[..], &data[..]);
         assert!(mem.list_uploads("").await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn writes_after_a_flush_of_a_small_file_are_put_again() {
+        let mem = Arc::new(MemoryStore::new());
+        let mut u = Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2);
+        u.finish().await.unwrap();
+        assert_eq!(mem.get("k", None).await.unwrap().len(), 0);
+        u.write(0, b"hello").await.unwrap();
+        u.finish().await.unwrap();
+        assert_eq!(&mem.get("k", None).await.unwrap()[..], b"hello");
     }
 
     #[tokio::test]

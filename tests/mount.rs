@@ -1,0 +1,277 @@
+//! End-to-end tests: real programs on a real FUSE mount of prefixfs, talking S3 over HTTP to
+//! the embedded server; the bucket is then read through the S3 API and compared with the keys
+//! docs/LAYOUT.md predicts.
+
+mod common;
+
+use common::*;
+use prefixfs::layout::RelPath;
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+#[test]
+fn cp_r_of_dated_tree_lands_every_file_at_its_hashed_key() {
+    let env = Env::embedded();
+    let src = env.subdir("src");
+    let (files, dirs) = dated_tree(&src, 3, 20);
+    let mut m = env.mount(16, &[]);
+    m.ok(&format!("cp -r {}/2017 .", src.display()));
+
+    // What the mount shows equals the source tree.
+    let local = run_sh(&src, "find . | sort").stdout;
+    assert_eq!(m.ok("find . | sort"), local);
+    let ls = m.ok("ls -l 2017/02/02");
+    assert_eq!(ls.lines().filter(|l| l.starts_with('-')).count(), 20, "{ls}");
+    assert_eq!(m.ok("cat 2017/02/03/log-007.txt"), "day 3 file 7\n");
+    assert_eq!(m.ok("stat -c %s 2017/02/03/log-007.txt").trim(), "13");
+
+    // The bucket holds exactly the predicted keys: files and cp's directory markers.
+    let layout = env.layout(16);
+    assert_eq!(env.data_keys(), expected_keys(&layout, &strs(&files), &strs(&dirs)));
+    // ...spread over many prefixes, not one.
+    let prefixes: BTreeSet<String> = env.data_keys().iter().map(|k| k.split('/').nth(1).unwrap_or("").to_string()).collect();
+    assert!(prefixes.len() >= 12, "{prefixes:?}");
+    assert!(env.keys().contains("data/.prefixfs/layout.json"));
+}
+
+#[test]
+fn mv_of_file_and_directory_moves_every_key_across_prefixes() {
+    let env = Env::embedded();
+    let src = env.subdir("src");
+    let (_files, _dirs) = dated_tree(&src, 2, 10);
+    let mut m = env.mount(16, &[]);
+    m.ok(&format!("cp -r {}/2017 .", src.display()));
+
+    m.ok("mv 2017/02/01/log-000.txt 2017/02/02/moved.txt");
+    assert_eq!(m.ok("cat 2017/02/02/moved.txt"), "day 1 file 0\n");
+    assert!(m.sh("test -e 2017/02/01/log-000.txt").code != 0);
+
+    m.ok("mkdir archive && mv 2017/02 archive/feb");
+    assert_eq!(m.ok("ls archive/feb"), "01\n02\n");
+    assert_eq!(m.ok("cat archive/feb/02/moved.txt"), "day 1 file 0\n");
+    assert!(m.sh("test -e 2017/02").code != 0);
+
+    let layout = env.layout(16);
+    let mut files = Vec::new();
+    for i in 1..10 {
+        files.push(format!("archive/feb/01/log-{i:03}.txt"));
+    }
+    for i in 0..10 {
+        files.push(format!("archive/feb/02/log-{i:03}.txt"));
+    }
+    files.push("archive/feb/02/moved.txt".into());
+    let dirs = ["2017", "archive", "archive/feb", "archive/feb/01", "archive/feb/02"];
+    assert_eq!(env.data_keys(), expected_keys(&layout, &strs(&files), &dirs));
+
+    // Renaming over an existing file replaces it; over a non-empty directory is refused.
+    m.ok("echo new > archive/a && echo old > archive/b && mv archive/a archive/b");
+    assert_eq!(m.ok("cat archive/b"), "new\n");
+    let out = m.sh("mv -T archive/feb/01 archive/feb/02");
+    assert_ne!(out.code, 0, "moving a directory over a non-empty one must fail");
+    assert!(out.stderr.contains("Directory not empty"), "{}", out.stderr);
+    assert_eq!(m.ok("ls archive/feb/01 | wc -l").trim(), "9");
+}
+
+#[test]
+fn rm_r_rmdir_and_mkdir_keep_the_bucket_exact() {
+    let env = Env::embedded();
+    let src = env.subdir("src");
+    dated_tree(&src, 2, 15);
+    let mut m = env.mount(16, &[]);
+    m.ok(&format!("cp -r {}/2017 .", src.display()));
+
+    let out = m.sh("rmdir 2017/02/01");
+    assert_ne!(out.code, 0);
+    assert!(out.stderr.contains("Directory not empty"), "{}", out.stderr);
+
+    m.ok("mkdir -p empty/inner && rmdir empty/inner");
+    assert_eq!(m.ok("ls empty"), "");
+    assert!(env.data_keys().contains(&env.layout(16).dir_marker_key(&RelPath::parse("empty").unwrap()).unwrap()));
+
+    m.ok("rm -r 2017");
+    assert!(m.sh("test -e 2017").code != 0);
+    m.ok("rmdir empty");
+    assert_eq!(m.ok("ls -A"), "");
+    assert_eq!(env.data_keys(), BTreeSet::new());
+
+    let out = m.sh("rm nothing-here");
+    assert!(out.stderr.contains("No such file or directory"), "{}", out.stderr);
+}
+
+#[test]
+fn dd_of_100_mib_round_trips_with_identical_checksum() {
+    let env = Env::embedded();
+    let local = env.dir.path().join("big.bin");
+    run_sh(env.dir.path(), &format!("dd if=/dev/urandom of={} bs=1M count=100 status=none", local.display()));
+    let mut m = env.mount(16, &[]);
+    m.ok(&format!("dd if={} of=big.bin bs=1M status=none", local.display()));
+    m.ok(&format!("dd if=big.bin of={}.back bs=1M status=none", local.display()));
+    let sums = run_sh(env.dir.path(), "sha256sum big.bin big.bin.back | cut -d' ' -f1 | uniq | wc -l");
+    assert_eq!(sums.stdout.trim(), "1", "checksums differ");
+    assert_eq!(m.ok("stat -c %s big.bin").trim(), "104857600");
+    let key = env.layout(16).file_key(&RelPath::parse("big.bin").unwrap()).unwrap();
+    assert_eq!(env.data_keys(), BTreeSet::from([key.clone()]));
+    let stats = m.stats();
+    assert!(stats["requests_upload_part"] >= 12, "100 MiB goes up in parts: {stats:?}");
+    // Reads use large windows, not one GET per kernel read.
+    assert!(stats["requests_get"] < 40, "{stats:?}");
+}
+
+#[test]
+fn listing_spanning_many_pages_and_prefixes_is_complete_sorted_and_cached() {
+    let env = Env::embedded();
+    let layout = env.layout(2);
+    // 2,600 files in one directory: with 2 prefixes, each prefix holds more than one page.
+    let mut names = Vec::new();
+    for i in 0..2600 {
+        let name = format!("f{i:05}.log");
+        env.put(&layout.file_key(&RelPath::parse(&format!("day/{name}")).unwrap()).unwrap(), b"x");
+        names.push(name);
+    }
+    let per_prefix: Vec<usize> = (0..2)
+        .map(|q| env.keys().iter().filter(|k| k.starts_with(&layout.dir_list_prefix(q, &RelPath::parse("day").unwrap()))).count())
+        .collect();
+    assert!(per_prefix.iter().all(|n| *n > 1000), "{per_prefix:?}");
+
+    let mut m = env.mount(2, &["--metadata-ttl", "60"]);
+    let listed = m.ok("ls day");
+    let expected: String = names.iter().map(|n| format!("{n}\n")).collect();
+    assert_eq!(listed, expected, "complete and sorted");
+    assert_eq!(m.ok("ls -1 | wc -l").trim(), "1");
+
+    let before = m.stats()["requests_list"];
+    assert!(before >= 6, "paginated over both prefixes: {before}");
+    assert_eq!(m.ok("ls day | wc -l").trim(), "2600");
+    assert_eq!(m.stats()["requests_list"], before, "a second ls within the TTL sends no LIST");
+}
+
+#[test]
+fn keys_outside_the_prefix_set_are_not_shown() {
+    let env = Env::embedded();
+    let layout = env.layout(16);
+    env.put("data/stray.txt", b"not ours");
+    env.put("data/zz/a.txt", b"not ours");
+    let good = layout.file_key(&RelPath::parse("a.txt").unwrap()).unwrap();
+    env.put(&good, b"ours");
+    // Right shape, wrong prefix for the hash.
+    let wrong_prefix = format!("data/{}/a.txt", layout.prefix_name((layout.prefix_index(&RelPath::parse("a.txt").unwrap()) + 1) % 16));
+    env.put(&wrong_prefix, b"misplaced");
+    let mut m = env.mount(16, &[]);
+    assert_eq!(m.ok("ls -A"), "a.txt\n");
+    assert_eq!(m.ok("cat a.txt"), "ours");
+}
+
+#[test]
+fn names_that_cannot_be_keys_get_a_clear_errno() {
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    let long = "n".repeat(300);
+    let out = m.sh(&format!("touch {long}"));
+    assert!(out.stderr.contains("File name too long"), "{}", out.stderr);
+    // Each name fits, the key does not (S3's 1,024-byte limit).
+    let seg = "d".repeat(250);
+    let out = m.sh(&format!("mkdir -p {seg}/{seg}/{seg}/{seg}/{seg}"));
+    assert!(out.stderr.contains("File name too long"), "{}", out.stderr);
+    let out = m.sh("touch $'bad\\xffname'");
+    assert!(out.stderr.contains("Invalid argument"), "{}", out.stderr);
+    let out = m.sh("mkdir .prefixfs");
+    assert_ne!(out.code, 0);
+    m.ok("echo fine > ok.txt && cat ok.txt");
+}
+
+#[test]
+fn two_mounts_see_each_other_after_the_ttl() {
+    let env = Env::embedded();
+    let mut a = env.mount(16, &["--metadata-ttl", "1"]);
+    let mut b = env.mount(16, &["--metadata-ttl", "1"]);
+    assert_eq!(b.ok("ls -A"), "");
+    a.ok("mkdir -p 2024/01 && echo from-a > 2024/01/x.txt");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(b.ok("cat 2024/01/x.txt"), "from-a\n");
+    assert_eq!(b.ok("ls 2024/01"), "x.txt\n");
+    b.ok("rm 2024/01/x.txt");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(a.sh("test -e 2024/01/x.txt").code != 0);
+}
+
+#[test]
+fn a_mount_disagreeing_with_the_descriptor_is_refused() {
+    let env = Env::embedded();
+    let out = env.prefixfs().arg("init").arg("s3://test/data").args(["--prefix-count", "16"]).args(env.conn_args()).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mnt = env.subdir("m");
+    let out = env
+        .prefixfs()
+        .arg("mount")
+        .arg("s3://test/data")
+        .arg(&mnt)
+        .args(["--prefix-count", "8", "--foreground"])
+        .args(env.conn_args())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("disagrees") && err.contains("16"), "{err}");
+    assert!(!is_mounted(&mnt));
+    // No descriptor at all (another root) and no --init: refused with a hint.
+    let out = env.prefixfs().arg("mount").arg("s3://test/other").arg(&mnt).arg("--foreground").args(env.conn_args()).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prefixfs init"));
+}
+
+#[test]
+fn sigint_in_foreground_unmounts_cleanly_and_df_works() {
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    m.ok("echo kept > kept.txt");
+    let df = m.ok("df -P . | tail -1");
+    assert!(df.contains("prefixfs"), "{df}");
+    let pid = m.child.as_ref().map(|c| c.id()).unwrap();
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGINT) };
+    let status = m.child.as_mut().unwrap().wait().unwrap();
+    assert!(status.success(), "{status}\n{}", m.log_text());
+    assert!(!is_mounted(&m.path));
+    let key = env.layout(16).file_key(&RelPath::parse("kept.txt").unwrap()).unwrap();
+    assert_eq!(env.get(&key), b"kept\n");
+}
+
+#[test]
+fn embedded_store_demo_mounts_in_the_background_with_no_bucket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_prefixfs"))
+        .arg("mount")
+        .arg(&mnt)
+        .arg("--data-dir")
+        .arg(dir.path().join("store"))
+        .arg("--log-file")
+        .arg(dir.path().join("log"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let guard = Mount { path: mnt.clone(), child: None, log: dir.path().join("log") };
+    assert!(is_mounted(&mnt));
+    let out = run_sh(&mnt, "mkdir -p 2017/02/08 && echo hi > 2017/02/08/file.txt && cat 2017/02/08/file.txt");
+    assert_eq!(out.stdout, "hi\n", "{}", out.stderr);
+    drop(guard);
+    assert!(!is_mounted(&mnt));
+    // The data outlives the mount: mount again and read it.
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_prefixfs"))
+        .arg("mount")
+        .arg(&mnt)
+        .arg("--data-dir")
+        .arg(dir.path().join("store"))
+        .arg("--log-file")
+        .arg(dir.path().join("log"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _guard = Mount { path: mnt.clone(), child: None, log: dir.path().join("log") };
+    assert_eq!(run_sh(&mnt, "cat 2017/02/08/file.txt").stdout, "hi\n");
+}
