@@ -9,13 +9,35 @@ use prefixfs::layout::RelPath;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+/// Runs each named test body against every S3 implementation: the embedded server and
+/// moto's (an independent implementation, to catch behaviour that only our server has).
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $( #[test] fn $name() { super::$name(super::Env::embedded()) } )*
+        }
+        mod moto {
+            $( #[test] fn $name() { super::$name(super::Env::moto()) } )*
+        }
+    };
+}
+
+on_every_backend!(
+    cp_r_of_dated_tree_lands_every_file_at_its_hashed_key,
+    mv_of_file_and_directory_moves_every_key_across_prefixes,
+    rm_r_rmdir_and_mkdir_keep_the_bucket_exact,
+    listing_spanning_many_pages_and_prefixes_is_complete_sorted_and_cached,
+    keys_outside_the_prefix_set_are_not_shown,
+    names_that_cannot_be_keys_get_a_clear_errno,
+    two_mounts_see_each_other_after_the_ttl,
+
+);
+
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-#[test]
-fn cp_r_of_dated_tree_lands_every_file_at_its_hashed_key() {
-    let env = Env::embedded();
+fn cp_r_of_dated_tree_lands_every_file_at_its_hashed_key(env: Env) {
     let src = env.subdir("src");
     let (files, dirs) = dated_tree(&src, 3, 20);
     let mut m = env.mount(16, &[]);
@@ -38,9 +60,7 @@ fn cp_r_of_dated_tree_lands_every_file_at_its_hashed_key() {
     assert!(env.keys().contains("data/.prefixfs/layout.json"));
 }
 
-#[test]
-fn mv_of_file_and_directory_moves_every_key_across_prefixes() {
-    let env = Env::embedded();
+fn mv_of_file_and_directory_moves_every_key_across_prefixes(env: Env) {
     let src = env.subdir("src");
     let (_files, _dirs) = dated_tree(&src, 2, 10);
     let mut m = env.mount(16, &[]);
@@ -76,9 +96,7 @@ fn mv_of_file_and_directory_moves_every_key_across_prefixes() {
     assert_eq!(m.ok("ls archive/feb/01 | wc -l").trim(), "9");
 }
 
-#[test]
-fn rm_r_rmdir_and_mkdir_keep_the_bucket_exact() {
-    let env = Env::embedded();
+fn rm_r_rmdir_and_mkdir_keep_the_bucket_exact(env: Env) {
     let src = env.subdir("src");
     dated_tree(&src, 2, 15);
     let mut m = env.mount(16, &[]);
@@ -121,9 +139,7 @@ fn dd_of_100_mib_round_trips_with_identical_checksum() {
     assert!(stats["requests_get"] < 40, "{stats:?}");
 }
 
-#[test]
-fn listing_spanning_many_pages_and_prefixes_is_complete_sorted_and_cached() {
-    let env = Env::embedded();
+fn listing_spanning_many_pages_and_prefixes_is_complete_sorted_and_cached(env: Env) {
     let layout = env.layout(2);
     // 2,600 files in one directory: with 2 prefixes, each prefix holds more than one page.
     let mut names = Vec::new();
@@ -149,9 +165,7 @@ fn listing_spanning_many_pages_and_prefixes_is_complete_sorted_and_cached() {
     assert_eq!(m.stats()["requests_list"], before, "a second ls within the TTL sends no LIST");
 }
 
-#[test]
-fn keys_outside_the_prefix_set_are_not_shown() {
-    let env = Env::embedded();
+fn keys_outside_the_prefix_set_are_not_shown(env: Env) {
     let layout = env.layout(16);
     env.put("data/stray.txt", b"not ours");
     env.put("data/zz/a.txt", b"not ours");
@@ -165,9 +179,7 @@ fn keys_outside_the_prefix_set_are_not_shown() {
     assert_eq!(m.ok("cat a.txt"), "ours");
 }
 
-#[test]
-fn names_that_cannot_be_keys_get_a_clear_errno() {
-    let env = Env::embedded();
+fn names_that_cannot_be_keys_get_a_clear_errno(env: Env) {
     let mut m = env.mount(16, &[]);
     let long = "n".repeat(300);
     let out = m.sh(&format!("touch {long}"));
@@ -183,9 +195,7 @@ fn names_that_cannot_be_keys_get_a_clear_errno() {
     m.ok("echo fine > ok.txt && cat ok.txt");
 }
 
-#[test]
-fn two_mounts_see_each_other_after_the_ttl() {
-    let env = Env::embedded();
+fn two_mounts_see_each_other_after_the_ttl(env: Env) {
     let mut a = env.mount(16, &["--metadata-ttl", "1"]);
     let mut b = env.mount(16, &["--metadata-ttl", "1"]);
     assert_eq!(b.ok("ls -A"), "");
