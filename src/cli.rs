@@ -9,7 +9,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(name = "prefixfs", version, about = "Mount an S3 bucket as a directory tree stored under hash-prefixed keys")]
+#[command(
+    name = "prefixfs",
+    version,
+    about = "Mount an S3 bucket as a directory tree stored under hash-prefixed keys"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -146,7 +150,9 @@ pub struct StatsArgs {
 
 /// `s3://bucket/root/` → ("bucket", "root").
 pub fn parse_s3_url(s: &str) -> Result<(String, String), String> {
-    let rest = s.strip_prefix("s3://").ok_or_else(|| format!("{s:?} is not an s3://BUCKET[/ROOT] URL"))?;
+    let rest = s
+        .strip_prefix("s3://")
+        .ok_or_else(|| format!("{s:?} is not an s3://BUCKET[/ROOT] URL"))?;
     let (bucket, root) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
         return Err(format!("{s:?} names no bucket"));
@@ -155,7 +161,10 @@ pub fn parse_s3_url(s: &str) -> Result<(String, String), String> {
 }
 
 fn parse_mode(s: &str, what: &str) -> Result<u16, String> {
-    u16::from_str_radix(s, 8).ok().filter(|m| *m <= 0o7777).ok_or_else(|| format!("--{what} {s:?} is not an octal mode"))
+    u16::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("--{what} {s:?} is not an octal mode"))
 }
 
 impl ConnArgs {
@@ -174,7 +183,10 @@ impl ConnArgs {
         if self.max_attempts == 0 {
             return Err("--max-attempts must be at least 1".into());
         }
-        Ok(RetryConfig { max_attempts: self.max_attempts, ..RetryConfig::default() })
+        Ok(RetryConfig {
+            max_attempts: self.max_attempts,
+            ..RetryConfig::default()
+        })
     }
 }
 
@@ -201,19 +213,25 @@ impl MountArgs {
         if !mountpoint.is_dir() {
             return Err(format!("mount point {} is not a directory", mountpoint.display()));
         }
-        if let Some(n) = self.prefix_count {
-            if n == 0 || n > MAX_PREFIX_COUNT {
-                return Err(format!("--prefix-count {n} is outside 1..={MAX_PREFIX_COUNT}"));
-            }
+        if let Some(n) = self.prefix_count
+            && (n == 0 || n > MAX_PREFIX_COUNT)
+        {
+            return Err(format!("--prefix-count {n} is outside 1..={MAX_PREFIX_COUNT}"));
         }
         if !(self.metadata_ttl >= 0.0 && self.metadata_ttl.is_finite()) {
-            return Err(format!("--metadata-ttl {} must be a number of seconds >= 0", self.metadata_ttl));
+            return Err(format!(
+                "--metadata-ttl {} must be a number of seconds >= 0",
+                self.metadata_ttl
+            ));
         }
         if self.fanout == 0 || self.threads == 0 {
             return Err("--fanout and --threads must be at least 1".into());
         }
         if !(5..=5 * 1024).contains(&self.part_size_mib) {
-            return Err(format!("--part-size-mib {} is outside S3's 5..=5120", self.part_size_mib));
+            return Err(format!(
+                "--part-size-mib {} is outside S3's 5..=5120",
+                self.part_size_mib
+            ));
         }
         let mut read_only = self.read_only;
         let mut allow_other = self.allow_other;
@@ -221,8 +239,8 @@ impl MountArgs {
             match o.as_str() {
                 "ro" => read_only = true,
                 "allow_other" => allow_other = true,
-                "rw" | "" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "_netdev" | "nofail" | "dev" | "nodev"
-                | "suid" | "nosuid" | "exec" | "noexec" => {}
+                "rw" | "" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "_netdev" | "nofail" | "dev"
+                | "nodev" | "suid" | "nosuid" | "exec" | "noexec" => {}
                 other => tracing::debug!(option = other, "ignoring mount option"),
             }
         }
@@ -240,7 +258,14 @@ impl MountArgs {
             read_only,
             ..FsConfig::default()
         };
-        Ok(MountPlan { bucket, mountpoint, fs, prefix_count: self.prefix_count, threads: self.threads, allow_other })
+        Ok(MountPlan {
+            bucket,
+            mountpoint,
+            fs,
+            prefix_count: self.prefix_count,
+            threads: self.threads,
+            allow_other,
+        })
     }
 }
 

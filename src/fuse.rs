@@ -191,7 +191,13 @@ impl fuser::Filesystem for FuseFs {
         reply: ReplyCreate,
     ) {
         match self.run(self.core.create(parent.0, name)) {
-            Ok((a, fh)) => reply.created(&self.ttl, &self.file_attr(a), Generation(0), FileHandle(fh), FopenFlags::empty()),
+            Ok((a, fh)) => reply.created(
+                &self.ttl,
+                &self.file_attr(a),
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
             Err(e) => reply.error(errno("create", e)),
         }
     }
@@ -292,7 +298,9 @@ impl fuser::Filesystem for FuseFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         let s = self.core.statfs();
-        reply.statfs(s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize);
+        reply.statfs(
+            s.blocks, s.bfree, s.bfree, s.files, s.ffree, s.bsize, s.namelen, s.bsize,
+        );
     }
 
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
@@ -317,7 +325,14 @@ impl fuser::Filesystem for FuseFs {
         }
     }
 
-    fn symlink(&self, _req: &Request, parent: INodeNo, link_name: &OsStr, _target: &std::path::Path, reply: ReplyEntry) {
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        _target: &std::path::Path,
+        reply: ReplyEntry,
+    ) {
         tracing::warn!(parent = parent.0, name = ?link_name, "symlinks are not supported yet");
         reply.error(Errno::EPERM);
     }
@@ -327,7 +342,16 @@ impl fuser::Filesystem for FuseFs {
         reply.error(Errno::EPERM);
     }
 
-    fn mknod(&self, _req: &Request, _parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, _rdev: u32, reply: ReplyEntry) {
+    fn mknod(
+        &self,
+        _req: &Request,
+        _parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
         tracing::warn!(name = ?name, "special files are not supported on S3");
         reply.error(Errno::EPERM);
     }

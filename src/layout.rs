@@ -117,7 +117,11 @@ impl RelPath {
 
     /// Replaces the leading `from` with `to` (`self` must start with `from`).
     pub fn rebase(&self, from: &RelPath, to: &RelPath) -> RelPath {
-        let rest = if from.is_root() { &self.0[..] } else { self.0[from.0.len()..].trim_start_matches('/') };
+        let rest = if from.is_root() {
+            &self.0[..]
+        } else {
+            self.0[from.0.len()..].trim_start_matches('/')
+        };
         if rest.is_empty() {
             to.clone()
         } else if to.is_root() {
@@ -173,7 +177,11 @@ impl Layout {
             return Err(LayoutError::BadRoot(root.to_string()));
         }
         let width = format!("{:x}", prefix_count - 1).len();
-        Ok(Layout { root: trimmed.to_string(), prefix_count, width })
+        Ok(Layout {
+            root: trimmed.to_string(),
+            prefix_count,
+            width,
+        })
     }
 
     pub fn prefix_count(&self) -> u32 {
@@ -185,7 +193,11 @@ impl Layout {
     }
 
     pub fn descriptor(&self) -> Descriptor {
-        Descriptor { format: FORMAT_VERSION, hash: HASH_NAME.to_string(), prefix_count: self.prefix_count }
+        Descriptor {
+            format: FORMAT_VERSION,
+            hash: HASH_NAME.to_string(),
+            prefix_count: self.prefix_count,
+        }
     }
 
     /// The key of the layout descriptor.
@@ -195,7 +207,11 @@ impl Layout {
 
     /// `ROOT/` or `""`.
     pub fn root_slash(&self) -> String {
-        if self.root.is_empty() { String::new() } else { format!("{}/", self.root) }
+        if self.root.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.root)
+        }
     }
 
     /// The prefix index of a path (the hash, reduced to the prefix count).
@@ -285,7 +301,10 @@ impl Layout {
             let group = if self.prefix_count == 1 {
                 String::new()
             } else {
-                k.strip_prefix(&root).and_then(|r| r.split_once('/')).map(|(p, _)| p.to_string()).unwrap_or_default()
+                k.strip_prefix(&root)
+                    .and_then(|r| r.split_once('/'))
+                    .map(|(p, _)| p.to_string())
+                    .unwrap_or_default()
             };
             groups.entry(group).or_default().push_back(k);
         }
@@ -337,7 +356,10 @@ mod tests {
             assert_eq!(layout.key_to_path(key), Some((p(path), false)));
         }
         let l4096 = Layout::new("", 4096).unwrap();
-        assert_eq!(l4096.file_key(&p("2017/02/08/file.txt")).unwrap(), "43a/2017/02/08/file.txt");
+        assert_eq!(
+            l4096.file_key(&p("2017/02/08/file.txt")).unwrap(),
+            "43a/2017/02/08/file.txt"
+        );
     }
 
     #[test]
@@ -345,7 +367,10 @@ mod tests {
         let l = Layout::new("r", 16).unwrap();
         let d = p("2017/02");
         let q = l.prefix_index(&d);
-        assert_eq!(l.dir_marker_key(&d).unwrap(), format!("r/{}/2017/02/", l.prefix_name(q)));
+        assert_eq!(
+            l.dir_marker_key(&d).unwrap(),
+            format!("r/{}/2017/02/", l.prefix_name(q))
+        );
         assert_eq!(l.key_to_path(&l.dir_marker_key(&d).unwrap()), Some((d, true)));
     }
 
@@ -363,9 +388,15 @@ mod tests {
 
     #[test]
     fn names_are_validated() {
-        assert!(matches!(RelPath::root().join(".prefixfs"), Err(LayoutError::Reserved(_))));
+        assert!(matches!(
+            RelPath::root().join(".prefixfs"),
+            Err(LayoutError::Reserved(_))
+        ));
         assert!(p("a").join(".prefixfs").is_ok());
-        assert!(matches!(RelPath::root().join(&"x".repeat(256)), Err(LayoutError::NameTooLong(_))));
+        assert!(matches!(
+            RelPath::root().join(&"x".repeat(256)),
+            Err(LayoutError::NameTooLong(_))
+        ));
         assert!(matches!(RelPath::root().join(".."), Err(LayoutError::InvalidName(_))));
         let l = Layout::new("", 16).unwrap();
         let deep = (0..5).map(|_| "y".repeat(250)).collect::<Vec<_>>().join("/");
@@ -380,13 +411,19 @@ mod tests {
         assert!(Layout::new("", 0).is_err());
         assert!(Layout::new("", 4097).is_err());
         assert_eq!(Layout::new("", 1).unwrap().prefix_bases(), vec![String::new()]);
-        assert_eq!(Layout::new("/a/b/", 2).unwrap().prefix_bases(), vec!["a/b/0/", "a/b/1/"]);
+        assert_eq!(
+            Layout::new("/a/b/", 2).unwrap().prefix_bases(),
+            vec!["a/b/0/", "a/b/1/"]
+        );
     }
 
     #[test]
     fn interleaving_alternates_prefixes() {
         let l = Layout::new("r", 16).unwrap();
-        let keys: Vec<String> = ["r/0/a", "r/0/b", "r/0/c", "r/1/a", "r/2/a", "r/2/b"].iter().map(|s| s.to_string()).collect();
+        let keys: Vec<String> = ["r/0/a", "r/0/b", "r/0/c", "r/1/a", "r/2/a", "r/2/b"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         let out = l.interleave_by_prefix(keys.clone());
         assert_eq!(out, vec!["r/0/a", "r/1/a", "r/2/a", "r/0/b", "r/2/b", "r/0/c"]);
         let mut sorted = out.clone();

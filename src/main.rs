@@ -37,8 +37,14 @@ fn main() -> ExitCode {
 
 fn init_logging(level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().or_else(|_| EnvFilter::try_new(level)).unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false).try_init();
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
 }
 
 fn run_mount(m: MountArgs) -> Result<(), String> {
@@ -96,8 +102,19 @@ fn daemonize(m: &MountArgs) -> Result<(), String> {
     }
     let status = child.wait().map_err(|e| e.to_string())?;
     let tail = std::fs::read_to_string(&log).unwrap_or_default();
-    let last: Vec<&str> = tail.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-    Err(format!("mount failed ({status}); log {}:\n{}", log.display(), last.join("\n")))
+    let last: Vec<&str> = tail
+        .lines()
+        .rev()
+        .take(5)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(format!(
+        "mount failed ({status}); log {}:\n{}",
+        log.display(),
+        last.join("\n")
+    ))
 }
 
 fn default_log_file() -> PathBuf {
@@ -116,7 +133,10 @@ fn run_init(a: prefixfs::cli::InitArgs) -> Result<(), String> {
         let c = mount::connect(Some(&bucket), a.conn.aws_config(&bucket), a.conn.retry_config()?, None).await?;
         match mount::resolve_layout(c.store.as_ref(), &root, Some(a.prefix_count), false).await {
             Ok(_) => {
-                println!("s3://{bucket}/{root} already has this layout ({} prefixes)", a.prefix_count);
+                println!(
+                    "s3://{bucket}/{root} already has this layout ({} prefixes)",
+                    a.prefix_count
+                );
                 Ok(())
             }
             Err(e) if e.contains("no prefixfs layout") => {
@@ -135,7 +155,11 @@ fn run_key(a: prefixfs::cli::KeyArgs) -> Result<(), String> {
     if path.is_root() {
         return Err("the mount root has no key".into());
     }
-    let key = if a.path.ends_with('/') { layout.dir_marker_key(&path) } else { layout.file_key(&path) };
+    let key = if a.path.ends_with('/') {
+        layout.dir_marker_key(&path)
+    } else {
+        layout.file_key(&path)
+    };
     println!("{}", key.map_err(|e| e.to_string())?);
     Ok(())
 }
@@ -160,7 +184,8 @@ fn run_serve(a: prefixfs::cli::ServeArgs) -> Result<(), String> {
 }
 
 fn run_stats(a: prefixfs::cli::StatsArgs) -> Result<(), String> {
-    let text = prefixfs::read_stats(&a.mountpoint).map_err(|e| format!("{}: {e} (is it a prefixfs mount?)", a.mountpoint.display()))?;
+    let text = prefixfs::read_stats(&a.mountpoint)
+        .map_err(|e| format!("{}: {e} (is it a prefixfs mount?)", a.mountpoint.display()))?;
     print!("{text}");
     Ok(())
 }

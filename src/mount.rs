@@ -29,17 +29,21 @@ pub async fn resolve_layout(
     let key = probe.descriptor_key();
     match store.get(&key, None).await {
         Ok(body) => {
-            let d: Descriptor = serde_json::from_slice(&body).map_err(|e| format!("layout descriptor {key} is unreadable: {e}"))?;
+            let d: Descriptor =
+                serde_json::from_slice(&body).map_err(|e| format!("layout descriptor {key} is unreadable: {e}"))?;
             if d.format != crate::layout::FORMAT_VERSION || d.hash != crate::layout::HASH_NAME {
-                return Err(format!("layout descriptor {key} has format {} / hash {:?}, which this prefixfs does not know", d.format, d.hash));
+                return Err(format!(
+                    "layout descriptor {key} has format {} / hash {:?}, which this prefixfs does not know",
+                    d.format, d.hash
+                ));
             }
-            if let Some(n) = requested {
-                if n != d.prefix_count {
-                    return Err(format!(
-                        "--prefix-count {n} disagrees with the bucket's layout ({} prefixes, in {key}); refusing to mount",
-                        d.prefix_count
-                    ));
-                }
+            if let Some(n) = requested
+                && n != d.prefix_count
+            {
+                return Err(format!(
+                    "--prefix-count {n} disagrees with the bucket's layout ({} prefixes, in {key}); refusing to mount",
+                    d.prefix_count
+                ));
             }
             Layout::new(root, d.prefix_count).map_err(|e| e.to_string())
         }
@@ -49,7 +53,8 @@ pub async fn resolve_layout(
                     "no prefixfs layout at {key}: run `prefixfs init` first, or mount with --init to create one"
                 ));
             }
-            let layout = Layout::new(root, requested.unwrap_or(crate::layout::DEFAULT_PREFIX_COUNT)).map_err(|e| e.to_string())?;
+            let layout = Layout::new(root, requested.unwrap_or(crate::layout::DEFAULT_PREFIX_COUNT))
+                .map_err(|e| e.to_string())?;
             write_descriptor(store, &layout).await?;
             Ok(layout)
         }
@@ -59,7 +64,10 @@ pub async fn resolve_layout(
 
 pub async fn write_descriptor(store: &dyn ObjectStore, layout: &Layout) -> Result<(), String> {
     let body = serde_json::to_vec_pretty(&layout.descriptor()).map_err(|e| e.to_string())?;
-    store.put(&layout.descriptor_key(), Bytes::from(body), &UserMeta::new()).await.map_err(|e| e.to_string())
+    store
+        .put(&layout.descriptor_key(), Bytes::from(body), &UserMeta::new())
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// The default data directory of the embedded store.
@@ -91,7 +99,9 @@ pub async fn connect(
             let dir = data_dir.unwrap_or_else(default_data_dir);
             let mut sc = ServerConfig::local(dir.clone());
             sc.buckets.push(EMBEDDED_BUCKET.into());
-            let srv = server::start(sc).await.map_err(|e| format!("starting the embedded S3 store in {}: {e}", dir.display()))?;
+            let srv = server::start(sc)
+                .await
+                .map_err(|e| format!("starting the embedded S3 store in {}: {e}", dir.display()))?;
             tracing::info!(endpoint = %srv.endpoint(), data = %dir.display(), "no bucket given: using the embedded S3 store");
             let cfg = AwsConfig {
                 bucket: EMBEDDED_BUCKET.into(),
@@ -125,10 +135,20 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
     let aws = conn.aws_config(bucket_name.as_deref().unwrap_or(EMBEDDED_BUCKET));
     let connected = rt.block_on(connect(bucket_name.as_deref(), aws, retry, data_dir))?;
     let embedded = connected.server.is_some();
-    let layout = rt.block_on(resolve_layout(connected.store.as_ref(), &root, plan.prefix_count, init || embedded))?;
+    let layout = rt.block_on(resolve_layout(
+        connected.store.as_ref(),
+        &root,
+        plan.prefix_count,
+        init || embedded,
+    ))?;
     tracing::info!(prefixes = layout.prefix_count(), root = layout.root(), "layout");
 
-    let core = Arc::new(Core::new(layout, connected.store.clone(), connected.stats.clone(), plan.fs.clone()));
+    let core = Arc::new(Core::new(
+        layout,
+        connected.store.clone(),
+        connected.stats.clone(),
+        plan.fs.clone(),
+    ));
     let fsname = match &plan.bucket {
         Some((b, r)) if r.is_empty() => format!("prefixfs:{b}"),
         Some((b, r)) => format!("prefixfs:{b}/{r}"),
@@ -160,13 +180,18 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
         wait_for_signal().await;
         tracing::info!(mountpoint = %mountpoint.display(), "signal received: uploading open files and unmounting");
         signal_core.flush_all().await;
-        if let Err(e) = tokio::task::spawn_blocking(move || unmounter.unmount()).await.unwrap_or_else(|e| Err(std::io::Error::other(e))) {
+        if let Err(e) = tokio::task::spawn_blocking(move || unmounter.unmount())
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        {
             tracing::error!(error = %e, "unmount failed");
         }
     });
     tracing::info!(mountpoint = %plan.mountpoint.display(), "mounted");
     notify_ready();
-    let result = session.run().map_err(|e| format!("FUSE session ended with an error: {e}"));
+    let result = session
+        .run()
+        .map_err(|e| format!("FUSE session ended with an error: {e}"));
     rt.block_on(core.flush_all());
     tracing::info!("unmounted");
     if let Some(srv) = connected.server {
@@ -193,7 +218,9 @@ pub const READY_FD_ENV: &str = "PREFIXFS_READY_FD";
 fn notify_ready() {
     use std::io::Write;
     use std::os::fd::FromRawFd;
-    let Some(fd) = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()) else { return };
+    let Some(fd) = std::env::var(READY_FD_ENV).ok().and_then(|v| v.parse::<i32>().ok()) else {
+        return;
+    };
     // SAFETY: the parent created this pipe end for us and nothing else in this process owns it.
     let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
     let _ = f.write_all(b"ready\n");

@@ -30,7 +30,6 @@ on_every_backend!(
     keys_outside_the_prefix_set_are_not_shown,
     names_that_cannot_be_keys_get_a_clear_errno,
     two_mounts_see_each_other_after_the_ttl,
-
 );
 
 fn strs(v: &[String]) -> Vec<&str> {
@@ -55,7 +54,11 @@ fn cp_r_of_dated_tree_lands_every_file_at_its_hashed_key(env: Env) {
     let layout = env.layout(16);
     assert_eq!(env.data_keys(), expected_keys(&layout, &strs(&files), &strs(&dirs)));
     // ...spread over many prefixes, not one.
-    let prefixes: BTreeSet<String> = env.data_keys().iter().map(|k| k.split('/').nth(1).unwrap_or("").to_string()).collect();
+    let prefixes: BTreeSet<String> = env
+        .data_keys()
+        .iter()
+        .map(|k| k.split('/').nth(1).unwrap_or("").to_string())
+        .collect();
     assert!(prefixes.len() >= 12, "{prefixes:?}");
     assert!(env.keys().contains("data/.prefixfs/layout.json"));
 }
@@ -108,7 +111,13 @@ fn rm_r_rmdir_and_mkdir_keep_the_bucket_exact(env: Env) {
 
     m.ok("mkdir -p empty/inner && rmdir empty/inner");
     assert_eq!(m.ok("ls empty"), "");
-    assert!(env.data_keys().contains(&env.layout(16).dir_marker_key(&RelPath::parse("empty").unwrap()).unwrap()));
+    assert!(
+        env.data_keys().contains(
+            &env.layout(16)
+                .dir_marker_key(&RelPath::parse("empty").unwrap())
+                .unwrap()
+        )
+    );
 
     m.ok("rm -r 2017");
     assert!(m.sh("test -e 2017").code != 0);
@@ -124,17 +133,26 @@ fn rm_r_rmdir_and_mkdir_keep_the_bucket_exact(env: Env) {
 fn dd_of_100_mib_round_trips_with_identical_checksum() {
     let env = Env::embedded();
     let local = env.dir.path().join("big.bin");
-    run_sh(env.dir.path(), &format!("dd if=/dev/urandom of={} bs=1M count=100 status=none", local.display()));
+    run_sh(
+        env.dir.path(),
+        &format!("dd if=/dev/urandom of={} bs=1M count=100 status=none", local.display()),
+    );
     let mut m = env.mount(16, &[]);
     m.ok(&format!("dd if={} of=big.bin bs=1M status=none", local.display()));
     m.ok(&format!("dd if=big.bin of={}.back bs=1M status=none", local.display()));
-    let sums = run_sh(env.dir.path(), "sha256sum big.bin big.bin.back | cut -d' ' -f1 | uniq | wc -l");
+    let sums = run_sh(
+        env.dir.path(),
+        "sha256sum big.bin big.bin.back | cut -d' ' -f1 | uniq | wc -l",
+    );
     assert_eq!(sums.stdout.trim(), "1", "checksums differ");
     assert_eq!(m.ok("stat -c %s big.bin").trim(), "104857600");
     let key = env.layout(16).file_key(&RelPath::parse("big.bin").unwrap()).unwrap();
     assert_eq!(env.data_keys(), BTreeSet::from([key.clone()]));
     let stats = m.stats();
-    assert!(stats["requests_upload_part"] >= 12, "100 MiB goes up in parts: {stats:?}");
+    assert!(
+        stats["requests_upload_part"] >= 12,
+        "100 MiB goes up in parts: {stats:?}"
+    );
     // Reads use large windows, not one GET per kernel read.
     assert!(stats["requests_get"] < 40, "{stats:?}");
 }
@@ -145,11 +163,21 @@ fn listing_spanning_many_pages_and_prefixes_is_complete_sorted_and_cached(env: E
     let mut names = Vec::new();
     for i in 0..2600 {
         let name = format!("f{i:05}.log");
-        env.put(&layout.file_key(&RelPath::parse(&format!("day/{name}")).unwrap()).unwrap(), b"x");
+        env.put(
+            &layout
+                .file_key(&RelPath::parse(&format!("day/{name}")).unwrap())
+                .unwrap(),
+            b"x",
+        );
         names.push(name);
     }
     let per_prefix: Vec<usize> = (0..2)
-        .map(|q| env.keys().iter().filter(|k| k.starts_with(&layout.dir_list_prefix(q, &RelPath::parse("day").unwrap()))).count())
+        .map(|q| {
+            env.keys()
+                .iter()
+                .filter(|k| k.starts_with(&layout.dir_list_prefix(q, &RelPath::parse("day").unwrap())))
+                .count()
+        })
         .collect();
     assert!(per_prefix.iter().all(|n| *n > 1000), "{per_prefix:?}");
 
@@ -162,7 +190,11 @@ fn listing_spanning_many_pages_and_prefixes_is_complete_sorted_and_cached(env: E
     let before = m.stats()["requests_list"];
     assert!(before >= 6, "paginated over both prefixes: {before}");
     assert_eq!(m.ok("ls day | wc -l").trim(), "2600");
-    assert_eq!(m.stats()["requests_list"], before, "a second ls within the TTL sends no LIST");
+    assert_eq!(
+        m.stats()["requests_list"],
+        before,
+        "a second ls within the TTL sends no LIST"
+    );
 }
 
 fn keys_outside_the_prefix_set_are_not_shown(env: Env) {
@@ -172,7 +204,10 @@ fn keys_outside_the_prefix_set_are_not_shown(env: Env) {
     let good = layout.file_key(&RelPath::parse("a.txt").unwrap()).unwrap();
     env.put(&good, b"ours");
     // Right shape, wrong prefix for the hash.
-    let wrong_prefix = format!("data/{}/a.txt", layout.prefix_name((layout.prefix_index(&RelPath::parse("a.txt").unwrap()) + 1) % 16));
+    let wrong_prefix = format!(
+        "data/{}/a.txt",
+        layout.prefix_name((layout.prefix_index(&RelPath::parse("a.txt").unwrap()) + 1) % 16)
+    );
     env.put(&wrong_prefix, b"misplaced");
     let mut m = env.mount(16, &[]);
     assert_eq!(m.ok("ls -A"), "a.txt\n");
@@ -211,7 +246,14 @@ fn two_mounts_see_each_other_after_the_ttl(env: Env) {
 #[test]
 fn a_mount_disagreeing_with_the_descriptor_is_refused() {
     let env = Env::embedded();
-    let out = env.prefixfs().arg("init").arg("s3://test/data").args(["--prefix-count", "16"]).args(env.conn_args()).output().unwrap();
+    let out = env
+        .prefixfs()
+        .arg("init")
+        .arg("s3://test/data")
+        .args(["--prefix-count", "16"])
+        .args(env.conn_args())
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mnt = env.subdir("m");
     let out = env
@@ -228,7 +270,15 @@ fn a_mount_disagreeing_with_the_descriptor_is_refused() {
     assert!(err.contains("disagrees") && err.contains("16"), "{err}");
     assert!(!is_mounted(&mnt));
     // No descriptor at all (another root) and no --init: refused with a hint.
-    let out = env.prefixfs().arg("mount").arg("s3://test/other").arg(&mnt).arg("--foreground").args(env.conn_args()).output().unwrap();
+    let out = env
+        .prefixfs()
+        .arg("mount")
+        .arg("s3://test/other")
+        .arg(&mnt)
+        .arg("--foreground")
+        .args(env.conn_args())
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("prefixfs init"));
 }
@@ -265,9 +315,16 @@ fn embedded_store_demo_mounts_in_the_background_with_no_bucket() {
         .status()
         .unwrap();
     assert!(status.success());
-    let guard = Mount { path: mnt.clone(), child: None, log: dir.path().join("log") };
+    let guard = Mount {
+        path: mnt.clone(),
+        child: None,
+        log: dir.path().join("log"),
+    };
     assert!(is_mounted(&mnt));
-    let out = run_sh(&mnt, "mkdir -p 2017/02/08 && echo hi > 2017/02/08/file.txt && cat 2017/02/08/file.txt");
+    let out = run_sh(
+        &mnt,
+        "mkdir -p 2017/02/08 && echo hi > 2017/02/08/file.txt && cat 2017/02/08/file.txt",
+    );
     assert_eq!(out.stdout, "hi\n", "{}", out.stderr);
     drop(guard);
     assert!(!is_mounted(&mnt));
@@ -282,6 +339,10 @@ fn embedded_store_demo_mounts_in_the_background_with_no_bucket() {
         .status()
         .unwrap();
     assert!(status.success());
-    let _guard = Mount { path: mnt.clone(), child: None, log: dir.path().join("log") };
+    let _guard = Mount {
+        path: mnt.clone(),
+        child: None,
+        log: dir.path().join("log"),
+    };
     assert_eq!(run_sh(&mnt, "cat 2017/02/08/file.txt").stdout, "hi\n");
 }

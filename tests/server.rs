@@ -21,7 +21,10 @@ fn marker_keys_and_a_file_beside_a_directory_coexist() {
     assert_eq!(head.size, 0);
     let page = env.rt.block_on(env.s3.list("", Some("/"), None, None)).unwrap();
     assert_eq!(page.common_prefixes, vec!["f/", "x/"]);
-    assert_eq!(page.objects.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), vec!["f"]);
+    assert_eq!(
+        page.objects.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(),
+        vec!["f"]
+    );
 }
 
 #[test]
@@ -36,7 +39,10 @@ fn list_objects_v2_paginates_with_prefix_and_delimiter() {
     let mut token = None;
     let mut pages = 0;
     loop {
-        let page = env.rt.block_on(env.s3.list("p/", Some("/"), token.as_deref(), Some(7))).unwrap();
+        let page = env
+            .rt
+            .block_on(env.s3.list("p/", Some("/"), token.as_deref(), Some(7)))
+            .unwrap();
         pages += 1;
         assert!(page.objects.len() + page.common_prefixes.len() <= 7);
         items.extend(page.common_prefixes);
@@ -54,7 +60,16 @@ fn list_objects_v2_paginates_with_prefix_and_delimiter() {
     assert_eq!(pages, 4);
     // start-after and no delimiter
     let c = env.s3.client();
-    let r = env.rt.block_on(c.list_objects_v2().bucket(BUCKET).prefix("p/a/").start_after("p/a/20").send()).unwrap();
+    let r = env
+        .rt
+        .block_on(
+            c.list_objects_v2()
+                .bucket(BUCKET)
+                .prefix("p/a/")
+                .start_after("p/a/20")
+                .send(),
+        )
+        .unwrap();
     let keys: Vec<_> = r.contents().iter().filter_map(|o| o.key()).collect();
     assert_eq!(keys, vec!["p/a/21", "p/a/22", "p/a/23", "p/a/24"]);
 }
@@ -69,7 +84,13 @@ fn ranged_get_copy_and_delete_objects() {
     assert_eq!(&tail[..], b"89");
     env.rt.block_on(env.s3.copy("k", "dir/copy of k+é")).unwrap();
     assert_eq!(env.get("dir/copy of k+é"), b"0123456789");
-    let failed = env.rt.block_on(env.s3.delete_many(&["k".into(), "dir/copy of k+é".into(), "never-was".into()])).unwrap();
+    let failed = env
+        .rt
+        .block_on(
+            env.s3
+                .delete_many(&["k".into(), "dir/copy of k+é".into(), "never-was".into()]),
+        )
+        .unwrap();
     assert!(failed.is_empty());
     assert!(env.keys().is_empty());
 }
@@ -78,19 +99,41 @@ fn ranged_get_copy_and_delete_objects() {
 fn conditional_requests_are_honoured() {
     let env = Env::embedded();
     let c = env.s3.client();
-    let put = env.rt.block_on(c.put_object().bucket(BUCKET).key("k").body(ByteStream::from_static(b"v1")).send()).unwrap();
+    let put = env
+        .rt
+        .block_on(
+            c.put_object()
+                .bucket(BUCKET)
+                .key("k")
+                .body(ByteStream::from_static(b"v1"))
+                .send(),
+        )
+        .unwrap();
     let etag = put.e_tag().unwrap().to_string();
     // GET If-None-Match with the current ETag: 304.
-    let r = env.rt.block_on(c.get_object().bucket(BUCKET).key("k").if_none_match(&etag).send());
+    let r = env
+        .rt
+        .block_on(c.get_object().bucket(BUCKET).key("k").if_none_match(&etag).send());
     assert_eq!(r.unwrap_err().raw_response().unwrap().status().as_u16(), 304);
     // HEAD If-Match with another ETag: 412.
-    let r = env.rt.block_on(c.head_object().bucket(BUCKET).key("k").if_match("\"nope\"").send());
+    let r = env
+        .rt
+        .block_on(c.head_object().bucket(BUCKET).key("k").if_match("\"nope\"").send());
     assert_eq!(r.unwrap_err().raw_response().unwrap().status().as_u16(), 412);
     // PUT If-None-Match: * on an existing key: 412, and the object is unchanged.
-    let r = env.rt.block_on(c.put_object().bucket(BUCKET).key("k").if_none_match("*").body(ByteStream::from_static(b"v2")).send());
+    let r = env.rt.block_on(
+        c.put_object()
+            .bucket(BUCKET)
+            .key("k")
+            .if_none_match("*")
+            .body(ByteStream::from_static(b"v2"))
+            .send(),
+    );
     assert_eq!(r.unwrap_err().raw_response().unwrap().status().as_u16(), 412);
     assert_eq!(env.get("k"), b"v1");
-    let r = env.rt.block_on(c.get_object().bucket(BUCKET).key("k").if_match(&etag).send());
+    let r = env
+        .rt
+        .block_on(c.get_object().bucket(BUCKET).key("k").if_match(&etag).send());
     assert!(r.is_ok());
 }
 
@@ -100,9 +143,15 @@ fn multipart_upload_with_part_copy_and_list_uploads() {
     let c = env.s3.client();
     let five_mib = vec![7u8; 5 * 1024 * 1024];
     env.put("src", &five_mib);
-    let up = env.rt.block_on(c.create_multipart_upload().bucket(BUCKET).key("big").send()).unwrap();
+    let up = env
+        .rt
+        .block_on(c.create_multipart_upload().bucket(BUCKET).key("big").send())
+        .unwrap();
     let id = up.upload_id().unwrap().to_string();
-    let leftover = env.rt.block_on(c.create_multipart_upload().bucket(BUCKET).key("abandoned").send()).unwrap();
+    let leftover = env
+        .rt
+        .block_on(c.create_multipart_upload().bucket(BUCKET).key("abandoned").send())
+        .unwrap();
 
     let uploads = env.rt.block_on(env.s3.list_uploads("")).unwrap();
     let mut ukeys: Vec<_> = uploads.iter().map(|u| u.key.as_str()).collect();
@@ -111,16 +160,34 @@ fn multipart_upload_with_part_copy_and_list_uploads() {
 
     let p1 = env
         .rt
-        .block_on(c.upload_part_copy().bucket(BUCKET).key("big").upload_id(&id).part_number(1).copy_source(format!("{BUCKET}/src")).send())
+        .block_on(
+            c.upload_part_copy()
+                .bucket(BUCKET)
+                .key("big")
+                .upload_id(&id)
+                .part_number(1)
+                .copy_source(format!("{BUCKET}/src"))
+                .send(),
+        )
         .unwrap();
     let e1 = p1.copy_part_result().and_then(|r| r.e_tag()).unwrap().to_string();
-    let e2 = env.rt.block_on(env.s3.upload_part("big", &id, 2, bytes::Bytes::from_static(b"tail"))).unwrap();
+    let e2 = env
+        .rt
+        .block_on(env.s3.upload_part("big", &id, 2, bytes::Bytes::from_static(b"tail")))
+        .unwrap();
     let done = CompletedMultipartUpload::builder()
         .parts(CompletedPart::builder().part_number(1).e_tag(e1).build())
         .parts(CompletedPart::builder().part_number(2).e_tag(e2).build())
         .build();
     env.rt
-        .block_on(c.complete_multipart_upload().bucket(BUCKET).key("big").upload_id(&id).multipart_upload(done).send())
+        .block_on(
+            c.complete_multipart_upload()
+                .bucket(BUCKET)
+                .key("big")
+                .upload_id(&id)
+                .multipart_upload(done)
+                .send(),
+        )
         .unwrap();
     let body = env.get("big");
     assert_eq!(body.len(), 5 * 1024 * 1024 + 4);
@@ -130,9 +197,23 @@ fn multipart_upload_with_part_copy_and_list_uploads() {
 
     // A small non-last part is refused, as S3 does.
     let id2 = leftover.upload_id().unwrap().to_string();
-    let a = env.rt.block_on(env.s3.upload_part("abandoned", &id2, 1, bytes::Bytes::from_static(b"small"))).unwrap();
-    let b = env.rt.block_on(env.s3.upload_part("abandoned", &id2, 2, bytes::Bytes::from_static(b"small"))).unwrap();
-    let r = env.rt.block_on(env.s3.complete_multipart("abandoned", &id2, &[(1, a), (2, b)]));
+    let a = env
+        .rt
+        .block_on(
+            env.s3
+                .upload_part("abandoned", &id2, 1, bytes::Bytes::from_static(b"small")),
+        )
+        .unwrap();
+    let b = env
+        .rt
+        .block_on(
+            env.s3
+                .upload_part("abandoned", &id2, 2, bytes::Bytes::from_static(b"small")),
+        )
+        .unwrap();
+    let r = env
+        .rt
+        .block_on(env.s3.complete_multipart("abandoned", &id2, &[(1, a), (2, b)]));
     assert!(r.is_err());
     env.rt.block_on(env.s3.abort_multipart("abandoned", &id2)).unwrap();
     assert!(env.rt.block_on(env.s3.list_uploads("")).unwrap().is_empty());
@@ -149,8 +230,11 @@ fn data_and_uploads_survive_a_server_restart() {
     };
     let srv = start();
     let s3 = rt.block_on(prefixfs::store::aws::AwsStore::connect(&client_config(&srv.endpoint())));
-    rt.block_on(s3.put("a/b", bytes::Bytes::from_static(b"kept"), &Default::default())).unwrap();
-    let id = rt.block_on(s3.create_multipart("pending", &Default::default())).unwrap();
+    rt.block_on(s3.put("a/b", bytes::Bytes::from_static(b"kept"), &Default::default()))
+        .unwrap();
+    let id = rt
+        .block_on(s3.create_multipart("pending", &Default::default()))
+        .unwrap();
     rt.block_on(srv.shutdown());
     let srv = start();
     let s3 = rt.block_on(prefixfs::store::aws::AwsStore::connect(&client_config(&srv.endpoint())));
@@ -159,7 +243,11 @@ fn data_and_uploads_survive_a_server_restart() {
     assert_eq!(ups.len(), 1);
     assert_eq!(ups[0].upload_id, id);
     let c = s3.client();
-    let del = Delete::builder().objects(ObjectIdentifier::builder().key("a/b").build().unwrap()).build().unwrap();
-    rt.block_on(c.delete_objects().bucket(BUCKET).delete(del).send()).unwrap();
+    let del = Delete::builder()
+        .objects(ObjectIdentifier::builder().key("a/b").build().unwrap())
+        .build()
+        .unwrap();
+    rt.block_on(c.delete_objects().bucket(BUCKET).delete(del).send())
+        .unwrap();
     assert!(rt.block_on(s3.head("a/b")).unwrap_err().is_not_found());
 }

@@ -19,7 +19,16 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(store: Arc<dyn ObjectStore>, key: String, size: u64, min_window: usize, max_window: usize) -> Self {
-        Reader { store, key, size, window: min_window, min_window, max_window, buf_start: 0, buf: Bytes::new() }
+        Reader {
+            store,
+            key,
+            size,
+            window: min_window,
+            min_window,
+            max_window,
+            buf_start: 0,
+            buf: Bytes::new(),
+        }
     }
 
     pub async fn read(&mut self, offset: u64, len: usize) -> StoreResult<Bytes> {
@@ -50,17 +59,24 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::stats::RequestStats;
-    use crate::store::retry::{RetryConfig, RetryingStore};
     use crate::store::memory::MemoryStore;
+    use crate::store::retry::{RetryConfig, RetryingStore};
+    use crate::store::stats::RequestStats;
     use crate::store::{OpKind, UserMeta};
 
     #[tokio::test]
     async fn sequential_reads_use_growing_windows() {
         let stats = Arc::new(RequestStats::default());
-        let store = Arc::new(RetryingStore::new(MemoryStore::new(), RetryConfig::default(), stats.clone()));
+        let store = Arc::new(RetryingStore::new(
+            MemoryStore::new(),
+            RetryConfig::default(),
+            stats.clone(),
+        ));
         let body: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-        store.put("k", Bytes::from(body.clone()), &UserMeta::new()).await.unwrap();
+        store
+            .put("k", Bytes::from(body.clone()), &UserMeta::new())
+            .await
+            .unwrap();
         let mut r = Reader::new(store, "k".into(), body.len() as u64, 4096, 256 * 1024);
         let mut got = Vec::new();
         let mut off = 0;

@@ -23,7 +23,9 @@ pub fn part_size(base: usize, n: i32) -> usize {
 
 #[derive(Debug, thiserror::Error)]
 pub enum UploadError {
-    #[error("write at offset {offset} but the file is {size} bytes long: only sequential writes are supported for new files")]
+    #[error(
+        "write at offset {offset} but the file is {size} bytes long: only sequential writes are supported for new files"
+    )]
     NotSequential { offset: u64, size: u64 },
     #[error("the upload already finished; reopen the file to write again")]
     Finished,
@@ -47,7 +49,13 @@ pub struct Upload {
 }
 
 impl Upload {
-    pub fn new(store: Arc<dyn ObjectStore>, key: String, meta: UserMeta, base_part: usize, max_inflight: usize) -> Self {
+    pub fn new(
+        store: Arc<dyn ObjectStore>,
+        key: String,
+        meta: UserMeta,
+        base_part: usize,
+        max_inflight: usize,
+    ) -> Self {
         Upload {
             store,
             key,
@@ -79,7 +87,10 @@ impl Upload {
     /// Forgets what was written (truncate to 0 before anything was sent).
     pub fn reset(&mut self) -> Result<(), UploadError> {
         if self.upload_id.is_some() {
-            return Err(UploadError::NotSequential { offset: 0, size: self.size });
+            return Err(UploadError::NotSequential {
+                offset: 0,
+                size: self.size,
+            });
         }
         self.buf.clear();
         self.size = 0;
@@ -96,7 +107,10 @@ impl Upload {
             self.finished = false;
         }
         if offset != self.size {
-            return Err(UploadError::NotSequential { offset, size: self.size });
+            return Err(UploadError::NotSequential {
+                offset,
+                size: self.size,
+            });
         }
         let mut rest = data;
         while !rest.is_empty() {
@@ -128,7 +142,10 @@ impl Upload {
         self.next_part += 1;
         let body: Bytes = std::mem::take(&mut self.buf).freeze();
         let (store, key) = (self.store.clone(), self.key.clone());
-        self.inflight.push((n, tokio::spawn(async move { store.upload_part(&key, &id, n, body).await })));
+        self.inflight.push((
+            n,
+            tokio::spawn(async move { store.upload_part(&key, &id, n, body).await }),
+        ));
         Ok(())
     }
 
@@ -179,10 +196,10 @@ impl Upload {
         for (_, h) in self.inflight.drain(..) {
             h.abort();
         }
-        if let Some(id) = self.upload_id.take() {
-            if let Err(e) = self.store.abort_multipart(&self.key, &id).await {
-                tracing::warn!(key = %self.key, error = %e, "could not abort multipart upload");
-            }
+        if let Some(id) = self.upload_id.take()
+            && let Err(e) = self.store.abort_multipart(&self.key, &id).await
+        {
+            tracing::warn!(key = %self.key, error = %e, "could not abort multipart upload");
         }
         self.finished = true;
     }
@@ -236,7 +253,13 @@ mod tests {
     #[tokio::test]
     async fn failed_put_is_reported_not_swallowed() {
         let mem = Arc::new(MemoryStore::new());
-        mem.fail_next(1, |k| StoreError::Client { op: "put", key: k.into(), status: 403, code: "AccessDenied".into(), message: String::new() });
+        mem.fail_next(1, |k| StoreError::Client {
+            op: "put",
+            key: k.into(),
+            status: 403,
+            code: "AccessDenied".into(),
+            message: String::new(),
+        });
         let mut u = Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2);
         u.write(0, b"data").await.unwrap();
         assert!(u.finish().await.is_err());

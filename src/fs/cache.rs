@@ -50,7 +50,11 @@ impl MetaCache {
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         let dir_cap = NonZeroUsize::new((capacity / 10).max(1)).unwrap_or(NonZeroUsize::MIN);
-        MetaCache { ttl, entries: Mutex::new(LruCache::new(cap)), dirs: Mutex::new(LruCache::new(dir_cap)) }
+        MetaCache {
+            ttl,
+            entries: Mutex::new(LruCache::new(cap)),
+            dirs: Mutex::new(LruCache::new(dir_cap)),
+        }
     }
 
     pub fn ttl(&self) -> Duration {
@@ -63,10 +67,10 @@ impl MetaCache {
 
     /// `Some(None)` is a cached negative entry; `None` means "ask S3".
     pub fn entry(&self, path: &RelPath) -> Option<Option<EntryInfo>> {
-        if let Some(t) = lock(&self.entries).get(path) {
-            if self.fresh(t.at) {
-                return Some(t.value);
-            }
+        if let Some(t) = lock(&self.entries).get(path)
+            && self.fresh(t.at)
+        {
+            return Some(t.value);
         }
         // A fresh listing of the parent answers too.
         let parent = path.parent()?;
@@ -78,7 +82,13 @@ impl MetaCache {
         if self.ttl.is_zero() {
             return;
         }
-        lock(&self.entries).put(path.clone(), Timed { value: info, at: Instant::now() });
+        lock(&self.entries).put(
+            path.clone(),
+            Timed {
+                value: info,
+                at: Instant::now(),
+            },
+        );
     }
 
     pub fn listing(&self, dir: &RelPath) -> Option<Listing> {
@@ -93,7 +103,13 @@ impl MetaCache {
         if self.ttl.is_zero() {
             return;
         }
-        lock(&self.dirs).put(dir.clone(), Timed { value: listing, at: Instant::now() });
+        lock(&self.dirs).put(
+            dir.clone(),
+            Timed {
+                value: listing,
+                at: Instant::now(),
+            },
+        );
     }
 
     /// Records the mount's own creation or update of `path`.
@@ -133,7 +149,11 @@ mod tests {
     use super::*;
 
     fn info(kind: Kind) -> EntryInfo {
-        EntryInfo { kind, size: 1, mtime: SystemTime::UNIX_EPOCH }
+        EntryInfo {
+            kind,
+            size: 1,
+            mtime: SystemTime::UNIX_EPOCH,
+        }
     }
 
     #[test]

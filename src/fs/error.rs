@@ -16,7 +16,10 @@ pub type FsResult<T> = Result<T, FsError>;
 
 impl FsError {
     pub fn new(errno: i32, message: impl Into<String>) -> Self {
-        FsError { errno, message: message.into() }
+        FsError {
+            errno,
+            message: message.into(),
+        }
     }
 
     pub fn not_found(what: impl std::fmt::Display) -> Self {
@@ -25,7 +28,10 @@ impl FsError {
 
     /// Expected outcomes (ENOENT on lookup, EEXIST...) log at debug; the rest at warn.
     pub fn is_expected(&self) -> bool {
-        matches!(self.errno, libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENODATA)
+        matches!(
+            self.errno,
+            libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENODATA
+        )
     }
 }
 

@@ -26,8 +26,19 @@ pub struct Inodes {
 
 impl Default for Inodes {
     fn default() -> Self {
-        let mut t = Inodes { by_ino: HashMap::new(), by_path: HashMap::new(), next: ROOT_INO + 1 };
-        t.by_ino.insert(ROOT_INO, Inode { path: RelPath::root(), kind: Kind::Dir, lookups: 1 });
+        let mut t = Inodes {
+            by_ino: HashMap::new(),
+            by_path: HashMap::new(),
+            next: ROOT_INO + 1,
+        };
+        t.by_ino.insert(
+            ROOT_INO,
+            Inode {
+                path: RelPath::root(),
+                kind: Kind::Dir,
+                lookups: 1,
+            },
+        );
         t.by_path.insert(RelPath::root(), ROOT_INO);
         t
     }
@@ -49,7 +60,14 @@ impl Inodes {
         }
         let ino = self.next;
         self.next += 1;
-        self.by_ino.insert(ino, Inode { path: path.clone(), kind, lookups: 1 });
+        self.by_ino.insert(
+            ino,
+            Inode {
+                path: path.clone(),
+                kind,
+                lookups: 1,
+            },
+        );
         self.by_path.insert(path.clone(), ino);
         ino
     }
@@ -70,22 +88,21 @@ impl Inodes {
             }
             None => false,
         };
-        if remove {
-            if let Some(i) = self.by_ino.remove(&ino) {
-                if self.by_path.get(&i.path) == Some(&ino) {
-                    self.by_path.remove(&i.path);
-                }
-            }
+        if remove
+            && let Some(i) = self.by_ino.remove(&ino)
+            && self.by_path.get(&i.path) == Some(&ino)
+        {
+            self.by_path.remove(&i.path);
         }
     }
 
     /// Moves `from` (and everything below it) to `to`. An inode already at `to` loses its path.
     pub fn rename(&mut self, from: &RelPath, to: &RelPath) {
-        if let Some(old) = self.by_path.remove(to) {
-            if let Some(i) = self.by_ino.get_mut(&old) {
-                // Still open perhaps, but no longer reachable by name.
-                i.path = RelPath::parse(&format!(".prefixfs-unlinked-{old}")).unwrap_or_default();
-            }
+        if let Some(old) = self.by_path.remove(to)
+            && let Some(i) = self.by_ino.get_mut(&old)
+        {
+            // Still open perhaps, but no longer reachable by name.
+            i.path = RelPath::parse(&format!(".prefixfs-unlinked-{old}")).unwrap_or_default();
         }
         let moved: Vec<(u64, RelPath)> = self
             .by_ino

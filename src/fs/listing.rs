@@ -17,7 +17,11 @@ impl Core {
         F: Fn(u32) -> Fut,
         Fut: Future<Output = FsResult<T>>,
     {
-        stream::iter(0..self.layout.prefix_count()).map(f).buffer_unordered(self.cfg.fanout.max(1)).try_collect().await
+        stream::iter(0..self.layout.prefix_count())
+            .map(f)
+            .buffer_unordered(self.cfg.fanout.max(1))
+            .try_collect()
+            .await
     }
 
     /// True when any key other than `dir`'s own marker lies below `dir`, in any prefix.
@@ -67,7 +71,9 @@ impl Core {
                 loop {
                     let page = self.store.list(&prefix, Some("/"), token.as_deref(), None).await?;
                     for o in page.objects {
-                        let Some(name) = o.key.strip_prefix(&prefix) else { continue };
+                        let Some(name) = o.key.strip_prefix(&prefix) else {
+                            continue;
+                        };
                         if name.is_empty() {
                             continue; // the directory's own marker
                         }
@@ -80,7 +86,9 @@ impl Core {
                         }
                     }
                     for cp in page.common_prefixes {
-                        let Some(name) = cp.strip_prefix(&prefix).and_then(|n| n.strip_suffix('/')) else { continue };
+                        let Some(name) = cp.strip_prefix(&prefix).and_then(|n| n.strip_suffix('/')) else {
+                            continue;
+                        };
                         if validate_name(name).is_ok() && !(dir.is_root() && name == RESERVED_NAME) {
                             dirs.push(name.to_string());
                         }
@@ -96,12 +104,26 @@ impl Core {
         let mut out = BTreeMap::new();
         for (files, _) in &pages {
             for (name, size, mtime) in files {
-                out.insert(name.clone(), EntryInfo { kind: Kind::File, size: *size, mtime: *mtime });
+                out.insert(
+                    name.clone(),
+                    EntryInfo {
+                        kind: Kind::File,
+                        size: *size,
+                        mtime: *mtime,
+                    },
+                );
             }
         }
         for (_, dirs) in pages {
             for name in dirs {
-                out.insert(name, EntryInfo { kind: Kind::Dir, size: 0, mtime: self.mount_time });
+                out.insert(
+                    name,
+                    EntryInfo {
+                        kind: Kind::Dir,
+                        size: 0,
+                        mtime: self.mount_time,
+                    },
+                );
             }
         }
         Ok(out)

@@ -81,6 +81,7 @@ pub struct Attr {
 }
 
 /// A file being written: shared by its handle and by `getattr`/listings of its path.
+#[derive(Clone)]
 struct Writer {
     path: RelPath,
     size: Arc<AtomicU64>,
@@ -137,7 +138,11 @@ impl Core {
     /// Counters and cache facts, as text (`user.prefixfs.stats` on the mount root).
     pub fn stats_text(&self) -> String {
         let mut s = self.stats.snapshot().to_text();
-        s.push_str(&format!("inodes {}\nopen_handles {}\n", lock(&self.inodes).len(), lock(&self.handles).len()));
+        s.push_str(&format!(
+            "inodes {}\nopen_handles {}\n",
+            lock(&self.inodes).len(),
+            lock(&self.handles).len()
+        ));
         s
     }
 
@@ -149,9 +154,12 @@ impl Core {
     }
 
     fn child_path(&self, parent: u64, name: &std::ffi::OsStr) -> FsResult<RelPath> {
-        let name = name
-            .to_str()
-            .ok_or_else(|| FsError::new(libc::EINVAL, format!("name {name:?} is not valid UTF-8: S3 keys must be UTF-8")))?;
+        let name = name.to_str().ok_or_else(|| {
+            FsError::new(
+                libc::EINVAL,
+                format!("name {name:?} is not valid UTF-8: S3 keys must be UTF-8"),
+            )
+        })?;
         let path = self.path_of(parent)?.join(name)?;
         // Both the file key and the marker key must fit in S3's key limit.
         self.layout.dir_marker_key(&path)?;
@@ -159,7 +167,12 @@ impl Core {
     }
 
     fn attr(&self, ino: u64, info: EntryInfo) -> Attr {
-        Attr { ino, kind: info.kind, size: info.size, mtime: info.mtime }
+        Attr {
+            ino,
+            kind: info.kind,
+            size: info.size,
+            mtime: info.mtime,
+        }
     }
 
     fn new_fh(&self, h: Handle) -> u64 {
@@ -171,7 +184,11 @@ impl Core {
     /// What `path` is, from the cache, an open writer, or S3.
     pub async fn stat(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
         if path.is_root() {
-            return Ok(Some(EntryInfo { kind: Kind::Dir, size: 0, mtime: self.mount_time }));
+            return Ok(Some(EntryInfo {
+                kind: Kind::Dir,
+                size: 0,
+                mtime: self.mount_time,
+            }));
         }
         if let Some(info) = self.writer_info(path) {
             return Ok(Some(info));
@@ -183,20 +200,36 @@ impl Core {
         let dkey = self.layout.dir_marker_key(path)?;
         let (file, marker) = tokio::join!(self.store.head(&fkey), self.store.head(&dkey));
         let info = match (file, marker) {
-            (_, Ok(m)) => Some(EntryInfo { kind: Kind::Dir, size: 0, mtime: m.last_modified }),
+            (_, Ok(m)) => Some(EntryInfo {
+                kind: Kind::Dir,
+                size: 0,
+                mtime: m.last_modified,
+            }),
             (Err(e), _) if !e.is_not_found() => return Err(e.into()),
             (_, Err(e)) if !e.is_not_found() => return Err(e.into()),
             (Ok(f), _) => {
                 if self.any_under(path).await? {
                     tracing::warn!(%path, "both a file and a directory have this name; showing the directory");
-                    Some(EntryInfo { kind: Kind::Dir, size: 0, mtime: self.mount_time })
+                    Some(EntryInfo {
+                        kind: Kind::Dir,
+                        size: 0,
+                        mtime: self.mount_time,
+                    })
                 } else {
-                    Some(EntryInfo { kind: Kind::File, size: f.size, mtime: f.last_modified })
+                    Some(EntryInfo {
+                        kind: Kind::File,
+                        size: f.size,
+                        mtime: f.last_modified,
+                    })
                 }
             }
             (Err(_), Err(_)) => {
                 if self.any_under(path).await? {
-                    Some(EntryInfo { kind: Kind::Dir, size: 0, mtime: self.mount_time })
+                    Some(EntryInfo {
+                        kind: Kind::Dir,
+                        size: 0,
+                        mtime: self.mount_time,
+                    })
                 } else {
                     None
                 }
@@ -210,7 +243,11 @@ impl Core {
         let ino = lock(&self.inodes).find(path)?;
         let writers = lock(&self.writers);
         let w = writers.get(&ino)?;
-        Some(EntryInfo { kind: Kind::File, size: w.size.load(Ordering::Relaxed), mtime: SystemTime::now() })
+        Some(EntryInfo {
+            kind: Kind::File,
+            size: w.size.load(Ordering::Relaxed),
+            mtime: SystemTime::now(),
+        })
     }
 
     /// Files created through this mount that S3 does not have yet, directly in `dir`.
@@ -219,7 +256,11 @@ impl Core {
             .values()
             .filter(|w| w.path.parent().as_ref() == Some(dir))
             .map(|w| {
-                let info = EntryInfo { kind: Kind::File, size: w.size.load(Ordering::Relaxed), mtime: SystemTime::now() };
+                let info = EntryInfo {
+                    kind: Kind::File,
+                    size: w.size.load(Ordering::Relaxed),
+                    mtime: SystemTime::now(),
+                };
                 (w.path.name().to_string(), info)
             })
             .collect()
@@ -227,8 +268,10 @@ impl Core {
 
     /// Uploads every file still open for writing (before unmount).
     pub async fn flush_all(&self) {
-        let uploads: Vec<(RelPath, Arc<tokio::sync::Mutex<Upload>>)> =
-            lock(&self.writers).values().map(|w| (w.path.clone(), w.upload.clone())).collect();
+        let uploads: Vec<(RelPath, Arc<tokio::sync::Mutex<Upload>>)> = lock(&self.writers)
+            .values()
+            .map(|w| (w.path.clone(), w.upload.clone()))
+            .collect();
         for (path, up) in uploads {
             if let Err(e) = up.lock().await.finish().await {
                 tracing::error!(%path, error = %e, "could not upload file at unmount");

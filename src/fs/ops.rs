@@ -49,7 +49,9 @@ impl Core {
         let path = match self.child_path(parent, name) {
             Ok(p) => p,
             // The descriptor's folder is not part of the tree.
-            Err(e) if e.errno == libc::EPERM => return Err(FsError::not_found(name.to_string_lossy())),
+            Err(e) if e.errno == libc::EPERM => {
+                return Err(FsError::not_found(name.to_string_lossy()));
+            }
             Err(e) => return Err(e),
         };
         let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
@@ -69,15 +71,29 @@ impl Core {
 
     /// Size changes: truncating a file being written to 0, or an existing file to 0 (one
     /// empty PUT). Mode/owner changes are refused until POSIX metadata is stored.
-    pub async fn setattr(&self, ino: u64, size: Option<u64>, mode: Option<u32>, uid: Option<u32>, gid: Option<u32>) -> FsResult<Attr> {
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> FsResult<Attr> {
         let path = self.path_of(ino)?;
         let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
-        let default_mode = if info.kind == Kind::Dir { self.cfg.dir_mode } else { self.cfg.file_mode };
+        let default_mode = if info.kind == Kind::Dir {
+            self.cfg.dir_mode
+        } else {
+            self.cfg.file_mode
+        };
         if mode.is_some_and(|m| (m & 0o7777) as u16 != default_mode)
             || uid.is_some_and(|u| u != self.cfg.uid)
             || gid.is_some_and(|g| g != self.cfg.gid)
         {
-            return Err(FsError::new(libc::EPERM, format!("{path}: changing mode or owner is not supported yet")));
+            return Err(FsError::new(
+                libc::EPERM,
+                format!("{path}: changing mode or owner is not supported yet"),
+            ));
         }
         if let Some(size) = size {
             if info.kind == Kind::Dir {
@@ -86,9 +102,14 @@ impl Core {
             self.check_writable(&path)?;
             if size != info.size {
                 if size != 0 {
-                    return Err(FsError::new(libc::EOPNOTSUPP, format!("{path}: truncate to {size} bytes is not supported yet (only to 0)")));
+                    return Err(FsError::new(
+                        libc::EOPNOTSUPP,
+                        format!("{path}: truncate to {size} bytes is not supported yet (only to 0)"),
+                    ));
                 }
-                let writer = lock(&self.writers).get(&ino).map(|w| (w.upload.clone(), w.size.clone()));
+                let writer = lock(&self.writers)
+                    .get(&ino)
+                    .map(|w| (w.upload.clone(), w.size.clone()));
                 match writer {
                     Some((up, sz)) => {
                         up.lock().await.reset().map_err(|e| upload_err(&path, e))?;
@@ -97,7 +118,14 @@ impl Core {
                     None => {
                         let key = self.layout.file_key(&path)?;
                         self.store.put(&key, Bytes::new(), &UserMeta::new()).await?;
-                        self.cache.upsert(&path, EntryInfo { kind: Kind::File, size: 0, mtime: SystemTime::now() });
+                        self.cache.upsert(
+                            &path,
+                            EntryInfo {
+                                kind: Kind::File,
+                                size: 0,
+                                mtime: SystemTime::now(),
+                            },
+                        );
                     }
                 }
             }
@@ -109,8 +137,14 @@ impl Core {
         let path = self.path_of(ino)?;
         let listing = self.list_dir(&path).await?;
         let inodes = lock(&self.inodes);
-        let parent_ino = path.parent().and_then(|p| inodes.find(&p)).unwrap_or(super::inodes::ROOT_INO);
-        let mut entries = vec![(".".to_string(), Kind::Dir, ino), ("..".to_string(), Kind::Dir, parent_ino)];
+        let parent_ino = path
+            .parent()
+            .and_then(|p| inodes.find(&p))
+            .unwrap_or(super::inodes::ROOT_INO);
+        let mut entries = vec![
+            (".".to_string(), Kind::Dir, ino),
+            ("..".to_string(), Kind::Dir, parent_ino),
+        ];
         for (name, info) in listing.iter() {
             // Entries the kernel has not looked up yet get a placeholder number; it uses the
             // name and type, and looks the entry up before using it.
@@ -141,7 +175,11 @@ impl Core {
         }
         let key = self.layout.dir_marker_key(&path)?;
         self.store.put(&key, Bytes::new(), &UserMeta::new()).await?;
-        let info = EntryInfo { kind: Kind::Dir, size: 0, mtime: SystemTime::now() };
+        let info = EntryInfo {
+            kind: Kind::Dir,
+            size: 0,
+            mtime: SystemTime::now(),
+        };
         self.cache.upsert(&path, info);
         // A directory we just created is empty: its listing needs no request.
         self.cache.put_listing(&path, Arc::default());
@@ -154,7 +192,9 @@ impl Core {
         self.check_writable(&path)?;
         match self.stat(&path).await? {
             None => return Err(FsError::not_found(&path)),
-            Some(i) if i.kind == Kind::File => return Err(FsError::new(libc::ENOTDIR, format!("{path}: not a directory"))),
+            Some(i) if i.kind == Kind::File => {
+                return Err(FsError::new(libc::ENOTDIR, format!("{path}: not a directory")));
+            }
             _ => {}
         }
         if !self.pending_in(&path).is_empty() || self.any_under(&path).await? {
@@ -170,7 +210,9 @@ impl Core {
         self.check_writable(&path)?;
         match self.stat(&path).await? {
             None => return Err(FsError::not_found(&path)),
-            Some(i) if i.kind == Kind::Dir => return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory"))),
+            Some(i) if i.kind == Kind::Dir => {
+                return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
+            }
             _ => {}
         }
         self.store.delete(&self.layout.file_key(&path)?).await?;
@@ -180,31 +222,56 @@ impl Core {
 
     fn start_writer(&self, ino: u64, path: &RelPath) -> FsResult<u64> {
         let key = self.layout.file_key(path)?;
-        let upload = Upload::new(self.store.clone(), key, UserMeta::new(), self.cfg.part_size, self.cfg.upload_inflight);
+        let upload = Upload::new(
+            self.store.clone(),
+            key,
+            UserMeta::new(),
+            self.cfg.part_size,
+            self.cfg.upload_inflight,
+        );
         let mut writers = lock(&self.writers);
         if writers.contains_key(&ino) {
-            return Err(FsError::new(libc::EBUSY, format!("{path}: already open for writing by another handle")));
+            return Err(FsError::new(
+                libc::EBUSY,
+                format!("{path}: already open for writing by another handle"),
+            ));
         }
         writers.insert(
             ino,
-            Writer { path: path.clone(), size: Arc::new(AtomicU64::new(0)), upload: Arc::new(tokio::sync::Mutex::new(upload)) },
+            Writer {
+                path: path.clone(),
+                size: Arc::new(AtomicU64::new(0)),
+                upload: Arc::new(tokio::sync::Mutex::new(upload)),
+            },
         );
         drop(writers);
-        self.cache.upsert(path, EntryInfo { kind: Kind::File, size: 0, mtime: SystemTime::now() });
+        self.cache.upsert(
+            path,
+            EntryInfo {
+                kind: Kind::File,
+                size: 0,
+                mtime: SystemTime::now(),
+            },
+        );
         Ok(self.new_fh(Handle::Write { ino }))
     }
 
     pub async fn create(&self, parent: u64, name: &OsStr) -> FsResult<(Attr, u64)> {
         let path = self.child_path(parent, name)?;
         self.check_writable(&path)?;
-        if let Some(i) = self.stat(&path).await? {
-            if i.kind == Kind::Dir {
-                return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
-            }
+        if let Some(i) = self.stat(&path).await?
+            && i.kind == Kind::Dir
+        {
+            return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
         }
         let ino = lock(&self.inodes).lookup(&path, Kind::File);
         let fh = self.start_writer(ino, &path)?;
-        let attr = Attr { ino, kind: Kind::File, size: 0, mtime: SystemTime::now() };
+        let attr = Attr {
+            ino,
+            kind: Kind::File,
+            size: 0,
+            mtime: SystemTime::now(),
+        };
         Ok((attr, fh))
     }
 
@@ -224,11 +291,19 @@ impl Core {
             }
             return Err(FsError::new(
                 libc::EPERM,
-                format!("{path}: modifying an existing file in place is not supported yet; open it with O_TRUNC to replace it"),
+                format!(
+                    "{path}: modifying an existing file in place is not supported yet; open it with O_TRUNC to replace it"
+                ),
             ));
         }
         let key = self.layout.file_key(&path)?;
-        let reader = Reader::new(self.store.clone(), key, info.size, self.cfg.read_window_min, self.cfg.read_window_max);
+        let reader = Reader::new(
+            self.store.clone(),
+            key,
+            info.size,
+            self.cfg.read_window_min,
+            self.cfg.read_window_max,
+        );
         Ok(self.new_fh(Handle::Read(Arc::new(tokio::sync::Mutex::new(reader)))))
     }
 
@@ -236,57 +311,76 @@ impl Core {
         let reader = match lock(&self.handles).get(&fh) {
             Some(Handle::Read(r)) => r.clone(),
             Some(Handle::Write { .. }) => {
-                return Err(FsError::new(libc::EBADF, "reading a file while it is being written is not supported yet"));
+                return Err(FsError::new(
+                    libc::EBADF,
+                    "reading a file while it is being written is not supported yet",
+                ));
             }
-            _ => return Err(FsError::new(libc::EBADF, format!("file handle {fh} is not open"))),
+            _ => {
+                return Err(FsError::new(libc::EBADF, format!("file handle {fh} is not open")));
+            }
         };
         let mut r = reader.lock().await;
         Ok(r.read(offset, size as usize).await?)
     }
 
-    fn writer_of(&self, fh: u64) -> FsResult<(u64, RelPath, Arc<AtomicU64>, Arc<tokio::sync::Mutex<Upload>>)> {
+    fn writer_of(&self, fh: u64) -> FsResult<Writer> {
         let ino = match lock(&self.handles).get(&fh) {
             Some(Handle::Write { ino }) => *ino,
-            _ => return Err(FsError::new(libc::EBADF, format!("file handle {fh} is not open for writing"))),
+            _ => {
+                return Err(FsError::new(
+                    libc::EBADF,
+                    format!("file handle {fh} is not open for writing"),
+                ));
+            }
         };
-        let writers = lock(&self.writers);
-        let w = writers.get(&ino).ok_or_else(|| FsError::new(libc::EBADF, format!("file handle {fh} lost its writer")))?;
-        Ok((ino, w.path.clone(), w.size.clone(), w.upload.clone()))
+        lock(&self.writers)
+            .get(&ino)
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::EBADF, format!("file handle {fh} lost its writer")))
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        let (_, path, size, upload) = self.writer_of(fh)?;
-        let mut up = upload.lock().await;
-        up.write(offset, data).await.map_err(|e| upload_err(&path, e))?;
-        size.store(up.size(), Ordering::Relaxed);
+        let w = self.writer_of(fh)?;
+        let mut up = w.upload.lock().await;
+        up.write(offset, data).await.map_err(|e| upload_err(&w.path, e))?;
+        w.size.store(up.size(), Ordering::Relaxed);
         Ok(data.len() as u32)
     }
 
     /// `close` (and `fsync`): a written file is uploaded now, and an upload failure is
     /// returned to the program.
     pub async fn flush(&self, fh: u64) -> FsResult<()> {
-        let Ok((_, path, _, upload)) = self.writer_of(fh) else { return Ok(()) };
+        let Ok(Writer { path, upload, .. }) = self.writer_of(fh) else {
+            return Ok(());
+        };
         let mut up = upload.lock().await;
         if up.is_finished() {
             return Ok(());
         }
         up.finish().await.map_err(|e| upload_err(&path, e))?;
-        self.cache.upsert(&path, EntryInfo { kind: Kind::File, size: up.size(), mtime: SystemTime::now() });
+        self.cache.upsert(
+            &path,
+            EntryInfo {
+                kind: Kind::File,
+                size: up.size(),
+                mtime: SystemTime::now(),
+            },
+        );
         Ok(())
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
         let result = self.flush(fh).await;
         let handle = lock(&self.handles).remove(&fh);
-        if let Some(Handle::Write { ino }) = handle {
-            if let Some(w) = lock(&self.writers).remove(&ino) {
-                if let Err(e) = &result {
-                    tracing::error!(path = %w.path, error = %e, "file closed without its data reaching S3; the write is lost");
-                    let up = w.upload.clone();
-                    tokio::spawn(async move { up.lock().await.abort().await });
-                    self.cache.remove(&w.path);
-                }
-            }
+        if let Some(Handle::Write { ino }) = handle
+            && let Some(w) = lock(&self.writers).remove(&ino)
+            && let Err(e) = &result
+        {
+            tracing::error!(path = %w.path, error = %e, "file closed without its data reaching S3; the write is lost");
+            let up = w.upload.clone();
+            tokio::spawn(async move { up.lock().await.abort().await });
+            self.cache.remove(&w.path);
         }
         result
     }
@@ -296,13 +390,19 @@ impl Core {
         let to = self.child_path(newparent, newname)?;
         self.check_writable(&from)?;
         if flags & libc::RENAME_EXCHANGE != 0 {
-            return Err(FsError::new(libc::EINVAL, format!("{from}: RENAME_EXCHANGE is not supported")));
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("{from}: RENAME_EXCHANGE is not supported"),
+            ));
         }
         if from == to {
             return Ok(());
         }
         if to.starts_with(&from) {
-            return Err(FsError::new(libc::EINVAL, format!("cannot move {from} into itself ({to})")));
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("cannot move {from} into itself ({to})"),
+            ));
         }
         let src = self.stat(&from).await?.ok_or_else(|| FsError::not_found(&from))?;
         if let Some(dst) = self.stat(&to).await? {
@@ -310,8 +410,12 @@ impl Core {
                 return Err(FsError::new(libc::EEXIST, format!("{to}: exists")));
             }
             match (src.kind, dst.kind) {
-                (Kind::File, Kind::Dir) => return Err(FsError::new(libc::EISDIR, format!("{to}: is a directory"))),
-                (Kind::Dir, Kind::File) => return Err(FsError::new(libc::ENOTDIR, format!("{to}: not a directory"))),
+                (Kind::File, Kind::Dir) => {
+                    return Err(FsError::new(libc::EISDIR, format!("{to}: is a directory")));
+                }
+                (Kind::Dir, Kind::File) => {
+                    return Err(FsError::new(libc::ENOTDIR, format!("{to}: not a directory")));
+                }
                 (Kind::Dir, Kind::Dir) if self.any_under(&to).await? => {
                     return Err(FsError::new(libc::ENOTEMPTY, format!("{to}: directory not empty")));
                 }
@@ -321,13 +425,22 @@ impl Core {
         match src.kind {
             Kind::File => {
                 if self.writer_info(&from).is_some() {
-                    return Err(FsError::new(libc::EBUSY, format!("{from}: still being written; close it before renaming")));
+                    return Err(FsError::new(
+                        libc::EBUSY,
+                        format!("{from}: still being written; close it before renaming"),
+                    ));
                 }
                 let (sk, dk) = (self.layout.file_key(&from)?, self.layout.file_key(&to)?);
                 self.store.copy(&sk, &dk).await?;
                 self.store.delete(&sk).await?;
                 self.cache.remove(&from);
-                self.cache.upsert(&to, EntryInfo { mtime: SystemTime::now(), ..src });
+                self.cache.upsert(
+                    &to,
+                    EntryInfo {
+                        mtime: SystemTime::now(),
+                        ..src
+                    },
+                );
             }
             Kind::Dir => {
                 let result = self.rename_dir(&from, &to).await;
@@ -346,19 +459,27 @@ impl Core {
         let to_marker = self.layout.dir_marker_key(to)?;
         let mut has_marker = false;
         for key in self.list_tree(from).await? {
-            let Some((path, is_dir)) = self.layout.key_to_path(&key) else { continue };
+            let Some((path, is_dir)) = self.layout.key_to_path(&key) else {
+                continue;
+            };
             if !path.starts_with(from) {
                 continue;
             }
             let new_path = path.rebase(from, to);
-            let new_key = if is_dir { self.layout.dir_marker_key(&new_path)? } else { self.layout.file_key(&new_path)? };
+            let new_key = if is_dir {
+                self.layout.dir_marker_key(&new_path)?
+            } else {
+                self.layout.file_key(&new_path)?
+            };
             has_marker |= new_key == to_marker;
             pairs.push((key, new_key));
         }
         if !has_marker {
             self.store.put(&to_marker, Bytes::new(), &UserMeta::new()).await?;
         }
-        let order = self.layout.interleave_by_prefix(pairs.iter().map(|(k, _)| k.clone()).collect());
+        let order = self
+            .layout
+            .interleave_by_prefix(pairs.iter().map(|(k, _)| k.clone()).collect());
         let dst_of: std::collections::HashMap<String, String> = pairs.into_iter().collect();
         let total = order.len();
         let failures: Vec<String> = stream::iter(order.iter())
@@ -375,7 +496,13 @@ impl Core {
                 %from, %to, failed = failures.len(), total, error = %first,
                 "directory rename failed midway; no source object was deleted, so every file is still readable under its old name"
             );
-            return Err(FsError::new(libc::EIO, format!("rename {from} -> {to}: {} of {total} copies failed: {first}", failures.len())));
+            return Err(FsError::new(
+                libc::EIO,
+                format!(
+                    "rename {from} -> {to}: {} of {total} copies failed: {first}",
+                    failures.len()
+                ),
+            ));
         }
         self.delete_keys(order).await
     }
@@ -385,13 +512,23 @@ impl Core {
         for batch in keys.chunks(1000) {
             let failed = self.store.delete_many(batch).await?;
             if let Some((key, err)) = failed.first() {
-                return Err(FsError::new(libc::EIO, format!("deleting {key}: {err} ({} keys failed)", failed.len())));
+                return Err(FsError::new(
+                    libc::EIO,
+                    format!("deleting {key}: {err} ({} keys failed)", failed.len()),
+                ));
             }
         }
         Ok(())
     }
 
     pub fn statfs(&self) -> StatFs {
-        StatFs { blocks: STATFS_BLOCKS, bfree: STATFS_BLOCKS, files: STATFS_BLOCKS, ffree: STATFS_BLOCKS, bsize: 4096, namelen: 255 }
+        StatFs {
+            blocks: STATFS_BLOCKS,
+            bfree: STATFS_BLOCKS,
+            files: STATFS_BLOCKS,
+            ffree: STATFS_BLOCKS,
+            bsize: 4096,
+            namelen: 255,
+        }
     }
 }

@@ -92,7 +92,10 @@ pub struct Bucket {
 }
 
 fn now_ns() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
 }
 
 fn read_lock<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -117,10 +120,15 @@ impl DiskStore {
             if !entry.file_type()?.is_dir() {
                 continue;
             }
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else { continue };
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
             buckets.insert(name, Arc::new(Bucket::load(entry.path())?));
         }
-        Ok(DiskStore { root: root.to_path_buf(), buckets: RwLock::new(buckets) })
+        Ok(DiskStore {
+            root: root.to_path_buf(),
+            buckets: RwLock::new(buckets),
+        })
     }
 
     pub fn create_bucket(&self, name: &str) -> DiskResult<()> {
@@ -146,11 +154,17 @@ impl DiskStore {
     }
 
     pub fn bucket(&self, name: &str) -> DiskResult<Arc<Bucket>> {
-        read_lock(&self.buckets).get(name).cloned().ok_or(DiskError::NoSuchBucket)
+        read_lock(&self.buckets)
+            .get(name)
+            .cloned()
+            .ok_or(DiskError::NoSuchBucket)
     }
 
     pub fn bucket_names(&self) -> Vec<(String, SystemTime)> {
-        read_lock(&self.buckets).iter().map(|(n, b)| (n.clone(), b.created)).collect()
+        read_lock(&self.buckets)
+            .iter()
+            .map(|(n, b)| (n.clone(), b.created))
+            .collect()
     }
 }
 
@@ -248,21 +262,30 @@ impl Bucket {
                     Ok(entry) => {
                         index.insert(entry.key.clone(), entry);
                     }
-                    Err(e) => tracing::warn!(path = %path.display(), error = %e, "skipping unreadable object file"),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "skipping unreadable object file")
+                    }
                 }
             }
         }
         let mut uploads = BTreeMap::new();
         for u in fs::read_dir(dir.join("uploads"))? {
             let p = u?.path().join("upload.json");
-            if let Ok(text) = fs::read(&p) {
-                if let Ok(up) = serde_json::from_slice::<Upload>(&text) {
-                    uploads.insert(up.id.clone(), up);
-                }
+            if let Ok(text) = fs::read(&p)
+                && let Ok(up) = serde_json::from_slice::<Upload>(&text)
+            {
+                uploads.insert(up.id.clone(), up);
             }
         }
-        let created = fs::metadata(&dir).and_then(|m| m.modified()).unwrap_or_else(|_| SystemTime::now());
-        Ok(Bucket { dir, created, index: RwLock::new(index), uploads: Mutex::new(uploads) })
+        let created = fs::metadata(&dir)
+            .and_then(|m| m.modified())
+            .unwrap_or_else(|_| SystemTime::now());
+        Ok(Bucket {
+            dir,
+            created,
+            index: RwLock::new(index),
+            uploads: Mutex::new(uploads),
+        })
     }
 
     fn object_path(&self, key: &str) -> PathBuf {
@@ -273,7 +296,12 @@ impl Bucket {
     pub fn stage(&self) -> io::Result<Staged> {
         let path = self.dir.join("tmp").join(uuid::Uuid::new_v4().to_string());
         let file = File::create(&path)?;
-        Ok(Staged { path, file, md5: Md5::new(), size: 0 })
+        Ok(Staged {
+            path,
+            file,
+            md5: Md5::new(),
+            size: 0,
+        })
     }
 
     /// Commits a staged body as `key`, checking `cond` atomically with the replacement.
@@ -373,13 +401,17 @@ impl Bucket {
         let mut count = 0;
         loop {
             let mut range = index.range::<String, _>((lower.clone(), Bound::Unbounded));
-            let Some((key, entry)) = range.next() else { break };
+            let Some((key, entry)) = range.next() else {
+                break;
+            };
             if !key.starts_with(prefix) {
                 break;
             }
-            let rolled = delimiter
-                .filter(|d| !d.is_empty())
-                .and_then(|d| key[prefix.len()..].find(d).map(|i| key[..prefix.len() + i + d.len()].to_string()));
+            let rolled = delimiter.filter(|d| !d.is_empty()).and_then(|d| {
+                key[prefix.len()..]
+                    .find(d)
+                    .map(|i| key[..prefix.len() + i + d.len()].to_string())
+            });
             if count == max {
                 out.next = match (out.objects.last(), out.prefixes.last()) {
                     (Some(o), Some(p)) if o.key > *p => Some(Resume::AfterKey(o.key.clone())),
@@ -410,7 +442,13 @@ impl Bucket {
         meta: BTreeMap<String, String>,
         content_type: Option<String>,
     ) -> DiskResult<Upload> {
-        let up = Upload { id: uuid::Uuid::new_v4().simple().to_string(), key: key.to_string(), initiated_ns: now_ns(), meta, content_type };
+        let up = Upload {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            key: key.to_string(),
+            initiated_ns: now_ns(),
+            meta,
+            content_type,
+        };
         let dir = self.dir.join("uploads").join(&up.id);
         fs::create_dir_all(&dir)?;
         let json = serde_json::to_vec(&up).map_err(io::Error::other)?;
@@ -443,7 +481,13 @@ impl Bucket {
         Ok(etag)
     }
 
-    pub fn complete_upload(&self, key: &str, id: &str, parts: &[(i32, String)], cond: &WriteCondition) -> DiskResult<Entry> {
+    pub fn complete_upload(
+        &self,
+        key: &str,
+        id: &str,
+        parts: &[(i32, String)],
+        cond: &WriteCondition,
+    ) -> DiskResult<Entry> {
         let up = self.upload(key, id)?;
         if parts.is_empty() {
             return Err(DiskError::InvalidPart("no parts".into()));
@@ -457,7 +501,8 @@ impl Bucket {
             }
             last = *n;
             let path = self.part_path(id, *n);
-            let etag = fs::read_to_string(path.with_extension("etag")).map_err(|_| DiskError::InvalidPart(format!("part {n} missing")))?;
+            let etag = fs::read_to_string(path.with_extension("etag"))
+                .map_err(|_| DiskError::InvalidPart(format!("part {n} missing")))?;
             if !etag_eq(&etag, want) {
                 return Err(DiskError::InvalidPart(format!("part {n} etag mismatch")));
             }
@@ -487,7 +532,11 @@ impl Bucket {
     }
 
     pub fn uploads(&self, prefix: &str) -> Vec<Upload> {
-        let mut v: Vec<Upload> = lock(&self.uploads).values().filter(|u| u.key.starts_with(prefix)).cloned().collect();
+        let mut v: Vec<Upload> = lock(&self.uploads)
+            .values()
+            .filter(|u| u.key.starts_with(prefix))
+            .cloned()
+            .collect();
         v.sort_by(|a, b| (&a.key, a.initiated_ns).cmp(&(&b.key, b.initiated_ns)));
         v
     }
@@ -513,7 +562,10 @@ fn copy_into(src: &mut File, dst: &mut Staged, len: u64) -> io::Result<()> {
         let want = left.min(buf.len() as u64) as usize;
         let n = src.read(&mut buf[..want])?;
         if n == 0 {
-            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "source shorter than expected"));
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "source shorter than expected",
+            ));
         }
         dst.write(&buf[..n])?;
         left -= n as u64;
@@ -583,7 +635,8 @@ mod tests {
     fn put(b: &Bucket, key: &str, body: &[u8]) -> Entry {
         let mut s = b.stage().unwrap();
         s.write(body).unwrap();
-        b.commit(s, key, None, BTreeMap::new(), None, &WriteCondition::default()).unwrap()
+        b.commit(s, key, None, BTreeMap::new(), None, &WriteCondition::default())
+            .unwrap()
     }
 
     fn all(b: &Bucket, prefix: &str, delim: Option<&str>, max: usize) -> Vec<String> {
@@ -649,9 +702,18 @@ mod tests {
         let e = put(&b, "k", b"v1");
         let mut s = b.stage().unwrap();
         s.write(b"v2").unwrap();
-        let cond = WriteCondition { if_none_match_any: true, if_match: None };
-        assert!(matches!(b.commit(s, "k", None, BTreeMap::new(), None, &cond), Err(DiskError::PreconditionFailed)));
-        assert!(matches!(b.delete("k", Some("nope")), Err(DiskError::PreconditionFailed)));
+        let cond = WriteCondition {
+            if_none_match_any: true,
+            if_match: None,
+        };
+        assert!(matches!(
+            b.commit(s, "k", None, BTreeMap::new(), None, &cond),
+            Err(DiskError::PreconditionFailed)
+        ));
+        assert!(matches!(
+            b.delete("k", Some("nope")),
+            Err(DiskError::PreconditionFailed)
+        ));
         b.delete("k", Some(&e.etag)).unwrap();
         assert!(b.lookup("k").is_none());
 
@@ -663,7 +725,9 @@ mod tests {
         p2.write(b"tail").unwrap();
         let e2 = b.put_part("big", &up.id, 2, p2).unwrap();
         assert_eq!(b.uploads("").len(), 1);
-        let entry = b.complete_upload("big", &up.id, &[(1, e1), (2, e2)], &WriteCondition::default()).unwrap();
+        let entry = b
+            .complete_upload("big", &up.id, &[(1, e1), (2, e2)], &WriteCondition::default())
+            .unwrap();
         assert_eq!(entry.size, MIN_PART_SIZE + 4);
         assert!(entry.etag.ends_with("-2"));
         assert!(b.uploads("").is_empty());

@@ -102,7 +102,9 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
                 _ = stopped.changed() => break,
             };
             let _ = socket.set_nodelay(true);
-            let conn = http.serve_connection(TokioIo::new(socket), service.clone()).into_owned();
+            let conn = http
+                .serve_connection(TokioIo::new(socket), service.clone())
+                .into_owned();
             let mut stop_conn = stopped.clone();
             tokio::spawn(async move {
                 tokio::select! {
@@ -113,5 +115,9 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
         }
     });
     tracing::info!(%addr, dir = %cfg.data_dir.display(), "embedded S3 server listening");
-    Ok(RunningServer { addr, stop, task: Some(task) })
+    Ok(RunningServer {
+        addr,
+        stop,
+        task: Some(task),
+    })
 }

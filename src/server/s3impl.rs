@@ -73,24 +73,26 @@ fn check_read_conditions(
     if_modified_since: Option<&Timestamp>,
     if_unmodified_since: Option<&Timestamp>,
 ) -> S3Result<()> {
-    let modified = time::OffsetDateTime::from(e.modified()).replace_nanosecond(0).unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    let modified = time::OffsetDateTime::from(e.modified())
+        .replace_nanosecond(0)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     if let Some(c) = if_match {
         if !cond_matches(c, &e.etag) {
             return Err(s3_error!(PreconditionFailed));
         }
-    } else if let Some(t) = if_unmodified_since {
-        if modified > time::OffsetDateTime::from(t.clone()) {
-            return Err(s3_error!(PreconditionFailed));
-        }
+    } else if let Some(t) = if_unmodified_since
+        && modified > time::OffsetDateTime::from(t.clone())
+    {
+        return Err(s3_error!(PreconditionFailed));
     }
     if let Some(c) = if_none_match {
         if cond_matches(c, &e.etag) {
             return Err(s3_error!(NotModified));
         }
-    } else if let Some(t) = if_modified_since {
-        if modified <= time::OffsetDateTime::from(t.clone()) {
-            return Err(s3_error!(NotModified));
-        }
+    } else if let Some(t) = if_modified_since
+        && modified <= time::OffsetDateTime::from(t.clone())
+    {
+        return Err(s3_error!(NotModified));
     }
     Ok(())
 }
@@ -113,11 +115,16 @@ fn source(cs: &CopySource) -> S3Result<(&str, &str)> {
 }
 
 fn meta_map(m: Option<Metadata>) -> BTreeMap<String, String> {
-    m.map(|m| m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect()).unwrap_or_default()
+    m.map(|m| m.into_iter().map(|(k, v)| (k.to_ascii_lowercase(), v)).collect())
+        .unwrap_or_default()
 }
 
 fn to_metadata(m: &BTreeMap<String, String>) -> Option<Metadata> {
-    if m.is_empty() { None } else { Some(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()) }
+    if m.is_empty() {
+        None
+    } else {
+        Some(m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
 }
 
 /// Percent-encoding for `encoding-type=url` listings.
@@ -135,7 +142,10 @@ fn url_encode(s: &str) -> String {
 
 fn parse_copy_range(r: &str) -> S3Result<std::ops::Range<u64>> {
     let bad = || S3Error::with_message(S3ErrorCode::InvalidArgument, "bad x-amz-copy-source-range");
-    let (a, b) = r.strip_prefix("bytes=").and_then(|s| s.split_once('-')).ok_or_else(bad)?;
+    let (a, b) = r
+        .strip_prefix("bytes=")
+        .and_then(|s| s.split_once('-'))
+        .ok_or_else(bad)?;
     let first: u64 = a.parse().map_err(|_| bad())?;
     let last: u64 = b.parse().map_err(|_| bad())?;
     if last < first {
@@ -174,25 +184,43 @@ impl S3 for S3Store {
             .store
             .bucket_names()
             .into_iter()
-            .map(|(name, created)| Bucket_ { name: Some(name), creation_date: Some(Timestamp::from(created)), bucket_region: None })
+            .map(|(name, created)| Bucket_ {
+                name: Some(name),
+                creation_date: Some(Timestamp::from(created)),
+                bucket_region: None,
+            })
             .collect();
-        Ok(S3Response::new(ListBucketsOutput { buckets: Some(buckets), ..Default::default() }))
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(buckets),
+            ..Default::default()
+        }))
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let staged = stage_body(&b, input.body).await?;
-        if let Some(len) = input.content_length {
-            if len >= 0 && staged.size() != len as u64 {
-                return Err(s3_error!(IncompleteBody));
-            }
+        if let Some(len) = input.content_length
+            && len >= 0
+            && staged.size() != len as u64
+        {
+            return Err(s3_error!(IncompleteBody));
         }
         let cond = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref());
         let entry = b
-            .commit(staged, &input.key, None, meta_map(input.metadata), input.content_type.map(|c| c.to_string()), &cond)
+            .commit(
+                staged,
+                &input.key,
+                None,
+                meta_map(input.metadata),
+                input.content_type.map(|c| c.to_string()),
+                &cond,
+            )
             .map_err(to_s3)?;
-        Ok(S3Response::new(PutObjectOutput { e_tag: Some(etag_of(&entry)), ..Default::default() }))
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(etag_of(&entry)),
+            ..Default::default()
+        }))
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
@@ -275,7 +303,10 @@ impl S3 for S3Store {
         let mut errors = Vec::new();
         for o in input.delete.objects {
             match b.delete(&o.key, None) {
-                Ok(()) if !quiet => deleted.push(DeletedObject { key: Some(o.key), ..Default::default() }),
+                Ok(()) if !quiet => deleted.push(DeletedObject {
+                    key: Some(o.key),
+                    ..Default::default()
+                }),
                 Ok(()) => {}
                 Err(e) => errors.push(Error {
                     key: Some(o.key),
@@ -298,17 +329,20 @@ impl S3 for S3Store {
         let src = self.bucket(src_bucket)?;
         let dst = self.bucket(&input.bucket)?;
         let (staged, src_entry) = src.stage_copy(src_key, None).map_err(to_s3)?;
-        if let Some(c) = &input.copy_source_if_match {
-            if !cond_matches(c, &src_entry.etag) {
-                return Err(s3_error!(PreconditionFailed));
-            }
+        if let Some(c) = &input.copy_source_if_match
+            && !cond_matches(c, &src_entry.etag)
+        {
+            return Err(s3_error!(PreconditionFailed));
         }
-        if let Some(c) = &input.copy_source_if_none_match {
-            if cond_matches(c, &src_entry.etag) {
-                return Err(s3_error!(PreconditionFailed));
-            }
+        if let Some(c) = &input.copy_source_if_none_match
+            && cond_matches(c, &src_entry.etag)
+        {
+            return Err(s3_error!(PreconditionFailed));
         }
-        let replace = input.metadata_directive.as_ref().is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
+        let replace = input
+            .metadata_directive
+            .as_ref()
+            .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
         let (meta, ctype) = if replace {
             (meta_map(input.metadata), input.content_type.map(|c| c.to_string()))
         } else {
@@ -316,7 +350,9 @@ impl S3 for S3Store {
         };
         // A multipart ETag is not the MD5 of the body; a copy keeps it, as S3 does.
         let etag = src_entry.etag.contains('-').then(|| src_entry.etag.clone());
-        let entry = dst.commit(staged, &input.key, etag, meta, ctype, &WriteCondition::default()).map_err(to_s3)?;
+        let entry = dst
+            .commit(staged, &input.key, etag, meta, ctype, &WriteCondition::default())
+            .map_err(to_s3)?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(etag_of(&entry)),
@@ -333,13 +369,22 @@ impl S3 for S3Store {
         let prefix = input.prefix.clone().unwrap_or_default();
         let max = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
         let resume = match (&input.continuation_token, &input.start_after) {
-            (Some(t), _) => Some(Resume::decode(t).ok_or_else(|| s3_error!(InvalidArgument, "bad continuation token"))?),
+            (Some(t), _) => {
+                Some(Resume::decode(t).ok_or_else(|| s3_error!(InvalidArgument, "bad continuation token"))?)
+            }
             (None, Some(sa)) => Some(Resume::AfterKey(sa.clone())),
             (None, None) => None,
         };
-        let url = input.encoding_type.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL);
+        let url = input
+            .encoding_type
+            .as_ref()
+            .is_some_and(|e| e.as_str() == EncodingType::URL);
         let enc = |s: &str| if url { url_encode(s) } else { s.to_string() };
-        let page = if max == 0 { Default::default() } else { b.list(&prefix, input.delimiter.as_deref(), resume, max) };
+        let page = if max == 0 {
+            Default::default()
+        } else {
+            b.list(&prefix, input.delimiter.as_deref(), resume, max)
+        };
         let key_count = (page.objects.len() + page.prefixes.len()) as i32;
         let contents = page
             .objects
@@ -353,7 +398,11 @@ impl S3 for S3Store {
                 ..Default::default()
             })
             .collect();
-        let common_prefixes = page.prefixes.iter().map(|p| CommonPrefix { prefix: Some(enc(p)) }).collect();
+        let common_prefixes = page
+            .prefixes
+            .iter()
+            .map(|p| CommonPrefix { prefix: Some(enc(p)) })
+            .collect();
         Ok(S3Response::new(ListObjectsV2Output {
             name: Some(input.bucket),
             prefix: Some(enc(&prefix)),
@@ -386,7 +435,11 @@ impl S3 for S3Store {
         Ok(out.map_output(|o| {
             let next_marker = if o.is_truncated == Some(true) {
                 let last_obj = o.contents.as_ref().and_then(|c| c.last()).and_then(|c| c.key.clone());
-                let last_cp = o.common_prefixes.as_ref().and_then(|c| c.last()).and_then(|c| c.prefix.clone());
+                let last_cp = o
+                    .common_prefixes
+                    .as_ref()
+                    .and_then(|c| c.last())
+                    .and_then(|c| c.prefix.clone());
                 last_obj.max(last_cp)
             } else {
                 None
@@ -414,7 +467,11 @@ impl S3 for S3Store {
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let up = b
-            .create_upload(&input.key, meta_map(input.metadata), input.content_type.map(|c| c.to_string()))
+            .create_upload(
+                &input.key,
+                meta_map(input.metadata),
+                input.content_type.map(|c| c.to_string()),
+            )
             .map_err(to_s3)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
             bucket: Some(input.bucket),
@@ -428,18 +485,28 @@ impl S3 for S3Store {
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let staged = stage_body(&b, input.body).await?;
-        let etag = b.put_part(&input.key, &input.upload_id, input.part_number, staged).map_err(to_s3)?;
-        Ok(S3Response::new(UploadPartOutput { e_tag: Some(ETag::Strong(etag)), ..Default::default() }))
+        let etag = b
+            .put_part(&input.key, &input.upload_id, input.part_number, staged)
+            .map_err(to_s3)?;
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(ETag::Strong(etag)),
+            ..Default::default()
+        }))
     }
 
-    async fn upload_part_copy(&self, req: S3Request<UploadPartCopyInput>) -> S3Result<S3Response<UploadPartCopyOutput>> {
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         let input = req.input;
         let (src_bucket, src_key) = source(&input.copy_source)?;
         let src = self.bucket(src_bucket)?;
         let dst = self.bucket(&input.bucket)?;
         let range = input.copy_source_range.as_deref().map(parse_copy_range).transpose()?;
         let (staged, _) = src.stage_copy(src_key, range).map_err(to_s3)?;
-        let etag = dst.put_part(&input.key, &input.upload_id, input.part_number, staged).map_err(to_s3)?;
+        let etag = dst
+            .put_part(&input.key, &input.upload_id, input.part_number, staged)
+            .map_err(to_s3)?;
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
                 e_tag: Some(ETag::Strong(etag)),
@@ -458,12 +525,16 @@ impl S3 for S3Store {
         let b = self.bucket(&input.bucket)?;
         let mut parts = Vec::new();
         for p in input.multipart_upload.and_then(|m| m.parts).unwrap_or_default() {
-            let n = p.part_number.ok_or_else(|| s3_error!(InvalidPart, "part without number"))?;
+            let n = p
+                .part_number
+                .ok_or_else(|| s3_error!(InvalidPart, "part without number"))?;
             let etag = p.e_tag.map(|e| e.value().to_string()).unwrap_or_default();
             parts.push((n, etag));
         }
         let cond = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref());
-        let entry = b.complete_upload(&input.key, &input.upload_id, &parts, &cond).map_err(to_s3)?;
+        let entry = b
+            .complete_upload(&input.key, &input.upload_id, &parts, &cond)
+            .map_err(to_s3)?;
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),
@@ -491,7 +562,11 @@ impl S3 for S3Store {
         let prefix = input.prefix.clone().unwrap_or_default();
         let max = input.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
         let after = input.key_marker.clone();
-        let mut all: Vec<_> = b.uploads(&prefix).into_iter().filter(|u| after.as_ref().is_none_or(|m| u.key > *m)).collect();
+        let mut all: Vec<_> = b
+            .uploads(&prefix)
+            .into_iter()
+            .filter(|u| after.as_ref().is_none_or(|m| u.key > *m))
+            .collect();
         let truncated = all.len() > max;
         all.truncate(max);
         let next_key_marker = truncated.then(|| all.last().map(|u| u.key.clone())).flatten();
@@ -500,7 +575,9 @@ impl S3 for S3Store {
             .map(|u| MultipartUpload {
                 key: Some(u.key),
                 upload_id: Some(u.id),
-                initiated: Some(Timestamp::from(std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u.initiated_ns))),
+                initiated: Some(Timestamp::from(
+                    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u.initiated_ns),
+                )),
                 ..Default::default()
             })
             .collect();

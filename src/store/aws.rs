@@ -63,7 +63,10 @@ impl AwsStore {
         if shared.region().is_none() {
             b = b.region(aws_config::Region::new("us-east-1"));
         }
-        AwsStore { client: Client::from_conf(b.build()), bucket: cfg.bucket.clone() }
+        AwsStore {
+            client: Client::from_conf(b.build()),
+            bucket: cfg.bucket.clone(),
+        }
     }
 
     pub fn client(&self) -> &Client {
@@ -124,7 +127,8 @@ impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
 }
 
 fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
-    t.and_then(|d| SystemTime::try_from(*d).ok()).unwrap_or(SystemTime::UNIX_EPOCH)
+    t.and_then(|d| SystemTime::try_from(*d).ok())
+        .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// Percent-encodes a key for `x-amz-copy-source`, keeping `/`.
@@ -150,7 +154,10 @@ impl ObjectStore for AwsStore {
             size: r.content_length().unwrap_or(0).max(0) as u64,
             last_modified: to_system_time(r.last_modified()),
             etag: r.e_tag().map(str::to_string),
-            user_meta: r.metadata().map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default(),
+            user_meta: r
+                .metadata()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
         })
     }
 
@@ -182,7 +189,12 @@ impl ObjectStore for AwsStore {
     }
 
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
-        let mut req = self.client.put_object().bucket(&self.bucket).key(key).body(ByteStream::from(body));
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body));
         for (k, v) in meta {
             req = req.metadata(k, v);
         }
@@ -203,23 +215,36 @@ impl ObjectStore for AwsStore {
         let first = keys.first().cloned().unwrap_or_default();
         let mut ids = Vec::with_capacity(keys.len());
         for k in keys {
-            let id = ObjectIdentifier::builder().key(k).build().map_err(|e| StoreError::Client {
+            let id = ObjectIdentifier::builder()
+                .key(k)
+                .build()
+                .map_err(|e| StoreError::Client {
+                    op: "delete_objects",
+                    key: k.clone(),
+                    status: 0,
+                    code: "Build".into(),
+                    message: e.to_string(),
+                })?;
+            ids.push(id);
+        }
+        let delete = Delete::builder()
+            .set_objects(Some(ids))
+            .quiet(true)
+            .build()
+            .map_err(|e| StoreError::Client {
                 op: "delete_objects",
-                key: k.clone(),
+                key: first.clone(),
                 status: 0,
                 code: "Build".into(),
                 message: e.to_string(),
             })?;
-            ids.push(id);
-        }
-        let delete = Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| StoreError::Client {
-            op: "delete_objects",
-            key: first.clone(),
-            status: 0,
-            code: "Build".into(),
-            message: e.to_string(),
-        })?;
-        let r = self.client.delete_objects().bucket(&self.bucket).delete(delete).send().await;
+        let r = self
+            .client
+            .delete_objects()
+            .bucket(&self.bucket)
+            .delete(delete)
+            .send()
+            .await;
         let r = r.map_err(|e| map_err("delete_objects", &first, e))?;
         Ok(r.errors()
             .iter()
@@ -262,7 +287,11 @@ impl ObjectStore for AwsStore {
                     user_meta: UserMeta::new(),
                 })
                 .collect(),
-            common_prefixes: r.common_prefixes().iter().filter_map(|p| p.prefix().map(str::to_string)).collect(),
+            common_prefixes: r
+                .common_prefixes()
+                .iter()
+                .filter_map(|p| p.prefix().map(str::to_string))
+                .collect(),
             next_token: if r.is_truncated().unwrap_or(false) {
                 r.next_continuation_token().map(str::to_string)
             } else {
@@ -331,7 +360,14 @@ impl ObjectStore for AwsStore {
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        let r = self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(upload_id).send().await;
+        let r = self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await;
         match r.map_err(|e| map_err("abort_multipart", key, e)) {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),

@@ -12,10 +12,16 @@ use std::time::SystemTime;
 
 type FailFn = Box<dyn Fn(&str) -> StoreError + Send + Sync>;
 
+struct MemUpload {
+    key: String,
+    meta: UserMeta,
+    parts: BTreeMap<i32, Bytes>,
+}
+
 #[derive(Default)]
 pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, (Bytes, ObjectMeta)>>,
-    uploads: Mutex<HashMap<String, (String, UserMeta, BTreeMap<i32, Bytes>)>>,
+    uploads: Mutex<HashMap<String, MemUpload>>,
     failures: Mutex<Option<(u32, FailFn)>>,
 }
 
@@ -39,11 +45,11 @@ impl MemoryStore {
 
     fn injected(&self, key: &str) -> StoreResult<()> {
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((n, make)) = f.as_mut() {
-            if *n > 0 {
-                *n -= 1;
-                return Err(make(key));
-            }
+        if let Some((n, make)) = f.as_mut()
+            && *n > 0
+        {
+            *n -= 1;
+            return Err(make(key));
         }
         Ok(())
     }
@@ -61,19 +67,29 @@ impl MemoryStore {
 }
 
 fn not_found(op: &'static str, key: &str) -> StoreError {
-    StoreError::NotFound { op, key: key.to_string() }
+    StoreError::NotFound {
+        op,
+        key: key.to_string(),
+    }
 }
 
 #[async_trait]
 impl ObjectStore for MemoryStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         self.injected(key)?;
-        self.lock().get(key).map(|(_, m)| m.clone()).ok_or_else(|| not_found("head", key))
+        self.lock()
+            .get(key)
+            .map(|(_, m)| m.clone())
+            .ok_or_else(|| not_found("head", key))
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
         self.injected(key)?;
-        let body = self.lock().get(key).map(|(b, _)| b.clone()).ok_or_else(|| not_found("get", key))?;
+        let body = self
+            .lock()
+            .get(key)
+            .map(|(b, _)| b.clone())
+            .ok_or_else(|| not_found("get", key))?;
         Ok(match range {
             None => body,
             Some(r) => {
@@ -122,10 +138,10 @@ impl ObjectStore for MemoryStore {
             if !key.starts_with(prefix) {
                 break;
             }
-            if let Some(t) = token {
-                if key.as_str() <= t || key.starts_with(t) && t.ends_with(delimiter.unwrap_or("\0")) {
-                    continue;
-                }
+            if let Some(t) = token
+                && (key.as_str() <= t || key.starts_with(t) && t.ends_with(delimiter.unwrap_or("\0")))
+            {
+                continue;
             }
             let rest = &key[prefix.len()..];
             let item = match delimiter.and_then(|d| rest.find(d).map(|i| (i, d.len()))) {
@@ -169,7 +185,11 @@ impl ObjectStore for MemoryStore {
         let id = uuid::Uuid::new_v4().to_string();
         self.uploads.lock().unwrap_or_else(|e| e.into_inner()).insert(
             id.clone(),
-            (key.to_string(), meta.clone(), BTreeMap::new()),
+            MemUpload {
+                key: key.to_string(),
+                meta: meta.clone(),
+                parts: BTreeMap::new(),
+            },
         );
         Ok(id)
     }
@@ -177,14 +197,20 @@ impl ObjectStore for MemoryStore {
     async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String> {
         self.injected(key)?;
         let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
-        let up = uploads.get_mut(upload_id).ok_or_else(|| not_found("upload_part", key))?;
-        up.2.insert(part, body);
+        let up = uploads
+            .get_mut(upload_id)
+            .ok_or_else(|| not_found("upload_part", key))?;
+        up.parts.insert(part, body);
         Ok(format!("\"part{part}\""))
     }
 
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
         self.injected(key)?;
-        let (k, meta, stored) = self
+        let MemUpload {
+            key: k,
+            meta,
+            parts: stored,
+        } = self
             .uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -209,8 +235,12 @@ impl ObjectStore for MemoryStore {
         let uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
         Ok(uploads
             .iter()
-            .filter(|(_, (k, _, _))| k.starts_with(prefix))
-            .map(|(id, (k, _, _))| UploadInfo { key: k.clone(), upload_id: id.clone(), initiated: None })
+            .filter(|(_, u)| u.key.starts_with(prefix))
+            .map(|(id, u)| UploadInfo {
+                key: u.key.clone(),
+                upload_id: id.clone(),
+                initiated: None,
+            })
             .collect())
     }
 }

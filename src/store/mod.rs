@@ -112,19 +112,43 @@ pub enum StoreError {
     #[error("{op} {key}: throttled (SlowDown)")]
     Throttled { op: &'static str, key: String },
     #[error("{op} {key}: server error {status} {code}: {message}")]
-    Server { op: &'static str, key: String, status: u16, code: String, message: String },
+    Server {
+        op: &'static str,
+        key: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("{op} {key}: request rejected {status} {code}: {message}")]
-    Client { op: &'static str, key: String, status: u16, code: String, message: String },
+    Client {
+        op: &'static str,
+        key: String,
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("{op} {key}: transport error: {message}")]
-    Transport { op: &'static str, key: String, message: String },
+    Transport {
+        op: &'static str,
+        key: String,
+        message: String,
+    },
     #[error("{op} {key}: gave up after {attempts} attempts: {last}")]
-    RetriesExhausted { op: &'static str, key: String, attempts: u32, last: Box<StoreError> },
+    RetriesExhausted {
+        op: &'static str,
+        key: String,
+        attempts: u32,
+        last: Box<StoreError>,
+    },
 }
 
 impl StoreError {
     /// Errors worth another attempt: throttling, 5xx, broken connections.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Throttled { .. } | StoreError::Server { .. } | StoreError::Transport { .. })
+        matches!(
+            self,
+            StoreError::Throttled { .. } | StoreError::Server { .. } | StoreError::Transport { .. }
+        )
     }
 
     pub fn is_not_found(&self) -> bool {
@@ -151,7 +175,13 @@ impl StoreError {
                 code: code.to_string(),
                 message: message.to_string(),
             },
-            _ => StoreError::Client { op, key, status, code: code.to_string(), message: message.to_string() },
+            _ => StoreError::Client {
+                op,
+                key,
+                status,
+                code: code.to_string(),
+                message: message.to_string(),
+            },
         }
     }
 }

@@ -26,7 +26,11 @@ pub struct RetryConfig {
 
 impl Default for RetryConfig {
     fn default() -> Self {
-        RetryConfig { max_attempts: 10, base_delay: Duration::from_millis(20), max_delay: Duration::from_secs(5) }
+        RetryConfig {
+            max_attempts: 10,
+            base_delay: Duration::from_millis(20),
+            max_delay: Duration::from_secs(5),
+        }
     }
 }
 
@@ -103,7 +107,8 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
     }
 
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
-        self.run(OpKind::Put, key, || self.inner.put(key, body.clone(), meta)).await
+        self.run(OpKind::Put, key, || self.inner.put(key, body.clone(), meta))
+            .await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -112,7 +117,8 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
 
     async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>> {
         let first = keys.first().map(String::as_str).unwrap_or("");
-        self.run(OpKind::DeleteMany, first, || self.inner.delete_many(keys)).await
+        self.run(OpKind::DeleteMany, first, || self.inner.delete_many(keys))
+            .await
     }
 
     async fn list(
@@ -122,7 +128,10 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
         token: Option<&str>,
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage> {
-        self.run(OpKind::List, prefix, || self.inner.list(prefix, delimiter, token, max_keys)).await
+        self.run(OpKind::List, prefix, || {
+            self.inner.list(prefix, delimiter, token, max_keys)
+        })
+        .await
     }
 
     async fn copy(&self, src: &str, dst: &str) -> StoreResult<()> {
@@ -130,23 +139,34 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
-        self.run(OpKind::CreateMultipart, key, || self.inner.create_multipart(key, meta)).await
+        self.run(OpKind::CreateMultipart, key, || self.inner.create_multipart(key, meta))
+            .await
     }
 
     async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String> {
-        self.run(OpKind::UploadPart, key, || self.inner.upload_part(key, upload_id, part, body.clone())).await
+        self.run(OpKind::UploadPart, key, || {
+            self.inner.upload_part(key, upload_id, part, body.clone())
+        })
+        .await
     }
 
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
-        self.run(OpKind::CompleteMultipart, key, || self.inner.complete_multipart(key, upload_id, parts)).await
+        self.run(OpKind::CompleteMultipart, key, || {
+            self.inner.complete_multipart(key, upload_id, parts)
+        })
+        .await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.run(OpKind::AbortMultipart, key, || self.inner.abort_multipart(key, upload_id)).await
+        self.run(OpKind::AbortMultipart, key, || {
+            self.inner.abort_multipart(key, upload_id)
+        })
+        .await
     }
 
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
-        self.run(OpKind::ListUploads, prefix, || self.inner.list_uploads(prefix)).await
+        self.run(OpKind::ListUploads, prefix, || self.inner.list_uploads(prefix))
+            .await
     }
 }
 
@@ -156,13 +176,20 @@ mod tests {
     use crate::store::memory::MemoryStore;
 
     fn fast() -> RetryConfig {
-        RetryConfig { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(4) }
+        RetryConfig {
+            max_attempts: 4,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(4),
+        }
     }
 
     #[tokio::test]
     async fn slowdown_is_retried_until_it_clears() {
         let mem = MemoryStore::new();
-        mem.fail_next(2, |key| StoreError::Throttled { op: "put", key: key.to_string() });
+        mem.fail_next(2, |key| StoreError::Throttled {
+            op: "put",
+            key: key.to_string(),
+        });
         let stats = Arc::new(RequestStats::default());
         let s = RetryingStore::new(mem, fast(), stats.clone());
         s.put("k", Bytes::from_static(b"v"), &UserMeta::new()).await.unwrap();
@@ -175,7 +202,10 @@ mod tests {
     #[tokio::test]
     async fn retries_exhausted_is_not_not_found() {
         let mem = MemoryStore::new();
-        mem.fail_next(100, |key| StoreError::Throttled { op: "head", key: key.to_string() });
+        mem.fail_next(100, |key| StoreError::Throttled {
+            op: "head",
+            key: key.to_string(),
+        });
         let stats = Arc::new(RequestStats::default());
         let s = RetryingStore::new(mem, fast(), stats.clone());
         let err = s.head("k").await.unwrap_err();
@@ -194,7 +224,11 @@ mod tests {
 
     #[test]
     fn backoff_is_capped_and_jittered() {
-        let c = RetryConfig { max_attempts: 5, base_delay: Duration::from_millis(10), max_delay: Duration::from_millis(50) };
+        let c = RetryConfig {
+            max_attempts: 5,
+            base_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+        };
         for attempt in 1..30 {
             assert!(c.backoff(attempt) <= Duration::from_millis(50));
         }

@@ -25,7 +25,11 @@ pub struct StatsSnapshot {
 
 impl StatsSnapshot {
     pub fn get(&self, kind: OpKind) -> u64 {
-        self.requests.iter().find(|(n, _)| *n == kind.name()).map(|(_, v)| *v).unwrap_or(0)
+        self.requests
+            .iter()
+            .find(|(n, _)| *n == kind.name())
+            .map(|(_, v)| *v)
+            .unwrap_or(0)
     }
 
     pub fn total(&self) -> u64 {
@@ -38,7 +42,10 @@ impl StatsSnapshot {
         for (name, v) in &self.requests {
             out.push_str(&format!("requests_{name} {v}\n"));
         }
-        out.push_str(&format!("throttles {}\nretries {}\nfailures {}\n", self.throttles, self.retries, self.failures));
+        out.push_str(&format!(
+            "throttles {}\nretries {}\nfailures {}\n",
+            self.throttles, self.retries, self.failures
+        ));
         out
     }
 }
@@ -62,7 +69,10 @@ impl RequestStats {
 
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
-            requests: OpKind::ALL.iter().map(|k| (k.name(), self.requests[k.index()].load(Ordering::Relaxed))).collect(),
+            requests: OpKind::ALL
+                .iter()
+                .map(|k| (k.name(), self.requests[k.index()].load(Ordering::Relaxed)))
+                .collect(),
             throttles: self.throttles.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             failures: self.failures.load(Ordering::Relaxed),

@@ -30,7 +30,10 @@ pub struct Env {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 impl Env {
@@ -42,7 +45,13 @@ impl Env {
         let srv = rt.block_on(server::start(cfg)).expect("server starts");
         let endpoint = srv.endpoint();
         let s3 = rt.block_on(AwsStore::connect(&client_config(&endpoint)));
-        Env { rt, dir, endpoint, s3, backend: Some(Backend::Embedded(srv)) }
+        Env {
+            rt,
+            dir,
+            endpoint,
+            s3,
+            backend: Some(Backend::Embedded(srv)),
+        }
     }
 
     /// moto's S3 server (`moto_server`, from PyPI `moto[server]`), an independent
@@ -54,7 +63,11 @@ impl Env {
         let child = Command::new("python3")
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("moto.log")).map(Stdio::from).unwrap_or(Stdio::null()))
+            .stderr(
+                std::fs::File::create(dir.path().join("moto.log"))
+                    .map(Stdio::from)
+                    .unwrap_or(Stdio::null()),
+            )
             .spawn()
             .expect("python3 must be installed; scripts/test.sh installs moto[server] into it");
         let endpoint = format!("http://127.0.0.1:{port}");
@@ -67,7 +80,13 @@ impl Env {
                 Err(_) => std::thread::sleep(Duration::from_millis(200)),
             }
         }
-        Env { rt, dir, endpoint, s3, backend: Some(Backend::Moto(child)) }
+        Env {
+            rt,
+            dir,
+            endpoint,
+            s3,
+            backend: Some(Backend::Moto(child)),
+        }
     }
 
     pub fn layout(&self, prefix_count: u32) -> Layout {
@@ -79,7 +98,10 @@ impl Env {
         let mut out = BTreeSet::new();
         let mut token = None;
         loop {
-            let page = self.rt.block_on(self.s3.list("", None, token.as_deref(), None)).expect("list");
+            let page = self
+                .rt
+                .block_on(self.s3.list("", None, token.as_deref(), None))
+                .expect("list");
             out.extend(page.objects.into_iter().map(|o| o.key));
             match page.next_token {
                 Some(t) => token = Some(t),
@@ -99,7 +121,10 @@ impl Env {
 
     pub fn put(&self, key: &str, body: &[u8]) {
         self.rt
-            .block_on(self.s3.put(key, bytes::Bytes::copy_from_slice(body), &Default::default()))
+            .block_on(
+                self.s3
+                    .put(key, bytes::Bytes::copy_from_slice(body), &Default::default()),
+            )
             .expect("put");
     }
 
@@ -121,13 +146,22 @@ impl Env {
     }
 
     pub fn conn_args(&self) -> Vec<String> {
-        vec!["--endpoint-url".into(), self.endpoint.clone(), "--force-path-style".into(), "--region".into(), "us-east-1".into()]
+        vec![
+            "--endpoint-url".into(),
+            self.endpoint.clone(),
+            "--force-path-style".into(),
+            "--region".into(),
+            "us-east-1".into(),
+        ]
     }
 
     /// Mounts s3://test/data with `prefix_count` prefixes (writing the descriptor if none).
     pub fn mount(&self, prefix_count: u32, extra: &[&str]) -> Mount {
         let mnt = self.subdir(&format!("mnt-{}", uuid::Uuid::new_v4().simple()));
-        let log = self.dir.path().join(format!("{}.log", mnt.file_name().unwrap_or_default().to_string_lossy()));
+        let log = self
+            .dir
+            .path()
+            .join(format!("{}.log", mnt.file_name().unwrap_or_default().to_string_lossy()));
         let mut cmd = self.prefixfs();
         cmd.arg("mount")
             .arg(format!("s3://{BUCKET}/{ROOT}"))
@@ -142,7 +176,11 @@ impl Env {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).map(Stdio::from).expect("log file"));
         let child = cmd.spawn().expect("spawn prefixfs");
-        let mut m = Mount { path: mnt, child: Some(child), log };
+        let mut m = Mount {
+            path: mnt,
+            child: Some(child),
+            log,
+        };
         m.wait_mounted();
         m
     }
@@ -190,10 +228,10 @@ impl Mount {
     fn wait_mounted(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !is_mounted(&self.path) {
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(status)) = c.try_wait() {
-                    panic!("prefixfs exited ({status}) before mounting:\n{}", self.log_text());
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("prefixfs exited ({status}) before mounting:\n{}", self.log_text());
             }
             if Instant::now() > deadline {
                 panic!("prefixfs did not mount within 30 s:\n{}", self.log_text());
@@ -212,10 +250,10 @@ impl Mount {
 
     /// Panics unless the daemon is still running and mounted.
     pub fn assert_alive(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                panic!("prefixfs died ({status}):\n{}", self.log_text());
-            }
+        if let Some(c) = self.child.as_mut()
+            && let Ok(Some(status)) = c.try_wait()
+        {
+            panic!("prefixfs died ({status}):\n{}", self.log_text());
         }
         assert!(is_mounted(&self.path), "{} is no longer mounted", self.path.display());
     }
