@@ -54,7 +54,7 @@ pub struct ConnArgs {
     pub max_attempts: u32,
 }
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 pub struct MountArgs {
     /// s3://BUCKET[/ROOT] then MOUNTPOINT; MOUNTPOINT alone mounts the embedded store.
     #[arg(num_args = 1..=2, required = true)]
@@ -203,6 +203,42 @@ pub struct MountPlan {
 }
 
 impl MountArgs {
+    /// Folds `-o` options (as mount(8) and fstab pass them) into the flags: the generic ones
+    /// (`ro`, `allow_other`, `_netdev`...) and every flag as `name=value` or `name`
+    /// (`endpoint_url=...`, `prefix_count=16`, `force_path_style`...).
+    pub fn apply_options(&mut self) -> Result<(), String> {
+        for o in std::mem::take(&mut self.options) {
+            let (name, value) = match o.split_once('=') {
+                Some((n, v)) => (n.replace('-', "_"), Some(v.to_string())),
+                None => (o.replace('-', "_"), None),
+            };
+            let need = |v: Option<String>| v.ok_or_else(|| format!("mount option {name} needs a value ({name}=...)"));
+            match name.as_str() {
+                "ro" | "read_only" => self.read_only = true,
+                "allow_other" => self.allow_other = true,
+                "init" => self.init = true,
+                "force_path_style" => self.conn.force_path_style = true,
+                "endpoint_url" => self.conn.endpoint_url = Some(need(value)?),
+                "region" => self.conn.region = Some(need(value)?),
+                "profile" => self.conn.profile = Some(need(value)?),
+                "prefix_count" => {
+                    self.prefix_count = Some(need(value)?.parse().map_err(|_| format!("bad {name}"))?);
+                }
+                "metadata_ttl" => self.metadata_ttl = need(value)?.parse().map_err(|_| format!("bad {name}"))?,
+                "uid" => self.uid = Some(need(value)?.parse().map_err(|_| format!("bad {name}"))?),
+                "gid" => self.gid = Some(need(value)?.parse().map_err(|_| format!("bad {name}"))?),
+                "file_mode" => self.file_mode = need(value)?,
+                "dir_mode" => self.dir_mode = need(value)?,
+                "data_dir" => self.data_dir = Some(PathBuf::from(need(value)?)),
+                "log_file" => self.log_file = Some(PathBuf::from(need(value)?)),
+                "rw" | "" | "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev" | "nofail"
+                | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime" | "relatime" => {}
+                _ => return Err(format!("unknown mount option {o:?}")),
+            }
+        }
+        Ok(())
+    }
+
     pub fn plan(&self) -> Result<MountPlan, String> {
         let (bucket, mountpoint) = match self.targets.as_slice() {
             [m] => (None, m),
@@ -233,17 +269,7 @@ impl MountArgs {
                 self.part_size_mib
             ));
         }
-        let mut read_only = self.read_only;
-        let mut allow_other = self.allow_other;
-        for o in &self.options {
-            match o.as_str() {
-                "ro" => read_only = true,
-                "allow_other" => allow_other = true,
-                "rw" | "" | "defaults" | "auto" | "noauto" | "user" | "nouser" | "_netdev" | "nofail" | "dev"
-                | "nodev" | "suid" | "nosuid" | "exec" | "noexec" => {}
-                other => tracing::debug!(option = other, "ignoring mount option"),
-            }
-        }
+        let (read_only, allow_other) = (self.read_only, self.allow_other);
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let fs = FsConfig {
@@ -279,6 +305,26 @@ mod tests {
         assert_eq!(parse_s3_url("s3://b/x/y/").unwrap(), ("b".into(), "x/y".into()));
         assert!(parse_s3_url("b/x").is_err());
         assert!(parse_s3_url("s3:///x").is_err());
+    }
+
+    #[test]
+    fn fstab_options_become_flags() {
+        let mut m = Cli::try_parse_from([
+            "prefixfs", "mount", "s3://b/r", "/tmp", "-o",
+            "rw,_netdev,allow_other,endpoint_url=http://127.0.0.1:9000,force_path_style,prefix_count=256,metadata_ttl=2.5",
+        ])
+        .map(|c| match c.command {
+            Command::Mount(m) => m,
+            _ => unreachable!(),
+        })
+        .unwrap();
+        m.apply_options().unwrap();
+        assert!(m.allow_other && m.conn.force_path_style);
+        assert_eq!(m.conn.endpoint_url.as_deref(), Some("http://127.0.0.1:9000"));
+        assert_eq!(m.prefix_count, Some(256));
+        assert_eq!(m.metadata_ttl, 2.5);
+        m.options = vec!["bogus".into()];
+        assert!(m.apply_options().unwrap_err().contains("bogus"));
     }
 
     #[test]

@@ -362,6 +362,32 @@ mod tests {
         );
     }
 
+    /// Every row of the golden table in docs/LAYOUT.md holds for this code.
+    #[test]
+    fn docs_golden_table_holds() {
+        let doc = include_str!("../docs/LAYOUT.md");
+        let table = doc.split("## Golden vectors").nth(1).expect("golden section");
+        let mut rows = 0;
+        for line in table.lines().filter(|l| l.starts_with("| ") && l.contains('`')) {
+            let cells: Vec<&str> = line.trim_matches('|').split('|').map(str::trim).collect();
+            let root = if cells[0] == "(none)" {
+                ""
+            } else {
+                cells[0].trim_matches('`')
+            };
+            let layout = Layout::new(root, cells[1].parse().unwrap()).unwrap();
+            let key = cells[3].trim_matches('`');
+            let got = if let Some(dir) = cells[2].strip_prefix("directory ") {
+                layout.dir_marker_key(&p(dir.split('`').nth(1).unwrap())).unwrap()
+            } else {
+                layout.file_key(&p(cells[2].trim_matches('`'))).unwrap()
+            };
+            assert_eq!(got, key, "{line}");
+            rows += 1;
+        }
+        assert_eq!(rows, 7);
+    }
+
     #[test]
     fn dir_marker_sits_in_the_directory_own_prefix() {
         let l = Layout::new("r", 16).unwrap();

@@ -47,7 +47,8 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-fn run_mount(m: MountArgs) -> Result<(), String> {
+fn run_mount(mut m: MountArgs) -> Result<(), String> {
+    m.apply_options()?;
     let plan = m.plan()?;
     mount::run(plan, &m.conn, m.init, m.data_dir.clone())
 }
@@ -55,6 +56,8 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
 /// Re-runs this command in the foreground as a detached child, and returns once it has
 /// mounted (or reports why it could not).
 fn daemonize(m: &MountArgs) -> Result<(), String> {
+    let mut m = m.clone();
+    m.apply_options()?;
     m.plan()?; // report bad flags here, not in a log file
     let log = m.log_file.clone().unwrap_or_else(default_log_file);
     if let Some(dir) = log.parent() {

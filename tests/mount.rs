@@ -346,3 +346,35 @@ fn embedded_store_demo_mounts_in_the_background_with_no_bucket() {
     };
     assert_eq!(run_sh(&mnt, "cat 2017/02/08/file.txt").stdout, "hi\n");
 }
+
+#[test]
+fn fstab_helper_mounts_with_options_in_the_background() {
+    let env = Env::embedded();
+    let mnt = env.subdir("fstab-mnt");
+    let log = env.dir.path().join("helper.log");
+    let opts = format!(
+        "rw,_netdev,init,endpoint_url={},force_path_style,region=us-east-1,prefix_count=16,metadata_ttl=1,log_file={}",
+        env.endpoint,
+        log.display()
+    );
+    // As mount(8) runs it for an fstab line of type prefixfs.
+    let out = env
+        .command(concat!(env!("CARGO_MANIFEST_DIR"), "/packaging/mount.prefixfs"))
+        .env("PREFIXFS", env!("CARGO_BIN_EXE_prefixfs"))
+        .arg("s3://test/data")
+        .arg(&mnt)
+        .args(["-o", &opts])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _guard = Mount {
+        path: mnt.clone(),
+        child: None,
+        log,
+    };
+    assert!(is_mounted(&mnt));
+    let out = run_sh(&mnt, "echo via-fstab > f.txt && cat f.txt");
+    assert_eq!(out.stdout, "via-fstab\n", "{}", out.stderr);
+    let key = env.layout(16).file_key(&RelPath::parse("f.txt").unwrap()).unwrap();
+    assert_eq!(env.get(&key), b"via-fstab\n");
+}

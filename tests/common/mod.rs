@@ -135,9 +135,14 @@ impl Env {
         p
     }
 
-    /// The `prefixfs` command with this server's connection flags.
+    /// The `prefixfs` command with this server's credentials.
     pub fn prefixfs(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_prefixfs"));
+        self.command(env!("CARGO_BIN_EXE_prefixfs"))
+    }
+
+    /// A command with this server's credentials in its environment.
+    pub fn command(&self, program: &str) -> Command {
+        let mut c = Command::new(program);
         c.env("AWS_ACCESS_KEY_ID", server::DEFAULT_ACCESS_KEY)
             .env("AWS_SECRET_ACCESS_KEY", server::DEFAULT_SECRET_KEY)
             .env("AWS_EC2_METADATA_DISABLED", "true")
