@@ -29,6 +29,7 @@ on_every_backend!(
     listing_spanning_many_pages_and_prefixes_is_complete_sorted_and_cached,
     keys_outside_the_prefix_set_are_not_shown,
     names_that_cannot_be_keys_get_a_clear_errno,
+    overwriting_a_file_replaces_its_object,
     two_mounts_see_each_other_after_the_ttl,
 );
 
@@ -230,6 +231,21 @@ fn names_that_cannot_be_keys_get_a_clear_errno(env: Env) {
     m.ok("echo fine > ok.txt && cat ok.txt");
 }
 
+fn overwriting_a_file_replaces_its_object(env: Env) {
+    let mut m = env.mount(16, &[]);
+    m.ok("echo first version > f.txt && cp /etc/hostname g.txt");
+    m.ok("echo second > f.txt");
+    assert_eq!(m.ok("cat f.txt"), "second\n");
+    m.ok("cp f.txt g.txt");
+    assert_eq!(m.ok("cat g.txt"), "second\n");
+    m.ok("dd if=/dev/zero of=f.txt bs=1k count=3 status=none");
+    assert_eq!(m.ok("stat -c %s f.txt").trim(), "3072");
+    let layout = env.layout(16);
+    let key = layout.file_key(&RelPath::parse("f.txt").unwrap()).unwrap();
+    assert_eq!(env.get(&key), vec![0u8; 3072]);
+    assert_eq!(env.data_keys().len(), 2);
+}
+
 fn two_mounts_see_each_other_after_the_ttl(env: Env) {
     let mut a = env.mount(16, &["--metadata-ttl", "1"]);
     let mut b = env.mount(16, &["--metadata-ttl", "1"]);
@@ -326,6 +342,9 @@ fn embedded_store_demo_mounts_in_the_background_with_no_bucket() {
         "mkdir -p 2017/02/08 && echo hi > 2017/02/08/file.txt && cat 2017/02/08/file.txt",
     );
     assert_eq!(out.stdout, "hi\n", "{}", out.stderr);
+    // Unmount the way a non-root user would.
+    let status = std::process::Command::new("fusermount3").arg("-u").arg(&mnt).status().unwrap();
+    assert!(status.success());
     drop(guard);
     assert!(!is_mounted(&mnt));
     // The data outlives the mount: mount again and read it.
