@@ -100,6 +100,12 @@ pub struct MountArgs {
     /// Stay in the foreground (Ctrl-C uploads open files and unmounts).
     #[arg(long, short = 'f')]
     pub foreground: bool,
+    /// Where files being modified are staged (default ~/.cache/prefixfs).
+    #[arg(long)]
+    pub cache_dir: Option<PathBuf>,
+    /// Staged bytes at most, in MiB; writes beyond fail with ENOSPC.
+    #[arg(long, default_value_t = 10240)]
+    pub cache_size_mib: u64,
     /// Where the embedded store keeps its data (no bucket given).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -158,6 +164,14 @@ pub fn parse_s3_url(s: &str) -> Result<(String, String), String> {
         return Err(format!("{s:?} names no bucket"));
     }
     Ok((bucket.to_string(), root.trim_matches('/').to_string()))
+}
+
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("prefixfs")
 }
 
 fn parse_mode(s: &str, what: &str) -> Result<u16, String> {
@@ -229,6 +243,8 @@ impl MountArgs {
                 "gid" => self.gid = Some(need(value)?.parse().map_err(|_| format!("bad {name}"))?),
                 "file_mode" => self.file_mode = need(value)?,
                 "dir_mode" => self.dir_mode = need(value)?,
+                "cache_dir" => self.cache_dir = Some(PathBuf::from(need(value)?)),
+                "cache_size_mib" => self.cache_size_mib = need(value)?.parse().map_err(|_| format!("bad {name}"))?,
                 "data_dir" => self.data_dir = Some(PathBuf::from(need(value)?)),
                 "log_file" => self.log_file = Some(PathBuf::from(need(value)?)),
                 "rw" | "" | "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev" | "nofail"
@@ -282,6 +298,8 @@ impl MountArgs {
             file_mode: parse_mode(&self.file_mode, "file-mode")?,
             dir_mode: parse_mode(&self.dir_mode, "dir-mode")?,
             read_only,
+            cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
+            cache_size: self.cache_size_mib.saturating_mul(1024 * 1024),
             ..FsConfig::default()
         };
         Ok(MountPlan {

@@ -39,10 +39,10 @@ impl FuseFs {
     }
 
     fn file_attr(&self, a: crate::fs::Attr) -> FileAttr {
-        let cfg = self.core.config();
-        let (kind, perm, nlink) = match a.kind {
-            Kind::Dir => (FileType::Directory, cfg.dir_mode, 2),
-            Kind::File => (FileType::RegularFile, cfg.file_mode, 1),
+        let (kind, nlink) = match a.kind {
+            Kind::Dir => (FileType::Directory, 2),
+            Kind::File => (FileType::RegularFile, 1),
+            Kind::Symlink => (FileType::Symlink, 1),
         };
         FileAttr {
             ino: INodeNo(a.ino),
@@ -53,10 +53,10 @@ impl FuseFs {
             ctime: a.mtime,
             crtime: a.mtime,
             kind,
-            perm,
+            perm: a.perm,
             nlink,
-            uid: cfg.uid,
-            gid: cfg.gid,
+            uid: a.uid,
+            gid: a.gid,
             rdev: 0,
             blksize: 4096,
             flags: 0,
@@ -77,6 +77,7 @@ fn file_type(k: Kind) -> FileType {
     match k {
         Kind::Dir => FileType::Directory,
         Kind::File => FileType::RegularFile,
+        Kind::Symlink => FileType::Symlink,
     }
 }
 
@@ -120,7 +121,7 @@ impl fuser::Filesystem for FuseFs {
         gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<TimeOrNow>,
-        _mtime: Option<TimeOrNow>,
+        mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
         _crtime: Option<SystemTime>,
@@ -129,15 +130,19 @@ impl fuser::Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // Times are accepted and not stored yet (S3 keeps LastModified); see README.
-        match self.run(self.core.setattr(ino.0, size, mode, uid, gid)) {
+        // atime is not kept (the mount is noatime); mtime is stored with the object.
+        let mtime = mtime.map(|t| match t {
+            TimeOrNow::SpecificTime(t) => t,
+            TimeOrNow::Now => SystemTime::now(),
+        });
+        match self.run(self.core.setattr(ino.0, size, mode, uid, gid, mtime)) {
             Ok(a) => reply.attr(&self.ttl, &self.file_attr(a)),
             Err(e) => reply.error(errno("setattr", e)),
         }
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        match self.run(self.core.mkdir(parent.0, name)) {
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        match self.run(self.core.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid())) {
             Ok(a) => reply.entry(&self.ttl, &self.file_attr(a), Generation(0)),
             Err(e) => reply.error(errno("mkdir", e)),
         }
@@ -182,15 +187,15 @@ impl fuser::Filesystem for FuseFs {
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.run(self.core.create(parent.0, name)) {
+        match self.run(self.core.create(parent.0, name, mode & !umask, req.uid(), req.gid())) {
             Ok((a, fh)) => reply.created(
                 &self.ttl,
                 &self.file_attr(a),

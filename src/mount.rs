@@ -193,6 +193,7 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
         .run()
         .map_err(|e| format!("FUSE session ended with an error: {e}"));
     rt.block_on(core.flush_all());
+    core.clean_staging();
     tracing::info!("unmounted");
     if let Some(srv) = connected.server {
         rt.block_on(srv.shutdown());

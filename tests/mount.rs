@@ -343,7 +343,11 @@ fn embedded_store_demo_mounts_in_the_background_with_no_bucket() {
     );
     assert_eq!(out.stdout, "hi\n", "{}", out.stderr);
     // Unmount the way a non-root user would.
-    let status = std::process::Command::new("fusermount3").arg("-u").arg(&mnt).status().unwrap();
+    let status = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg(&mnt)
+        .status()
+        .unwrap();
     assert!(status.success());
     drop(guard);
     assert!(!is_mounted(&mnt));

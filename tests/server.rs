@@ -82,7 +82,7 @@ fn ranged_get_copy_and_delete_objects() {
     assert_eq!(&part[..], b"234");
     let tail = env.rt.block_on(env.s3.get("k", Some(8..100))).unwrap();
     assert_eq!(&tail[..], b"89");
-    env.rt.block_on(env.s3.copy("k", "dir/copy of k+é")).unwrap();
+    env.rt.block_on(env.s3.copy("k", "dir/copy of k+é", None)).unwrap();
     assert_eq!(env.get("dir/copy of k+é"), b"0123456789");
     let failed = env
         .rt

@@ -3,4 +3,5 @@
 //! Knows keys and bytes; nothing of directories.
 
 pub mod read;
+pub mod staging;
 pub mod upload;

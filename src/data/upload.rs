@@ -84,6 +84,30 @@ impl Upload {
         self.finished
     }
 
+    /// True once a multipart upload has started (parts may be in S3 already).
+    pub fn has_multipart(&self) -> bool {
+        self.upload_id.is_some()
+    }
+
+    /// The bytes written and not sent yet (all of them while no multipart upload started).
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    pub fn meta(&self) -> &UserMeta {
+        &self.meta
+    }
+
+    /// Changes the metadata the object will get; false when it is too late (the multipart
+    /// upload was created with the old metadata).
+    pub fn set_meta(&mut self, meta: UserMeta) -> bool {
+        if self.upload_id.is_some() {
+            return meta == self.meta;
+        }
+        self.meta = meta;
+        true
+    }
+
     /// Forgets what was written (truncate to 0 before anything was sent).
     pub fn reset(&mut self) -> Result<(), UploadError> {
         if self.upload_id.is_some() {

@@ -5,6 +5,7 @@
 //! operation returns, so this mount always sees its own changes; other writers' changes
 //! become visible when an entry's TTL runs out (the consistency model in the README).
 
+use super::posix::Posix;
 use crate::layout::RelPath;
 use lru::LruCache;
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 pub enum Kind {
     File,
     Dir,
+    Symlink,
 }
 
 /// What the cache knows of one path.
@@ -23,7 +25,39 @@ pub enum Kind {
 pub struct EntryInfo {
     pub kind: Kind,
     pub size: u64,
+    /// S3's LastModified, unless `posix.mtime` says otherwise.
     pub mtime: SystemTime,
+    pub posix: Posix,
+    /// False for entries known only from a listing (no user metadata): attributes need a HEAD.
+    pub full: bool,
+}
+
+impl EntryInfo {
+    pub fn new(kind: Kind, size: u64, mtime: SystemTime) -> Self {
+        EntryInfo {
+            kind,
+            size,
+            mtime,
+            posix: Posix::default(),
+            full: true,
+        }
+    }
+
+    pub fn with_posix(mut self, posix: Posix) -> Self {
+        self.posix = posix;
+        if let Some(t) = posix.mtime {
+            self.mtime = t;
+        }
+        if posix.is_symlink() {
+            self.kind = Kind::Symlink;
+        }
+        self
+    }
+
+    pub fn partial(mut self) -> Self {
+        self.full = false;
+        self
+    }
 }
 
 /// A directory's children by name, sorted.
@@ -149,11 +183,7 @@ mod tests {
     use super::*;
 
     fn info(kind: Kind) -> EntryInfo {
-        EntryInfo {
-            kind,
-            size: 1,
-            mtime: SystemTime::UNIX_EPOCH,
-        }
+        EntryInfo::new(kind, 1, SystemTime::UNIX_EPOCH)
     }
 
     #[test]

@@ -104,26 +104,12 @@ impl Core {
         let mut out = BTreeMap::new();
         for (files, _) in &pages {
             for (name, size, mtime) in files {
-                out.insert(
-                    name.clone(),
-                    EntryInfo {
-                        kind: Kind::File,
-                        size: *size,
-                        mtime: *mtime,
-                    },
-                );
+                out.insert(name.clone(), EntryInfo::new(Kind::File, *size, *mtime).partial());
             }
         }
         for (_, dirs) in pages {
             for name in dirs {
-                out.insert(
-                    name,
-                    EntryInfo {
-                        kind: Kind::Dir,
-                        size: 0,
-                        mtime: self.mount_time,
-                    },
-                );
+                out.insert(name, EntryInfo::new(Kind::Dir, 0, self.mount_time).partial());
             }
         }
         Ok(out)

@@ -13,19 +13,22 @@
 
 pub mod cache;
 pub mod error;
+mod files;
 pub mod inodes;
 mod listing;
 mod ops;
+pub mod posix;
 
 use crate::data::read::Reader;
-use crate::data::upload::Upload;
 use crate::layout::{Layout, RelPath};
 use crate::store::ObjectStore;
 use crate::store::stats::RequestStats;
 use cache::{EntryInfo, Kind, MetaCache};
 use error::{FsError, FsResult};
+use files::OpenFile;
 use inodes::Inodes;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
@@ -45,6 +48,11 @@ pub struct FsConfig {
     pub upload_inflight: usize,
     pub read_window_min: usize,
     pub read_window_max: usize,
+    /// Where files being modified are staged; `lost+found/` below it keeps data that could
+    /// not be uploaded.
+    pub cache_dir: PathBuf,
+    /// Bytes of staged files at most; writes past it fail with ENOSPC.
+    pub cache_size: u64,
     pub uid: u32,
     pub gid: u32,
     pub file_mode: u16,
@@ -62,6 +70,8 @@ impl Default for FsConfig {
             upload_inflight: 4,
             read_window_min: 1024 * 1024,
             read_window_max: 16 * 1024 * 1024,
+            cache_dir: std::env::temp_dir().join("prefixfs-cache"),
+            cache_size: 10 * 1024 * 1024 * 1024,
             uid: 0,
             gid: 0,
             file_mode: 0o644,
@@ -71,26 +81,26 @@ impl Default for FsConfig {
     }
 }
 
-/// Attributes of an inode, as the adapter reports them.
+/// Attributes of an inode, defaults applied, as the adapter reports them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Attr {
     pub ino: u64,
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
-}
-
-/// A file being written: shared by its handle and by `getattr`/listings of its path.
-#[derive(Clone)]
-struct Writer {
-    path: RelPath,
-    size: Arc<AtomicU64>,
-    upload: Arc<tokio::sync::Mutex<Upload>>,
+    pub perm: u16,
+    pub uid: u32,
+    pub gid: u32,
 }
 
 enum Handle {
-    Read(Arc<tokio::sync::Mutex<Reader>>),
-    Write { ino: u64 },
+    /// A file handle. Reads go to the inode's open state when it has one (so every handle
+    /// sees writes), else to this handle's own reader.
+    File {
+        ino: u64,
+        reader: Option<Arc<tokio::sync::Mutex<Reader>>>,
+        writable: bool,
+    },
     Dir(Arc<Vec<(String, Kind, u64)>>),
 }
 
@@ -102,9 +112,28 @@ pub struct Core {
     cache: MetaCache,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Handle>>,
-    writers: Mutex<HashMap<u64, Writer>>,
+    open_files: Mutex<HashMap<u64, OpenFile>>,
     next_fh: AtomicU64,
+    staged_bytes: Arc<AtomicU64>,
+    /// This mount's staging files (`<cache dir>/staging/<pid>`).
+    staging_dir: PathBuf,
     mount_time: SystemTime,
+}
+
+/// Removes the staging directories of mounts that are no longer running (their inodes, and
+/// so their staging files, are gone; data they could not upload is in `lost+found/`).
+fn clean_stale_staging(root: &std::path::Path) {
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for e in entries.flatten() {
+        let pid = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok());
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = pid.is_some_and(
+            |p| unsafe { libc::kill(p, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM),
+        );
+        if !alive {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,7 +142,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Core {
     pub fn new(layout: Layout, store: Arc<dyn ObjectStore>, stats: Arc<RequestStats>, cfg: FsConfig) -> Self {
+        let staging_dir = cfg.cache_dir.join("staging").join(std::process::id().to_string());
+        clean_stale_staging(&cfg.cache_dir.join("staging"));
         Core {
+            staging_dir,
             cache: MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity),
             layout,
             store,
@@ -121,8 +153,9 @@ impl Core {
             cfg,
             inodes: Mutex::new(Inodes::default()),
             handles: Mutex::new(HashMap::new()),
-            writers: Mutex::new(HashMap::new()),
+            open_files: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            staged_bytes: Arc::new(AtomicU64::new(0)),
             mount_time: SystemTime::now(),
         }
     }
@@ -135,13 +168,20 @@ impl Core {
         &self.layout
     }
 
+    /// Removes this mount's staging directory (at unmount, after `flush_all`).
+    pub fn clean_staging(&self) {
+        let _ = std::fs::remove_dir_all(&self.staging_dir);
+    }
+
     /// Counters and cache facts, as text (`user.prefixfs.stats` on the mount root).
     pub fn stats_text(&self) -> String {
         let mut s = self.stats.snapshot().to_text();
         s.push_str(&format!(
-            "inodes {}\nopen_handles {}\n",
+            "inodes {}\nopen_handles {}\nopen_files {}\nstaged_bytes {}\n",
             lock(&self.inodes).len(),
-            lock(&self.handles).len()
+            lock(&self.handles).len(),
+            lock(&self.open_files).len(),
+            self.staged_bytes.load(Ordering::Relaxed)
         ));
         s
     }
@@ -166,12 +206,21 @@ impl Core {
         Ok(path)
     }
 
+    /// Attributes with the mount's defaults for what the object does not record.
     fn attr(&self, ino: u64, info: EntryInfo) -> Attr {
+        let default_perm = match info.kind {
+            Kind::Dir => self.cfg.dir_mode,
+            Kind::File => self.cfg.file_mode,
+            Kind::Symlink => 0o777,
+        };
         Attr {
             ino,
             kind: info.kind,
             size: info.size,
             mtime: info.mtime,
+            perm: info.posix.mode.map(|m| (m & 0o7777) as u16).unwrap_or(default_perm),
+            uid: info.posix.uid.unwrap_or(self.cfg.uid),
+            gid: info.posix.gid.unwrap_or(self.cfg.gid),
         }
     }
 
@@ -181,101 +230,65 @@ impl Core {
         fh
     }
 
-    /// What `path` is, from the cache, an open writer, or S3.
+    /// What `path` is, with its POSIX metadata: from an open file, the cache, or S3.
     pub async fn stat(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
         if path.is_root() {
-            return Ok(Some(EntryInfo {
-                kind: Kind::Dir,
-                size: 0,
-                mtime: self.mount_time,
-            }));
+            return Ok(Some(EntryInfo::new(Kind::Dir, 0, self.mount_time)));
         }
-        if let Some(info) = self.writer_info(path) {
+        if let Some(info) = self.open_file_info(path) {
             return Ok(Some(info));
         }
-        if let Some(cached) = self.cache.entry(path) {
-            return Ok(cached);
-        }
+        let partial = match self.cache.entry(path) {
+            Some(Some(info)) if info.full => return Ok(Some(info)),
+            Some(None) => return Ok(None),
+            Some(Some(info)) => Some(info),
+            None => None,
+        };
         let fkey = self.layout.file_key(path)?;
         let dkey = self.layout.dir_marker_key(path)?;
-        let (file, marker) = tokio::join!(self.store.head(&fkey), self.store.head(&dkey));
-        let info = match (file, marker) {
-            (_, Ok(m)) => Some(EntryInfo {
-                kind: Kind::Dir,
-                size: 0,
-                mtime: m.last_modified,
-            }),
-            (Err(e), _) if !e.is_not_found() => return Err(e.into()),
-            (_, Err(e)) if !e.is_not_found() => return Err(e.into()),
-            (Ok(f), _) => {
-                if self.any_under(path).await? {
-                    tracing::warn!(%path, "both a file and a directory have this name; showing the directory");
-                    Some(EntryInfo {
-                        kind: Kind::Dir,
-                        size: 0,
-                        mtime: self.mount_time,
-                    })
-                } else {
-                    Some(EntryInfo {
-                        kind: Kind::File,
-                        size: f.size,
-                        mtime: f.last_modified,
-                    })
-                }
+        // A listing already said what kind it is: one HEAD for the metadata is enough.
+        let (file, marker) = match partial.map(|p| p.kind) {
+            Some(Kind::Dir) => (None, Some(self.store.head(&dkey).await)),
+            Some(_) => (Some(self.store.head(&fkey).await), None),
+            None => {
+                let (f, d) = tokio::join!(self.store.head(&fkey), self.store.head(&dkey));
+                (Some(f), Some(d))
             }
-            (Err(_), Err(_)) => {
+        };
+        let implicit_dir = EntryInfo::new(Kind::Dir, 0, self.mount_time);
+        let info = match (file, marker) {
+            (_, Some(Ok(m))) => {
+                Some(EntryInfo::new(Kind::Dir, 0, m.last_modified).with_posix(posix::Posix::from_meta(&m.user_meta)))
+            }
+            (Some(Err(e)), _) if !e.is_not_found() => return Err(e.into()),
+            (_, Some(Err(e))) if !e.is_not_found() => return Err(e.into()),
+            // A file whose name is also an implicit directory (keys below it, no marker) is
+            // shown as a file here and as a directory in listings: finding out would cost a
+            // LIST of every prefix on every lookup.
+            (Some(Ok(f)), _) => {
+                let posix = posix::Posix::from_meta(&f.user_meta);
+                Some(EntryInfo::new(Kind::File, f.size, f.last_modified).with_posix(posix))
+            }
+            (None, Some(Err(_))) => Some(implicit_dir), // listed as a directory, no marker
+            (Some(Err(_)), _) => {
                 if self.any_under(path).await? {
-                    Some(EntryInfo {
-                        kind: Kind::Dir,
-                        size: 0,
-                        mtime: self.mount_time,
-                    })
+                    Some(implicit_dir)
                 } else {
                     None
                 }
             }
+            (None, None) => None,
         };
         self.cache.put_entry(path, info);
         Ok(info)
     }
 
-    fn writer_info(&self, path: &RelPath) -> Option<EntryInfo> {
-        let ino = lock(&self.inodes).find(path)?;
-        let writers = lock(&self.writers);
-        let w = writers.get(&ino)?;
-        Some(EntryInfo {
-            kind: Kind::File,
-            size: w.size.load(Ordering::Relaxed),
-            mtime: SystemTime::now(),
-        })
-    }
-
-    /// Files created through this mount that S3 does not have yet, directly in `dir`.
+    /// Files open through this mount, directly in `dir`, that S3 may not have yet.
     fn pending_in(&self, dir: &RelPath) -> Vec<(String, EntryInfo)> {
-        lock(&self.writers)
+        lock(&self.open_files)
             .values()
-            .filter(|w| w.path.parent().as_ref() == Some(dir))
-            .map(|w| {
-                let info = EntryInfo {
-                    kind: Kind::File,
-                    size: w.size.load(Ordering::Relaxed),
-                    mtime: SystemTime::now(),
-                };
-                (w.path.name().to_string(), info)
-            })
+            .filter(|f| !f.unlinked() && f.path.parent().as_ref() == Some(dir))
+            .map(|f| (f.path.name().to_string(), f.info()))
             .collect()
-    }
-
-    /// Uploads every file still open for writing (before unmount).
-    pub async fn flush_all(&self) {
-        let uploads: Vec<(RelPath, Arc<tokio::sync::Mutex<Upload>>)> = lock(&self.writers)
-            .values()
-            .map(|w| (w.path.clone(), w.upload.clone()))
-            .collect();
-        for (path, up) in uploads {
-            if let Err(e) = up.lock().await.finish().await {
-                tracing::error!(%path, error = %e, "could not upload file at unmount");
-            }
-        }
     }
 }

@@ -3,16 +3,14 @@
 
 use super::cache::{EntryInfo, Kind};
 use super::error::{FsError, FsResult};
-use super::{Attr, Core, Handle, Writer};
-use crate::data::read::Reader;
-use crate::data::upload::{Upload, UploadError};
+use super::posix::Posix;
+use super::{Attr, Core, Handle};
 use crate::layout::RelPath;
 use crate::store::UserMeta;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use super::lock;
@@ -30,15 +28,8 @@ pub struct StatFs {
     pub namelen: u32,
 }
 
-fn upload_err(path: &RelPath, e: UploadError) -> FsError {
-    match e {
-        UploadError::NotSequential { .. } | UploadError::Finished => FsError::new(libc::EINVAL, format!("{path}: {e}")),
-        UploadError::Store(s) => FsError::new(libc::EIO, format!("{path}: upload failed: {s}")),
-    }
-}
-
 impl Core {
-    fn check_writable(&self, path: &RelPath) -> FsResult<()> {
+    pub(super) fn check_writable(&self, path: &RelPath) -> FsResult<()> {
         if self.cfg.read_only {
             return Err(FsError::new(libc::EROFS, format!("{path}: mounted read-only")));
         }
@@ -69,70 +60,6 @@ impl Core {
         Ok(self.attr(ino, info))
     }
 
-    /// Size changes: truncating a file being written to 0, or an existing file to 0 (one
-    /// empty PUT). Mode/owner changes are refused until POSIX metadata is stored.
-    pub async fn setattr(
-        &self,
-        ino: u64,
-        size: Option<u64>,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-    ) -> FsResult<Attr> {
-        let path = self.path_of(ino)?;
-        let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
-        let default_mode = if info.kind == Kind::Dir {
-            self.cfg.dir_mode
-        } else {
-            self.cfg.file_mode
-        };
-        if mode.is_some_and(|m| (m & 0o7777) as u16 != default_mode)
-            || uid.is_some_and(|u| u != self.cfg.uid)
-            || gid.is_some_and(|g| g != self.cfg.gid)
-        {
-            return Err(FsError::new(
-                libc::EPERM,
-                format!("{path}: changing mode or owner is not supported yet"),
-            ));
-        }
-        if let Some(size) = size {
-            if info.kind == Kind::Dir {
-                return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
-            }
-            self.check_writable(&path)?;
-            if size != info.size {
-                if size != 0 {
-                    return Err(FsError::new(
-                        libc::EOPNOTSUPP,
-                        format!("{path}: truncate to {size} bytes is not supported yet (only to 0)"),
-                    ));
-                }
-                let writer = lock(&self.writers)
-                    .get(&ino)
-                    .map(|w| (w.upload.clone(), w.size.clone()));
-                match writer {
-                    Some((up, sz)) => {
-                        up.lock().await.reset().map_err(|e| upload_err(&path, e))?;
-                        sz.store(0, Ordering::Relaxed);
-                    }
-                    None => {
-                        let key = self.layout.file_key(&path)?;
-                        self.store.put(&key, Bytes::new(), &UserMeta::new()).await?;
-                        self.cache.upsert(
-                            &path,
-                            EntryInfo {
-                                kind: Kind::File,
-                                size: 0,
-                                mtime: SystemTime::now(),
-                            },
-                        );
-                    }
-                }
-            }
-        }
-        self.getattr(ino).await
-    }
-
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let path = self.path_of(ino)?;
         let listing = self.list_dir(&path).await?;
@@ -148,8 +75,14 @@ impl Core {
         for (name, info) in listing.iter() {
             // Entries the kernel has not looked up yet get a placeholder number; it uses the
             // name and type, and looks the entry up before using it.
-            let child_ino = path.join(name).ok().and_then(|p| inodes.find(&p)).unwrap_or(u64::MAX);
-            entries.push((name.clone(), info.kind, child_ino));
+            let child = path.join(name).ok();
+            let child_ino = child.as_ref().and_then(|p| inodes.find(p)).unwrap_or(u64::MAX);
+            // A listing cannot tell a symlink from a file; a looked-up entry can.
+            let kind = match child.and_then(|p| self.cache.entry(&p)) {
+                Some(Some(known)) if known.full => known.kind,
+                _ => info.kind,
+            };
+            entries.push((name.clone(), kind, child_ino));
         }
         drop(inodes);
         Ok(self.new_fh(Handle::Dir(Arc::new(entries))))
@@ -167,19 +100,21 @@ impl Core {
         lock(&self.handles).remove(&fh);
     }
 
-    pub async fn mkdir(&self, parent: u64, name: &OsStr) -> FsResult<Attr> {
+    pub async fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
         self.check_writable(&path)?;
         if self.stat(&path).await?.is_some() {
             return Err(FsError::new(libc::EEXIST, format!("{path}: exists")));
         }
         let key = self.layout.dir_marker_key(&path)?;
-        self.store.put(&key, Bytes::new(), &UserMeta::new()).await?;
-        let info = EntryInfo {
-            kind: Kind::Dir,
-            size: 0,
-            mtime: SystemTime::now(),
+        let posix = Posix {
+            mode: Some(libc::S_IFDIR | (mode & 0o7777)),
+            uid: Some(uid),
+            gid: Some(gid),
+            mtime: Some(SystemTime::now()),
         };
+        self.store.put(&key, Bytes::new(), &posix.to_meta()).await?;
+        let info = EntryInfo::new(Kind::Dir, 0, SystemTime::now()).with_posix(posix);
         self.cache.upsert(&path, info);
         // A directory we just created is empty: its listing needs no request.
         self.cache.put_listing(&path, Arc::default());
@@ -216,173 +151,9 @@ impl Core {
             _ => {}
         }
         self.store.delete(&self.layout.file_key(&path)?).await?;
+        self.forget_open(&path);
         self.cache.remove(&path);
         Ok(())
-    }
-
-    fn start_writer(&self, ino: u64, path: &RelPath) -> FsResult<u64> {
-        let key = self.layout.file_key(path)?;
-        let upload = Upload::new(
-            self.store.clone(),
-            key,
-            UserMeta::new(),
-            self.cfg.part_size,
-            self.cfg.upload_inflight,
-        );
-        let mut writers = lock(&self.writers);
-        if writers.contains_key(&ino) {
-            return Err(FsError::new(
-                libc::EBUSY,
-                format!("{path}: already open for writing by another handle"),
-            ));
-        }
-        writers.insert(
-            ino,
-            Writer {
-                path: path.clone(),
-                size: Arc::new(AtomicU64::new(0)),
-                upload: Arc::new(tokio::sync::Mutex::new(upload)),
-            },
-        );
-        drop(writers);
-        self.cache.upsert(
-            path,
-            EntryInfo {
-                kind: Kind::File,
-                size: 0,
-                mtime: SystemTime::now(),
-            },
-        );
-        Ok(self.new_fh(Handle::Write { ino }))
-    }
-
-    pub async fn create(&self, parent: u64, name: &OsStr) -> FsResult<(Attr, u64)> {
-        let path = self.child_path(parent, name)?;
-        self.check_writable(&path)?;
-        if let Some(i) = self.stat(&path).await?
-            && i.kind == Kind::Dir
-        {
-            return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
-        }
-        let ino = lock(&self.inodes).lookup(&path, Kind::File);
-        let fh = self.start_writer(ino, &path)?;
-        let attr = Attr {
-            ino,
-            kind: Kind::File,
-            size: 0,
-            mtime: SystemTime::now(),
-        };
-        Ok((attr, fh))
-    }
-
-    /// Opens a file. Writing replaces the whole object, so it needs O_TRUNC (or an empty
-    /// file); reading uses ranged GETs.
-    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
-        let path = self.path_of(ino)?;
-        let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
-        if info.kind == Kind::Dir {
-            return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
-        }
-        let acc = flags & libc::O_ACCMODE;
-        if acc == libc::O_WRONLY || acc == libc::O_RDWR {
-            self.check_writable(&path)?;
-            if flags & libc::O_TRUNC != 0 || info.size == 0 {
-                return self.start_writer(ino, &path);
-            }
-            return Err(FsError::new(
-                libc::EPERM,
-                format!(
-                    "{path}: modifying an existing file in place is not supported yet; open it with O_TRUNC to replace it"
-                ),
-            ));
-        }
-        let key = self.layout.file_key(&path)?;
-        let reader = Reader::new(
-            self.store.clone(),
-            key,
-            info.size,
-            self.cfg.read_window_min,
-            self.cfg.read_window_max,
-        );
-        Ok(self.new_fh(Handle::Read(Arc::new(tokio::sync::Mutex::new(reader)))))
-    }
-
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let reader = match lock(&self.handles).get(&fh) {
-            Some(Handle::Read(r)) => r.clone(),
-            Some(Handle::Write { .. }) => {
-                return Err(FsError::new(
-                    libc::EBADF,
-                    "reading a file while it is being written is not supported yet",
-                ));
-            }
-            _ => {
-                return Err(FsError::new(libc::EBADF, format!("file handle {fh} is not open")));
-            }
-        };
-        let mut r = reader.lock().await;
-        Ok(r.read(offset, size as usize).await?)
-    }
-
-    fn writer_of(&self, fh: u64) -> FsResult<Writer> {
-        let ino = match lock(&self.handles).get(&fh) {
-            Some(Handle::Write { ino }) => *ino,
-            _ => {
-                return Err(FsError::new(
-                    libc::EBADF,
-                    format!("file handle {fh} is not open for writing"),
-                ));
-            }
-        };
-        lock(&self.writers)
-            .get(&ino)
-            .cloned()
-            .ok_or_else(|| FsError::new(libc::EBADF, format!("file handle {fh} lost its writer")))
-    }
-
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        let w = self.writer_of(fh)?;
-        let mut up = w.upload.lock().await;
-        up.write(offset, data).await.map_err(|e| upload_err(&w.path, e))?;
-        w.size.store(up.size(), Ordering::Relaxed);
-        Ok(data.len() as u32)
-    }
-
-    /// `close` (and `fsync`): a written file is uploaded now, and an upload failure is
-    /// returned to the program.
-    pub async fn flush(&self, fh: u64) -> FsResult<()> {
-        let Ok(Writer { path, upload, .. }) = self.writer_of(fh) else {
-            return Ok(());
-        };
-        let mut up = upload.lock().await;
-        if up.is_finished() {
-            return Ok(());
-        }
-        up.finish().await.map_err(|e| upload_err(&path, e))?;
-        self.cache.upsert(
-            &path,
-            EntryInfo {
-                kind: Kind::File,
-                size: up.size(),
-                mtime: SystemTime::now(),
-            },
-        );
-        Ok(())
-    }
-
-    pub async fn release(&self, fh: u64) -> FsResult<()> {
-        let result = self.flush(fh).await;
-        let handle = lock(&self.handles).remove(&fh);
-        if let Some(Handle::Write { ino }) = handle
-            && let Some(w) = lock(&self.writers).remove(&ino)
-            && let Err(e) = &result
-        {
-            tracing::error!(path = %w.path, error = %e, "file closed without its data reaching S3; the write is lost");
-            let up = w.upload.clone();
-            tokio::spawn(async move { up.lock().await.abort().await });
-            self.cache.remove(&w.path);
-        }
-        result
     }
 
     pub async fn rename(&self, parent: u64, name: &OsStr, newparent: u64, newname: &OsStr, flags: u32) -> FsResult<()> {
@@ -410,10 +181,10 @@ impl Core {
                 return Err(FsError::new(libc::EEXIST, format!("{to}: exists")));
             }
             match (src.kind, dst.kind) {
-                (Kind::File, Kind::Dir) => {
+                (Kind::File | Kind::Symlink, Kind::Dir) => {
                     return Err(FsError::new(libc::EISDIR, format!("{to}: is a directory")));
                 }
-                (Kind::Dir, Kind::File) => {
+                (Kind::Dir, Kind::File | Kind::Symlink) => {
                     return Err(FsError::new(libc::ENOTDIR, format!("{to}: not a directory")));
                 }
                 (Kind::Dir, Kind::Dir) if self.any_under(&to).await? => {
@@ -423,15 +194,15 @@ impl Core {
             }
         }
         match src.kind {
-            Kind::File => {
-                if self.writer_info(&from).is_some() {
+            Kind::File | Kind::Symlink => {
+                if self.is_open_for_writing(&from) {
                     return Err(FsError::new(
                         libc::EBUSY,
                         format!("{from}: still being written; close it before renaming"),
                     ));
                 }
                 let (sk, dk) = (self.layout.file_key(&from)?, self.layout.file_key(&to)?);
-                self.store.copy(&sk, &dk).await?;
+                self.store.copy(&sk, &dk, None).await?;
                 self.store.delete(&sk).await?;
                 self.cache.remove(&from);
                 self.cache.upsert(
@@ -485,7 +256,7 @@ impl Core {
         let failures: Vec<String> = stream::iter(order.iter())
             .map(|src| {
                 let dst = dst_of.get(src).cloned().unwrap_or_default();
-                async move { self.store.copy(src, &dst).await.err().map(|e| e.to_string()) }
+                async move { self.store.copy(src, &dst, None).await.err().map(|e| e.to_string()) }
             })
             .buffer_unordered(self.cfg.fanout.max(1))
             .filter_map(|r| async move { r })

@@ -300,16 +300,44 @@ impl ObjectStore for AwsStore {
         })
     }
 
-    async fn copy(&self, src: &str, dst: &str) -> StoreResult<()> {
-        self.client
+    async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()> {
+        let mut req = self
+            .client
             .copy_object()
             .bucket(&self.bucket)
             .key(dst)
+            .copy_source(encode_copy_source(&self.bucket, src));
+        if let Some(meta) = meta {
+            req = req.metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace);
+            for (k, v) in meta {
+                req = req.metadata(k, v);
+            }
+        }
+        req.send().await.map_err(|e| map_err("copy", src, e))?;
+        Ok(())
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part: i32,
+        src: &str,
+        range: Range<u64>,
+    ) -> StoreResult<String> {
+        let r = self
+            .client
+            .upload_part_copy()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .part_number(part)
             .copy_source(encode_copy_source(&self.bucket, src))
+            .copy_source_range(format!("bytes={}-{}", range.start, range.end.saturating_sub(1)))
             .send()
             .await
-            .map_err(|e| map_err("copy", src, e))?;
-        Ok(())
+            .map_err(|e| map_err("upload_part_copy", src, e))?;
+        Ok(r.copy_part_result().and_then(|c| c.e_tag()).unwrap_or("").to_string())
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {

@@ -173,11 +173,23 @@ impl ObjectStore for MemoryStore {
         Ok(page)
     }
 
-    async fn copy(&self, src: &str, dst: &str) -> StoreResult<()> {
+    async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()> {
         self.injected(dst)?;
-        let (body, meta) = self.lock().get(src).cloned().ok_or_else(|| not_found("copy", src))?;
-        self.insert(dst, body, &meta.user_meta);
+        let (body, old) = self.lock().get(src).cloned().ok_or_else(|| not_found("copy", src))?;
+        self.insert(dst, body, meta.unwrap_or(&old.user_meta));
         Ok(())
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part: i32,
+        src: &str,
+        range: Range<u64>,
+    ) -> StoreResult<String> {
+        let body = self.get(src, Some(range)).await?;
+        self.upload_part(key, upload_id, part, body).await
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {

@@ -59,13 +59,14 @@ pub enum OpKind {
     Copy,
     CreateMultipart,
     UploadPart,
+    UploadPartCopy,
     CompleteMultipart,
     AbortMultipart,
     ListUploads,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 12] = [
+    pub const ALL: [OpKind; 13] = [
         OpKind::Head,
         OpKind::Get,
         OpKind::Put,
@@ -75,6 +76,7 @@ impl OpKind {
         OpKind::Copy,
         OpKind::CreateMultipart,
         OpKind::UploadPart,
+        OpKind::UploadPartCopy,
         OpKind::CompleteMultipart,
         OpKind::AbortMultipart,
         OpKind::ListUploads,
@@ -91,6 +93,7 @@ impl OpKind {
             OpKind::Copy => "copy",
             OpKind::CreateMultipart => "create_multipart",
             OpKind::UploadPart => "upload_part",
+            OpKind::UploadPartCopy => "upload_part_copy",
             OpKind::CompleteMultipart => "complete_multipart",
             OpKind::AbortMultipart => "abort_multipart",
             OpKind::ListUploads => "list_uploads",
@@ -205,10 +208,19 @@ pub trait ObjectStore: Send + Sync + 'static {
         token: Option<&str>,
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage>;
-    /// Server-side copy of a whole object (metadata copied with it).
-    async fn copy(&self, src: &str, dst: &str) -> StoreResult<()>;
+    /// Server-side copy of a whole object: metadata copied with it, or replaced by `meta`.
+    async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()>;
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String>;
     async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String>;
+    /// UploadPartCopy: part `part` is bytes `range` of the object `src`, copied server-side.
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part: i32,
+        src: &str,
+        range: Range<u64>,
+    ) -> StoreResult<String>;
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()>;
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>>;

@@ -134,8 +134,22 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
         .await
     }
 
-    async fn copy(&self, src: &str, dst: &str) -> StoreResult<()> {
-        self.run(OpKind::Copy, dst, || self.inner.copy(src, dst)).await
+    async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()> {
+        self.run(OpKind::Copy, dst, || self.inner.copy(src, dst, meta)).await
+    }
+
+    async fn upload_part_copy(
+        &self,
+        key: &str,
+        upload_id: &str,
+        part: i32,
+        src: &str,
+        range: Range<u64>,
+    ) -> StoreResult<String> {
+        self.run(OpKind::UploadPartCopy, key, || {
+            self.inner.upload_part_copy(key, upload_id, part, src, range.clone())
+        })
+        .await
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {

@@ -1,0 +1,398 @@
+//! Staging: a file being modified in place lives in a local sparse file until it is uploaded.
+//!
+//! The staging file mirrors the object chunk by chunk (chunk = the multipart part size).
+//! Invariants:
+//! - `fetched[i]`: the local bytes of chunk `i` are valid (downloaded from the base object or
+//!   written). Chunks are fetched lazily, only when read or partly overwritten.
+//! - `dirty[i]`: chunk `i` may differ from the base object at the same offsets. Clean chunks
+//!   that lie wholly inside the base object are uploaded with UploadPartCopy (server side),
+//!   so appending to or patching a large file does not re-send the unchanged gigabytes.
+//! - After a successful upload the object is the new base and nothing is dirty; after a
+//!   failed one everything stays as it was, so nothing written is lost.
+
+use crate::store::{ObjectStore, StoreError, StoreResult, UserMeta};
+use bytes::Bytes;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// S3's smallest part but the last.
+const MIN_PART: u64 = 5 * 1024 * 1024;
+
+/// The object a staging file started from.
+#[derive(Debug, Clone)]
+pub struct Base {
+    pub key: String,
+    pub size: u64,
+}
+
+pub struct StagedFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    base: Option<Base>,
+    chunk: u64,
+    fetched: Vec<bool>,
+    dirty: Vec<bool>,
+    modified: bool,
+}
+
+fn io_err(key: &str, e: std::io::Error) -> StoreError {
+    StoreError::Transport {
+        op: "staging",
+        key: key.to_string(),
+        message: format!("local staging file: {e}"),
+    }
+}
+
+impl StagedFile {
+    /// A staging file at `path` (created, truncated) for an object of `base` (or a new one).
+    pub fn create(path: PathBuf, base: Option<Base>, part_size: u64) -> std::io::Result<StagedFile> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)?;
+        let size = base.as_ref().map(|b| b.size).unwrap_or(0);
+        file.set_len(size)?;
+        // Chunks grow with the object so that it fits in 10,000 parts.
+        let chunk = part_size
+            .max(MIN_PART)
+            .max(size.div_ceil(9_000).next_multiple_of(1 << 20));
+        let n = size.div_ceil(chunk) as usize;
+        Ok(StagedFile {
+            path,
+            file,
+            size,
+            base,
+            chunk,
+            fetched: vec![false; n],
+            dirty: vec![false; n],
+            modified: false,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    pub fn is_modified(&self) -> bool {
+        self.modified
+    }
+
+    /// Marks the content as changed without a write (e.g. new metadata to upload).
+    pub fn touch(&mut self) {
+        self.modified = true;
+    }
+
+    fn grow_maps(&mut self) {
+        let n = self.size.div_ceil(self.chunk) as usize;
+        if self.fetched.len() < n {
+            self.fetched.resize(n, true);
+            self.dirty.resize(n, true);
+        }
+    }
+
+    /// Makes the local bytes of every chunk overlapping `start..end` valid.
+    async fn ensure(&mut self, store: &dyn ObjectStore, start: u64, end: u64) -> StoreResult<()> {
+        let Some(base) = self.base.clone() else { return Ok(()) };
+        let end = end.min(base.size).min(self.size);
+        if start >= end {
+            return Ok(());
+        }
+        for i in (start / self.chunk) as usize..=((end - 1) / self.chunk) as usize {
+            if self.fetched.get(i).copied().unwrap_or(true) {
+                continue;
+            }
+            let c0 = i as u64 * self.chunk;
+            let c1 = ((i as u64 + 1) * self.chunk).min(base.size).min(self.size);
+            let data = store.get(&base.key, Some(c0..c1)).await?;
+            if (data.len() as u64) < c1 - c0 {
+                return Err(StoreError::Server {
+                    op: "get",
+                    key: base.key.clone(),
+                    status: 200,
+                    code: "ShortRead".into(),
+                    message: format!(
+                        "object changed underneath: wanted {} bytes at {c0}, got {}",
+                        c1 - c0,
+                        data.len()
+                    ),
+                });
+            }
+            self.file.write_all_at(&data, c0).map_err(|e| io_err(&base.key, e))?;
+            self.fetched[i] = true;
+        }
+        Ok(())
+    }
+
+    pub async fn read(&mut self, store: &dyn ObjectStore, offset: u64, len: usize) -> StoreResult<Bytes> {
+        let end = (offset + len as u64).min(self.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        self.ensure(store, offset, end).await?;
+        let mut buf = vec![0u8; (end - offset) as usize];
+        self.file
+            .read_exact_at(&mut buf, offset)
+            .map_err(|e| io_err(&self.path.to_string_lossy(), e))?;
+        Ok(Bytes::from(buf))
+    }
+
+    pub async fn write(&mut self, store: &dyn ObjectStore, offset: u64, data: &[u8]) -> StoreResult<()> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        let end = offset + data.len() as u64;
+        // Partly overwritten chunks keep their other bytes: fetch them first.
+        self.ensure(store, offset, offset + 1).await?;
+        self.ensure(store, end - 1, end).await?;
+        if end > self.size {
+            self.size = end;
+            self.grow_maps();
+        }
+        self.file
+            .write_all_at(data, offset)
+            .map_err(|e| io_err(&self.path.to_string_lossy(), e))?;
+        for i in (offset / self.chunk) as usize..=((end - 1) / self.chunk) as usize {
+            self.fetched[i] = true;
+            self.dirty[i] = true;
+        }
+        self.modified = true;
+        Ok(())
+    }
+
+    pub async fn truncate(&mut self, store: &dyn ObjectStore, size: u64) -> StoreResult<()> {
+        if size == self.size {
+            return Ok(());
+        }
+        if size > self.size {
+            // The chunk holding the old end gains zeros after its valid bytes.
+            if self.size > 0 {
+                self.ensure(store, self.size - 1, self.size).await?;
+                let i = ((self.size - 1) / self.chunk) as usize;
+                self.dirty[i] = true;
+            }
+        } else if size > 0 {
+            self.ensure(store, size - 1, size).await?;
+            let i = ((size - 1) / self.chunk) as usize;
+            self.dirty[i] = true;
+        }
+        self.file
+            .set_len(size)
+            .map_err(|e| io_err(&self.path.to_string_lossy(), e))?;
+        let old = self.size;
+        self.size = size;
+        let n = size.div_ceil(self.chunk) as usize;
+        self.fetched.truncate(n);
+        self.dirty.truncate(n);
+        self.grow_maps();
+        if size > old {
+            // Any chunk after the old end is new zeros.
+            for i in (old / self.chunk) as usize..n {
+                self.fetched[i] = true;
+                self.dirty[i] = true;
+            }
+        }
+        self.modified = true;
+        Ok(())
+    }
+
+    /// Uploads the whole file to `key` with `meta`: one PUT when small, else a multipart
+    /// upload that copies clean chunks server-side. Returns the bytes sent over the wire.
+    pub async fn upload(&mut self, store: &Arc<dyn ObjectStore>, key: &str, meta: &UserMeta) -> StoreResult<u64> {
+        if self.size <= self.chunk {
+            let body = self.read(store.as_ref(), 0, self.size as usize).await?;
+            let sent = body.len() as u64;
+            store.put(key, body, meta).await?;
+            self.uploaded(key);
+            return Ok(sent);
+        }
+        let id = store.create_multipart(key, meta).await?;
+        match self.upload_parts(store, key, &id).await {
+            Ok((parts, sent)) => {
+                if let Err(e) = store.complete_multipart(key, &id, &parts).await {
+                    let _ = store.abort_multipart(key, &id).await;
+                    return Err(e);
+                }
+                self.uploaded(key);
+                Ok(sent)
+            }
+            Err(e) => {
+                if let Err(abort) = store.abort_multipart(key, &id).await {
+                    tracing::warn!(key, error = %abort, "could not abort a failed multipart upload");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn upload_parts(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        key: &str,
+        id: &str,
+    ) -> StoreResult<(Vec<(i32, String)>, u64)> {
+        let mut parts = Vec::new();
+        let mut sent = 0;
+        let n = self.size.div_ceil(self.chunk) as usize;
+        for i in 0..n {
+            let c0 = i as u64 * self.chunk;
+            let c1 = (c0 + self.chunk).min(self.size);
+            let part = i as i32 + 1;
+            let copyable = match &self.base {
+                Some(b) => !self.dirty[i] && c1 <= b.size,
+                None => false,
+            };
+            let etag = match (&self.base, copyable) {
+                (Some(b), true) => store.upload_part_copy(key, id, part, &b.key, c0..c1).await?,
+                _ => {
+                    let body = self.read(store.as_ref(), c0, (c1 - c0) as usize).await?;
+                    sent += body.len() as u64;
+                    store.upload_part(key, id, part, body).await?
+                }
+            };
+            parts.push((part, etag));
+        }
+        Ok((parts, sent))
+    }
+
+    /// Records that the object at `key` already holds exactly this content.
+    pub fn mark_uploaded(&mut self, key: &str) {
+        self.uploaded(key);
+    }
+
+    fn uploaded(&mut self, key: &str) {
+        // The local copy now equals the object: clean, and every chunk held locally stays
+        // valid; chunks never fetched are fetched from the new object when needed.
+        self.base = Some(Base {
+            key: key.to_string(),
+            size: self.size,
+        });
+        self.dirty.iter_mut().for_each(|d| *d = false);
+        self.modified = false;
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl StagedFile {
+    /// Keeps the staging file on disk (at `dest`) instead of deleting it: for data that could
+    /// not be uploaded.
+    pub fn preserve(&mut self, dest: &Path) -> std::io::Result<PathBuf> {
+        if let Some(dir) = dest.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::rename(&self.path, dest)?;
+        // Nothing left to delete on drop.
+        self.path = PathBuf::new();
+        Ok(dest.to_path_buf())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::OpKind;
+    use crate::store::memory::MemoryStore;
+    use crate::store::retry::{RetryConfig, RetryingStore};
+    use crate::store::stats::RequestStats;
+
+    const MIB: usize = 1024 * 1024;
+
+    fn setup() -> (Arc<dyn ObjectStore>, Arc<RequestStats>, tempfile::TempDir) {
+        let stats = Arc::new(RequestStats::default());
+        let store: Arc<dyn ObjectStore> = Arc::new(RetryingStore::new(
+            MemoryStore::new(),
+            RetryConfig::default(),
+            stats.clone(),
+        ));
+        (store, stats, tempfile::tempdir().unwrap())
+    }
+
+    #[tokio::test]
+    async fn patching_a_large_file_copies_clean_parts_server_side() {
+        let (store, stats, dir) = setup();
+        let body: Vec<u8> = (0..20 * MIB).map(|i| (i % 253) as u8).collect();
+        store
+            .put("k", Bytes::from(body.clone()), &UserMeta::new())
+            .await
+            .unwrap();
+        let mut s = StagedFile::create(
+            dir.path().join("s"),
+            Some(Base {
+                key: "k".into(),
+                size: body.len() as u64,
+            }),
+            5 * MIB as u64,
+        )
+        .unwrap();
+        s.write(store.as_ref(), 7 * MIB as u64, b"PATCH").await.unwrap();
+        s.write(store.as_ref(), body.len() as u64, b"tail").await.unwrap();
+        let sent = s.upload(&store, "k", &UserMeta::new()).await.unwrap();
+        let mut expected = body.clone();
+        expected[7 * MIB..7 * MIB + 5].copy_from_slice(b"PATCH");
+        expected.extend_from_slice(b"tail");
+        assert_eq!(&store.get("k", None).await.unwrap()[..], &expected[..]);
+        let snap = stats.snapshot();
+        assert_eq!(snap.get(OpKind::UploadPartCopy), 3, "{snap:?}");
+        assert!(sent < 11 * MIB as u64, "sent {sent}");
+    }
+
+    #[tokio::test]
+    async fn truncate_down_and_up_reads_back_zeros() {
+        let (store, _, dir) = setup();
+        store
+            .put("k", Bytes::from_static(b"hello world"), &UserMeta::new())
+            .await
+            .unwrap();
+        let mut s = StagedFile::create(
+            dir.path().join("s"),
+            Some(Base {
+                key: "k".into(),
+                size: 11,
+            }),
+            5 * MIB as u64,
+        )
+        .unwrap();
+        s.truncate(store.as_ref(), 5).await.unwrap();
+        s.truncate(store.as_ref(), 8).await.unwrap();
+        assert_eq!(&s.read(store.as_ref(), 0, 100).await.unwrap()[..], b"hello\0\0\0");
+        s.upload(&store, "k", &UserMeta::new()).await.unwrap();
+        assert_eq!(&store.get("k", None).await.unwrap()[..], b"hello\0\0\0");
+        assert!(!s.is_modified());
+    }
+
+    #[tokio::test]
+    async fn failed_upload_keeps_everything_for_the_next_try() {
+        let mem = Arc::new(MemoryStore::new());
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = StagedFile::create(dir.path().join("s"), None, 5 * MIB as u64).unwrap();
+        s.write(store.as_ref(), 0, b"precious").await.unwrap();
+        mem.fail_next(1, |k| StoreError::Client {
+            op: "put",
+            key: k.into(),
+            status: 403,
+            code: "AccessDenied".into(),
+            message: String::new(),
+        });
+        assert!(s.upload(&store, "k", &UserMeta::new()).await.is_err());
+        assert!(s.is_modified());
+        s.upload(&store, "k", &UserMeta::new()).await.unwrap();
+        assert_eq!(&store.get("k", None).await.unwrap()[..], b"precious");
+    }
+}

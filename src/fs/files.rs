@@ -1,0 +1,621 @@
+//! Files open through this mount: one state per inode, shared by all its handles.
+//!
+//! A file written from its start (create, `O_TRUNC`) streams straight to S3 ([`Upload`]).
+//! Anything else (append, a write at an offset, a truncate to a non-zero size, a read of a
+//! file being written) moves the file to a local staging file ([`StagedFile`]). `flush`,
+//! `fsync` and the last `close` upload what changed and return the upload's error; data that
+//! cannot be uploaded at the last close is kept under `lost+found/` in the cache directory.
+
+use super::cache::{EntryInfo, Kind};
+use super::error::{FsError, FsResult};
+use super::posix::Posix;
+use super::{Attr, Core, Handle, lock};
+use crate::data::read::Reader;
+use crate::data::staging::{Base, StagedFile};
+use crate::data::upload::{Upload, UploadError};
+use crate::layout::RelPath;
+use crate::store::StoreError;
+use bytes::Bytes;
+use std::ffi::OsStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+pub(super) enum Body {
+    Stream(Upload),
+    Staged(StagedFile),
+}
+
+/// The part of an open file's state that is read without waiting for an upload.
+pub(super) struct Shared {
+    key: String,
+    size: AtomicU64,
+    posix: Mutex<Posix>,
+    /// Metadata changed since the last upload (chmod, utimens... on the open file).
+    meta_dirty: AtomicBool,
+    unlinked: AtomicBool,
+    body: tokio::sync::Mutex<Body>,
+}
+
+pub(super) struct OpenFile {
+    pub path: RelPath,
+    handles: usize,
+    shared: Arc<Shared>,
+}
+
+impl OpenFile {
+    pub fn unlinked(&self) -> bool {
+        self.shared.unlinked.load(Ordering::Relaxed)
+    }
+
+    pub fn info(&self) -> EntryInfo {
+        let posix = *lock(&self.shared.posix);
+        EntryInfo::new(Kind::File, self.shared.size.load(Ordering::Relaxed), SystemTime::now()).with_posix(posix)
+    }
+}
+
+fn upload_err(path: &RelPath, e: UploadError) -> FsError {
+    match e {
+        UploadError::NotSequential { .. } | UploadError::Finished => FsError::new(libc::EINVAL, format!("{path}: {e}")),
+        UploadError::Store(s) => store_err(path, "upload", s),
+    }
+}
+
+fn store_err(path: &RelPath, what: &str, e: StoreError) -> FsError {
+    let errno = if e.is_not_found() { libc::ENOENT } else { libc::EIO };
+    FsError::new(errno, format!("{path}: {what} failed: {e}"))
+}
+
+impl Core {
+    pub(super) fn open_file_info(&self, path: &RelPath) -> Option<EntryInfo> {
+        let ino = lock(&self.inodes).find(path)?;
+        lock(&self.open_files)
+            .get(&ino)
+            .filter(|f| !f.unlinked())
+            .map(OpenFile::info)
+    }
+
+    fn shared(&self, ino: u64) -> Option<Arc<Shared>> {
+        lock(&self.open_files).get(&ino).map(|f| f.shared.clone())
+    }
+
+    fn staging_path(&self) -> std::path::PathBuf {
+        self.staging_dir.join(uuid::Uuid::new_v4().simple().to_string())
+    }
+
+    /// Registers a handle on `ino`'s open state, creating the state with `body` if needed.
+    fn attach(
+        &self,
+        ino: u64,
+        path: &RelPath,
+        posix: Posix,
+        make: impl FnOnce(String) -> FsResult<Body>,
+    ) -> FsResult<Arc<Shared>> {
+        let mut files = lock(&self.open_files);
+        if let Some(f) = files.get_mut(&ino) {
+            f.handles += 1;
+            return Ok(f.shared.clone());
+        }
+        let key = self.layout.file_key(path)?;
+        let body = make(key.clone())?;
+        let size = match &body {
+            Body::Stream(u) => u.size(),
+            Body::Staged(s) => s.size(),
+        };
+        let shared = Arc::new(Shared {
+            key,
+            size: AtomicU64::new(size),
+            posix: Mutex::new(posix),
+            meta_dirty: AtomicBool::new(false),
+            unlinked: AtomicBool::new(false),
+            body: tokio::sync::Mutex::new(body),
+        });
+        files.insert(
+            ino,
+            OpenFile {
+                path: path.clone(),
+                handles: 1,
+                shared: shared.clone(),
+            },
+        );
+        Ok(shared)
+    }
+
+    fn new_stream(&self, key: String, posix: &Posix) -> Body {
+        Body::Stream(Upload::new(
+            self.store.clone(),
+            key,
+            posix.to_meta(),
+            self.cfg.part_size,
+            self.cfg.upload_inflight,
+        ))
+    }
+
+    pub async fn create(&self, parent: u64, name: &OsStr, mode: u32, uid: u32, gid: u32) -> FsResult<(Attr, u64)> {
+        let path = self.child_path(parent, name)?;
+        self.check_writable(&path)?;
+        if let Some(i) = self.stat(&path).await?
+            && i.kind == Kind::Dir
+        {
+            return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
+        }
+        let posix = Posix {
+            mode: Some(libc::S_IFREG | (mode & 0o7777)),
+            uid: Some(uid),
+            gid: Some(gid),
+            mtime: Some(SystemTime::now()),
+        };
+        let ino = lock(&self.inodes).lookup(&path, Kind::File);
+        let shared = self.attach(ino, &path, posix, |key| Ok(self.new_stream(key, &posix)))?;
+        // Another handle had it open: creat() truncates.
+        self.truncate_open(&path, &shared, 0).await?;
+        let info = EntryInfo::new(Kind::File, 0, SystemTime::now()).with_posix(posix);
+        self.cache.upsert(&path, info);
+        let fh = self.new_fh(Handle::File {
+            ino,
+            reader: None,
+            writable: true,
+        });
+        Ok((self.attr(ino, info), fh))
+    }
+
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let path = self.path_of(ino)?;
+        let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
+        if info.kind == Kind::Dir {
+            return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
+        }
+        let acc = flags & libc::O_ACCMODE;
+        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        let trunc = flags & libc::O_TRUNC != 0;
+        if writable {
+            self.check_writable(&path)?;
+            let shared = self.attach(ino, &path, info.posix, |key| {
+                if trunc || info.size == 0 {
+                    return Ok(self.new_stream(key, &info.posix));
+                }
+                let base = Base { key, size: info.size };
+                let staged = StagedFile::create(self.staging_path(), Some(base), self.cfg.part_size as u64)
+                    .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
+                self.staged_bytes.fetch_add(info.size, Ordering::Relaxed);
+                Ok(Body::Staged(staged))
+            })?;
+            if trunc {
+                self.truncate_open(&path, &shared, 0).await?;
+            }
+            return Ok(self.new_fh(Handle::File {
+                ino,
+                reader: None,
+                writable: true,
+            }));
+        }
+        // A reader of a file open for writing reads the open state (see `read`).
+        let key = self.layout.file_key(&path)?;
+        let reader = Reader::new(
+            self.store.clone(),
+            key,
+            info.size,
+            self.cfg.read_window_min,
+            self.cfg.read_window_max,
+        );
+        Ok(self.new_fh(Handle::File {
+            ino,
+            reader: Some(Arc::new(tokio::sync::Mutex::new(reader))),
+            writable: false,
+        }))
+    }
+
+    fn handle_file(&self, fh: u64) -> FsResult<(u64, Option<Arc<tokio::sync::Mutex<Reader>>>)> {
+        match lock(&self.handles).get(&fh) {
+            Some(Handle::File { ino, reader, .. }) => Ok((*ino, reader.clone())),
+            _ => Err(FsError::new(libc::EBADF, format!("file handle {fh} is not open"))),
+        }
+    }
+
+    /// Moves a streaming file to staging; returns the staged file.
+    async fn staged<'a>(&self, path: &RelPath, shared: &Shared, body: &'a mut Body) -> FsResult<&'a mut StagedFile> {
+        if let Body::Stream(up) = body {
+            let staged = if up.has_multipart() {
+                // Parts are in S3 already: complete what was written, then stage on top of it.
+                up.finish().await.map_err(|e| upload_err(path, e))?;
+                StagedFile::create(
+                    self.staging_path(),
+                    Some(Base {
+                        key: shared.key.clone(),
+                        size: up.size(),
+                    }),
+                    self.cfg.part_size as u64,
+                )
+            } else {
+                StagedFile::create(self.staging_path(), None, self.cfg.part_size as u64)
+            }
+            .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
+            let mut staged = staged;
+            if !up.has_multipart() {
+                let data = up.buffered().to_vec();
+                staged
+                    .write(self.store.as_ref(), 0, &data)
+                    .await
+                    .map_err(|e| store_err(path, "staging", e))?;
+                if up.is_finished() {
+                    staged.mark_uploaded(&shared.key);
+                }
+            }
+            self.staged_bytes.fetch_add(staged.size(), Ordering::Relaxed);
+            *body = Body::Staged(staged);
+        }
+        match body {
+            Body::Staged(s) => Ok(s),
+            Body::Stream(_) => Err(FsError::new(libc::EIO, format!("{path}: staging conversion failed"))),
+        }
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let (ino, reader) = self.handle_file(fh)?;
+        if let Some(shared) = self.shared(ino) {
+            let path = self.path_of(ino)?;
+            let mut body = shared.body.lock().await;
+            let staged = self.staged(&path, &shared, &mut body).await?;
+            return staged
+                .read(self.store.as_ref(), offset, size as usize)
+                .await
+                .map_err(|e| store_err(&path, "read", e));
+        }
+        let reader = reader.ok_or_else(|| FsError::new(libc::EBADF, format!("file handle {fh} cannot read")))?;
+        let mut r = reader.lock().await;
+        Ok(r.read(offset, size as usize).await?)
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (ino, _) = self.handle_file(fh)?;
+        let path = self.path_of(ino)?;
+        let shared = self
+            .shared(ino)
+            .ok_or_else(|| FsError::new(libc::EBADF, format!("{path}: not open for writing")))?;
+        let mut body = shared.body.lock().await;
+        let sequential =
+            matches!(&*body, Body::Stream(up) if up.size() == offset && !(up.is_finished() && up.has_multipart()));
+        if sequential {
+            if let Body::Stream(up) = &mut *body {
+                up.write(offset, data).await.map_err(|e| upload_err(&path, e))?;
+                shared.size.store(up.size(), Ordering::Relaxed);
+            }
+        } else {
+            let end = offset + data.len() as u64;
+            let staged = self.staged(&path, &shared, &mut body).await?;
+            let growth = end.saturating_sub(staged.size());
+            if self.staged_bytes.load(Ordering::Relaxed) + growth > self.cfg.cache_size {
+                return Err(FsError::new(
+                    libc::ENOSPC,
+                    format!(
+                        "{path}: the staging cache is full ({} bytes, --cache-size-mib)",
+                        self.cfg.cache_size
+                    ),
+                ));
+            }
+            staged
+                .write(self.store.as_ref(), offset, data)
+                .await
+                .map_err(|e| store_err(&path, "write", e))?;
+            self.staged_bytes.fetch_add(growth, Ordering::Relaxed);
+            shared.size.store(staged.size(), Ordering::Relaxed);
+        }
+        lock(&shared.posix).mtime = Some(SystemTime::now());
+        Ok(data.len() as u32)
+    }
+
+    /// Truncates an open file.
+    async fn truncate_open(&self, path: &RelPath, shared: &Shared, size: u64) -> FsResult<()> {
+        let mut body = shared.body.lock().await;
+        if let Body::Stream(up) = &mut *body
+            && size == 0
+            && up.reset().is_ok()
+        {
+            shared.size.store(0, Ordering::Relaxed);
+            return Ok(());
+        }
+        if let Body::Stream(up) = &*body
+            && up.size() == size
+        {
+            return Ok(());
+        }
+        let staged = self.staged(path, shared, &mut body).await?;
+        let old = staged.size();
+        staged
+            .truncate(self.store.as_ref(), size)
+            .await
+            .map_err(|e| store_err(path, "truncate", e))?;
+        if size > old {
+            self.staged_bytes.fetch_add(size - old, Ordering::Relaxed);
+        } else {
+            self.staged_bytes.fetch_sub(
+                (old - size).min(self.staged_bytes.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+        }
+        shared.size.store(size, Ordering::Relaxed);
+        lock(&shared.posix).mtime = Some(SystemTime::now());
+        Ok(())
+    }
+
+    /// Uploads what changed in `ino`'s open state; the error is the upload's.
+    async fn flush_ino(&self, ino: u64) -> FsResult<()> {
+        let Some(shared) = self.shared(ino) else { return Ok(()) };
+        if shared.unlinked.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let path = self.path_of(ino)?;
+        let mut body = shared.body.lock().await;
+        let posix = *lock(&shared.posix);
+        let meta = posix.to_meta();
+        let meta_dirty = shared.meta_dirty.load(Ordering::Relaxed);
+        match &mut *body {
+            Body::Stream(up) => {
+                let late_meta = !up.set_meta(meta.clone());
+                if !up.is_finished() {
+                    if let Err(e) = up.finish().await {
+                        let err = upload_err(&path, e);
+                        // Keep the bytes: a small file moves to staging, so the next flush
+                        // or close tries again and nothing is lost.
+                        if !up.has_multipart() {
+                            let _ = self.staged(&path, &shared, &mut body).await;
+                        }
+                        return Err(err);
+                    }
+                }
+                if late_meta || meta_dirty {
+                    self.store
+                        .copy(&shared.key, &shared.key, Some(&meta))
+                        .await
+                        .map_err(|e| store_err(&path, "metadata update", e))?;
+                }
+            }
+            Body::Staged(staged) => {
+                if staged.is_modified() {
+                    staged
+                        .upload(&self.store, &shared.key, &meta)
+                        .await
+                        .map_err(|e| store_err(&path, "upload", e))?;
+                } else if meta_dirty {
+                    self.store
+                        .copy(&shared.key, &shared.key, Some(&meta))
+                        .await
+                        .map_err(|e| store_err(&path, "metadata update", e))?;
+                }
+            }
+        }
+        shared.meta_dirty.store(false, Ordering::Relaxed);
+        let size = shared.size.load(Ordering::Relaxed);
+        self.cache.upsert(
+            &path,
+            EntryInfo::new(Kind::File, size, SystemTime::now()).with_posix(posix),
+        );
+        Ok(())
+    }
+
+    /// `close` (every one) and `fsync`: what was written is in S3 when this returns Ok.
+    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+        match lock(&self.handles).get(&fh) {
+            Some(Handle::File { writable: true, .. }) => {}
+            _ => return Ok(()),
+        }
+        let (ino, _) = self.handle_file(fh)?;
+        self.flush_ino(ino).await
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let handle = lock(&self.handles).remove(&fh);
+        let Some(Handle::File {
+            ino, writable: true, ..
+        }) = handle
+        else {
+            return Ok(());
+        };
+        let last = match lock(&self.open_files).get_mut(&ino) {
+            Some(f) => {
+                f.handles -= 1;
+                f.handles == 0
+            }
+            None => false,
+        };
+        if !last {
+            return Ok(());
+        }
+        let result = self.flush_ino(ino).await;
+        let Some(file) = lock(&self.open_files).remove(&ino) else {
+            return result;
+        };
+        let mut body = file.shared.body.lock().await;
+        if let Body::Staged(s) = &*body {
+            self.staged_bytes.fetch_sub(
+                s.size().min(self.staged_bytes.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+        }
+        if let Err(e) = &result {
+            match &mut *body {
+                Body::Staged(s) => {
+                    let dest = self.cfg.cache_dir.join("lost+found").join(format!(
+                        "{}-{}",
+                        SystemTime::now()
+                            .duration_since(SystemTime::UNIX_EPOCH)
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0),
+                        file.path.as_str().replace('/', "%2F")
+                    ));
+                    match s.preserve(&dest) {
+                        Ok(kept) => {
+                            tracing::error!(path = %file.path, kept = %kept.display(), error = %e, "could not upload at close; the data is kept locally")
+                        }
+                        Err(io) => {
+                            tracing::error!(path = %file.path, error = %e, io = %io, "could not upload at close, nor keep the data locally: the write is lost")
+                        }
+                    }
+                }
+                Body::Stream(up) => {
+                    tracing::error!(path = %file.path, error = %e, "could not upload at close; the write is lost");
+                    up.abort().await;
+                }
+            }
+            self.cache.remove(&file.path);
+        }
+        result
+    }
+
+    /// chmod, chown, utimens and truncate.
+    pub async fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        mtime: Option<SystemTime>,
+    ) -> FsResult<Attr> {
+        let path = self.path_of(ino)?;
+        let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
+        let meta_change = mode.is_some() || uid.is_some() || gid.is_some() || mtime.is_some();
+        if (meta_change || size.is_some()) && !path.is_root() {
+            self.check_writable(&path)?;
+        }
+        let type_bits = match info.kind {
+            Kind::Dir => libc::S_IFDIR,
+            Kind::File => libc::S_IFREG,
+            Kind::Symlink => libc::S_IFLNK,
+        };
+        let mut posix = info.posix;
+        if let Some(m) = mode {
+            posix.mode = Some(type_bits | (m & 0o7777));
+        }
+        posix.uid = uid.or(posix.uid);
+        posix.gid = gid.or(posix.gid);
+        posix.mtime = mtime.or(posix.mtime);
+        if size.is_some() && info.kind == Kind::Dir {
+            return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
+        }
+        if let Some(shared) = self.shared(ino) {
+            if let Some(size) = size {
+                self.truncate_open(&path, &shared, size).await?;
+                if mtime.is_none() {
+                    posix.mtime = Some(SystemTime::now());
+                }
+            }
+            *lock(&shared.posix) = posix;
+            if meta_change {
+                shared.meta_dirty.store(true, Ordering::Relaxed);
+            }
+            return self.getattr(ino).await;
+        }
+        if path.is_root() {
+            // The root has no object to keep metadata in.
+            return self.getattr(ino).await;
+        }
+        let mut new_size = info.size;
+        match (info.kind, size) {
+            (Kind::File, Some(size)) if size != info.size => {
+                if mtime.is_none() {
+                    posix.mtime = Some(SystemTime::now());
+                }
+                let key = self.layout.file_key(&path)?;
+                let meta = posix.to_meta();
+                if size == 0 {
+                    self.store.put(&key, Bytes::new(), &meta).await?;
+                } else {
+                    let mut staged = StagedFile::create(
+                        self.staging_path(),
+                        Some(Base {
+                            key: key.clone(),
+                            size: info.size,
+                        }),
+                        self.cfg.part_size as u64,
+                    )
+                    .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
+                    staged
+                        .truncate(self.store.as_ref(), size)
+                        .await
+                        .map_err(|e| store_err(&path, "truncate", e))?;
+                    staged
+                        .upload(&self.store, &key, &meta)
+                        .await
+                        .map_err(|e| store_err(&path, "truncate", e))?;
+                }
+                new_size = size;
+            }
+            (Kind::Dir, _) if meta_change => {
+                let key = self.layout.dir_marker_key(&path)?;
+                self.store.put(&key, Bytes::new(), &posix.to_meta()).await?;
+            }
+            (_, _) if meta_change => {
+                let key = self.layout.file_key(&path)?;
+                self.store.copy(&key, &key, Some(&posix.to_meta())).await?;
+            }
+            _ => {}
+        }
+        let new_info = EntryInfo { size: new_size, ..info }.with_posix(posix);
+        self.cache.upsert(&path, new_info);
+        Ok(self.attr(ino, new_info))
+    }
+
+    /// Marks open state of `path` as deleted: its handles stay usable, nothing is uploaded.
+    pub(super) fn forget_open(&self, path: &RelPath) {
+        let Some(ino) = lock(&self.inodes).find(path) else {
+            return;
+        };
+        if let Some(f) = lock(&self.open_files).get(&ino) {
+            f.shared.unlinked.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// True when `path` has writers whose data S3 may not have yet.
+    pub(super) fn is_open_for_writing(&self, path: &RelPath) -> bool {
+        self.open_file_info(path).is_some()
+    }
+
+    /// Uploads every open file (before unmount).
+    pub async fn flush_all(&self) {
+        let inos: Vec<u64> = lock(&self.open_files).keys().copied().collect();
+        for ino in inos {
+            if let Err(e) = self.flush_ino(ino).await {
+                tracing::error!(ino, error = %e, "could not upload an open file at unmount");
+            }
+        }
+    }
+
+    pub async fn symlink(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        target: &std::path::Path,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        self.check_writable(&path)?;
+        if self.stat(&path).await?.is_some() {
+            return Err(FsError::new(libc::EEXIST, format!("{path}: exists")));
+        }
+        let target = target
+            .to_str()
+            .ok_or_else(|| FsError::new(libc::EINVAL, format!("{path}: symlink target is not valid UTF-8")))?;
+        let posix = Posix {
+            mode: Some(libc::S_IFLNK | 0o777),
+            uid: Some(uid),
+            gid: Some(gid),
+            mtime: Some(SystemTime::now()),
+        };
+        let key = self.layout.file_key(&path)?;
+        self.store
+            .put(&key, Bytes::copy_from_slice(target.as_bytes()), &posix.to_meta())
+            .await?;
+        let info = EntryInfo::new(Kind::Symlink, target.len() as u64, SystemTime::now()).with_posix(posix);
+        self.cache.upsert(&path, info);
+        let ino = lock(&self.inodes).lookup(&path, Kind::Symlink);
+        Ok(self.attr(ino, info))
+    }
+
+    pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
+        let path = self.path_of(ino)?;
+        let key = self.layout.file_key(&path)?;
+        Ok(self.store.get(&key, None).await?)
+    }
+}

@@ -1,0 +1,86 @@
+//! POSIX metadata kept as S3 user metadata, in s3fs-fuse's headers so that buckets are
+//! interchangeable: `x-amz-meta-mode` (st_mode, decimal, type bits included), `-uid`, `-gid`,
+//! `-mtime` (seconds). prefixfs adds `-mtime-ns` (nanoseconds of the same instant) so that
+//! `rsync -a` and `cp -p` round-trip sub-second times; readers that do not know it ignore it.
+//! Objects without these headers get the mount's defaults.
+
+use crate::store::UserMeta;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Posix {
+    /// Full st_mode (type and permission bits), when stored.
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mtime: Option<SystemTime>,
+}
+
+impl Posix {
+    pub fn from_meta(meta: &UserMeta) -> Posix {
+        let num = |k: &str| meta.get(k).and_then(|v| v.trim().parse::<u64>().ok());
+        let mtime = match (num("mtime-ns"), num("mtime")) {
+            (Some(ns), Some(s)) if ns / 1_000_000_000 == s => Some(UNIX_EPOCH + Duration::from_nanos(ns)),
+            (_, Some(s)) => Some(UNIX_EPOCH + Duration::from_secs(s)),
+            _ => None,
+        };
+        Posix {
+            mode: num("mode").and_then(|m| u32::try_from(m).ok()),
+            uid: num("uid").and_then(|m| u32::try_from(m).ok()),
+            gid: num("gid").and_then(|m| u32::try_from(m).ok()),
+            mtime,
+        }
+    }
+
+    pub fn to_meta(&self) -> UserMeta {
+        let mut m = UserMeta::new();
+        if let Some(mode) = self.mode {
+            m.insert("mode".into(), mode.to_string());
+        }
+        if let Some(uid) = self.uid {
+            m.insert("uid".into(), uid.to_string());
+        }
+        if let Some(gid) = self.gid {
+            m.insert("gid".into(), gid.to_string());
+        }
+        if let Some(t) = self.mtime {
+            let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+            m.insert("mtime".into(), d.as_secs().to_string());
+            m.insert("mtime-ns".into(), d.as_nanos().to_string());
+        }
+        m
+    }
+
+    pub fn is_symlink(&self) -> bool {
+        self.mode.is_some_and(|m| m & libc::S_IFMT == libc::S_IFLNK)
+    }
+
+    pub fn is_dir(&self) -> bool {
+        self.mode.is_some_and(|m| m & libc::S_IFMT == libc::S_IFDIR)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_reads_s3fs_headers() {
+        let p = Posix {
+            mode: Some(libc::S_IFREG | 0o640),
+            uid: Some(1000),
+            gid: Some(100),
+            mtime: Some(UNIX_EPOCH + Duration::new(1_486_512_000, 123_456_789)),
+        };
+        assert_eq!(Posix::from_meta(&p.to_meta()), p);
+        // What s3fs-fuse writes: decimal mode with type bits, seconds.
+        let s3fs: UserMeta = [("mode", "33188"), ("uid", "0"), ("gid", "0"), ("mtime", "1486512000")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let q = Posix::from_meta(&s3fs);
+        assert_eq!(q.mode, Some(libc::S_IFREG | 0o644));
+        assert_eq!(q.mtime, Some(UNIX_EPOCH + Duration::from_secs(1_486_512_000)));
+        assert_eq!(Posix::from_meta(&UserMeta::new()), Posix::default());
+    }
+}
