@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount s3://BUCKET[/ROOT] at MOUNTPOINT; with no bucket, an embedded local S3 store.
-    Mount(MountArgs),
+    Mount(Box<MountArgs>),
     /// Write the layout descriptor to s3://BUCKET[/ROOT] (once, before the first mount).
     Init(InitArgs),
     /// Print the S3 key a path inside the mount is stored under.
@@ -332,7 +332,7 @@ mod tests {
             "rw,_netdev,allow_other,endpoint_url=http://127.0.0.1:9000,force_path_style,prefix_count=256,metadata_ttl=2.5",
         ])
         .map(|c| match c.command {
-            Command::Mount(m) => m,
+            Command::Mount(m) => *m,
             _ => unreachable!(),
         })
         .unwrap();

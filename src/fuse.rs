@@ -330,16 +330,38 @@ impl fuser::Filesystem for FuseFs {
         }
     }
 
-    fn symlink(
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
+        match self.run(self.core.symlink(parent.0, link_name, target, req.uid(), req.gid())) {
+            Ok(a) => reply.entry(&self.ttl, &self.file_attr(a), Generation(0)),
+            Err(e) => reply.error(errno("symlink", e)),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.run(self.core.readlink(ino.0)) {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(errno("readlink", e)),
+        }
+    }
+
+    fn setxattr(
         &self,
         _req: &Request,
-        parent: INodeNo,
-        link_name: &OsStr,
-        _target: &std::path::Path,
-        reply: ReplyEntry,
+        _ino: INodeNo,
+        name: &OsStr,
+        _value: &[u8],
+        _flags: i32,
+        _position: u32,
+        reply: ReplyEmpty,
     ) {
-        tracing::warn!(parent = parent.0, name = ?link_name, "symlinks are not supported yet");
-        reply.error(Errno::EPERM);
+        // Extended attributes (ACLs included) are not stored: say so, as ext4 without
+        // user_xattr would, and programs like cp -p and rsync -a carry on.
+        tracing::debug!(name = ?name, "extended attributes are not supported");
+        reply.error(Errno::ENOTSUP);
+    }
+
+    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
+        reply.error(Errno::ENOTSUP);
     }
 
     fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {

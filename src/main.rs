@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     }
     let result = match cli.command {
         Command::Mount(m) if !m.foreground => daemonize(&m),
-        Command::Mount(m) => run_mount(m),
+        Command::Mount(m) => run_mount(*m),
         Command::Init(a) => run_init(a),
         Command::Key(a) => run_key(a),
         Command::Serve(a) => run_serve(a),

@@ -102,19 +102,21 @@ impl StagedFile {
         }
     }
 
-    /// Makes the local bytes of every chunk overlapping `start..end` valid.
+    /// Makes the local bytes of every chunk overlapping `start..end` valid: a chunk that
+    /// holds any byte of the base object is fetched whole.
     async fn ensure(&mut self, store: &dyn ObjectStore, start: u64, end: u64) -> StoreResult<()> {
         let Some(base) = self.base.clone() else { return Ok(()) };
-        let end = end.min(base.size).min(self.size);
-        if start >= end {
+        if start >= end || self.fetched.is_empty() {
             return Ok(());
         }
-        for i in (start / self.chunk) as usize..=((end - 1) / self.chunk) as usize {
-            if self.fetched.get(i).copied().unwrap_or(true) {
+        let last = (((end - 1) / self.chunk) as usize).min(self.fetched.len() - 1);
+        for i in (start / self.chunk) as usize..=last {
+            let c0 = i as u64 * self.chunk;
+            // Only bytes that are both in the base object and still in the file come from S3.
+            let c1 = (c0 + self.chunk).min(base.size).min(self.size);
+            if self.fetched[i] || c0 >= c1 {
                 continue;
             }
-            let c0 = i as u64 * self.chunk;
-            let c1 = ((i as u64 + 1) * self.chunk).min(base.size).min(self.size);
             let data = store.get(&base.key, Some(c0..c1)).await?;
             if (data.len() as u64) < c1 - c0 {
                 return Err(StoreError::Server {
@@ -153,7 +155,7 @@ impl StagedFile {
             return Ok(());
         }
         let end = offset + data.len() as u64;
-        // Partly overwritten chunks keep their other bytes: fetch them first.
+        // Partly overwritten chunks keep their other bytes: fetch the first and last first.
         self.ensure(store, offset, offset + 1).await?;
         self.ensure(store, end - 1, end).await?;
         if end > self.size {
@@ -350,6 +352,27 @@ mod tests {
         let snap = stats.snapshot();
         assert_eq!(snap.get(OpKind::UploadPartCopy), 3, "{snap:?}");
         assert!(sent < 11 * MIB as u64, "sent {sent}");
+    }
+
+    #[tokio::test]
+    async fn appending_keeps_the_bytes_before_the_end() {
+        let (store, _, dir) = setup();
+        store
+            .put("k", Bytes::from_static(b"line 1\n"), &UserMeta::new())
+            .await
+            .unwrap();
+        let mut s = StagedFile::create(
+            dir.path().join("s"),
+            Some(Base {
+                key: "k".into(),
+                size: 7,
+            }),
+            5 * MIB as u64,
+        )
+        .unwrap();
+        s.write(store.as_ref(), 7, b"line 2\n").await.unwrap();
+        s.upload(&store, "k", &UserMeta::new()).await.unwrap();
+        assert_eq!(&store.get("k", None).await.unwrap()[..], b"line 1\nline 2\n");
     }
 
     #[tokio::test]

@@ -28,7 +28,8 @@ pub(super) enum Body {
 
 /// The part of an open file's state that is read without waiting for an upload.
 pub(super) struct Shared {
-    key: String,
+    /// The object's key; changes when the open file is renamed.
+    key: Mutex<String>,
     size: AtomicU64,
     posix: Mutex<Posix>,
     /// Metadata changed since the last upload (chmod, utimens... on the open file).
@@ -41,6 +42,12 @@ pub(super) struct OpenFile {
     pub path: RelPath,
     handles: usize,
     shared: Arc<Shared>,
+}
+
+impl Shared {
+    fn key(&self) -> String {
+        lock(&self.key).clone()
+    }
 }
 
 impl OpenFile {
@@ -103,7 +110,7 @@ impl Core {
             Body::Staged(s) => s.size(),
         };
         let shared = Arc::new(Shared {
-            key,
+            key: Mutex::new(key),
             size: AtomicU64::new(size),
             posix: Mutex::new(posix),
             meta_dirty: AtomicBool::new(false),
@@ -221,7 +228,7 @@ impl Core {
                 StagedFile::create(
                     self.staging_path(),
                     Some(Base {
-                        key: shared.key.clone(),
+                        key: shared.key(),
                         size: up.size(),
                     }),
                     self.cfg.part_size as u64,
@@ -238,7 +245,7 @@ impl Core {
                     .await
                     .map_err(|e| store_err(path, "staging", e))?;
                 if up.is_finished() {
-                    staged.mark_uploaded(&shared.key);
+                    staged.mark_uploaded(&shared.key());
                 }
             }
             self.staged_bytes.fetch_add(staged.size(), Ordering::Relaxed);
@@ -341,55 +348,127 @@ impl Core {
     /// Uploads what changed in `ino`'s open state; the error is the upload's.
     async fn flush_ino(&self, ino: u64) -> FsResult<()> {
         let Some(shared) = self.shared(ino) else { return Ok(()) };
+        let path = self.path_of(ino)?;
+        let mut body = shared.body.lock().await;
+        self.flush_body(&path, &shared, &mut body).await
+    }
+
+    async fn flush_body(&self, path: &RelPath, shared: &Shared, body: &mut Body) -> FsResult<()> {
         if shared.unlinked.load(Ordering::Relaxed) {
             return Ok(());
         }
-        let path = self.path_of(ino)?;
-        let mut body = shared.body.lock().await;
+        let key = shared.key();
         let posix = *lock(&shared.posix);
         let meta = posix.to_meta();
         let meta_dirty = shared.meta_dirty.load(Ordering::Relaxed);
-        match &mut *body {
+        let update_meta = || async {
+            self.store
+                .copy(&key, &key, Some(&meta))
+                .await
+                .map_err(|e| store_err(path, "metadata update", e))
+        };
+        match body {
             Body::Stream(up) => {
                 let late_meta = !up.set_meta(meta.clone());
-                if !up.is_finished() {
-                    if let Err(e) = up.finish().await {
-                        let err = upload_err(&path, e);
-                        // Keep the bytes: a small file moves to staging, so the next flush
-                        // or close tries again and nothing is lost.
-                        if !up.has_multipart() {
-                            let _ = self.staged(&path, &shared, &mut body).await;
-                        }
-                        return Err(err);
+                if !up.is_finished()
+                    && let Err(e) = up.finish().await
+                {
+                    let err = upload_err(path, e);
+                    // Keep the bytes: a small file moves to staging, so the next flush or
+                    // close tries again and nothing is lost.
+                    if !up.has_multipart() {
+                        let _ = self.staged(path, shared, body).await;
                     }
+                    return Err(err);
                 }
                 if late_meta || meta_dirty {
-                    self.store
-                        .copy(&shared.key, &shared.key, Some(&meta))
-                        .await
-                        .map_err(|e| store_err(&path, "metadata update", e))?;
+                    update_meta().await?;
                 }
             }
             Body::Staged(staged) => {
                 if staged.is_modified() {
                     staged
-                        .upload(&self.store, &shared.key, &meta)
+                        .upload(&self.store, &key, &meta)
                         .await
-                        .map_err(|e| store_err(&path, "upload", e))?;
+                        .map_err(|e| store_err(path, "upload", e))?;
                 } else if meta_dirty {
-                    self.store
-                        .copy(&shared.key, &shared.key, Some(&meta))
-                        .await
-                        .map_err(|e| store_err(&path, "metadata update", e))?;
+                    update_meta().await?;
                 }
             }
         }
         shared.meta_dirty.store(false, Ordering::Relaxed);
         let size = shared.size.load(Ordering::Relaxed);
         self.cache.upsert(
-            &path,
+            path,
             EntryInfo::new(Kind::File, size, SystemTime::now()).with_posix(posix),
         );
+        Ok(())
+    }
+
+    /// Renames a file that is open here: its pending data is uploaded first, then the object
+    /// moves, and the open state follows it to the new key.
+    pub(super) async fn rename_open_file(&self, ino: u64, from: &RelPath, to: &RelPath) -> FsResult<bool> {
+        let Some(shared) = self.shared(ino) else {
+            return Ok(false);
+        };
+        let mut body = shared.body.lock().await;
+        self.flush_body(from, &shared, &mut body).await?;
+        let (src, dst) = (shared.key(), self.layout.file_key(to)?);
+        self.store.copy(&src, &dst, None).await?;
+        self.store.delete(&src).await?;
+        self.reanchor(ino, &shared, &mut body, to)
+    }
+
+    /// Points an open file's state at the object now at `to` (after a rename moved it).
+    fn reanchor(&self, ino: u64, shared: &Shared, body: &mut Body, to: &RelPath) -> FsResult<bool> {
+        let dst = self.layout.file_key(to)?;
+        let size = shared.size.load(Ordering::Relaxed);
+        let staged = StagedFile::create(
+            self.staging_path(),
+            Some(Base { key: dst.clone(), size }),
+            self.cfg.part_size as u64,
+        )
+        .map_err(|e| FsError::new(libc::EIO, format!("{to}: cannot create a staging file: {e}")))?;
+        if let Body::Staged(old) = &*body {
+            self.staged_bytes.fetch_sub(
+                old.size().min(self.staged_bytes.load(Ordering::Relaxed)),
+                Ordering::Relaxed,
+            );
+        }
+        self.staged_bytes.fetch_add(size, Ordering::Relaxed);
+        *body = Body::Staged(staged);
+        *lock(&shared.key) = dst;
+        if let Some(f) = lock(&self.open_files).get_mut(&ino) {
+            f.path = to.clone();
+        }
+        Ok(true)
+    }
+
+    /// Before a directory rename: uploads every open file below `dir`; returns them.
+    pub(super) async fn flush_open_under(&self, dir: &RelPath) -> FsResult<Vec<(u64, RelPath)>> {
+        let open: Vec<(u64, RelPath)> = lock(&self.open_files)
+            .iter()
+            .filter(|(_, f)| f.path.starts_with(dir) && !f.unlinked())
+            .map(|(ino, f)| (*ino, f.path.clone()))
+            .collect();
+        for (ino, _) in &open {
+            self.flush_ino(*ino).await?;
+        }
+        Ok(open)
+    }
+
+    /// After a directory rename: open files below it follow their objects.
+    pub(super) async fn reanchor_moved(
+        &self,
+        moved: Vec<(u64, RelPath)>,
+        from: &RelPath,
+        to: &RelPath,
+    ) -> FsResult<()> {
+        for (ino, path) in moved {
+            let Some(shared) = self.shared(ino) else { continue };
+            let mut body = shared.body.lock().await;
+            self.reanchor(ino, &shared, &mut body, &path.rebase(from, to))?;
+        }
         Ok(())
     }
 
@@ -422,9 +501,15 @@ impl Core {
             return Ok(());
         }
         let result = self.flush_ino(ino).await;
-        let Some(file) = lock(&self.open_files).remove(&ino) else {
-            return result;
+        // Another open may have attached while we were uploading: then the state stays.
+        let file = {
+            let mut files = lock(&self.open_files);
+            match files.get(&ino) {
+                Some(f) if f.handles == 0 => files.remove(&ino),
+                _ => None,
+            }
         };
+        let Some(file) = file else { return result };
         let mut body = file.shared.body.lock().await;
         if let Body::Staged(s) = &*body {
             self.staged_bytes.fetch_sub(
@@ -564,11 +649,6 @@ impl Core {
         if let Some(f) = lock(&self.open_files).get(&ino) {
             f.shared.unlinked.store(true, Ordering::Relaxed);
         }
-    }
-
-    /// True when `path` has writers whose data S3 may not have yet.
-    pub(super) fn is_open_for_writing(&self, path: &RelPath) -> bool {
-        self.open_file_info(path).is_some()
     }
 
     /// Uploads every open file (before unmount).

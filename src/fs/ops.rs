@@ -195,28 +195,26 @@ impl Core {
         }
         match src.kind {
             Kind::File | Kind::Symlink => {
-                if self.is_open_for_writing(&from) {
-                    return Err(FsError::new(
-                        libc::EBUSY,
-                        format!("{from}: still being written; close it before renaming"),
-                    ));
+                let open_ino = lock(&self.inodes).find(&from);
+                let moved_open = match open_ino {
+                    Some(ino) => self.rename_open_file(ino, &from, &to).await?,
+                    None => false,
+                };
+                if !moved_open {
+                    let (sk, dk) = (self.layout.file_key(&from)?, self.layout.file_key(&to)?);
+                    self.store.copy(&sk, &dk, None).await?;
+                    self.store.delete(&sk).await?;
                 }
-                let (sk, dk) = (self.layout.file_key(&from)?, self.layout.file_key(&to)?);
-                self.store.copy(&sk, &dk, None).await?;
-                self.store.delete(&sk).await?;
                 self.cache.remove(&from);
-                self.cache.upsert(
-                    &to,
-                    EntryInfo {
-                        mtime: SystemTime::now(),
-                        ..src
-                    },
-                );
+                // S3's LastModified changes with the copy; the POSIX mtime travels with it.
+                self.cache.upsert(&to, src);
             }
             Kind::Dir => {
+                let open = self.flush_open_under(&from).await?;
                 let result = self.rename_dir(&from, &to).await;
                 self.cache.clear();
                 result?;
+                self.reanchor_moved(open, &from, &to).await?;
             }
         }
         lock(&self.inodes).rename(&from, &to);
@@ -245,28 +243,36 @@ impl Core {
             has_marker |= new_key == to_marker;
             pairs.push((key, new_key));
         }
-        if !has_marker {
-            self.store.put(&to_marker, Bytes::new(), &UserMeta::new()).await?;
-        }
         let order = self
             .layout
             .interleave_by_prefix(pairs.iter().map(|(k, _)| k.clone()).collect());
         let dst_of: std::collections::HashMap<String, String> = pairs.into_iter().collect();
         let total = order.len();
-        let failures: Vec<String> = stream::iter(order.iter())
+        let results: Vec<Result<String, String>> = stream::iter(order.iter())
             .map(|src| {
                 let dst = dst_of.get(src).cloned().unwrap_or_default();
-                async move { self.store.copy(src, &dst, None).await.err().map(|e| e.to_string()) }
+                async move {
+                    match self.store.copy(src, &dst, None).await {
+                        Ok(()) => Ok(dst),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
             })
             .buffer_unordered(self.cfg.fanout.max(1))
-            .filter_map(|r| async move { r })
             .collect()
             .await;
+        let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
         if let Some(first) = failures.first() {
+            // Take back the copies that did land, so the tree exists under one name only.
+            let copied: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+            let cleanup = self.delete_keys(self.layout.interleave_by_prefix(copied)).await;
             tracing::error!(
-                %from, %to, failed = failures.len(), total, error = %first,
+                %from, %to, failed = failures.len(), total, error = %first, cleanup_ok = cleanup.is_ok(),
                 "directory rename failed midway; no source object was deleted, so every file is still readable under its old name"
             );
+            if let Err(e) = cleanup {
+                tracing::error!(%to, error = %e, "some copies under the new name could not be removed");
+            }
             return Err(FsError::new(
                 libc::EIO,
                 format!(
@@ -274,6 +280,10 @@ impl Core {
                     failures.len()
                 ),
             ));
+        }
+        // An implicit directory becomes an explicit one, so it survives being emptied.
+        if !has_marker {
+            self.store.put(&to_marker, Bytes::new(), &UserMeta::new()).await?;
         }
         self.delete_keys(order).await
     }

@@ -22,6 +22,43 @@ use tokio::sync::watch;
 pub const DEFAULT_ACCESS_KEY: &str = "prefixfs";
 pub const DEFAULT_SECRET_KEY: &str = "prefixfs-secret";
 
+/// Faults a test can switch on in a running server.
+#[derive(Debug)]
+pub struct Faults {
+    /// Writes (PUT, parts, copies, completions) still accepted before every further one is
+    /// refused with 403 AccessDenied; negative: no limit.
+    writes_left: std::sync::atomic::AtomicI64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            writes_left: std::sync::atomic::AtomicI64::new(-1),
+        }
+    }
+}
+
+impl Faults {
+    pub fn set_reject_writes(&self, on: bool) {
+        self.writes_left
+            .store(if on { 0 } else { -1 }, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Accept `n` more writes, then refuse all.
+    pub fn fail_writes_after(&self, n: i64) {
+        self.writes_left.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the next write is refused (counts it).
+    pub fn take_write(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = self
+            .writes_left
+            .fetch_update(Relaxed, Relaxed, |n| if n > 0 { Some(n - 1) } else { None });
+        matches!(r, Err(0))
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
@@ -30,6 +67,7 @@ pub struct ServerConfig {
     pub secret_key: String,
     /// Buckets to create at start if missing.
     pub buckets: Vec<String>,
+    pub faults: Arc<Faults>,
 }
 
 impl ServerConfig {
@@ -40,6 +78,7 @@ impl ServerConfig {
             access_key: DEFAULT_ACCESS_KEY.into(),
             secret_key: DEFAULT_SECRET_KEY.into(),
             buckets: Vec::new(),
+            faults: Arc::default(),
         }
     }
 }
@@ -80,7 +119,7 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
         }
     }
     let service = {
-        let mut b = S3ServiceBuilder::new(s3impl::S3Store::new(store));
+        let mut b = S3ServiceBuilder::new(s3impl::S3Store::new(store, cfg.faults.clone()));
         b.set_auth(SimpleAuth::from_single(cfg.access_key.clone(), cfg.secret_key.clone()));
         b.build()
     };

@@ -11,11 +11,22 @@ use std::time::SystemTime;
 
 pub struct S3Store {
     store: Arc<DiskStore>,
+    faults: Arc<super::Faults>,
 }
 
 impl S3Store {
-    pub fn new(store: Arc<DiskStore>) -> Self {
-        S3Store { store }
+    pub fn new(store: Arc<DiskStore>, faults: Arc<super::Faults>) -> Self {
+        S3Store { store, faults }
+    }
+
+    fn check_write_allowed(&self) -> S3Result<()> {
+        if self.faults.take_write() {
+            return Err(S3Error::with_message(
+                S3ErrorCode::AccessDenied,
+                "writes are switched off (fault injection)",
+            ));
+        }
+        Ok(())
     }
 
     fn bucket(&self, name: &str) -> S3Result<Arc<Bucket>> {
@@ -197,6 +208,7 @@ impl S3 for S3Store {
     }
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+        self.check_write_allowed()?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let staged = stage_body(&b, input.body).await?;
@@ -324,6 +336,7 @@ impl S3 for S3Store {
     }
 
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
+        self.check_write_allowed()?;
         let input = req.input;
         let (src_bucket, src_key) = source(&input.copy_source)?;
         let src = self.bucket(src_bucket)?;
@@ -464,6 +477,7 @@ impl S3 for S3Store {
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        self.check_write_allowed()?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let up = b
@@ -482,6 +496,7 @@ impl S3 for S3Store {
     }
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+        self.check_write_allowed()?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let staged = stage_body(&b, input.body).await?;
@@ -498,6 +513,7 @@ impl S3 for S3Store {
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        self.check_write_allowed()?;
         let input = req.input;
         let (src_bucket, src_key) = source(&input.copy_source)?;
         let src = self.bucket(src_bucket)?;
@@ -521,6 +537,7 @@ impl S3 for S3Store {
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        self.check_write_allowed()?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let mut parts = Vec::new();

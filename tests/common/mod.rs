@@ -22,6 +22,7 @@ pub enum Backend {
 
 /// One S3 server with one bucket, and a client to inspect it through the S3 API.
 pub struct Env {
+    pub faults: std::sync::Arc<server::Faults>,
     pub rt: tokio::runtime::Runtime,
     pub dir: tempfile::TempDir,
     pub endpoint: String,
@@ -42,10 +43,12 @@ impl Env {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = ServerConfig::local(dir.path().join("s3"));
         cfg.buckets.push(BUCKET.into());
+        let faults = cfg.faults.clone();
         let srv = rt.block_on(server::start(cfg)).expect("server starts");
         let endpoint = srv.endpoint();
         let s3 = rt.block_on(AwsStore::connect(&client_config(&endpoint)));
         Env {
+            faults,
             rt,
             dir,
             endpoint,
@@ -81,6 +84,7 @@ impl Env {
             }
         }
         Env {
+            faults: Default::default(),
             rt,
             dir,
             endpoint,
@@ -174,6 +178,8 @@ impl Env {
             .arg("--foreground")
             .arg("--init")
             .args(["--prefix-count", &prefix_count.to_string()])
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"))
             .args(self.conn_args())
             .args(extra)
             .env("RUST_LOG", "info,prefixfs=debug")

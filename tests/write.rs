@@ -1,0 +1,294 @@
+//! Write semantics legacy programs need, on a real mount: appends, writes in place,
+//! truncation, temp-file-and-rename, preserved modes and times, symlinks, tar, rsync, fsx,
+//! and a close that reports a failed upload.
+
+mod common;
+
+use common::*;
+use prefixfs::layout::RelPath;
+use std::time::Duration;
+
+fn key(env: &Env, path: &str) -> String {
+    env.layout(16).file_key(&RelPath::parse(path).unwrap()).unwrap()
+}
+
+#[test]
+fn appends_with_echo_accumulate() {
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    m.ok("mkdir -p logs && for i in 1 2 3; do echo line $i >> logs/app.log; done");
+    assert_eq!(m.ok("cat logs/app.log"), "line 1\nline 2\nline 3\n");
+    assert_eq!(env.get(&key(&env, "logs/app.log")), b"line 1\nline 2\nline 3\n");
+}
+
+#[test]
+fn dd_notrunc_into_the_middle_of_a_large_file_matches_a_local_reference() {
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    let local = env.dir.path().join("ref.bin");
+    let patch = env.dir.path().join("patch.bin");
+    run_sh(
+        env.dir.path(),
+        "dd if=/dev/urandom of=ref.bin bs=1M count=50 status=none && dd if=/dev/urandom of=patch.bin bs=1k count=300 status=none",
+    );
+    m.ok(&format!("cp {} big.bin", local.display()));
+    let before = m.stats();
+    let patch_cmd = |target: &str| {
+        format!(
+            "dd if={} of={target} bs=1k seek=20000 conv=notrunc status=none",
+            patch.display()
+        )
+    };
+    m.ok(&patch_cmd("big.bin"));
+    run_sh(env.dir.path(), &patch_cmd("ref.bin"));
+    let want = run_sh(env.dir.path(), "sha256sum < ref.bin").stdout;
+    assert_eq!(m.ok("sha256sum < big.bin"), want);
+    // Unchanged parts were copied server-side, not sent again.
+    let after = m.stats();
+    assert!(
+        after["requests_upload_part_copy"] > before["requests_upload_part_copy"] + 3,
+        "{after:?}"
+    );
+    std::fs::write(env.dir.path().join("from-s3.bin"), env.get(&key(&env, "big.bin"))).unwrap();
+    assert_eq!(run_sh(env.dir.path(), "sha256sum < from-s3.bin").stdout, want);
+}
+
+#[test]
+fn truncate_down_and_up() {
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    m.ok("printf 'hello world' > t.txt && truncate -s 5 t.txt");
+    assert_eq!(m.ok("cat t.txt"), "hello");
+    m.ok("truncate -s 8 t.txt");
+    assert_eq!(m.ok("od -An -c t.txt | tr -s ' '").trim(), "h e l l o \\0 \\0 \\0");
+    assert_eq!(env.get(&key(&env, "t.txt")), b"hello\0\0\0");
+    m.ok("truncate -s 0 t.txt");
+    assert_eq!(m.ok("stat -c %s t.txt").trim(), "0");
+}
+
+#[test]
+fn sed_in_place_and_python_replace_and_copy2() {
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    m.ok("printf 'a=1\\nb=2\\n' > conf.ini && sed -i 's/b=2/b=3/' conf.ini");
+    assert_eq!(m.ok("cat conf.ini"), "a=1\nb=3\n");
+    m.ok("chmod 600 conf.ini && touch -d '2020-01-02 03:04:05' conf.ini");
+    let py = r#"
+import os, shutil
+shutil.copy2('conf.ini', 'copy.ini')
+with open('new.tmp', 'w') as f:
+    f.write('replaced\n')
+os.replace('new.tmp', 'conf.ini')
+s = os.stat('copy.ini')
+print(oct(s.st_mode & 0o777), int(s.st_mtime))
+"#;
+    let out = m.ok(&format!("python3 -c \"{}\"", py.replace('"', "\\\"")));
+    assert_eq!(out.trim(), "0o600 1577934245");
+    assert_eq!(m.ok("cat conf.ini"), "replaced\n");
+    assert!(m.sh("test -e new.tmp").code != 0);
+    assert_eq!(env.data_keys().len(), 2);
+}
+
+#[test]
+fn cp_p_keeps_mode_and_mtime_across_a_remount() {
+    let env = Env::embedded();
+    let src = env.dir.path().join("src.txt");
+    run_sh(
+        env.dir.path(),
+        "echo data > src.txt && chmod 640 src.txt && touch -d '2019-05-06 07:08:09.123456789' src.txt",
+    );
+    {
+        let mut m = env.mount(16, &[]);
+        m.ok(&format!(
+            "cp -p {} kept.txt && mkdir -m 700 private && ln -s kept.txt link",
+            src.display()
+        ));
+        assert_eq!(m.ok("stat -c '%a %Y' kept.txt").trim(), "640 1557126489");
+    }
+    let mut m = env.mount(16, &[]);
+    assert_eq!(
+        m.ok("stat -c '%a %y' kept.txt").trim(),
+        "640 2019-05-06 07:08:09.123456789 +0000"
+    );
+    assert_eq!(m.ok("stat -c %a private").trim(), "700");
+    assert_eq!(m.ok("readlink link"), "kept.txt\n");
+    assert_eq!(m.ok("cat link"), "data\n");
+    assert_eq!(m.ok("stat -c %F link").trim(), "symbolic link");
+    m.ok("chown 1234:5678 kept.txt");
+    drop(m);
+    let mut m = env.mount(16, &[]);
+    assert_eq!(m.ok("stat -c '%u:%g %a' kept.txt").trim(), "1234:5678 640");
+    // The headers are s3fs-fuse's.
+    let head = env
+        .rt
+        .block_on(prefixfs::store::ObjectStore::head(&env.s3, &key(&env, "kept.txt")))
+        .unwrap();
+    assert_eq!(head.user_meta.get("mode").map(String::as_str), Some("33184"));
+    assert_eq!(head.user_meta.get("mtime").map(String::as_str), Some("1557126489"));
+}
+
+#[test]
+fn tar_extract_with_symlinks_and_modes_compares_clean() {
+    let env = Env::embedded();
+    let src = env.subdir("tree");
+    run_sh(
+        &src,
+        "mkdir -p a/b && echo one > a/one.txt && echo two > a/b/two.sh && chmod 755 a/b/two.sh && chmod 600 a/one.txt \
+         && ln -s b/two.sh a/run && ln -s ../a/one.txt a/b/up && touch -d '2021-02-03 04:05:06' a/one.txt a/b/two.sh",
+    );
+    let tarball = env.dir.path().join("t.tar");
+    assert_eq!(run_sh(&src, &format!("tar cf {} a", tarball.display())).code, 0);
+    let mut m = env.mount(16, &[]);
+    m.ok(&format!("tar xpf {}", tarball.display()));
+    let diff = m.sh(&format!("tar df {}", tarball.display()));
+    assert_eq!(diff.code, 0, "tar d found differences:\n{}{}", diff.stdout, diff.stderr);
+    assert_eq!(m.ok("find . -type l | sort"), "./a/b/up\n./a/run\n");
+}
+
+#[test]
+fn rsync_a_twice_transfers_nothing_the_second_time() {
+    let env = Env::embedded();
+    let src = env.subdir("src");
+    dated_tree(&src, 3, 10);
+    run_sh(
+        &src,
+        "chmod 640 2017/02/01/log-000.txt && ln -s 02/log-001.txt 2017/02/latest",
+    );
+    let mut m = env.mount(16, &[]);
+    let first = m.ok(&format!("rsync -a --stats {}/ dst/", src.display()));
+    assert!(first.contains("Number of regular files transferred: 30"), "{first}");
+    let second = m.ok(&format!("rsync -a --stats {}/ dst/", src.display()));
+    assert!(second.contains("Number of regular files transferred: 0"), "{second}");
+    assert!(second.contains("Total transferred file size: 0 bytes"), "{second}");
+    let diff = run_sh(
+        env.dir.path(),
+        &format!("diff -r {}/ {}/dst/", src.display(), m.path.display()),
+    );
+    assert_eq!(diff.code, 0, "{}{}", diff.stdout, diff.stderr);
+}
+
+#[test]
+fn a_rejected_upload_fails_fsync_and_close_and_keeps_the_data() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    env.faults.set_reject_writes(true);
+
+    // fsync reports the failure; the data stays, and a later fsync delivers it.
+    let script = r#"
+import os, errno, sys
+def sync(fd):
+    try:
+        os.fsync(fd); return 'ok'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+fd = os.open('precious.txt', os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+os.write(fd, b'do not lose me\n')
+print('fsync', sync(fd), flush=True)
+sys.stdin.readline()
+print('fsync', sync(fd), flush=True)
+os.close(fd)
+print('closed', flush=True)
+"#;
+    let mut child = std::process::Command::new("timeout")
+        .args(["60", "python3", "-c", script])
+        .current_dir(&m.path)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(lines.next().unwrap().unwrap(), "fsync EIO");
+    env.faults.set_reject_writes(false);
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    assert_eq!(lines.next().unwrap().unwrap(), "fsync ok");
+    assert_eq!(lines.next().unwrap().unwrap(), "closed");
+    assert!(child.wait().unwrap().success());
+    assert_eq!(env.get(&key(&env, "precious.txt")), b"do not lose me\n");
+
+    // close reports the failure, and the bytes are kept under lost+found.
+    env.faults.set_reject_writes(true);
+    let script = r#"
+import os, errno
+fd = os.open('second.txt', os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o644)
+os.write(fd, b'kept\n')
+try:
+    os.close(fd); print('close ok')
+except OSError as e:
+    print('close', errno.errorcode[e.errno])
+"#;
+    let out = m.ok(&format!("python3 -c \"{}\"", script.replace('"', "\\\"")));
+    assert_eq!(out.trim(), "close EIO");
+    std::thread::sleep(Duration::from_millis(300));
+    let kept = run_sh(env.dir.path(), "cat cache/lost+found/*second.txt");
+    assert_eq!(kept.stdout, "kept\n", "{}\n{}", kept.stderr, tail(&m.log_text(), 10));
+    assert!(m.log_text().contains("the data is kept locally"));
+    env.faults.set_reject_writes(false);
+}
+
+#[test]
+fn fsx_exercises_a_file_without_mismatch() {
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    let ops = std::env::var("PREFIXFS_FSX_OPS").unwrap_or_else(|_| "20000".into());
+    let conf = env.dir.path().join("fsx.toml");
+    std::fs::write(
+        &conf,
+        "flen = 1048576\n[weights]\nclose_open = 1.0\nfsync = 1.0\nread = 10.0\nwrite = 10.0\nmapread = 5.0\nmapwrite = 5.0\ntruncate = 5.0\n",
+    )
+    .unwrap();
+    let out = m.sh(&format!(
+        "fsx -q -N {ops} -S 7 -f {} -P {} fsx.dat",
+        conf.display(),
+        env.dir.path().display()
+    ));
+    assert_eq!(
+        out.code,
+        0,
+        "fsx failed:\n{}\n{}\nlog:\n{}",
+        tail(&out.stdout, 30),
+        tail(&out.stderr, 30),
+        tail(&m.log_text(), 30)
+    );
+}
+
+#[test]
+fn a_directory_rename_failing_midway_leaves_every_file_readable() {
+    let env = Env::embedded();
+    let src = env.subdir("src");
+    dated_tree(&src, 2, 20);
+    let mut m = env.mount(16, &[]);
+    m.ok(&format!("cp -r {}/2017 .", src.display()));
+    let before = m.ok("find 2017 -type f -exec cat {} + | sort | sha256sum");
+    env.faults.fail_writes_after(15);
+    let out = m.sh("mv 2017 archive");
+    assert_ne!(out.code, 0, "the rename must report the failure");
+    assert!(out.stderr.contains("Input/output error"), "{}", out.stderr);
+    env.faults.set_reject_writes(false);
+    assert!(m.log_text().contains("no source object was deleted"));
+    // Every file is still readable under its old name.
+    assert_eq!(m.ok("find 2017 -type f -exec cat {} + | sort | sha256sum"), before);
+    // And once S3 accepts writes again, the rename completes.
+    m.ok("mv 2017 archive");
+    assert_eq!(m.ok("find archive -type f -exec cat {} + | sort | sha256sum"), before);
+    assert_eq!(m.ok("ls"), "archive\n");
+}
+
+#[test]
+fn renaming_files_that_are_open_or_would_clobber() {
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    // An open file renamed mid-write keeps its data and its later writes.
+    m.ok("exec 3>tmp.part; echo first >&3; mv tmp.part final.txt; echo second >&3; exec 3>&-");
+    assert_eq!(m.ok("cat final.txt"), "first\nsecond\n");
+    assert!(m.sh("test -e tmp.part").code != 0);
+    assert_eq!(
+        env.data_keys(),
+        std::collections::BTreeSet::from([key(&env, "final.txt")])
+    );
+    // No-clobber renames leave the target alone.
+    m.ok("echo keep > target && echo other > source && mv -n source target");
+    assert_eq!(m.ok("cat target"), "keep\n");
+    let out = m.ok("python3 -c \"import os; os.rename('source', 'target'); print(open('target').read(), end='')\"");
+    assert_eq!(out, "other\n");
+}
