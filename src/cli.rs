@@ -106,6 +106,10 @@ pub struct MountArgs {
     /// Staged bytes at most, in MiB; writes beyond fail with ENOSPC.
     #[arg(long, default_value_t = 10240)]
     pub cache_size_mib: u64,
+    /// At mount, abort incomplete multipart uploads in this layout older than this many
+    /// hours (uploads a crash of this host left are aborted regardless); negative: never.
+    #[arg(long, default_value_t = 24.0, allow_negative_numbers = true)]
+    pub abort_uploads_older_than: f64,
     /// Where the embedded store keeps its data (no bucket given).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -214,6 +218,7 @@ pub struct MountPlan {
     pub prefix_count: Option<u32>,
     pub threads: usize,
     pub allow_other: bool,
+    pub abort_uploads_older_than: Option<Duration>,
 }
 
 impl MountArgs {
@@ -245,6 +250,9 @@ impl MountArgs {
                 "dir_mode" => self.dir_mode = need(value)?,
                 "cache_dir" => self.cache_dir = Some(PathBuf::from(need(value)?)),
                 "cache_size_mib" => self.cache_size_mib = need(value)?.parse().map_err(|_| format!("bad {name}"))?,
+                "abort_uploads_older_than" => {
+                    self.abort_uploads_older_than = need(value)?.parse().map_err(|_| format!("bad {name}"))?
+                }
                 "data_dir" => self.data_dir = Some(PathBuf::from(need(value)?)),
                 "log_file" => self.log_file = Some(PathBuf::from(need(value)?)),
                 "rw" | "" | "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev" | "nofail"
@@ -302,6 +310,9 @@ impl MountArgs {
             cache_size: self.cache_size_mib.saturating_mul(1024 * 1024),
             ..FsConfig::default()
         };
+        let abort_uploads_older_than = (self.abort_uploads_older_than >= 0.0
+            && self.abort_uploads_older_than.is_finite())
+        .then(|| Duration::from_secs_f64(self.abort_uploads_older_than * 3600.0));
         Ok(MountPlan {
             bucket,
             mountpoint,
@@ -309,6 +320,7 @@ impl MountArgs {
             prefix_count: self.prefix_count,
             threads: self.threads,
             allow_other,
+            abort_uploads_older_than,
         })
     }
 }

@@ -143,12 +143,31 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
     ))?;
     tracing::info!(prefixes = layout.prefix_count(), root = layout.root(), "layout");
 
-    let core = Arc::new(Core::new(
-        layout,
+    let journal_dir = plan.fs.cache_dir.join("uploads");
+    let recovered = rt.block_on(crate::store::journal::recover(connected.store.as_ref(), &journal_dir));
+    if recovered > 0 {
+        tracing::info!(recovered, "aborted multipart uploads left by an earlier crash");
+    }
+    if let Some(age) = plan.abort_uploads_older_than {
+        let stale = rt.block_on(crate::store::journal::abort_stale(
+            connected.store.as_ref(),
+            &layout.root_slash(),
+            age,
+            |k| layout.key_to_path(k).is_some(),
+        ));
+        match stale {
+            Ok(v) if !v.is_empty() => {
+                tracing::info!(aborted = v.len(), ?age, "aborted stale incomplete multipart uploads")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not list incomplete multipart uploads"),
+        }
+    }
+    let store: Arc<dyn ObjectStore> = Arc::new(crate::store::journal::JournalingStore::new(
         connected.store.clone(),
-        connected.stats.clone(),
-        plan.fs.clone(),
+        &journal_dir,
     ));
+    let core = Arc::new(Core::new(layout, store, connected.stats.clone(), plan.fs.clone()));
     let fsname = match &plan.bucket {
         Some((b, r)) if r.is_empty() => format!("prefixfs:{b}"),
         Some((b, r)) => format!("prefixfs:{b}/{r}"),

@@ -292,3 +292,75 @@ fn renaming_files_that_are_open_or_would_clobber() {
     let out = m.ok("python3 -c \"import os; os.rename('source', 'target'); print(open('target').read(), end='')\"");
     assert_eq!(out, "other\n");
 }
+
+#[test]
+fn multipart_uploads_left_by_a_crash_are_aborted_by_the_next_mount() {
+    let env = Env::embedded();
+    let uploads = || {
+        env.rt
+            .block_on(prefixfs::store::ObjectStore::list_uploads(&env.s3, ""))
+            .unwrap()
+    };
+    let mut m = env.mount(16, &["--part-size-mib", "5"]);
+    let mut writer = std::process::Command::new("timeout")
+        .args(["60", "dd", "if=/dev/zero", "bs=1M", "count=2000", "status=none"])
+        .arg(format!("of={}/big.bin", m.path.display()))
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while uploads().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no multipart upload started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The daemon dies mid-upload.
+    let mut daemon = m.child.take().unwrap();
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let _ = writer.wait();
+    m.unmount();
+    assert_eq!(uploads().len(), 1, "the crash left an incomplete upload");
+    let journals = run_sh(env.dir.path(), "cat cache/uploads/*.journal");
+    assert!(
+        journals.stdout.starts_with("start "),
+        "{}{}",
+        journals.stdout,
+        journals.stderr
+    );
+
+    // Somebody else's upload in this layout, and one outside it.
+    let layout_key = key(&env, "other/upload.bin");
+    env.rt
+        .block_on(prefixfs::store::ObjectStore::create_multipart(
+            &env.s3,
+            &layout_key,
+            &Default::default(),
+        ))
+        .unwrap();
+    env.rt
+        .block_on(prefixfs::store::ObjectStore::create_multipart(
+            &env.s3,
+            "elsewhere/x",
+            &Default::default(),
+        ))
+        .unwrap();
+
+    // The next mount (same cache directory) aborts what the crash left, and keeps the others
+    // while they are younger than --abort-uploads-older-than.
+    let m2 = env.mount(16, &[]);
+    let mut left: Vec<String> = uploads().into_iter().map(|u| u.key).collect();
+    left.sort();
+    assert_eq!(
+        left,
+        vec![layout_key.clone(), "elsewhere/x".to_string()],
+        "{}",
+        m2.log_text()
+    );
+    drop(m2);
+    let _m3 = env.mount(16, &["--abort-uploads-older-than", "0"]);
+    let left: Vec<String> = uploads().into_iter().map(|u| u.key).collect();
+    assert_eq!(
+        left,
+        vec!["elsewhere/x".to_string()],
+        "only keys of the layout are touched"
+    );
+}

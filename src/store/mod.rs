@@ -5,9 +5,12 @@
 //! - [`aws::AwsStore`]: the aws-sdk-s3 implementation (SDK retries disabled: ours count).
 //! - [`retry::RetryingStore`]: backoff with full jitter on SlowDown/5xx/transport errors and
 //!   per-kind request counters ([`stats::RequestStats`]).
+//! - [`journal::JournalingStore`]: records the multipart uploads in flight, so the next mount
+//!   aborts what a crash left behind.
 //! - [`memory::MemoryStore`]: an in-memory double for unit tests of the layers above.
 
 pub mod aws;
+pub mod journal;
 pub mod memory;
 pub mod retry;
 pub mod stats;
