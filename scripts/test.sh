@@ -21,6 +21,10 @@ if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
   echo "installing moto[server] (an independent S3 implementation the mount tests also run against)"
   python3 -m pip install -q 'moto[server]>=5,<6'
 fi
+if ! command -v fsx >/dev/null; then
+  echo "installing fsx (the file-system exerciser the write tests run)"
+  cargo install --locked --quiet fsx
+fi
 if [ ! -e /dev/fuse ]; then
   echo "/dev/fuse is missing: the mount tests need FUSE (modprobe fuse)" >&2
   exit 1

@@ -5,6 +5,7 @@
 //! ~40 ms on delayed ACKs). Nothing here knows about the filesystem.
 
 pub mod disk;
+pub mod partitions;
 mod s3impl;
 
 use disk::DiskStore;
@@ -68,6 +69,8 @@ pub struct ServerConfig {
     /// Buckets to create at start if missing.
     pub buckets: Vec<String>,
     pub faults: Arc<Faults>,
+    /// Throttle like S3's partitions (see [`partitions`]); None: never throttle.
+    pub emulator: Option<partitions::EmulatorConfig>,
 }
 
 impl ServerConfig {
@@ -79,6 +82,7 @@ impl ServerConfig {
             secret_key: DEFAULT_SECRET_KEY.into(),
             buckets: Vec::new(),
             faults: Arc::default(),
+            emulator: None,
         }
     }
 }
@@ -86,6 +90,7 @@ impl ServerConfig {
 /// A running server; stops when dropped or on [`RunningServer::shutdown`].
 pub struct RunningServer {
     pub addr: SocketAddr,
+    pub emulator: Option<Arc<partitions::Emulator>>,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -118,8 +123,9 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
             Err(e) => return Err(std::io::Error::other(format!("creating bucket {b}: {e}"))),
         }
     }
+    let emulator = cfg.emulator.clone().map(|c| Arc::new(partitions::Emulator::new(c)));
     let service = {
-        let mut b = S3ServiceBuilder::new(s3impl::S3Store::new(store, cfg.faults.clone()));
+        let mut b = S3ServiceBuilder::new(s3impl::S3Store::new(store, cfg.faults.clone(), emulator.clone()));
         b.set_auth(SimpleAuth::from_single(cfg.access_key.clone(), cfg.secret_key.clone()));
         b.build()
     };
@@ -154,9 +160,5 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
         }
     });
     tracing::info!(%addr, dir = %cfg.data_dir.display(), "embedded S3 server listening");
-    Ok(RunningServer {
-        addr,
-        stop,
-        task: Some(task),
-    })
+    Ok(RunningServer { addr, emulator, stop, task: Some(task) })
 }

@@ -1,5 +1,6 @@
 //! The `s3s::S3` trait over [`DiskStore`]: request DTOs in, store calls, response DTOs out.
 
+use super::partitions::{Access, Emulator};
 use super::disk::{Bucket, DiskError, DiskStore, Entry, Resume, Staged, WriteCondition, etag_eq};
 use futures::StreamExt;
 use s3s::dto::*;
@@ -12,11 +13,22 @@ use std::time::SystemTime;
 pub struct S3Store {
     store: Arc<DiskStore>,
     faults: Arc<super::Faults>,
+    emulator: Option<Arc<Emulator>>,
 }
 
 impl S3Store {
-    pub fn new(store: Arc<DiskStore>, faults: Arc<super::Faults>) -> Self {
-        S3Store { store, faults }
+    pub fn new(store: Arc<DiskStore>, faults: Arc<super::Faults>, emulator: Option<Arc<Emulator>>) -> Self {
+        S3Store { store, faults, emulator }
+    }
+
+    /// The partition emulator's verdict on one access.
+    fn admit(&self, access: Access, key: &str) -> S3Result<()> {
+        match &self.emulator {
+            Some(e) if !e.admit(access, key) => {
+                Err(S3Error::with_message(S3ErrorCode::SlowDown, "Please reduce your request rate."))
+            }
+            _ => Ok(()),
+        }
     }
 
     fn check_write_allowed(&self) -> S3Result<()> {
@@ -209,6 +221,7 @@ impl S3 for S3Store {
 
     async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
         self.check_write_allowed()?;
+        self.admit(Access::Write, &req.input.key)?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let staged = stage_body(&b, input.body).await?;
@@ -236,6 +249,7 @@ impl S3 for S3Store {
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+        self.admit(Access::Read, &req.input.key)?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let (mut file, e) = b.open(&input.key).map_err(to_s3)?;
@@ -272,6 +286,7 @@ impl S3 for S3Store {
     }
 
     async fn head_object(&self, req: S3Request<HeadObjectInput>) -> S3Result<S3Response<HeadObjectOutput>> {
+        self.admit(Access::Read, &req.input.key)?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let e = b.lookup(&input.key).ok_or_else(|| s3_error!(NoSuchKey))?;
@@ -294,6 +309,7 @@ impl S3 for S3Store {
     }
 
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.admit(Access::Write, &req.input.key)?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let if_match = match &input.if_match {
@@ -314,6 +330,17 @@ impl S3 for S3Store {
         let mut deleted = Vec::new();
         let mut errors = Vec::new();
         for o in input.delete.objects {
+            // Every key is one write against its partition; a throttled key is reported in
+            // the response, the others go ahead.
+            if self.admit(Access::Write, &o.key).is_err() {
+                errors.push(Error {
+                    key: Some(o.key),
+                    code: Some("SlowDown".into()),
+                    message: Some("Please reduce your request rate.".into()),
+                    version_id: None,
+                });
+                continue;
+            }
             match b.delete(&o.key, None) {
                 Ok(()) if !quiet => deleted.push(DeletedObject {
                     key: Some(o.key),
@@ -337,6 +364,7 @@ impl S3 for S3Store {
 
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
         self.check_write_allowed()?;
+        self.admit(Access::Write, &req.input.key)?;
         let input = req.input;
         let (src_bucket, src_key) = source(&input.copy_source)?;
         let src = self.bucket(src_bucket)?;
@@ -377,6 +405,7 @@ impl S3 for S3Store {
     }
 
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
+        self.admit(Access::Read, req.input.prefix.as_deref().unwrap_or(""))?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let prefix = input.prefix.clone().unwrap_or_default();
@@ -478,6 +507,7 @@ impl S3 for S3Store {
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
         self.check_write_allowed()?;
+        self.admit(Access::Write, &req.input.key)?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let up = b
@@ -497,6 +527,7 @@ impl S3 for S3Store {
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
         self.check_write_allowed()?;
+        self.admit(Access::Write, &req.input.key)?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let staged = stage_body(&b, input.body).await?;
@@ -514,6 +545,7 @@ impl S3 for S3Store {
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
         self.check_write_allowed()?;
+        self.admit(Access::Write, &req.input.key)?;
         let input = req.input;
         let (src_bucket, src_key) = source(&input.copy_source)?;
         let src = self.bucket(src_bucket)?;
@@ -538,6 +570,7 @@ impl S3 for S3Store {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         self.check_write_allowed()?;
+        self.admit(Access::Write, &req.input.key)?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let mut parts = Vec::new();
@@ -564,6 +597,7 @@ impl S3 for S3Store {
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        self.admit(Access::Write, &req.input.key)?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         b.abort_upload(&input.key, &input.upload_id).map_err(to_s3)?;
@@ -574,6 +608,7 @@ impl S3 for S3Store {
         &self,
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        self.admit(Access::Read, req.input.prefix.as_deref().unwrap_or(""))?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let prefix = input.prefix.clone().unwrap_or_default();

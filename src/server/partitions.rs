@@ -1,0 +1,298 @@
+//! The partition emulator: throttles the embedded server the way S3 throttles a bucket.
+//!
+//! S3 serves each key-range partition at about 3,500 writes and 5,500 reads a second,
+//! answers `503 SlowDown` beyond that, and splits a partition that stays hot. The emulator
+//! models exactly that, at rates scaled down so a laptop can reach them:
+//! - The keyspace starts as one partition (or at given boundaries). A partition owns the keys
+//!   from its start key (inclusive) to the next partition's start.
+//! - Each partition has two token buckets, writes (PUT, COPY, parts, DELETE: one token per
+//!   key, also inside DeleteObjects) and reads (GET, HEAD, LIST), refilled at the configured
+//!   rates with one second of burst. An empty bucket answers `503 SlowDown`.
+//! - Split policy: a partition that has been throttling for `split_after` (throttles no more
+//!   than one second apart all along) splits at the median of the last 256 keys it admitted,
+//!   if that key lies strictly inside it; both halves start with full buckets. Sequential keys
+//!   (dates, counters) keep landing above the median, so the hot spot follows them, as on S3;
+//!   hashed keys spread, so every split halves the load. At most `max_partitions`.
+//! - Counters per partition (requests, throttles by kind) and the split history are readable
+//!   as JSON ([`Emulator::snapshot`]).
+
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone)]
+pub struct EmulatorConfig {
+    pub write_rate: f64,
+    pub read_rate: f64,
+    pub split_after: Duration,
+    pub max_partitions: usize,
+    /// Start keys of the initial partitions besides `""`.
+    pub boundaries: Vec<String>,
+}
+
+impl Default for EmulatorConfig {
+    fn default() -> Self {
+        EmulatorConfig {
+            write_rate: 3500.0,
+            read_rate: 5500.0,
+            split_after: Duration::from_secs(2),
+            max_partitions: 256,
+            boundaries: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    Read,
+    Write,
+}
+
+#[derive(Debug)]
+struct Bucket {
+    rate: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(rate: f64, now: Instant) -> Self {
+        Bucket { rate, tokens: rate.max(1.0), at: now }
+    }
+
+    fn take(&mut self, now: Instant) -> bool {
+        let capacity = self.rate.max(1.0);
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.rate).min(capacity);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Partition {
+    start: String,
+    write: Bucket,
+    read: Bucket,
+    /// Start of the current throttling episode, and the last throttle in it.
+    episode: Option<(Instant, Instant)>,
+    recent: VecDeque<String>,
+    reads: u64,
+    writes: u64,
+    read_throttles: u64,
+    write_throttles: u64,
+}
+
+impl Partition {
+    fn new(start: String, cfg: &EmulatorConfig, now: Instant) -> Self {
+        Partition {
+            start,
+            write: Bucket::new(cfg.write_rate, now),
+            read: Bucket::new(cfg.read_rate, now),
+            episode: None,
+            recent: VecDeque::with_capacity(256),
+            reads: 0,
+            writes: 0,
+            read_throttles: 0,
+            write_throttles: 0,
+        }
+    }
+}
+
+/// What a partition looks like from outside.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStats {
+    pub start: String,
+    pub reads: u64,
+    pub writes: u64,
+    pub read_throttles: u64,
+    pub write_throttles: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Split {
+    pub at_key: String,
+    pub after_ms: u128,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct EmulatorSnapshot {
+    pub partitions: Vec<PartitionStats>,
+    pub splits: Vec<Split>,
+    pub throttles: u64,
+    /// Index of the partition of every admitted write, in order (the last 100,000).
+    #[serde(skip)]
+    pub write_log: Vec<usize>,
+}
+
+struct State {
+    partitions: Vec<Partition>,
+    splits: Vec<Split>,
+    write_log: VecDeque<String>,
+}
+
+pub struct Emulator {
+    cfg: EmulatorConfig,
+    started: Instant,
+    state: Mutex<State>,
+}
+
+const WRITE_LOG: usize = 100_000;
+
+impl Emulator {
+    pub fn new(cfg: EmulatorConfig) -> Self {
+        let now = Instant::now();
+        let mut starts = vec![String::new()];
+        starts.extend(cfg.boundaries.iter().filter(|b| !b.is_empty()).cloned());
+        starts.sort();
+        starts.dedup();
+        let partitions = starts.into_iter().map(|s| Partition::new(s, &cfg, now)).collect();
+        Emulator { cfg, started: now, state: Mutex::new(State { partitions, splits: Vec::new(), write_log: VecDeque::new() }) }
+    }
+
+    fn index(parts: &[Partition], key: &str) -> usize {
+        parts.partition_point(|p| p.start.as_str() <= key).saturating_sub(1)
+    }
+
+    /// Admits one access to `key`, or says SlowDown (false).
+    pub fn admit(&self, access: Access, key: &str) -> bool {
+        let now = Instant::now();
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let i = Self::index(&st.partitions, key);
+        let p = &mut st.partitions[i];
+        let ok = match access {
+            Access::Read => p.read.take(now),
+            Access::Write => p.write.take(now),
+        };
+        if ok {
+            match access {
+                Access::Read => p.reads += 1,
+                Access::Write => p.writes += 1,
+            }
+            if p.recent.len() == 256 {
+                p.recent.pop_front();
+            }
+            p.recent.push_back(key.to_string());
+            if access == Access::Write {
+                if st.write_log.len() == WRITE_LOG {
+                    st.write_log.pop_front();
+                }
+                st.write_log.push_back(key.to_string());
+            }
+            return true;
+        }
+        match access {
+            Access::Read => p.read_throttles += 1,
+            Access::Write => p.write_throttles += 1,
+        }
+        let episode_start = match p.episode {
+            Some((start, last)) if now.duration_since(last) <= Duration::from_secs(1) => start,
+            _ => now,
+        };
+        p.episode = Some((episode_start, now));
+        if now.duration_since(episode_start) >= self.cfg.split_after && st.partitions.len() < self.cfg.max_partitions {
+            self.split(&mut st, i, now);
+        }
+        false
+    }
+
+    fn split(&self, st: &mut State, i: usize, now: Instant) {
+        let p = &mut st.partitions[i];
+        let mut keys: Vec<&String> = p.recent.iter().collect();
+        keys.sort();
+        let Some(median) = keys.get(keys.len() / 2).map(|k| (*k).clone()) else { return };
+        let end_ok = st.partitions.get(i + 1).is_none_or(|next| median < next.start);
+        let p = &mut st.partitions[i];
+        if median <= p.start || !end_ok {
+            return;
+        }
+        p.episode = None;
+        p.write = Bucket::new(self.cfg.write_rate, now);
+        p.read = Bucket::new(self.cfg.read_rate, now);
+        p.recent.retain(|k| *k < median);
+        let mut upper = Partition::new(median.clone(), &self.cfg, now);
+        upper.recent = st.partitions[i].recent.iter().filter(|k| **k >= median).cloned().collect();
+        st.partitions.insert(i + 1, upper);
+        tracing::info!(at = %median, partitions = st.partitions.len(), "emulated partition split");
+        st.splits.push(Split { at_key: median, after_ms: now.duration_since(self.started).as_millis() });
+    }
+
+    pub fn snapshot(&self) -> EmulatorSnapshot {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let partitions: Vec<PartitionStats> = st
+            .partitions
+            .iter()
+            .map(|p| PartitionStats {
+                start: p.start.clone(),
+                reads: p.reads,
+                writes: p.writes,
+                read_throttles: p.read_throttles,
+                write_throttles: p.write_throttles,
+            })
+            .collect();
+        let throttles = partitions.iter().map(|p| p.read_throttles + p.write_throttles).sum();
+        let write_log = st.write_log.iter().map(|k| Self::index(&st.partitions, k)).collect();
+        EmulatorSnapshot { partitions, splits: st.splits.clone(), throttles, write_log }
+    }
+
+    pub fn snapshot_json(&self) -> String {
+        serde_json::to_string_pretty(&self.snapshot()).unwrap_or_else(|_| "{}".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn emu(rate: f64, split_ms: u64) -> Emulator {
+        Emulator::new(EmulatorConfig {
+            write_rate: rate,
+            read_rate: rate,
+            split_after: Duration::from_millis(split_ms),
+            max_partitions: 64,
+            boundaries: vec![],
+        })
+    }
+
+    #[test]
+    fn an_empty_bucket_throttles_and_refills() {
+        let e = emu(10.0, 60_000);
+        let admitted = (0..50).filter(|i| e.admit(Access::Write, &format!("k{i}"))).count();
+        assert_eq!(admitted, 10, "one second of burst");
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(e.admit(Access::Write, "k"), "refilled at the rate");
+        assert!(e.admit(Access::Read, "k"), "reads have their own bucket");
+        assert_eq!(e.snapshot().throttles, 40);
+    }
+
+    #[test]
+    fn sustained_throttling_splits_at_the_median_of_recent_keys() {
+        let e = emu(20.0, 50);
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut i = 0u64;
+        while e.snapshot().partitions.len() < 2 && Instant::now() < deadline {
+            // Hashed-looking keys: spread over the keyspace.
+            e.admit(Access::Write, &format!("{:x}/file", (i * 2654435761) % 4096));
+            i += 1;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let snap = e.snapshot();
+        assert_eq!(snap.partitions.len(), 2);
+        assert_eq!(snap.splits.len(), 1);
+        assert_eq!(snap.partitions[1].start, snap.splits[0].at_key);
+    }
+
+    #[test]
+    fn keys_route_to_their_partition() {
+        let e = Emulator::new(EmulatorConfig { boundaries: vec!["m".into()], ..EmulatorConfig::default() });
+        assert!(e.admit(Access::Write, "a"));
+        assert!(e.admit(Access::Write, "z"));
+        let snap = e.snapshot();
+        assert_eq!(snap.write_log, vec![0, 1]);
+    }
+}
