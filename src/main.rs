@@ -48,6 +48,15 @@ fn init_logging(level: &str) {
 }
 
 fn run_mount(mut m: MountArgs) -> Result<(), String> {
+    // Part buffers are allocated on FUSE threads and freed on runtime threads; with glibc's
+    // default of an arena per thread that fragments into hundreds of MiB of resident memory
+    // during a large write (measured: 300 MiB for a 2 GiB write). One arena keeps it near the
+    // real working set (parts in flight), and was no slower.
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
     m.apply_options()?;
     let plan = m.plan()?;
     mount::run(plan, &m.conn, m.init, m.data_dir.clone())

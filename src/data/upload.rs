@@ -164,7 +164,10 @@ impl Upload {
         }
         let n = self.next_part;
         self.next_part += 1;
-        let body: Bytes = std::mem::take(&mut self.buf).freeze();
+        // The next part's buffer is allocated once, at its full size: growing it by doubling
+        // churns the allocator and inflates the resident set.
+        let next = BytesMut::with_capacity(part_size(self.base_part, self.next_part));
+        let body: Bytes = std::mem::replace(&mut self.buf, next).freeze();
         let (store, key) = (self.store.clone(), self.key.clone());
         self.inflight.push((
             n,

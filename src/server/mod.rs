@@ -160,5 +160,10 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
         }
     });
     tracing::info!(%addr, dir = %cfg.data_dir.display(), "embedded S3 server listening");
-    Ok(RunningServer { addr, emulator, stop, task: Some(task) })
+    Ok(RunningServer {
+        addr,
+        emulator,
+        stop,
+        task: Some(task),
+    })
 }

@@ -58,7 +58,11 @@ struct Bucket {
 
 impl Bucket {
     fn new(rate: f64, now: Instant) -> Self {
-        Bucket { rate, tokens: rate.max(1.0), at: now }
+        Bucket {
+            rate,
+            tokens: rate.max(1.0),
+            at: now,
+        }
     }
 
     fn take(&mut self, now: Instant) -> bool {
@@ -152,7 +156,15 @@ impl Emulator {
         starts.sort();
         starts.dedup();
         let partitions = starts.into_iter().map(|s| Partition::new(s, &cfg, now)).collect();
-        Emulator { cfg, started: now, state: Mutex::new(State { partitions, splits: Vec::new(), write_log: VecDeque::new() }) }
+        Emulator {
+            cfg,
+            started: now,
+            state: Mutex::new(State {
+                partitions,
+                splits: Vec::new(),
+                write_log: VecDeque::new(),
+            }),
+        }
     }
 
     fn index(parts: &[Partition], key: &str) -> usize {
@@ -205,7 +217,9 @@ impl Emulator {
         let p = &mut st.partitions[i];
         let mut keys: Vec<&String> = p.recent.iter().collect();
         keys.sort();
-        let Some(median) = keys.get(keys.len() / 2).map(|k| (*k).clone()) else { return };
+        let Some(median) = keys.get(keys.len() / 2).map(|k| (*k).clone()) else {
+            return;
+        };
         let end_ok = st.partitions.get(i + 1).is_none_or(|next| median < next.start);
         let p = &mut st.partitions[i];
         if median <= p.start || !end_ok {
@@ -216,10 +230,18 @@ impl Emulator {
         p.read = Bucket::new(self.cfg.read_rate, now);
         p.recent.retain(|k| *k < median);
         let mut upper = Partition::new(median.clone(), &self.cfg, now);
-        upper.recent = st.partitions[i].recent.iter().filter(|k| **k >= median).cloned().collect();
+        upper.recent = st.partitions[i]
+            .recent
+            .iter()
+            .filter(|k| **k >= median)
+            .cloned()
+            .collect();
         st.partitions.insert(i + 1, upper);
         tracing::info!(at = %median, partitions = st.partitions.len(), "emulated partition split");
-        st.splits.push(Split { at_key: median, after_ms: now.duration_since(self.started).as_millis() });
+        st.splits.push(Split {
+            at_key: median,
+            after_ms: now.duration_since(self.started).as_millis(),
+        });
     }
 
     pub fn snapshot(&self) -> EmulatorSnapshot {
@@ -237,7 +259,12 @@ impl Emulator {
             .collect();
         let throttles = partitions.iter().map(|p| p.read_throttles + p.write_throttles).sum();
         let write_log = st.write_log.iter().map(|k| Self::index(&st.partitions, k)).collect();
-        EmulatorSnapshot { partitions, splits: st.splits.clone(), throttles, write_log }
+        EmulatorSnapshot {
+            partitions,
+            splits: st.splits.clone(),
+            throttles,
+            write_log,
+        }
     }
 
     pub fn snapshot_json(&self) -> String {
@@ -289,7 +316,10 @@ mod tests {
 
     #[test]
     fn keys_route_to_their_partition() {
-        let e = Emulator::new(EmulatorConfig { boundaries: vec!["m".into()], ..EmulatorConfig::default() });
+        let e = Emulator::new(EmulatorConfig {
+            boundaries: vec!["m".into()],
+            ..EmulatorConfig::default()
+        });
         assert!(e.admit(Access::Write, "a"));
         assert!(e.admit(Access::Write, "z"));
         let snap = e.snapshot();

@@ -1,7 +1,7 @@
 //! The `s3s::S3` trait over [`DiskStore`]: request DTOs in, store calls, response DTOs out.
 
-use super::partitions::{Access, Emulator};
 use super::disk::{Bucket, DiskError, DiskStore, Entry, Resume, Staged, WriteCondition, etag_eq};
+use super::partitions::{Access, Emulator};
 use futures::StreamExt;
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
@@ -18,15 +18,20 @@ pub struct S3Store {
 
 impl S3Store {
     pub fn new(store: Arc<DiskStore>, faults: Arc<super::Faults>, emulator: Option<Arc<Emulator>>) -> Self {
-        S3Store { store, faults, emulator }
+        S3Store {
+            store,
+            faults,
+            emulator,
+        }
     }
 
     /// The partition emulator's verdict on one access.
     fn admit(&self, access: Access, key: &str) -> S3Result<()> {
         match &self.emulator {
-            Some(e) if !e.admit(access, key) => {
-                Err(S3Error::with_message(S3ErrorCode::SlowDown, "Please reduce your request rate."))
-            }
+            Some(e) if !e.admit(access, key) => Err(S3Error::with_message(
+                S3ErrorCode::SlowDown,
+                "Please reduce your request rate.",
+            )),
             _ => Ok(()),
         }
     }

@@ -398,6 +398,8 @@ impl ObjectStore for AwsStore {
             .await;
         match r.map_err(|e| map_err("abort_multipart", key, e)) {
             Ok(_) => Ok(()),
+            // Already completed or aborted: nothing left to clean up.
+            Err(StoreError::Client { code, .. }) if code == "NoSuchUpload" => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
         }

@@ -169,6 +169,13 @@ impl StoreError {
     pub fn from_response(op: &'static str, key: &str, status: u16, code: &str, message: &str) -> StoreError {
         let key = key.to_string();
         match (status, code) {
+            (_, "NoSuchBucket") | (_, "NoSuchUpload") => StoreError::Client {
+                op,
+                key,
+                status,
+                code: code.to_string(),
+                message: message.to_string(),
+            },
             (404, _) | (_, "NoSuchKey") | (_, "NotFound") => StoreError::NotFound { op, key },
             (412, _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed { op, key },
             (503, _) | (_, "SlowDown") | (_, "Throttling") | (_, "RequestLimitExceeded") => {
