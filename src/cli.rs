@@ -34,6 +34,22 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print the request counters of a running mount.
     Stats(StatsArgs),
+    /// Delete a path (with -r, a whole tree) from a bucket in bulk, without mounting:
+    /// DeleteObjects batches with keys interleaved across prefixes.
+    Rm(RmArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// s3://BUCKET[/ROOT]
+    pub target: String,
+    /// Path inside the layout, e.g. 2017/02
+    pub path: String,
+    /// Remove directories and their contents.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -110,6 +126,9 @@ pub struct MountArgs {
     /// hours (uploads a crash of this host left are aborted regardless); negative: never.
     #[arg(long, default_value_t = 24.0, allow_negative_numbers = true)]
     pub abort_uploads_older_than: f64,
+    /// Serve Prometheus metrics (requests, throttles, retries, latency per prefix) here.
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Where the embedded store keeps its data (no bucket given).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -151,6 +170,39 @@ pub struct ServeArgs {
     /// Buckets to create at start.
     #[arg(long)]
     pub bucket: Vec<String>,
+    /// Throttle like S3's partitions: token buckets per key range, 503 SlowDown, splits.
+    #[arg(long)]
+    pub emulate_partitions: bool,
+    /// Writes per second per partition (S3: 3500).
+    #[arg(long, default_value_t = 3500.0)]
+    pub write_rate: f64,
+    /// Reads per second per partition (S3: 5500).
+    #[arg(long, default_value_t = 5500.0)]
+    pub read_rate: f64,
+    /// A partition throttling this long splits.
+    #[arg(long, default_value_t = 2000)]
+    pub split_after_ms: u64,
+    #[arg(long, default_value_t = 256)]
+    pub max_partitions: usize,
+    /// Initial partition boundaries (start keys), besides the empty key.
+    #[arg(long)]
+    pub boundary: Vec<String>,
+    /// Serve the emulator's counters as JSON at http://ADDR/partitions.
+    #[arg(long)]
+    pub stats_addr: Option<std::net::SocketAddr>,
+}
+
+impl ServeArgs {
+    pub fn emulator(&self) -> Option<crate::server::partitions::EmulatorConfig> {
+        self.emulate_partitions
+            .then(|| crate::server::partitions::EmulatorConfig {
+                write_rate: self.write_rate,
+                read_rate: self.read_rate,
+                split_after: Duration::from_millis(self.split_after_ms),
+                max_partitions: self.max_partitions.max(1),
+                boundaries: self.boundary.clone(),
+            })
+    }
 }
 
 #[derive(Debug, Args)]
@@ -219,6 +271,8 @@ pub struct MountPlan {
     pub threads: usize,
     pub allow_other: bool,
     pub abort_uploads_older_than: Option<Duration>,
+    pub metrics_addr: Option<std::net::SocketAddr>,
+    pub pacing: crate::store::pacing::PacingConfig,
 }
 
 impl MountArgs {
@@ -253,6 +307,7 @@ impl MountArgs {
                 "abort_uploads_older_than" => {
                     self.abort_uploads_older_than = need(value)?.parse().map_err(|_| format!("bad {name}"))?
                 }
+                "metrics_addr" => self.metrics_addr = Some(need(value)?.parse().map_err(|_| format!("bad {name}"))?),
                 "data_dir" => self.data_dir = Some(PathBuf::from(need(value)?)),
                 "log_file" => self.log_file = Some(PathBuf::from(need(value)?)),
                 "rw" | "" | "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev" | "nofail"
@@ -321,6 +376,8 @@ impl MountArgs {
             threads: self.threads,
             allow_other,
             abort_uploads_older_than,
+            metrics_addr: self.metrics_addr,
+            pacing: crate::store::pacing::PacingConfig::default(),
         })
     }
 }

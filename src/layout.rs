@@ -221,6 +221,20 @@ impl Layout {
         head % self.prefix_count
     }
 
+    /// The prefix segment a key lies in (`"all"` for the plain layout), for per-prefix
+    /// counters and pacing; keys outside the prefix set give `"other"`.
+    pub fn prefix_label(&self, key: &str) -> String {
+        if self.prefix_count == 1 {
+            return "all".into();
+        }
+        key.strip_prefix(&self.root_slash())
+            .and_then(|r| r.split_once('/'))
+            .map(|(p, _)| p)
+            .filter(|p| p.len() == self.width && u32::from_str_radix(p, 16).is_ok_and(|i| i < self.prefix_count))
+            .map(str::to_string)
+            .unwrap_or_else(|| "other".into())
+    }
+
     /// The printed form of prefix `index`.
     pub fn prefix_name(&self, index: u32) -> String {
         format!("{:0width$x}", index, width = self.width)

@@ -9,6 +9,7 @@ pub mod data;
 pub mod fs;
 pub mod fuse;
 pub mod layout;
+pub mod metrics;
 pub mod mount;
 pub mod server;
 pub mod store;

@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Key(a) => run_key(a),
         Command::Serve(a) => run_serve(a),
         Command::Stats(a) => run_stats(a),
+        Command::Rm(a) => run_rm(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -179,10 +180,20 @@ fn run_key(a: prefixfs::cli::KeyArgs) -> Result<(), String> {
 fn run_serve(a: prefixfs::cli::ServeArgs) -> Result<(), String> {
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async {
-        let mut cfg = prefixfs::server::ServerConfig::local(a.data_dir);
+        let mut cfg = prefixfs::server::ServerConfig::local(a.data_dir.clone());
         cfg.addr = a.addr;
-        cfg.buckets = a.bucket;
+        cfg.buckets = a.bucket.clone();
+        cfg.emulator = a.emulator();
         let srv = prefixfs::server::start(cfg).await.map_err(|e| e.to_string())?;
+        if let (Some(addr), Some(emu)) = (a.stats_addr, srv.emulator.clone()) {
+            let render: prefixfs::metrics::Render = std::sync::Arc::new(move |path| {
+                (path == "/partitions").then(|| ("application/json", emu.snapshot_json()))
+            });
+            let bound = prefixfs::metrics::serve(addr, render)
+                .await
+                .map_err(|e| format!("--stats-addr {addr}: {e}"))?;
+            println!("partition counters at http://{bound}/partitions");
+        }
         println!(
             "serving S3 at {} (access key {}, secret key {}); Ctrl-C stops",
             srv.endpoint(),
@@ -191,6 +202,37 @@ fn run_serve(a: prefixfs::cli::ServeArgs) -> Result<(), String> {
         );
         let _ = tokio::signal::ctrl_c().await;
         srv.shutdown().await;
+        Ok(())
+    })
+}
+
+fn run_rm(a: prefixfs::cli::RmArgs) -> Result<(), String> {
+    let (bucket, root) = prefixfs::cli::parse_s3_url(&a.target)?;
+    let path = RelPath::parse(&a.path).map_err(|e| e.to_string())?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let c = mount::connect(Some(&bucket), a.conn.aws_config(&bucket), a.conn.retry_config()?, None).await?;
+        let layout = mount::resolve_layout(c.store.as_ref(), &root, None, false).await?;
+        let store = c.paced(&layout, Default::default());
+        let cfg = prefixfs::fs::FsConfig {
+            cache_dir: std::env::temp_dir().join(format!("prefixfs-rm-{}", std::process::id())),
+            ..Default::default()
+        };
+        let core = prefixfs::fs::Core::new(layout, store, c.stats.clone(), cfg);
+        match core.stat(&path).await.map_err(|e| e.to_string())? {
+            None => return Err(format!("{}: no such file or directory", a.path)),
+            Some(info) if info.kind == prefixfs::fs::cache::Kind::Dir && !a.recursive => {
+                return Err(format!("{}: is a directory (use -r)", a.path));
+            }
+            _ => {}
+        }
+        let n = core.remove_tree(&path).await.map_err(|e| e.to_string())?;
+        let s = c.stats.snapshot();
+        println!(
+            "deleted {n} objects with {} DeleteObjects requests ({} throttled keys retried)",
+            s.get(prefixfs::store::OpKind::DeleteMany),
+            s.throttles
+        );
         Ok(())
     })
 }

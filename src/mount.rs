@@ -7,6 +7,7 @@ use crate::fuse::FuseFs;
 use crate::layout::{Descriptor, Layout};
 use crate::server::{self, RunningServer, ServerConfig};
 use crate::store::aws::{AwsConfig, AwsStore};
+use crate::store::pacing::{PacedStore, PacingConfig};
 use crate::store::retry::{RetryConfig, RetryingStore};
 use crate::store::stats::RequestStats;
 use crate::store::{ObjectStore, UserMeta};
@@ -80,9 +81,23 @@ pub fn default_data_dir() -> PathBuf {
 }
 
 pub struct Connected {
+    /// Retries only: for set-up requests made before the layout is known.
     pub store: Arc<RetryingStore<AwsStore>>,
     pub stats: Arc<RequestStats>,
     pub server: Option<RunningServer>,
+    aws: AwsStore,
+    retry: RetryConfig,
+}
+
+impl Connected {
+    /// The store the filesystem uses: retries around per-prefix pacing around the SDK, with
+    /// counters attributed to the layout's prefixes.
+    pub fn paced(&self, layout: &Layout, pacing: PacingConfig) -> Arc<dyn ObjectStore> {
+        let l = layout.clone();
+        self.stats.set_prefix_fn(Arc::new(move |k: &str| l.prefix_label(k)));
+        let paced = PacedStore::new(self.aws.clone(), pacing, self.stats.clone());
+        Arc::new(RetryingStore::new(paced, self.retry.clone(), self.stats.clone()))
+    }
 }
 
 /// Connects to the bucket, or starts the embedded server and connects to it.
@@ -115,8 +130,14 @@ pub async fn connect(
         }
     };
     let aws = AwsStore::connect(&cfg).await;
-    let store = Arc::new(RetryingStore::new(aws, retry, stats.clone()));
-    Ok(Connected { store, stats, server })
+    let store = Arc::new(RetryingStore::new(aws.clone(), retry.clone(), stats.clone()));
+    Ok(Connected {
+        store,
+        stats,
+        server,
+        aws,
+        retry,
+    })
 }
 
 /// Mounts and serves until unmounted (umount, fusermount3 -u, SIGINT, SIGTERM).
@@ -163,10 +184,17 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
             Err(e) => tracing::warn!(error = %e, "could not list incomplete multipart uploads"),
         }
     }
-    let store: Arc<dyn ObjectStore> = Arc::new(crate::store::journal::JournalingStore::new(
-        connected.store.clone(),
-        &journal_dir,
-    ));
+    if let Some(addr) = plan.metrics_addr {
+        let stats = connected.stats.clone();
+        let render: crate::metrics::Render =
+            Arc::new(move |path| (path == "/metrics").then(|| ("text/plain; version=0.0.4", stats.prometheus())));
+        let bound = rt
+            .block_on(crate::metrics::serve(addr, render))
+            .map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+        tracing::info!(%bound, "serving Prometheus metrics at /metrics");
+    }
+    let paced = connected.paced(&layout, plan.pacing.clone());
+    let store: Arc<dyn ObjectStore> = Arc::new(crate::store::journal::JournalingStore::new(paced, &journal_dir));
     let core = Arc::new(Core::new(layout, store, connected.stats.clone(), plan.fs.clone()));
     let fsname = match &plan.bucket {
         Some((b, r)) if r.is_empty() => format!("prefixfs:{b}"),

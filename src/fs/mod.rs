@@ -176,6 +176,17 @@ impl Core {
     /// Counters and cache facts, as text (`user.prefixfs.stats` on the mount root).
     pub fn stats_text(&self) -> String {
         let mut s = self.stats.snapshot().to_text();
+        for (p, c) in self.stats.prefix_snapshot() {
+            let requests: u64 = c.requests.values().sum();
+            let rate = c
+                .rate_limit
+                .map(|r| format!("{r:.0}/s"))
+                .unwrap_or_else(|| "unpaced".into());
+            s.push_str(&format!(
+                "prefix {p}: requests={requests} throttles={} retries={} pacing={rate}\n",
+                c.throttles, c.retries
+            ));
+        }
         s.push_str(&format!(
             "inodes {}\nopen_handles {}\nopen_files {}\nstaged_bytes {}\n",
             lock(&self.inodes).len(),

@@ -288,6 +288,27 @@ impl Core {
         self.delete_keys(order).await
     }
 
+    /// Deletes `path` and everything below it with DeleteObjects, keys interleaved across
+    /// prefixes so consecutive deletes hit different partitions. Returns the keys deleted.
+    pub async fn remove_tree(&self, path: &RelPath) -> FsResult<usize> {
+        let mut keys: Vec<String> = self
+            .list_tree(path)
+            .await?
+            .into_iter()
+            .filter(|k| self.layout.key_to_path(k).is_some())
+            .collect();
+        if !path.is_root()
+            && let Some(info) = self.stat(path).await?
+            && info.kind != Kind::Dir
+        {
+            keys.push(self.layout.file_key(path)?);
+        }
+        let n = keys.len();
+        self.delete_keys(self.layout.interleave_by_prefix(keys)).await?;
+        self.cache.clear();
+        Ok(n)
+    }
+
     /// DeleteObjects in batches of 1000, keys interleaved across prefixes.
     pub(super) async fn delete_keys(&self, keys: Vec<String>) -> FsResult<()> {
         for batch in keys.chunks(1000) {

@@ -26,6 +26,7 @@ pub struct AwsConfig {
     pub static_credentials: Option<(String, String)>,
 }
 
+#[derive(Clone)]
 pub struct AwsStore {
     client: Client,
     bucket: String,

@@ -12,6 +12,7 @@
 pub mod aws;
 pub mod journal;
 pub mod memory;
+pub mod pacing;
 pub mod retry;
 pub mod stats;
 

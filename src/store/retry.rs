@@ -59,6 +59,10 @@ impl<S: ObjectStore> RetryingStore<S> {
         &self.stats
     }
 
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
     async fn run<T, F, Fut>(&self, kind: OpKind, key: &str, mut f: F) -> StoreResult<T>
     where
         F: FnMut() -> Fut,
@@ -90,6 +94,7 @@ impl<S: ObjectStore> RetryingStore<S> {
             let delay = self.config.backoff(attempt);
             tracing::debug!(op = kind.name(), key, attempt, ?delay, error = %err, "retrying");
             self.stats.record_retry();
+            self.stats.record_prefix_retry(key);
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
@@ -115,10 +120,36 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
         self.run(OpKind::Delete, key, || self.inner.delete(key)).await
     }
 
+    /// Keys refused with SlowDown (or a 5xx) inside the response are sent again, with the
+    /// same backoff, until they are deleted or the attempts run out.
     async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>> {
-        let first = keys.first().map(String::as_str).unwrap_or("");
-        self.run(OpKind::DeleteMany, first, || self.inner.delete_many(keys))
-            .await
+        let mut pending = keys.to_vec();
+        let mut attempt = 1;
+        loop {
+            let first = pending.first().cloned().unwrap_or_default();
+            let failed = self
+                .run(OpKind::DeleteMany, &first, || self.inner.delete_many(&pending))
+                .await?;
+            let retryable = |e: &str| {
+                ["SlowDown", "InternalError", "ServiceUnavailable"]
+                    .iter()
+                    .any(|c| e.contains(c))
+            };
+            if failed.is_empty() || !failed.iter().any(|(_, e)| retryable(e)) || attempt >= self.config.max_attempts {
+                return Ok(failed);
+            }
+            let (again, fatal): (Vec<_>, Vec<_>) = failed.into_iter().partition(|(_, e)| retryable(e));
+            if !fatal.is_empty() {
+                return Ok(fatal.into_iter().chain(again).collect());
+            }
+            for (k, _) in &again {
+                self.stats.record_prefix_retry(k);
+            }
+            self.stats.record_retry();
+            tokio::time::sleep(self.config.backoff(attempt)).await;
+            attempt += 1;
+            pending = again.into_iter().map(|(k, _)| k).collect();
+        }
     }
 
     async fn list(

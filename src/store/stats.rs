@@ -4,14 +4,42 @@
 //! the TTL sends no LIST").
 
 use super::OpKind;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
-#[derive(Debug, Default)]
+/// Maps a key to the hash prefix it belongs to (given by the layout).
+pub type PrefixFn = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// Counters of one hash prefix.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PrefixCounters {
+    pub requests: BTreeMap<&'static str, u64>,
+    pub throttles: u64,
+    pub retries: u64,
+    pub latency_sum: Duration,
+    pub latency_count: u64,
+    /// The pacer's current limit in requests per second (None: unpaced).
+    pub rate_limit: Option<f64>,
+}
+
+#[derive(Default)]
 pub struct RequestStats {
     requests: [AtomicU64; OpKind::ALL.len()],
     throttles: AtomicU64,
     retries: AtomicU64,
     failures: AtomicU64,
+    prefix_fn: OnceLock<PrefixFn>,
+    per_prefix: Mutex<BTreeMap<String, PrefixCounters>>,
+}
+
+impl std::fmt::Debug for RequestStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestStats")
+            .field("snapshot", &self.snapshot())
+            .finish()
+    }
 }
 
 /// A point-in-time copy of the counters.
@@ -36,7 +64,7 @@ impl StatsSnapshot {
         self.requests.iter().map(|(_, v)| v).sum()
     }
 
-    /// Counters as `name value` lines, the format of the `.prefixfs-stats` control file.
+    /// Counters as `name value` lines (the `user.prefixfs.stats` attribute).
     pub fn to_text(&self) -> String {
         let mut out = String::new();
         for (name, v) in &self.requests {
@@ -51,6 +79,104 @@ impl StatsSnapshot {
 }
 
 impl RequestStats {
+    /// Sets how keys map to prefixes (once; later calls are ignored).
+    pub fn set_prefix_fn(&self, f: PrefixFn) {
+        let _ = self.prefix_fn.set(f);
+    }
+
+    pub fn prefix_of(&self, key: &str) -> String {
+        self.prefix_fn.get().map(|f| f(key)).unwrap_or_default()
+    }
+
+    fn with_prefix(&self, prefix: &str, f: impl FnOnce(&mut PrefixCounters)) {
+        let mut m = self.per_prefix.lock().unwrap_or_else(|e| e.into_inner());
+        f(m.entry(prefix.to_string()).or_default());
+    }
+
+    /// One attempt against `prefix`: its kind, latency, and whether it was throttled.
+    pub fn record_prefix(&self, prefix: &str, kind: OpKind, latency: Duration, throttled: bool) {
+        self.with_prefix(prefix, |c| {
+            *c.requests.entry(kind.name()).or_default() += 1;
+            c.latency_sum += latency;
+            c.latency_count += 1;
+            if throttled {
+                c.throttles += 1;
+            }
+        });
+    }
+
+    /// A throttle reported inside a response (a key of DeleteObjects).
+    pub fn record_prefix_throttle(&self, prefix: &str) {
+        self.throttles.fetch_add(1, Ordering::Relaxed);
+        self.with_prefix(prefix, |c| c.throttles += 1);
+    }
+
+    pub fn record_prefix_retry(&self, key: &str) {
+        let prefix = self.prefix_of(key);
+        self.with_prefix(&prefix, |c| c.retries += 1);
+    }
+
+    pub fn set_prefix_rate(&self, prefix: &str, rate: Option<f64>) {
+        self.with_prefix(prefix, |c| c.rate_limit = rate);
+    }
+
+    pub fn prefix_snapshot(&self) -> BTreeMap<String, PrefixCounters> {
+        self.per_prefix.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Counters in the Prometheus text format.
+    pub fn prometheus(&self) -> String {
+        let s = self.snapshot();
+        let mut out = String::from("# TYPE prefixfs_requests_total counter\n");
+        for (kind, v) in &s.requests {
+            out.push_str(&format!("prefixfs_requests_total{{kind=\"{kind}\"}} {v}\n"));
+        }
+        out.push_str(&format!(
+            "# TYPE prefixfs_throttles_total counter\nprefixfs_throttles_total {}\n\
+             # TYPE prefixfs_retries_total counter\nprefixfs_retries_total {}\n\
+             # TYPE prefixfs_failures_total counter\nprefixfs_failures_total {}\n",
+            s.throttles, s.retries, s.failures
+        ));
+        let per = self.prefix_snapshot();
+        out.push_str("# TYPE prefixfs_prefix_requests_total counter\n");
+        for (p, c) in &per {
+            for (kind, v) in &c.requests {
+                out.push_str(&format!(
+                    "prefixfs_prefix_requests_total{{prefix=\"{p}\",kind=\"{kind}\"}} {v}\n"
+                ));
+            }
+        }
+        out.push_str("# TYPE prefixfs_prefix_throttles_total counter\n");
+        for (p, c) in &per {
+            out.push_str(&format!(
+                "prefixfs_prefix_throttles_total{{prefix=\"{p}\"}} {}\n",
+                c.throttles
+            ));
+        }
+        out.push_str("# TYPE prefixfs_prefix_retries_total counter\n");
+        for (p, c) in &per {
+            out.push_str(&format!(
+                "prefixfs_prefix_retries_total{{prefix=\"{p}\"}} {}\n",
+                c.retries
+            ));
+        }
+        out.push_str("# TYPE prefixfs_prefix_latency_seconds summary\n");
+        for (p, c) in &per {
+            out.push_str(&format!(
+                "prefixfs_prefix_latency_seconds_sum{{prefix=\"{p}\"}} {:.6}\nprefixfs_prefix_latency_seconds_count{{prefix=\"{p}\"}} {}\n",
+                c.latency_sum.as_secs_f64(),
+                c.latency_count
+            ));
+        }
+        out.push_str("# TYPE prefixfs_prefix_rate_limit gauge\n");
+        for (p, c) in &per {
+            if let Some(r) = c.rate_limit {
+                out.push_str(&format!("prefixfs_prefix_rate_limit{{prefix=\"{p}\"}} {r:.1}\n"));
+            }
+        }
+        out
+    }
+
     pub fn record_request(&self, kind: OpKind) {
         self.requests[kind.index()].fetch_add(1, Ordering::Relaxed);
     }

@@ -23,6 +23,7 @@ pub enum Backend {
 /// One S3 server with one bucket, and a client to inspect it through the S3 API.
 pub struct Env {
     pub faults: std::sync::Arc<server::Faults>,
+    pub emulator: Option<std::sync::Arc<server::partitions::Emulator>>,
     pub rt: tokio::runtime::Runtime,
     pub dir: tempfile::TempDir,
     pub endpoint: String,
@@ -39,16 +40,23 @@ fn free_port() -> u16 {
 
 impl Env {
     pub fn embedded() -> Env {
+        Self::embedded_with(None)
+    }
+
+    /// The embedded server throttling like S3 (see `server::partitions`).
+    pub fn embedded_with(emulator: Option<server::partitions::EmulatorConfig>) -> Env {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = ServerConfig::local(dir.path().join("s3"));
         cfg.buckets.push(BUCKET.into());
+        cfg.emulator = emulator;
         let faults = cfg.faults.clone();
         let srv = rt.block_on(server::start(cfg)).expect("server starts");
         let endpoint = srv.endpoint();
         let s3 = rt.block_on(AwsStore::connect(&client_config(&endpoint)));
         Env {
             faults,
+            emulator: srv.emulator.clone(),
             rt,
             dir,
             endpoint,
@@ -85,6 +93,7 @@ impl Env {
         }
         Env {
             faults: Default::default(),
+            emulator: None,
             rt,
             dir,
             endpoint,
