@@ -8,9 +8,13 @@
 //! - Each partition has two token buckets, writes (PUT, COPY, parts, DELETE: one token per
 //!   key, also inside DeleteObjects) and reads (GET, HEAD, LIST), refilled at the configured
 //!   rates with one second of burst. An empty bucket answers `503 SlowDown`.
-//! - Split policy: a partition that has been throttling for `split_after` (throttles no more
-//!   than one second apart all along) splits at the median of the last 256 keys it admitted,
-//!   if that key lies strictly inside it; both halves start with full buckets. Sequential keys
+//! - Split policy: a partition that has run hot for `split_after` splits at the median of the
+//!   last 256 keys it admitted, if that key lies strictly inside it; both halves start with
+//!   full buckets. "Hot" is sustained demand: time is cut in 250 ms windows, and a window is
+//!   hot when the partition was asked for at least 80% of what it serves in that time
+//!   (admitted and throttled requests, reads and writes each against their rate); an episode
+//!   is a run of hot windows. Demand rather than throttles: a client that paces itself well
+//!   still asks for all a partition can give, and S3 splits on sustained load. Sequential keys
 //!   (dates, counters) keep landing above the median, so the hot spot follows them, as on S3;
 //!   hashed keys spread, so every split halves the load. At most `max_partitions`.
 //! - Counters per partition (requests, throttles by kind) and the split history are readable
@@ -83,8 +87,11 @@ struct Partition {
     start: String,
     write: Bucket,
     read: Bucket,
-    /// Start of the current throttling episode, and the last throttle in it.
-    episode: Option<(Instant, Instant)>,
+    /// Start of the current run of hot windows.
+    episode: Option<Instant>,
+    window_start: Instant,
+    window_reads: f64,
+    window_writes: f64,
     recent: VecDeque<String>,
     reads: u64,
     writes: u64,
@@ -99,6 +106,9 @@ impl Partition {
             write: Bucket::new(cfg.write_rate, now),
             read: Bucket::new(cfg.read_rate, now),
             episode: None,
+            window_start: now,
+            window_reads: 0.0,
+            window_writes: 0.0,
             recent: VecDeque::with_capacity(256),
             reads: 0,
             writes: 0,
@@ -147,6 +157,7 @@ pub struct Emulator {
 }
 
 const WRITE_LOG: usize = 100_000;
+const WINDOW: Duration = Duration::from_millis(250);
 
 impl Emulator {
     pub fn new(cfg: EmulatorConfig) -> Self {
@@ -177,10 +188,30 @@ impl Emulator {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let i = Self::index(&st.partitions, key);
         let p = &mut st.partitions[i];
-        let ok = match access {
-            Access::Read => p.read.take(now),
-            Access::Write => p.write.take(now),
+        let bucket = match access {
+            Access::Read => &mut p.read,
+            Access::Write => &mut p.write,
         };
+        let ok = bucket.take(now);
+        let window = now.duration_since(p.window_start);
+        if window >= WINDOW {
+            let secs = window.as_secs_f64();
+            let hot = p.window_writes >= 0.8 * self.cfg.write_rate * secs
+                || p.window_reads >= 0.8 * self.cfg.read_rate * secs;
+            p.episode = if hot {
+                Some(p.episode.unwrap_or(p.window_start))
+            } else {
+                None
+            };
+            p.window_start = now;
+            p.window_reads = 0.0;
+            p.window_writes = 0.0;
+        }
+        match access {
+            Access::Read => p.window_reads += 1.0,
+            Access::Write => p.window_writes += 1.0,
+        }
+        let hot = p.episode.is_some();
         if ok {
             match access {
                 Access::Read => p.reads += 1,
@@ -196,21 +227,26 @@ impl Emulator {
                 }
                 st.write_log.push_back(key.to_string());
             }
+            if hot {
+                self.maybe_split(&mut st, i, now);
+            }
             return true;
         }
         match access {
             Access::Read => p.read_throttles += 1,
             Access::Write => p.write_throttles += 1,
         }
-        let episode_start = match p.episode {
-            Some((start, last)) if now.duration_since(last) <= Duration::from_secs(1) => start,
-            _ => now,
-        };
-        p.episode = Some((episode_start, now));
-        if now.duration_since(episode_start) >= self.cfg.split_after && st.partitions.len() < self.cfg.max_partitions {
-            self.split(&mut st, i, now);
-        }
+        self.maybe_split(&mut st, i, now);
         false
+    }
+
+    fn maybe_split(&self, st: &mut State, i: usize, now: Instant) {
+        let long_enough = st.partitions[i]
+            .episode
+            .is_some_and(|start| now.duration_since(start) >= self.cfg.split_after);
+        if long_enough && st.partitions.len() < self.cfg.max_partitions {
+            self.split(st, i, now);
+        }
     }
 
     fn split(&self, st: &mut State, i: usize, now: Instant) {

@@ -43,8 +43,12 @@ impl AwsStore {
                     .read_timeout(Duration::from_secs(60))
                     .build(),
             );
-        if let Some(r) = &cfg.region {
-            loader = loader.region(aws_config::Region::new(r.clone()));
+        match (&cfg.region, &cfg.endpoint_url) {
+            (Some(r), _) => loader = loader.region(aws_config::Region::new(r.clone())),
+            // An S3-compatible endpoint: signing needs some region, and looking one up
+            // (profile, instance metadata) would only guess.
+            (None, Some(_)) if cfg.profile.is_none() => loader = loader.region(aws_config::Region::new("us-east-1")),
+            _ => {}
         }
         if let Some(p) = &cfg.profile {
             loader = loader.profile_name(p);

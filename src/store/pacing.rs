@@ -6,8 +6,10 @@
 //! - A prefix starts unpaced. The first SlowDown sets its rate to half of what it achieved
 //!   over the last second; every further SlowDown halves it again (at most once per
 //!   `decrease_interval`, so a burst of throttles counts once).
-//! - Each second without a throttle adds `max(1, increase_fraction × rate)` requests per
-//!   second, until the rate passes `max_rate`, when the prefix is unpaced again.
+//! - Each second without a throttle raises the rate by `increase_fraction` of itself (at least
+//!   one request per second), until it passes `max_rate`, when the prefix is unpaced again.
+//!   The rise is geometric so that a prefix recovers within seconds of a partition split,
+//!   rather than crawling back one request at a time.
 //! - Requests wait for their slot (a GCRA-style schedule), so a paced prefix sends evenly.
 //!
 //! Wraps the store *inside* the retry layer: every attempt is paced and observed.
@@ -36,8 +38,8 @@ impl Default for PacingConfig {
     fn default() -> Self {
         PacingConfig {
             max_rate: 10_000.0,
-            min_rate: 1.0,
-            increase_fraction: 0.1,
+            min_rate: 10.0,
+            increase_fraction: 0.5,
             decrease_interval: Duration::from_millis(200),
         }
     }
