@@ -236,3 +236,20 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>>;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_are_classified_for_retries() {
+        // S3 may answer CompleteMultipartUpload and CopyObject with 200 and an error body;
+        // the SDK surfaces those as errors with status 200, and they must be retried.
+        assert!(StoreError::from_response("complete_multipart", "k", 200, "SlowDown", "").is_throttle());
+        assert!(StoreError::from_response("copy", "k", 200, "InternalError", "").is_retryable());
+        assert!(StoreError::from_response("put", "k", 503, "SlowDown", "").is_throttle());
+        assert!(StoreError::from_response("get", "k", 404, "NoSuchKey", "").is_not_found());
+        assert!(!StoreError::from_response("get", "k", 404, "NoSuchBucket", "").is_not_found());
+        assert!(!StoreError::from_response("put", "k", 403, "AccessDenied", "").is_retryable());
+    }
+}
