@@ -194,7 +194,11 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
         tracing::info!(%bound, "serving Prometheus metrics at /metrics");
     }
     let paced = connected.paced(&layout, plan.pacing.clone());
-    let store: Arc<dyn ObjectStore> = Arc::new(crate::store::journal::JournalingStore::new(paced, &journal_dir));
+    let deferred = Arc::new(crate::store::deferred::DeferredDeletes::new(
+        paced,
+        connected.stats.clone(),
+    ));
+    let store: Arc<dyn ObjectStore> = Arc::new(crate::store::journal::JournalingStore::new(deferred, &journal_dir));
     let core = Arc::new(Core::new(layout, store, connected.stats.clone(), plan.fs.clone()));
     let fsname = match &plan.bucket {
         Some((b, r)) if r.is_empty() => format!("prefixfs:{b}"),

@@ -171,21 +171,34 @@ fn bulk_delete_never_sends_two_consecutive_deletes_to_one_partition() {
 fn rm_r_through_the_mount_and_partition_counters_as_json() {
     let env = Env::embedded_with(Some(emulator(5000.0, prefix_boundaries())));
     let src = env.subdir("src");
-    dated_tree(&src, 2, 50);
+    dated_tree(&src, 1, 100);
     let mut m = env.mount(16, &[]);
     m.ok(&format!("cp -r {}/2017 .", src.display()));
     let emu = env.emulator.clone().unwrap();
     let before = emu.snapshot().write_log.len();
     m.ok("rm -r 2017");
     assert_eq!(env.data_keys().len(), 0);
-    // rm deletes in name order; hashed keys put consecutive names in different partitions.
-    let log = emu.snapshot().write_log[before..].to_vec();
-    let same = log.windows(2).filter(|w| w[0] == w[1]).count();
-    assert!(
-        same * 4 < log.len(),
-        "{same} of {} consecutive deletes shared a partition",
-        log.len()
+    // rm unlinks one file at a time; the mount batches them into DeleteObjects with keys
+    // interleaved across prefixes: no two consecutive deletes reach one partition.
+    // (Each rmdir sends what is queued before it returns, so the file deletes of the one
+    // directory are what is available to interleave; the markers come one per rmdir.)
+    let snap = emu.snapshot();
+    let files: Vec<usize> = snap.write_log[before..]
+        .iter()
+        .zip(&snap.write_keys[before..])
+        .filter(|(_, k)| !k.ends_with('/'))
+        .map(|(p, _)| *p)
+        .collect();
+    assert_eq!(files.len(), 100);
+    assert_eq!(
+        snap.write_log.len() - before,
+        103,
+        "and the markers of 2017, 2017/02, 2017/02/01"
     );
+    assert!(interleaved(&files), "consecutive deletes hit one partition: {files:?}");
+    let stats = m.stats();
+    assert!(stats["requests_delete_objects"] < 30, "batched: {stats:?}");
+    assert_eq!(stats["requests_delete"], 0, "{stats:?}");
 
     // `prefixfs serve --emulate-partitions --stats-addr` shows the counters as JSON.
     let port = |_: ()| {

@@ -364,3 +364,22 @@ fn multipart_uploads_left_by_a_crash_are_aborted_by_the_next_mount() {
         "only keys of the layout are touched"
     );
 }
+
+#[test]
+fn an_unlink_is_invisible_at_once_and_in_s3_after_fsync_of_the_directory() {
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    m.ok("mkdir d && echo x > d/a && echo y > d/b");
+    // Removed, then written again under the same name before the delete was sent: the new
+    // file must survive the queued delete.
+    m.ok("rm d/a && test ! -e d/a && echo again > d/a && rm d/b && sync d");
+    assert_eq!(m.ok("ls d"), "a\n");
+    let keys = env.data_keys();
+    assert!(keys.contains(&key(&env, "d/a")));
+    assert!(
+        !keys.contains(&key(&env, "d/b")),
+        "the delete reached S3 by the fsync of d"
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(env.get(&key(&env, "d/a")), b"again\n");
+}

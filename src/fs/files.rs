@@ -415,7 +415,7 @@ impl Core {
         self.flush_body(from, &shared, &mut body).await?;
         let (src, dst) = (shared.key(), self.layout.file_key(to)?);
         self.store.copy(&src, &dst, None).await?;
-        self.store.delete(&src).await?;
+        self.delete_keys(vec![src]).await?;
         self.reanchor(ino, &shared, &mut body, to)
     }
 
@@ -651,8 +651,15 @@ impl Core {
         }
     }
 
-    /// Uploads every open file (before unmount).
+    /// Uploads every open file and sends every deferred delete (before unmount).
     pub async fn flush_all(&self) {
+        self.flush_open_files().await;
+        if let Err(e) = self.store.flush().await {
+            tracing::error!(error = %e, "could not send the pending deletes at unmount");
+        }
+    }
+
+    async fn flush_open_files(&self) {
         let inos: Vec<u64> = lock(&self.open_files).keys().copied().collect();
         for ino in inos {
             if let Err(e) = self.flush_ino(ino).await {

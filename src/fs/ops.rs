@@ -136,6 +136,9 @@ impl Core {
             return Err(FsError::new(libc::ENOTEMPTY, format!("{path}: directory not empty")));
         }
         self.store.delete(&self.layout.dir_marker_key(&path)?).await?;
+        // The deletes of the files that were in it (queued by unlink, to be batched) land
+        // before rmdir returns: after `rm -r`, the bucket holds none of the tree.
+        self.store.flush().await?;
         self.cache.remove(&path);
         Ok(())
     }
@@ -150,6 +153,8 @@ impl Core {
             }
             _ => {}
         }
+        // Queued and sent in an interleaved batch with the unlinks around it (see
+        // store::deferred); invisible to this mount from now on.
         self.store.delete(&self.layout.file_key(&path)?).await?;
         self.forget_open(&path);
         self.cache.remove(&path);
@@ -203,7 +208,8 @@ impl Core {
                 if !moved_open {
                     let (sk, dk) = (self.layout.file_key(&from)?, self.layout.file_key(&to)?);
                     self.store.copy(&sk, &dk, None).await?;
-                    self.store.delete(&sk).await?;
+                    // At once, not deferred: the old name must be gone when rename returns.
+                    self.delete_keys(vec![sk]).await?;
                 }
                 self.cache.remove(&from);
                 // S3's LastModified changes with the copy; the POSIX mtime travels with it.
@@ -321,6 +327,11 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// `fsync` of a directory: queued deletes have reached S3 when this returns.
+    pub async fn sync_deletes(&self) -> FsResult<()> {
+        Ok(self.store.flush().await?)
     }
 
     pub fn statfs(&self) -> StatFs {

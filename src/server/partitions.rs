@@ -142,6 +142,9 @@ pub struct EmulatorSnapshot {
     /// Index of the partition of every admitted write, in order (the last 100,000).
     #[serde(skip)]
     pub write_log: Vec<usize>,
+    /// The keys of those writes, in the same order.
+    #[serde(skip)]
+    pub write_keys: Vec<String>,
 }
 
 struct State {
@@ -295,11 +298,13 @@ impl Emulator {
             .collect();
         let throttles = partitions.iter().map(|p| p.read_throttles + p.write_throttles).sum();
         let write_log = st.write_log.iter().map(|k| Self::index(&st.partitions, k)).collect();
+        let write_keys = st.write_log.iter().cloned().collect();
         EmulatorSnapshot {
             partitions,
             splits: st.splits.clone(),
             throttles,
             write_log,
+            write_keys,
         }
     }
 

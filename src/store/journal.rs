@@ -212,6 +212,10 @@ impl ObjectStore for JournalingStore {
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
         self.inner.list_uploads(prefix).await
     }
+
+    async fn flush(&self) -> StoreResult<()> {
+        self.inner.flush().await
+    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! - [`memory::MemoryStore`]: an in-memory double for unit tests of the layers above.
 
 pub mod aws;
+pub mod deferred;
 pub mod journal;
 pub mod memory;
 pub mod pacing;
@@ -235,6 +236,10 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()>;
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>>;
+    /// A barrier: work a layer deferred (queued deletes) has reached S3 when this returns.
+    async fn flush(&self) -> StoreResult<()> {
+        Ok(())
+    }
 }
 
 #[cfg(test)]
