@@ -245,3 +245,42 @@ fn rm_r_through_the_mount_and_partition_counters_as_json() {
         "{body}"
     );
 }
+
+#[test]
+fn slowdown_in_a_200_body_of_a_completion_is_retried() {
+    use prefixfs::store::retry::{RetryConfig, RetryingStore};
+    use prefixfs::store::stats::RequestStats;
+    let env = Env::embedded_with(Some(emulator(5.0, vec![])));
+    let stats = std::sync::Arc::new(RequestStats::default());
+    let aws = env
+        .rt
+        .block_on(prefixfs::store::aws::AwsStore::connect(&client_config(&env.endpoint)));
+    let s3 = RetryingStore::new(
+        aws,
+        RetryConfig {
+            max_attempts: 20,
+            ..RetryConfig::default()
+        },
+        stats.clone(),
+    );
+    let id = env
+        .rt
+        .block_on(s3.create_multipart("big", &Default::default()))
+        .unwrap();
+    let part = bytes::Bytes::from(vec![1u8; 5 * 1024 * 1024]);
+    let e1 = env.rt.block_on(s3.upload_part("big", &id, 1, part)).unwrap();
+    // Drain the partition's write tokens so the completion is refused.
+    while env
+        .emulator
+        .as_ref()
+        .unwrap()
+        .admit(prefixfs::server::partitions::Access::Write, "big")
+    {}
+    let before = stats.snapshot().retries;
+    env.rt.block_on(s3.complete_multipart("big", &id, &[(1, e1)])).unwrap();
+    assert!(
+        stats.snapshot().retries > before,
+        "the 200-with-SlowDown answer was seen and retried"
+    );
+    assert_eq!(env.get("big").len(), 5 * 1024 * 1024);
+}

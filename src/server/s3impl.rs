@@ -575,7 +575,14 @@ impl S3 for S3Store {
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
         self.check_write_allowed()?;
-        self.admit(Access::Write, &req.input.key)?;
+        if let Err(slow_down) = self.admit(Access::Write, &req.input.key) {
+            // As S3 does for a completion: 200 OK, then the error in the body.
+            let future = async move { Err(slow_down) };
+            return Ok(S3Response::new(CompleteMultipartUploadOutput {
+                future: Some(Box::pin(future)),
+                ..Default::default()
+            }));
+        }
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let mut parts = Vec::new();

@@ -183,13 +183,18 @@ impl StoreError {
             (503, _) | (_, "SlowDown") | (_, "Throttling") | (_, "RequestLimitExceeded") => {
                 StoreError::Throttled { op, key }
             }
-            (s, _) if s >= 500 || code == "InternalError" || code == "RequestTimeout" => StoreError::Server {
-                op,
-                key,
-                status,
-                code: code.to_string(),
-                message: message.to_string(),
-            },
+            // A 200 whose body is an error (CompleteMultipartUpload, CopyObject: S3 sends 200
+            // first and the outcome later; the SDK may not even read the code behind the
+            // keep-alive whitespace): S3 documents these as retryable.
+            (s, _) if s >= 500 || s == 200 || code == "InternalError" || code == "RequestTimeout" => {
+                StoreError::Server {
+                    op,
+                    key,
+                    status,
+                    code: code.to_string(),
+                    message: message.to_string(),
+                }
+            }
             _ => StoreError::Client {
                 op,
                 key,
@@ -252,6 +257,7 @@ mod tests {
         // the SDK surfaces those as errors with status 200, and they must be retried.
         assert!(StoreError::from_response("complete_multipart", "k", 200, "SlowDown", "").is_throttle());
         assert!(StoreError::from_response("copy", "k", 200, "InternalError", "").is_retryable());
+        assert!(StoreError::from_response("complete_multipart", "k", 200, "", "").is_retryable());
         assert!(StoreError::from_response("put", "k", 503, "SlowDown", "").is_throttle());
         assert!(StoreError::from_response("get", "k", 404, "NoSuchKey", "").is_not_found());
         assert!(!StoreError::from_response("get", "k", 404, "NoSuchBucket", "").is_not_found());
