@@ -224,8 +224,9 @@ fn run_mount(prefix_count: u32, files: u64, writers: u64, warmup: u64) -> RunRes
             s.spawn(move || chunk.iter().for_each(|p| std::fs::remove_file(p).expect("unlink")));
         }
     });
-    let delete_rate = files as f64 / start.elapsed().as_secs_f64();
+    // The rmdir waits until the queued deletes have reached S3: the clock stops after it.
     assert!(Command::new("rm").arg("-r").arg(&day).status().expect("rm").success());
+    let delete_rate = files as f64 / start.elapsed().as_secs_f64();
     let snap = server.emulator();
     RunResult {
         write_rate,

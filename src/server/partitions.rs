@@ -7,7 +7,8 @@
 //!   from its start key (inclusive) to the next partition's start.
 //! - Each partition has two token buckets, writes (PUT, COPY, parts, DELETE: one token per
 //!   key, also inside DeleteObjects) and reads (GET, HEAD, LIST), refilled at the configured
-//!   rates with one second of burst. An empty bucket answers `503 SlowDown`.
+//!   rates with one second of burst. An empty bucket answers `503 SlowDown`; for
+//!   CompleteMultipartUpload it answers `200 OK` with the SlowDown in the body, as S3 does.
 //! - Split policy: a partition that has run hot for `split_after` splits at the median of the
 //!   last 256 keys it admitted, if that key lies strictly inside it; both halves start with
 //!   full buckets. "Hot" is sustained demand: time is cut in 250 ms windows, and a window is
