@@ -307,8 +307,15 @@ fn multipart_uploads_left_by_a_crash_are_aborted_by_the_next_mount() {
         .arg(format!("of={}/big.bin", m.path.display()))
         .spawn()
         .unwrap();
+    // Wait until the upload exists in S3 and the daemon has journalled it (it can only write
+    // the journal line once S3 has answered with the upload id).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while uploads().is_empty() {
+    let journalled = || {
+        run_sh(env.dir.path(), "cat cache/uploads/*.journal 2>/dev/null")
+            .stdout
+            .starts_with("start ")
+    };
+    while uploads().is_empty() || !journalled() {
         assert!(std::time::Instant::now() < deadline, "no multipart upload started");
         std::thread::sleep(Duration::from_millis(20));
     }
