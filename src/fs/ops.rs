@@ -132,6 +132,9 @@ impl Core {
             }
             _ => {}
         }
+        // Deletes queued by the unlinks of an `rm -r` land first, so the check below sees S3
+        // as it is.
+        self.store.flush().await?;
         if !self.pending_in(&path).is_empty() || self.any_under(&path).await? {
             return Err(FsError::new(libc::ENOTEMPTY, format!("{path}: directory not empty")));
         }

@@ -246,12 +246,21 @@ impl ObjectStore for DeferredDeletes {
         token: Option<&str>,
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage> {
+        // Keys pending when the request leaves may be deleted while it is answered, and then
+        // no longer be pending when the answer arrives: hide both.
+        let before: HashSet<String> = {
+            let q = self.lock();
+            q.queued_set
+                .iter()
+                .chain(q.in_flight.iter())
+                .filter(|k| k.starts_with(prefix))
+                .cloned()
+                .collect()
+        };
         let mut page = self.inner.list(prefix, delimiter, token, max_keys).await?;
         let q = self.lock();
-        if !q.queued_set.is_empty() || !q.in_flight.is_empty() {
-            page.objects
-                .retain(|o| !q.queued_set.contains(&o.key) && !q.in_flight.contains(&o.key));
-        }
+        page.objects
+            .retain(|o| !before.contains(&o.key) && !q.queued_set.contains(&o.key) && !q.in_flight.contains(&o.key));
         Ok(page)
     }
 

@@ -290,10 +290,19 @@ impl Mount {
         let out = self.sh(script);
         if out.code != 0 {
             panic!(
-                "`{script}` failed ({}):\nstdout: {}\nstderr: {}\nlog tail:\n{}",
+                "`{script}` failed ({}):\nstdout: {}\nstderr: {}\nwarnings in the log:\n{}\nlog tail:\n{}",
                 out.code,
                 out.stdout,
                 out.stderr,
+                tail(
+                    &self
+                        .log_text()
+                        .lines()
+                        .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                        .collect::<Vec<_>>()
+                        .join("\n"),
+                    20
+                ),
                 tail(&self.log_text(), 30)
             );
         }
