@@ -308,32 +308,32 @@ impl Layout {
     /// (round-robin over the prefixes, each prefix's keys in their given order): bulk deletes
     /// and copies then spread over S3's partitions instead of walking one at a time.
     pub fn interleave_by_prefix(&self, keys: Vec<String>) -> Vec<String> {
-        use std::collections::BTreeMap;
-        let root = self.root_slash();
-        let mut groups: BTreeMap<String, std::collections::VecDeque<String>> = BTreeMap::new();
-        for k in keys {
-            let group = if self.prefix_count == 1 {
-                String::new()
-            } else {
-                k.strip_prefix(&root)
-                    .and_then(|r| r.split_once('/'))
-                    .map(|(p, _)| p.to_string())
-                    .unwrap_or_default()
-            };
-            groups.entry(group).or_default().push_back(k);
-        }
-        let mut out = Vec::new();
-        let mut queues: Vec<_> = groups.into_values().collect();
-        while !queues.is_empty() {
-            for q in queues.iter_mut() {
-                if let Some(k) = q.pop_front() {
-                    out.push(k);
-                }
-            }
-            queues.retain(|q| !q.is_empty());
-        }
-        out
+        interleave_by(keys, |k| self.prefix_label(k))
     }
+}
+
+/// Round-robin over the groups `label` puts keys in (groups in order of first appearance,
+/// each group's keys in their given order): consecutive keys fall in different groups while
+/// more than one group has keys left.
+pub fn interleave_by(keys: Vec<String>, label: impl Fn(&str) -> String) -> Vec<String> {
+    let mut groups: Vec<(String, std::collections::VecDeque<String>)> = Vec::new();
+    for k in keys {
+        let l = label(&k);
+        match groups.iter_mut().find(|(g, _)| *g == l) {
+            Some((_, q)) => q.push_back(k),
+            None => groups.push((l, std::collections::VecDeque::from([k]))),
+        }
+    }
+    let mut out = Vec::new();
+    while !groups.is_empty() {
+        for (_, q) in groups.iter_mut() {
+            if let Some(k) = q.pop_front() {
+                out.push(k);
+            }
+        }
+        groups.retain(|(_, q)| !q.is_empty());
+    }
+    out
 }
 
 fn check_key_len(key: String, path: &RelPath) -> Result<String, LayoutError> {

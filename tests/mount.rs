@@ -316,27 +316,32 @@ fn sigint_in_foreground_unmounts_cleanly_and_df_works() {
     assert_eq!(env.get(&key), b"kept\n");
 }
 
+/// `prefixfs mount MNT` on the embedded store, daemonised, as the README's demo runs it.
+fn mount_demo(dir: &std::path::Path, mnt: &std::path::Path) -> Mount {
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_prefixfs"))
+        .arg("mount")
+        .arg(mnt)
+        .arg("--data-dir")
+        .arg(dir.join("store"))
+        .arg("--log-file")
+        .arg(dir.join("log"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(is_mounted(mnt));
+    Mount {
+        path: mnt.to_path_buf(),
+        child: None,
+        log: dir.join("log"),
+    }
+}
+
 #[test]
 fn embedded_store_demo_mounts_in_the_background_with_no_bucket() {
     let dir = tempfile::tempdir().unwrap();
     let mnt = dir.path().join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_prefixfs"))
-        .arg("mount")
-        .arg(&mnt)
-        .arg("--data-dir")
-        .arg(dir.path().join("store"))
-        .arg("--log-file")
-        .arg(dir.path().join("log"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let guard = Mount {
-        path: mnt.clone(),
-        child: None,
-        log: dir.path().join("log"),
-    };
-    assert!(is_mounted(&mnt));
+    let guard = mount_demo(dir.path(), &mnt);
     let out = run_sh(
         &mnt,
         "mkdir -p 2017/02/08 && echo hi > 2017/02/08/file.txt && cat 2017/02/08/file.txt",
@@ -352,21 +357,7 @@ fn embedded_store_demo_mounts_in_the_background_with_no_bucket() {
     drop(guard);
     assert!(!is_mounted(&mnt));
     // The data outlives the mount: mount again and read it.
-    let status = std::process::Command::new(env!("CARGO_BIN_EXE_prefixfs"))
-        .arg("mount")
-        .arg(&mnt)
-        .arg("--data-dir")
-        .arg(dir.path().join("store"))
-        .arg("--log-file")
-        .arg(dir.path().join("log"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let _guard = Mount {
-        path: mnt.clone(),
-        child: None,
-        log: dir.path().join("log"),
-    };
+    let _guard = mount_demo(dir.path(), &mnt);
     assert_eq!(run_sh(&mnt, "cat 2017/02/08/file.txt").stdout, "hi\n");
 }
 

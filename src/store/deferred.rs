@@ -12,6 +12,7 @@
 
 use super::stats::RequestStats;
 use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta};
+use crate::layout::interleave_by;
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::HashSet;
@@ -123,7 +124,7 @@ impl DeferredDeletes {
 
                     let n = q.queued.len().min(BATCH);
                     let keys: Vec<String> = q.queued.drain(..n).collect();
-                    let mut ordered = interleave(keys, |k| stats.prefix_of(k));
+                    let mut ordered = interleave_by(keys, |k| stats.prefix_of(k));
                     // Do not start where the last batch ended.
                     if let (Some(last), Some(first)) = (&q.last_prefix, ordered.first())
                         && stats.prefix_of(first) == *last
@@ -170,27 +171,6 @@ impl DeferredDeletes {
             }
         });
     }
-}
-
-/// Round-robin over prefixes, each prefix's keys in their given order.
-fn interleave(keys: Vec<String>, prefix_of: impl Fn(&str) -> String) -> Vec<String> {
-    let mut groups: Vec<(String, std::collections::VecDeque<String>)> = Vec::new();
-    for k in keys {
-        let p = prefix_of(&k);
-        match groups.iter_mut().find(|(g, _)| *g == p) {
-            Some((_, q)) => q.push_back(k),
-            None => groups.push((p, std::collections::VecDeque::from([k]))),
-        }
-    }
-    let mut out = Vec::new();
-    while groups.iter().any(|(_, q)| !q.is_empty()) {
-        for (_, q) in groups.iter_mut() {
-            if let Some(k) = q.pop_front() {
-                out.push(k);
-            }
-        }
-    }
-    out
 }
 
 fn gone(op: &'static str, key: &str) -> StoreError {
@@ -350,12 +330,5 @@ mod tests {
             .unwrap();
         d.settle().await;
         assert_eq!(&mem.get("a/1", None).await.unwrap()[..], b"new");
-    }
-
-    #[test]
-    fn interleaving_is_round_robin() {
-        let keys = ["a/1", "a/2", "b/1", "c/1", "c/2"].map(String::from).to_vec();
-        let out = interleave(keys, |k| k[..1].to_string());
-        assert_eq!(out, vec!["a/1", "b/1", "c/1", "a/2", "c/2"]);
     }
 }
