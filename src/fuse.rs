@@ -10,6 +10,7 @@
 use crate::fs::Core;
 use crate::fs::cache::Kind;
 use crate::fs::error::{FsError, FsResult};
+use crate::store::stats::CALLER;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
     RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
@@ -34,8 +35,10 @@ impl FuseFs {
         FuseFs { core, rt, ttl }
     }
 
-    fn run<T>(&self, f: impl std::future::Future<Output = FsResult<T>>) -> FsResult<T> {
-        self.rt.block_on(f)
+    /// Runs one FUSE operation on the runtime; its S3 requests are counted under `op`.
+    fn run<T>(&self, op: &'static str, f: impl std::future::Future<Output = FsResult<T>>) -> FsResult<T> {
+        self.core.stats().record_call(op);
+        self.rt.block_on(CALLER.scope(op, f))
     }
 
     fn file_attr(&self, a: crate::fs::Attr) -> FileAttr {
@@ -95,7 +98,7 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.run(self.core.lookup(parent.0, name)) {
+        match self.run("lookup", self.core.lookup(parent.0, name)) {
             Ok(a) => reply.entry(&self.ttl, &self.file_attr(a), Generation(0)),
             Err(e) => reply.error(errno("lookup", e)),
         }
@@ -106,7 +109,7 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        match self.run(self.core.getattr(ino.0)) {
+        match self.run("getattr", self.core.getattr(ino.0)) {
             Ok(a) => reply.attr(&self.ttl, &self.file_attr(a)),
             Err(e) => reply.error(errno("getattr", e)),
         }
@@ -135,28 +138,31 @@ impl fuser::Filesystem for FuseFs {
             TimeOrNow::SpecificTime(t) => t,
             TimeOrNow::Now => SystemTime::now(),
         });
-        match self.run(self.core.setattr(ino.0, size, mode, uid, gid, mtime)) {
+        match self.run("setattr", self.core.setattr(ino.0, size, mode, uid, gid, mtime)) {
             Ok(a) => reply.attr(&self.ttl, &self.file_attr(a)),
             Err(e) => reply.error(errno("setattr", e)),
         }
     }
 
     fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
-        match self.run(self.core.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid())) {
+        match self.run(
+            "mkdir",
+            self.core.mkdir(parent.0, name, mode & !umask, req.uid(), req.gid()),
+        ) {
             Ok(a) => reply.entry(&self.ttl, &self.file_attr(a), Generation(0)),
             Err(e) => reply.error(errno("mkdir", e)),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run(self.core.unlink(parent.0, name)) {
+        match self.run("unlink", self.core.unlink(parent.0, name)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("unlink", e)),
         }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        match self.run(self.core.rmdir(parent.0, name)) {
+        match self.run("rmdir", self.core.rmdir(parent.0, name)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rmdir", e)),
         }
@@ -172,14 +178,17 @@ impl fuser::Filesystem for FuseFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        match self.run(self.core.rename(parent.0, name, newparent.0, newname, flags.bits())) {
+        match self.run(
+            "rename",
+            self.core.rename(parent.0, name, newparent.0, newname, flags.bits()),
+        ) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("rename", e)),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.run(self.core.open(ino.0, flags.0)) {
+        match self.run("open", self.core.open(ino.0, flags.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("open", e)),
         }
@@ -195,7 +204,10 @@ impl fuser::Filesystem for FuseFs {
         _flags: i32,
         reply: ReplyCreate,
     ) {
-        match self.run(self.core.create(parent.0, name, mode & !umask, req.uid(), req.gid())) {
+        match self.run(
+            "create",
+            self.core.create(parent.0, name, mode & !umask, req.uid(), req.gid()),
+        ) {
             Ok((a, fh)) => reply.created(
                 &self.ttl,
                 &self.file_attr(a),
@@ -218,7 +230,7 @@ impl fuser::Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.run(self.core.read(fh.0, offset, size)) {
+        match self.run("read", self.core.read(fh.0, offset, size)) {
             Ok(data) => reply.data(&data),
             Err(e) => reply.error(errno("read", e)),
         }
@@ -236,21 +248,21 @@ impl fuser::Filesystem for FuseFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        match self.run(self.core.write(fh.0, offset, data)) {
+        match self.run("write", self.core.write(fh.0, offset, data)) {
             Ok(n) => reply.written(n),
             Err(e) => reply.error(errno("write", e)),
         }
     }
 
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        match self.run(self.core.flush(fh.0)) {
+        match self.run("flush", self.core.flush(fh.0, false)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("flush", e)),
         }
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.run(self.core.flush(fh.0)) {
+        match self.run("fsync", self.core.flush(fh.0, true)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsync", e)),
         }
@@ -266,14 +278,14 @@ impl fuser::Filesystem for FuseFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        match self.run(self.core.release(fh.0)) {
+        match self.run("release", self.core.release(fh.0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("release", e)),
         }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        match self.run(self.core.opendir(ino.0)) {
+        match self.run("opendir", self.core.opendir(ino.0)) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(errno("opendir", e)),
         }
@@ -298,7 +310,7 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn fsyncdir(&self, _req: &Request, _ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        match self.run(self.core.sync_deletes()) {
+        match self.run("fsyncdir", self.core.sync_deletes()) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("fsyncdir", e)),
         }
@@ -334,14 +346,17 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
-        match self.run(self.core.symlink(parent.0, link_name, target, req.uid(), req.gid())) {
+        match self.run(
+            "symlink",
+            self.core.symlink(parent.0, link_name, target, req.uid(), req.gid()),
+        ) {
             Ok(a) => reply.entry(&self.ttl, &self.file_attr(a), Generation(0)),
             Err(e) => reply.error(errno("symlink", e)),
         }
     }
 
     fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
-        match self.run(self.core.readlink(ino.0)) {
+        match self.run("readlink", self.core.readlink(ino.0)) {
             Ok(target) => reply.data(&target),
             Err(e) => reply.error(errno("readlink", e)),
         }

@@ -199,7 +199,7 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
         connected.stats.clone(),
     ));
     let store: Arc<dyn ObjectStore> = Arc::new(crate::store::journal::JournalingStore::new(deferred, &journal_dir));
-    let core = Arc::new(Core::new(layout, store, connected.stats.clone(), plan.fs.clone()));
+    let core = Core::new(layout, store, connected.stats.clone(), plan.fs.clone());
     let fsname = match &plan.bucket {
         Some((b, r)) if r.is_empty() => format!("prefixfs:{b}"),
         Some((b, r)) => format!("prefixfs:{b}/{r}"),

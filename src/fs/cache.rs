@@ -8,7 +8,7 @@
 use super::posix::Posix;
 use crate::layout::RelPath;
 use lru::LruCache;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -30,6 +30,10 @@ pub struct EntryInfo {
     pub posix: Posix,
     /// False for entries known only from a listing (no user metadata): attributes need a HEAD.
     pub full: bool,
+    /// S3's LastModified of the object (the version these attributes describe).
+    pub s3_modified: SystemTime,
+    /// When a HEAD answered with these attributes (None: not from a HEAD).
+    pub checked: Option<SystemTime>,
 }
 
 impl EntryInfo {
@@ -40,7 +44,34 @@ impl EntryInfo {
             mtime,
             posix: Posix::default(),
             full: true,
+            s3_modified: mtime,
+            checked: None,
         }
+    }
+
+    /// Marks attributes as just answered by a HEAD.
+    pub fn checked_now(mut self) -> Self {
+        self.checked = Some(SystemTime::now());
+        self
+    }
+
+    /// True when `self` (full attributes from a HEAD) still describes the object a newer
+    /// listing shows as `listed`: same size and LastModified, and the HEAD came at least
+    /// [`SAME_VERSION_MARGIN`] after that LastModified. LastModified has one-second
+    /// resolution and any change of an object (metadata included: a copy onto itself)
+    /// gives it a new one; the margin rules out a change within the same second.
+    pub fn still_describes(&self, listed: &EntryInfo) -> bool {
+        let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).ok();
+        self.full
+            && self.kind != Kind::Dir
+            && listed.kind == Kind::File
+            && self.size == listed.size
+            && secs(self.s3_modified).is_some()
+            && secs(self.s3_modified) == secs(listed.s3_modified)
+            && self.checked.is_some_and(|c| {
+                c.duration_since(self.s3_modified)
+                    .is_ok_and(|d| d >= SAME_VERSION_MARGIN)
+            })
     }
 
     pub fn with_posix(mut self, posix: Posix) -> Self {
@@ -60,6 +91,11 @@ impl EntryInfo {
     }
 }
 
+/// How long after an object's LastModified a HEAD must have been answered for its attributes
+/// to be reused for a listing entry with the same size and LastModified (one-second
+/// resolution, plus clock skew).
+pub const SAME_VERSION_MARGIN: Duration = Duration::from_secs(3);
+
 /// A directory's children by name, sorted.
 pub type Listing = Arc<BTreeMap<String, EntryInfo>>;
 
@@ -68,10 +104,82 @@ struct Timed<T> {
     at: Instant,
 }
 
+/// The mount's own changes in a directory while a listing of it is being fetched: the
+/// listing may have left before they reached S3, so they are applied to it on arrival.
+#[derive(Default)]
+struct Fetching {
+    fetches: usize,
+    changes: Vec<(String, Option<EntryInfo>)>,
+}
+
 pub struct MetaCache {
     ttl: Duration,
     entries: Mutex<LruCache<RelPath, Timed<Option<EntryInfo>>>>,
     dirs: Mutex<LruCache<RelPath, Timed<Listing>>>,
+    fetching: Mutex<HashMap<RelPath, Fetching>>,
+}
+
+/// A listing fetch in progress (see [`MetaCache::begin_fetch`]); dropping it unfinished
+/// forgets the changes recorded for it.
+pub struct FetchToken<'a> {
+    cache: &'a MetaCache,
+    dir: RelPath,
+}
+
+impl FetchToken<'_> {
+    /// Stores the fetched listing: attributes of unchanged objects carried over from what
+    /// the cache knew (no HEAD needed again), then the mount's own changes made meanwhile.
+    pub fn finish(self, mut listing: BTreeMap<String, EntryInfo>) -> Listing {
+        let c = self.cache;
+        let previous = lock(&c.dirs).peek(&self.dir).map(|t| t.value.clone());
+        {
+            let mut entries = lock(&c.entries);
+            for (name, listed) in listing.iter_mut() {
+                if listed.full {
+                    continue;
+                }
+                let Ok(path) = self.dir.join(name) else { continue };
+                let known = entries
+                    .peek(&path)
+                    .and_then(|t| t.value)
+                    .or_else(|| previous.as_ref().and_then(|l| l.get(name).copied()));
+                if let Some(known) = known.filter(|k| k.still_describes(listed)) {
+                    *listed = known;
+                    // Keep the path entry as fresh as the listing that confirmed it.
+                    entries.put(
+                        path,
+                        Timed {
+                            value: Some(known),
+                            at: Instant::now(),
+                        },
+                    );
+                }
+            }
+        }
+        if let Some(f) = lock(&c.fetching).get_mut(&self.dir) {
+            for (name, change) in f.changes.drain(..) {
+                match change {
+                    Some(info) => listing.insert(name, info),
+                    None => listing.remove(&name),
+                };
+            }
+        }
+        let listing = Arc::new(listing);
+        c.put_listing(&self.dir, listing.clone());
+        listing
+    }
+}
+
+impl Drop for FetchToken<'_> {
+    fn drop(&mut self) {
+        let mut fetching = lock(&self.cache.fetching);
+        if let Some(f) = fetching.get_mut(&self.dir) {
+            f.fetches -= 1;
+            if f.fetches == 0 {
+                fetching.remove(&self.dir);
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -88,7 +196,43 @@ impl MetaCache {
             ttl,
             entries: Mutex::new(LruCache::new(cap)),
             dirs: Mutex::new(LruCache::new(dir_cap)),
+            fetching: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Starts fetching `dir`'s listing: the mount's own changes in `dir` from now on are
+    /// recorded and applied to the listing when it is stored ([`FetchToken::finish`]).
+    pub fn begin_fetch(&self, dir: &RelPath) -> FetchToken<'_> {
+        lock(&self.fetching).entry(dir.clone()).or_default().fetches += 1;
+        FetchToken {
+            cache: self,
+            dir: dir.clone(),
+        }
+    }
+
+    fn record_change(&self, path: &RelPath, info: Option<EntryInfo>) {
+        let Some(parent) = path.parent() else { return };
+        if let Some(f) = lock(&self.fetching).get_mut(&parent) {
+            f.changes.push((path.name().to_string(), info));
+        }
+    }
+
+    /// Records what S3 answered for `path` (a HEAD). A listing that shows `path` as a
+    /// directory keeps it so: a directory shadows a file of the same name.
+    pub fn learned(&self, path: &RelPath, info: Option<EntryInfo>) {
+        self.put_entry(path, info);
+        self.edit_parent_listing(path, |m| match info {
+            Some(info) => {
+                if m.get(path.name())
+                    .is_none_or(|old| old.kind != Kind::Dir || info.kind == Kind::Dir)
+                {
+                    m.insert(path.name().to_string(), info);
+                }
+            }
+            None => {
+                m.remove(path.name());
+            }
+        });
     }
 
     pub fn ttl(&self) -> Duration {
@@ -110,6 +254,11 @@ impl MetaCache {
         let parent = path.parent()?;
         let listing = self.listing(&parent)?;
         Some(listing.get(path.name()).copied())
+    }
+
+    /// True when `path`'s full attributes are cached and fresh (no HEAD needed).
+    pub fn has_full(&self, path: &RelPath) -> bool {
+        matches!(self.entry(path), Some(Some(i)) if i.full)
     }
 
     pub fn put_entry(&self, path: &RelPath, info: Option<EntryInfo>) {
@@ -149,6 +298,7 @@ impl MetaCache {
     /// Records the mount's own creation or update of `path`.
     pub fn upsert(&self, path: &RelPath, info: EntryInfo) {
         self.put_entry(path, Some(info));
+        self.record_change(path, Some(info));
         self.edit_parent_listing(path, |m| {
             m.insert(path.name().to_string(), info);
         });
@@ -157,10 +307,26 @@ impl MetaCache {
     /// Records the mount's own removal of `path`.
     pub fn remove(&self, path: &RelPath) {
         self.put_entry(path, None);
+        self.record_change(path, None);
         lock(&self.dirs).pop(path);
         self.edit_parent_listing(path, |m| {
             m.remove(path.name());
         });
+    }
+
+    /// Makes every cached answer as old as the TTL: expired, but still there to carry
+    /// attributes over (what a long pause does).
+    #[cfg(test)]
+    pub fn age_all(&self) {
+        let Some(old) = Instant::now().checked_sub(self.ttl) else {
+            return;
+        };
+        for (_, t) in lock(&self.entries).iter_mut() {
+            t.at = old;
+        }
+        for (_, t) in lock(&self.dirs).iter_mut() {
+            t.at = old;
+        }
     }
 
     /// Forgets everything (after a directory rename, which moves whole subtrees).
@@ -212,6 +378,51 @@ mod tests {
         let z = MetaCache::new(Duration::ZERO, 100);
         z.put_entry(&p, None);
         assert!(z.entry(&p).is_none());
+    }
+
+    #[test]
+    fn own_changes_during_a_listing_fetch_are_applied_to_it() {
+        let c = MetaCache::new(Duration::from_secs(60), 100);
+        let dir = RelPath::parse("d").unwrap();
+        let token = c.begin_fetch(&dir);
+        // Created and removed by this mount while the LIST was on the wire.
+        c.upsert(&dir.join("new").unwrap(), info(Kind::File));
+        c.remove(&dir.join("old").unwrap());
+        let mut fetched = BTreeMap::new();
+        fetched.insert("old".to_string(), info(Kind::File).partial());
+        let l = token.finish(fetched);
+        assert!(l.contains_key("new") && !l.contains_key("old"));
+        assert!(lock(&c.fetching).is_empty(), "recording stops when the fetch ends");
+    }
+
+    #[test]
+    fn unchanged_objects_keep_their_attributes_across_listings() {
+        let c = MetaCache::new(Duration::from_secs(60), 100);
+        let dir = RelPath::parse("d").unwrap();
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let posix = Posix {
+            mode: Some(libc::S_IFLNK | 0o777),
+            ..Default::default()
+        };
+        let mut headed = EntryInfo::new(Kind::File, 5, t0).with_posix(posix);
+        headed.checked = Some(t0 + Duration::from_secs(10));
+        c.learned(&dir.join("link").unwrap(), Some(headed));
+        let mut young = EntryInfo::new(Kind::File, 5, t0).with_posix(posix);
+        young.checked = Some(t0); // a HEAD in the same second as the write proves nothing
+        c.learned(&dir.join("young").unwrap(), Some(young));
+        let mut fetched = BTreeMap::new();
+        for name in ["link", "young"] {
+            fetched.insert(name.to_string(), EntryInfo::new(Kind::File, 5, t0).partial());
+        }
+        fetched.insert(
+            "changed".to_string(),
+            EntryInfo::new(Kind::File, 6, t0 + Duration::from_secs(20)).partial(),
+        );
+        let l = c.begin_fetch(&dir).finish(fetched);
+        assert_eq!(l["link"].kind, Kind::Symlink);
+        assert!(l["link"].full);
+        assert!(!l["young"].full);
+        assert!(!l["changed"].full);
     }
 
     #[test]

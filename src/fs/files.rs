@@ -472,13 +472,25 @@ impl Core {
         Ok(())
     }
 
-    /// `close` (every one) and `fsync`: what was written is in S3 when this returns Ok.
-    pub async fn flush(&self, fh: u64) -> FsResult<()> {
+    /// `close` (every one; `sync` false) and `fsync` (`sync` true): what was written is in
+    /// S3 when this returns Ok.
+    ///
+    /// A close of a file created (or truncated by `O_TRUNC`) that nobody has written to yet
+    /// uploads nothing: the shell's `echo x > f` closes a duplicate of the descriptor before
+    /// it writes, and an upload there would cost a second PUT per file. Such a file is
+    /// uploaded at its last close (`release`) or at `fsync`.
+    pub async fn flush(&self, fh: u64, sync: bool) -> FsResult<()> {
         match lock(&self.handles).get(&fh) {
             Some(Handle::File { writable: true, .. }) => {}
             _ => return Ok(()),
         }
         let (ino, _) = self.handle_file(fh)?;
+        if !sync && let Some(shared) = self.shared(ino) {
+            let body = shared.body.lock().await;
+            if matches!(&*body, Body::Stream(up) if up.size() == 0 && !up.is_finished() && !up.has_multipart()) {
+                return Ok(());
+            }
+        }
         self.flush_ino(ino).await
     }
 

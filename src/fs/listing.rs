@@ -8,7 +8,6 @@ use crate::layout::{RESERVED_NAME, RelPath, validate_name};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::Arc;
 
 impl Core {
     /// Runs `f` for every prefix index, at most `fanout` at once.
@@ -40,14 +39,19 @@ impl Core {
         Ok(hits.into_iter().any(|h| h))
     }
 
-    /// The children of `dir`: from the cache within the TTL, else from every prefix.
+    /// The children of `dir`: from the cache within the TTL, else from every prefix (one
+    /// paginated LIST per prefix; concurrent callers share one fetch).
     pub async fn list_dir(&self, dir: &RelPath) -> FsResult<Listing> {
         let listing = match self.cache.listing(dir) {
             Some(l) => l,
             None => {
-                let l = Arc::new(self.fetch_listing(dir).await?);
-                self.cache.put_listing(dir, l.clone());
-                l
+                self.list_flight
+                    .run(dir, || async {
+                        let token = self.cache.begin_fetch(dir);
+                        let fetched = self.fetch_listing(dir).await?;
+                        Ok::<_, super::error::FsError>(token.finish(fetched))
+                    })
+                    .await?
             }
         };
         let pending = self.pending_in(dir);
@@ -58,7 +62,7 @@ impl Core {
         for (name, info) in pending {
             merged.entry(name).or_insert(info);
         }
-        Ok(Arc::new(merged))
+        Ok(std::sync::Arc::new(merged))
     }
 
     async fn fetch_listing(&self, dir: &RelPath) -> FsResult<BTreeMap<String, EntryInfo>> {

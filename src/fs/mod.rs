@@ -14,10 +14,13 @@
 pub mod cache;
 pub mod error;
 mod files;
+pub mod flight;
 pub mod inodes;
 mod listing;
 mod ops;
 pub mod posix;
+#[cfg(test)]
+mod tests;
 
 use crate::data::read::Reader;
 use crate::layout::{Layout, RelPath};
@@ -26,11 +29,12 @@ use crate::store::stats::RequestStats;
 use cache::{EntryInfo, Kind, MetaCache};
 use error::{FsError, FsResult};
 use files::OpenFile;
+use flight::SingleFlight;
 use inodes::Inodes;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime};
 
 /// Tunables of the filesystem core. Every bound on concurrency or memory is here.
@@ -48,6 +52,10 @@ pub struct FsConfig {
     pub upload_inflight: usize,
     pub read_window_min: usize,
     pub read_window_max: usize,
+    /// HEADs in flight while a directory's entries are looked up in listing order (`ls -l`,
+    /// `find`, `stat *`): each lookup of an entry the listing knows only by name starts
+    /// HEADs for the entries after it. 0 disables the prefetch.
+    pub attr_prefetch: usize,
     /// Where files being modified are staged; `lost+found/` below it keeps data that could
     /// not be uploaded.
     pub cache_dir: PathBuf,
@@ -70,6 +78,7 @@ impl Default for FsConfig {
             upload_inflight: 4,
             read_window_min: 1024 * 1024,
             read_window_max: 16 * 1024 * 1024,
+            attr_prefetch: 128,
             cache_dir: std::env::temp_dir().join("prefixfs-cache"),
             cache_size: 10 * 1024 * 1024 * 1024,
             uid: 0,
@@ -105,6 +114,8 @@ enum Handle {
 }
 
 pub struct Core {
+    /// Itself, for the background tasks it spawns (attribute prefetch).
+    me: Weak<Core>,
     layout: Layout,
     store: Arc<dyn ObjectStore>,
     stats: Arc<RequestStats>,
@@ -118,6 +129,17 @@ pub struct Core {
     /// This mount's staging files (`<cache dir>/staging/<pid>`).
     staging_dir: PathBuf,
     mount_time: SystemTime,
+    stat_flight: SingleFlight<RelPath, Option<EntryInfo>>,
+    list_flight: SingleFlight<RelPath, cache::Listing>,
+    /// Paths whose attribute prefetch is queued or running.
+    prefetching: Mutex<HashSet<RelPath>>,
+    prefetch_slots: Arc<tokio::sync::Semaphore>,
+}
+
+/// True when a name looks like a file's (`a.txt`, not `2017` or `.git`): which key a lookup
+/// asks for first.
+fn looks_like_file(name: &str) -> bool {
+    name.char_indices().any(|(i, c)| c == '.' && i > 0)
 }
 
 /// Removes the staging directories of mounts that are no longer running (their inodes, and
@@ -141,10 +163,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Core {
-    pub fn new(layout: Layout, store: Arc<dyn ObjectStore>, stats: Arc<RequestStats>, cfg: FsConfig) -> Self {
+    pub fn new(layout: Layout, store: Arc<dyn ObjectStore>, stats: Arc<RequestStats>, cfg: FsConfig) -> Arc<Self> {
         let staging_dir = cfg.cache_dir.join("staging").join(std::process::id().to_string());
         clean_stale_staging(&cfg.cache_dir.join("staging"));
-        Core {
+        Arc::new_cyclic(|me| Core {
+            me: me.clone(),
+            stat_flight: SingleFlight::default(),
+            list_flight: SingleFlight::default(),
+            prefetching: Mutex::new(HashSet::new()),
+            prefetch_slots: Arc::new(tokio::sync::Semaphore::new(cfg.attr_prefetch.max(1))),
             staging_dir,
             cache: MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity),
             layout,
@@ -157,7 +184,12 @@ impl Core {
             next_fh: AtomicU64::new(1),
             staged_bytes: Arc::new(AtomicU64::new(0)),
             mount_time: SystemTime::now(),
-        }
+        })
+    }
+
+    /// The request counters (also per FUSE operation).
+    pub fn stats(&self) -> &Arc<RequestStats> {
+        &self.stats
     }
 
     pub fn config(&self) -> &FsConfig {
@@ -187,6 +219,7 @@ impl Core {
                 c.throttles, c.retries
             ));
         }
+        s.push_str(&self.stats.caller_text());
         s.push_str(&format!(
             "inodes {}\nopen_handles {}\nopen_files {}\nstaged_bytes {}\n",
             lock(&self.inodes).len(),
@@ -242,6 +275,11 @@ impl Core {
     }
 
     /// What `path` is, with its POSIX metadata: from an open file, the cache, or S3.
+    ///
+    /// Requests, cache cold: 1 HEAD when a listing of the parent already said what `path`
+    /// is; else a HEAD of the file key and of the marker key in parallel, and when neither
+    /// exists the parent's listing (shared, once per TTL) says whether `path` is an implicit
+    /// directory. Concurrent callers for one path share one set of requests.
     pub async fn stat(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
         if path.is_root() {
             return Ok(Some(EntryInfo::new(Kind::Dir, 0, self.mount_time)));
@@ -249,49 +287,122 @@ impl Core {
         if let Some(info) = self.open_file_info(path) {
             return Ok(Some(info));
         }
-        let partial = match self.cache.entry(path) {
+        let hint = match self.cache.entry(path) {
             Some(Some(info)) if info.full => return Ok(Some(info)),
             Some(None) => return Ok(None),
-            Some(Some(info)) => Some(info),
+            Some(Some(info)) => Some(info.kind),
             None => None,
         };
-        let fkey = self.layout.file_key(path)?;
-        let dkey = self.layout.dir_marker_key(path)?;
-        // A listing already said what kind it is: one HEAD for the metadata is enough.
-        let (file, marker) = match partial.map(|p| p.kind) {
-            Some(Kind::Dir) => (None, Some(self.store.head(&dkey).await)),
-            Some(_) => (Some(self.store.head(&fkey).await), None),
-            None => {
-                let (f, d) = tokio::join!(self.store.head(&fkey), self.store.head(&dkey));
-                (Some(f), Some(d))
-            }
+        self.stat_flight.run(path, || self.fetch_stat(path, hint)).await
+    }
+
+    async fn fetch_stat(&self, path: &RelPath, hint: Option<Kind>) -> FsResult<Option<EntryInfo>> {
+        let info = match hint {
+            // A listing already said what kind it is: one HEAD for the metadata.
+            Some(Kind::Dir) => self.head_dir(path).await?.or(Some(self.implicit_dir())),
+            Some(_) => self.head_file(path).await?,
+            // Guess from the name which key to ask first, so that a lookup of a file
+            // (`a.txt`) or of a directory with a marker (`2017`) costs one HEAD; only a wrong
+            // guess or a missing name costs the second.
+            None if looks_like_file(path.name()) => match self.head_file(path).await? {
+                Some(f) => Some(f),
+                None => match self.head_dir(path).await? {
+                    Some(d) => Some(d),
+                    None => self.implicit_dir_in_listing(path).await?,
+                },
+            },
+            None => match self.head_dir(path).await? {
+                Some(d) => Some(d),
+                None => match self.head_file(path).await? {
+                    Some(f) => Some(f),
+                    None => self.implicit_dir_in_listing(path).await?,
+                },
+            },
         };
-        let implicit_dir = EntryInfo::new(Kind::Dir, 0, self.mount_time);
-        let info = match (file, marker) {
-            (_, Some(Ok(m))) => {
-                Some(EntryInfo::new(Kind::Dir, 0, m.last_modified).with_posix(posix::Posix::from_meta(&m.user_meta)))
-            }
-            (Some(Err(e)), _) if !e.is_not_found() => return Err(e.into()),
-            (_, Some(Err(e))) if !e.is_not_found() => return Err(e.into()),
-            // A file whose name is also an implicit directory (keys below it, no marker) is
-            // shown as a file here and as a directory in listings: finding out would cost a
-            // LIST of every prefix on every lookup.
-            (Some(Ok(f)), _) => {
-                let posix = posix::Posix::from_meta(&f.user_meta);
-                Some(EntryInfo::new(Kind::File, f.size, f.last_modified).with_posix(posix))
-            }
-            (None, Some(Err(_))) => Some(implicit_dir), // listed as a directory, no marker
-            (Some(Err(_)), _) => {
-                if self.any_under(path).await? {
-                    Some(implicit_dir)
-                } else {
-                    None
-                }
-            }
-            (None, None) => None,
-        };
-        self.cache.put_entry(path, info);
+        self.cache.learned(path, info);
         Ok(info)
+    }
+
+    fn implicit_dir(&self) -> EntryInfo {
+        EntryInfo::new(Kind::Dir, 0, self.mount_time)
+    }
+
+    /// HEAD of `path`'s file key: a file or symlink with its POSIX metadata, or None.
+    async fn head_file(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
+        match self.store.head(&self.layout.file_key(path)?).await {
+            Ok(f) => Ok(Some(
+                EntryInfo::new(Kind::File, f.size, f.last_modified)
+                    .with_posix(posix::Posix::from_meta(&f.user_meta))
+                    .checked_now(),
+            )),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// HEAD of `path`'s directory marker: a directory with its POSIX metadata, or None.
+    async fn head_dir(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
+        match self.store.head(&self.layout.dir_marker_key(path)?).await {
+            Ok(m) => Ok(Some(
+                EntryInfo::new(Kind::Dir, 0, m.last_modified)
+                    .with_posix(posix::Posix::from_meta(&m.user_meta))
+                    .checked_now(),
+            )),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Neither key exists: `path` is an implicit directory (keys below it, no marker) when
+    /// the parent's listing shows it. That listing is fetched at most once per TTL and
+    /// shared, instead of a LIST of every prefix for every missing name.
+    async fn implicit_dir_in_listing(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
+        let Some(parent) = path.parent() else { return Ok(None) };
+        let listing = self.list_dir(&parent).await?;
+        Ok(listing
+            .get(path.name())
+            .filter(|i| i.kind == Kind::Dir)
+            .map(|_| self.implicit_dir()))
+    }
+
+    /// Starts HEADs for the entries after `path` in its parent's listing that are known only
+    /// by name, so that a walk in listing order (`ls -l`, `find`, `stat *`) finds their
+    /// attributes ready instead of paying one round trip each, in series.
+    fn prefetch_after(&self, path: &RelPath) {
+        let window = self.cfg.attr_prefetch;
+        let (Some(parent), Some(me)) = (path.parent(), self.me.upgrade()) else {
+            return;
+        };
+        if window == 0 {
+            return;
+        }
+        let Some(listing) = self.cache.listing(&parent) else {
+            return;
+        };
+        use std::ops::Bound;
+        // Only entries the listing knows by name alone; a HEAD makes them full in the listing.
+        let wanted: Vec<String> = listing
+            .range::<str, _>((Bound::Excluded(path.name()), Bound::Unbounded))
+            .take(window)
+            .filter(|(_, info)| !info.full)
+            .map(|(name, _)| name.clone())
+            .collect();
+        drop(listing); // a shared listing would be copied by the next edit
+        for name in wanted {
+            let Ok(child) = parent.join(&name) else { continue };
+            if !lock(&self.prefetching).insert(child.clone()) {
+                continue;
+            }
+            let (me, slots) = (me.clone(), self.prefetch_slots.clone());
+            tokio::spawn(crate::store::stats::CALLER.scope("lookup", async move {
+                if let Ok(_slot) = slots.acquire_owned().await
+                    && let Err(e) = me.stat(&child).await
+                {
+                    tracing::debug!(path = %child, error = %e, "attribute prefetch failed");
+                }
+                lock(&me.prefetching).remove(&child);
+            }));
+        }
     }
 
     /// Files open through this mount, directly in `dir`, that S3 may not have yet.

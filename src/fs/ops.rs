@@ -46,6 +46,7 @@ impl Core {
             Err(e) => return Err(e),
         };
         let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
+        self.prefetch_after(&path);
         let ino = lock(&self.inodes).lookup(&path, info.kind);
         Ok(self.attr(ino, info))
     }

@@ -9,6 +9,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+tokio::task_local! {
+    /// The FUSE operation (or other caller) a request is sent for, so that the counters say
+    /// what an `ls -l` cost. Requests sent outside any scope count as "background".
+    pub static CALLER: &'static str;
+}
+
+/// The caller label of requests sent outside a [`CALLER`] scope.
+pub const BACKGROUND: &str = "background";
+
+/// Requests caused by one kind of caller: how often it was called, and the S3 requests it
+/// sent by kind (retries included).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CallerCounters {
+    pub calls: u64,
+    pub requests: BTreeMap<&'static str, u64>,
+}
+
 /// Maps a key to the hash prefix it belongs to (given by the layout).
 pub type PrefixFn = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
@@ -32,6 +49,7 @@ pub struct RequestStats {
     failures: AtomicU64,
     prefix_fn: OnceLock<PrefixFn>,
     per_prefix: Mutex<BTreeMap<String, PrefixCounters>>,
+    per_caller: Mutex<BTreeMap<&'static str, CallerCounters>>,
 }
 
 impl std::fmt::Debug for RequestStats {
@@ -179,6 +197,32 @@ impl RequestStats {
 
     pub fn record_request(&self, kind: OpKind) {
         self.requests[kind.index()].fetch_add(1, Ordering::Relaxed);
+        let caller = CALLER.try_with(|c| *c).unwrap_or(BACKGROUND);
+        let mut m = self.per_caller.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(caller).or_default().requests.entry(kind.name()).or_default() += 1;
+    }
+
+    /// One call of a FUSE operation (or another caller), whether it sent requests or not.
+    pub fn record_call(&self, caller: &'static str) {
+        let mut m = self.per_caller.lock().unwrap_or_else(|e| e.into_inner());
+        m.entry(caller).or_default().calls += 1;
+    }
+
+    pub fn caller_snapshot(&self) -> BTreeMap<&'static str, CallerCounters> {
+        self.per_caller.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Per-caller counters as `op NAME calls=N kind=N...` lines.
+    pub fn caller_text(&self) -> String {
+        let mut out = String::new();
+        for (caller, c) in self.caller_snapshot() {
+            out.push_str(&format!("op {caller}: calls={}", c.calls));
+            for (kind, n) in &c.requests {
+                out.push_str(&format!(" {kind}={n}"));
+            }
+            out.push('\n');
+        }
+        out
     }
 
     pub fn record_throttle(&self) {

@@ -1,0 +1,380 @@
+//! The request budget of each operation (docs/REQUESTS.md), checked on the request counters
+//! of a [`Core`] over the in-memory store: deterministic, no mount, no timing.
+//!
+//! Each test drives the core the way the kernel does for one user-level operation (the
+//! lookups first, then the call) and asserts exactly what it sent to S3.
+
+use super::cache::Kind;
+use super::inodes::ROOT_INO;
+use super::{Core, FsConfig};
+use crate::layout::Layout;
+use crate::store::deferred::DeferredDeletes;
+use crate::store::memory::MemoryStore;
+use crate::store::retry::{RetryConfig, RetryingStore};
+use crate::store::stats::RequestStats;
+use crate::store::{ObjectStore, OpKind, UserMeta};
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+const PREFIXES: u32 = 16;
+
+struct Rig {
+    core: Arc<Core>,
+    s3: Arc<RetryingStore<MemoryStore>>,
+    stats: Arc<RequestStats>,
+    layout: Layout,
+    _dir: tempfile::TempDir,
+}
+
+/// Requests by kind sent since the last call.
+struct Meter<'a> {
+    stats: &'a RequestStats,
+    last: BTreeMap<&'static str, u64>,
+}
+
+impl Meter<'_> {
+    fn take(&mut self) -> BTreeMap<&'static str, u64> {
+        let now: BTreeMap<_, _> = self.stats.snapshot().requests.into_iter().collect();
+        let delta = now
+            .iter()
+            .map(|(k, v)| (*k, v - self.last.get(k).copied().unwrap_or(0)))
+            .filter(|(_, v)| *v > 0)
+            .collect();
+        self.last = now;
+        delta
+    }
+}
+
+fn counts(pairs: &[(OpKind, u64)]) -> BTreeMap<&'static str, u64> {
+    pairs.iter().map(|(k, n)| (k.name(), *n)).collect()
+}
+
+fn rig_with(cfg: impl FnOnce(&mut FsConfig)) -> Rig {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let layout = Layout::new("data", PREFIXES).expect("layout");
+    let stats = Arc::new(RequestStats::default());
+    let l = layout.clone();
+    stats.set_prefix_fn(Arc::new(move |k: &str| l.prefix_label(k)));
+    let s3 = Arc::new(RetryingStore::new(
+        MemoryStore::new(),
+        RetryConfig::default(),
+        stats.clone(),
+    ));
+    let store: Arc<dyn ObjectStore> = Arc::new(DeferredDeletes::new(s3.clone(), stats.clone()));
+    let mut fs = FsConfig {
+        metadata_ttl: Duration::from_secs(60),
+        cache_dir: dir.path().to_path_buf(),
+        ..FsConfig::default()
+    };
+    cfg(&mut fs);
+    let core = Core::new(layout.clone(), store, stats.clone(), fs);
+    Rig {
+        core,
+        s3,
+        stats,
+        layout,
+        _dir: dir,
+    }
+}
+
+fn rig() -> Rig {
+    rig_with(|_| {})
+}
+
+impl Rig {
+    /// The bucket itself, behind the counters.
+    fn mem(&self) -> &MemoryStore {
+        self.s3.inner()
+    }
+
+    fn meter(&self) -> Meter<'_> {
+        let mut m = Meter {
+            stats: &self.stats,
+            last: BTreeMap::new(),
+        };
+        m.take();
+        m
+    }
+
+    /// An object written by someone else (no POSIX metadata unless given).
+    async fn plant(&self, path: &str, body: &[u8]) {
+        let p = crate::layout::RelPath::parse(path).unwrap();
+        let key = self.layout.file_key(&p).unwrap();
+        self.mem()
+            .put(&key, Bytes::copy_from_slice(body), &UserMeta::new())
+            .await
+            .unwrap();
+    }
+
+    async fn plant_dir(&self, path: &str) {
+        let p = crate::layout::RelPath::parse(path).unwrap();
+        let key = self.layout.dir_marker_key(&p).unwrap();
+        self.mem().put(&key, Bytes::new(), &UserMeta::new()).await.unwrap();
+    }
+
+    async fn ino(&self, path: &str) -> u64 {
+        let mut ino = ROOT_INO;
+        for name in path.split('/') {
+            ino = self.core.lookup(ino, OsStr::new(name)).await.unwrap().ino;
+        }
+        ino
+    }
+
+    /// What `echo x > NAME` does: a negative lookup, create, the shell's close of the
+    /// duplicate descriptor, the write, the last close.
+    async fn echo_into(&self, parent: u64, name: &str, body: &[u8]) {
+        let err = self.core.lookup(parent, OsStr::new(name)).await.unwrap_err();
+        assert_eq!(err.errno, libc::ENOENT);
+        let (attr, fh) = self.core.create(parent, OsStr::new(name), 0o644, 0, 0).await.unwrap();
+        self.core.flush(fh, false).await.unwrap();
+        assert_eq!(self.core.write(fh, 0, body).await.unwrap() as usize, body.len());
+        self.core.flush(fh, false).await.unwrap();
+        self.core.release(fh).await.unwrap();
+        assert_eq!(attr.kind, Kind::File);
+    }
+
+    /// Forgets every cached answer, as if the TTL had run out.
+    fn expire(&self) {
+        self.core.cache.clear();
+    }
+}
+
+#[tokio::test]
+async fn creating_a_small_file_is_one_put_in_steady_state() {
+    let r = rig();
+    r.plant("day/old.txt", b"x").await;
+    let day = r.ino("day").await;
+    r.expire();
+    let mut m = r.meter();
+    // The first new name in a directory whose listing is not cached: HEADs of the file and
+    // the marker, then the directory's listing (one LIST per prefix), then the one PUT.
+    r.echo_into(day, "f0.txt", b"0\n").await;
+    assert_eq!(
+        m.take(),
+        counts(&[(OpKind::Head, 2), (OpKind::List, PREFIXES as u64), (OpKind::Put, 1)])
+    );
+    // Every further file within the TTL: one PUT, nothing else.
+    for i in 1..100 {
+        r.echo_into(day, &format!("f{i}.txt"), format!("{i}\n").as_bytes())
+            .await;
+    }
+    assert_eq!(m.take(), counts(&[(OpKind::Put, 99)]));
+    let keys = r.mem().keys();
+    assert_eq!(keys.len(), 101);
+}
+
+#[tokio::test]
+async fn lookups_cost_one_head_when_the_name_says_what_it_is() {
+    let r = rig();
+    r.plant_dir("2017").await;
+    r.plant("2017/a.txt", b"abc").await;
+    r.plant("2017/noext", b"abc").await;
+    let mut m = r.meter();
+    let y = r.ino("2017").await;
+    assert_eq!(m.take(), counts(&[(OpKind::Head, 1)]), "a directory with a marker");
+    let a = r.core.lookup(y, OsStr::new("a.txt")).await.unwrap();
+    assert_eq!((a.kind, a.size), (Kind::File, 3));
+    assert_eq!(m.take(), counts(&[(OpKind::Head, 1)]), "a file");
+    r.core.lookup(y, OsStr::new("noext")).await.unwrap();
+    assert_eq!(m.take(), counts(&[(OpKind::Head, 2)]), "a file named like a directory");
+    // Within the TTL: nothing.
+    r.core.lookup(y, OsStr::new("a.txt")).await.unwrap();
+    r.core.getattr(a.ino).await.unwrap();
+    assert_eq!(m.take(), counts(&[]));
+}
+
+#[tokio::test]
+async fn a_negative_lookup_lists_the_directory_once_per_ttl_not_once_per_name() {
+    let r = rig();
+    r.plant("logs/2017/02/08/a.txt", b"x").await; // logs/2017 is implicit: no marker
+    let logs = r.ino("logs").await;
+    r.expire();
+    let mut m = r.meter();
+    let implicit = r.core.lookup(logs, OsStr::new("2017")).await.unwrap();
+    assert_eq!(implicit.kind, Kind::Dir);
+    assert_eq!(
+        m.take(),
+        counts(&[(OpKind::Head, 2), (OpKind::List, PREFIXES as u64)]),
+        "an implicit directory: both HEADs miss, the parent's listing shows it"
+    );
+    for i in 0..50 {
+        let e = r
+            .core
+            .lookup(logs, OsStr::new(&format!("missing{i}")))
+            .await
+            .unwrap_err();
+        assert_eq!(e.errno, libc::ENOENT);
+    }
+    assert_eq!(m.take(), counts(&[]), "the listing answers every other name");
+}
+
+#[tokio::test]
+async fn concurrent_lookups_and_listings_share_their_requests() {
+    let r = rig();
+    for i in 0..20 {
+        r.plant(&format!("d/f{i}.txt"), b"x").await;
+    }
+    let d = r.ino("d").await;
+    r.expire();
+    let mut m = r.meter();
+    let mut tasks = Vec::new();
+    for _ in 0..64 {
+        let core = r.core.clone();
+        tasks.push(tokio::spawn(async move {
+            core.lookup(d, OsStr::new("new.txt")).await.unwrap_err();
+            core.opendir(d).await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(
+        m.take(),
+        counts(&[(OpKind::Head, 2), (OpKind::List, PREFIXES as u64)]),
+        "64 callers, one set of requests"
+    );
+}
+
+#[tokio::test]
+async fn ls_l_heads_every_entry_in_parallel_once_and_then_nothing() {
+    let r = rig_with(|c| c.attr_prefetch = 32);
+    for i in 0..200 {
+        r.plant(&format!("d/f{i:03}.txt"), b"x").await;
+    }
+    let d = r.ino("d").await;
+    r.expire();
+    let mut m = r.meter();
+    // ls -l: opendir/readdir, then a lookup of each name in listing order.
+    let ls_l = || async {
+        let fh = r.core.opendir(d).await.unwrap();
+        let names: Vec<String> = r
+            .core
+            .readdir(fh)
+            .unwrap()
+            .iter()
+            .skip(2)
+            .map(|e| e.0.clone())
+            .collect();
+        r.core.release_handle(fh);
+        for n in &names {
+            let a = r.core.lookup(d, OsStr::new(n)).await.unwrap();
+            assert_eq!(a.kind, Kind::File);
+        }
+        names.len()
+    };
+    assert_eq!(ls_l().await, 200);
+    // No entry was HEADed twice (lookups joined the prefetch or found its answer).
+    let first = m.take();
+    assert_eq!(first.get("list"), Some(&(PREFIXES as u64)));
+    assert!(first.get("head").is_some_and(|h| *h <= 201), "{first:?}");
+    assert_eq!(ls_l().await, 200);
+    assert_eq!(m.take(), counts(&[]), "a second ls -l within the TTL is free");
+}
+
+#[tokio::test]
+async fn a_relisted_directory_needs_no_head_for_unchanged_objects() {
+    let r = rig();
+    r.plant("d/a.txt", b"x").await;
+    let d = r.ino("d").await;
+    // Make the HEAD look old enough to vouch for the object's version.
+    let path = crate::layout::RelPath::parse("d/a.txt").unwrap();
+    r.core.opendir(d).await.unwrap();
+    r.core.lookup(d, OsStr::new("a.txt")).await.unwrap();
+    let mut info = r.core.cache.entry(&path).unwrap().unwrap();
+    info.checked = Some(info.s3_modified + Duration::from_secs(60));
+    r.core.cache.learned(&path, Some(info));
+    // The listing's TTL runs out (the entry's too); the listing is fetched again.
+    r.core.cache.age_all();
+    let mut m = r.meter();
+    r.core.opendir(d).await.unwrap();
+    r.core.lookup(d, OsStr::new("a.txt")).await.unwrap();
+    assert_eq!(m.take(), counts(&[(OpKind::List, PREFIXES as u64)]));
+}
+
+#[tokio::test]
+async fn mkdir_is_one_put_and_rmdir_an_emptiness_check_and_one_delete() {
+    let r = rig();
+    r.plant_dir("top").await;
+    let top = r.ino("top").await;
+    r.core.opendir(top).await.unwrap(); // the parent's listing is known
+    let mut m = r.meter();
+    r.core.lookup(top, OsStr::new("sub")).await.unwrap_err();
+    r.core.mkdir(top, OsStr::new("sub"), 0o755, 0, 0).await.unwrap();
+    assert_eq!(m.take(), counts(&[(OpKind::Put, 1)]));
+    r.core.rmdir(top, OsStr::new("sub")).await.unwrap();
+    // The emptiness check asks every prefix for two keys; the marker's delete is queued
+    // and sent by rmdir's barrier as one DeleteObjects.
+    assert_eq!(
+        m.take(),
+        counts(&[(OpKind::List, PREFIXES as u64), (OpKind::DeleteMany, 1)])
+    );
+}
+
+#[tokio::test]
+async fn rename_of_a_file_is_one_copy_and_one_delete() {
+    let r = rig();
+    r.plant("d/a.txt", b"abc").await;
+    let d = r.ino("d").await;
+    r.core.opendir(d).await.unwrap();
+    r.core.lookup(d, OsStr::new("a.txt")).await.unwrap();
+    let mut m = r.meter();
+    r.core.lookup(d, OsStr::new("b.txt")).await.unwrap_err();
+    r.core
+        .rename(d, OsStr::new("a.txt"), d, OsStr::new("b.txt"), 0)
+        .await
+        .unwrap();
+    assert_eq!(m.take(), counts(&[(OpKind::Copy, 1), (OpKind::DeleteMany, 1)]));
+}
+
+#[tokio::test]
+async fn overwrite_with_o_trunc_is_one_put_and_unlinks_are_batched() {
+    let r = rig();
+    for i in 0..50 {
+        r.plant(&format!("d/f{i}.txt"), b"old").await;
+    }
+    let d = r.ino("d").await;
+    r.core.opendir(d).await.unwrap();
+    let f0 = r.core.lookup(d, OsStr::new("f0.txt")).await.unwrap();
+    let mut m = r.meter();
+    let fh = r.core.open(f0.ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
+    r.core.flush(fh, false).await.unwrap();
+    r.core.write(fh, 0, b"new").await.unwrap();
+    r.core.flush(fh, false).await.unwrap();
+    r.core.release(fh).await.unwrap();
+    assert_eq!(m.take(), counts(&[(OpKind::Put, 1)]));
+    // rm d/*: 50 unlinks (the HEADs are the lookups of names the listing knew only by name).
+    for i in 0..50 {
+        r.core.lookup(d, OsStr::new(&format!("f{i}.txt"))).await.unwrap();
+    }
+    m.take();
+    for i in 0..50 {
+        r.core.unlink(d, OsStr::new(&format!("f{i}.txt"))).await.unwrap();
+    }
+    r.core.sync_deletes().await.unwrap();
+    let sent = m.take();
+    assert!(sent.get("delete_objects").is_some_and(|n| *n <= 2), "{sent:?}");
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert!(
+        r.mem()
+            .keys()
+            .iter()
+            .all(|k| k.ends_with("layout.json") || !k.contains("/d/f"))
+    );
+}
+
+#[tokio::test]
+async fn requests_are_counted_per_caller() {
+    let r = rig();
+    r.plant_dir("d").await;
+    r.plant("d/a.txt", b"abc").await;
+    crate::store::stats::CALLER
+        .scope("lookup", async {
+            r.ino("d/a.txt").await;
+        })
+        .await;
+    let callers = r.stats.caller_snapshot();
+    assert_eq!(callers["lookup"].requests.values().sum::<u64>(), 2, "{callers:?}");
+}
