@@ -25,6 +25,8 @@ fn knob(name: &str, default: f64) -> f64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
+const BENCH_ACCESS_KEY: &str = "bench-access-key";
+const BENCH_SECRET_KEY: &str = "bench-secret-key";
 struct Server {
     rt: tokio::runtime::Runtime,
     srv: Option<RunningServer>,
@@ -38,6 +40,10 @@ impl Server {
         let mut cfg = ServerConfig::local(dir.path().join("s3"));
         cfg.buckets.push(BUCKET.into());
         cfg.emulator = Some(emu);
+        cfg.credentials = Some(server::Credentials {
+            access_key: BENCH_ACCESS_KEY.into(),
+            secret_key: BENCH_SECRET_KEY.into(),
+        });
         let srv = rt.block_on(server::start(cfg)).expect("server");
         Server {
             rt,
@@ -66,7 +72,7 @@ impl Server {
             region: Some("us-east-1".into()),
             force_path_style: true,
             profile: None,
-            static_credentials: Some((server::DEFAULT_ACCESS_KEY.into(), server::DEFAULT_SECRET_KEY.into())),
+            static_credentials: Some((BENCH_ACCESS_KEY.into(), BENCH_SECRET_KEY.into())),
         };
         let stats = Arc::new(RequestStats::default());
         let aws = self.rt.block_on(AwsStore::connect(&cfg));
@@ -120,8 +126,8 @@ impl Mounted {
             ])
             .arg("--cache-dir")
             .arg(base.join(format!("cache-{prefix_count}")))
-            .env("AWS_ACCESS_KEY_ID", server::DEFAULT_ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", server::DEFAULT_SECRET_KEY)
+            .env("AWS_ACCESS_KEY_ID", BENCH_ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", BENCH_SECRET_KEY)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -295,8 +301,8 @@ fn run_delete_order(files: u64) -> (f64, f64) {
                     "--force-path-style",
                 ])
                 .args(["--region", "us-east-1"])
-                .env("AWS_ACCESS_KEY_ID", server::DEFAULT_ACCESS_KEY)
-                .env("AWS_SECRET_ACCESS_KEY", server::DEFAULT_SECRET_KEY)
+                .env("AWS_ACCESS_KEY_ID", BENCH_ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", BENCH_SECRET_KEY)
                 .env("AWS_EC2_METADATA_DISABLED", "true")
                 .stdout(Stdio::null())
                 .status()
@@ -319,8 +325,8 @@ fn run_delete_order(files: u64) -> (f64, f64) {
                     "--region",
                     "us-east-1",
                 ])
-                .env("AWS_ACCESS_KEY_ID", server::DEFAULT_ACCESS_KEY)
-                .env("AWS_SECRET_ACCESS_KEY", server::DEFAULT_SECRET_KEY)
+                .env("AWS_ACCESS_KEY_ID", BENCH_ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", BENCH_SECRET_KEY)
                 .env("AWS_EC2_METADATA_DISABLED", "true")
                 .output()
                 .expect("rm");

@@ -190,9 +190,28 @@ pub struct ServeArgs {
     /// Serve the emulator's counters as JSON at http://ADDR/partitions.
     #[arg(long)]
     pub stats_addr: Option<std::net::SocketAddr>,
+    /// Access key clients must sign with (with --secret-key). Default: random keys kept in
+    /// DATA_DIR/credentials.json (mode 0600), made on first start.
+    #[arg(long, env = "PREFIXFS_ACCESS_KEY", requires = "secret_key", hide_env_values = true)]
+    pub access_key: Option<String>,
+    #[arg(long, env = "PREFIXFS_SECRET_KEY", requires = "access_key", hide_env_values = true)]
+    pub secret_key: Option<String>,
+    /// Milliseconds added before every answer, to try a workload at S3's latency (20–60 ms).
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
 }
 
 impl ServeArgs {
+    pub fn credentials(&self) -> Option<crate::server::Credentials> {
+        match (&self.access_key, &self.secret_key) {
+            (Some(a), Some(s)) => Some(crate::server::Credentials {
+                access_key: a.clone(),
+                secret_key: s.clone(),
+            }),
+            _ => None,
+        }
+    }
+
     pub fn emulator(&self) -> Option<crate::server::partitions::EmulatorConfig> {
         self.emulate_partitions
             .then(|| crate::server::partitions::EmulatorConfig {
@@ -223,11 +242,7 @@ pub fn parse_s3_url(s: &str) -> Result<(String, String), String> {
 }
 
 fn default_cache_dir() -> PathBuf {
-    std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
-        .unwrap_or_else(std::env::temp_dir)
-        .join("prefixfs")
+    crate::private::default_dir(crate::private::Place::Cache)
 }
 
 fn parse_mode(s: &str, what: &str) -> Result<u16, String> {

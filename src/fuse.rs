@@ -10,6 +10,7 @@
 use crate::fs::Core;
 use crate::fs::cache::Kind;
 use crate::fs::error::{FsError, FsResult};
+use crate::layout::escape_controls;
 use crate::store::stats::CALLER;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
@@ -36,9 +37,25 @@ impl FuseFs {
     }
 
     /// Runs one FUSE operation on the runtime; its S3 requests are counted under `op`.
+    ///
+    /// A panic (a bug, or input nobody foresaw) fails this one request with EIO instead of
+    /// ending the session for every program using the mount.
     fn run<T>(&self, op: &'static str, f: impl std::future::Future<Output = FsResult<T>>) -> FsResult<T> {
         self.core.stats().record_call(op);
-        self.rt.block_on(CALLER.scope(op, f))
+        let call = std::panic::AssertUnwindSafe(|| self.rt.block_on(CALLER.scope(op, f)));
+        std::panic::catch_unwind(call).unwrap_or_else(|panic| {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            if !PANICKED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::error!(op, panic = %escape_controls(&what), "a request handler panicked; answering EIO (later panics log at debug)");
+            } else {
+                tracing::debug!(op, panic = %escape_controls(&what), "a request handler panicked; answering EIO");
+            }
+            Err(FsError::new(libc::EIO, format!("{op}: internal error")))
+        })
     }
 
     fn file_attr(&self, a: crate::fs::Attr) -> FileAttr {
@@ -67,11 +84,17 @@ impl FuseFs {
     }
 }
 
+/// Set by the first panic caught in a handler (logged at error once).
+static PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The errno for `e`, logged: at debug when it is an answer programs expect (ENOENT, EEXIST,
+/// a lookup of a name S3 cannot hold...), else at warn. Names are escaped.
 fn errno(op: &str, e: FsError) -> Errno {
-    if e.is_expected() {
-        tracing::debug!(op, errno = e.errno, "{}", e.message);
+    let message = escape_controls(&e.message);
+    if e.is_expected() || (op == "lookup" && e.errno != libc::EIO) {
+        tracing::debug!(op, errno = e.errno, "{message}");
     } else {
-        tracing::warn!(op, errno = e.errno, "{}", e.message);
+        tracing::warn!(op, errno = e.errno, "{message}");
     }
     Errno::from_i32(e.errno)
 }
@@ -374,7 +397,7 @@ impl fuser::Filesystem for FuseFs {
     ) {
         // Extended attributes (ACLs included) are not stored: say so, as ext4 without
         // user_xattr would, and programs like cp -p and rsync -a carry on.
-        tracing::debug!(name = ?name, "extended attributes are not supported");
+        tracing::debug!(name = %escape_controls(&name.to_string_lossy()), "extended attributes are not supported");
         reply.error(Errno::ENOTSUP);
     }
 
@@ -382,8 +405,25 @@ impl fuser::Filesystem for FuseFs {
         reply.error(Errno::ENOTSUP);
     }
 
+    /// Programs probe descriptors with ioctls (Python's `open` asks TCGETS to see whether it
+    /// is a terminal): answer "not a terminal" quietly.
+    fn ioctl(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: fuser::IoctlFlags,
+        cmd: u32,
+        _in_data: &[u8],
+        _out_size: u32,
+        reply: fuser::ReplyIoctl,
+    ) {
+        tracing::trace!(cmd, "ioctl: not supported");
+        reply.error(Errno::ENOTTY);
+    }
+
     fn link(&self, _req: &Request, _ino: INodeNo, _newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
-        tracing::warn!(name = ?newname, "hard links are not supported on S3");
+        tracing::debug!(name = %escape_controls(&newname.to_string_lossy()), "hard links are not supported on S3: EPERM");
         reply.error(Errno::EPERM);
     }
 
@@ -397,7 +437,7 @@ impl fuser::Filesystem for FuseFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        tracing::warn!(name = ?name, "special files are not supported on S3");
+        tracing::debug!(name = %escape_controls(&name.to_string_lossy()), "special files are not supported on S3: EPERM");
         reply.error(Errno::EPERM);
     }
 }

@@ -132,10 +132,28 @@ impl RelPath {
     }
 }
 
+/// For people and logs: control characters escaped (`\n` in a name must not forge a log
+/// line). Keys use [`RelPath::as_str`].
 impl fmt::Display for RelPath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "/{}", self.0)
+        write!(f, "/{}", escape_controls(&self.0))
     }
+}
+
+/// `s` with control characters escaped as `\n`, `\u{1b}`...: safe to put in a log line.
+pub fn escape_controls(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(char::is_control) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// Validates one path component.

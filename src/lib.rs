@@ -11,6 +11,7 @@ pub mod fuse;
 pub mod layout;
 pub mod metrics;
 pub mod mount;
+pub mod private;
 pub mod server;
 pub mod store;
 

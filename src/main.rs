@@ -6,7 +6,6 @@ use prefixfs::layout::{Layout, RelPath};
 use prefixfs::mount;
 use std::io::Read;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -45,6 +44,8 @@ fn init_logging(level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        // Colour codes only for a person at a terminal, never into a log file or journald.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -69,16 +70,28 @@ fn daemonize(m: &MountArgs) -> Result<(), String> {
     let mut m = m.clone();
     m.apply_options()?;
     m.plan()?; // report bad flags here, not in a log file
-    let log = m.log_file.clone().unwrap_or_else(default_log_file);
-    if let Some(dir) = log.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let out = std::fs::OpenOptions::new()
+    prefixfs::mount::check_not_mounted(&m.plan()?.mountpoint)?;
+    let log = match &m.log_file {
+        Some(l) => {
+            if let Some(dir) = l.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            l.clone()
+        }
+        None => {
+            let dir = prefixfs::private::default_dir(prefixfs::private::Place::Logs);
+            prefixfs::private::ensure_dir(&dir).map_err(|e| format!("log directory: {e}"))?;
+            dir.join("prefixfs.log")
+        }
+    };
+    let out = prefixfs::private::file_options()
         .create(true)
         .append(true)
         .open(&log)
         .map_err(|e| format!("opening log file {}: {e}", log.display()))?;
     let err = out.try_clone().map_err(|e| e.to_string())?;
+    // What this mount writes starts here: on failure, show only its lines.
+    let start = out.metadata().map(|m| m.len()).unwrap_or(0);
     let mut fds = [0i32; 2];
     // SAFETY: fds is a valid array of two ints.
     if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
@@ -114,11 +127,12 @@ fn daemonize(m: &MountArgs) -> Result<(), String> {
         return Ok(());
     }
     let status = child.wait().map_err(|e| e.to_string())?;
-    let tail = std::fs::read_to_string(&log).unwrap_or_default();
-    let last: Vec<&str> = tail
+    let tail = std::fs::read(&log).unwrap_or_default();
+    let ours = String::from_utf8_lossy(tail.get(start as usize..).unwrap_or_default());
+    let last: Vec<&str> = ours
         .lines()
         .rev()
-        .take(5)
+        .take(8)
         .collect::<Vec<_>>()
         .into_iter()
         .rev()
@@ -128,14 +142,6 @@ fn daemonize(m: &MountArgs) -> Result<(), String> {
         log.display(),
         last.join("\n")
     ))
-}
-
-fn default_log_file() -> PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    base.join("prefixfs").join("prefixfs.log")
 }
 
 fn run_init(a: prefixfs::cli::InitArgs) -> Result<(), String> {
@@ -184,6 +190,8 @@ fn run_serve(a: prefixfs::cli::ServeArgs) -> Result<(), String> {
         cfg.addr = a.addr;
         cfg.buckets = a.bucket.clone();
         cfg.emulator = a.emulator();
+        cfg.credentials = a.credentials();
+        cfg.latency = std::time::Duration::from_millis(a.latency_ms);
         let srv = prefixfs::server::start(cfg).await.map_err(|e| e.to_string())?;
         if let (Some(addr), Some(emu)) = (a.stats_addr, srv.emulator.clone()) {
             let render: prefixfs::metrics::Render = std::sync::Arc::new(move |path| {
@@ -194,12 +202,19 @@ fn run_serve(a: prefixfs::cli::ServeArgs) -> Result<(), String> {
                 .map_err(|e| format!("--stats-addr {addr}: {e}"))?;
             println!("partition counters at http://{bound}/partitions");
         }
-        println!(
-            "serving S3 at {} (access key {}, secret key {}); Ctrl-C stops",
-            srv.endpoint(),
-            prefixfs::server::DEFAULT_ACCESS_KEY,
-            prefixfs::server::DEFAULT_SECRET_KEY
-        );
+        match &srv.credentials_file {
+            Some(f) => println!(
+                "serving S3 at {} (access key {}; both keys are in {}); Ctrl-C stops",
+                srv.endpoint(),
+                srv.credentials.access_key,
+                f.display()
+            ),
+            None => println!(
+                "serving S3 at {} (access key {}, the secret key you gave); Ctrl-C stops",
+                srv.endpoint(),
+                srv.credentials.access_key
+            ),
+        }
         let _ = tokio::signal::ctrl_c().await;
         srv.shutdown().await;
         Ok(())

@@ -73,11 +73,7 @@ pub async fn write_descriptor(store: &dyn ObjectStore, layout: &Layout) -> Resul
 
 /// The default data directory of the embedded store.
 pub fn default_data_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("/tmp"));
-    base.join("prefixfs")
+    crate::private::default_dir(crate::private::Place::Data)
 }
 
 pub struct Connected {
@@ -124,7 +120,7 @@ pub async fn connect(
                 region: Some("us-east-1".into()),
                 force_path_style: true,
                 profile: None,
-                static_credentials: Some((server::DEFAULT_ACCESS_KEY.into(), server::DEFAULT_SECRET_KEY.into())),
+                static_credentials: Some((srv.credentials.access_key.clone(), srv.credentials.secret_key.clone())),
             };
             (cfg, Some(srv))
         }
@@ -140,8 +136,46 @@ pub async fn connect(
     })
 }
 
+/// Refuses a mountpoint that is already a mount point: mounting over it would stack a
+/// second filesystem there, and a later `umount` would take the wrong one down.
+pub fn check_not_mounted(mountpoint: &std::path::Path) -> Result<(), String> {
+    let canonical =
+        std::fs::canonicalize(mountpoint).map_err(|e| format!("mountpoint {}: {e}", mountpoint.display()))?;
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    if mount_points(&table).any(|p| p == canonical) {
+        return Err(format!(
+            "{} is already a mount point; unmount it first (umount {})",
+            mountpoint.display(),
+            canonical.display()
+        ));
+    }
+    Ok(())
+}
+
+/// The mount points listed in a /proc/self/mountinfo text (octal escapes decoded).
+fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    mountinfo.lines().filter_map(|line| {
+        let field = line.split(' ').nth(4)?;
+        let mut out = Vec::with_capacity(field.len());
+        let b = field.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+                out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+                i += 4;
+            } else {
+                out.push(b[i]);
+                i += 1;
+            }
+        }
+        use std::os::unix::ffi::OsStringExt;
+        Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
+    })
+}
+
 /// Mounts and serves until unmounted (umount, fusermount3 -u, SIGINT, SIGTERM).
 pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: Option<PathBuf>) -> Result<(), String> {
+    check_not_mounted(&plan.mountpoint)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -164,7 +198,11 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
     ))?;
     tracing::info!(prefixes = layout.prefix_count(), root = layout.root(), "layout");
 
+    // Staging, lost+found and the upload journal: private to this user (a journal planted by
+    // someone else would make this daemon abort uploads that are not its own).
+    crate::private::ensure_dir(&plan.fs.cache_dir).map_err(|e| format!("--cache-dir: {e}"))?;
     let journal_dir = plan.fs.cache_dir.join("uploads");
+    crate::private::ensure_dir(&journal_dir).map_err(|e| format!("--cache-dir: {e}"))?;
     let recovered = rt.block_on(crate::store::journal::recover(connected.store.as_ref(), &journal_dir));
     if recovered > 0 {
         tracing::info!(recovered, "aborted multipart uploads left by an earlier crash");
@@ -276,4 +314,24 @@ fn notify_ready() {
     // SAFETY: the parent created this pipe end for us and nothing else in this process owns it.
     let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
     let _ = f.write_all(b"ready\n");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_points_are_read_from_mountinfo_with_escapes() {
+        let table = "22 1 0:21 / / rw - ext4 /dev/sda1 rw\n\
+                     40 22 0:50 / /mnt/with\\040space rw,nosuid - fuse.prefixfs prefixfs:b rw\n";
+        let points: Vec<PathBuf> = mount_points(table).collect();
+        assert_eq!(points, vec![PathBuf::from("/"), PathBuf::from("/mnt/with space")]);
+    }
+
+    #[test]
+    fn an_existing_mount_point_is_refused() {
+        assert!(check_not_mounted(std::path::Path::new("/proc")).is_err());
+        let t = tempfile::tempdir().unwrap();
+        assert!(check_not_mounted(t.path()).is_ok());
+    }
 }

@@ -226,6 +226,7 @@ fn data_and_uploads_survive_a_server_restart() {
     let start = || {
         let mut cfg = prefixfs::server::ServerConfig::local(dir.path().to_path_buf());
         cfg.buckets.push(BUCKET.into());
+        cfg.credentials = Some(common::test_credentials());
         rt.block_on(prefixfs::server::start(cfg)).unwrap()
     };
     let srv = start();

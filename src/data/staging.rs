@@ -50,9 +50,9 @@ impl StagedFile {
     /// A staging file at `path` (created, truncated) for an object of `base` (or a new one).
     pub fn create(path: PathBuf, base: Option<Base>, part_size: u64) -> std::io::Result<StagedFile> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::private::ensure_dir(dir)?;
         }
-        let file = std::fs::OpenOptions::new()
+        let file = crate::private::file_options()
             .read(true)
             .write(true)
             .create(true)
@@ -296,7 +296,7 @@ impl StagedFile {
     /// not be uploaded.
     pub fn preserve(&mut self, dest: &Path) -> std::io::Result<PathBuf> {
         if let Some(dir) = dest.parent() {
-            std::fs::create_dir_all(dir)?;
+            crate::private::ensure_dir(dir)?;
         }
         std::fs::rename(&self.path, dest)?;
         // Nothing left to delete on drop.

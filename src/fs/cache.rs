@@ -79,7 +79,9 @@ impl EntryInfo {
         if let Some(t) = posix.mtime {
             self.mtime = t;
         }
-        if posix.is_symlink() {
+        // A symlink's target fits in PATH_MAX; a bigger object is a file whatever its
+        // metadata says (readlink never reads more than that).
+        if posix.is_symlink() && self.size < SYMLINK_MAX as u64 {
             self.kind = Kind::Symlink;
         }
         self
@@ -90,6 +92,9 @@ impl EntryInfo {
         self
     }
 }
+
+/// PATH_MAX: the longest symlink target, terminating NUL included.
+pub const SYMLINK_MAX: usize = libc::PATH_MAX as usize;
 
 /// How long after an object's LastModified a HEAD must have been answered for its attributes
 /// to be reused for a listing entry with the same size and LastModified (one-second

@@ -6,7 +6,7 @@
 //! `fsync` and the last `close` upload what changed and return the upload's error; data that
 //! cannot be uploaded at the last close is kept under `lost+found/` in the cache directory.
 
-use super::cache::{EntryInfo, Kind};
+use super::cache::{EntryInfo, Kind, SYMLINK_MAX};
 use super::error::{FsError, FsResult};
 use super::posix::Posix;
 use super::{Attr, Core, Handle, lock};
@@ -696,6 +696,12 @@ impl Core {
         let target = target
             .to_str()
             .ok_or_else(|| FsError::new(libc::EINVAL, format!("{path}: symlink target is not valid UTF-8")))?;
+        if target.len() >= SYMLINK_MAX {
+            return Err(FsError::new(
+                libc::ENAMETOOLONG,
+                format!("{path}: symlink target too long"),
+            ));
+        }
         let posix = Posix {
             mode: Some(libc::S_IFLNK | 0o777),
             uid: Some(uid),
@@ -712,9 +718,20 @@ impl Core {
         Ok(self.attr(ino, info))
     }
 
+    /// The target of a symlink: at most [`SYMLINK_MAX`] bytes are ever read (an object
+    /// claiming to be a larger symlink is shown as a file, see [`EntryInfo::with_posix`]).
     pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
         let path = self.path_of(ino)?;
+        match self.stat(&path).await? {
+            Some(i) if i.kind == Kind::Symlink => {}
+            Some(_) => return Err(FsError::new(libc::EINVAL, format!("{path}: not a symlink"))),
+            None => return Err(FsError::not_found(&path)),
+        }
         let key = self.layout.file_key(&path)?;
-        Ok(self.store.get(&key, None).await?)
+        let target = self.store.get(&key, Some(0..SYMLINK_MAX as u64)).await?;
+        if target.len() >= SYMLINK_MAX {
+            return Err(FsError::new(libc::EIO, format!("{path}: symlink target too long")));
+        }
+        Ok(target)
     }
 }

@@ -245,8 +245,9 @@ impl Core {
             )
         })?;
         let path = self.path_of(parent)?.join(name)?;
-        // Both the file key and the marker key must fit in S3's key limit.
-        self.layout.dir_marker_key(&path)?;
+        // The file key must fit in S3's key limit. (The marker key, one byte longer, is
+        // checked by mkdir: a listed file whose key has exactly the limit is reachable.)
+        self.layout.file_key(&path)?;
         Ok(path)
     }
 
@@ -342,7 +343,11 @@ impl Core {
 
     /// HEAD of `path`'s directory marker: a directory with its POSIX metadata, or None.
     async fn head_dir(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
-        match self.store.head(&self.layout.dir_marker_key(path)?).await {
+        // A path whose marker key would exceed S3's limit cannot have one.
+        let Ok(key) = self.layout.dir_marker_key(path) else {
+            return Ok(None);
+        };
+        match self.store.head(&key).await {
             Ok(m) => Ok(Some(
                 EntryInfo::new(Kind::Dir, 0, m.last_modified)
                     .with_posix(posix::Posix::from_meta(&m.user_meta))

@@ -7,6 +7,10 @@
 use crate::store::UserMeta;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// The latest mtime accepted from metadata: 9999-12-31T23:59:59Z. Later values are ignored
+/// (the object's LastModified is shown instead).
+pub const MAX_MTIME_SECS: u64 = 253_402_300_799;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Posix {
     /// Full st_mode (type and permission bits), when stored.
@@ -18,10 +22,14 @@ pub struct Posix {
 
 impl Posix {
     pub fn from_meta(meta: &UserMeta) -> Posix {
+        // Anything in the bucket may be hostile: every value is parsed and checked, never
+        // trusted to fit (an mtime of 2^63 seconds used to overflow and panic).
         let num = |k: &str| meta.get(k).and_then(|v| v.trim().parse::<u64>().ok());
         let mtime = match (num("mtime-ns"), num("mtime")) {
-            (Some(ns), Some(s)) if ns / 1_000_000_000 == s => Some(UNIX_EPOCH + Duration::from_nanos(ns)),
-            (_, Some(s)) => Some(UNIX_EPOCH + Duration::from_secs(s)),
+            (Some(ns), Some(s)) if ns / 1_000_000_000 == s && s <= MAX_MTIME_SECS => {
+                UNIX_EPOCH.checked_add(Duration::from_nanos(ns))
+            }
+            (_, Some(s)) if s <= MAX_MTIME_SECS => UNIX_EPOCH.checked_add(Duration::from_secs(s)),
             _ => None,
         };
         Posix {
@@ -82,5 +90,26 @@ mod tests {
         assert_eq!(q.mode, Some(libc::S_IFREG | 0o644));
         assert_eq!(q.mtime, Some(UNIX_EPOCH + Duration::from_secs(1_486_512_000)));
         assert_eq!(Posix::from_meta(&UserMeta::new()), Posix::default());
+    }
+
+    #[test]
+    fn hostile_values_are_ignored_not_trusted() {
+        let meta = |pairs: &[(&str, &str)]| -> UserMeta {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        for m in [
+            meta(&[("mtime", "9223372036854775808")]),
+            meta(&[("mtime", "18446744073709551615")]),
+            meta(&[("mtime", "253402300800"), ("mtime-ns", "253402300800000000000")]),
+            meta(&[
+                ("mtime", "-1"),
+                ("mode", "99999999999"),
+                ("uid", "x"),
+                ("gid", "4294967296"),
+            ]),
+        ] {
+            let p = Posix::from_meta(&m);
+            assert_eq!((p.mtime, p.mode, p.uid, p.gid), (None, None, None, None), "{m:?}");
+        }
     }
 }

@@ -19,9 +19,65 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// Fixed credentials of the embedded server (it only listens on loopback by default).
-pub const DEFAULT_ACCESS_KEY: &str = "prefixfs";
-pub const DEFAULT_SECRET_KEY: &str = "prefixfs-secret";
+/// The file in a data directory that holds the store's credentials (mode 0600).
+pub const CREDENTIALS_FILE: &str = "credentials.json";
+
+/// The keys requests must be signed with.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Credentials {
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl Credentials {
+    /// Fresh random keys (from the OS's random source, through uuid v4).
+    pub fn random() -> Credentials {
+        Credentials {
+            access_key: format!("PFS{}", uuid::Uuid::new_v4().simple()).to_uppercase(),
+            secret_key: format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple()),
+        }
+    }
+
+    /// The credentials of the store in `data_dir`: read from its credentials file, or made
+    /// at random and written there (0600) on first use. A file another user could read or
+    /// replace is refused.
+    pub fn load_or_create(data_dir: &std::path::Path) -> std::io::Result<Credentials> {
+        use std::io::Write;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        let path = data_dir.join(CREDENTIALS_FILE);
+        match std::fs::symlink_metadata(&path) {
+            Ok(m) => {
+                // SAFETY: geteuid has no preconditions.
+                let me = unsafe { libc::geteuid() };
+                if !m.is_file() || m.uid() != me || m.mode() & 0o077 != 0 {
+                    return Err(std::io::Error::other(format!(
+                        "{} must be a regular file owned by uid {me} with mode 0600; refusing to use it",
+                        path.display()
+                    )));
+                }
+                let text = std::fs::read_to_string(&path)?;
+                serde_json::from_str(&text)
+                    .map_err(|e| std::io::Error::other(format!("{} is unreadable: {e}", path.display())))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let c = Credentials::random();
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)?;
+                f.write_all(
+                    serde_json::to_string_pretty(&c)
+                        .map_err(std::io::Error::other)?
+                        .as_bytes(),
+                )?;
+                f.sync_all()?;
+                Ok(c)
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
 
 /// Faults a test can switch on in a running server.
 #[derive(Debug)]
@@ -64,13 +120,17 @@ impl Faults {
 pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub addr: SocketAddr,
-    pub access_key: String,
-    pub secret_key: String,
+    /// The keys clients sign with; None: the data directory's own random ones
+    /// ([`Credentials::load_or_create`]).
+    pub credentials: Option<Credentials>,
     /// Buckets to create at start if missing.
     pub buckets: Vec<String>,
     pub faults: Arc<Faults>,
     /// Throttle like S3's partitions (see [`partitions`]); None: never throttle.
     pub emulator: Option<partitions::EmulatorConfig>,
+    /// Added before every answer: S3 answers after 20–60 ms, loopback at once, and code
+    /// that waits for one request before sending the next only shows up with this on.
+    pub latency: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -78,11 +138,11 @@ impl ServerConfig {
         ServerConfig {
             data_dir,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            access_key: DEFAULT_ACCESS_KEY.into(),
-            secret_key: DEFAULT_SECRET_KEY.into(),
+            credentials: None,
             buckets: Vec::new(),
             faults: Arc::default(),
             emulator: None,
+            latency: std::time::Duration::ZERO,
         }
     }
 }
@@ -90,6 +150,10 @@ impl ServerConfig {
 /// A running server; stops when dropped or on [`RunningServer::shutdown`].
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// The keys requests must be signed with.
+    pub credentials: Credentials,
+    /// Where they are kept, when they came from the data directory.
+    pub credentials_file: Option<PathBuf>,
     pub emulator: Option<Arc<partitions::Emulator>>,
     stop: watch::Sender<bool>,
     task: Option<tokio::task::JoinHandle<()>>,
@@ -116,7 +180,28 @@ impl Drop for RunningServer {
 
 /// Opens the store, binds, and serves on the current tokio runtime.
 pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
+    for b in &cfg.buckets {
+        validate_bucket_name(b).map_err(std::io::Error::other)?;
+    }
     let store = Arc::new(DiskStore::open(&cfg.data_dir)?);
+    // The objects are the files of whoever mounted them: nobody else may read the store.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    let (credentials, credentials_file) = match cfg.credentials.clone() {
+        Some(c) => (c, None),
+        None => (
+            Credentials::load_or_create(&cfg.data_dir)?,
+            Some(cfg.data_dir.join(CREDENTIALS_FILE)),
+        ),
+    };
+    if !cfg.addr.ip().is_loopback() {
+        tracing::warn!(
+            addr = %cfg.addr,
+            "the embedded S3 store listens beyond loopback, over plain HTTP: anyone who can reach it and holds its keys can read and replace every object"
+        );
+    }
     for b in &cfg.buckets {
         match store.create_bucket(b) {
             Ok(()) | Err(disk::DiskError::BucketExists) => {}
@@ -126,9 +211,22 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
     let emulator = cfg.emulator.clone().map(|c| Arc::new(partitions::Emulator::new(c)));
     let service = {
         let mut b = S3ServiceBuilder::new(s3impl::S3Store::new(store, cfg.faults.clone(), emulator.clone()));
-        b.set_auth(SimpleAuth::from_single(cfg.access_key.clone(), cfg.secret_key.clone()));
+        b.set_auth(SimpleAuth::from_single(
+            credentials.access_key.clone(),
+            credentials.secret_key.clone(),
+        ));
         b.build()
     };
+    let latency = cfg.latency;
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        let service = service.clone();
+        async move {
+            if !latency.is_zero() {
+                tokio::time::sleep(latency).await;
+            }
+            hyper::service::Service::call(&service, req).await
+        }
+    });
     let listener = TcpListener::bind(cfg.addr).await?;
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = watch::channel(false);
@@ -162,8 +260,73 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
     tracing::info!(%addr, dir = %cfg.data_dir.display(), "embedded S3 server listening");
     Ok(RunningServer {
         addr,
+        credentials,
+        credentials_file,
         emulator,
         stop,
         task: Some(task),
     })
+}
+
+/// S3's bucket naming rules (3–63 characters of lower-case letters, digits, `.` and `-`,
+/// starting and ending with a letter or digit, not an IP address): a name every request
+/// would reject is refused at start.
+pub fn validate_bucket_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let edge = |b: Option<u8>| b.is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if !(3..=63).contains(&name.len())
+        || !ok_chars
+        || !edge(name.bytes().next())
+        || !edge(name.bytes().last())
+        || name.contains("..")
+        || name.parse::<std::net::Ipv4Addr>().is_ok()
+    {
+        return Err(format!(
+            "invalid bucket name {name:?}: 3 to 63 lower-case letters, digits, '.' and '-', starting and ending with a letter or digit"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bucket_names_follow_s3s_rules() {
+        for ok in ["test", "my-bucket", "a.b.c", "prefixfs", "b1x"] {
+            assert!(validate_bucket_name(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "b1",
+            "B1ucket",
+            "-abc",
+            "abc-",
+            "a..b",
+            "192.168.0.1",
+            "under_score",
+            "",
+        ] {
+            assert!(validate_bucket_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn credentials_are_random_private_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let a = Credentials::load_or_create(dir.path()).unwrap();
+        let b = Credentials::load_or_create(dir.path()).unwrap();
+        assert_eq!(a, b);
+        assert_ne!(a, Credentials::random());
+        let path = dir.path().join(CREDENTIALS_FILE);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(
+            Credentials::load_or_create(dir.path()).is_err(),
+            "a readable file is refused"
+        );
+    }
 }

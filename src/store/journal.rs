@@ -35,9 +35,9 @@ impl JournalingStore {
         let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
             if let Some(dir) = self.path.parent() {
-                let _ = std::fs::create_dir_all(dir);
+                let _ = crate::private::ensure_dir(dir);
             }
-            *f = std::fs::OpenOptions::new()
+            *f = crate::private::file_options()
                 .create(true)
                 .append(true)
                 .open(&self.path)

@@ -13,6 +13,16 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub const BUCKET: &str = "test";
+/// The keys the test servers are started with (moto accepts any).
+pub const ACCESS_KEY: &str = "test-access-key";
+pub const SECRET_KEY: &str = "test-secret-key";
+
+pub fn test_credentials() -> server::Credentials {
+    server::Credentials {
+        access_key: ACCESS_KEY.into(),
+        secret_key: SECRET_KEY.into(),
+    }
+}
 pub const ROOT: &str = "data";
 
 pub enum Backend {
@@ -50,6 +60,7 @@ impl Env {
         let mut cfg = ServerConfig::local(dir.path().join("s3"));
         cfg.buckets.push(BUCKET.into());
         cfg.emulator = emulator;
+        cfg.credentials = Some(test_credentials());
         let faults = cfg.faults.clone();
         let srv = rt.block_on(server::start(cfg)).expect("server starts");
         let endpoint = srv.endpoint();
@@ -156,8 +167,8 @@ impl Env {
     /// A command with this server's credentials in its environment.
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new(program);
-        c.env("AWS_ACCESS_KEY_ID", server::DEFAULT_ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", server::DEFAULT_SECRET_KEY)
+        c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
             .env("AWS_EC2_METADATA_DISABLED", "true")
             .env_remove("AWS_PROFILE");
         c
@@ -213,7 +224,7 @@ pub fn client_config(endpoint: &str) -> AwsConfig {
         region: Some("us-east-1".into()),
         force_path_style: true,
         profile: None,
-        static_credentials: Some((server::DEFAULT_ACCESS_KEY.into(), server::DEFAULT_SECRET_KEY.into())),
+        static_credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
     }
 }
 
