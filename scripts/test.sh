@@ -34,6 +34,9 @@ if [ "$(id -u)" != 0 ]; then
   exit 1
 fi
 
+# A second local user, to show that nothing prefixfs keeps locally is readable by others.
+id prefixfs-other >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin prefixfs-other
+
 # Tests talk only to servers on 127.0.0.1: never let the AWS SDK probe instance metadata.
 export AWS_EC2_METADATA_DISABLED=true
 cargo fmt --check

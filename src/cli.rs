@@ -92,6 +92,10 @@ pub struct MountArgs {
     /// Concurrent requests of one listing fan-out.
     #[arg(long, default_value_t = 16)]
     pub fanout: usize,
+    /// HEADs in flight while a directory's entries are looked up in listing order (`ls -l`,
+    /// `find`): each entry is HEADed once either way, in parallel instead of in series. 0: off.
+    #[arg(long, default_value_t = 128)]
+    pub attr_prefetch: usize,
     /// FUSE worker threads (= requests served at once).
     #[arg(long, default_value_t = 16)]
     pub threads: usize,
@@ -312,6 +316,7 @@ impl MountArgs {
                 "prefix_count" => {
                     self.prefix_count = Some(need(value)?.parse().map_err(|_| format!("bad {name}"))?);
                 }
+                "attr_prefetch" => self.attr_prefetch = need(value)?.parse().map_err(|_| format!("bad {name}"))?,
                 "metadata_ttl" => self.metadata_ttl = need(value)?.parse().map_err(|_| format!("bad {name}"))?,
                 "uid" => self.uid = Some(need(value)?.parse().map_err(|_| format!("bad {name}"))?),
                 "gid" => self.gid = Some(need(value)?.parse().map_err(|_| format!("bad {name}"))?),
@@ -370,6 +375,7 @@ impl MountArgs {
             metadata_ttl: Duration::from_secs_f64(self.metadata_ttl),
             cache_capacity: self.cache_entries.max(1),
             fanout: self.fanout,
+            attr_prefetch: self.attr_prefetch,
             part_size: self.part_size_mib * 1024 * 1024,
             uid: self.uid.unwrap_or(uid),
             gid: self.gid.unwrap_or(gid),

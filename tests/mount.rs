@@ -31,7 +31,61 @@ on_every_backend!(
     names_that_cannot_be_keys_get_a_clear_errno,
     overwriting_a_file_replaces_its_object,
     two_mounts_see_each_other_after_the_ttl,
+    echo_into_a_directory_costs_one_put_per_file,
+    cp_r_of_a_tree_sends_no_listing_per_file,
 );
+
+/// Requests by kind (`requests_put`...) sent between two snapshots of the counters.
+fn sent(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+) -> Vec<(String, u64)> {
+    after
+        .iter()
+        .filter(|(k, _)| k.starts_with("requests_"))
+        .map(|(k, v)| {
+            (
+                k.trim_start_matches("requests_").to_string(),
+                v - before.get(k).copied().unwrap_or(0),
+            )
+        })
+        .filter(|(_, v)| *v > 0)
+        .collect()
+}
+
+/// docs/REQUESTS.md, first row, through a real mount: the shell's `echo x > f` in a
+/// directory whose listing is known costs one PUT per file and nothing else.
+fn echo_into_a_directory_costs_one_put_per_file(env: Env) {
+    let layout = env.layout(16);
+    env.put(
+        &layout.file_key(&RelPath::parse("day/old.txt").unwrap()).unwrap(),
+        b"old",
+    );
+    let mut m = env.mount(16, &["--metadata-ttl", "600"]);
+    m.ok("ls day >/dev/null");
+    let before = m.stats();
+    m.ok("for i in $(seq 1 100); do echo $i > day/f$i.txt; done");
+    assert_eq!(sent(&before, &m.stats()), vec![("put".to_string(), 100)]);
+    assert_eq!(m.ok("cat day/f57.txt"), "57\n");
+    assert_eq!(env.data_keys().len(), 101);
+}
+
+/// `cp -r` into the mount: directories it creates are known to be empty, so no file costs a
+/// listing; the only LISTs are the one of the destination's parent.
+fn cp_r_of_a_tree_sends_no_listing_per_file(env: Env) {
+    let src = env.subdir("src");
+    let (files, dirs) = dated_tree(&src, 3, 20);
+    let mut m = env.mount(16, &["--metadata-ttl", "600"]);
+    let before = m.stats();
+    m.ok(&format!("cp -r {}/2017 .", src.display()));
+    let sent = sent(&before, &m.stats());
+    let want = vec![
+        ("head".to_string(), 2),
+        ("list".to_string(), 16),
+        ("put".to_string(), (files.len() + dirs.len()) as u64),
+    ];
+    assert_eq!(sent, want);
+}
 
 fn strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
