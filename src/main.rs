@@ -69,7 +69,7 @@ fn run_mount(mut m: MountArgs) -> Result<(), String> {
 fn daemonize(m: &MountArgs) -> Result<(), String> {
     let mut m = m.clone();
     m.apply_options()?;
-    m.plan()?; // report bad flags here, not in a log file
+    // Report bad flags and a mounted mountpoint here, not in a log file.
     prefixfs::mount::check_not_mounted(&m.plan()?.mountpoint)?;
     let log = match &m.log_file {
         Some(l) => {

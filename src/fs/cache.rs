@@ -261,11 +261,6 @@ impl MetaCache {
         Some(listing.get(path.name()).copied())
     }
 
-    /// True when `path`'s full attributes are cached and fresh (no HEAD needed).
-    pub fn has_full(&self, path: &RelPath) -> bool {
-        matches!(self.entry(path), Some(Some(i)) if i.full)
-    }
-
     pub fn put_entry(&self, path: &RelPath, info: Option<EntryInfo>) {
         if self.ttl.is_zero() {
             return;

@@ -8,6 +8,7 @@ use crate::layout::{RESERVED_NAME, RelPath, validate_name};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::sync::Arc;
 
 impl Core {
     /// Runs `f` for every prefix index, at most `fanout` at once.
@@ -62,7 +63,7 @@ impl Core {
         for (name, info) in pending {
             merged.entry(name).or_insert(info);
         }
-        Ok(std::sync::Arc::new(merged))
+        Ok(Arc::new(merged))
     }
 
     async fn fetch_listing(&self, dir: &RelPath) -> FsResult<BTreeMap<String, EntryInfo>> {

@@ -278,9 +278,10 @@ impl Core {
     /// What `path` is, with its POSIX metadata: from an open file, the cache, or S3.
     ///
     /// Requests, cache cold: 1 HEAD when a listing of the parent already said what `path`
-    /// is; else a HEAD of the file key and of the marker key in parallel, and when neither
-    /// exists the parent's listing (shared, once per TTL) says whether `path` is an implicit
-    /// directory. Concurrent callers for one path share one set of requests.
+    /// is; else a HEAD of the key the name suggests (file for `a.txt`, marker for `2017`),
+    /// then of the other key if that one is missing, and when neither exists the parent's
+    /// listing (shared, once per TTL) says whether `path` is an implicit directory.
+    /// Concurrent callers for one path share one set of requests.
     pub async fn stat(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
         if path.is_root() {
             return Ok(Some(EntryInfo::new(Kind::Dir, 0, self.mount_time)));
@@ -300,25 +301,21 @@ impl Core {
     async fn fetch_stat(&self, path: &RelPath, hint: Option<Kind>) -> FsResult<Option<EntryInfo>> {
         let info = match hint {
             // A listing already said what kind it is: one HEAD for the metadata.
-            Some(Kind::Dir) => self.head_dir(path).await?.or(Some(self.implicit_dir())),
-            Some(_) => self.head_file(path).await?,
+            Some(Kind::Dir) => self.head_as(path, true).await?.or(Some(self.implicit_dir())),
+            Some(_) => self.head_as(path, false).await?,
             // Guess from the name which key to ask first, so that a lookup of a file
             // (`a.txt`) or of a directory with a marker (`2017`) costs one HEAD; only a wrong
             // guess or a missing name costs the second.
-            None if looks_like_file(path.name()) => match self.head_file(path).await? {
-                Some(f) => Some(f),
-                None => match self.head_dir(path).await? {
-                    Some(d) => Some(d),
-                    None => self.implicit_dir_in_listing(path).await?,
-                },
-            },
-            None => match self.head_dir(path).await? {
-                Some(d) => Some(d),
-                None => match self.head_file(path).await? {
-                    Some(f) => Some(f),
-                    None => self.implicit_dir_in_listing(path).await?,
-                },
-            },
+            None => {
+                let dir_first = !looks_like_file(path.name());
+                match self.head_as(path, dir_first).await? {
+                    Some(found) => Some(found),
+                    None => match self.head_as(path, !dir_first).await? {
+                        Some(found) => Some(found),
+                        None => self.implicit_dir_in_listing(path).await?,
+                    },
+                }
+            }
         };
         self.cache.learned(path, info);
         Ok(info)
@@ -328,31 +325,27 @@ impl Core {
         EntryInfo::new(Kind::Dir, 0, self.mount_time)
     }
 
-    /// HEAD of `path`'s file key: a file or symlink with its POSIX metadata, or None.
-    async fn head_file(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
-        match self.store.head(&self.layout.file_key(path)?).await {
-            Ok(f) => Ok(Some(
-                EntryInfo::new(Kind::File, f.size, f.last_modified)
-                    .with_posix(posix::Posix::from_meta(&f.user_meta))
-                    .checked_now(),
-            )),
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// HEAD of `path`'s directory marker: a directory with its POSIX metadata, or None.
-    async fn head_dir(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
-        // A path whose marker key would exceed S3's limit cannot have one.
-        let Ok(key) = self.layout.dir_marker_key(path) else {
-            return Ok(None);
+    /// HEAD of `path`'s directory marker (`dir`) or file key: what is there with its POSIX
+    /// metadata, or None.
+    async fn head_as(&self, path: &RelPath, dir: bool) -> FsResult<Option<EntryInfo>> {
+        let key = if dir {
+            // A path whose marker key would exceed S3's limit cannot have one.
+            let Ok(key) = self.layout.dir_marker_key(path) else {
+                return Ok(None);
+            };
+            key
+        } else {
+            self.layout.file_key(path)?
         };
         match self.store.head(&key).await {
-            Ok(m) => Ok(Some(
-                EntryInfo::new(Kind::Dir, 0, m.last_modified)
-                    .with_posix(posix::Posix::from_meta(&m.user_meta))
-                    .checked_now(),
-            )),
+            Ok(m) => {
+                let (kind, size) = if dir { (Kind::Dir, 0) } else { (Kind::File, m.size) };
+                Ok(Some(
+                    EntryInfo::new(kind, size, m.last_modified)
+                        .with_posix(posix::Posix::from_meta(&m.user_meta))
+                        .checked_now(),
+                ))
+            }
             Err(e) if e.is_not_found() => Ok(None),
             Err(e) => Err(e.into()),
         }
@@ -375,12 +368,12 @@ impl Core {
     /// attributes ready instead of paying one round trip each, in series.
     fn prefetch_after(&self, path: &RelPath) {
         let window = self.cfg.attr_prefetch;
-        let (Some(parent), Some(me)) = (path.parent(), self.me.upgrade()) else {
-            return;
-        };
         if window == 0 {
             return;
         }
+        let (Some(parent), Some(me)) = (path.parent(), self.me.upgrade()) else {
+            return;
+        };
         let Some(listing) = self.cache.listing(&parent) else {
             return;
         };

@@ -43,7 +43,7 @@ impl Credentials {
     /// replace is refused.
     pub fn load_or_create(data_dir: &std::path::Path) -> std::io::Result<Credentials> {
         use std::io::Write;
-        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+        use std::os::unix::fs::MetadataExt;
         let path = data_dir.join(CREDENTIALS_FILE);
         match std::fs::symlink_metadata(&path) {
             Ok(m) => {
@@ -61,10 +61,9 @@ impl Credentials {
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let c = Credentials::random();
-                let mut f = std::fs::OpenOptions::new()
+                let mut f = crate::private::file_options()
                     .write(true)
                     .create_new(true)
-                    .mode(0o600)
                     .open(&path)?;
                 f.write_all(
                     serde_json::to_string_pretty(&c)
@@ -183,12 +182,10 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
     for b in &cfg.buckets {
         validate_bucket_name(b).map_err(std::io::Error::other)?;
     }
+    // The objects are the files of whoever mounted them: nobody else may read the store,
+    // and a data directory someone else owns is refused before anything is read from it.
+    crate::private::ensure_dir(&cfg.data_dir)?;
     let store = Arc::new(DiskStore::open(&cfg.data_dir)?);
-    // The objects are the files of whoever mounted them: nobody else may read the store.
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700))?;
-    }
     let (credentials, credentials_file) = match cfg.credentials.clone() {
         Some(c) => (c, None),
         None => (
