@@ -117,7 +117,7 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn destroy(&mut self) {
-        self.rt.block_on(self.core.flush_all());
+        let _ = self.rt.block_on(self.core.flush_all());
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {

@@ -204,9 +204,18 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
     let journal_dir = plan.fs.cache_dir.join("uploads");
     crate::private::ensure_dir(&journal_dir).map_err(|e| format!("--cache-dir: {e}"))?;
     let recovered = rt.block_on(crate::store::journal::recover(connected.store.as_ref(), &journal_dir));
-    if recovered > 0 {
-        tracing::info!(recovered, "aborted multipart uploads left by an earlier crash");
+    if recovered != Default::default() {
+        tracing::info!(
+            uploads_aborted = recovered.uploads_aborted,
+            deletes_sent = recovered.deletes_sent,
+            deletes_superseded = recovered.deletes_superseded,
+            "finished the work an earlier mount left"
+        );
     }
+    let journal = Arc::new(
+        crate::store::journal::Journal::create(&journal_dir)
+            .map_err(|e| format!("creating the journal in {}: {e}", journal_dir.display()))?,
+    );
     if let Some(age) = plan.abort_uploads_older_than {
         let stale = rt.block_on(crate::store::journal::abort_stale(
             connected.store.as_ref(),
@@ -235,8 +244,9 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
     let deferred = Arc::new(crate::store::deferred::DeferredDeletes::new(
         paced,
         connected.stats.clone(),
+        Some(journal.clone()),
     ));
-    let store: Arc<dyn ObjectStore> = Arc::new(crate::store::journal::JournalingStore::new(deferred, &journal_dir));
+    let store: Arc<dyn ObjectStore> = Arc::new(crate::store::journal::JournalingStore::new(deferred, journal.clone()));
     let core = Core::new(layout, store, connected.stats.clone(), plan.fs.clone());
     let fsname = match &plan.bucket {
         Some((b, r)) if r.is_empty() => format!("prefixfs:{b}"),
@@ -268,7 +278,7 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
     rt.spawn(async move {
         wait_for_signal().await;
         tracing::info!(mountpoint = %mountpoint.display(), "signal received: uploading open files and unmounting");
-        signal_core.flush_all().await;
+        let _ = signal_core.flush_all().await;
         if let Err(e) = tokio::task::spawn_blocking(move || unmounter.unmount())
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))
@@ -278,10 +288,15 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
     });
     tracing::info!(mountpoint = %plan.mountpoint.display(), "mounted");
     notify_ready();
-    let result = session
+    let mut result = session
         .run()
         .map_err(|e| format!("FUSE session ended with an error: {e}"));
-    rt.block_on(core.flush_all());
+    if !rt.block_on(core.flush_all()) && result.is_ok() {
+        result = Err(format!(
+            "some work acknowledged to programs did not reach S3 (see the log above); what could be kept is in {}",
+            plan.fs.cache_dir.display()
+        ));
+    }
     core.clean_staging();
     tracing::info!("unmounted");
     if let Some(srv) = connected.server {

@@ -313,7 +313,7 @@ fn multipart_uploads_left_by_a_crash_are_aborted_by_the_next_mount() {
     let journalled = || {
         run_sh(env.dir.path(), "cat cache/uploads/*.journal 2>/dev/null")
             .stdout
-            .starts_with("start ")
+            .contains("\"op\":\"upload_started\"")
     };
     while uploads().is_empty() || !journalled() {
         assert!(std::time::Instant::now() < deadline, "no multipart upload started");
@@ -328,7 +328,7 @@ fn multipart_uploads_left_by_a_crash_are_aborted_by_the_next_mount() {
     assert_eq!(uploads().len(), 1, "the crash left an incomplete upload");
     let journals = run_sh(env.dir.path(), "cat cache/uploads/*.journal");
     assert!(
-        journals.stdout.starts_with("start "),
+        journals.stdout.contains("\"op\":\"upload_started\""),
         "{}{}",
         journals.stdout,
         journals.stderr

@@ -663,21 +663,27 @@ impl Core {
         }
     }
 
-    /// Uploads every open file and sends every deferred delete (before unmount).
-    pub async fn flush_all(&self) {
-        self.flush_open_files().await;
+    /// Uploads every open file and sends every deferred delete (before unmount); false if
+    /// something did not reach S3 (each failure is logged).
+    pub async fn flush_all(&self) -> bool {
+        let mut all = self.flush_open_files().await;
         if let Err(e) = self.store.flush().await {
-            tracing::error!(error = %e, "could not send the pending deletes at unmount");
+            all = false;
+            tracing::error!(error = %e, "deletes acknowledged to programs did not reach S3 before unmount; they are kept in the journal and the next mount of this cache directory sends them");
         }
+        all
     }
 
-    async fn flush_open_files(&self) {
+    async fn flush_open_files(&self) -> bool {
         let inos: Vec<u64> = lock(&self.open_files).keys().copied().collect();
+        let mut all = true;
         for ino in inos {
             if let Err(e) = self.flush_ino(ino).await {
+                all = false;
                 tracing::error!(ino, error = %e, "could not upload an open file at unmount");
             }
         }
+        all
     }
 
     pub async fn symlink(

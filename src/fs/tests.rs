@@ -63,7 +63,7 @@ fn rig_with(cfg: impl FnOnce(&mut FsConfig)) -> Rig {
         RetryConfig::default(),
         stats.clone(),
     ));
-    let store: Arc<dyn ObjectStore> = Arc::new(DeferredDeletes::new(s3.clone(), stats.clone()));
+    let store: Arc<dyn ObjectStore> = Arc::new(DeferredDeletes::new(s3.clone(), stats.clone(), None));
     let mut fs = FsConfig {
         metadata_ttl: Duration::from_secs(60),
         cache_dir: dir.path().to_path_buf(),

@@ -84,17 +84,45 @@ pub struct Faults {
     /// Writes (PUT, parts, copies, completions) still accepted before every further one is
     /// refused with 403 AccessDenied; negative: no limit.
     writes_left: std::sync::atomic::AtomicI64,
+    /// DeleteObject and DeleteObjects answer 500 InternalError without deleting anything.
+    fail_deletes: std::sync::atomic::AtomicBool,
+    /// CompleteMultipartUploads still to be applied and then answered 500 InternalError, as
+    /// when S3 completed the upload and the answer was lost on the way.
+    lose_completions: std::sync::atomic::AtomicU32,
 }
 
 impl Default for Faults {
     fn default() -> Self {
         Faults {
             writes_left: std::sync::atomic::AtomicI64::new(-1),
+            fail_deletes: Default::default(),
+            lose_completions: Default::default(),
         }
     }
 }
 
 impl Faults {
+    pub fn set_fail_deletes(&self, on: bool) {
+        self.fail_deletes.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub fn deletes_fail(&self) -> bool {
+        self.fail_deletes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The next `n` completions are applied and their answers lost.
+    pub fn lose_completion_answers(&self, n: u32) {
+        self.lose_completions.store(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether this completion's answer is to be lost (counts it).
+    pub fn take_lost_completion(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.lose_completions
+            .fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     pub fn set_reject_writes(&self, on: bool) {
         self.writes_left
             .store(if on { 0 } else { -1 }, std::sync::atomic::Ordering::Relaxed);

@@ -46,6 +46,16 @@ impl S3Store {
         Ok(())
     }
 
+    fn check_delete_allowed(&self) -> S3Result<()> {
+        if self.faults.deletes_fail() {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InternalError,
+                "deletes are failing (fault injection)",
+            ));
+        }
+        Ok(())
+    }
+
     fn bucket(&self, name: &str) -> S3Result<Arc<Bucket>> {
         self.store.bucket(name).map_err(to_s3)
     }
@@ -314,6 +324,7 @@ impl S3 for S3Store {
     }
 
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
+        self.check_delete_allowed()?;
         self.admit(Access::Write, &req.input.key)?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
@@ -326,6 +337,7 @@ impl S3 for S3Store {
     }
 
     async fn delete_objects(&self, req: S3Request<DeleteObjectsInput>) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        self.check_delete_allowed()?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         if input.delete.objects.len() > 1000 {
@@ -597,6 +609,12 @@ impl S3 for S3Store {
         let entry = b
             .complete_upload(&input.key, &input.upload_id, &parts, &cond)
             .map_err(to_s3)?;
+        if self.faults.take_lost_completion() {
+            return Err(S3Error::with_message(
+                S3ErrorCode::InternalError,
+                "the upload was completed and this answer lost (fault injection)",
+            ));
+        }
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(input.bucket),
             key: Some(input.key),

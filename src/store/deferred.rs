@@ -3,13 +3,21 @@
 //! with keys interleaved across prefixes, so consecutive deletes hit different partitions
 //! and a tree of N files costs about N/1000 requests instead of N.
 //!
-//! Invariants, so the delay is invisible to readers and writers of this mount:
-//! - A key queued or being deleted does not exist: HEAD/GET answer NotFound, listings omit it.
-//! - A write to such a key (PUT, copy, multipart) first cancels its queued delete, or waits
-//!   for the batch that is deleting it, so the delete can never land after the write.
-//! - [`DeferredDeletes::settle`] sends everything queued and waits (unmount calls it).
-//!   A batch that fails is logged with its keys; those files reappear.
+//! Invariants, so the delay is invisible to readers and writers of this mount, and an
+//! acknowledged unlink is never undone:
+//! 1. A key queued, being deleted, or whose delete failed does not exist: HEAD/GET answer
+//!    NotFound, listings omit it.
+//! 2. A write to such a key (PUT, copy, multipart) first cancels its queued delete, or waits
+//!    for the batch that is deleting it, so the delete can never land after the write.
+//! 3. A delete is journalled ([`Journal`]) when it is queued and marked done when S3 confirms
+//!    it, so a crash does not lose it: the next mount sends it.
+//! 4. A delete that fails is kept and tried again (backoff from 1 s to a minute) until it
+//!    succeeds or the mount ends; it is never dropped.
+//! 5. [`DeferredDeletes::settle`] (rmdir, fsync of a directory, unmount) sends everything,
+//!    failed deletes included, waits, and fails if any delete is still unconfirmed: that is
+//!    how a failure reaches a program (EIO) instead of only the log.
 
+use super::journal::{Journal, Record};
 use super::stats::RequestStats;
 use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta};
 use crate::layout::interleave_by;
@@ -24,12 +32,20 @@ use tokio::sync::Notify;
 /// How long a delete waits for company before its batch is sent.
 const LINGER: Duration = Duration::from_millis(10);
 const BATCH: usize = 1000;
+/// Failed deletes are tried again after this, doubling up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 struct Queue {
     queued: Vec<String>,
     queued_set: HashSet<String>,
     in_flight: HashSet<String>,
+    /// Deletes that failed, waiting for their next attempt (invariant 4).
+    failed: HashSet<String>,
+    last_error: Option<String>,
+    retry_delay: Option<Duration>,
+    retry_scheduled: bool,
     flusher_running: bool,
     /// Label of the prefix of the last key sent, so the next batch starts elsewhere.
     last_prefix: Option<String>,
@@ -37,67 +53,45 @@ struct Queue {
     urgent: bool,
 }
 
-pub struct DeferredDeletes {
-    inner: Arc<dyn ObjectStore>,
-    stats: Arc<RequestStats>,
-    queue: Arc<Mutex<Queue>>,
-    done: Arc<Notify>,
-}
-
-impl DeferredDeletes {
-    pub fn new(inner: Arc<dyn ObjectStore>, stats: Arc<RequestStats>) -> Self {
-        DeferredDeletes {
-            inner,
-            stats,
-            queue: Arc::default(),
-            done: Arc::new(Notify::new()),
+impl Queue {
+    fn enqueue(&mut self, key: String) {
+        if self.queued_set.insert(key.clone()) {
+            self.queued.push(key);
         }
     }
 
+    /// Failed deletes go back into the queue for another attempt.
+    fn requeue_failed(&mut self) {
+        for k in std::mem::take(&mut self.failed) {
+            self.enqueue(k);
+        }
+    }
+}
+
+struct Shared {
+    inner: Arc<dyn ObjectStore>,
+    stats: Arc<RequestStats>,
+    journal: Option<Arc<Journal>>,
+    queue: Mutex<Queue>,
+    done: Notify,
+}
+
+pub struct DeferredDeletes {
+    s: Arc<Shared>,
+}
+
+impl Shared {
     fn lock(&self) -> std::sync::MutexGuard<'_, Queue> {
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn hidden(&self, key: &str) -> bool {
-        let q = self.lock();
-        q.queued_set.contains(key) || q.in_flight.contains(key)
-    }
-
-    /// Before writing `key`: cancel its queued delete, or wait for the batch deleting it.
-    async fn claim(&self, key: &str) {
-        loop {
-            let notified = self.done.notified();
-            {
-                let mut q = self.lock();
-                if q.queued_set.remove(key) {
-                    q.queued.retain(|k| k != key);
-                }
-                if !q.in_flight.contains(key) {
-                    return;
-                }
-            }
-            notified.await;
+    fn journal(&self, records: &[Record]) {
+        if let Some(j) = &self.journal {
+            j.record(records);
         }
     }
 
-    /// Sends every queued delete and waits for all batches to finish.
-    pub async fn settle(&self) {
-        loop {
-            let notified = self.done.notified();
-            {
-                let mut q = self.lock();
-                if q.queued.is_empty() && q.in_flight.is_empty() && !q.flusher_running {
-                    q.urgent = false;
-                    return;
-                }
-                q.urgent = true;
-            }
-            self.spawn_flusher();
-            notified.await;
-        }
-    }
-
-    fn spawn_flusher(&self) {
+    fn spawn_flusher(self: &Arc<Self>) {
         {
             let mut q = self.lock();
             if q.flusher_running || q.queued.is_empty() {
@@ -105,71 +99,187 @@ impl DeferredDeletes {
             }
             q.flusher_running = true;
         }
-        let (inner, stats, queue, done) = (
-            self.inner.clone(),
-            self.stats.clone(),
-            self.queue.clone(),
-            self.done.clone(),
-        );
+        let s = self.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(LINGER).await;
-                let batch = {
-                    let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                    if q.queued.is_empty() {
-                        q.flusher_running = false;
-                        done.notify_waiters();
-                        return;
-                    }
-
-                    let n = q.queued.len().min(BATCH);
-                    let keys: Vec<String> = q.queued.drain(..n).collect();
-                    let mut ordered = interleave_by(keys, |k| stats.prefix_of(k));
-                    // Do not start where the last batch ended.
-                    if let (Some(last), Some(first)) = (&q.last_prefix, ordered.first())
-                        && stats.prefix_of(first) == *last
-                        && let Some(pos) = ordered.iter().position(|k| stats.prefix_of(k) != *last)
-                    {
-                        ordered[..=pos].rotate_right(1);
-                    }
-                    // A tail of one prefix would send consecutive deletes to one partition:
-                    // keep it for the next batch, where other prefixes can separate it
-                    // (unless someone is waiting for everything, or there is no other prefix).
-                    let labels: Vec<String> = ordered.iter().map(|k| stats.prefix_of(k)).collect();
-                    if !q.urgent && labels.iter().any(|l| *l != labels[0]) {
-                        let mut cut = labels.len();
-                        while cut > 1 && labels[cut - 2] == labels[cut - 1] {
-                            cut -= 1;
-                        }
-                        let held: Vec<String> = ordered.split_off(cut);
-                        for (i, k) in held.into_iter().enumerate() {
-                            q.queued.insert(i, k);
-                        }
-                    }
-                    for k in &ordered {
-                        q.queued_set.remove(k);
-                        q.in_flight.insert(k.clone());
-                    }
-                    q.last_prefix = ordered.last().map(|k| stats.prefix_of(k));
-                    ordered
+                let Some(batch) = s.next_batch() else { return };
+                let failed: Vec<(String, String)> = match s.inner.delete_many(&batch).await {
+                    Ok(failed) => failed,
+                    Err(e) => batch.iter().map(|k| (k.clone(), e.to_string())).collect(),
                 };
-                match inner.delete_many(&batch).await {
-                    Ok(failed) if failed.is_empty() => {}
-                    Ok(failed) => {
-                        tracing::error!(failed = failed.len(), first = ?failed.first(), "deferred deletes failed; those files reappear")
-                    }
-                    Err(e) => {
-                        tracing::error!(keys = batch.len(), error = %e, "a batch of deferred deletes failed; those files reappear")
-                    }
-                }
-                let mut q = queue.lock().unwrap_or_else(|e| e.into_inner());
-                for k in &batch {
-                    q.in_flight.remove(k);
-                }
-                drop(q);
-                done.notify_waiters();
+                s.batch_done(batch, failed);
             }
         });
+    }
+
+    /// Takes the next batch off the queue (None, and the flusher ends, when it is empty).
+    fn next_batch(&self) -> Option<Vec<String>> {
+        let stats = &self.stats;
+        let mut q = self.lock();
+        if q.queued.is_empty() {
+            q.flusher_running = false;
+            drop(q);
+            self.done.notify_waiters();
+            return None;
+        }
+        let n = q.queued.len().min(BATCH);
+        let keys: Vec<String> = q.queued.drain(..n).collect();
+        let mut ordered = interleave_by(keys, |k| stats.prefix_of(k));
+        // Do not start where the last batch ended.
+        if let (Some(last), Some(first)) = (&q.last_prefix, ordered.first())
+            && stats.prefix_of(first) == *last
+            && let Some(pos) = ordered.iter().position(|k| stats.prefix_of(k) != *last)
+        {
+            ordered[..=pos].rotate_right(1);
+        }
+        // A tail of one prefix would send consecutive deletes to one partition: keep it for
+        // the next batch, where other prefixes can separate it (unless someone is waiting for
+        // everything, or there is no other prefix).
+        let labels: Vec<String> = ordered.iter().map(|k| stats.prefix_of(k)).collect();
+        if !q.urgent && labels.iter().any(|l| *l != labels[0]) {
+            let mut cut = labels.len();
+            while cut > 1 && labels[cut - 2] == labels[cut - 1] {
+                cut -= 1;
+            }
+            let held: Vec<String> = ordered.split_off(cut);
+            for (i, k) in held.into_iter().enumerate() {
+                q.queued.insert(i, k);
+            }
+        }
+        for k in &ordered {
+            q.queued_set.remove(k);
+            q.in_flight.insert(k.clone());
+        }
+        q.last_prefix = ordered.last().map(|k| stats.prefix_of(k));
+        Some(ordered)
+    }
+
+    fn batch_done(self: &Arc<Self>, batch: Vec<String>, failed: Vec<(String, String)>) {
+        let failed_keys: HashSet<&str> = failed.iter().map(|(k, _)| k.as_str()).collect();
+        let confirmed: Vec<Record> = batch
+            .iter()
+            .filter(|k| !failed_keys.contains(k.as_str()))
+            .map(|k| Record::DeleteEnded { key: k.clone() })
+            .collect();
+        self.journal(&confirmed);
+        let schedule = {
+            let mut q = self.lock();
+            for k in &batch {
+                q.in_flight.remove(k);
+            }
+            if let Some((key, err)) = failed.first() {
+                tracing::error!(
+                    failed = failed.len(),
+                    first = %crate::layout::escape_controls(key),
+                    error = %err,
+                    "deletes not confirmed by S3; they stay deleted in this mount and are tried again"
+                );
+                q.last_error = Some(err.clone());
+                for (k, _) in failed {
+                    q.failed.insert(k);
+                }
+                let delay = q.retry_delay.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX));
+                q.retry_delay = Some(delay);
+                (!q.retry_scheduled).then(|| {
+                    q.retry_scheduled = true;
+                    delay
+                })
+            } else {
+                if q.failed.is_empty() {
+                    q.retry_delay = None;
+                }
+                None
+            }
+        };
+        self.done.notify_waiters();
+        if let Some(delay) = schedule {
+            let s = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                {
+                    let mut q = s.lock();
+                    q.retry_scheduled = false;
+                    q.requeue_failed();
+                }
+                s.spawn_flusher();
+            });
+        }
+    }
+}
+
+impl DeferredDeletes {
+    /// Queues deletes in front of `inner`, journalling them in `journal` when given.
+    pub fn new(inner: Arc<dyn ObjectStore>, stats: Arc<RequestStats>, journal: Option<Arc<Journal>>) -> Self {
+        DeferredDeletes {
+            s: Arc::new(Shared {
+                inner,
+                stats,
+                journal,
+                queue: Mutex::default(),
+                done: Notify::new(),
+            }),
+        }
+    }
+
+    fn hidden(&self, key: &str) -> bool {
+        let q = self.s.lock();
+        q.queued_set.contains(key) || q.in_flight.contains(key) || q.failed.contains(key)
+    }
+
+    /// Before writing `key`: cancel its queued (or failed) delete, or wait for the batch
+    /// deleting it.
+    async fn claim(&self, key: &str) {
+        loop {
+            let notified = self.s.done.notified();
+            let cancelled = {
+                let mut q = self.s.lock();
+                let mut cancelled = q.failed.remove(key);
+                if q.queued_set.remove(key) {
+                    q.queued.retain(|k| k != key);
+                    cancelled = true;
+                }
+                if !q.in_flight.contains(key) {
+                    Some(cancelled)
+                } else {
+                    None
+                }
+            };
+            match cancelled {
+                Some(true) => {
+                    self.s.journal(&[Record::DeleteEnded { key: key.to_string() }]);
+                    return;
+                }
+                Some(false) => return,
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Sends every queued delete, failed ones included, and waits for all batches to finish
+    /// (invariant 5). Fails if any delete is still unconfirmed; it stays queued for retries.
+    pub async fn settle(&self) -> StoreResult<()> {
+        self.s.lock().requeue_failed();
+        loop {
+            let notified = self.s.done.notified();
+            {
+                let mut q = self.s.lock();
+                if q.queued.is_empty() && q.in_flight.is_empty() && !q.flusher_running {
+                    q.urgent = false;
+                    if let Some(first) = q.failed.iter().next() {
+                        return Err(StoreError::DeletesUnconfirmed {
+                            key: first.clone(),
+                            count: q.failed.len(),
+                            message: q.last_error.clone().unwrap_or_default(),
+                        });
+                    }
+                    return Ok(());
+                }
+                q.urgent = true;
+            }
+            self.s.spawn_flusher();
+            notified.await;
+        }
     }
 }
 
@@ -186,29 +296,33 @@ impl ObjectStore for DeferredDeletes {
         if self.hidden(key) {
             return Err(gone("head", key));
         }
-        self.inner.head(key).await
+        self.s.inner.head(key).await
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
         if self.hidden(key) {
             return Err(gone("get", key));
         }
-        self.inner.get(key, range).await
+        self.s.inner.get(key, range).await
     }
 
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
         self.claim(key).await;
-        self.inner.put(key, body, meta).await
+        self.s.inner.put(key, body, meta).await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
+        // Journalled before it is acknowledged (invariant 3).
+        self.s.journal(&[Record::DeleteQueued {
+            key: key.to_string(),
+            at_ms: super::journal::now_ms(),
+        }]);
         {
-            let mut q = self.lock();
-            if q.queued_set.insert(key.to_string()) {
-                q.queued.push(key.to_string());
-            }
+            let mut q = self.s.lock();
+            q.failed.remove(key);
+            q.enqueue(key.to_string());
         }
-        self.spawn_flusher();
+        self.s.spawn_flusher();
         Ok(())
     }
 
@@ -216,7 +330,7 @@ impl ObjectStore for DeferredDeletes {
         for k in keys {
             self.claim(k).await;
         }
-        self.inner.delete_many(keys).await
+        self.s.inner.delete_many(keys).await
     }
 
     async fn list(
@@ -229,18 +343,23 @@ impl ObjectStore for DeferredDeletes {
         // Keys pending when the request leaves may be deleted while it is answered, and then
         // no longer be pending when the answer arrives: hide both.
         let before: HashSet<String> = {
-            let q = self.lock();
+            let q = self.s.lock();
             q.queued_set
                 .iter()
                 .chain(q.in_flight.iter())
+                .chain(q.failed.iter())
                 .filter(|k| k.starts_with(prefix))
                 .cloned()
                 .collect()
         };
-        let mut page = self.inner.list(prefix, delimiter, token, max_keys).await?;
-        let q = self.lock();
-        page.objects
-            .retain(|o| !before.contains(&o.key) && !q.queued_set.contains(&o.key) && !q.in_flight.contains(&o.key));
+        let mut page = self.s.inner.list(prefix, delimiter, token, max_keys).await?;
+        let q = self.s.lock();
+        page.objects.retain(|o| {
+            !before.contains(&o.key)
+                && !q.queued_set.contains(&o.key)
+                && !q.in_flight.contains(&o.key)
+                && !q.failed.contains(&o.key)
+        });
         Ok(page)
     }
 
@@ -249,16 +368,16 @@ impl ObjectStore for DeferredDeletes {
             return Err(gone("copy", src));
         }
         self.claim(dst).await;
-        self.inner.copy(src, dst, meta).await
+        self.s.inner.copy(src, dst, meta).await
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
         self.claim(key).await;
-        self.inner.create_multipart(key, meta).await
+        self.s.inner.create_multipart(key, meta).await
     }
 
     async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String> {
-        self.inner.upload_part(key, upload_id, part, body).await
+        self.s.inner.upload_part(key, upload_id, part, body).await
     }
 
     async fn upload_part_copy(
@@ -269,25 +388,24 @@ impl ObjectStore for DeferredDeletes {
         src: &str,
         range: Range<u64>,
     ) -> StoreResult<String> {
-        self.inner.upload_part_copy(key, upload_id, part, src, range).await
+        self.s.inner.upload_part_copy(key, upload_id, part, src, range).await
     }
 
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
         self.claim(key).await;
-        self.inner.complete_multipart(key, upload_id, parts).await
+        self.s.inner.complete_multipart(key, upload_id, parts).await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.inner.abort_multipart(key, upload_id).await
+        self.s.inner.abort_multipart(key, upload_id).await
     }
 
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
-        self.inner.list_uploads(prefix).await
+        self.s.inner.list_uploads(prefix).await
     }
 
     async fn flush(&self) -> StoreResult<()> {
-        self.settle().await;
-        Ok(())
+        self.settle().await
     }
 }
 
@@ -300,7 +418,7 @@ mod tests {
         let mem = Arc::new(MemoryStore::new());
         let stats = Arc::new(RequestStats::default());
         stats.set_prefix_fn(Arc::new(|k: &str| k.split('/').next().unwrap_or("").to_string()));
-        let d = DeferredDeletes::new(mem.clone(), stats);
+        let d = DeferredDeletes::new(mem.clone(), stats, None);
         (mem, d)
     }
 
@@ -314,7 +432,7 @@ mod tests {
         d.delete("a/2").await.unwrap();
         assert!(d.head("a/1").await.unwrap_err().is_not_found());
         assert_eq!(d.list("a/", None, None, None).await.unwrap().objects.len(), 0);
-        d.settle().await;
+        d.settle().await.unwrap();
         assert_eq!(mem.keys(), vec!["b/1"]);
     }
 
@@ -328,7 +446,7 @@ mod tests {
         d.put("a/1", Bytes::from_static(b"new"), &UserMeta::new())
             .await
             .unwrap();
-        d.settle().await;
+        d.settle().await.unwrap();
         assert_eq!(&mem.get("a/1", None).await.unwrap()[..], b"new");
     }
 }

@@ -1,111 +1,271 @@
-//! A journal of the multipart uploads this process starts, so that uploads left behind by a
-//! crash are found and aborted by the next mount instead of accruing storage cost.
+//! The mount's journal of work S3 has not confirmed yet, so that a crash neither leaks nor
+//! undoes it: multipart uploads in flight (a crash would leave them accruing storage cost) and
+//! deletes acknowledged to a program but not yet sent (a crash would bring the files back).
 //!
-//! [`JournalingStore`] appends `start <id> <key>` when an upload is created and `end <id>`
-//! when it is completed or aborted, one file per process (`<dir>/<pid>.journal`).
-//! [`recover`] reads the journals of processes that are gone and aborts what they left.
+//! Invariants:
+//! 1. One journal file per mount process, `<dir>/<uuid>.journal`, mode 0600 in a 0700
+//!    directory ([`crate::private`]). The process holds an exclusive `flock` on it for its
+//!    whole life: a journal whose lock can be taken belongs to a process that is gone. The
+//!    PID is not used (PIDs are reused after a crash).
+//! 2. One JSON object per line ([`Record`]), so no key (newlines included) can split or forge
+//!    a record; a line that does not parse is skipped with a warning, never guessed at.
+//! 3. A record is written (and flushed to the kernel) before the work it announces is
+//!    acknowledged, and its end after S3 confirmed it. A process crash loses nothing; a machine
+//!    crash may lose the last records (no fsync per unlink: that would cost a disk flush each).
+//! 4. [`recover`] finishes what dead processes left: aborts their uploads (NoSuchUpload means
+//!    already completed or aborted, and is said so) and sends their deletes, but only for
+//!    objects not written after the delete was queued.
+//! 5. A journal with nothing outstanding is emptied (and removed at a clean exit), so a
+//!    long-running mount's journal does not grow without bound.
 
-use super::{ListPage, ObjectMeta, ObjectStore, StoreResult, UploadInfo, UserMeta};
+use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta};
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-pub struct JournalingStore {
-    inner: Arc<dyn ObjectStore>,
-    file: Mutex<Option<std::fs::File>>,
+/// One line of a journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Record {
+    /// A multipart upload was created.
+    UploadStarted { id: String, key: String },
+    /// It was completed or aborted.
+    UploadEnded { id: String },
+    /// A delete was acknowledged and queued, at `at_ms` (Unix milliseconds).
+    DeleteQueued { key: String, at_ms: u64 },
+    /// S3 confirmed the delete, or a later write made it moot.
+    DeleteEnded { key: String },
+}
+
+/// Emptied once nothing is outstanding and it has grown past this.
+const COMPACT_AT: u64 = 1 << 20;
+
+struct Inner {
+    file: std::fs::File,
+    written: u64,
+    uploads: HashSet<String>,
+    deletes: HashSet<String>,
+    broken: bool,
+}
+
+/// The journal of this process (invariant 1).
+pub struct Journal {
     path: PathBuf,
+    inner: Mutex<Inner>,
 }
 
-impl JournalingStore {
-    /// Journals into `dir/<pid>.journal` (created on first use).
-    pub fn new(inner: Arc<dyn ObjectStore>, dir: &Path) -> Self {
-        JournalingStore {
-            inner,
-            file: Mutex::new(None),
-            path: dir.join(format!("{}.journal", std::process::id())),
+/// Now, in Unix milliseconds (the journal's clock).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Takes `file`'s exclusive lock without waiting; false if another process holds it.
+fn try_lock(file: &std::fs::File) -> bool {
+    // SAFETY: flock on a descriptor we own; no memory is passed.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+impl Journal {
+    /// Creates this process's journal in `dir` (a private directory) and locks it. The file
+    /// is locked under a temporary name first, so [`recover`] never sees it unlocked.
+    pub fn create(dir: &Path) -> std::io::Result<Journal> {
+        crate::private::ensure_dir(dir)?;
+        let name = uuid::Uuid::new_v4().simple().to_string();
+        let tmp = dir.join(format!("{name}.new"));
+        let file = crate::private::file_options()
+            .create_new(true)
+            .append(true)
+            .read(true)
+            .open(&tmp)?;
+        if !try_lock(&file) {
+            return Err(std::io::Error::other(format!("cannot lock {}", tmp.display())));
         }
+        let path = dir.join(format!("{name}.journal"));
+        std::fs::rename(&tmp, &path)?;
+        Ok(Journal {
+            path,
+            inner: Mutex::new(Inner {
+                file,
+                written: 0,
+                uploads: HashSet::new(),
+                deletes: HashSet::new(),
+                broken: false,
+            }),
+        })
     }
 
-    fn record(&self, line: &str) {
-        let mut f = self.file.lock().unwrap_or_else(|e| e.into_inner());
-        if f.is_none() {
-            if let Some(dir) = self.path.parent() {
-                let _ = crate::private::ensure_dir(dir);
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Appends `records`; false (and one warning) if the journal cannot be written.
+    pub fn record(&self, records: &[Record]) -> bool {
+        if records.is_empty() {
+            return true;
+        }
+        let mut j = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        for r in records {
+            match r {
+                Record::UploadStarted { id, .. } => {
+                    j.uploads.insert(id.clone());
+                }
+                Record::UploadEnded { id } => {
+                    j.uploads.remove(id);
+                }
+                Record::DeleteQueued { key, .. } => {
+                    j.deletes.insert(key.clone());
+                }
+                Record::DeleteEnded { key } => {
+                    j.deletes.remove(key);
+                }
             }
-            *f = crate::private::file_options()
-                .create(true)
-                .append(true)
-                .open(&self.path)
-                .ok();
         }
-        let ok = f
-            .as_mut()
-            .is_some_and(|f| writeln!(f, "{line}").and_then(|_| f.flush()).is_ok());
-        if !ok {
-            tracing::warn!(journal = %self.path.display(), "cannot write the upload journal");
+        let mut text = String::new();
+        for r in records {
+            // Serializing a struct of strings and integers cannot fail.
+            text.push_str(&serde_json::to_string(r).unwrap_or_default());
+            text.push('\n');
         }
+        let idle = j.uploads.is_empty() && j.deletes.is_empty();
+        let result = if idle && j.written + text.len() as u64 > COMPACT_AT {
+            // Nothing outstanding: start over rather than grow (invariant 5).
+            j.file.set_len(0).map(|_| 0)
+        } else {
+            j.file.write_all(text.as_bytes()).map(|_| text.len() as u64)
+        };
+        match result {
+            Ok(n) if n == 0 => j.written = 0,
+            Ok(n) => j.written += n,
+            Err(e) => {
+                if !j.broken {
+                    tracing::error!(journal = %self.path.display(), error = %e, "cannot write the journal: a crash now could leak uploads or bring deleted files back");
+                }
+                j.broken = true;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Deletes queued and not yet confirmed.
+    pub fn pending_deletes(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).deletes.len()
     }
 }
 
-impl Drop for JournalingStore {
+impl Drop for Journal {
     fn drop(&mut self) {
-        // A clean exit has nothing pending worth remembering.
-        let _ = std::fs::remove_file(&self.path);
+        let j = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
+        // A clean exit has nothing pending worth remembering; otherwise the next mount
+        // finishes what is recorded.
+        if j.uploads.is_empty() && j.deletes.is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 
-/// Aborts the uploads recorded as started and never ended by processes that are no longer
-/// running, then removes their journals. Returns how many uploads were aborted.
-pub async fn recover(store: &dyn ObjectStore, dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    let mut aborted = 0;
+/// What [`recover`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Recovered {
+    pub uploads_aborted: usize,
+    pub deletes_sent: usize,
+    /// Deletes not sent because the object was written after the delete was queued.
+    pub deletes_superseded: usize,
+}
+
+/// The outstanding records of one journal's text.
+fn outstanding(text: &str, journal: &Path) -> (BTreeMap<String, String>, BTreeMap<String, u64>) {
+    let mut uploads = BTreeMap::new();
+    let mut deletes = BTreeMap::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Record>(line) {
+            Ok(Record::UploadStarted { id, key }) => {
+                uploads.insert(id, key);
+            }
+            Ok(Record::UploadEnded { id }) => {
+                uploads.remove(&id);
+            }
+            Ok(Record::DeleteQueued { key, at_ms }) => {
+                deletes.insert(key, at_ms);
+            }
+            Ok(Record::DeleteEnded { key }) => {
+                deletes.remove(&key);
+            }
+            Err(e) => {
+                tracing::warn!(journal = %journal.display(), line = n + 1, error = %e, "skipping a journal line that does not parse")
+            }
+        }
+    }
+    (uploads, deletes)
+}
+
+/// Finishes the work recorded in the journals of processes that are gone (invariant 4) and
+/// removes those journals once everything in them is done.
+pub async fn recover(store: &dyn ObjectStore, dir: &Path) -> Recovered {
+    let mut done = Recovered::default();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return done;
+    };
     for e in entries.flatten() {
         let path = e.path();
-        let Some(pid) = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.parse::<i32>().ok())
-        else {
+        if path.extension().is_none_or(|x| x != "journal") {
+            continue;
+        }
+        let Ok(mut file) = crate::private::file_options().read(true).write(true).open(&path) else {
             continue;
         };
-        // SAFETY: signal 0 only checks whether the process exists.
-        if pid == std::process::id() as i32 || unsafe { libc::kill(pid, 0) } == 0 {
+        // Held until this function is done with it, so two mounts never recover one journal.
+        if !try_lock(&file) {
             continue;
         }
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let mut open: BTreeMap<String, String> = BTreeMap::new();
-        for line in text.lines() {
-            let mut parts = line.splitn(3, ' ');
-            match (parts.next(), parts.next(), parts.next()) {
-                (Some("start"), Some(id), Some(key)) => {
-                    open.insert(id.to_string(), key.to_string());
-                }
-                (Some("end"), Some(id), _) => {
-                    open.remove(id);
-                }
-                _ => {}
-            }
+        let mut text = String::new();
+        if std::io::Read::read_to_string(&mut file, &mut text).is_err() {
+            tracing::warn!(journal = %path.display(), "cannot read a journal; leaving it");
+            continue;
         }
+        let (uploads, deletes) = outstanding(&text, &path);
         let mut all_done = true;
-        for (id, key) in open {
+        for (id, key) in uploads {
             match store.abort_multipart(&key, &id).await {
                 Ok(()) => {
-                    aborted += 1;
-                    tracing::info!(
-                        key,
-                        upload_id = id,
-                        pid,
-                        "aborted a multipart upload left by a crashed mount"
-                    );
+                    done.uploads_aborted += 1;
+                    tracing::info!(key = %crate::layout::escape_controls(&key), upload_id = id, "aborted a multipart upload left by a crashed mount");
+                }
+                Err(StoreError::Client { code, .. }) if code == "NoSuchUpload" => {
+                    tracing::info!(key = %crate::layout::escape_controls(&key), upload_id = id, "a multipart upload left by a crashed mount was already completed or aborted");
                 }
                 Err(err) => {
                     all_done = false;
-                    tracing::warn!(key, upload_id = id, error = %err, "could not abort a leftover multipart upload");
+                    tracing::warn!(key = %crate::layout::escape_controls(&key), upload_id = id, error = %err, "could not abort a leftover multipart upload");
+                }
+            }
+        }
+        if !deletes.is_empty() {
+            match finish_deletes(store, deletes).await {
+                Ok((sent, superseded)) => {
+                    done.deletes_sent += sent;
+                    done.deletes_superseded += superseded;
+                    if sent > 0 {
+                        tracing::info!(sent, journal = %path.display(), "sent deletes acknowledged by a mount that ended before S3 had them");
+                    }
+                }
+                Err(err) => {
+                    all_done = false;
+                    tracing::error!(journal = %path.display(), error = %err, "could not send the deletes left by an earlier mount; they are kept for the next one");
                 }
             }
         }
@@ -113,7 +273,57 @@ pub async fn recover(store: &dyn ObjectStore, dir: &Path) -> usize {
             let _ = std::fs::remove_file(&path);
         }
     }
-    aborted
+    done
+}
+
+/// Deletes each key unless its object was written after the delete was queued (then another
+/// writer's newer data wins). LastModified has one-second resolution: an object of the same
+/// second as the delete is taken to be older, since the delete was acknowledged.
+async fn finish_deletes(store: &dyn ObjectStore, deletes: BTreeMap<String, u64>) -> StoreResult<(usize, usize)> {
+    let checks = futures::stream::iter(deletes)
+        .map(|(key, at_ms)| async move {
+            match store.head(&key).await {
+                Ok(meta) => {
+                    let lm = meta
+                        .last_modified
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_secs())
+                        .unwrap_or(0);
+                    Ok(Some((key, lm <= at_ms / 1000)))
+                }
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .buffer_unordered(16)
+        .collect::<Vec<_>>()
+        .await;
+    let mut doomed = Vec::new();
+    let mut superseded = 0;
+    for c in checks {
+        match c? {
+            Some((key, true)) => doomed.push(key),
+            Some((key, false)) => {
+                superseded += 1;
+                tracing::warn!(key = %crate::layout::escape_controls(&key), "not deleting: the object was written again after the delete was queued");
+            }
+            None => {}
+        }
+    }
+    let doomed = crate::layout::interleave_by(doomed, |k| k.split('/').next().unwrap_or("").to_string());
+    for batch in doomed.chunks(1000) {
+        let failed = store.delete_many(batch).await?;
+        if let Some((key, err)) = failed.first() {
+            return Err(StoreError::Server {
+                op: "delete_objects",
+                key: key.clone(),
+                status: 0,
+                code: "DeleteFailed".into(),
+                message: format!("{err} ({} keys failed)", failed.len()),
+            });
+        }
+    }
+    Ok((doomed.len(), superseded))
 }
 
 /// Aborts incomplete uploads under `prefix` initiated more than `older_than` ago, for which
@@ -138,6 +348,18 @@ pub async fn abort_stale(
         done.push(u);
     }
     Ok(done)
+}
+
+/// Records the multipart uploads passing through it in a [`Journal`].
+pub struct JournalingStore {
+    inner: Arc<dyn ObjectStore>,
+    journal: Arc<Journal>,
+}
+
+impl JournalingStore {
+    pub fn new(inner: Arc<dyn ObjectStore>, journal: Arc<Journal>) -> Self {
+        JournalingStore { inner, journal }
+    }
 }
 
 #[async_trait]
@@ -178,7 +400,10 @@ impl ObjectStore for JournalingStore {
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
         let id = self.inner.create_multipart(key, meta).await?;
-        self.record(&format!("start {id} {key}"));
+        self.journal.record(&[Record::UploadStarted {
+            id: id.clone(),
+            key: key.to_string(),
+        }]);
         Ok(id)
     }
 
@@ -199,13 +424,22 @@ impl ObjectStore for JournalingStore {
 
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
         self.inner.complete_multipart(key, upload_id, parts).await?;
-        self.record(&format!("end {upload_id}"));
+        self.journal.record(&[Record::UploadEnded {
+            id: upload_id.to_string(),
+        }]);
         Ok(())
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.inner.abort_multipart(key, upload_id).await?;
-        self.record(&format!("end {upload_id}"));
+        match self.inner.abort_multipart(key, upload_id).await {
+            Ok(()) => {}
+            // Gone already (completed by an earlier attempt, or aborted): nothing to recover.
+            Err(StoreError::Client { code, .. }) if code == "NoSuchUpload" => {}
+            Err(e) => return Err(e),
+        }
+        self.journal.record(&[Record::UploadEnded {
+            id: upload_id.to_string(),
+        }]);
         Ok(())
     }
 
@@ -223,33 +457,132 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
 
+    fn journal_files(dir: &Path) -> Vec<PathBuf> {
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect()
+    }
+
     #[tokio::test]
-    async fn uploads_of_a_dead_process_are_aborted() {
+    async fn work_of_a_dead_process_is_finished_and_its_journal_removed() {
         let dir = tempfile::tempdir().unwrap();
         let mem = Arc::new(MemoryStore::new());
         let done = mem.create_multipart("a", &UserMeta::new()).await.unwrap();
         let left = mem.create_multipart("b", &UserMeta::new()).await.unwrap();
-        // A journal of a process that no longer exists (pid beyond pid_max).
-        std::fs::write(
-            dir.path().join("999999999.journal"),
-            format!("start {done} a\nstart {left} b\nend {done}\n"),
-        )
-        .unwrap();
+        for k in ["p/gone", "p/rewritten"] {
+            mem.put(k, Bytes::from_static(b"x"), &UserMeta::new()).await.unwrap();
+        }
+        let long_ago = 1_000_000; // ms: 1970, so "p/rewritten" was written after it
+        let recent = now_ms() + 5000;
+        let records = [
+            Record::UploadStarted {
+                id: done.clone(),
+                key: "a".into(),
+            },
+            Record::UploadStarted {
+                id: left.clone(),
+                key: "b".into(),
+            },
+            Record::UploadEnded { id: done.clone() },
+            Record::DeleteQueued {
+                key: "p/gone".into(),
+                at_ms: recent,
+            },
+            Record::DeleteQueued {
+                key: "p/rewritten".into(),
+                at_ms: long_ago,
+            },
+            Record::DeleteQueued {
+                key: "p/confirmed".into(),
+                at_ms: recent,
+            },
+            Record::DeleteEnded {
+                key: "p/confirmed".into(),
+            },
+        ];
+        let text: String = records
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        // Not locked by anyone: its process is gone.
+        std::fs::write(dir.path().join("dead.journal"), text).unwrap();
         mem.complete_multipart("a", &done, &[]).await.unwrap();
-        assert_eq!(recover(mem.as_ref(), dir.path()).await, 1);
+        let r = recover(mem.as_ref(), dir.path()).await;
+        assert_eq!(
+            r,
+            Recovered {
+                uploads_aborted: 1,
+                deletes_sent: 1,
+                deletes_superseded: 1
+            }
+        );
         assert!(mem.list_uploads("").await.unwrap().is_empty());
-        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+        assert_eq!(mem.keys(), vec!["a", "p/rewritten"]);
+        assert!(journal_files(dir.path()).is_empty());
     }
 
     #[tokio::test]
-    async fn a_live_journal_records_starts_and_ends() {
+    async fn a_live_journal_is_locked_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
-        let j = JournalingStore::new(Arc::new(MemoryStore::new()), dir.path());
+        let mem = Arc::new(MemoryStore::new());
+        let journal = Arc::new(Journal::create(dir.path()).unwrap());
+        let j = JournalingStore::new(mem.clone(), journal.clone());
         let id = j.create_multipart("k", &UserMeta::new()).await.unwrap();
-        let text = std::fs::read_to_string(dir.path().join(format!("{}.journal", std::process::id()))).unwrap();
-        assert_eq!(text, format!("start {id} k\n"));
+        // Another "process" (another open file description) cannot take the lock.
+        assert_eq!(recover(mem.as_ref(), dir.path()).await, Recovered::default());
+        assert_eq!(
+            mem.list_uploads("").await.unwrap().len(),
+            1,
+            "a live upload is not aborted"
+        );
         j.abort_multipart("k", &id).await.unwrap();
         drop(j);
-        assert!(std::fs::read_dir(dir.path()).unwrap().next().is_none());
+        drop(journal);
+        assert!(journal_files(dir.path()).is_empty(), "nothing outstanding: removed");
+    }
+
+    #[tokio::test]
+    async fn keys_with_newlines_cannot_forge_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        let victim = mem.create_multipart("victim", &UserMeta::new()).await.unwrap();
+        let journal = Journal::create(dir.path()).unwrap();
+        let evil = format!("x\n{{\"op\":\"upload_started\",\"id\":\"{victim}\",\"key\":\"victim\"}}");
+        journal.record(&[Record::DeleteQueued {
+            key: evil.clone(),
+            at_ms: 0,
+        }]);
+        let text = std::fs::read_to_string(journal.path()).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        let (uploads, deletes) = outstanding(&text, journal.path());
+        assert!(uploads.is_empty());
+        assert_eq!(deletes.keys().collect::<Vec<_>>(), vec![&evil]);
+    }
+
+    #[tokio::test]
+    async fn an_abort_of_a_finished_upload_is_not_counted_as_aborted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        let id = mem.create_multipart("a", &UserMeta::new()).await.unwrap();
+        mem.complete_multipart("a", &id, &[]).await.unwrap();
+        let line = serde_json::to_string(&Record::UploadStarted { id, key: "a".into() }).unwrap();
+        std::fs::write(dir.path().join("dead.journal"), line + "\n").unwrap();
+        assert_eq!(recover(mem.as_ref(), dir.path()).await.uploads_aborted, 0);
+        assert!(journal_files(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn an_idle_journal_is_emptied_instead_of_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal = Journal::create(dir.path()).unwrap();
+        let key = "k".repeat(1000);
+        for _ in 0..2000 {
+            journal.record(&[
+                Record::DeleteQueued {
+                    key: key.clone(),
+                    at_ms: 1,
+                },
+                Record::DeleteEnded { key: key.clone() },
+            ]);
+        }
+        assert!(std::fs::metadata(journal.path()).unwrap().len() <= COMPACT_AT + 4096);
     }
 }

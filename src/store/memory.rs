@@ -55,15 +55,24 @@ impl MemoryStore {
     }
 
     fn insert(&self, key: &str, body: Bytes, meta: &UserMeta) {
+        let etag = hex::encode(Md5::digest(&body));
+        self.insert_tagged(key, body, meta, etag);
+    }
+
+    fn insert_tagged(&self, key: &str, body: Bytes, meta: &UserMeta, etag: String) {
         let m = ObjectMeta {
             key: key.to_string(),
             size: body.len() as u64,
             last_modified: SystemTime::now(),
-            etag: Some(hex::encode(Md5::digest(&body))),
+            etag: Some(etag),
             user_meta: meta.clone(),
         };
         self.lock().insert(key.to_string(), (body, m));
     }
+}
+
+fn no_such_upload(op: &'static str, key: &str) -> StoreError {
+    StoreError::from_response(op, key, 404, "NoSuchUpload", "The specified upload does not exist")
 }
 
 fn not_found(op: &'static str, key: &str) -> StoreError {
@@ -211,9 +220,10 @@ impl ObjectStore for MemoryStore {
         let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
         let up = uploads
             .get_mut(upload_id)
-            .ok_or_else(|| not_found("upload_part", key))?;
+            .ok_or_else(|| no_such_upload("upload_part", key))?;
+        let etag = hex::encode(Md5::digest(&body));
         up.parts.insert(part, body);
-        Ok(format!("\"part{part}\""))
+        Ok(format!("\"{etag}\""))
     }
 
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
@@ -227,19 +237,22 @@ impl ObjectStore for MemoryStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(upload_id)
-            .ok_or_else(|| not_found("complete_multipart", key))?;
+            .ok_or_else(|| no_such_upload("complete_multipart", key))?;
         let mut body = Vec::new();
         for (n, _) in parts {
             body.extend_from_slice(stored.get(n).ok_or_else(|| not_found("complete_multipart", key))?);
         }
-        self.insert(&k, Bytes::from(body), &meta);
+        let etag = super::multipart_etag(parts.iter().map(|(_, e)| e.as_str())).unwrap_or_default();
+        self.insert_tagged(&k, Bytes::from(body), &meta, etag);
         Ok(())
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
         self.injected(key)?;
-        self.uploads.lock().unwrap_or_else(|e| e.into_inner()).remove(upload_id);
-        Ok(())
+        match self.uploads.lock().unwrap_or_else(|e| e.into_inner()).remove(upload_id) {
+            Some(_) => Ok(()),
+            None => Err(no_such_upload("abort_multipart", key)),
+        }
     }
 
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>> {

@@ -141,6 +141,10 @@ pub enum StoreError {
         key: String,
         message: String,
     },
+    #[error(
+        "{count} deletes not confirmed by S3 (first: {key}): {message}; they stay deleted in this mount and are tried again"
+    )]
+    DeletesUnconfirmed { key: String, count: usize, message: String },
     #[error("{op} {key}: gave up after {attempts} attempts: {last}")]
     RetriesExhausted {
         op: &'static str,
@@ -207,6 +211,28 @@ impl StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+impl StoreError {
+    /// S3's answer for an upload id it does not know (completed, aborted, or never made).
+    pub fn is_no_such_upload(&self) -> bool {
+        matches!(self, StoreError::Client { code, .. } if code == "NoSuchUpload")
+    }
+}
+
+/// The ETag S3 gives an object made by CompleteMultipartUpload from parts with these ETags:
+/// the MD5 of the parts' binary MD5s, then `-` and the part count. None when a part's ETag is
+/// not a plain MD5 (SSE-KMS and SSE-C objects have other ETags).
+pub fn multipart_etag<'a>(part_etags: impl IntoIterator<Item = &'a str>) -> Option<String> {
+    use md5::{Digest, Md5};
+    let mut md5s = Vec::new();
+    let mut n = 0;
+    for e in part_etags {
+        let raw = hex::decode(e.trim_matches('"')).ok().filter(|b| b.len() == 16)?;
+        md5s.extend(raw);
+        n += 1;
+    }
+    Some(format!("{}-{n}", hex::encode(Md5::digest(&md5s))))
+}
 
 /// The S3 operations the filesystem needs. Keys are full keys (the layout applied already).
 #[async_trait]

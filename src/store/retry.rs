@@ -101,6 +101,37 @@ impl<S: ObjectStore> RetryingStore<S> {
     }
 }
 
+impl<S: ObjectStore> RetryingStore<S> {
+    /// Ok if `key` holds the object that completing `parts` makes (its multipart ETag), else
+    /// `err`. Parts whose ETags are not MD5s (SSE-KMS) can only be matched by their count.
+    async fn completed_by_an_earlier_attempt(
+        &self,
+        key: &str,
+        parts: &[(i32, String)],
+        err: StoreError,
+    ) -> StoreResult<()> {
+        let meta = match self.run(OpKind::Head, key, || self.inner.head(key)).await {
+            Ok(m) => m,
+            Err(_) => return Err(err),
+        };
+        let got = meta.etag.as_deref().unwrap_or("").trim_matches('"').to_string();
+        let ours = match super::multipart_etag(parts.iter().map(|(_, e)| e.as_str())) {
+            Some(want) => got == want,
+            None => got.ends_with(&format!("-{}", parts.len())),
+        };
+        if ours {
+            tracing::info!(
+                key,
+                etag = got,
+                "a CompleteMultipartUpload answer was lost; the object is whole in S3"
+            );
+            Ok(())
+        } else {
+            Err(err)
+        }
+    }
+}
+
 #[async_trait]
 impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
@@ -196,10 +227,21 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
     }
 
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
-        self.run(OpKind::CompleteMultipart, key, || {
-            self.inner.complete_multipart(key, upload_id, parts)
-        })
-        .await
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let result = self
+            .run(OpKind::CompleteMultipart, key, || {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.inner.complete_multipart(key, upload_id, parts)
+            })
+            .await;
+        match result {
+            // An earlier attempt may have completed the upload and lost its answer: then the
+            // retry finds no upload, and the object tells whether it is ours.
+            Err(e) if e.is_no_such_upload() && attempts.into_inner() > 1 => {
+                self.completed_by_an_earlier_attempt(key, parts, e).await
+            }
+            r => r,
+        }
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
@@ -257,6 +299,44 @@ mod tests {
         assert!(matches!(err, StoreError::RetriesExhausted { attempts: 4, .. }), "{err}");
         assert!(!err.is_not_found());
         assert_eq!(stats.snapshot().failures, 1);
+    }
+
+    #[tokio::test]
+    async fn a_completion_applied_before_its_answer_was_lost_is_a_success() {
+        let mem = MemoryStore::new();
+        let id = mem.create_multipart("k", &UserMeta::new()).await.unwrap();
+        let e1 = mem.upload_part("k", &id, 1, Bytes::from_static(b"one")).await.unwrap();
+        let e2 = mem.upload_part("k", &id, 2, Bytes::from_static(b"two")).await.unwrap();
+        let parts = vec![(1, e1), (2, e2)];
+        // The first attempt was applied and its answer lost: S3 has the object, the upload
+        // id is gone, and the retry is answered NoSuchUpload.
+        mem.complete_multipart("k", &id, &parts).await.unwrap();
+        mem.fail_next(1, |key| {
+            StoreError::from_response("complete_multipart", key, 500, "InternalError", "")
+        });
+        let stats = Arc::new(RequestStats::default());
+        let s = RetryingStore::new(mem, fast(), stats.clone());
+        s.complete_multipart("k", &id, &parts).await.unwrap();
+        assert_eq!(stats.snapshot().get(OpKind::Head), 1, "one HEAD checks the object");
+
+        // Another object at the key (not the one these parts make): the error stands.
+        s.put("k", Bytes::from_static(b"other"), &UserMeta::new())
+            .await
+            .unwrap();
+        s.inner().fail_next(1, |key| {
+            StoreError::from_response("complete_multipart", key, 500, "InternalError", "")
+        });
+        let err = s.complete_multipart("k", &id, &parts).await.unwrap_err();
+        assert!(err.is_no_such_upload(), "{err}");
+        // A first attempt that finds no upload was never ours to complete: no HEAD.
+        let heads = stats.snapshot().get(OpKind::Head);
+        assert!(
+            s.complete_multipart("k", "nope", &parts)
+                .await
+                .unwrap_err()
+                .is_no_such_upload()
+        );
+        assert_eq!(stats.snapshot().get(OpKind::Head), heads);
     }
 
     #[tokio::test]
