@@ -145,7 +145,7 @@ impl Journal {
             j.file.write_all(text.as_bytes()).map(|_| text.len() as u64)
         };
         match result {
-            Ok(n) if n == 0 => j.written = 0,
+            Ok(0) => j.written = 0,
             Ok(n) => j.written += n,
             Err(e) => {
                 if !j.broken {
