@@ -222,8 +222,79 @@ except OSError as e:
     std::thread::sleep(Duration::from_millis(300));
     let kept = run_sh(env.dir.path(), "cat cache/lost+found/*second.txt");
     assert_eq!(kept.stdout, "kept\n", "{}\n{}", kept.stderr, tail(&m.log_text(), 10));
-    assert!(m.log_text().contains("the data is kept locally"));
+    assert!(m.log_text().contains("could not upload at close; all 5 bytes kept at"));
     env.faults.set_reject_writes(false);
+}
+
+#[test]
+fn failed_uploads_are_kept_whole_in_lost_and_found() {
+    let env = Env::embedded();
+    let src = env.subdir("src");
+    run_sh(
+        &src,
+        "head -c 12000000 /dev/urandom > big.bin && head -c 20971520 /dev/urandom > base.bin",
+    );
+    let lost = env.dir.path().join("cache/lost+found");
+    let kept_files = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(&lost)
+            .map(|d| d.map(|e| e.unwrap().path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+
+    // A new file streamed as a multipart upload: two parts reach S3, then S3 refuses. The
+    // parts cannot be read back, so the local spool is what is kept, whole.
+    let mut m = env.mount(16, &["--part-size-mib", "5"]);
+    env.faults.fail_writes_after(2);
+    let cp = m.sh(&format!("cp {}/big.bin big.bin", src.display()));
+    assert_ne!(cp.code, 0, "the failed upload is reported");
+    // The kernel sends the last release after close returned.
+    let settled = |n: usize| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while kept_files().len() < n && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    settled(1);
+    env.faults.set_reject_writes(false);
+    let kept = kept_files();
+    assert_eq!(kept.len(), 1, "{kept:?}\n{}", tail(&m.log_text(), 10));
+    assert!(std::fs::read(&kept[0]).unwrap() == std::fs::read(src.join("big.bin")).unwrap());
+    assert!(
+        m.log_text().contains("all 12000000 bytes kept at"),
+        "{}",
+        tail(&m.log_text(), 10)
+    );
+
+    // A patch into the middle of a 20 MiB object: only the chunk around it was fetched, yet
+    // the kept copy is the whole file, patched. Twice, for two kept copies of one path.
+    m.ok(&format!("cp {}/base.bin base.bin", src.display()));
+    drop(m);
+    let mut m = env.mount(16, &["--part-size-mib", "5"]);
+    let mut want = std::fs::read(src.join("base.bin")).unwrap();
+    want[12_000_000] = b'X';
+    env.faults.set_reject_writes(true);
+    for _ in 0..2 {
+        let dd = m.sh("printf X | dd of=base.bin bs=1 seek=12000000 conv=notrunc status=none");
+        assert_ne!(dd.code, 0, "close reports the failed upload");
+    }
+    settled(3);
+    env.faults.set_reject_writes(false);
+    let kept: Vec<_> = kept_files()
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains("base.bin"))
+        .collect();
+    assert_eq!(kept.len(), 2, "two failures, two copies: {kept:?}");
+    for k in &kept {
+        assert!(
+            std::fs::read(k).unwrap() == want,
+            "{} is the whole patched file",
+            k.display()
+        );
+    }
+    assert_eq!(m.log_text().matches("all 20971520 bytes kept at").count(), 2);
+    assert!(env.get(&key(&env, "base.bin")) == std::fs::read(src.join("base.bin")).unwrap());
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! The data path: reading object bodies with a growing prefetch window, and uploading new
-//! bodies (one PUT for small files, a streamed multipart upload for large ones).
+//! bodies (one PUT for small files, a streamed multipart upload for large ones), and keeping
+//! what could not be uploaded.
 //! Knows keys and bytes; nothing of directories.
 
+pub mod kept;
 pub mod read;
 pub mod staging;
 pub mod upload;

@@ -10,9 +10,11 @@
 //! - After a successful upload the object is the new base and nothing is dirty; after a
 //!   failed one everything stays as it was, so nothing written is lost.
 
+use super::kept::Kept;
 use crate::store::{ObjectStore, StoreError, StoreResult, UserMeta};
 use bytes::Bytes;
 use std::fs::File;
+use std::ops::Range;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -292,16 +294,31 @@ impl Drop for StagedFile {
 }
 
 impl StagedFile {
-    /// Keeps the staging file on disk (at `dest`) instead of deleting it: for data that could
-    /// not be uploaded.
-    pub fn preserve(&mut self, dest: &Path) -> std::io::Result<PathBuf> {
-        if let Some(dir) = dest.parent() {
-            crate::private::ensure_dir(dir)?;
+    /// Keeps the staging file in `dir` (lost+found) instead of deleting it, for data that
+    /// could not be uploaded. Chunks never fetched from the base object are fetched first, so
+    /// the copy is whole; those S3 does not give are listed as missing in the answer.
+    pub async fn keep(&mut self, store: &dyn ObjectStore, dir: &Path, name: &str) -> std::io::Result<Kept> {
+        let mut missing: Vec<Range<u64>> = Vec::new();
+        for i in 0..self.fetched.len() {
+            let c0 = i as u64 * self.chunk;
+            let c1 = (c0 + self.chunk).min(self.size);
+            if c0 < c1 && self.ensure(store, c0, c1).await.is_err() {
+                let hole = c0..c1.min(self.base.as_ref().map_or(c1, |b| b.size.max(c0)));
+                match missing.last_mut() {
+                    Some(last) if last.end == hole.start => last.end = hole.end,
+                    _ => missing.push(hole),
+                }
+            }
         }
-        std::fs::rename(&self.path, dest)?;
+        self.file.sync_data()?;
+        let path = super::kept::move_into(&self.path, dir, name)?;
         // Nothing left to delete on drop.
         self.path = PathBuf::new();
-        Ok(dest.to_path_buf())
+        Ok(Kept {
+            path,
+            size: self.size,
+            missing,
+        })
     }
 }
 

@@ -6,9 +6,17 @@
 //! `(max_inflight + 1) × part size` whatever the file size. Part sizes grow every 1,000 parts
 //! so that S3's 10,000-part limit still allows objects of more than 5 TiB.
 //! `finish` returns only when S3 has the whole object: that is what makes `close` durable.
+//!
+//! Parts sent to S3 cannot be read back before the upload completes, so once a multipart
+//! upload starts every part is also appended to a local spool file (when one is given): if
+//! the upload fails, [`Upload::keep`] moves it to lost+found whole. A spool that cannot be
+//! written (disk full) stops there, and `keep` says which bytes it lacks.
 
+use super::kept::Kept;
 use crate::store::{ObjectStore, StoreError, StoreResult, UserMeta};
 use bytes::{Bytes, BytesMut};
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
@@ -46,6 +54,36 @@ pub struct Upload {
     inflight: Vec<(i32, JoinHandle<StoreResult<String>>)>,
     done: Vec<(i32, String)>,
     finished: bool,
+    /// A part failed: its bytes are gone from memory, so no later attempt may complete the
+    /// upload (S3 would make an object without that part). Every later call fails with this.
+    failed: Option<StoreError>,
+    spool: Spool,
+}
+
+/// The local copy of a multipart upload's bytes.
+enum Spool {
+    Off,
+    /// To be made at this path when the multipart upload starts.
+    Planned(PathBuf),
+    On {
+        path: PathBuf,
+        file: std::fs::File,
+        len: u64,
+    },
+    /// Writing failed after `len` bytes: those are kept, the rest is lost.
+    Broken {
+        path: PathBuf,
+        len: u64,
+    },
+}
+
+impl Spool {
+    fn path(&self) -> Option<&Path> {
+        match self {
+            Spool::On { path, .. } | Spool::Broken { path, .. } => Some(path),
+            _ => None,
+        }
+    }
 }
 
 impl Upload {
@@ -69,7 +107,96 @@ impl Upload {
             inflight: Vec::new(),
             done: Vec::new(),
             finished: false,
+            failed: None,
+            spool: Spool::Off,
         }
+    }
+
+    /// Keeps a local copy of a multipart upload's bytes at `path` (made when needed).
+    pub fn spool_to(mut self, path: PathBuf) -> Self {
+        self.spool = Spool::Planned(path);
+        self
+    }
+
+    fn spool(&mut self, data: &[u8]) {
+        if let Spool::Planned(path) = &self.spool {
+            let path = path.clone();
+            let made = path
+                .parent()
+                .map_or(Ok(()), crate::private::ensure_dir)
+                .and_then(|_| crate::private::file_options().write(true).create_new(true).open(&path));
+            self.spool = match made {
+                Ok(file) => Spool::On { path, file, len: 0 },
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, "cannot make a local copy of an upload; should it fail, nothing can be kept");
+                    Spool::Off
+                }
+            };
+        }
+        let broken = match &mut self.spool {
+            Spool::On { path, file, len } => match file.write_all(data) {
+                Ok(()) => {
+                    *len += data.len() as u64;
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, at = *len, "the local copy of an upload stops here; should the upload fail, only this much can be kept");
+                    // A write cut short leaves a torn tail: the copy ends where it is whole.
+                    let _ = file.set_len(*len);
+                    Some((path.clone(), *len))
+                }
+            },
+            _ => None,
+        };
+        if let Some((path, len)) = broken {
+            self.spool = Spool::Broken { path, len };
+        }
+    }
+
+    /// After a failed upload: moves what was written into `dir` as `name` and says what that
+    /// is. Everything, while no part was sent or the spool holds it all.
+    pub fn keep(&mut self, dir: &Path, name: &str) -> std::io::Result<Kept> {
+        if self.upload_id.is_none() && matches!(self.spool, Spool::Planned(_) | Spool::Off) {
+            // Every byte is still in the buffer.
+            let tmp = dir.join(format!(".{}", uuid::Uuid::new_v4().simple()));
+            crate::private::ensure_dir(dir)?;
+            let mut f = crate::private::file_options().write(true).create_new(true).open(&tmp)?;
+            f.write_all(&self.buf)?;
+            f.sync_data()?;
+            let path = super::kept::move_into(&tmp, dir, name)?;
+            return Ok(Kept {
+                path,
+                size: self.size,
+                missing: Vec::new(),
+            });
+        }
+        let buf = std::mem::take(&mut self.buf);
+        self.spool(&buf);
+        let (src, len) = match std::mem::replace(&mut self.spool, Spool::Off) {
+            Spool::On { path, file, len } => {
+                file.sync_data()?;
+                (path, len)
+            }
+            Spool::Broken { path, len } => (path, len),
+            _ => return Err(std::io::Error::other("no local copy of the upload was made")),
+        };
+        let path = super::kept::move_into(&src, dir, name)?;
+        Ok(Kept {
+            path,
+            size: self.size,
+            missing: if len < self.size {
+                vec![len..self.size]
+            } else {
+                Vec::new()
+            },
+        })
+    }
+
+    fn drop_spool(&mut self) {
+        if let Some(p) = self.spool.path() {
+            let _ = std::fs::remove_file(p);
+        }
+        self.spool = Spool::Off;
     }
 
     pub fn size(&self) -> u64 {
@@ -122,6 +249,9 @@ impl Upload {
     }
 
     pub async fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), UploadError> {
+        if let Some(e) = &self.failed {
+            return Err(e.clone().into());
+        }
         if self.finished {
             // A small file was PUT by an earlier flush (a shell's `close` of a dup'd fd, say)
             // and its bytes are still here: keep writing, and the next flush PUTs it again.
@@ -168,6 +298,7 @@ impl Upload {
         // churns the allocator and inflates the resident set.
         let next = BytesMut::with_capacity(part_size(self.base_part, self.next_part));
         let body: Bytes = std::mem::replace(&mut self.buf, next).freeze();
+        self.spool(&body);
         let (store, key) = (self.store.clone(), self.key.clone());
         self.inflight.push((
             n,
@@ -181,19 +312,32 @@ impl Upload {
             return Ok(());
         }
         let (n, h) = self.inflight.remove(0);
-        let etag = h.await.map_err(|e| StoreError::Transport {
-            op: "upload_part",
-            key: self.key.clone(),
-            message: format!("upload task failed: {e}"),
-        })??;
-        self.done.push((n, etag));
-        Ok(())
+        let result = h.await.unwrap_or_else(|e| {
+            Err(StoreError::Transport {
+                op: "upload_part",
+                key: self.key.clone(),
+                message: format!("upload task failed: {e}"),
+            })
+        });
+        match result {
+            Ok(etag) => {
+                self.done.push((n, etag));
+                Ok(())
+            }
+            Err(e) => {
+                self.failed = Some(e.clone());
+                Err(e.into())
+            }
+        }
     }
 
     /// Sends what is left and makes the object visible. Idempotent once it succeeded.
     pub async fn finish(&mut self) -> Result<(), UploadError> {
         if self.finished {
             return Ok(());
+        }
+        if let Some(e) = &self.failed {
+            return Err(e.clone().into());
         }
         match self.upload_id.clone() {
             None => {
@@ -211,6 +355,7 @@ impl Upload {
                 }
                 self.done.sort_by_key(|(n, _)| *n);
                 self.store.complete_multipart(&self.key, &id, &self.done).await?;
+                self.drop_spool();
             }
         }
         self.buf = BytesMut::new();
@@ -232,10 +377,65 @@ impl Upload {
     }
 }
 
+impl Drop for Upload {
+    fn drop(&mut self) {
+        self.drop_spool();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn a_failed_multipart_upload_is_kept_whole_from_its_spool() {
+        let t = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
+        let mut u = Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2).spool_to(t.path().join("spool"));
+        for chunk in data.chunks(300) {
+            let off = u.size();
+            u.write(off, chunk).await.unwrap();
+        }
+        mem.fail_next(100, |k| {
+            StoreError::from_response("complete_multipart", k, 403, "AccessDenied", "")
+        });
+        assert!(u.finish().await.is_err());
+        let kept = u.keep(&t.path().join("lost+found"), "k").unwrap();
+        assert!(kept.is_complete(), "{kept}");
+        assert_eq!(std::fs::read(&kept.path).unwrap(), data);
+        assert!(!t.path().join("spool").exists());
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_part_the_upload_never_completes() {
+        let mem = Arc::new(MemoryStore::new());
+        let mut u = Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 1);
+        u.write(0, &[1u8; 1024]).await.unwrap();
+        mem.fail_next(1, |k| {
+            StoreError::from_response("upload_part", k, 403, "AccessDenied", "")
+        });
+        // The second part waits for the first (one in flight), which failed.
+        assert!(u.write(1024, &[2u8; 1024]).await.is_err(), "the first part failed");
+        assert!(u.finish().await.is_err());
+        assert!(
+            u.finish().await.is_err(),
+            "a second attempt must not complete without part 1"
+        );
+        assert!(mem.get("k", None).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_finished_upload_leaves_no_spool() {
+        let t = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        let mut u = Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2).spool_to(t.path().join("spool"));
+        u.write(0, &[1u8; 3000]).await.unwrap();
+        assert!(t.path().join("spool").exists());
+        u.finish().await.unwrap();
+        assert!(!t.path().join("spool").exists());
+    }
 
     #[test]
     fn part_sizes_reach_five_tib_within_ten_thousand_parts() {

@@ -129,13 +129,16 @@ impl Core {
     }
 
     fn new_stream(&self, key: String, posix: &Posix) -> Body {
-        Body::Stream(Upload::new(
-            self.store.clone(),
-            key,
-            posix.to_meta(),
-            self.cfg.part_size,
-            self.cfg.upload_inflight,
-        ))
+        Body::Stream(
+            Upload::new(
+                self.store.clone(),
+                key,
+                posix.to_meta(),
+                self.cfg.part_size,
+                self.cfg.upload_inflight,
+            )
+            .spool_to(self.staging_path()),
+        )
     }
 
     pub async fn create(&self, parent: u64, name: &OsStr, mode: u32, uid: u32, gid: u32) -> FsResult<(Attr, u64)> {
@@ -530,28 +533,25 @@ impl Core {
             );
         }
         if let Err(e) = &result {
-            match &mut *body {
-                Body::Staged(s) => {
-                    let dest = self.cfg.cache_dir.join("lost+found").join(format!(
-                        "{}-{}",
-                        SystemTime::now()
-                            .duration_since(SystemTime::UNIX_EPOCH)
-                            .map(|d| d.as_secs())
-                            .unwrap_or(0),
-                        file.path.as_str().replace('/', "%2F")
-                    ));
-                    match s.preserve(&dest) {
-                        Ok(kept) => {
-                            tracing::error!(path = %file.path, kept = %kept.display(), error = %e, "could not upload at close; the data is kept locally")
-                        }
-                        Err(io) => {
-                            tracing::error!(path = %file.path, error = %e, io = %io, "could not upload at close, nor keep the data locally: the write is lost")
-                        }
-                    }
-                }
+            let dir = self.cfg.cache_dir.join("lost+found");
+            let name = crate::data::kept::name_for(file.path.as_str());
+            let kept = match &mut *body {
+                Body::Staged(s) => s.keep(self.store.as_ref(), &dir, &name).await,
                 Body::Stream(up) => {
-                    tracing::error!(path = %file.path, error = %e, "could not upload at close; the write is lost");
+                    let kept = up.keep(&dir, &name);
                     up.abort().await;
+                    kept
+                }
+            };
+            match kept {
+                Ok(k) if k.is_complete() => {
+                    tracing::error!(path = %file.path, error = %e, "could not upload at close; {k}")
+                }
+                Ok(k) => {
+                    tracing::error!(path = %file.path, error = %e, "could not upload at close; only part of the data could be kept: {k}")
+                }
+                Err(io) => {
+                    tracing::error!(path = %file.path, error = %e, io = %io, "could not upload at close, nor keep the data locally: the write is lost")
                 }
             }
             self.cache.remove(&file.path);
