@@ -185,7 +185,7 @@ impl Upload {
             path,
             size: self.size,
             missing: if len < self.size {
-                vec![len..self.size]
+                Vec::from([len..self.size])
             } else {
                 Vec::new()
             },

@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
+// One per open file, behind a mutex: the size difference costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 pub(super) enum Body {
     Stream(Upload),
     Staged(StagedFile),
