@@ -185,7 +185,7 @@ impl Upload {
             path,
             size: self.size,
             missing: if len < self.size {
-                Vec::from([len..self.size])
+                std::iter::once(len..self.size).collect()
             } else {
                 Vec::new()
             },
