@@ -96,6 +96,11 @@ pub struct MountArgs {
     /// `find`): each entry is HEADed once either way, in parallel instead of in series. 0: off.
     #[arg(long, default_value_t = 128)]
     pub attr_prefetch: usize,
+    /// Take size and LastModified from listings and send no HEAD for listed entries: `ls -l`
+    /// and `find` cost their LISTs only. For buckets without POSIX metadata: modes and owners
+    /// are the mount's defaults and symlinks show as files.
+    #[arg(long)]
+    pub trust_listing: bool,
     /// FUSE worker threads (= requests served at once).
     #[arg(long, default_value_t = 16)]
     pub threads: usize,
@@ -308,6 +313,7 @@ impl MountArgs {
             match name.as_str() {
                 "ro" | "read_only" => self.read_only = true,
                 "allow_other" => self.allow_other = true,
+                "trust_listing" => self.trust_listing = true,
                 "init" => self.init = true,
                 "force_path_style" => self.conn.force_path_style = true,
                 "endpoint_url" => self.conn.endpoint_url = Some(need(value)?),
@@ -376,6 +382,7 @@ impl MountArgs {
             cache_capacity: self.cache_entries.max(1),
             fanout: self.fanout,
             attr_prefetch: self.attr_prefetch,
+            trust_listing: self.trust_listing,
             part_size: self.part_size_mib * 1024 * 1024,
             uid: self.uid.unwrap_or(uid),
             gid: self.gid.unwrap_or(gid),

@@ -230,3 +230,53 @@ fn a_cache_directory_owned_by_another_user_is_refused() {
     assert!(err.contains("belongs to uid"), "{err}");
     assert!(!is_mounted(&mnt));
 }
+
+#[test]
+fn foreign_keys_leave_no_ghost_directory_and_are_never_deleted() {
+    let env = Env::embedded();
+    let layout = env.layout(16);
+    let pfx = |path: &str| layout.prefix_name(layout.prefix_index(&RelPath::parse(path).unwrap()));
+    let key = |path: &str| layout.file_key(&RelPath::parse(path).unwrap()).unwrap();
+    // `..` and `.` segments, and a key ending in '/' that holds data.
+    let foreign = [
+        format!("data/{}/a/../b", pfx("b")),
+        format!("data/{}/c/./d", pfx("c/d")),
+        format!("data/{}/e/", pfx("e")),
+    ];
+    for k in &foreign {
+        env.put(k, b"not a directory of this mount");
+    }
+    // A file `d` and a directory `d/` (in other prefixes): the directory wins.
+    env.put(&key("d"), b"a file named d");
+    env.put(&key("d/x.txt"), b"inside\n");
+    let mut m = env.mount(16, &[]);
+    assert_eq!(m.ok("ls"), "a\nc\nd\ne\n", "a listing cannot tell yet");
+    m.ok("rm -rf a && rmdir c && rm -r e");
+    assert_eq!(m.ok("ls"), "d\n");
+    assert_eq!(m.ok("ls -p d && cat d/x.txt"), "x.txt\ninside\n");
+    assert_eq!(m.ok("find . | sort"), ".\n./d\n./d/x.txt\n");
+    // After the TTL too (listings fetched again), and in a fresh mount once it has looked.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let mut short = env.mount(16, &["--metadata-ttl", "1"]);
+    short.ok("ls a c e 2>/dev/null; true");
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(short.ok("ls"), "d\n");
+    let keys = env.keys();
+    for k in &foreign {
+        assert!(keys.contains(k), "{k} was deleted");
+    }
+    assert!(keys.contains(&key("d")), "the shadowed file stays in S3");
+}
+
+#[test]
+fn find_tells_symlinks_from_files_on_a_fresh_mount() {
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    m.ok("mkdir d && echo x > d/f.txt && ln -s f.txt d/l && mkdir d/sub && head -c 5000 /dev/zero > d/big");
+    drop(m);
+    // Nothing looked up yet: readdir alone must give the right types.
+    let mut m = env.mount(16, &[]);
+    assert_eq!(m.ok("find . -type l"), "./d/l\n");
+    assert_eq!(m.ok("find . -type f | sort"), "./d/big\n./d/f.txt\n");
+    assert_eq!(m.ok("find . -type d | sort"), ".\n./d\n./d/sub\n");
+}

@@ -8,7 +8,7 @@
 use super::posix::Posix;
 use crate::layout::RelPath;
 use lru::LruCache;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -122,6 +122,10 @@ pub struct MetaCache {
     entries: Mutex<LruCache<RelPath, Timed<Option<EntryInfo>>>>,
     dirs: Mutex<LruCache<RelPath, Timed<Listing>>>,
     fetching: Mutex<HashMap<RelPath, Fetching>>,
+    /// Directories shown by a listing only because foreign keys start with their name
+    /// (nothing of this namespace below them, no marker): hidden for the mount's life, or
+    /// until this mount creates something there.
+    ghosts: Mutex<HashSet<RelPath>>,
 }
 
 /// A listing fetch in progress (see [`MetaCache::begin_fetch`]); dropping it unfinished
@@ -202,6 +206,34 @@ impl MetaCache {
             entries: Mutex::new(LruCache::new(cap)),
             dirs: Mutex::new(LruCache::new(dir_cap)),
             fetching: Mutex::new(HashMap::new()),
+            ghosts: Mutex::default(),
+        }
+    }
+
+    /// Hides `dir` (see `ghosts`): gone from its parent's listing and from lookups.
+    pub fn mark_ghost(&self, dir: &RelPath) {
+        lock(&self.ghosts).insert(dir.clone());
+        self.put_entry(dir, None);
+        self.edit_parent_listing(dir, |m| {
+            m.remove(dir.name());
+        });
+    }
+
+    pub fn is_ghost(&self, path: &RelPath) -> bool {
+        let ghosts = lock(&self.ghosts);
+        !ghosts.is_empty() && ghosts.contains(path)
+    }
+
+    /// This mount created `path`: it and its ancestors are real again.
+    fn unghost(&self, path: &RelPath) {
+        let mut ghosts = lock(&self.ghosts);
+        if ghosts.is_empty() {
+            return;
+        }
+        let mut p = Some(path.clone());
+        while let Some(cur) = p {
+            ghosts.remove(&cur);
+            p = cur.parent();
         }
     }
 
@@ -225,6 +257,9 @@ impl MetaCache {
     /// Records what S3 answered for `path` (a HEAD). A listing that shows `path` as a
     /// directory keeps it so: a directory shadows a file of the same name.
     pub fn learned(&self, path: &RelPath, info: Option<EntryInfo>) {
+        if info.is_some_and(|i| i.kind == Kind::Dir) {
+            self.unghost(path);
+        }
         self.put_entry(path, info);
         self.edit_parent_listing(path, |m| match info {
             Some(info) => {
@@ -297,6 +332,7 @@ impl MetaCache {
 
     /// Records the mount's own creation or update of `path`.
     pub fn upsert(&self, path: &RelPath, info: EntryInfo) {
+        self.unghost(path);
         self.put_entry(path, Some(info));
         self.record_change(path, Some(info));
         self.edit_parent_listing(path, |m| {

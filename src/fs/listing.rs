@@ -4,11 +4,25 @@
 use super::Core;
 use super::cache::{EntryInfo, Kind, Listing};
 use super::error::FsResult;
-use crate::layout::{RESERVED_NAME, RelPath, validate_name};
+use crate::layout::{RESERVED_NAME, RelPath, escape_controls, validate_name};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+
+/// Keys asked for per prefix by an emptiness check: enough to see past a few foreign keys.
+const EMPTINESS_PAGE: i32 = 100;
+
+/// What an emptiness check found below a directory.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct Emptiness {
+    /// A key of this namespace (not the directory's own marker) lies below it.
+    pub not_empty: bool,
+    /// The size of the directory's own marker object, when there is one.
+    pub marker: Option<u64>,
+    /// Keys that are not of this namespace lie below it.
+    pub foreign: bool,
+}
 
 impl Core {
     /// Runs `f` for every prefix index, at most `fanout` at once.
@@ -24,20 +38,49 @@ impl Core {
             .await
     }
 
-    /// True when any key other than `dir`'s own marker lies below `dir`, in any prefix.
-    pub(super) async fn any_under(&self, dir: &RelPath) -> FsResult<bool> {
+    /// Whether `key` (of `size` bytes) is part of this mount's namespace: a file or symlink
+    /// of the layout, or an empty directory marker. Anything else under the prefixes (a
+    /// prefix that does not match the hash, `.`/`..`/empty segments, a "marker" with a body)
+    /// is foreign: never shown, never counted, never deleted or moved.
+    pub(super) fn ours(&self, key: &str, size: u64) -> bool {
+        matches!(self.layout.key_to_path(key), Some((_, is_dir)) if !is_dir || size == 0)
+    }
+
+    /// What lies below `dir`, in any prefix: one LIST page per prefix.
+    pub(super) async fn emptiness(&self, dir: &RelPath) -> FsResult<Emptiness> {
         let marker = self.layout.dir_marker_key(dir)?;
-        let hits = self
+        let pages = self
             .fan_out(|q| {
                 let prefix = self.layout.dir_list_prefix(q, dir);
                 let marker = marker.clone();
                 async move {
-                    let page = self.store.list(&prefix, None, None, Some(2)).await?;
-                    Ok(page.objects.iter().any(|o| o.key != marker))
+                    let page = self.store.list(&prefix, None, None, Some(EMPTINESS_PAGE)).await?;
+                    let mut e = Emptiness::default();
+                    for o in &page.objects {
+                        if o.key == marker {
+                            e.marker = Some(o.size);
+                        } else if self.ours(&o.key, o.size) {
+                            e.not_empty = true;
+                        } else {
+                            e.foreign = true;
+                        }
+                    }
+                    // A full page of foreign keys may hide one of ours behind it.
+                    e.not_empty |= page.next_token.is_some();
+                    Ok(e)
                 }
             })
             .await?;
-        Ok(hits.into_iter().any(|h| h))
+        Ok(pages.into_iter().fold(Emptiness::default(), |a, b| Emptiness {
+            not_empty: a.not_empty || b.not_empty,
+            marker: a.marker.or(b.marker),
+            foreign: a.foreign || b.foreign,
+        }))
+    }
+
+    /// True when a key of this namespace other than `dir`'s own marker lies below `dir`.
+    pub(super) async fn any_under(&self, dir: &RelPath) -> FsResult<bool> {
+        Ok(self.emptiness(dir).await?.not_empty)
     }
 
     /// The children of `dir`: from the cache within the TTL, else from every prefix (one
@@ -49,8 +92,16 @@ impl Core {
                 self.list_flight
                     .run(dir, || async {
                         let token = self.cache.begin_fetch(dir);
-                        let fetched = self.fetch_listing(dir).await?;
-                        Ok::<_, super::error::FsError>(token.finish(fetched))
+                        let (fetched, marked) = self.fetch_listing(dir).await?;
+                        let listing = token.finish(fetched);
+                        // Shown by the parent's listing only because some key starts with
+                        // its name, yet nothing of this namespace is in it and it has no
+                        // marker: hide it, so it does not stay as a ghost nobody can remove.
+                        if listing.is_empty() && !marked && !dir.is_root() && self.pending_in(dir).is_empty() {
+                            tracing::debug!(%dir, "a directory with nothing of this mount in it (foreign keys only, or emptied): hidden");
+                            self.cache.mark_ghost(dir);
+                        }
+                        Ok::<_, super::error::FsError>(listing)
                     })
                     .await?
             }
@@ -66,12 +117,14 @@ impl Core {
         Ok(Arc::new(merged))
     }
 
-    async fn fetch_listing(&self, dir: &RelPath) -> FsResult<BTreeMap<String, EntryInfo>> {
+    /// The entries of `dir` in S3, and whether it has an (empty) marker.
+    async fn fetch_listing(&self, dir: &RelPath) -> FsResult<(BTreeMap<String, EntryInfo>, bool)> {
         let pages = self
             .fan_out(|q| async move {
                 let prefix = self.layout.dir_list_prefix(q, dir);
                 let mut files = Vec::new();
                 let mut dirs = Vec::new();
+                let mut marked = false;
                 let mut token: Option<String> = None;
                 loop {
                     let page = self.store.list(&prefix, Some("/"), token.as_deref(), None).await?;
@@ -80,14 +133,16 @@ impl Core {
                             continue;
                         };
                         if name.is_empty() {
-                            continue; // the directory's own marker
+                            // The directory's own marker; one with a body is foreign.
+                            marked |= !dir.is_root() && self.ours(&o.key, o.size);
+                            continue;
                         }
                         // Only keys whose prefix matches their hash are files of this layout.
                         match self.layout.key_to_path(&o.key) {
                             Some((p, false)) if p.parent().as_ref() == Some(dir) => {
                                 files.push((name.to_string(), o.size, o.last_modified))
                             }
-                            _ => tracing::debug!(key = %o.key, "key outside the layout, not shown"),
+                            _ => tracing::debug!(key = %escape_controls(&o.key), "key outside the layout, not shown"),
                         }
                     }
                     for cp in page.common_prefixes {
@@ -103,24 +158,33 @@ impl Core {
                         None => break,
                     }
                 }
-                Ok((files, dirs))
+                Ok((files, dirs, marked))
             })
             .await?;
+        // Known by name, kind, size and LastModified only, unless the mount trusts that.
+        let listed = |info: EntryInfo| if self.cfg.trust_listing { info } else { info.partial() };
         let mut out = BTreeMap::new();
-        for (files, _) in &pages {
+        for (files, _, _) in &pages {
             for (name, size, mtime) in files {
-                out.insert(name.clone(), EntryInfo::new(Kind::File, *size, *mtime).partial());
+                out.insert(name.clone(), listed(EntryInfo::new(Kind::File, *size, *mtime)));
             }
         }
-        for (_, dirs) in pages {
+        let marked = pages.iter().any(|(_, _, m)| *m);
+        // A directory shadows a file of the same name (docs/LAYOUT.md): inserted last. A
+        // name this mount found to hold only foreign keys stays hidden.
+        for (_, dirs, _) in pages {
             for name in dirs {
-                out.insert(name, EntryInfo::new(Kind::Dir, 0, self.mount_time).partial());
+                if dir.join(&name).is_ok_and(|p| self.cache.is_ghost(&p)) {
+                    continue;
+                }
+                out.insert(name, listed(EntryInfo::new(Kind::Dir, 0, self.mount_time)));
             }
         }
-        Ok(out)
+        Ok((out, marked))
     }
 
-    /// Every key below `dir` (its marker included), across all prefixes.
+    /// Every key below `dir` (its marker included) that belongs to this namespace, across
+    /// all prefixes; foreign keys are left out (see [`Core::ours`]).
     pub(super) async fn list_tree(&self, dir: &RelPath) -> FsResult<Vec<String>> {
         let per_prefix = self
             .fan_out(|q| async move {
@@ -129,7 +193,12 @@ impl Core {
                 let mut token: Option<String> = None;
                 loop {
                     let page = self.store.list(&prefix, None, token.as_deref(), None).await?;
-                    keys.extend(page.objects.into_iter().map(|o| o.key));
+                    keys.extend(
+                        page.objects
+                            .into_iter()
+                            .filter(|o| self.ours(&o.key, o.size))
+                            .map(|o| o.key),
+                    );
                     match page.next_token {
                         Some(t) => token = Some(t),
                         None => return Ok(keys),

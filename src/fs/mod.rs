@@ -56,6 +56,9 @@ pub struct FsConfig {
     /// `find`, `stat *`): each lookup of an entry the listing knows only by name starts
     /// HEADs for the entries after it. 0 disables the prefetch.
     pub attr_prefetch: usize,
+    /// Listed entries are taken as the listing describes them (size, LastModified, a file
+    /// or a directory): no HEAD for their POSIX metadata, no symlinks.
+    pub trust_listing: bool,
     /// Where files being modified are staged; `lost+found/` below it keeps data that could
     /// not be uploaded.
     pub cache_dir: PathBuf,
@@ -79,6 +82,7 @@ impl Default for FsConfig {
             read_window_min: 1024 * 1024,
             read_window_max: 16 * 1024 * 1024,
             attr_prefetch: 128,
+            trust_listing: false,
             cache_dir: std::env::temp_dir().join("prefixfs-cache"),
             cache_size: 10 * 1024 * 1024 * 1024,
             uid: 0,
@@ -338,6 +342,11 @@ impl Core {
             self.layout.file_key(path)?
         };
         match self.store.head(&key).await {
+            // A "marker" with a body is somebody's data, not a directory of this namespace.
+            Ok(m) if dir && m.size > 0 => {
+                tracing::debug!(key = %crate::layout::escape_controls(&key), size = m.size, "a directory marker key with a body: ignored");
+                Ok(None)
+            }
             Ok(m) => {
                 let (kind, size) = if dir { (Kind::Dir, 0) } else { (Kind::File, m.size) };
                 Ok(Some(

@@ -1,7 +1,7 @@
 //! The operations the kernel asks for, on inodes and names. Each returns an [`FsError`]
 //! carrying the errno and a message naming the path, for the adapter to log and reply.
 
-use super::cache::{EntryInfo, Kind};
+use super::cache::{EntryInfo, Kind, SYMLINK_MAX};
 use super::error::{FsError, FsResult};
 use super::posix::Posix;
 use super::{Attr, Core, Handle};
@@ -9,6 +9,7 @@ use crate::layout::RelPath;
 use crate::store::UserMeta;
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
+use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -64,6 +65,7 @@ impl Core {
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let path = self.path_of(ino)?;
         let listing = self.list_dir(&path).await?;
+        let typed = self.type_untyped(&path, &listing).await;
         let inodes = lock(&self.inodes);
         let parent_ino = path
             .parent()
@@ -80,6 +82,7 @@ impl Core {
             let child_ino = child.as_ref().and_then(|p| inodes.find(p)).unwrap_or(u64::MAX);
             // A listing cannot tell a symlink from a file; a looked-up entry can.
             let kind = match child.and_then(|p| self.cache.entry(&p)) {
+                _ if typed.contains_key(name) => typed[name],
                 Some(Some(known)) if known.full => known.kind,
                 _ => info.kind,
             };
@@ -87,6 +90,37 @@ impl Core {
         }
         drop(inodes);
         Ok(self.new_fh(Handle::Dir(Arc::new(entries))))
+    }
+
+    /// A listing cannot tell a symlink from a file, and readdir must give each entry's type
+    /// (`find -type l` trusts it; fuser cannot answer DT_UNKNOWN). Symlinks are objects under
+    /// [`SYMLINK_MAX`] bytes, so the listed entries that small and not typed yet are HEADed,
+    /// `--attr-prefetch` at a time; those HEADs are the ones `ls -l` would send anyway.
+    /// Returns the kinds found, by name.
+    async fn type_untyped(&self, dir: &RelPath, listing: &super::cache::Listing) -> HashMap<String, Kind> {
+        if self.cfg.trust_listing {
+            return HashMap::new();
+        }
+        let untyped: Vec<(String, RelPath)> = listing
+            .iter()
+            .filter(|(_, i)| !i.full && i.kind == Kind::File && i.size < SYMLINK_MAX as u64)
+            .filter_map(|(name, _)| Some((name.clone(), dir.join(name).ok()?)))
+            .collect();
+        stream::iter(untyped)
+            .map(|(name, p)| async move {
+                match self.stat(&p).await {
+                    Ok(Some(info)) => Some((name, info.kind)),
+                    Ok(None) => None,
+                    Err(e) => {
+                        tracing::debug!(path = %p, error = %e, "could not type a listed entry; shown as a file");
+                        None
+                    }
+                }
+            })
+            .buffer_unordered(self.cfg.attr_prefetch.max(1))
+            .filter_map(|x| async move { x })
+            .collect()
+            .await
     }
 
     /// Directory entries of an open directory from `offset` on.
@@ -126,6 +160,11 @@ impl Core {
     pub async fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         self.check_writable(&path)?;
+        if self.cache.is_ghost(&path) {
+            // Listing it found nothing of this namespace (see docs/LAYOUT.md) and hid it;
+            // `rm -r` walked into it before that: removing it is already done.
+            return Ok(());
+        }
         match self.stat(&path).await? {
             None => return Err(FsError::not_found(&path)),
             Some(i) if i.kind == Kind::File => {
@@ -136,14 +175,26 @@ impl Core {
         // Deletes queued by the unlinks of an `rm -r` land first, so the check below sees S3
         // as it is.
         self.store.flush().await?;
-        if !self.pending_in(&path).is_empty() || self.any_under(&path).await? {
+        let below = self.emptiness(&path).await?;
+        if !self.pending_in(&path).is_empty() || below.not_empty {
             return Err(FsError::new(libc::ENOTEMPTY, format!("{path}: directory not empty")));
         }
-        self.store.delete(&self.layout.dir_marker_key(&path)?).await?;
+        match below.marker {
+            Some(0) => self.store.delete(&self.layout.dir_marker_key(&path)?).await?,
+            // Not a marker but somebody's data under a key ending in '/': never deleted.
+            Some(bytes) => {
+                tracing::warn!(%path, bytes, "the directory's marker key holds data: not deleting it; the directory is hidden instead")
+            }
+            None => {}
+        }
         // The deletes of the files that were in it (queued by unlink, to be batched) land
         // before rmdir returns: after `rm -r`, the bucket holds none of the tree.
         self.store.flush().await?;
         self.cache.remove(&path);
+        if below.foreign || below.marker.is_some_and(|b| b > 0) {
+            // Foreign keys below keep the name in S3 listings: hide it from this mount.
+            self.cache.mark_ghost(&path);
+        }
         Ok(())
     }
 

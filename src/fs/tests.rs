@@ -7,7 +7,7 @@
 use super::cache::Kind;
 use super::inodes::ROOT_INO;
 use super::{Core, FsConfig};
-use crate::layout::Layout;
+use crate::layout::{Layout, RelPath};
 use crate::store::deferred::DeferredDeletes;
 use crate::store::memory::MemoryStore;
 use crate::store::retry::{RetryConfig, RetryingStore};
@@ -136,6 +136,15 @@ impl Rig {
         assert_eq!(attr.kind, Kind::File);
     }
 
+    /// `mkdir NAME` at the root; its inode.
+    async fn ino_after_mkdir(&self, name: &str) -> u64 {
+        self.core
+            .mkdir(ROOT_INO, OsStr::new(name), 0o755, 0, 0)
+            .await
+            .unwrap()
+            .ino
+    }
+
     /// Forgets every cached answer, as if the TTL had run out.
     fn expire(&self) {
         self.core.cache.clear();
@@ -231,11 +240,67 @@ async fn concurrent_lookups_and_listings_share_their_requests() {
     for t in tasks {
         t.await.unwrap();
     }
+    // The 20 entries are small enough to be symlinks: opendir types them (one HEAD each,
+    // shared by all 64 callers too).
     assert_eq!(
         m.take(),
-        counts(&[(OpKind::Head, 2), (OpKind::List, PREFIXES as u64)]),
+        counts(&[(OpKind::Head, 2 + 20), (OpKind::List, PREFIXES as u64)]),
         "64 callers, one set of requests"
     );
+}
+
+#[tokio::test]
+async fn readdir_knows_symlinks_and_types_only_entries_small_enough_to_be_one() {
+    let r = rig();
+    let d = r.ino_after_mkdir("d").await;
+    r.core
+        .symlink(d, OsStr::new("link"), std::path::Path::new("target.txt"), 0, 0)
+        .await
+        .unwrap();
+    r.plant("d/small.txt", b"x").await;
+    r.plant("d/big.bin", &[0u8; 5000]).await;
+    r.expire();
+    let mut m = r.meter();
+    let fh = r.core.opendir(r.ino("d").await).await.unwrap();
+    let kinds: BTreeMap<String, Kind> = r
+        .core
+        .readdir(fh)
+        .unwrap()
+        .iter()
+        .map(|(n, k, _)| (n.clone(), *k))
+        .collect();
+    assert_eq!(kinds["link"], Kind::Symlink);
+    assert_eq!(kinds["small.txt"], Kind::File);
+    assert_eq!(kinds["big.bin"], Kind::File);
+    // The lookup of d (1 HEAD), its listing, and one HEAD per entry under 4 KiB; a 5,000-byte
+    // object cannot be a symlink.
+    assert_eq!(
+        m.take(),
+        counts(&[(OpKind::Head, 1 + 2), (OpKind::List, PREFIXES as u64)])
+    );
+    // `ls -l` after that: nothing more for the small ones, one HEAD for the big one.
+    for name in ["link", "small.txt", "big.bin"] {
+        r.core.lookup(r.ino("d").await, OsStr::new(name)).await.unwrap();
+    }
+    assert_eq!(m.take(), counts(&[(OpKind::Head, 1)]));
+}
+
+#[tokio::test]
+async fn trusting_the_listing_makes_ls_l_cost_its_lists_only() {
+    let r = rig_with(|c| c.trust_listing = true);
+    for i in 0..50 {
+        r.plant(&format!("d/f{i:02}.txt"), b"x").await;
+    }
+    r.plant_dir("d").await;
+    let d = r.ino("d").await;
+    r.expire();
+    let mut m = r.meter();
+    let fh = r.core.opendir(d).await.unwrap();
+    for (name, _, _) in r.core.readdir(fh).unwrap().iter().skip(2) {
+        let a = r.core.lookup(d, OsStr::new(name)).await.unwrap();
+        assert_eq!((a.kind, a.size, a.perm), (Kind::File, 1, 0o644));
+    }
+    assert_eq!(m.take(), counts(&[(OpKind::List, PREFIXES as u64)]));
 }
 
 #[tokio::test]
@@ -305,7 +370,7 @@ async fn mkdir_is_one_put_and_rmdir_an_emptiness_check_and_one_delete() {
     r.core.mkdir(top, OsStr::new("sub"), 0o755, 0, 0).await.unwrap();
     assert_eq!(m.take(), counts(&[(OpKind::Put, 1)]));
     r.core.rmdir(top, OsStr::new("sub")).await.unwrap();
-    // The emptiness check asks every prefix for two keys; the marker's delete is queued
+    // The emptiness check asks every prefix for one page; the marker's delete is queued
     // and sent by rmdir's barrier as one DeleteObjects.
     assert_eq!(
         m.take(),
@@ -377,4 +442,97 @@ async fn requests_are_counted_per_caller() {
         .await;
     let callers = r.stats.caller_snapshot();
     assert_eq!(callers["lookup"].requests.values().sum::<u64>(), 2, "{callers:?}");
+}
+
+// The namespace's rules for keys that do not fit it (docs/LAYOUT.md): foreign keys are never
+// shown, counted, moved or deleted, and cannot leave a directory nobody can remove.
+
+impl Rig {
+    /// A raw key below the layout root, exactly as given.
+    async fn plant_key(&self, rel_key: &str, body: &[u8]) -> String {
+        let key = format!("data/{rel_key}");
+        self.mem()
+            .put(&key, Bytes::copy_from_slice(body), &UserMeta::new())
+            .await
+            .unwrap();
+        key
+    }
+
+    async fn names(&self, ino: u64) -> Vec<String> {
+        let path = self.core.path_of(ino).unwrap();
+        self.core.list_dir(&path).await.unwrap().keys().cloned().collect()
+    }
+}
+
+#[tokio::test]
+async fn directories_of_foreign_keys_only_are_hidden_once_seen_and_removable() {
+    let r = rig();
+    let p = |path: &str| {
+        r.layout
+            .prefix_name(r.layout.prefix_index(&RelPath::parse(path).unwrap()))
+    };
+    let dots = r.plant_key(&format!("{}/a/../b", p("b")), b"dots").await;
+    let dot = r.plant_key(&format!("{}/c/./d", p("c/d")), b"dot").await;
+    // A key ending in '/' with a body: data, not a directory marker.
+    let body_marker = r.plant_key(&format!("{}/e/", p("e")), b"precious").await;
+    r.plant("real/f.txt", b"f").await;
+    let before = r.mem().keys();
+
+    // The root's listing can only see that keys start with "a/", "c/", "e/".
+    assert_eq!(r.names(ROOT_INO).await, vec!["a", "c", "e", "real"]);
+    for name in ["a", "c", "e"] {
+        let ino = r.ino(name).await;
+        assert_eq!(r.names(ino).await, Vec::<String>::new(), "{name} shows nothing");
+    }
+    // Listing them showed nothing of this namespace in them: they are hidden from then on,
+    // also after the TTL (the parent's listing is fetched again).
+    assert_eq!(r.names(ROOT_INO).await, vec!["real"]);
+    r.expire();
+    assert_eq!(r.names(ROOT_INO).await, vec!["real"]);
+    assert_eq!(
+        r.core.lookup(ROOT_INO, OsStr::new("a")).await.unwrap_err().errno,
+        libc::ENOENT
+    );
+
+    // rmdir of such a directory met before it was hidden succeeds, and deletes nothing:
+    // neither the foreign keys nor a "marker" with a body.
+    let r = rig();
+    r.plant_key(&format!("{}/a/../b", p("b")), b"dots").await;
+    r.plant_key(&format!("{}/e/", p("e")), b"precious").await;
+    assert_eq!(r.names(ROOT_INO).await, vec!["a", "e"]);
+    for name in ["a", "e"] {
+        r.ino(name).await;
+        r.core.rmdir(ROOT_INO, OsStr::new(name)).await.unwrap();
+    }
+    assert_eq!(r.names(ROOT_INO).await, Vec::<String>::new());
+    r.expire();
+    assert_eq!(r.names(ROOT_INO).await, Vec::<String>::new());
+    let mut left = r.mem().keys();
+    left.sort();
+    assert_eq!(left.len(), 2);
+    assert!(before.contains(&dots) && before.contains(&dot) && before.contains(&body_marker));
+
+    // A directory created here again at such a name is real.
+    r.core.mkdir(ROOT_INO, OsStr::new("a"), 0o755, 0, 0).await.unwrap();
+    assert_eq!(r.names(ROOT_INO).await, vec!["a"]);
+    r.expire();
+    assert_eq!(r.names(ROOT_INO).await, vec!["a"]);
+}
+
+#[tokio::test]
+async fn a_directory_shadows_a_file_of_the_same_name() {
+    let r = rig();
+    r.plant("d", b"a file named d").await;
+    r.plant("d/x.txt", b"inside").await;
+    // Listed: the directory wins, and what is in it is reachable.
+    let listing = r.core.list_dir(&RelPath::root()).await.unwrap();
+    assert_eq!(listing["d"].kind, Kind::Dir);
+    let d = r.core.lookup(ROOT_INO, OsStr::new("d")).await.unwrap();
+    assert_eq!(d.kind, Kind::Dir);
+    let x = r.core.lookup(d.ino, OsStr::new("x.txt")).await.unwrap();
+    assert_eq!((x.kind, x.size), (Kind::File, 6));
+    // So after the TTL, once the parent is listed again.
+    r.expire();
+    assert_eq!(r.names(ROOT_INO).await, vec!["d"]);
+    assert_eq!(r.core.lookup(ROOT_INO, OsStr::new("d")).await.unwrap().kind, Kind::Dir);
 }
