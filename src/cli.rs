@@ -188,7 +188,11 @@ pub struct ServeArgs {
     /// Reads per second per partition (S3: 5500).
     #[arg(long, default_value_t = 5500.0)]
     pub read_rate: f64,
-    /// A partition throttling this long splits.
+    /// When a partition splits: `demand` (after running hot for --split-after-ms) or
+    /// `throttles:K/W` (after answering SlowDown in K distinct seconds within W seconds).
+    #[arg(long, default_value = "demand")]
+    pub split_policy: crate::server::partitions::SplitPolicy,
+    /// Under the demand policy: a partition running hot this long splits.
     #[arg(long, default_value_t = 2000)]
     pub split_after_ms: u64,
     #[arg(long, default_value_t = 256)]
@@ -208,6 +212,9 @@ pub struct ServeArgs {
     /// Milliseconds added before every answer, to try a workload at S3's latency (20–60 ms).
     #[arg(long, default_value_t = 0)]
     pub latency_ms: u64,
+    /// MiB/s each connection may move each way (S3 gives one connection about 80–100).
+    #[arg(long)]
+    pub connection_mibps: Option<f64>,
 }
 
 impl ServeArgs {
@@ -226,6 +233,7 @@ impl ServeArgs {
             .then(|| crate::server::partitions::EmulatorConfig {
                 write_rate: self.write_rate,
                 read_rate: self.read_rate,
+                split_policy: self.split_policy,
                 split_after: Duration::from_millis(self.split_after_ms),
                 max_partitions: self.max_partitions.max(1),
                 boundaries: self.boundary.clone(),

@@ -17,6 +17,7 @@ fn emulator(write_rate: f64, boundaries: Vec<String>) -> EmulatorConfig {
         split_after: Duration::from_secs(3600),
         max_partitions: 64,
         boundaries,
+        ..EmulatorConfig::default()
     }
 }
 

@@ -7,6 +7,7 @@
 pub mod disk;
 pub mod partitions;
 mod s3impl;
+pub mod wan;
 
 use disk::DiskStore;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -158,6 +159,8 @@ pub struct ServerConfig {
     /// Added before every answer: S3 answers after 20–60 ms, loopback at once, and code
     /// that waits for one request before sending the next only shows up with this on.
     pub latency: std::time::Duration,
+    /// Bytes per second each connection may move each way ([`wan::Capped`]); None: no cap.
+    pub connection_rate: Option<f64>,
 }
 
 impl ServerConfig {
@@ -170,6 +173,7 @@ impl ServerConfig {
             faults: Arc::default(),
             emulator: None,
             latency: std::time::Duration::ZERO,
+            connection_rate: None,
         }
     }
 }
@@ -252,6 +256,7 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
             hyper::service::Service::call(&service, req).await
         }
     });
+    let connection_rate = cfg.connection_rate;
     let listener = TcpListener::bind(cfg.addr).await?;
     let addr = listener.local_addr()?;
     let (stop, mut stopped) = watch::channel(false);
@@ -270,10 +275,9 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
                 _ = stopped.changed() => break,
             };
             let _ = socket.set_nodelay(true);
-            let conn = http
-                .serve_connection(TokioIo::new(socket), service.clone())
-                .into_owned();
             let mut stop_conn = stopped.clone();
+            let io = TokioIo::new(wan::Capped::new(socket, connection_rate));
+            let conn = http.serve_connection(io, service.clone()).into_owned();
             tokio::spawn(async move {
                 tokio::select! {
                     _ = conn => {}

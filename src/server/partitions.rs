@@ -9,15 +9,21 @@
 //!   key, also inside DeleteObjects) and reads (GET, HEAD, LIST), refilled at the configured
 //!   rates with one second of burst. An empty bucket answers `503 SlowDown`; for
 //!   CompleteMultipartUpload it answers `200 OK` with the SlowDown in the body, as S3 does.
-//! - Split policy: a partition that has run hot for `split_after` splits at the median of the
-//!   last 256 keys it admitted, if that key lies strictly inside it; both halves start with
-//!   full buckets. "Hot" is sustained demand: time is cut in 250 ms windows, and a window is
-//!   hot when the partition was asked for at least 80% of what it serves in that time
-//!   (admitted and throttled requests, reads and writes each against their rate); an episode
-//!   is a run of hot windows. Demand rather than throttles: a client that paces itself well
-//!   still asks for all a partition can give, and S3 splits on sustained load. Sequential keys
-//!   (dates, counters) keep landing above the median, so the hot spot follows them, as on S3;
-//!   hashed keys spread, so every split halves the load. At most `max_partitions`.
+//! - Split policy ([`SplitPolicy`]): nobody outside AWS knows whether S3 splits a partition
+//!   on sustained demand or on sustained 503s, so both are modelled, and a client should win
+//!   under both.
+//!   - `Demand`: a partition that has run hot for `split_after` splits. Time is cut in
+//!     250 ms windows; a window is hot when the partition was asked for at least 80% of what
+//!     it serves in that time (admitted and throttled requests, reads and writes each
+//!     against their rate); an episode is a run of hot windows. A client that paces itself
+//!     well still asks for all a partition can give, and gets its split.
+//!   - `Throttles { seconds, window }`: a partition splits only once it has answered
+//!     SlowDown in `seconds` distinct seconds within the last `window`. A client that never
+//!     exceeds the rate it is given never gets a split: it has to keep probing above it.
+//!   Either way the split is at the median of the last 256 keys the partition admitted, if
+//!   that key lies strictly inside it; both halves start with full buckets. Sequential keys
+//!   (dates, counters) keep landing above the median, so the hot spot follows them, as on
+//!   S3; hashed keys spread, so every split halves the load. At most `max_partitions`.
 //! - Counters per partition (requests, throttles by kind) and the split history are readable
 //!   as JSON ([`Emulator::snapshot`]).
 
@@ -26,10 +32,50 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// When a partition splits (see the module doc).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SplitPolicy {
+    Demand,
+    Throttles { seconds: u32, window: Duration },
+}
+
+impl std::str::FromStr for SplitPolicy {
+    type Err = String;
+
+    /// `demand`, or `throttles` / `throttles:K/WINDOW_SECS` (default 3 seconds in 10).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.split_once(':') {
+            None if s == "demand" => Ok(SplitPolicy::Demand),
+            None if s == "throttles" => Ok(SplitPolicy::Throttles {
+                seconds: 3,
+                window: Duration::from_secs(10),
+            }),
+            Some(("throttles", spec)) => {
+                let bad = || format!("bad split policy {s:?}: throttles:K/WINDOW_SECS, e.g. throttles:3/10");
+                let (k, w) = spec.split_once('/').ok_or_else(bad)?;
+                let seconds: u32 = k.parse().map_err(|_| bad())?;
+                let window: u64 = w.parse().map_err(|_| bad())?;
+                if seconds == 0 || window < seconds as u64 {
+                    return Err(bad());
+                }
+                Ok(SplitPolicy::Throttles {
+                    seconds,
+                    window: Duration::from_secs(window),
+                })
+            }
+            _ => Err(format!(
+                "unknown split policy {s:?}: demand or throttles[:K/WINDOW_SECS]"
+            )),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct EmulatorConfig {
     pub write_rate: f64,
     pub read_rate: f64,
+    pub split_policy: SplitPolicy,
+    /// Under `Demand`: how long a partition runs hot before it splits.
     pub split_after: Duration,
     pub max_partitions: usize,
     /// Start keys of the initial partitions besides `""`.
@@ -41,6 +87,7 @@ impl Default for EmulatorConfig {
         EmulatorConfig {
             write_rate: 3500.0,
             read_rate: 5500.0,
+            split_policy: SplitPolicy::Demand,
             split_after: Duration::from_secs(2),
             max_partitions: 256,
             boundaries: Vec::new(),
@@ -94,6 +141,8 @@ struct Partition {
     window_reads: f64,
     window_writes: f64,
     recent: VecDeque<String>,
+    /// Seconds (since the emulator started) in which it answered SlowDown, newest last.
+    throttled_seconds: VecDeque<u64>,
     reads: u64,
     writes: u64,
     read_throttles: u64,
@@ -111,6 +160,7 @@ impl Partition {
             window_reads: 0.0,
             window_writes: 0.0,
             recent: VecDeque::with_capacity(256),
+            throttled_seconds: VecDeque::new(),
             reads: 0,
             writes: 0,
             read_throttles: 0,
@@ -240,15 +290,33 @@ impl Emulator {
             Access::Read => p.read_throttles += 1,
             Access::Write => p.write_throttles += 1,
         }
+        let second = now.duration_since(self.started).as_secs();
+        if p.throttled_seconds.back() != Some(&second) {
+            p.throttled_seconds.push_back(second);
+        }
         self.maybe_split(&mut st, i, now);
         false
     }
 
     fn maybe_split(&self, st: &mut State, i: usize, now: Instant) {
-        let long_enough = st.partitions[i]
-            .episode
-            .is_some_and(|start| now.duration_since(start) >= self.cfg.split_after);
-        if long_enough && st.partitions.len() < self.cfg.max_partitions {
+        let p = &mut st.partitions[i];
+        let due = match self.cfg.split_policy {
+            SplitPolicy::Demand => p
+                .episode
+                .is_some_and(|start| now.duration_since(start) >= self.cfg.split_after),
+            SplitPolicy::Throttles { seconds, window } => {
+                let second = now.duration_since(self.started).as_secs();
+                while p
+                    .throttled_seconds
+                    .front()
+                    .is_some_and(|s| second.saturating_sub(*s) >= window.as_secs())
+                {
+                    p.throttled_seconds.pop_front();
+                }
+                p.throttled_seconds.len() >= seconds as usize
+            }
+        };
+        if due && st.partitions.len() < self.cfg.max_partitions {
             self.split(st, i, now);
         }
     }
@@ -266,6 +334,7 @@ impl Emulator {
             return;
         }
         p.episode = None;
+        p.throttled_seconds.clear();
         p.write = Bucket::new(self.cfg.write_rate, now);
         p.read = Bucket::new(self.cfg.read_rate, now);
         p.recent.retain(|k| *k < median);
@@ -324,8 +393,58 @@ mod tests {
             read_rate: rate,
             split_after: Duration::from_millis(split_ms),
             max_partitions: 64,
-            boundaries: vec![],
+            ..EmulatorConfig::default()
         })
+    }
+
+    #[test]
+    fn under_the_throttle_policy_only_slowdowns_in_distinct_seconds_split() {
+        let e = Emulator::new(EmulatorConfig {
+            write_rate: 20.0,
+            read_rate: 20.0,
+            split_policy: "throttles:2/10".parse().unwrap(),
+            max_partitions: 64,
+            ..EmulatorConfig::default()
+        });
+        let key = |i: u64| format!("{:x}/file", (i * 2654435761) % 4096);
+        // Demand right at the rate, never beyond: hot, but never throttled, never split.
+        let start = Instant::now();
+        let mut i = 0;
+        while start.elapsed() < Duration::from_millis(1500) {
+            assert!(e.admit(Access::Write, &key(i)));
+            i += 1;
+            std::thread::sleep(Duration::from_millis(60));
+        }
+        assert_eq!(e.snapshot().partitions.len(), 1);
+        // Many SlowDowns, all in one second: still no split.
+        while e.admit(Access::Write, &key(i)) {
+            i += 1;
+        }
+        for _ in 0..100 {
+            e.admit(Access::Write, &key(i));
+            i += 1;
+        }
+        assert_eq!(e.snapshot().partitions.len(), 1, "one second of throttles");
+        // SlowDown again in a later second: the second distinct second splits it.
+        std::thread::sleep(Duration::from_millis(1100));
+        while e.admit(Access::Write, &key(i)) {
+            i += 1;
+        }
+        assert_eq!(e.snapshot().partitions.len(), 2);
+    }
+
+    #[test]
+    fn split_policies_parse() {
+        assert_eq!("demand".parse::<SplitPolicy>().unwrap(), SplitPolicy::Demand);
+        assert_eq!(
+            "throttles:3/10".parse::<SplitPolicy>().unwrap(),
+            SplitPolicy::Throttles {
+                seconds: 3,
+                window: Duration::from_secs(10)
+            }
+        );
+        assert!("throttles:0/10".parse::<SplitPolicy>().is_err());
+        assert!("sometimes".parse::<SplitPolicy>().is_err());
     }
 
     #[test]
