@@ -20,6 +20,7 @@
 //!   - `Throttles { seconds, window }`: a partition splits only once it has answered
 //!     SlowDown in `seconds` distinct seconds within the last `window`. A client that never
 //!     exceeds the rate it is given never gets a split: it has to keep probing above it.
+//!
 //!   Either way the split is at the median of the last 256 keys the partition admitted, if
 //!   that key lies strictly inside it; both halves start with full buckets. Sequential keys
 //!   (dates, counters) keep landing above the median, so the hot spot follows them, as on
