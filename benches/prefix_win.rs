@@ -2,12 +2,15 @@
 //! through a plain layout and through prefixfs's hashed one, as ratios against a raw S3
 //! client writing plain keys in the same run.
 //!
-//! Run: `cargo bench --bench prefix_win` (as root: it mounts FUSE). Knobs (environment):
-//! FILES (default 1500), WRITERS (16), WRITE_RATE (writes/s per emulated partition, 25),
-//! SPLIT_AFTER_MS (500), WARMUP (files written before measuring, 1500), DELETE_FILES (4000).
+//! Run: `cargo bench --bench prefix_win` (as root: it mounts FUSE). Under both split policies
+//! of the emulator (demand, and SlowDowns in distinct seconds), it prints files/s, the ratio
+//! hashed/plain, requests per created file by kind (retries included), SlowDowns and
+//! failures, and PASS/FAIL against the targets of issue #7. Knobs (environment): SECS
+//! (measured seconds, 20), WARMUP_SECS (15), WRITERS (64), WRITE_RATE (writes/s per emulated
+//! partition, 20), READ_RATE (40), SPLIT_AFTER_MS (demand policy, 1000), DELETE_FILES (4000).
 
 use prefixfs::layout::{Layout, RelPath};
-use prefixfs::server::partitions::{EmulatorConfig, EmulatorSnapshot};
+use prefixfs::server::partitions::{EmulatorConfig, EmulatorSnapshot, SplitPolicy};
 use prefixfs::server::{self, RunningServer, ServerConfig};
 use prefixfs::store::ObjectStore;
 use prefixfs::store::aws::{AwsConfig, AwsStore};
@@ -114,8 +117,6 @@ impl Mounted {
                 &prefix_count.to_string(),
                 "--max-attempts",
                 "40",
-                "--metadata-ttl",
-                "60",
             ])
             .args([
                 "--endpoint-url",
@@ -159,95 +160,140 @@ impl Drop for Mounted {
     }
 }
 
-/// Writes `n` date-named files (`<day>/<seq>.log`, one global sequence, as a logger would)
-/// with `writers` threads through `write`; returns files per second.
-fn write_files(n: u64, writers: u64, day: &str, write: impl Fn(&str) -> bool + Sync) -> f64 {
+/// Counters as `name value` (the stats xattr, or a client's RequestStats text).
+fn counters(text: &str) -> std::collections::BTreeMap<String, u64> {
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter_map(|(k, v)| v.trim().parse().ok().map(|v| (k.to_string(), v)))
+        .collect()
+}
+
+/// Requests by kind between two counter snapshots, per created file.
+struct PerFile {
+    total: f64,
+    list: f64,
+    by_kind: Vec<(String, f64)>,
+}
+
+fn per_file(before: &str, after: &str, files: u64) -> PerFile {
+    let (b, a) = (counters(before), counters(after));
+    let mut by_kind = Vec::new();
+    let mut total = 0.0;
+    let mut list = 0.0;
+    for (k, v) in &a {
+        let Some(kind) = k.strip_prefix("requests_") else { continue };
+        let d = (v - b.get(k).copied().unwrap_or(0)) as f64 / files.max(1) as f64;
+        if d > 0.0 {
+            by_kind.push((kind.to_string(), d));
+            total += d;
+            if kind == "list" {
+                list = d;
+            }
+        }
+    }
+    PerFile { total, list, by_kind }
+}
+
+/// Writes date-named files (`<day>/<seq>.log`, one global sequence, as a logger would) with
+/// `writers` threads through `write` for `secs` seconds; returns (files, failures).
+fn write_for(secs: f64, writers: u64, day: &str, write: impl Fn(&str) -> bool + Sync) -> (u64, u64) {
     let seq = AtomicU64::new(0);
+    let done = AtomicU64::new(0);
     let failed = AtomicU64::new(0);
-    let start = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
     std::thread::scope(|s| {
         for _ in 0..writers {
             s.spawn(|| {
-                loop {
+                while Instant::now() < deadline {
                     let i = seq.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        break;
-                    }
-                    if !write(&format!("{day}/{i:07}.log")) {
+                    if write(&format!("{day}/{i:07}.log")) {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    } else {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             });
         }
     });
-    let f = failed.load(Ordering::Relaxed);
-    assert_eq!(f, 0, "{f} writes failed");
-    n as f64 / start.elapsed().as_secs_f64()
+    (done.load(Ordering::Relaxed), failed.load(Ordering::Relaxed))
 }
 
 struct RunResult {
-    write_rate: f64,
-    delete_rate: f64,
+    files_per_sec: f64,
+    files: u64,
+    failed: u64,
     slowdowns: u64,
     partitions: usize,
-    splits: usize,
-    stats: String,
+    per_file: PerFile,
+    delete_rate: f64,
 }
 
-fn emulator_config() -> EmulatorConfig {
+fn emulator_config(policy: SplitPolicy) -> EmulatorConfig {
     EmulatorConfig {
-        write_rate: knob("WRITE_RATE", 25.0),
-        read_rate: knob("WRITE_RATE", 25.0) * 1.6,
-        split_after: Duration::from_millis(knob("SPLIT_AFTER_MS", 500.0) as u64),
+        write_rate: knob("WRITE_RATE", 20.0),
+        read_rate: knob("READ_RATE", 40.0),
+        split_policy: policy,
+        split_after: Duration::from_millis(knob("SPLIT_AFTER_MS", 1000.0) as u64),
         max_partitions: 64,
         boundaries: vec![],
     }
 }
 
-fn run_mount(prefix_count: u32, files: u64, writers: u64, warmup: u64) -> RunResult {
-    let server = Server::start(emulator_config());
+const BODY: &[u8] = b"2017-02-08T12:00:00Z level=info msg=\"request served\" status=200\n";
+
+struct Plan {
+    policy: SplitPolicy,
+    writers: u64,
+    warmup_secs: f64,
+    secs: f64,
+}
+
+fn run_mount(plan: &Plan, prefix_count: u32) -> RunResult {
+    let server = Server::start(emulator_config(plan.policy));
     let base = tempfile::tempdir().expect("tempdir");
     let m = Mounted::new(&server, prefix_count, base.path());
-    let body = b"2017-02-08T12:00:00Z level=info msg=\"request served\" status=200\n";
     for day in ["2017/02/07", "2017/02/08"] {
         std::fs::create_dir_all(m.path.join(day)).expect("mkdir");
     }
-    let write = |rel: &str| std::fs::write(m.path.join(rel), body).is_ok();
-    // Warm-up: let the emulator split as S3 would under sustained load.
-    write_files(warmup, writers, "2017/02/07", write);
-    let write_rate = write_files(files, writers, "2017/02/08", write);
-    // Delete with as many parallel workers as wrote (one `rm` is bound by its own latency).
+    let write = |rel: &str| std::fs::write(m.path.join(rel), BODY).is_ok();
+    // Warm-up on the day before: the bucket splits as S3 would under sustained load.
+    write_for(plan.warmup_secs, plan.writers, "2017/02/07", write);
+    let throttles_before = server.emulator().throttles;
+    let before = m.stats();
+    let (files, failed) = write_for(plan.secs, plan.writers, "2017/02/08", write);
+    let per_file = per_file(&before, &m.stats(), files);
+    let snap = server.emulator();
+    // Delete the day with as many workers as wrote it; the rmdir at the end waits until the
+    // queued deletes have reached S3, so the clock stops after it.
     let day = m.path.join("2017/02/08");
     let names: Vec<PathBuf> = std::fs::read_dir(&day)
         .expect("readdir")
         .flatten()
         .map(|e| e.path())
         .collect();
-    assert_eq!(names.len() as u64, files);
     let start = Instant::now();
     std::thread::scope(|s| {
-        for chunk in names.chunks(names.len().div_ceil(writers as usize)) {
+        for chunk in names.chunks(names.len().div_ceil(plan.writers as usize).max(1)) {
             s.spawn(move || chunk.iter().for_each(|p| std::fs::remove_file(p).expect("unlink")));
         }
     });
-    // The rmdir waits until the queued deletes have reached S3: the clock stops after it.
     assert!(Command::new("rm").arg("-r").arg(&day).status().expect("rm").success());
-    let delete_rate = files as f64 / start.elapsed().as_secs_f64();
-    let snap = server.emulator();
+    let delete_rate = names.len() as f64 / start.elapsed().as_secs_f64();
     RunResult {
-        write_rate,
-        delete_rate,
-        slowdowns: snap.throttles,
+        files_per_sec: files as f64 / plan.secs,
+        files,
+        failed,
+        slowdowns: snap.throttles - throttles_before,
         partitions: snap.partitions.len(),
-        splits: snap.splits.len(),
-        stats: m.stats(),
+        per_file,
+        delete_rate,
     }
 }
 
-fn run_baseline(files: u64, writers: u64, warmup: u64) -> (f64, u64) {
-    let server = Server::start(emulator_config());
-    let (client, _) = server.client();
-    let body = bytes::Bytes::from_static(b"2017-02-08T12:00:00Z level=info msg=\"request served\" status=200\n");
+fn run_baseline(plan: &Plan) -> RunResult {
+    let server = Server::start(emulator_config(plan.policy));
+    let (client, stats) = server.client();
+    let body = bytes::Bytes::from_static(BODY);
     let write = |rel: &str| {
         let key = format!("data/{rel}");
         server
@@ -255,9 +301,53 @@ fn run_baseline(files: u64, writers: u64, warmup: u64) -> (f64, u64) {
             .block_on(client.put(&key, body.clone(), &Default::default()))
             .is_ok()
     };
-    write_files(warmup, writers, "2017/02/07", write);
-    let rate = write_files(files, writers, "2017/02/08", write);
-    (rate, server.emulator().throttles)
+    write_for(plan.warmup_secs, plan.writers, "2017/02/07", write);
+    let throttles_before = server.emulator().throttles;
+    let before = stats.snapshot().to_text();
+    let (files, failed) = write_for(plan.secs, plan.writers, "2017/02/08", write);
+    let snap = server.emulator();
+    RunResult {
+        files_per_sec: files as f64 / plan.secs,
+        files,
+        failed,
+        slowdowns: snap.throttles - throttles_before,
+        partitions: snap.partitions.len(),
+        per_file: per_file(&before, &stats.snapshot().to_text(), files),
+        delete_rate: f64::NAN,
+    }
+}
+
+fn print_run(name: &str, r: &RunResult, baseline: f64) {
+    let kinds: Vec<String> = r.per_file.by_kind.iter().map(|(k, v)| format!("{k} {v:.3}")).collect();
+    println!(
+        "  {name}: {:7.1} files/s ({:5.2}x raw)  files {:6}  failed {}  SlowDowns {:5}  partitions {:2}  requests/file {:.3} [{}]{}",
+        r.files_per_sec,
+        r.files_per_sec / baseline,
+        r.files,
+        r.failed,
+        r.slowdowns,
+        r.partitions,
+        r.per_file.total,
+        kinds.join(", "),
+        if r.delete_rate.is_nan() {
+            String::new()
+        } else {
+            format!("  delete {:.1} files/s", r.delete_rate)
+        }
+    );
+}
+
+/// Peers, when installed (none are packaged for Debian; they are skipped otherwise).
+fn peers() {
+    for (tool, what) in [("rclone", "rclone mount --vfs-cache-mode writes"), ("mount-s3", "mountpoint-s3")] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            println!("  peer {what}: not installed, skipped");
+        }
+    }
 }
 
 /// Deletes of the hashed layout's keys: raw client in sorted key order vs prefixfs rm -r.
@@ -274,7 +364,7 @@ fn run_delete_order(files: u64) -> (f64, f64) {
     for interleaved in [false, true] {
         // A bucket that has split along the prefixes already (it just took these writes), and
         // that does not split further during a delete that lasts seconds (S3 takes minutes).
-        let mut cfg = emulator_config();
+        let mut cfg = emulator_config(SplitPolicy::Demand);
         cfg.boundaries = (0..16).map(|i| format!("data/{i:x}/")).collect();
         cfg.split_after = Duration::from_secs(3600);
         let server = Server::start(cfg);
@@ -349,47 +439,60 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo bench -- --list` and test harness probes
     }
-    let files = knob("FILES", 1500.0) as u64;
-    let writers = knob("WRITERS", 16.0) as u64;
-    let warmup = knob("WARMUP", 1500.0) as u64;
+    let writers = knob("WRITERS", 64.0) as u64;
+    // At least three times the default metadata TTL (5 s), so expiring caches are measured.
+    let secs = knob("SECS", 20.0);
+    let warmup_secs = knob("WARMUP_SECS", 15.0);
     let delete_files = knob("DELETE_FILES", 4000.0) as u64;
-    let emu = emulator_config();
+    let emu = emulator_config(SplitPolicy::Demand);
     println!(
-        "prefix_win: {files} files, {writers} writers, emulated partitions at {} writes/s, split after {:?} (warm-up {warmup} files)",
-        emu.write_rate, emu.split_after
+        "prefix_win: {writers} writers creating date-named files in one directory for {secs} s (after {warmup_secs} s of warm-up), emulated partitions at {} writes/s and {} reads/s",
+        emu.write_rate, emu.read_rate
     );
-    let (baseline, baseline_slowdowns) = run_baseline(files, writers, warmup);
-    println!("baseline  raw S3 client, plain keys : {baseline:8.1} files/s  (1.00x)  SlowDowns {baseline_slowdowns}");
-    let plain = run_mount(1, files, writers, warmup);
-    let hashed = run_mount(16, files, writers, warmup);
-    for (name, r) in [
-        ("prefixfs  plain layout (1 prefix)  ", &plain),
-        ("prefixfs  hashed layout (16)       ", &hashed),
-    ] {
+    peers();
+    let policies = [
+        ("demand (split after running hot)", SplitPolicy::Demand),
+        (
+            "throttles (split after SlowDowns in 3 distinct seconds of 10)",
+            "throttles:3/10".parse().expect("policy"),
+        ),
+    ];
+    let mut verdicts = Vec::new();
+    for (label, policy) in policies {
+        let plan = Plan {
+            policy,
+            writers,
+            warmup_secs,
+            secs,
+        };
+        println!("split policy: {label}");
+        let baseline = run_baseline(&plan);
+        print_run("raw S3 client, plain keys  ", &baseline, baseline.files_per_sec);
+        let plain = run_mount(&plan, 1);
+        print_run("prefixfs plain (1 prefix)  ", &plain, baseline.files_per_sec);
+        let hashed = run_mount(&plan, 16);
+        print_run("prefixfs hashed (16)       ", &hashed, baseline.files_per_sec);
+        let ratio = hashed.files_per_sec / plain.files_per_sec;
+        let one_partition = plain.files_per_sec / emu.write_rate;
         println!(
-            "{name}: {:8.1} files/s  ({:.2}x)  delete {:8.1} files/s  SlowDowns {}  partitions {} (splits {})",
-            r.write_rate,
-            r.write_rate / baseline,
-            r.delete_rate,
-            r.slowdowns,
-            r.partitions,
-            r.splits
+            "  hashed / plain: {ratio:.1}x; plain gets {:.0}% of one partition's {} writes/s",
+            one_partition * 100.0,
+            emu.write_rate
         );
-    }
-    println!(
-        "hashed / plain: writes {:.1}x, deletes {:.1}x",
-        hashed.write_rate / plain.write_rate,
-        hashed.delete_rate / plain.delete_rate
-    );
-    for (name, r) in [("plain", &plain), ("hashed", &hashed)] {
-        println!("-- prefixfs stats, {name} layout:");
-        for line in r.stats.lines().filter(|l| {
-            l.starts_with("prefix ")
-                || l.starts_with("throttles")
-                || l.starts_with("retries")
-                || l.starts_with("failures")
-        }) {
-            println!("   {line}");
+        for (what, ok) in [
+            ("hashed >= 8x plain", ratio >= 8.0),
+            ("plain >= 90% of one partition", one_partition >= 0.9),
+            ("0 failed operations", plain.failed + hashed.failed == 0),
+            (
+                "<= 1.2 requests per created file",
+                plain.per_file.total <= 1.2 && hashed.per_file.total <= 1.2,
+            ),
+            (
+                "<= 0.05 LISTs per created file",
+                plain.per_file.list <= 0.05 && hashed.per_file.list <= 0.05,
+            ),
+        ] {
+            verdicts.push(format!("{} [{}] {what}", if ok { "PASS" } else { "FAIL" }, policy_name(policy)));
         }
     }
     let (sorted, interleaved) = run_delete_order(delete_files);
@@ -397,4 +500,14 @@ fn main() {
         "delete {delete_files} hashed keys: sorted order (raw client) {sorted:8.1} keys/s, interleaved (prefixfs rm -r) {interleaved:8.1} keys/s ({:.1}x)",
         interleaved / sorted
     );
+    for v in verdicts {
+        println!("{v}");
+    }
+}
+
+fn policy_name(p: SplitPolicy) -> &'static str {
+    match p {
+        SplitPolicy::Demand => "demand",
+        SplitPolicy::Throttles { .. } => "throttles",
+    }
 }
