@@ -83,6 +83,10 @@ fn mount(endpoint: &str, base: &Path, name: &str, extra: &[&str]) -> (std::path:
     (path, child)
 }
 
+fn target_in(mnt: &Path) -> std::path::PathBuf {
+    mnt.join("2017/02/08")
+}
+
 fn ls_l(dir: &Path, files: usize) -> f64 {
     let start = Instant::now();
     let out = Command::new("ls").arg("-l").arg(dir).output().expect("ls");
@@ -143,36 +147,60 @@ fn main() {
             .for_each(|r| async move { r.expect("put") })
             .await;
     });
-    let start = Instant::now();
-    let seen = rt.block_on(list_walk(&s3, &layout, &day));
-    let walk = start.elapsed().as_secs_f64();
-    assert_eq!(seen, files);
+    // The best of three walks: the baseline is given every advantage.
+    let mut walk = f64::MAX;
+    for _ in 0..3 {
+        let start = Instant::now();
+        let seen = rt.block_on(list_walk(&s3, &layout, &day));
+        walk = walk.min(start.elapsed().as_secs_f64());
+        assert_eq!(seen, files);
+    }
     println!(
         "ls_l: {files} files in one directory, {prefixes} prefixes, {} ms added to every S3 answer",
         latency.as_millis()
     );
-    println!("  raw LIST walk (all prefixes in parallel): {walk:.3} s (1.00x)");
+    println!("  raw LIST walk (all prefixes in parallel, best of 3): {walk:.3} s (1.00x)");
+    let local = tempfile::tempdir().expect("tempdir");
+    for i in 0..files {
+        std::fs::write(local.path().join(format!("{i:06}.log")), b"line\n").expect("local file");
+    }
+    ls_l(local.path(), files);
+    let on_disk = ls_l(local.path(), files);
+    println!(
+        "  ls -l of the same names on the local disk: {on_disk:.3} s ({:.2}x)",
+        on_disk / walk
+    );
     for (name, extra) in [
         ("prefixfs (POSIX metadata: HEADs)", &[][..]),
         ("prefixfs --trust-listing", &["--trust-listing"][..]),
     ] {
+        // Fresh mount: the path's three implicit directories are looked up first (each a
+        // marker HEAD, a file HEAD and the parent's listing, in series).
         let base = tempfile::tempdir().expect("tempdir");
         let (path, mut child) = mount(&endpoint, base.path(), "mnt", extra);
-        let target = path.join("2017/02/08");
-        let cold = ls_l(&target, files);
+        let target = target_in(&path);
+        let fresh = ls_l(&target, files);
         let warm = ls_l(&target, files);
         let stats = prefixfs::read_stats(&path).unwrap_or_default();
         let requests: Vec<&str> = stats
             .lines()
             .filter(|l| l.starts_with("requests_") && !l.ends_with(" 0"))
             .collect();
-        println!(
-            "  {name}: cold {cold:.3} s ({:.2}x the walk), warm {warm:.3} s; requests: {}",
-            cold / walk,
-            requests.join(", ")
-        );
         let _ = Command::new("umount").arg(&path).status();
         let _ = child.wait();
+        // The directory cold: its parent was listed (`ls 2017/02`), nothing of it is cached.
+        let (path, mut child) = mount(&endpoint, base.path(), "mnt2", extra);
+        let listed = Command::new("ls").arg(path.join("2017/02")).output().expect("ls");
+        assert!(listed.status.success());
+        let cold = ls_l(&target_in(&path), files);
+        let _ = Command::new("umount").arg(&path).status();
+        let _ = child.wait();
+        println!(
+            "  {name}: directory cold {cold:.3} s ({:.2}x the walk), fresh mount {fresh:.3} s ({:.2}x), warm {warm:.3} s; requests of the fresh run: {}",
+            cold / walk,
+            fresh / walk,
+            requests.join(", ")
+        );
     }
     rt.block_on(srv.shutdown());
 }

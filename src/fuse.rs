@@ -14,15 +14,14 @@ use crate::layout::escape_controls;
 use crate::store::stats::CALLER;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner, OpenFlags,
-    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs,
-    ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry,
+    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
 };
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// The extended attribute on the mount root that returns the request counters.
-pub const STATS_XATTR: &str = "user.prefixfs.stats";
 
 pub struct FuseFs {
     core: Arc<Core>,
@@ -113,6 +112,11 @@ impl fuser::Filesystem for FuseFs {
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(1024 * 1024);
+        // With a trusted listing every entry's attributes are known without a request:
+        // hand them to the kernel with the names, and `ls -l` sends no lookup per file.
+        if self.core.trusts_listing() {
+            let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
+        }
         Ok(())
     }
 
@@ -315,12 +319,47 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.core.readdir(fh.0) {
-            Ok(e) => e,
+        let dir = match self.core.readdir(fh.0) {
+            Ok(d) => d,
             Err(e) => return reply.error(errno("readdir", e)),
         };
-        for (i, (name, kind, ino)) in entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(*ino), (i + 1) as u64, file_type(*kind), name) {
+        for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
+            if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
+                break;
+            }
+        }
+        reply.ok();
+    }
+
+    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+        let dir = match self.core.readdir(fh.0) {
+            Ok(d) => d,
+            Err(e) => return reply.error(errno("readdirplus", e)),
+        };
+        for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
+            // Every entry but `.` and `..` counts as a lookup of it by the kernel.
+            let dot = e.name == "." || e.name == "..";
+            let attr = if dot {
+                self.run("readdirplus", self.core.getattr(e.ino))
+            } else {
+                match self.core.listed_attr(&dir, e) {
+                    Some(a) => Ok(a),
+                    None => self.run("readdirplus", self.core.lookup(ino.0, OsStr::new(&e.name))),
+                }
+            };
+            let Ok(attr) = attr else { continue };
+            let full = reply.add(
+                INodeNo(attr.ino),
+                (i + 1) as u64,
+                &e.name,
+                &self.ttl,
+                &self.file_attr(attr),
+                Generation(0),
+            );
+            if full {
+                if !dot {
+                    self.core.forget(attr.ino, 1);
+                }
                 break;
             }
         }
@@ -346,26 +385,14 @@ impl fuser::Filesystem for FuseFs {
         );
     }
 
-    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
-        if ino.0 != crate::fs::inodes::ROOT_INO || name != STATS_XATTR {
-            return reply.error(Errno::NO_XATTR);
-        }
-        let text = self.core.stats_text();
-        if size == 0 {
-            reply.size(text.len() as u32);
-        } else if (size as usize) < text.len() {
-            reply.error(Errno::ERANGE);
-        } else {
-            reply.data(text.as_bytes());
-        }
+    // ENOSYS on purpose: the kernel then stops asking, and `ls -l` (two xattrs per file)
+    // costs no round trip per file. Programs see EOPNOTSUPP.
+    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, size: u32, reply: ReplyXattr) {
-        if size == 0 {
-            reply.size(0);
-        } else {
-            reply.data(&[]);
-        }
+    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
+        reply.error(Errno::ENOSYS);
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {

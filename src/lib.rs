@@ -15,17 +15,18 @@ pub mod private;
 pub mod server;
 pub mod store;
 
-/// Reads a mount's request counters (the `user.prefixfs.stats` xattr of its root).
+/// Reads a running mount's request counters (from its stats socket, see
+/// [`mount::stats_socket`]).
 pub fn read_stats(mountpoint: &std::path::Path) -> std::io::Result<String> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(mountpoint.as_os_str().as_bytes()).map_err(std::io::Error::other)?;
-    let name = std::ffi::CString::new(fuse::STATS_XATTR).map_err(std::io::Error::other)?;
-    let mut buf = vec![0u8; 64 * 1024];
-    // SAFETY: both strings are NUL-terminated and buf is writable for its length.
-    let n = unsafe { libc::getxattr(path.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    String::from_utf8(buf).map_err(std::io::Error::other)
+    use std::io::Read;
+    let path = mount::stats_socket(mountpoint);
+    let mut conn = std::os::unix::net::UnixStream::connect(&path).map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("{}: no prefixfs mount of this user answers there ({e})", path.display()),
+        )
+    })?;
+    let mut text = String::new();
+    conn.read_to_string(&mut text)?;
+    Ok(text)
 }

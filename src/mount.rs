@@ -286,6 +286,8 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
             tracing::error!(error = %e, "unmount failed");
         }
     });
+    let socket = stats_socket(&plan.mountpoint);
+    serve_stats(&rt, socket.clone(), core.clone());
     tracing::info!(mountpoint = %plan.mountpoint.display(), "mounted");
     notify_ready();
     let mut result = session
@@ -298,6 +300,7 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
         ));
     }
     core.clean_staging();
+    let _ = std::fs::remove_file(&socket);
     tracing::info!("unmounted");
     if let Some(srv) = connected.server {
         rt.block_on(srv.shutdown());
@@ -315,6 +318,47 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
+}
+
+/// Where the mount at `mountpoint` serves its request counters: a Unix socket in this user's
+/// private runtime directory, named by a hash of the canonical mount point. (Not an xattr:
+/// `ls -l` asks every file for two xattrs, and only a filesystem that answers getxattr with
+/// ENOSYS is spared those round trips.)
+pub fn stats_socket(mountpoint: &std::path::Path) -> PathBuf {
+    use sha2::{Digest, Sha256};
+    let canonical = std::fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    let hash = Sha256::digest(canonical.as_os_str().as_encoded_bytes());
+    crate::private::runtime_dir().join(format!("stats-{}.sock", &hex::encode(hash)[..16]))
+}
+
+/// Answers every connection to `path` with the counters, until the runtime ends.
+fn serve_stats(rt: &tokio::runtime::Runtime, path: PathBuf, core: Arc<Core>) {
+    if let Some(dir) = path.parent()
+        && let Err(e) = crate::private::ensure_dir(dir)
+    {
+        tracing::warn!(error = %e, "no stats socket: `prefixfs stats` will not reach this mount");
+        return;
+    }
+    let _ = std::fs::remove_file(&path); // left by a mount that died
+    let listener = {
+        let _guard = rt.enter();
+        match tokio::net::UnixListener::bind(&path) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(socket = %path.display(), error = %e, "no stats socket: `prefixfs stats` will not reach this mount");
+                return;
+            }
+        }
+    };
+    rt.spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let text = core.stats_text();
+            tokio::spawn(async move {
+                let _ = conn.write_all(text.as_bytes()).await;
+            });
+        }
+    });
 }
 
 /// Environment variable naming the fd a background parent waits on for "mounted".

@@ -63,6 +63,22 @@ pub fn default_dir(place: Place) -> PathBuf {
     }
 }
 
+/// Where a running mount keeps its sockets, the same for the daemon and for `prefixfs stats`
+/// whatever their environments (a systemd unit and a login shell differ): `/run/prefixfs`
+/// for root, else `/run/user/<uid>/prefixfs` when that user's runtime directory exists, else
+/// `run/` below the default cache directory.
+pub fn runtime_dir() -> PathBuf {
+    let uid = euid();
+    if uid == 0 {
+        return PathBuf::from("/run/prefixfs");
+    }
+    let user_run = PathBuf::from(format!("/run/user/{uid}"));
+    if user_run.is_dir() {
+        return user_run.join("prefixfs");
+    }
+    default_dir(Place::Cache).join("run")
+}
+
 /// Creates `dir` (and missing parents) with mode 0700, or checks an existing one: it must be
 /// a real directory owned by this user; group and other permissions are removed.
 pub fn ensure_dir(dir: &Path) -> io::Result<()> {

@@ -33,7 +33,38 @@ on_every_backend!(
     two_mounts_see_each_other_after_the_ttl,
     echo_into_a_directory_costs_one_put_per_file,
     cp_r_of_a_tree_sends_no_listing_per_file,
+    ls_l_with_a_trusted_listing_sends_lists_only,
 );
+
+/// docs/REQUESTS.md, `--trust-listing` row: `ls -l`, `find` and `stat` of a directory written
+/// by another S3 client cost its LISTs, no HEAD (readdirplus hands the kernel the listing's
+/// attributes); sizes and times are the objects'.
+fn ls_l_with_a_trusted_listing_sends_lists_only(env: Env) {
+    let layout = env.layout(16);
+    for i in 0..100 {
+        let key = layout
+            .file_key(&RelPath::parse(&format!("day/f{i:03}.log")).unwrap())
+            .unwrap();
+        env.put(&key, format!("line {i}\n").as_bytes());
+    }
+    let mut m = env.mount(16, &["--trust-listing", "--metadata-ttl", "600"]);
+    m.ok("ls day > /dev/null"); // the path is looked up; day's parent is listed
+    let before = m.stats();
+    let ls = m.ok("ls -l day");
+    assert_eq!(ls.lines().filter(|l| l.starts_with("-rw-r--r--")).count(), 100, "{ls}");
+    assert_eq!(m.ok("stat -c %s day/f007.log day/f042.log"), "7\n8\n");
+    assert_eq!(m.ok("find day -type f | wc -l").trim(), "100");
+    assert_eq!(
+        m.ok("ls -l day | wc -l").trim(),
+        "101",
+        "again, from the kernel's cache"
+    );
+    let sent = sent(&before, &m.stats());
+    assert!(sent.iter().all(|(k, _)| k == "list"), "{sent:?}");
+    // Written through this mount, read back.
+    m.ok("echo hello > day/new.txt");
+    assert_eq!(m.ok("cat day/new.txt"), "hello\n");
+}
 
 /// Requests by kind (`requests_put`...) sent between two snapshots of the counters.
 fn sent(

@@ -114,7 +114,22 @@ enum Handle {
         reader: Option<Arc<tokio::sync::Mutex<Reader>>>,
         writable: bool,
     },
-    Dir(Arc<Vec<(String, Kind, u64)>>),
+    Dir(Arc<OpenDir>),
+}
+
+/// A directory as `opendir` saw it; readdir and readdirplus page through it.
+pub struct OpenDir {
+    path: RelPath,
+    pub entries: Vec<DirEntry>,
+}
+
+pub struct DirEntry {
+    pub name: String,
+    pub kind: Kind,
+    /// The inode, or `u64::MAX` for an entry the kernel has not looked up.
+    pub ino: u64,
+    /// Everything about it, when the listing knew that much.
+    info: Option<EntryInfo>,
 }
 
 pub struct Core {
@@ -202,6 +217,11 @@ impl Core {
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// Listed entries are taken as the listing shows them (`--trust-listing`).
+    pub fn trusts_listing(&self) -> bool {
+        self.cfg.trust_listing
     }
 
     /// Removes this mount's staging directory (at unmount, after `flush_all`).
@@ -377,7 +397,8 @@ impl Core {
     /// attributes ready instead of paying one round trip each, in series.
     fn prefetch_after(&self, path: &RelPath) {
         let window = self.cfg.attr_prefetch;
-        if window == 0 {
+        // A trusted listing leaves nothing to fetch.
+        if window == 0 || self.cfg.trust_listing {
             return;
         }
         let (Some(parent), Some(me)) = (path.parent(), self.me.upgrade()) else {

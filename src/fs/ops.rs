@@ -4,7 +4,7 @@
 use super::cache::{EntryInfo, Kind, SYMLINK_MAX};
 use super::error::{FsError, FsResult};
 use super::posix::Posix;
-use super::{Attr, Core, Handle};
+use super::{Attr, Core, DirEntry, Handle, OpenDir};
 use crate::layout::RelPath;
 use crate::store::UserMeta;
 use bytes::Bytes;
@@ -71,25 +71,40 @@ impl Core {
             .parent()
             .and_then(|p| inodes.find(&p))
             .unwrap_or(super::inodes::ROOT_INO);
-        let mut entries = vec![
-            (".".to_string(), Kind::Dir, ino),
-            ("..".to_string(), Kind::Dir, parent_ino),
-        ];
+        let dot = |name: &str, ino| DirEntry {
+            name: name.to_string(),
+            kind: Kind::Dir,
+            ino,
+            info: None,
+        };
+        let mut entries = vec![dot(".", ino), dot("..", parent_ino)];
+        entries.reserve(listing.len());
         for (name, info) in listing.iter() {
             // Entries the kernel has not looked up yet get a placeholder number; it uses the
             // name and type, and looks the entry up before using it.
-            let child = path.join(name).ok();
-            let child_ino = child.as_ref().and_then(|p| inodes.find(p)).unwrap_or(u64::MAX);
-            // A listing cannot tell a symlink from a file; a looked-up entry can.
-            let kind = match child.and_then(|p| self.cache.entry(&p)) {
-                _ if typed.contains_key(name) => typed[name],
-                Some(Some(known)) if known.full => known.kind,
-                _ => info.kind,
-            };
-            entries.push((name.clone(), kind, child_ino));
+            let child_ino = path.join(name).ok().and_then(|p| inodes.find(&p)).unwrap_or(u64::MAX);
+            // A listing cannot tell a symlink from a file; a HEAD can (and updates the
+            // listing, so a full entry is typed).
+            let kind = typed.get(name).copied().unwrap_or(info.kind);
+            entries.push(DirEntry {
+                name: name.clone(),
+                kind,
+                ino: child_ino,
+                info: info.full.then_some(*info),
+            });
         }
         drop(inodes);
-        Ok(self.new_fh(Handle::Dir(Arc::new(entries))))
+        Ok(self.new_fh(Handle::Dir(Arc::new(OpenDir { path, entries }))))
+    }
+
+    /// The attributes of a listed entry whose listing says everything (`--trust-listing`, or
+    /// HEADed already), counted as a lookup by the kernel, with no request: what
+    /// readdirplus hands over with each name. None: look it up the usual way.
+    pub fn listed_attr(&self, dir: &OpenDir, e: &DirEntry) -> Option<Attr> {
+        let info = e.info?;
+        let child = dir.path.join(&e.name).ok()?;
+        let ino = lock(&self.inodes).lookup(&child, info.kind);
+        Some(self.attr(ino, info))
     }
 
     /// A listing cannot tell a symlink from a file, and readdir must give each entry's type
@@ -123,10 +138,10 @@ impl Core {
             .await
     }
 
-    /// Directory entries of an open directory from `offset` on.
-    pub fn readdir(&self, fh: u64) -> FsResult<Arc<Vec<(String, Kind, u64)>>> {
+    /// The entries of an open directory.
+    pub fn readdir(&self, fh: u64) -> FsResult<Arc<OpenDir>> {
         match lock(&self.handles).get(&fh) {
-            Some(Handle::Dir(entries)) => Ok(entries.clone()),
+            Some(Handle::Dir(dir)) => Ok(dir.clone()),
             _ => Err(FsError::new(libc::EBADF, format!("directory handle {fh} is not open"))),
         }
     }

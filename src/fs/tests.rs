@@ -266,8 +266,9 @@ async fn readdir_knows_symlinks_and_types_only_entries_small_enough_to_be_one() 
         .core
         .readdir(fh)
         .unwrap()
+        .entries
         .iter()
-        .map(|(n, k, _)| (n.clone(), *k))
+        .map(|e| (e.name.clone(), e.kind))
         .collect();
     assert_eq!(kinds["link"], Kind::Symlink);
     assert_eq!(kinds["small.txt"], Kind::File);
@@ -296,8 +297,8 @@ async fn trusting_the_listing_makes_ls_l_cost_its_lists_only() {
     r.expire();
     let mut m = r.meter();
     let fh = r.core.opendir(d).await.unwrap();
-    for (name, _, _) in r.core.readdir(fh).unwrap().iter().skip(2) {
-        let a = r.core.lookup(d, OsStr::new(name)).await.unwrap();
+    for e in r.core.readdir(fh).unwrap().entries.iter().skip(2) {
+        let a = r.core.lookup(d, OsStr::new(&e.name)).await.unwrap();
         assert_eq!((a.kind, a.size, a.perm), (Kind::File, 1, 0o644));
     }
     assert_eq!(m.take(), counts(&[(OpKind::List, PREFIXES as u64)]));
@@ -319,9 +320,10 @@ async fn ls_l_heads_every_entry_in_parallel_once_and_then_nothing() {
             .core
             .readdir(fh)
             .unwrap()
+            .entries
             .iter()
             .skip(2)
-            .map(|e| e.0.clone())
+            .map(|e| e.name.clone())
             .collect();
         r.core.release_handle(fh);
         for n in &names {
