@@ -21,8 +21,6 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-/// The extended attribute on the mount root that returns the request counters.
-
 pub struct FuseFs {
     core: Arc<Core>,
     rt: tokio::runtime::Handle,
