@@ -137,9 +137,10 @@ impl Core {
                             marked |= !dir.is_root() && self.ours(&o.key, o.size);
                             continue;
                         }
-                        // Only keys whose prefix matches their hash are files of this layout.
-                        match self.layout.key_to_path(&o.key) {
-                            Some((p, false)) if p.parent().as_ref() == Some(dir) => {
+                        // Only keys whose prefix matches their hash are files of this layout
+                        // (what `key_to_path` checks, without re-parsing the directory part).
+                        match dir.join(name) {
+                            Ok(p) if self.layout.prefix_index(&p) == q => {
                                 files.push((name.to_string(), o.size, o.last_modified))
                             }
                             _ => tracing::debug!(key = %escape_controls(&o.key), "key outside the layout, not shown"),
