@@ -226,12 +226,14 @@ impl fuser::Filesystem for FuseFs {
         name: &OsStr,
         mode: u32,
         umask: u32,
-        _flags: i32,
+        flags: i32,
         reply: ReplyCreate,
     ) {
+        let exclusive = flags & libc::O_EXCL != 0;
         match self.run(
             "create",
-            self.core.create(parent.0, name, mode & !umask, req.uid(), req.gid()),
+            self.core
+                .create(parent.0, name, mode & !umask, req.uid(), req.gid(), exclusive),
         ) {
             Ok((a, fh)) => reply.created(
                 &self.ttl,

@@ -197,6 +197,9 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
         init || embedded,
     ))?;
     tracing::info!(prefixes = layout.prefix_count(), root = layout.root(), "layout");
+    if !plan.fs.read_only {
+        rt.block_on(probe_exclusive_creates(connected.store.as_ref(), &layout));
+    }
 
     // Staging, lost+found and the upload journal: private to this user (a journal planted by
     // someone else would make this daemon abort uploads that are not its own).
@@ -317,6 +320,37 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Says at start whether the server enforces conditional writes (`If-None-Match: *`), on
+/// which exclusive creates (`O_EXCL`, `set -C`) and `mkdir` races across hosts rely: two
+/// conditional PUTs of one probe key, the second must be refused; then the probe is deleted.
+/// Costs 2 PUTs and 1 DELETE per mount.
+async fn probe_exclusive_creates(store: &dyn ObjectStore, layout: &Layout) {
+    use crate::store::{StoreError, WriteIf};
+    let key = format!(
+        "{}.prefixfs/probe-{}",
+        layout.root_slash(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let meta = UserMeta::new();
+    let put = || store.put_if(&key, bytes::Bytes::new(), &meta, &WriteIf::Absent);
+    let verdict = match put().await {
+        Ok(_) => match put().await {
+            Err(StoreError::PreconditionFailed { .. }) => Some(true),
+            Ok(_) => Some(false),
+            Err(_) => None,
+        },
+        Err(_) => None,
+    };
+    let _ = store.delete(&key).await;
+    match verdict {
+        Some(true) => tracing::info!("exclusive creates are enforced: the server honours If-None-Match"),
+        Some(false) => tracing::warn!(
+            "this S3 server ignores If-None-Match: exclusive creates (O_EXCL, set -C) and mkdir are decided by each mount's own view, so two hosts can both win"
+        ),
+        None => tracing::warn!("could not probe whether the server honours If-None-Match"),
     }
 }
 

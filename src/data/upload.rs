@@ -13,7 +13,7 @@
 //! written (disk full) stops there, and `keep` says which bytes it lacks.
 
 use super::kept::Kept;
-use crate::store::{ObjectStore, StoreError, StoreResult, UserMeta};
+use crate::store::{ObjectStore, StoreError, StoreResult, UserMeta, WriteIf};
 use bytes::{Bytes, BytesMut};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -57,6 +57,9 @@ pub struct Upload {
     /// A part failed: its bytes are gone from memory, so no later attempt may complete the
     /// upload (S3 would make an object without that part). Every later call fails with this.
     failed: Option<StoreError>,
+    /// The final write happens only if this holds (S3 decides): a file created exclusively
+    /// must not replace an object another host put there meanwhile.
+    cond: Option<WriteIf>,
     spool: Spool,
 }
 
@@ -108,8 +111,17 @@ impl Upload {
             done: Vec::new(),
             finished: false,
             failed: None,
+            cond: None,
             spool: Spool::Off,
         }
+    }
+
+    /// The object was just created empty with this ETag (an exclusive create): nothing to
+    /// upload until something is written, and the upload then replaces only that object.
+    pub fn created_as(mut self, etag: Option<String>) -> Self {
+        self.finished = true;
+        self.cond = etag.map(WriteIf::Matches);
+        self
     }
 
     /// Keeps a local copy of a multipart upload's bytes at `path` (made when needed).
@@ -342,7 +354,14 @@ impl Upload {
         match self.upload_id.clone() {
             None => {
                 let body = self.buf.clone().freeze();
-                self.store.put(&self.key, body, &self.meta).await?;
+                match self.cond.clone() {
+                    Some(cond) => {
+                        let etag = self.store.put_if(&self.key, body, &self.meta, &cond).await?;
+                        // A later flush replaces what this one wrote, and nothing else.
+                        self.cond = etag.map(WriteIf::Matches);
+                    }
+                    None => self.store.put(&self.key, body, &self.meta).await?,
+                }
                 self.finished = true;
                 return Ok(());
             }
@@ -354,7 +373,14 @@ impl Upload {
                     self.reap_one().await?;
                 }
                 self.done.sort_by_key(|(n, _)| *n);
-                self.store.complete_multipart(&self.key, &id, &self.done).await?;
+                match self.cond.take() {
+                    Some(cond) => {
+                        self.store
+                            .complete_multipart_if(&self.key, &id, &self.done, &cond)
+                            .await?
+                    }
+                    None => self.store.complete_multipart(&self.key, &id, &self.done).await?,
+                }
                 self.drop_spool();
             }
         }

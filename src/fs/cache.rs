@@ -340,6 +340,15 @@ impl MetaCache {
         });
     }
 
+    /// Forgets what is known of `path` and its parent's listing: S3 said otherwise (another
+    /// host changed it), so the next lookup asks again.
+    pub fn forget(&self, path: &RelPath) {
+        lock(&self.entries).pop(path);
+        if let Some(parent) = path.parent() {
+            lock(&self.dirs).pop(&parent);
+        }
+    }
+
     /// Records the mount's own removal of `path`.
     pub fn remove(&self, path: &RelPath) {
         self.put_entry(path, None);

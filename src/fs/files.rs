@@ -14,7 +14,7 @@ use crate::data::read::Reader;
 use crate::data::staging::{Base, StagedFile};
 use crate::data::upload::{Upload, UploadError};
 use crate::layout::RelPath;
-use crate::store::StoreError;
+use crate::store::{StoreError, WriteIf};
 use bytes::Bytes;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -72,6 +72,12 @@ fn upload_err(path: &RelPath, e: UploadError) -> FsError {
 
 fn store_err(path: &RelPath, what: &str, e: StoreError) -> FsError {
     let errno = if e.is_not_found() { libc::ENOENT } else { libc::EIO };
+    if matches!(e, StoreError::PreconditionFailed { .. }) {
+        return FsError::new(
+            errno,
+            format!("{path}: {what} refused: another host replaced the file this mount created exclusively ({e})"),
+        );
+    }
     FsError::new(errno, format!("{path}: {what} failed: {e}"))
 }
 
@@ -143,13 +149,27 @@ impl Core {
         )
     }
 
-    pub async fn create(&self, parent: u64, name: &OsStr, mode: u32, uid: u32, gid: u32) -> FsResult<(Attr, u64)> {
+    /// `creat`/`open(O_CREAT)`. With `exclusive` (`O_EXCL`: lock files, `set -C`) S3 decides,
+    /// not this mount's view: the object is created empty with `If-None-Match: *` before this
+    /// returns (one more PUT than an ordinary create), a 412 is EEXIST, and the file's
+    /// upload later replaces only that object (`If-Match`).
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+    ) -> FsResult<(Attr, u64)> {
         let path = self.child_path(parent, name)?;
         self.check_writable(&path)?;
-        if let Some(i) = self.stat(&path).await?
-            && i.kind == Kind::Dir
-        {
-            return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
+        match self.stat(&path).await? {
+            Some(i) if i.kind == Kind::Dir => {
+                return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
+            }
+            Some(_) if exclusive => return Err(FsError::new(libc::EEXIST, format!("{path}: exists"))),
+            _ => {}
         }
         let posix = Posix {
             mode: Some(libc::S_IFREG | (mode & 0o7777)),
@@ -157,8 +177,19 @@ impl Core {
             gid: Some(gid),
             mtime: Some(SystemTime::now()),
         };
+        let created = if exclusive {
+            Some(self.create_exclusive(&path, &posix).await?)
+        } else {
+            None
+        };
         let ino = lock(&self.inodes).lookup(&path, Kind::File);
-        let shared = self.attach(ino, &path, posix, |key| Ok(self.new_stream(key, &posix)))?;
+        let shared = self.attach(ino, &path, posix, |key| {
+            let stream = self.new_stream(key, &posix);
+            Ok(match (stream, created) {
+                (Body::Stream(up), Some(etag)) => Body::Stream(up.created_as(etag)),
+                (body, _) => body,
+            })
+        })?;
         // Another handle had it open: creat() truncates.
         self.truncate_open(&path, &shared, 0).await?;
         let info = EntryInfo::new(Kind::File, 0, SystemTime::now()).with_posix(posix);
@@ -169,6 +200,27 @@ impl Core {
             writable: true,
         });
         Ok((self.attr(ino, info), fh))
+    }
+
+    /// Creates `path` empty, only if no object is there; returns its ETag.
+    async fn create_exclusive(&self, path: &RelPath, posix: &Posix) -> FsResult<Option<String>> {
+        let key = self.layout.file_key(path)?;
+        match self
+            .store
+            .put_if(&key, Bytes::new(), &posix.to_meta(), &WriteIf::Absent)
+            .await
+        {
+            Ok(etag) => Ok(etag),
+            Err(StoreError::PreconditionFailed { .. }) => {
+                // Another host created it: what this mount believed is stale.
+                self.cache.forget(path);
+                Err(FsError::new(
+                    libc::EEXIST,
+                    format!("{path}: exists (created elsewhere)"),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
@@ -378,10 +430,13 @@ impl Core {
                 if !up.is_finished()
                     && let Err(e) = up.finish().await
                 {
+                    // Another host replaced an exclusively created file: this write must
+                    // never land (the last close keeps it in lost+found instead).
+                    let replaced = matches!(&e, UploadError::Store(StoreError::PreconditionFailed { .. }));
                     let err = upload_err(path, e);
                     // Keep the bytes: a small file moves to staging, so the next flush or
                     // close tries again and nothing is lost.
-                    if !up.has_multipart() {
+                    if !up.has_multipart() && !replaced {
                         let _ = self.staged(path, shared, body).await;
                     }
                     return Err(err);

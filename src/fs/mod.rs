@@ -345,6 +345,14 @@ impl Core {
         Ok(info)
     }
 
+    /// [`Core::stat`] without the cache: what S3 says now.
+    pub(super) async fn stat_fresh(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
+        if let Some(info) = self.open_file_info(path) {
+            return Ok(Some(info));
+        }
+        self.fetch_stat(path, None).await
+    }
+
     fn implicit_dir(&self) -> EntryInfo {
         EntryInfo::new(Kind::Dir, 0, self.mount_time)
     }

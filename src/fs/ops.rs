@@ -6,7 +6,7 @@ use super::error::{FsError, FsResult};
 use super::posix::Posix;
 use super::{Attr, Core, DirEntry, Handle, OpenDir};
 use crate::layout::RelPath;
-use crate::store::UserMeta;
+use crate::store::{StoreError, UserMeta, WriteIf};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use std::collections::HashMap;
@@ -163,7 +163,23 @@ impl Core {
             gid: Some(gid),
             mtime: Some(SystemTime::now()),
         };
-        self.store.put(&key, Bytes::new(), &posix.to_meta()).await?;
+        // Conditional (no extra request): of two hosts making one directory at once, exactly
+        // one succeeds, as `mkdir` used as a lock expects.
+        match self
+            .store
+            .put_if(&key, Bytes::new(), &posix.to_meta(), &WriteIf::Absent)
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::PreconditionFailed { .. }) => {
+                self.cache.forget(&path);
+                return Err(FsError::new(
+                    libc::EEXIST,
+                    format!("{path}: exists (created elsewhere)"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
         let info = EntryInfo::new(Kind::Dir, 0, SystemTime::now()).with_posix(posix);
         self.cache.upsert(&path, info);
         // A directory we just created is empty: its listing needs no request.
@@ -251,7 +267,15 @@ impl Core {
             ));
         }
         let src = self.stat(&from).await?.ok_or_else(|| FsError::not_found(&from))?;
-        if let Some(dst) = self.stat(&to).await? {
+        // `mv -n` asks S3, not this mount's view, whether the target exists (another host may
+        // have created it within the TTL). S3 has no conditional CopyObject this server
+        // honours, so a create elsewhere between this HEAD and the copy is not caught.
+        let dst = if flags & libc::RENAME_NOREPLACE != 0 {
+            self.stat_fresh(&to).await?
+        } else {
+            self.stat(&to).await?
+        };
+        if let Some(dst) = dst {
             if flags & libc::RENAME_NOREPLACE != 0 {
                 return Err(FsError::new(libc::EEXIST, format!("{to}: exists")));
             }

@@ -128,7 +128,11 @@ impl Rig {
     async fn echo_into(&self, parent: u64, name: &str, body: &[u8]) {
         let err = self.core.lookup(parent, OsStr::new(name)).await.unwrap_err();
         assert_eq!(err.errno, libc::ENOENT);
-        let (attr, fh) = self.core.create(parent, OsStr::new(name), 0o644, 0, 0).await.unwrap();
+        let (attr, fh) = self
+            .core
+            .create(parent, OsStr::new(name), 0o644, 0, 0, false)
+            .await
+            .unwrap();
         self.core.flush(fh, false).await.unwrap();
         assert_eq!(self.core.write(fh, 0, body).await.unwrap() as usize, body.len());
         self.core.flush(fh, false).await.unwrap();

@@ -4,7 +4,7 @@
 //! static ones are given (the embedded server). The SDK's own retries are disabled: retries
 //! and their counting live in [`super::retry`].
 
-use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta};
+use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -207,6 +207,24 @@ impl ObjectStore for AwsStore {
         Ok(())
     }
 
+    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body));
+        for (k, v) in meta {
+            req = req.metadata(k, v);
+        }
+        req = match cond {
+            WriteIf::Absent => req.if_none_match("*"),
+            WriteIf::Matches(etag) => req.if_match(etag),
+        };
+        let out = req.send().await.map_err(|e| map_err("put", key, e))?;
+        Ok(out.e_tag().map(str::to_string))
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         let r = self.client.delete_object().bucket(&self.bucket).key(key).send().await;
         match r.map_err(|e| map_err("delete", key, e)) {
@@ -389,6 +407,32 @@ impl ObjectStore for AwsStore {
             .send()
             .await
             .map_err(|e| map_err("complete_multipart", key, e))?;
+        Ok(())
+    }
+
+    async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+        cond: &WriteIf,
+    ) -> StoreResult<()> {
+        let parts = parts
+            .iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+            .collect::<Vec<_>>();
+        let req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+        let req = match cond {
+            WriteIf::Absent => req.if_none_match("*"),
+            WriteIf::Matches(etag) => req.if_match(etag),
+        };
+        req.send().await.map_err(|e| map_err("complete_multipart", key, e))?;
         Ok(())
     }
 

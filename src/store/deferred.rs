@@ -19,7 +19,7 @@
 
 use super::journal::{Journal, Record};
 use super::stats::RequestStats;
-use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta};
+use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf};
 use crate::layout::interleave_by;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -256,6 +256,21 @@ impl DeferredDeletes {
         }
     }
 
+    /// A conditional write to a key whose delete is pending: the delete must land first (an
+    /// `If-None-Match: *` create after an unlink must see the key gone, and must not be
+    /// undone by that delete afterwards). Settles everything; cheap, since it is rare.
+    async fn settle_key(&self, key: &str) -> StoreResult<()> {
+        self.settle().await?;
+        if self.hidden(key) {
+            return Err(StoreError::DeletesUnconfirmed {
+                key: key.to_string(),
+                count: 1,
+                message: "its delete is not confirmed yet".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Sends every queued delete, failed ones included, and waits for all batches to finish
     /// (invariant 5). Fails if any delete is still unconfirmed; it stays queued for retries.
     pub async fn settle(&self) -> StoreResult<()> {
@@ -309,6 +324,15 @@ impl ObjectStore for DeferredDeletes {
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
         self.claim(key).await;
         self.s.inner.put(key, body, meta).await
+    }
+
+    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
+        // A queued delete of ours lands first: the condition is then checked against S3 as
+        // this mount has already told its programs it is.
+        if self.hidden(key) {
+            self.settle_key(key).await?;
+        }
+        self.s.inner.put_if(key, body, meta, cond).await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -394,6 +418,19 @@ impl ObjectStore for DeferredDeletes {
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
         self.claim(key).await;
         self.s.inner.complete_multipart(key, upload_id, parts).await
+    }
+
+    async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+        cond: &WriteIf,
+    ) -> StoreResult<()> {
+        if self.hidden(key) {
+            self.settle_key(key).await?;
+        }
+        self.s.inner.complete_multipart_if(key, upload_id, parts, cond).await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {

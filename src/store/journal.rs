@@ -18,7 +18,7 @@
 //! 5. A journal with nothing outstanding is emptied (and removed at a clean exit), so a
 //!    long-running mount's journal does not grow without bound.
 
-use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta};
+use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -376,6 +376,10 @@ impl ObjectStore for JournalingStore {
         self.inner.put(key, body, meta).await
     }
 
+    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
+        self.inner.put_if(key, body, meta, cond).await
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.inner.delete(key).await
     }
@@ -424,6 +428,20 @@ impl ObjectStore for JournalingStore {
 
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
         self.inner.complete_multipart(key, upload_id, parts).await?;
+        self.journal.record(&[Record::UploadEnded {
+            id: upload_id.to_string(),
+        }]);
+        Ok(())
+    }
+
+    async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+        cond: &WriteIf,
+    ) -> StoreResult<()> {
+        self.inner.complete_multipart_if(key, upload_id, parts, cond).await?;
         self.journal.record(&[Record::UploadEnded {
             id: upload_id.to_string(),
         }]);

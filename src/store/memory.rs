@@ -1,7 +1,7 @@
 //! An in-memory [`ObjectStore`] double with S3's flat-namespace semantics, for unit tests of
 //! the layers above. It can be told to fail the next N requests (fault injection).
 
-use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta};
+use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf};
 use async_trait::async_trait;
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -71,6 +71,26 @@ impl MemoryStore {
     }
 }
 
+impl MemoryStore {
+    /// A conditional write's check (the double is not meant for concurrent writers).
+    fn check(&self, key: &str, cond: &WriteIf) -> StoreResult<()> {
+        let objects = self.lock();
+        let current = objects.get(key).and_then(|(_, m)| m.etag.clone());
+        let holds = match cond {
+            WriteIf::Absent => !objects.contains_key(key),
+            WriteIf::Matches(want) => current.as_deref() == Some(want.trim_matches('"')),
+        };
+        if holds {
+            Ok(())
+        } else {
+            Err(StoreError::PreconditionFailed {
+                op: "put",
+                key: key.to_string(),
+            })
+        }
+    }
+}
+
 fn no_such_upload(op: &'static str, key: &str) -> StoreError {
     StoreError::from_response(op, key, 404, "NoSuchUpload", "The specified upload does not exist")
 }
@@ -113,6 +133,14 @@ impl ObjectStore for MemoryStore {
         self.injected(key)?;
         self.insert(key, body, meta);
         Ok(())
+    }
+
+    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
+        self.injected(key)?;
+        self.check(key, cond)?;
+        let etag = hex::encode(Md5::digest(&body));
+        self.insert_tagged(key, body, meta, etag.clone());
+        Ok(Some(format!("\"{etag}\"")))
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -245,6 +273,17 @@ impl ObjectStore for MemoryStore {
         let etag = super::multipart_etag(parts.iter().map(|(_, e)| e.as_str())).unwrap_or_default();
         self.insert_tagged(&k, Bytes::from(body), &meta, etag);
         Ok(())
+    }
+
+    async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+        cond: &WriteIf,
+    ) -> StoreResult<()> {
+        self.check(key, cond)?;
+        self.complete_multipart(key, upload_id, parts).await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {

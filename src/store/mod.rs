@@ -36,6 +36,16 @@ pub struct ObjectMeta {
     pub user_meta: UserMeta,
 }
 
+/// A condition S3 checks before a write (conditional writes, 2024): the write fails with
+/// [`StoreError::PreconditionFailed`] when it does not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteIf {
+    /// `If-None-Match: *`: no object at the key.
+    Absent,
+    /// `If-Match: ETAG`: the object at the key is still this one.
+    Matches(String),
+}
+
 /// One page of ListObjectsV2.
 #[derive(Debug, Clone, Default)]
 pub struct ListPage {
@@ -183,7 +193,10 @@ impl StoreError {
                 message: message.to_string(),
             },
             (404, _) | (_, "NoSuchKey") | (_, "NotFound") => StoreError::NotFound { op, key },
-            (412, _) | (_, "PreconditionFailed") => StoreError::PreconditionFailed { op, key },
+            // 409: another conditional write to the key was in progress; it won.
+            (412, _) | (_, "PreconditionFailed") | (409, "ConditionalRequestConflict") => {
+                StoreError::PreconditionFailed { op, key }
+            }
             (503, _) | (_, "SlowDown") | (_, "Throttling") | (_, "RequestLimitExceeded") => {
                 StoreError::Throttled { op, key }
             }
@@ -241,6 +254,8 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// GET of the whole object or of `range` (clamped to the object by the server).
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes>;
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()>;
+    /// PUT only if `cond` holds; returns the new object's ETag (when S3 gives one).
+    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>>;
     async fn delete(&self, key: &str) -> StoreResult<()>;
     /// DeleteObjects of up to 1000 keys; returns the keys that failed, with their errors.
     async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>>;
@@ -265,6 +280,14 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Range<u64>,
     ) -> StoreResult<String>;
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()>;
+    /// CompleteMultipartUpload only if `cond` holds.
+    async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+        cond: &WriteIf,
+    ) -> StoreResult<()>;
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>>;
     /// A barrier: work a layer deferred (queued deletes) has reached S3 when this returns.

@@ -15,7 +15,7 @@
 //! Wraps the store *inside* the retry layer: every attempt is paced and observed.
 
 use super::stats::RequestStats;
-use super::{ListPage, ObjectMeta, ObjectStore, OpKind, StoreResult, UploadInfo, UserMeta};
+use super::{ListPage, ObjectMeta, ObjectStore, OpKind, StoreResult, UploadInfo, UserMeta, WriteIf};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -198,6 +198,11 @@ impl<S: ObjectStore> ObjectStore for PacedStore<S> {
         self.paced(OpKind::Put, key, || self.inner.put(key, body, meta)).await
     }
 
+    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
+        self.paced(OpKind::Put, key, || self.inner.put_if(key, body, meta, cond))
+            .await
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.paced(OpKind::Delete, key, || self.inner.delete(key)).await
     }
@@ -265,6 +270,19 @@ impl<S: ObjectStore> ObjectStore for PacedStore<S> {
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
         self.paced(OpKind::CompleteMultipart, key, || {
             self.inner.complete_multipart(key, upload_id, parts)
+        })
+        .await
+    }
+
+    async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+        cond: &WriteIf,
+    ) -> StoreResult<()> {
+        self.paced(OpKind::CompleteMultipart, key, || {
+            self.inner.complete_multipart_if(key, upload_id, parts, cond)
         })
         .await
     }
@@ -337,6 +355,12 @@ mod tests {
         }
         async fn upload_part_copy(&self, k: &str, u: &str, p: i32, s: &str, r: Range<u64>) -> StoreResult<String> {
             self.inner.upload_part_copy(k, u, p, s, r).await
+        }
+        async fn put_if(&self, k: &str, b: Bytes, m: &UserMeta, c: &WriteIf) -> StoreResult<Option<String>> {
+            self.inner.put_if(k, b, m, c).await
+        }
+        async fn complete_multipart_if(&self, k: &str, u: &str, p: &[(i32, String)], c: &WriteIf) -> StoreResult<()> {
+            self.inner.complete_multipart_if(k, u, p, c).await
         }
         async fn complete_multipart(&self, k: &str, u: &str, p: &[(i32, String)]) -> StoreResult<()> {
             self.inner.complete_multipart(k, u, p).await

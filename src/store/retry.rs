@@ -7,7 +7,7 @@
 //! counted here is what went over the wire.
 
 use super::stats::RequestStats;
-use super::{ListPage, ObjectMeta, ObjectStore, OpKind, StoreError, StoreResult, UploadInfo, UserMeta};
+use super::{ListPage, ObjectMeta, ObjectStore, OpKind, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::future::Future;
@@ -147,6 +147,11 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
             .await
     }
 
+    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
+        self.run(OpKind::Put, key, || self.inner.put_if(key, body.clone(), meta, cond))
+            .await
+    }
+
     async fn delete(&self, key: &str) -> StoreResult<()> {
         self.run(OpKind::Delete, key, || self.inner.delete(key)).await
     }
@@ -242,6 +247,19 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
             }
             r => r,
         }
+    }
+
+    async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+        cond: &WriteIf,
+    ) -> StoreResult<()> {
+        self.run(OpKind::CompleteMultipart, key, || {
+            self.inner.complete_multipart_if(key, upload_id, parts, cond)
+        })
+        .await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {

@@ -186,6 +186,11 @@ impl Env {
 
     /// Mounts s3://test/data with `prefix_count` prefixes (writing the descriptor if none).
     pub fn mount(&self, prefix_count: u32, extra: &[&str]) -> Mount {
+        self.mount_host("cache", prefix_count, extra)
+    }
+
+    /// Like [`Env::mount`], as another host would: its own cache directory `cache_dir`.
+    pub fn mount_host(&self, cache_dir: &str, prefix_count: u32, extra: &[&str]) -> Mount {
         let mnt = self.subdir(&format!("mnt-{}", uuid::Uuid::new_v4().simple()));
         let log = self
             .dir
@@ -199,7 +204,7 @@ impl Env {
             .arg("--init")
             .args(["--prefix-count", &prefix_count.to_string()])
             .arg("--cache-dir")
-            .arg(self.dir.path().join("cache"))
+            .arg(self.dir.path().join(cache_dir))
             .args(self.conn_args())
             .args(extra)
             .env("RUST_LOG", "info,prefixfs=debug")
