@@ -101,6 +101,11 @@ pub struct MountArgs {
     /// are the mount's defaults and symlinks show as files.
     #[arg(long)]
     pub trust_listing: bool,
+    /// Decide O_EXCL creates by this mount's view instead of by S3: one PUT per new file
+    /// instead of two (`cp` creates every new file with O_EXCL), but lock files and `set -C`
+    /// no longer exclude other hosts. For buckets only this host writes.
+    #[arg(long)]
+    pub local_exclusive_creates: bool,
     /// FUSE worker threads (= requests served at once).
     #[arg(long, default_value_t = 16)]
     pub threads: usize,
@@ -322,6 +327,7 @@ impl MountArgs {
                 "ro" | "read_only" => self.read_only = true,
                 "allow_other" => self.allow_other = true,
                 "trust_listing" => self.trust_listing = true,
+                "local_exclusive_creates" => self.local_exclusive_creates = true,
                 "init" => self.init = true,
                 "force_path_style" => self.conn.force_path_style = true,
                 "endpoint_url" => self.conn.endpoint_url = Some(need(value)?),
@@ -391,6 +397,7 @@ impl MountArgs {
             fanout: self.fanout,
             attr_prefetch: self.attr_prefetch,
             trust_listing: self.trust_listing,
+            local_exclusive_creates: self.local_exclusive_creates,
             part_size: self.part_size_mib * 1024 * 1024,
             uid: self.uid.unwrap_or(uid),
             gid: self.gid.unwrap_or(gid),

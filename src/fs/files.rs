@@ -177,7 +177,7 @@ impl Core {
             gid: Some(gid),
             mtime: Some(SystemTime::now()),
         };
-        let created = if exclusive {
+        let created = if exclusive && !self.cfg.local_exclusive_creates {
             Some(self.create_exclusive(&path, &posix).await?)
         } else {
             None

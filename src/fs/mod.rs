@@ -59,6 +59,8 @@ pub struct FsConfig {
     /// Listed entries are taken as the listing describes them (size, LastModified, a file
     /// or a directory): no HEAD for their POSIX metadata, no symlinks.
     pub trust_listing: bool,
+    /// O_EXCL decided by this mount's view (no conditional create in S3).
+    pub local_exclusive_creates: bool,
     /// Where files being modified are staged; `lost+found/` below it keeps data that could
     /// not be uploaded.
     pub cache_dir: PathBuf,
@@ -83,6 +85,7 @@ impl Default for FsConfig {
             read_window_max: 16 * 1024 * 1024,
             attr_prefetch: 128,
             trust_listing: false,
+            local_exclusive_creates: false,
             cache_dir: std::env::temp_dir().join("prefixfs-cache"),
             cache_size: 10 * 1024 * 1024 * 1024,
             uid: 0,

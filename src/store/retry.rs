@@ -112,7 +112,10 @@ impl<S: ObjectStore> RetryingStore<S> {
     ) -> StoreResult<()> {
         let meta = match self.run(OpKind::Head, key, || self.inner.head(key)).await {
             Ok(m) => m,
-            Err(_) => return Err(err),
+            Err(head) => {
+                tracing::warn!(key, error = %head, "after a lost completion answer, the object could not be checked");
+                return Err(err);
+            }
         };
         let got = meta.etag.as_deref().unwrap_or("").trim_matches('"').to_string();
         let ours = match super::multipart_etag(parts.iter().map(|(_, e)| e.as_str())) {
@@ -256,10 +259,20 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
         parts: &[(i32, String)],
         cond: &WriteIf,
     ) -> StoreResult<()> {
-        self.run(OpKind::CompleteMultipart, key, || {
-            self.inner.complete_multipart_if(key, upload_id, parts, cond)
-        })
-        .await
+        let attempts = std::sync::atomic::AtomicU32::new(0);
+        let result = self
+            .run(OpKind::CompleteMultipart, key, || {
+                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.inner.complete_multipart_if(key, upload_id, parts, cond)
+            })
+            .await;
+        match result {
+            // As in `complete_multipart`: an earlier attempt may have completed it.
+            Err(e) if e.is_no_such_upload() && attempts.into_inner() > 1 => {
+                self.completed_by_an_earlier_attempt(key, parts, e).await
+            }
+            r => r,
+        }
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
