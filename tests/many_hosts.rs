@@ -95,8 +95,18 @@ fn exclusive_creates_across_two_mounts_have_exactly_one_winner(env: Env) {
     let mut winners = Vec::new();
     for i in 0..RACES {
         // What lock files of daemons and cron jobs do: `set -C` makes `>` use O_EXCL.
-        let mut pa = start(&a.path, &format!("set -C; echo A > locks/l{i}"));
-        let mut pb = start(&b.path, &format!("set -C; echo B > locks/l{i}"));
+        // Either host starts first, in turn, so that both get to win.
+        let (ca, cb) = (
+            format!("set -C; echo A > locks/l{i}"),
+            format!("set -C; echo B > locks/l{i}"),
+        );
+        let (mut pa, mut pb) = if i % 2 == 0 {
+            let pa = start(&a.path, &ca);
+            (pa, start(&b.path, &cb))
+        } else {
+            let pb = start(&b.path, &cb);
+            (start(&a.path, &ca), pb)
+        };
         let (wa, wb) = (pa.wait().unwrap().success(), pb.wait().unwrap().success());
         assert!(wa != wb, "race {i}: exactly one winner, got a={wa} b={wb}");
         winners.push(if wa { "A" } else { "B" });
