@@ -149,9 +149,60 @@ pub struct MountArgs {
     /// Log file of the background daemon.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
-    /// Accepted for fstab/mount(8) compatibility: -o options (rw, ro, allow_other, ...).
-    #[arg(short = 'o', value_delimiter = ',')]
-    pub options: Vec<String>,
+}
+
+/// mount(8) options that say nothing to prefixfs (fstab and systemd pass them along).
+const GENERIC_OPTIONS: &[&str] = &[
+    "", "rw", "defaults", "auto", "noauto", "user", "users", "nouser", "_netdev", "nofail", "dev", "nodev", "suid",
+    "nosuid", "exec", "noexec", "atime", "noatime", "relatime", "sync", "async",
+];
+
+/// Turns `prefixfs mount ... -o a=b,c` (as mount(8) and fstab pass options) into flags,
+/// `--a=b --c`, before parsing: every long flag of `mount` is a mount option by construction,
+/// and an unknown one is refused by the same parser. `ro` is `--read-only`; the generic
+/// options of mount(8) and `x-*` (systemd's) are dropped.
+pub fn expand_mount_options<I: IntoIterator<Item = std::ffi::OsString>>(args: I) -> Vec<std::ffi::OsString> {
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
+    if args.get(1).is_none_or(|a| a != "mount") {
+        return args;
+    }
+    let mut out = Vec::with_capacity(args.len());
+    let mut it = args.into_iter();
+    while let Some(a) = it.next() {
+        let list = match a.to_str() {
+            Some("-o") => match it.next() {
+                Some(v) => v,
+                None => {
+                    out.push(a);
+                    continue;
+                }
+            },
+            Some(s) if s.starts_with("-o") && s.len() > 2 => s[2..].into(),
+            _ => {
+                out.push(a);
+                continue;
+            }
+        };
+        for opt in list.to_string_lossy().split(',') {
+            let (name, value) = match opt.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (opt, None),
+            };
+            if GENERIC_OPTIONS.contains(&name) || name.starts_with("x-") || name == "comment" {
+                continue;
+            }
+            let flag = if name == "ro" {
+                "--read-only".to_string()
+            } else {
+                format!("--{}", name.replace('_', "-"))
+            };
+            out.push(match value {
+                Some(v) => format!("{flag}={v}").into(),
+                None => flag.into(),
+            });
+        }
+    }
+    out
 }
 
 #[derive(Debug, Args)]
@@ -313,51 +364,6 @@ pub struct MountPlan {
 }
 
 impl MountArgs {
-    /// Folds `-o` options (as mount(8) and fstab pass them) into the flags: the generic ones
-    /// (`ro`, `allow_other`, `_netdev`...) and every flag as `name=value` or `name`
-    /// (`endpoint_url=...`, `prefix_count=16`, `force_path_style`...).
-    pub fn apply_options(&mut self) -> Result<(), String> {
-        for o in std::mem::take(&mut self.options) {
-            let (name, value) = match o.split_once('=') {
-                Some((n, v)) => (n.replace('-', "_"), Some(v.to_string())),
-                None => (o.replace('-', "_"), None),
-            };
-            let need = |v: Option<String>| v.ok_or_else(|| format!("mount option {name} needs a value ({name}=...)"));
-            match name.as_str() {
-                "ro" | "read_only" => self.read_only = true,
-                "allow_other" => self.allow_other = true,
-                "trust_listing" => self.trust_listing = true,
-                "local_exclusive_creates" => self.local_exclusive_creates = true,
-                "init" => self.init = true,
-                "force_path_style" => self.conn.force_path_style = true,
-                "endpoint_url" => self.conn.endpoint_url = Some(need(value)?),
-                "region" => self.conn.region = Some(need(value)?),
-                "profile" => self.conn.profile = Some(need(value)?),
-                "prefix_count" => {
-                    self.prefix_count = Some(need(value)?.parse().map_err(|_| format!("bad {name}"))?);
-                }
-                "attr_prefetch" => self.attr_prefetch = need(value)?.parse().map_err(|_| format!("bad {name}"))?,
-                "metadata_ttl" => self.metadata_ttl = need(value)?.parse().map_err(|_| format!("bad {name}"))?,
-                "uid" => self.uid = Some(need(value)?.parse().map_err(|_| format!("bad {name}"))?),
-                "gid" => self.gid = Some(need(value)?.parse().map_err(|_| format!("bad {name}"))?),
-                "file_mode" => self.file_mode = need(value)?,
-                "dir_mode" => self.dir_mode = need(value)?,
-                "cache_dir" => self.cache_dir = Some(PathBuf::from(need(value)?)),
-                "cache_size_mib" => self.cache_size_mib = need(value)?.parse().map_err(|_| format!("bad {name}"))?,
-                "abort_uploads_older_than" => {
-                    self.abort_uploads_older_than = need(value)?.parse().map_err(|_| format!("bad {name}"))?
-                }
-                "metrics_addr" => self.metrics_addr = Some(need(value)?.parse().map_err(|_| format!("bad {name}"))?),
-                "data_dir" => self.data_dir = Some(PathBuf::from(need(value)?)),
-                "log_file" => self.log_file = Some(PathBuf::from(need(value)?)),
-                "rw" | "" | "defaults" | "auto" | "noauto" | "user" | "users" | "nouser" | "_netdev" | "nofail"
-                | "dev" | "nodev" | "suid" | "nosuid" | "exec" | "noexec" | "atime" | "noatime" | "relatime" => {}
-                _ => return Err(format!("unknown mount option {o:?}")),
-            }
-        }
-        Ok(())
-    }
-
     pub fn plan(&self) -> Result<MountPlan, String> {
         let (bucket, mountpoint) = match self.targets.as_slice() {
             [m] => (None, m),
@@ -437,24 +443,77 @@ mod tests {
         assert!(parse_s3_url("s3:///x").is_err());
     }
 
+    fn parse_mount(args: &[&str]) -> Result<MountArgs, String> {
+        let argv = expand_mount_options(args.iter().map(std::ffi::OsString::from));
+        match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
+            Command::Mount(m) => Ok(*m),
+            _ => Err("not mount".into()),
+        }
+    }
+
     #[test]
     fn fstab_options_become_flags() {
-        let mut m = Cli::try_parse_from([
+        let m = parse_mount(&[
             "prefixfs", "mount", "s3://b/r", "/tmp", "-o",
-            "rw,_netdev,allow_other,endpoint_url=http://127.0.0.1:9000,force_path_style,prefix_count=256,metadata_ttl=2.5",
+            "rw,_netdev,x-systemd.automount,allow_other,endpoint_url=http://127.0.0.1:9000,force_path_style,prefix_count=256,metadata_ttl=2.5,ro",
         ])
-        .map(|c| match c.command {
-            Command::Mount(m) => *m,
-            _ => unreachable!(),
-        })
         .unwrap();
-        m.apply_options().unwrap();
-        assert!(m.allow_other && m.conn.force_path_style);
+        assert!(m.allow_other && m.conn.force_path_style && m.read_only);
         assert_eq!(m.conn.endpoint_url.as_deref(), Some("http://127.0.0.1:9000"));
         assert_eq!(m.prefix_count, Some(256));
         assert_eq!(m.metadata_ttl, 2.5);
-        m.options = vec!["bogus".into()];
-        assert!(m.apply_options().unwrap_err().contains("bogus"));
+        let err = parse_mount(&["prefixfs", "mount", "s3://b/r", "/tmp", "-obogus=1"]).unwrap_err();
+        assert!(err.contains("bogus"), "{err}");
+    }
+
+    /// Walks the definition of `mount`: each long flag, given as `-o name[=value]`, parses to
+    /// exactly what `--name value` parses to, and changes something.
+    #[test]
+    fn every_mount_flag_is_a_mount_option() {
+        use clap::CommandFactory;
+        let base = ["prefixfs", "mount", "s3://b/r", "/tmp"];
+        let default = format!("{:?}", parse_mount(&base).unwrap());
+        let cli = Cli::command();
+        let mount = cli.find_subcommand("mount").expect("mount subcommand");
+        let mut checked = 0;
+        for arg in mount.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if matches!(long, "help" | "version") {
+                continue;
+            }
+            let takes_value = !matches!(arg.get_action(), clap::ArgAction::SetTrue | clap::ArgAction::Count);
+            let value = match long {
+                "endpoint-url" => "http://127.0.0.1:1",
+                "metrics-addr" => "127.0.0.1:9109",
+                "file-mode" => "600",
+                "dir-mode" => "700",
+                "log-level" => "debug",
+                "cache-dir" | "data-dir" | "log-file" => "/tmp/x",
+                "region" | "profile" => "p",
+                "abort-uploads-older-than" => "2.5",
+                _ => "3",
+            };
+            let name = long.replace('-', "_");
+            let (opt, flags): (String, Vec<&str>) = if takes_value {
+                (format!("{name}={value}"), vec![long, value])
+            } else {
+                (name.clone(), vec![long])
+            };
+            let via_option =
+                parse_mount(&[&base[..], &["-o", &opt]].concat()).unwrap_or_else(|e| panic!("-o {opt}: {e}"));
+            let dashed = format!("--{}", flags[0]);
+            let mut argv: Vec<&str> = base.to_vec();
+            argv.push(&dashed);
+            argv.extend(&flags[1..]);
+            let via_flag = parse_mount(&argv).unwrap_or_else(|e| panic!("{argv:?}: {e}"));
+            let got = format!("{via_option:?}");
+            assert_eq!(got, format!("{via_flag:?}"), "-o {opt}");
+            if long != "log-level" {
+                assert_ne!(got, default, "-o {opt} changed nothing");
+            }
+            checked += 1;
+        }
+        assert!(checked >= 25, "only {checked} flags");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(prefixfs::cli::expand_mount_options(std::env::args_os()));
     let log_file = match &cli.command {
         Command::Mount(m) if !m.foreground => None, // the parent only waits; the child logs
         _ => Some(()),
@@ -49,7 +49,7 @@ fn init_logging(level: &str) {
         .try_init();
 }
 
-fn run_mount(mut m: MountArgs) -> Result<(), String> {
+fn run_mount(m: MountArgs) -> Result<(), String> {
     // Part buffers are allocated on FUSE threads and freed on runtime threads; with glibc's
     // default of an arena per thread that fragments into hundreds of MiB of resident memory
     // during a large write (measured: 300 MiB for a 2 GiB write). One arena keeps it near the
@@ -59,7 +59,6 @@ fn run_mount(mut m: MountArgs) -> Result<(), String> {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
-    m.apply_options()?;
     let plan = m.plan()?;
     mount::run(plan, &m.conn, m.init, m.data_dir.clone())
 }
@@ -67,8 +66,6 @@ fn run_mount(mut m: MountArgs) -> Result<(), String> {
 /// Re-runs this command in the foreground as a detached child, and returns once it has
 /// mounted (or reports why it could not).
 fn daemonize(m: &MountArgs) -> Result<(), String> {
-    let mut m = m.clone();
-    m.apply_options()?;
     // Report bad flags and a mounted mountpoint here, not in a log file.
     prefixfs::mount::check_not_mounted(&m.plan()?.mountpoint)?;
     let log = match &m.log_file {
