@@ -8,7 +8,7 @@
 use super::posix::Posix;
 use crate::layout::RelPath;
 use lru::LruCache;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
@@ -123,9 +123,10 @@ pub struct MetaCache {
     dirs: Mutex<LruCache<RelPath, Timed<Listing>>>,
     fetching: Mutex<HashMap<RelPath, Fetching>>,
     /// Directories shown by a listing only because foreign keys start with their name
-    /// (nothing of this namespace below them, no marker): hidden for the mount's life, or
-    /// until this mount creates something there.
-    ghosts: Mutex<HashSet<RelPath>>,
+    /// (nothing of this namespace below them, no marker), and when they were found so:
+    /// hidden for [`MetaCache::ghost_for`], or until this mount creates something there.
+    /// Not for ever: another host may put files there later.
+    ghosts: Mutex<HashMap<RelPath, Instant>>,
 }
 
 /// A listing fetch in progress (see [`MetaCache::begin_fetch`]); dropping it unfinished
@@ -212,7 +213,7 @@ impl MetaCache {
 
     /// Hides `dir` (see `ghosts`): gone from its parent's listing and from lookups.
     pub fn mark_ghost(&self, dir: &RelPath) {
-        lock(&self.ghosts).insert(dir.clone());
+        lock(&self.ghosts).insert(dir.clone(), Instant::now());
         self.put_entry(dir, None);
         self.edit_parent_listing(dir, |m| {
             m.remove(dir.name());
@@ -220,8 +221,21 @@ impl MetaCache {
     }
 
     pub fn is_ghost(&self, path: &RelPath) -> bool {
-        let ghosts = lock(&self.ghosts);
-        !ghosts.is_empty() && ghosts.contains(path)
+        let mut ghosts = lock(&self.ghosts);
+        match ghosts.get(path) {
+            Some(at) if at.elapsed() < self.ghost_for() => true,
+            Some(_) => {
+                ghosts.remove(path);
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// How long a directory of foreign keys stays hidden: twelve TTLs, at least a minute;
+    /// then a listing shows it again (and listing it hides it again, if it is still so).
+    pub fn ghost_for(&self) -> Duration {
+        (self.ttl * 12).max(Duration::from_secs(60))
     }
 
     /// This mount created `path`: it and its ancestors are real again.
