@@ -66,12 +66,13 @@ pub struct Upload {
 /// The local copy of a multipart upload's bytes.
 enum Spool {
     Off,
-    /// To be made at this path when the multipart upload starts.
-    Planned(PathBuf),
+    /// To be made at this path when the multipart upload starts, holding at most `limit`.
+    Planned(PathBuf, u64),
     On {
         path: PathBuf,
         file: std::fs::File,
         len: u64,
+        limit: u64,
     },
     /// Writing failed after `len` bytes: those are kept, the rest is lost.
     Broken {
@@ -124,21 +125,27 @@ impl Upload {
         self
     }
 
-    /// Keeps a local copy of a multipart upload's bytes at `path` (made when needed).
-    pub fn spool_to(mut self, path: PathBuf) -> Self {
-        self.spool = Spool::Planned(path);
+    /// Keeps a local copy of a multipart upload's bytes at `path` (made when needed), of at
+    /// most `limit` bytes (the cache size: a huge file must not fill the disk).
+    pub fn spool_to(mut self, path: PathBuf, limit: u64) -> Self {
+        self.spool = Spool::Planned(path, limit);
         self
     }
 
     fn spool(&mut self, data: &[u8]) {
-        if let Spool::Planned(path) = &self.spool {
-            let path = path.clone();
+        if let Spool::Planned(path, limit) = &self.spool {
+            let (path, limit) = (path.clone(), *limit);
             let made = path
                 .parent()
                 .map_or(Ok(()), crate::private::ensure_dir)
                 .and_then(|_| crate::private::file_options().write(true).create_new(true).open(&path));
             self.spool = match made {
-                Ok(file) => Spool::On { path, file, len: 0 },
+                Ok(file) => Spool::On {
+                    path,
+                    file,
+                    len: 0,
+                    limit,
+                },
                 Err(e) => {
                     tracing::warn!(key = %self.key, error = %e, "cannot make a local copy of an upload; should it fail, nothing can be kept");
                     Spool::Off
@@ -146,7 +153,11 @@ impl Upload {
             };
         }
         let broken = match &mut self.spool {
-            Spool::On { path, file, len } => match file.write_all(data) {
+            Spool::On { path, len, limit, .. } if *len + data.len() as u64 > *limit => {
+                tracing::warn!(key = %self.key, at = *len, "the file outgrows the cache size: its local copy stops here; should the upload fail, only this much can be kept");
+                Some((path.clone(), *len))
+            }
+            Spool::On { path, file, len, .. } => match file.write_all(data) {
                 Ok(()) => {
                     *len += data.len() as u64;
                     None
@@ -168,7 +179,7 @@ impl Upload {
     /// After a failed upload: moves what was written into `dir` as `name` and says what that
     /// is. Everything, while no part was sent or the spool holds it all.
     pub fn keep(&mut self, dir: &Path, name: &str) -> std::io::Result<Kept> {
-        if self.upload_id.is_none() && matches!(self.spool, Spool::Planned(_) | Spool::Off) {
+        if self.upload_id.is_none() && matches!(self.spool, Spool::Planned(..) | Spool::Off) {
             // Every byte is still in the buffer.
             let tmp = dir.join(format!(".{}", uuid::Uuid::new_v4().simple()));
             crate::private::ensure_dir(dir)?;
@@ -185,7 +196,7 @@ impl Upload {
         let buf = std::mem::take(&mut self.buf);
         self.spool(&buf);
         let (src, len) = match std::mem::replace(&mut self.spool, Spool::Off) {
-            Spool::On { path, file, len } => {
+            Spool::On { path, file, len, .. } => {
                 file.sync_data()?;
                 (path, len)
             }
@@ -419,7 +430,8 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let mem = Arc::new(MemoryStore::new());
         let data: Vec<u8> = (0..5000u32).map(|i| (i * 7) as u8).collect();
-        let mut u = Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2).spool_to(t.path().join("spool"));
+        let mut u =
+            Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2).spool_to(t.path().join("spool"), u64::MAX);
         for chunk in data.chunks(300) {
             let off = u.size();
             u.write(off, chunk).await.unwrap();
@@ -453,10 +465,28 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_spool_stops_at_its_limit_and_says_what_is_missing() {
+        let t = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        let mut u =
+            Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2).spool_to(t.path().join("spool"), 2500);
+        u.write(0, &[5u8; 5000]).await.unwrap();
+        mem.fail_next(100, |k| {
+            StoreError::from_response("complete_multipart", k, 403, "AccessDenied", "")
+        });
+        assert!(u.finish().await.is_err());
+        let kept = u.keep(&t.path().join("lost+found"), "k").unwrap();
+        // Parts of 1024 bytes: two fit under 2,500, the third does not.
+        assert_eq!(kept.missing, vec![2048..5000], "{kept}");
+        assert_eq!(std::fs::read(&kept.path).unwrap().len(), 2048);
+    }
+
+    #[tokio::test]
     async fn a_finished_upload_leaves_no_spool() {
         let t = tempfile::tempdir().unwrap();
         let mem = Arc::new(MemoryStore::new());
-        let mut u = Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2).spool_to(t.path().join("spool"));
+        let mut u =
+            Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2).spool_to(t.path().join("spool"), u64::MAX);
         u.write(0, &[1u8; 3000]).await.unwrap();
         assert!(t.path().join("spool").exists());
         u.finish().await.unwrap();

@@ -145,7 +145,7 @@ impl Core {
                 self.cfg.part_size,
                 self.cfg.upload_inflight,
             )
-            .spool_to(self.staging_path()),
+            .spool_to(self.staging_path(), self.cfg.cache_size),
         )
     }
 
