@@ -192,7 +192,32 @@ fn main() {
         let (path, mut child) = mount(&endpoint, base.path(), "mnt2", extra);
         let listed = Command::new("ls").arg(path.join("2017/02")).output().expect("ls");
         assert!(listed.status.success());
+        // PERF=FILE: profile the daemon during this run (perf record -g).
+        let perf = std::env::var("PERF").ok().map(|out| {
+            let p = Command::new("perf")
+                .args([
+                    "record",
+                    "-g",
+                    "-F",
+                    "4000",
+                    "-o",
+                    &format!("{out}-{}", extra.len()),
+                    "-p",
+                    &child.id().to_string(),
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("perf");
+            std::thread::sleep(Duration::from_millis(500));
+            p
+        });
         let cold = ls_l(&target_in(&path), files);
+        if let Some(mut p) = perf {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+            let _ = p.wait();
+        }
         let _ = Command::new("umount").arg(&path).status();
         let _ = child.wait();
         println!(

@@ -13,6 +13,9 @@ use std::sync::Arc;
 /// Keys asked for per prefix by an emptiness check: enough to see past a few foreign keys.
 const EMPTINESS_PAGE: i32 = 100;
 
+/// One prefix's files (name, size, LastModified), subdirectories, and marker.
+type PrefixPage = (Vec<(String, u64, std::time::SystemTime)>, Vec<String>, bool);
+
 /// What an emptiness check found below a directory.
 #[derive(Debug, Default, Clone, Copy)]
 pub(super) struct Emptiness {
@@ -117,50 +120,30 @@ impl Core {
         Ok(Arc::new(merged))
     }
 
-    /// The entries of `dir` in S3, and whether it has an (empty) marker.
+    /// The entries of `dir` in S3, and whether it has an (empty) marker. Each prefix's pages
+    /// are fetched and parsed in a task of its own, so that parsing (most of the CPU of a big
+    /// listing) uses every core, not just the thread that asked.
     async fn fetch_listing(&self, dir: &RelPath) -> FsResult<(BTreeMap<String, EntryInfo>, bool)> {
-        let pages = self
-            .fan_out(|q| async move {
-                let prefix = self.layout.dir_list_prefix(q, dir);
-                let mut files = Vec::new();
-                let mut dirs = Vec::new();
-                let mut marked = false;
-                let mut token: Option<String> = None;
-                loop {
-                    let page = self.store.list(&prefix, Some("/"), token.as_deref(), None).await?;
-                    for o in page.objects {
-                        let Some(name) = o.key.strip_prefix(&prefix) else {
-                            continue;
-                        };
-                        if name.is_empty() {
-                            // The directory's own marker; one with a body is foreign.
-                            marked |= !dir.is_root() && self.ours(&o.key, o.size);
-                            continue;
-                        }
-                        // Only keys whose prefix matches their hash are files of this layout
-                        // (what `key_to_path` checks, without re-parsing the directory part).
-                        match dir.join(name) {
-                            Ok(p) if self.layout.prefix_index(&p) == q => {
-                                files.push((name.to_string(), o.size, o.last_modified))
-                            }
-                            _ => tracing::debug!(key = %escape_controls(&o.key), "key outside the layout, not shown"),
-                        }
-                    }
-                    for cp in page.common_prefixes {
-                        let Some(name) = cp.strip_prefix(&prefix).and_then(|n| n.strip_suffix('/')) else {
-                            continue;
-                        };
-                        if validate_name(name).is_ok() && !(dir.is_root() && name == RESERVED_NAME) {
-                            dirs.push(name.to_string());
-                        }
-                    }
-                    match page.next_token {
-                        Some(t) => token = Some(t),
-                        None => break,
-                    }
-                }
-                Ok((files, dirs, marked))
+        let me = self
+            .me
+            .upgrade()
+            .ok_or_else(|| super::error::FsError::new(libc::EIO, "the filesystem is shutting down"))?;
+        let caller = crate::store::stats::CALLER.try_with(|c| *c).unwrap_or("background");
+        let pages: Vec<PrefixPage> = stream::iter(0..self.layout.prefix_count())
+            .map(|q| {
+                let (me, dir) = (me.clone(), dir.clone());
+                tokio::spawn(crate::store::stats::CALLER.scope(caller, async move { me.list_prefix(q, &dir).await }))
             })
+            .buffer_unordered(self.cfg.fanout.max(1))
+            .map(|joined| {
+                joined.unwrap_or_else(|e| {
+                    Err(super::error::FsError::new(
+                        libc::EIO,
+                        format!("listing task failed: {e}"),
+                    ))
+                })
+            })
+            .try_collect()
             .await?;
         // Known by name, kind, size and LastModified only, unless the mount trusts that.
         let listed = |info: EntryInfo| if self.cfg.trust_listing { info } else { info.partial() };
@@ -182,6 +165,49 @@ impl Core {
             }
         }
         Ok((out, marked))
+    }
+
+    /// One prefix's part of `dir`'s listing: files, subdirectories, and whether the marker
+    /// (empty) is there.
+    async fn list_prefix(&self, q: u32, dir: &RelPath) -> FsResult<PrefixPage> {
+        let prefix = self.layout.dir_list_prefix(q, dir);
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        let mut marked = false;
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.store.list(&prefix, Some("/"), token.as_deref(), None).await?;
+            for o in page.objects {
+                let Some(name) = o.key.strip_prefix(&prefix) else {
+                    continue;
+                };
+                if name.is_empty() {
+                    // The directory's own marker; one with a body is foreign.
+                    marked |= !dir.is_root() && self.ours(&o.key, o.size);
+                    continue;
+                }
+                // Only keys whose prefix matches their hash are files of this layout (what
+                // `key_to_path` checks, without re-parsing the directory part).
+                match dir.join(name) {
+                    Ok(p) if self.layout.prefix_index(&p) == q => {
+                        files.push((name.to_string(), o.size, o.last_modified))
+                    }
+                    _ => tracing::debug!(key = %escape_controls(&o.key), "key outside the layout, not shown"),
+                }
+            }
+            for cp in page.common_prefixes {
+                let Some(name) = cp.strip_prefix(&prefix).and_then(|n| n.strip_suffix('/')) else {
+                    continue;
+                };
+                if validate_name(name).is_ok() && !(dir.is_root() && name == RESERVED_NAME) {
+                    dirs.push(name.to_string());
+                }
+            }
+            match page.next_token {
+                Some(t) => token = Some(t),
+                None => return Ok((files, dirs, marked)),
+            }
+        }
     }
 
     /// Every key below `dir` (its marker included) that belongs to this namespace, across
