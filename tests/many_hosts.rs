@@ -9,17 +9,6 @@ use prefixfs::layout::RelPath;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $( #[test] fn $name() { super::$name(super::Env::embedded()) } )*
-        }
-        mod moto {
-            $( #[test] fn $name() { super::$name(super::Env::moto()) } )*
-        }
-    };
-}
-
 on_every_backend!(
     exclusive_creates_across_two_mounts_have_exactly_one_winner,
     mkdir_races_across_two_mounts_have_exactly_one_winner,

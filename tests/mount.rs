@@ -9,19 +9,6 @@ use prefixfs::layout::RelPath;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// Runs each named test body against every S3 implementation: the embedded server and
-/// moto's (an independent implementation, to catch behaviour that only our server has).
-macro_rules! on_every_backend {
-    ($($name:ident),* $(,)?) => {
-        mod embedded {
-            $( #[test] fn $name() { super::$name(super::Env::embedded()) } )*
-        }
-        mod moto {
-            $( #[test] fn $name() { super::$name(super::Env::moto()) } )*
-        }
-    };
-}
-
 on_every_backend!(
     cp_r_of_dated_tree_lands_every_file_at_its_hashed_key,
     mv_of_file_and_directory_moves_every_key_across_prefixes,

@@ -149,6 +149,62 @@ fn encode_copy_source(bucket: &str, key: &str) -> String {
     out
 }
 
+impl AwsStore {
+    /// PutObject, with `If-None-Match`/`If-Match` when `cond` is given; the new ETag.
+    async fn put_object(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        cond: Option<&WriteIf>,
+    ) -> StoreResult<Option<String>> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body));
+        for (k, v) in meta {
+            req = req.metadata(k, v);
+        }
+        req = match cond {
+            Some(WriteIf::Absent) => req.if_none_match("*"),
+            Some(WriteIf::Matches(etag)) => req.if_match(etag),
+            None => req,
+        };
+        let out = req.send().await.map_err(|e| map_err("put", key, e))?;
+        Ok(out.e_tag().map(str::to_string))
+    }
+
+    /// CompleteMultipartUpload, conditional when `cond` is given.
+    async fn complete(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+        cond: Option<&WriteIf>,
+    ) -> StoreResult<()> {
+        let parts = parts
+            .iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+            .collect::<Vec<_>>();
+        let req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+        let req = match cond {
+            Some(WriteIf::Absent) => req.if_none_match("*"),
+            Some(WriteIf::Matches(etag)) => req.if_match(etag),
+            None => req,
+        };
+        req.send().await.map_err(|e| map_err("complete_multipart", key, e))?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl ObjectStore for AwsStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
@@ -194,35 +250,11 @@ impl ObjectStore for AwsStore {
     }
 
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(body));
-        for (k, v) in meta {
-            req = req.metadata(k, v);
-        }
-        req.send().await.map_err(|e| map_err("put", key, e))?;
-        Ok(())
+        self.put_object(key, body, meta, None).await.map(|_| ())
     }
 
     async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(body));
-        for (k, v) in meta {
-            req = req.metadata(k, v);
-        }
-        req = match cond {
-            WriteIf::Absent => req.if_none_match("*"),
-            WriteIf::Matches(etag) => req.if_match(etag),
-        };
-        let out = req.send().await.map_err(|e| map_err("put", key, e))?;
-        Ok(out.e_tag().map(str::to_string))
+        self.put_object(key, body, meta, Some(cond)).await
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -394,20 +426,7 @@ impl ObjectStore for AwsStore {
     }
 
     async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
-        let parts = parts
-            .iter()
-            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
-            .collect::<Vec<_>>();
-        self.client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-            .send()
-            .await
-            .map_err(|e| map_err("complete_multipart", key, e))?;
-        Ok(())
+        self.complete(key, upload_id, parts, None).await
     }
 
     async fn complete_multipart_if(
@@ -417,23 +436,7 @@ impl ObjectStore for AwsStore {
         parts: &[(i32, String)],
         cond: &WriteIf,
     ) -> StoreResult<()> {
-        let parts = parts
-            .iter()
-            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
-            .collect::<Vec<_>>();
-        let req = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
-        let req = match cond {
-            WriteIf::Absent => req.if_none_match("*"),
-            WriteIf::Matches(etag) => req.if_match(etag),
-        };
-        req.send().await.map_err(|e| map_err("complete_multipart", key, e))?;
-        Ok(())
+        self.complete(key, upload_id, parts, Some(cond)).await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {

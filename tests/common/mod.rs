@@ -30,6 +30,21 @@ pub enum Backend {
     Moto(Child),
 }
 
+/// Runs each named test body (a function taking an [`Env`]) against every S3 implementation:
+/// the embedded server and moto's (an independent implementation, to catch behaviour that
+/// only our server has).
+#[macro_export]
+macro_rules! on_every_backend {
+    ($($name:ident),* $(,)?) => {
+        mod embedded {
+            $( #[test] fn $name() { super::$name(super::Env::embedded()) } )*
+        }
+        mod moto {
+            $( #[test] fn $name() { super::$name(super::Env::moto()) } )*
+        }
+    };
+}
+
 /// One S3 server with one bucket, and a client to inspect it through the S3 API.
 pub struct Env {
     pub faults: std::sync::Arc<server::Faults>,
