@@ -90,6 +90,11 @@ impl Core {
             .map(OpenFile::info)
     }
 
+    /// The open state's attributes of `ino`, unlinked or not.
+    pub(super) fn open_info_of(&self, ino: u64) -> Option<EntryInfo> {
+        lock(&self.open_files).get(&ino).map(OpenFile::info)
+    }
+
     fn shared(&self, ino: u64) -> Option<Arc<Shared>> {
         lock(&self.open_files).get(&ino).map(|f| f.shared.clone())
     }

@@ -542,3 +542,17 @@ async fn a_directory_shadows_a_file_of_the_same_name() {
     assert_eq!(r.names(ROOT_INO).await, vec!["d"]);
     assert_eq!(r.core.lookup(ROOT_INO, OsStr::new("d")).await.unwrap().kind, Kind::Dir);
 }
+
+#[tokio::test]
+async fn an_open_file_keeps_its_attributes_after_unlink() {
+    let r = rig();
+    let d = r.ino_after_mkdir("d").await;
+    let (attr, fh) = r.core.create(d, OsStr::new("f"), 0o600, 0, 0, false).await.unwrap();
+    assert_eq!(r.core.write(fh, 0, b"still here").await.unwrap(), 10);
+    r.core.unlink(d, OsStr::new("f")).await.unwrap();
+    // fstat of the open descriptor.
+    let got = r.core.getattr(attr.ino).await.unwrap();
+    assert_eq!((got.kind, got.size, got.perm), (Kind::File, 10, 0o600));
+    r.core.release(fh).await.unwrap();
+    assert_eq!(r.core.lookup(d, OsStr::new("f")).await.unwrap_err().errno, libc::ENOENT);
+}
