@@ -67,7 +67,7 @@ impl FuseFs {
             blocks: a.size.div_ceil(512),
             atime: a.mtime,
             mtime: a.mtime,
-            ctime: a.mtime,
+            ctime: a.ctime,
             crtime: a.mtime,
             kind,
             perm: a.perm,

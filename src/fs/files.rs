@@ -204,6 +204,8 @@ impl Core {
             reader: None,
             writable: true,
         });
+        self.entry_changed(&path);
+        self.attributes_changed(ino);
         Ok((self.attr(ino, info), fh))
     }
 
@@ -251,6 +253,7 @@ impl Core {
             })?;
             if trunc {
                 self.truncate_open(&path, &shared, 0).await?;
+                self.attributes_changed(ino);
             }
             return Ok(self.new_fh(Handle::File {
                 ino,
@@ -712,6 +715,7 @@ impl Core {
         }
         let new_info = EntryInfo { size: new_size, ..info }.with_posix(posix);
         self.cache.upsert(&path, new_info);
+        self.attributes_changed(ino);
         Ok(self.attr(ino, new_info))
     }
 
@@ -783,6 +787,7 @@ impl Core {
         let info = EntryInfo::new(Kind::Symlink, target.len() as u64, SystemTime::now()).with_posix(posix);
         self.cache.upsert(&path, info);
         let ino = lock(&self.inodes).lookup(&path, Kind::Symlink);
+        self.entry_changed(&path);
         Ok(self.attr(ino, info))
     }
 

@@ -2,11 +2,14 @@
 //!
 //! Invariants: inode 1 is the root and is never forgotten; an inode stays while the kernel
 //! holds lookups on it (`forget` drops them); a rename rewrites the paths of the renamed
-//! inode and of every inode below it, so open handles keep working.
+//! inode and of every inode below it, so open handles keep working. The table also keeps the
+//! times S3 has nowhere to store: when this mount last changed an inode's attributes (ctime)
+//! or a directory's entries (its mtime and ctime); they live as long as the inode.
 
 use super::cache::Kind;
 use crate::layout::RelPath;
 use std::collections::HashMap;
+use std::time::SystemTime;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -15,6 +18,10 @@ pub struct Inode {
     pub path: RelPath,
     pub kind: Kind,
     lookups: u64,
+    /// This mount last changed its attributes (chmod, chown, truncate, rename...).
+    changed: Option<SystemTime>,
+    /// This mount last created, removed or renamed an entry in it (a directory).
+    entries_changed: Option<SystemTime>,
 }
 
 #[derive(Debug)]
@@ -37,6 +44,8 @@ impl Default for Inodes {
                 path: RelPath::root(),
                 kind: Kind::Dir,
                 lookups: 1,
+                changed: None,
+                entries_changed: None,
             },
         );
         t.by_path.insert(RelPath::root(), ROOT_INO);
@@ -66,10 +75,34 @@ impl Inodes {
                 path: path.clone(),
                 kind,
                 lookups: 1,
+                changed: None,
+                entries_changed: None,
             },
         );
         self.by_path.insert(path.clone(), ino);
         ino
+    }
+
+    /// Records a change of `ino`'s attributes at `at` (its ctime in this mount's view).
+    pub fn changed(&mut self, ino: u64, at: SystemTime) {
+        if let Some(i) = self.by_ino.get_mut(&ino) {
+            i.changed = Some(at);
+        }
+    }
+
+    /// Records an entry created, removed or renamed in the directory `dir` at `at`.
+    pub fn entries_changed(&mut self, dir: &RelPath, at: SystemTime) {
+        if let Some(i) = self.by_path.get(dir).and_then(|ino| self.by_ino.get_mut(ino)) {
+            i.changed = Some(at);
+            i.entries_changed = Some(at);
+        }
+    }
+
+    /// (ctime, directory mtime) as this mount changed them, if it did.
+    pub fn times(&self, ino: u64) -> (Option<SystemTime>, Option<SystemTime>) {
+        self.by_ino
+            .get(&ino)
+            .map_or((None, None), |i| (i.changed, i.entries_changed))
     }
 
     /// The inode of `path` if the kernel knows it, without counting a lookup.

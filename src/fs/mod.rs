@@ -104,6 +104,8 @@ pub struct Attr {
     pub kind: Kind,
     pub size: u64,
     pub mtime: SystemTime,
+    /// The last change of its attributes this mount made (else mtime): S3 keeps no ctime.
+    pub ctime: SystemTime,
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
@@ -222,6 +224,18 @@ impl Core {
         &self.layout
     }
 
+    /// This mount changed `ino`'s attributes now.
+    fn attributes_changed(&self, ino: u64) {
+        lock(&self.inodes).changed(ino, SystemTime::now());
+    }
+
+    /// This mount created, removed or renamed an entry of `path`'s parent now.
+    fn entry_changed(&self, path: &RelPath) {
+        if let Some(parent) = path.parent() {
+            lock(&self.inodes).entries_changed(&parent, SystemTime::now());
+        }
+    }
+
     /// Listed entries are taken as the listing shows them (`--trust-listing`).
     pub fn trusts_listing(&self) -> bool {
         self.cfg.trust_listing
@@ -285,11 +299,18 @@ impl Core {
             Kind::File => self.cfg.file_mode,
             Kind::Symlink => 0o777,
         };
+        let (changed, entries_changed) = lock(&self.inodes).times(ino);
+        // A directory's entries changed here later than its object says: that is its mtime.
+        let mtime = match entries_changed {
+            Some(t) if info.kind == Kind::Dir => t.max(info.mtime),
+            _ => info.mtime,
+        };
         Attr {
             ino,
             kind: info.kind,
             size: info.size,
-            mtime: info.mtime,
+            mtime,
+            ctime: changed.map_or(mtime, |c| c.max(mtime)),
             perm: info.posix.mode.map(|m| (m & 0o7777) as u16).unwrap_or(default_perm),
             uid: info.posix.uid.unwrap_or(self.cfg.uid),
             gid: info.posix.gid.unwrap_or(self.cfg.gid),

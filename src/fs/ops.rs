@@ -190,6 +190,7 @@ impl Core {
         // A directory we just created is empty: its listing needs no request.
         self.cache.put_listing(&path, Arc::default());
         let ino = lock(&self.inodes).lookup(&path, Kind::Dir);
+        self.entry_changed(&path);
         Ok(self.attr(ino, info))
     }
 
@@ -231,6 +232,7 @@ impl Core {
             // Foreign keys below keep the name in S3 listings: hide it from this mount.
             self.cache.mark_ghost(&path);
         }
+        self.entry_changed(&path);
         Ok(())
     }
 
@@ -249,6 +251,7 @@ impl Core {
         self.store.delete(&self.layout.file_key(&path)?).await?;
         self.forget_open(&path);
         self.cache.remove(&path);
+        self.entry_changed(&path);
         Ok(())
     }
 
@@ -323,6 +326,12 @@ impl Core {
             }
         }
         lock(&self.inodes).rename(&from, &to);
+        self.entry_changed(&from);
+        self.entry_changed(&to);
+        let moved = lock(&self.inodes).find(&to);
+        if let Some(ino) = moved {
+            self.attributes_changed(ino);
+        }
         Ok(())
     }
 

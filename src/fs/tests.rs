@@ -556,3 +556,39 @@ async fn an_open_file_keeps_its_attributes_after_unlink() {
     r.core.release(fh).await.unwrap();
     assert_eq!(r.core.lookup(d, OsStr::new("f")).await.unwrap_err().errno, libc::ENOENT);
 }
+
+#[tokio::test]
+async fn directory_and_change_times_follow_this_mounts_changes() {
+    let r = rig();
+    let d = r.ino_after_mkdir("d").await;
+    let t0 = r.core.getattr(d).await.unwrap();
+    let later = |a: std::time::SystemTime, b: std::time::SystemTime| a > b;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // An entry created in d moves d's mtime and ctime (pjdfstest's `changed_time` checks).
+    let (f, fh) = r.core.create(d, OsStr::new("f"), 0o644, 0, 0, false).await.unwrap();
+    r.core.release(fh).await.unwrap();
+    let t1 = r.core.getattr(d).await.unwrap();
+    assert!(later(t1.mtime, t0.mtime) && t1.ctime >= t1.mtime, "{t0:?} {t1:?}");
+    // chmod moves ctime, not mtime.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let before = r.core.getattr(f.ino).await.unwrap();
+    let after = r
+        .core
+        .setattr(f.ino, None, Some(0o600), None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(after.mtime, before.mtime);
+    assert!(later(after.ctime, before.ctime), "{before:?} {after:?}");
+    // Removing and renaming entries move the directory's times again.
+    for step in 0..2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let b = r.core.getattr(d).await.unwrap();
+        if step == 0 {
+            r.core.rename(d, OsStr::new("f"), d, OsStr::new("g"), 0).await.unwrap();
+        } else {
+            r.core.unlink(d, OsStr::new("g")).await.unwrap();
+        }
+        let a = r.core.getattr(d).await.unwrap();
+        assert!(later(a.mtime, b.mtime), "step {step}");
+    }
+}
