@@ -335,7 +335,7 @@ async fn probe_exclusive_creates(store: &dyn ObjectStore, layout: &Layout) {
         uuid::Uuid::new_v4().simple()
     );
     let meta = UserMeta::new();
-    let put = || store.put_if(&key, bytes::Bytes::new(), &meta, &WriteIf::Absent);
+    let put = || store.put_if(&key, bytes::Bytes::new(), &meta, Some(&WriteIf::Absent));
     let verdict = match put().await {
         Ok(_) => match put().await {
             Err(StoreError::PreconditionFailed { .. }) => Some(true),

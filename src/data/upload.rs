@@ -365,13 +365,13 @@ impl Upload {
         match self.upload_id.clone() {
             None => {
                 let body = self.buf.clone().freeze();
-                match self.cond.clone() {
-                    Some(cond) => {
-                        let etag = self.store.put_if(&self.key, body, &self.meta, &cond).await?;
-                        // A later flush replaces what this one wrote, and nothing else.
-                        self.cond = etag.map(WriteIf::Matches);
-                    }
-                    None => self.store.put(&self.key, body, &self.meta).await?,
+                let etag = self
+                    .store
+                    .put_if(&self.key, body, &self.meta, self.cond.as_ref())
+                    .await?;
+                if self.cond.is_some() {
+                    // A later flush replaces what this one wrote, and nothing else.
+                    self.cond = etag.map(WriteIf::Matches);
                 }
                 self.finished = true;
                 return Ok(());
@@ -384,14 +384,10 @@ impl Upload {
                     self.reap_one().await?;
                 }
                 self.done.sort_by_key(|(n, _)| *n);
-                match self.cond.take() {
-                    Some(cond) => {
-                        self.store
-                            .complete_multipart_if(&self.key, &id, &self.done, &cond)
-                            .await?
-                    }
-                    None => self.store.complete_multipart(&self.key, &id, &self.done).await?,
-                }
+                let cond = self.cond.take();
+                self.store
+                    .complete_multipart_if(&self.key, &id, &self.done, cond.as_ref())
+                    .await?;
                 self.drop_spool();
             }
         }

@@ -214,7 +214,7 @@ impl Core {
         let key = self.layout.file_key(path)?;
         match self
             .store
-            .put_if(&key, Bytes::new(), &posix.to_meta(), &WriteIf::Absent)
+            .put_if(&key, Bytes::new(), &posix.to_meta(), Some(&WriteIf::Absent))
             .await
         {
             Ok(etag) => Ok(etag),

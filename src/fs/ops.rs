@@ -172,7 +172,7 @@ impl Core {
         // one succeeds, as `mkdir` used as a lock expects.
         match self
             .store
-            .put_if(&key, Bytes::new(), &posix.to_meta(), &WriteIf::Absent)
+            .put_if(&key, Bytes::new(), &posix.to_meta(), Some(&WriteIf::Absent))
             .await
         {
             Ok(_) => {}

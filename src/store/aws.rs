@@ -149,62 +149,6 @@ fn encode_copy_source(bucket: &str, key: &str) -> String {
     out
 }
 
-impl AwsStore {
-    /// PutObject, with `If-None-Match`/`If-Match` when `cond` is given; the new ETag.
-    async fn put_object(
-        &self,
-        key: &str,
-        body: Bytes,
-        meta: &UserMeta,
-        cond: Option<&WriteIf>,
-    ) -> StoreResult<Option<String>> {
-        let mut req = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .body(ByteStream::from(body));
-        for (k, v) in meta {
-            req = req.metadata(k, v);
-        }
-        req = match cond {
-            Some(WriteIf::Absent) => req.if_none_match("*"),
-            Some(WriteIf::Matches(etag)) => req.if_match(etag),
-            None => req,
-        };
-        let out = req.send().await.map_err(|e| map_err("put", key, e))?;
-        Ok(out.e_tag().map(str::to_string))
-    }
-
-    /// CompleteMultipartUpload, conditional when `cond` is given.
-    async fn complete(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[(i32, String)],
-        cond: Option<&WriteIf>,
-    ) -> StoreResult<()> {
-        let parts = parts
-            .iter()
-            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
-            .collect::<Vec<_>>();
-        let req = self
-            .client
-            .complete_multipart_upload()
-            .bucket(&self.bucket)
-            .key(key)
-            .upload_id(upload_id)
-            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
-        let req = match cond {
-            Some(WriteIf::Absent) => req.if_none_match("*"),
-            Some(WriteIf::Matches(etag)) => req.if_match(etag),
-            None => req,
-        };
-        req.send().await.map_err(|e| map_err("complete_multipart", key, e))?;
-        Ok(())
-    }
-}
-
 #[async_trait]
 impl ObjectStore for AwsStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
@@ -249,12 +193,29 @@ impl ObjectStore for AwsStore {
         Ok(body.into_bytes())
     }
 
-    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
-        self.put_object(key, body, meta, None).await.map(|_| ())
-    }
-
-    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
-        self.put_object(key, body, meta, Some(cond)).await
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        cond: Option<&WriteIf>,
+    ) -> StoreResult<Option<String>> {
+        let mut req = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(ByteStream::from(body));
+        for (k, v) in meta {
+            req = req.metadata(k, v);
+        }
+        req = match cond {
+            Some(WriteIf::Absent) => req.if_none_match("*"),
+            Some(WriteIf::Matches(etag)) => req.if_match(etag),
+            None => req,
+        };
+        let out = req.send().await.map_err(|e| map_err("put", key, e))?;
+        Ok(out.e_tag().map(str::to_string))
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -425,18 +386,31 @@ impl ObjectStore for AwsStore {
         Ok(r.e_tag().unwrap_or("").to_string())
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
-        self.complete(key, upload_id, parts, None).await
-    }
-
     async fn complete_multipart_if(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
-        cond: &WriteIf,
+        cond: Option<&WriteIf>,
     ) -> StoreResult<()> {
-        self.complete(key, upload_id, parts, Some(cond)).await
+        let parts = parts
+            .iter()
+            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+            .collect::<Vec<_>>();
+        let req = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+        let req = match cond {
+            Some(WriteIf::Absent) => req.if_none_match("*"),
+            Some(WriteIf::Matches(etag)) => req.if_match(etag),
+            None => req,
+        };
+        req.send().await.map_err(|e| map_err("complete_multipart", key, e))?;
+        Ok(())
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {

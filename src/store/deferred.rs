@@ -256,6 +256,20 @@ impl DeferredDeletes {
         }
     }
 
+    /// Before a write that makes the object at `key` (invariant 2). A plain write cancels a
+    /// queued delete of it. A conditional one must be checked against S3 as this mount has
+    /// told its programs it is, so a pending delete of ours lands first.
+    async fn before_write(&self, key: &str, cond: Option<&WriteIf>) -> StoreResult<()> {
+        match cond {
+            None => {
+                self.claim(key).await;
+                Ok(())
+            }
+            Some(_) if self.hidden(key) => self.settle_key(key).await,
+            Some(_) => Ok(()),
+        }
+    }
+
     /// A conditional write to a key whose delete is pending: the delete must land first (an
     /// `If-None-Match: *` create after an unlink must see the key gone, and must not be
     /// undone by that delete afterwards). Settles everything; cheap, since it is rare.
@@ -321,17 +335,14 @@ impl ObjectStore for DeferredDeletes {
         self.s.inner.get(key, range).await
     }
 
-    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
-        self.claim(key).await;
-        self.s.inner.put(key, body, meta).await
-    }
-
-    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
-        // A queued delete of ours lands first: the condition is then checked against S3 as
-        // this mount has already told its programs it is.
-        if self.hidden(key) {
-            self.settle_key(key).await?;
-        }
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        cond: Option<&WriteIf>,
+    ) -> StoreResult<Option<String>> {
+        self.before_write(key, cond).await?;
         self.s.inner.put_if(key, body, meta, cond).await
     }
 
@@ -415,21 +426,14 @@ impl ObjectStore for DeferredDeletes {
         self.s.inner.upload_part_copy(key, upload_id, part, src, range).await
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
-        self.claim(key).await;
-        self.s.inner.complete_multipart(key, upload_id, parts).await
-    }
-
     async fn complete_multipart_if(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
-        cond: &WriteIf,
+        cond: Option<&WriteIf>,
     ) -> StoreResult<()> {
-        if self.hidden(key) {
-            self.settle_key(key).await?;
-        }
+        self.before_write(key, cond).await?;
         self.s.inner.complete_multipart_if(key, upload_id, parts, cond).await
     }
 

@@ -157,11 +157,6 @@ impl Journal {
         }
         true
     }
-
-    /// Deletes queued and not yet confirmed.
-    pub fn pending_deletes(&self) -> usize {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).deletes.len()
-    }
 }
 
 impl Drop for Journal {
@@ -372,11 +367,13 @@ impl ObjectStore for JournalingStore {
         self.inner.get(key, range).await
     }
 
-    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
-        self.inner.put(key, body, meta).await
-    }
-
-    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        cond: Option<&WriteIf>,
+    ) -> StoreResult<Option<String>> {
         self.inner.put_if(key, body, meta, cond).await
     }
 
@@ -426,20 +423,12 @@ impl ObjectStore for JournalingStore {
         self.inner.upload_part_copy(key, upload_id, part, src, range).await
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
-        self.inner.complete_multipart(key, upload_id, parts).await?;
-        self.journal.record(&[Record::UploadEnded {
-            id: upload_id.to_string(),
-        }]);
-        Ok(())
-    }
-
     async fn complete_multipart_if(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
-        cond: &WriteIf,
+        cond: Option<&WriteIf>,
     ) -> StoreResult<()> {
         self.inner.complete_multipart_if(key, upload_id, parts, cond).await?;
         self.journal.record(&[Record::UploadEnded {

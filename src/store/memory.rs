@@ -129,15 +129,17 @@ impl ObjectStore for MemoryStore {
         })
     }
 
-    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        cond: Option<&WriteIf>,
+    ) -> StoreResult<Option<String>> {
         self.injected(key)?;
-        self.insert(key, body, meta);
-        Ok(())
-    }
-
-    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
-        self.injected(key)?;
-        self.check(key, cond)?;
+        if let Some(cond) = cond {
+            self.check(key, cond)?;
+        }
         let etag = hex::encode(Md5::digest(&body));
         self.insert_tagged(key, body, meta, etag.clone());
         Ok(Some(format!("\"{etag}\"")))
@@ -254,7 +256,16 @@ impl ObjectStore for MemoryStore {
         Ok(format!("\"{etag}\""))
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
+    async fn complete_multipart_if(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+        cond: Option<&WriteIf>,
+    ) -> StoreResult<()> {
+        if let Some(cond) = cond {
+            self.check(key, cond)?;
+        }
         self.injected(key)?;
         let MemUpload {
             key: k,
@@ -273,17 +284,6 @@ impl ObjectStore for MemoryStore {
         let etag = super::multipart_etag(parts.iter().map(|(_, e)| e.as_str())).unwrap_or_default();
         self.insert_tagged(&k, Bytes::from(body), &meta, etag);
         Ok(())
-    }
-
-    async fn complete_multipart_if(
-        &self,
-        key: &str,
-        upload_id: &str,
-        parts: &[(i32, String)],
-        cond: &WriteIf,
-    ) -> StoreResult<()> {
-        self.check(key, cond)?;
-        self.complete_multipart(key, upload_id, parts).await
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {

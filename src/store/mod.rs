@@ -253,9 +253,17 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta>;
     /// GET of the whole object or of `range` (clamped to the object by the server).
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes>;
-    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()>;
-    /// PUT only if `cond` holds; returns the new object's ETag (when S3 gives one).
-    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>>;
+    /// PUT, only if `cond` holds when one is given; the new object's ETag (when S3 gives one).
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        cond: Option<&WriteIf>,
+    ) -> StoreResult<Option<String>>;
+    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
+        self.put_if(key, body, meta, None).await.map(|_| ())
+    }
     async fn delete(&self, key: &str) -> StoreResult<()>;
     /// DeleteObjects of up to 1000 keys; returns the keys that failed, with their errors.
     async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>>;
@@ -279,15 +287,17 @@ pub trait ObjectStore: Send + Sync + 'static {
         src: &str,
         range: Range<u64>,
     ) -> StoreResult<String>;
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()>;
-    /// CompleteMultipartUpload only if `cond` holds.
+    /// CompleteMultipartUpload, only if `cond` holds when one is given.
     async fn complete_multipart_if(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
-        cond: &WriteIf,
+        cond: Option<&WriteIf>,
     ) -> StoreResult<()>;
+    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
+        self.complete_multipart_if(key, upload_id, parts, None).await
+    }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>>;
     /// A barrier: work a layer deferred (queued deletes) has reached S3 when this returns.

@@ -194,11 +194,13 @@ impl<S: ObjectStore> ObjectStore for PacedStore<S> {
         self.paced(OpKind::Get, key, || self.inner.get(key, range)).await
     }
 
-    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
-        self.paced(OpKind::Put, key, || self.inner.put(key, body, meta)).await
-    }
-
-    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        cond: Option<&WriteIf>,
+    ) -> StoreResult<Option<String>> {
         self.paced(OpKind::Put, key, || self.inner.put_if(key, body, meta, cond))
             .await
     }
@@ -267,19 +269,12 @@ impl<S: ObjectStore> ObjectStore for PacedStore<S> {
         .await
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
-        self.paced(OpKind::CompleteMultipart, key, || {
-            self.inner.complete_multipart(key, upload_id, parts)
-        })
-        .await
-    }
-
     async fn complete_multipart_if(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
-        cond: &WriteIf,
+        cond: Option<&WriteIf>,
     ) -> StoreResult<()> {
         self.paced(OpKind::CompleteMultipart, key, || {
             self.inner.complete_multipart_if(key, upload_id, parts, cond)
@@ -323,7 +318,13 @@ mod tests {
         async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
             self.inner.get(key, range).await
         }
-        async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
+        async fn put_if(
+            &self,
+            key: &str,
+            body: Bytes,
+            meta: &UserMeta,
+            c: Option<&WriteIf>,
+        ) -> StoreResult<Option<String>> {
             if key.starts_with("hot/") {
                 self.hot_requests.fetch_add(1, Ordering::Relaxed);
                 if self.on.load(Ordering::Relaxed) {
@@ -333,7 +334,7 @@ mod tests {
                     });
                 }
             }
-            self.inner.put(key, body, meta).await
+            self.inner.put_if(key, body, meta, c).await
         }
         async fn delete(&self, key: &str) -> StoreResult<()> {
             self.inner.delete(key).await
@@ -356,14 +357,14 @@ mod tests {
         async fn upload_part_copy(&self, k: &str, u: &str, p: i32, s: &str, r: Range<u64>) -> StoreResult<String> {
             self.inner.upload_part_copy(k, u, p, s, r).await
         }
-        async fn put_if(&self, k: &str, b: Bytes, m: &UserMeta, c: &WriteIf) -> StoreResult<Option<String>> {
-            self.inner.put_if(k, b, m, c).await
-        }
-        async fn complete_multipart_if(&self, k: &str, u: &str, p: &[(i32, String)], c: &WriteIf) -> StoreResult<()> {
+        async fn complete_multipart_if(
+            &self,
+            k: &str,
+            u: &str,
+            p: &[(i32, String)],
+            c: Option<&WriteIf>,
+        ) -> StoreResult<()> {
             self.inner.complete_multipart_if(k, u, p, c).await
-        }
-        async fn complete_multipart(&self, k: &str, u: &str, p: &[(i32, String)]) -> StoreResult<()> {
-            self.inner.complete_multipart(k, u, p).await
         }
         async fn abort_multipart(&self, k: &str, u: &str) -> StoreResult<()> {
             self.inner.abort_multipart(k, u).await

@@ -145,12 +145,13 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
         self.run(OpKind::Get, key, || self.inner.get(key, range.clone())).await
     }
 
-    async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
-        self.run(OpKind::Put, key, || self.inner.put(key, body.clone(), meta))
-            .await
-    }
-
-    async fn put_if(&self, key: &str, body: Bytes, meta: &UserMeta, cond: &WriteIf) -> StoreResult<Option<String>> {
+    async fn put_if(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        cond: Option<&WriteIf>,
+    ) -> StoreResult<Option<String>> {
         self.run(OpKind::Put, key, || self.inner.put_if(key, body.clone(), meta, cond))
             .await
     }
@@ -234,30 +235,12 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
         .await
     }
 
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
-        let attempts = std::sync::atomic::AtomicU32::new(0);
-        let result = self
-            .run(OpKind::CompleteMultipart, key, || {
-                attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.inner.complete_multipart(key, upload_id, parts)
-            })
-            .await;
-        match result {
-            // An earlier attempt may have completed the upload and lost its answer: then the
-            // retry finds no upload, and the object tells whether it is ours.
-            Err(e) if e.is_no_such_upload() && attempts.into_inner() > 1 => {
-                self.completed_by_an_earlier_attempt(key, parts, e).await
-            }
-            r => r,
-        }
-    }
-
     async fn complete_multipart_if(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
-        cond: &WriteIf,
+        cond: Option<&WriteIf>,
     ) -> StoreResult<()> {
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let result = self
@@ -267,7 +250,8 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
             })
             .await;
         match result {
-            // As in `complete_multipart`: an earlier attempt may have completed it.
+            // An earlier attempt may have completed the upload and lost its answer: then the
+            // retry finds no upload, and the object tells whether it is ours.
             Err(e) if e.is_no_such_upload() && attempts.into_inner() > 1 => {
                 self.completed_by_an_earlier_attempt(key, parts, e).await
             }
