@@ -112,6 +112,19 @@ pub struct MountArgs {
     /// First multipart part size in MiB (grows every 1,000 parts).
     #[arg(long, default_value_t = 8)]
     pub part_size_mib: usize,
+    /// Multipart parts of one file uploading at once: a file's upload is not held to one
+    /// connection's bandwidth (S3 gives each ~90 MiB/s). Memory: (this + 1) × part size per
+    /// file being written.
+    #[arg(long, default_value_t = 8)]
+    pub upload_parts: usize,
+    /// How far ahead of a sequential reader ranged GETs are sent, in MiB (per reader; the
+    /// window grows to this while the reader keeps up).
+    #[arg(long, default_value_t = 64)]
+    pub read_ahead_mib: u64,
+    /// Bytes read ahead by the whole mount at most, in MiB: when spent, readers fetch only
+    /// what they ask for until others consume theirs.
+    #[arg(long, default_value_t = 128)]
+    pub read_memory_mib: u64,
     #[arg(long)]
     pub read_only: bool,
     /// Let other users access the mount (needs user_allow_other for non-root).
@@ -394,6 +407,14 @@ impl MountArgs {
                 self.part_size_mib
             ));
         }
+        if self.upload_parts == 0 {
+            return Err("--upload-parts must be at least 1".into());
+        }
+        let mib = 1024 * 1024;
+        let read = crate::data::read::ReadConfig {
+            window: self.read_ahead_mib.saturating_mul(mib),
+            ..Default::default()
+        };
         let (read_only, allow_other) = (self.read_only, self.allow_other);
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
@@ -405,6 +426,9 @@ impl MountArgs {
             trust_listing: self.trust_listing,
             local_exclusive_creates: self.local_exclusive_creates,
             part_size: self.part_size_mib * 1024 * 1024,
+            upload_inflight: self.upload_parts,
+            read,
+            read_budget: self.read_memory_mib.saturating_mul(mib),
             uid: self.uid.unwrap_or(uid),
             gid: self.gid.unwrap_or(gid),
             file_mode: parse_mode(&self.file_mode, "file-mode")?,
@@ -412,7 +436,6 @@ impl MountArgs {
             read_only,
             cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
             cache_size: self.cache_size_mib.saturating_mul(1024 * 1024),
-            ..FsConfig::default()
         };
         let abort_uploads_older_than = (self.abort_uploads_older_than >= 0.0
             && self.abort_uploads_older_than.is_finite())

@@ -53,6 +53,42 @@ fn dd_notrunc_into_the_middle_of_a_large_file_matches_a_local_reference() {
     assert_eq!(run_sh(env.dir.path(), "sha256sum < from-s3.bin").stdout, want);
 }
 
+/// docs/REQUESTS.md, large-file rows: a file written from its start is one multipart upload
+/// and nothing more (no self-copy at close for the mtime its writes moved), and reading it
+/// back sends a few growing ranged GETs, not one per kernel read.
+#[test]
+fn a_large_file_costs_one_multipart_upload_and_a_few_ranged_gets() {
+    let env = Env::embedded();
+    let local = env.dir.path().join("big.bin");
+    run_sh(
+        env.dir.path(),
+        "dd if=/dev/urandom of=big.bin bs=1M count=40 status=none",
+    );
+    let want = run_sh(env.dir.path(), "sha256sum < big.bin").stdout;
+    {
+        let mut m = env.mount(16, &[]);
+        let before = m.stats();
+        m.ok(&format!("dd if={} of=big.bin bs=1M status=none", local.display()));
+        let after = m.stats();
+        let delta = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+        assert_eq!(delta("requests_create_multipart"), 1, "{after:?}");
+        assert_eq!(delta("requests_upload_part"), 5, "40 MiB in 8 MiB parts: {after:?}");
+        assert_eq!(delta("requests_complete_multipart"), 1, "{after:?}");
+        assert_eq!(delta("requests_copy"), 0, "no metadata self-copy at close: {after:?}");
+        assert_eq!(delta("requests_put"), 0, "{after:?}");
+    }
+    let mut m = env.mount(16, &[]);
+    m.ok("stat big.bin > /dev/null");
+    let before = m.stats();
+    assert_eq!(m.ok("sha256sum < big.bin"), want);
+    let after = m.stats();
+    let gets = after["requests_get"] - before.get("requests_get").copied().unwrap_or(0);
+    // The kernel reads at most 1 MiB at a time: at least 40 reads.
+    assert!((2..=24).contains(&gets), "{gets} GETs to read 40 MiB");
+    std::fs::write(env.dir.path().join("from-s3.bin"), env.get(&key(&env, "big.bin"))).unwrap();
+    assert_eq!(run_sh(env.dir.path(), "sha256sum < from-s3.bin").stdout, want);
+}
+
 #[test]
 fn truncate_down_and_up() {
     let env = Env::embedded();

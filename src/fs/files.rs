@@ -10,7 +10,7 @@ use super::cache::{EntryInfo, Kind, SYMLINK_MAX};
 use super::error::{FsError, FsResult};
 use super::posix::Posix;
 use super::{Attr, Core, Handle, lock};
-use crate::data::read::Reader;
+use crate::data::read::ObjectReads;
 use crate::data::staging::{Base, StagedFile};
 use crate::data::upload::{Upload, UploadError};
 use crate::layout::RelPath;
@@ -18,7 +18,7 @@ use crate::store::{StoreError, WriteIf};
 use bytes::Bytes;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
 // One per open file, behind a mutex: the size difference costs nothing worth a box.
@@ -44,6 +44,15 @@ pub(super) struct OpenFile {
     pub path: RelPath,
     handles: usize,
     shared: Arc<Shared>,
+}
+
+/// The metadata a file written from scratch is uploaded with: no mtime, since S3's
+/// LastModified (the upload's completion) is the time of its last write here. A multipart
+/// upload takes its metadata when it starts; an mtime that moved with every write since
+/// would then need a self-copy of the whole object at close (slow, and impossible past
+/// CopyObject's 5 GiB). An mtime set explicitly (utimens) is written by the metadata update.
+fn stream_meta(posix: &Posix) -> crate::store::UserMeta {
+    Posix { mtime: None, ..*posix }.to_meta()
 }
 
 impl Shared {
@@ -146,7 +155,7 @@ impl Core {
             Upload::new(
                 self.store.clone(),
                 key,
-                posix.to_meta(),
+                stream_meta(posix),
                 self.cfg.part_size,
                 self.cfg.upload_inflight,
             )
@@ -262,22 +271,37 @@ impl Core {
             }));
         }
         // A reader of a file open for writing reads the open state (see `read`).
-        let key = self.layout.file_key(&path)?;
-        let reader = Reader::new(
-            self.store.clone(),
-            key,
-            info.size,
-            self.cfg.read_window_min,
-            self.cfg.read_window_max,
-        );
+        let reader = self.object_reads(ino, &path, info.size)?;
         Ok(self.new_fh(Handle::File {
             ino,
-            reader: Some(Arc::new(tokio::sync::Mutex::new(reader))),
+            reader: Some(reader),
             writable: false,
         }))
     }
 
-    fn handle_file(&self, fh: u64) -> FsResult<(u64, Option<Arc<tokio::sync::Mutex<Reader>>>)> {
+    /// The reads of `ino`'s object as it is now: shared with the file's other readers while
+    /// they read the same version.
+    fn object_reads(&self, ino: u64, path: &RelPath, size: u64) -> FsResult<Arc<ObjectReads>> {
+        let mut reads = lock(&self.reads);
+        reads.retain(|_, r| r.strong_count() > 0);
+        if let Some(r) = reads.get(&ino).and_then(Weak::upgrade)
+            && r.size() == size
+        {
+            return Ok(r);
+        }
+        let key = self.layout.file_key(path)?;
+        let r = Arc::new(ObjectReads::new(
+            self.store.clone(),
+            key,
+            size,
+            self.cfg.read,
+            self.read_budget.clone(),
+        ));
+        reads.insert(ino, Arc::downgrade(&r));
+        Ok(r)
+    }
+
+    fn handle_file(&self, fh: u64) -> FsResult<(u64, Option<Arc<ObjectReads>>)> {
         match lock(&self.handles).get(&fh) {
             Some(Handle::File { ino, reader, .. }) => Ok((*ino, reader.clone())),
             _ => Err(FsError::new(libc::EBADF, format!("file handle {fh} is not open"))),
@@ -334,8 +358,7 @@ impl Core {
                 .map_err(|e| store_err(&path, "read", e));
         }
         let reader = reader.ok_or_else(|| FsError::new(libc::EBADF, format!("file handle {fh} cannot read")))?;
-        let mut r = reader.lock().await;
-        Ok(r.read(offset, size as usize).await?)
+        Ok(reader.read(offset, size as usize).await?)
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
@@ -434,7 +457,7 @@ impl Core {
         };
         match body {
             Body::Stream(up) => {
-                let late_meta = !up.set_meta(meta.clone());
+                let late_meta = !up.set_meta(stream_meta(&posix));
                 if !up.is_finished()
                     && let Err(e) = up.finish().await
                 {

@@ -22,7 +22,7 @@ pub mod posix;
 #[cfg(test)]
 mod tests;
 
-use crate::data::read::Reader;
+use crate::data::read::{ObjectReads, ReadBudget, ReadConfig};
 use crate::layout::{Layout, RelPath};
 use crate::store::ObjectStore;
 use crate::store::stats::RequestStats;
@@ -50,8 +50,10 @@ pub struct FsConfig {
     pub part_size: usize,
     /// Parts of one file uploading at once.
     pub upload_inflight: usize,
-    pub read_window_min: usize,
-    pub read_window_max: usize,
+    /// How sequential readers are read ahead (per stream).
+    pub read: ReadConfig,
+    /// Bytes read ahead by the whole mount at most (requested or fetched, not yet read).
+    pub read_budget: u64,
     /// HEADs in flight while a directory's entries are looked up in listing order (`ls -l`,
     /// `find`, `stat *`): each lookup of an entry the listing knows only by name starts
     /// HEADs for the entries after it. 0 disables the prefetch.
@@ -80,9 +82,9 @@ impl Default for FsConfig {
             cache_capacity: 100_000,
             fanout: 16,
             part_size: 8 * 1024 * 1024,
-            upload_inflight: 4,
-            read_window_min: 1024 * 1024,
-            read_window_max: 16 * 1024 * 1024,
+            upload_inflight: 8,
+            read: ReadConfig::default(),
+            read_budget: 128 * 1024 * 1024,
             attr_prefetch: 128,
             trust_listing: false,
             local_exclusive_creates: false,
@@ -116,7 +118,7 @@ enum Handle {
     /// sees writes), else to this handle's own reader.
     File {
         ino: u64,
-        reader: Option<Arc<tokio::sync::Mutex<Reader>>>,
+        reader: Option<Arc<ObjectReads>>,
         writable: bool,
     },
     Dir(Arc<OpenDir>),
@@ -158,6 +160,10 @@ pub struct Core {
     /// Paths whose attribute prefetch is queued or running.
     prefetching: Mutex<HashSet<RelPath>>,
     prefetch_slots: Arc<tokio::sync::Semaphore>,
+    /// The reads of each file open for reading (shared by its handles), and the mount's
+    /// read-ahead budget.
+    reads: Mutex<HashMap<u64, Weak<ObjectReads>>>,
+    read_budget: ReadBudget,
 }
 
 /// True when a name looks like a file's (`a.txt`, not `2017` or `.git`): which key a lookup
@@ -196,6 +202,8 @@ impl Core {
             list_flight: SingleFlight::default(),
             prefetching: Mutex::new(HashSet::new()),
             prefetch_slots: Arc::new(tokio::sync::Semaphore::new(cfg.attr_prefetch.max(1))),
+            reads: Mutex::new(HashMap::new()),
+            read_budget: ReadBudget::new(cfg.read_budget),
             staging_dir,
             cache: MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity),
             layout,

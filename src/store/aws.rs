@@ -10,7 +10,7 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
@@ -30,6 +30,29 @@ pub struct AwsConfig {
 pub struct AwsStore {
     client: Client,
     bucket: String,
+    /// Whether request bodies are part of the signature (SHA-256 of every byte sent).
+    sign_payloads: bool,
+}
+
+/// Bodies need the signature's SHA-256 only where nothing else protects them in transit:
+/// TLS does on `https` endpoints (AWS's default), and a loopback connection has no wire. Plain
+/// HTTP to another host (a LAN MinIO) keeps signing them.
+fn payload_signing_needed(endpoint: Option<&str>) -> bool {
+    let Some(url) = endpoint else { return false };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return true;
+    };
+    if scheme.eq_ignore_ascii_case("https") {
+        return false;
+    }
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    };
+    let loopback =
+        host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    !loopback
 }
 
 impl AwsStore {
@@ -71,6 +94,7 @@ impl AwsStore {
         AwsStore {
             client: Client::from_conf(b.build()),
             bucket: cfg.bucket.clone(),
+            sign_payloads: payload_signing_needed(cfg.endpoint_url.as_deref()),
         }
     }
 
@@ -185,12 +209,23 @@ impl ObjectStore for AwsStore {
                 return Err(err);
             }
         };
-        let body = resp.body.collect().await.map_err(|e| StoreError::Transport {
-            op: "get",
-            key: key.to_string(),
-            message: e.to_string(),
-        })?;
-        Ok(body.into_bytes())
+        // Into one buffer of the announced size: collecting the chunks and joining them
+        // would hold every large read twice.
+        let mut out = BytesMut::with_capacity(resp.content_length().unwrap_or(0).clamp(0, 1 << 30) as usize);
+        let mut body = resp.body;
+        loop {
+            match body.try_next().await {
+                Ok(Some(chunk)) => out.extend_from_slice(&chunk),
+                Ok(None) => return Ok(out.freeze()),
+                Err(e) => {
+                    return Err(StoreError::Transport {
+                        op: "get",
+                        key: key.to_string(),
+                        message: e.to_string(),
+                    });
+                }
+            }
+        }
     }
 
     async fn put_if(
@@ -214,7 +249,12 @@ impl ObjectStore for AwsStore {
             Some(WriteIf::Matches(etag)) => req.if_match(etag),
             None => req,
         };
-        let out = req.send().await.map_err(|e| map_err("put", key, e))?;
+        let out = if self.sign_payloads {
+            req.send().await
+        } else {
+            req.customize().disable_payload_signing().send().await
+        };
+        let out = out.map_err(|e| map_err("put", key, e))?;
         Ok(out.e_tag().map(str::to_string))
     }
 
@@ -372,17 +412,20 @@ impl ObjectStore for AwsStore {
     }
 
     async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String> {
-        let r = self
+        let req = self
             .client
             .upload_part()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
             .part_number(part)
-            .body(ByteStream::from(body))
-            .send()
-            .await
-            .map_err(|e| map_err("upload_part", key, e))?;
+            .body(ByteStream::from(body));
+        let r = if self.sign_payloads {
+            req.send().await
+        } else {
+            req.customize().disable_payload_signing().send().await
+        };
+        let r = r.map_err(|e| map_err("upload_part", key, e))?;
         Ok(r.e_tag().unwrap_or("").to_string())
     }
 
@@ -466,6 +509,19 @@ impl ObjectStore for AwsStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn payloads_are_signed_only_where_nothing_else_protects_them() {
+        use super::payload_signing_needed as signed;
+        assert!(!signed(None), "AWS: https");
+        assert!(!signed(Some("https://minio.example.com:9000")));
+        assert!(!signed(Some("http://127.0.0.1:9000")));
+        assert!(!signed(Some("http://localhost:9000/")));
+        assert!(!signed(Some("http://[::1]:9000")));
+        assert!(signed(Some("http://10.0.0.5:9000")));
+        assert!(signed(Some("http://minio.lan")));
+        assert!(signed(Some("minio.lan:9000")));
+    }
+
     use super::*;
 
     #[test]

@@ -7,7 +7,8 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 type FailFn = Box<dyn Fn(&str) -> StoreError + Send + Sync>;
@@ -23,6 +24,34 @@ pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, (Bytes, ObjectMeta)>>,
     uploads: Mutex<HashMap<String, MemUpload>>,
     failures: Mutex<Option<(u32, FailFn)>>,
+    gets: Arc<GetGauge>,
+}
+
+/// What GETs cost, for tests of the read path: an added delay, the most in flight at once,
+/// the bytes returned.
+#[derive(Default)]
+pub struct GetGauge {
+    delay: Mutex<std::time::Duration>,
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
+    bytes: AtomicU64,
+}
+
+impl GetGauge {
+    /// Every GET answers after `delay`.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        *self.delay.lock().unwrap_or_else(|e| e.into_inner()) = delay;
+    }
+
+    /// The most GETs that were in flight at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.max_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Body bytes returned by GETs.
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
+    }
 }
 
 impl MemoryStore {
@@ -33,6 +62,11 @@ impl MemoryStore {
     /// The next `n` requests fail with `make(key)`.
     pub fn fail_next(&self, n: u32, make: impl Fn(&str) -> StoreError + Send + Sync + 'static) {
         *self.failures.lock().unwrap_or_else(|e| e.into_inner()) = Some((n, Box::new(make)));
+    }
+
+    /// What this store's GETs cost (shared: it outlives moving the store into a wrapper).
+    pub fn gets(&self) -> Arc<GetGauge> {
+        self.gets.clone()
     }
 
     pub fn keys(&self) -> Vec<String> {
@@ -114,19 +148,29 @@ impl ObjectStore for MemoryStore {
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
         self.injected(key)?;
+        let g = &self.gets;
+        let now = g.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        g.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        let delay = *g.delay.lock().unwrap_or_else(|e| e.into_inner());
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
+        g.in_flight.fetch_sub(1, Ordering::Relaxed);
         let body = self
             .lock()
             .get(key)
             .map(|(b, _)| b.clone())
             .ok_or_else(|| not_found("get", key))?;
-        Ok(match range {
+        let body = match range {
             None => body,
             Some(r) => {
                 let end = (r.end as usize).min(body.len());
                 let start = (r.start as usize).min(end);
                 body.slice(start..end)
             }
-        })
+        };
+        g.bytes.fetch_add(body.len() as u64, Ordering::Relaxed);
+        Ok(body)
     }
 
     async fn put_if(
