@@ -127,6 +127,33 @@ pub struct MetaCache {
     /// hidden for [`MetaCache::ghost_for`], or until this mount creates something there.
     /// Not for ever: another host may put files there later.
     ghosts: Mutex<HashMap<RelPath, Instant>>,
+    /// Subtrees being listed whole (see [`MetaCache::watch_tree`]) and the paths this mount
+    /// changed below each meanwhile; `None` once the cache was cleared.
+    trees: Mutex<HashMap<u64, (RelPath, Option<Vec<RelPath>>)>>,
+    next_tree: std::sync::atomic::AtomicU64,
+}
+
+/// A whole-subtree listing in progress (see [`MetaCache::watch_tree`]).
+pub struct TreeWatch<'a> {
+    cache: &'a MetaCache,
+    id: u64,
+}
+
+impl TreeWatch<'_> {
+    /// Whether the mount changed nothing at or below `dir` since the watch began: only then
+    /// may the subtree listing stand for `dir`'s listing.
+    pub fn untouched(&self, dir: &RelPath) -> bool {
+        match lock(&self.cache.trees).get(&self.id) {
+            Some((_, Some(changed))) => !changed.iter().any(|c| c.starts_with(dir)),
+            _ => false,
+        }
+    }
+}
+
+impl Drop for TreeWatch<'_> {
+    fn drop(&mut self) {
+        lock(&self.cache.trees).remove(&self.id);
+    }
 }
 
 /// A listing fetch in progress (see [`MetaCache::begin_fetch`]); dropping it unfinished
@@ -208,7 +235,18 @@ impl MetaCache {
             dirs: Mutex::new(LruCache::new(dir_cap)),
             fetching: Mutex::new(HashMap::new()),
             ghosts: Mutex::default(),
+            trees: Mutex::default(),
+            next_tree: Default::default(),
         }
+    }
+
+    /// Starts listing the subtree at `root` whole: every change this mount makes below it
+    /// from now on is recorded, so that a directory changed meanwhile is not cached from the
+    /// (older) subtree listing.
+    pub fn watch_tree(&self, root: &RelPath) -> TreeWatch<'_> {
+        let id = self.next_tree.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.trees).insert(id, (root.clone(), Some(Vec::new())));
+        TreeWatch { cache: self, id }
     }
 
     /// Hides `dir` (see `ghosts`): gone from its parent's listing and from lookups.
@@ -262,6 +300,13 @@ impl MetaCache {
     }
 
     fn record_change(&self, path: &RelPath, info: Option<EntryInfo>) {
+        for (root, changed) in lock(&self.trees).values_mut() {
+            if let Some(changed) = changed
+                && path.starts_with(root)
+            {
+                changed.push(path.clone());
+            }
+        }
         let Some(parent) = path.parent() else { return };
         if let Some(f) = lock(&self.fetching).get_mut(&parent) {
             f.changes.push((path.name().to_string(), info));
@@ -390,6 +435,9 @@ impl MetaCache {
 
     /// Forgets everything (after a directory rename, which moves whole subtrees).
     pub fn clear(&self) {
+        for (_, changed) in lock(&self.trees).values_mut() {
+            *changed = None;
+        }
         lock(&self.entries).clear();
         lock(&self.dirs).clear();
     }

@@ -1,12 +1,12 @@
 //! Listing fan-out: one ListObjectsV2 stream per prefix, in parallel (at most `fanout` at
 //! once), each paginated to the end, merged into one sorted, de-duplicated listing.
 
-use super::Core;
 use super::cache::{EntryInfo, Kind, Listing};
 use super::error::FsResult;
+use super::{Core, lock};
 use crate::layout::{RESERVED_NAME, RelPath, escape_controls, validate_name};
 use futures::stream::{self, StreamExt, TryStreamExt};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -94,6 +94,11 @@ impl Core {
             None => {
                 self.list_flight
                     .run(dir, || async {
+                        if let Some(root) = self.walk_root(dir)
+                            && let Some(listing) = self.list_subtree(&root, dir).await?
+                        {
+                            return Ok(listing);
+                        }
                         let token = self.cache.begin_fetch(dir);
                         let (fetched, marked) = self.fetch_listing(dir).await?;
                         let listing = token.finish(fetched);
@@ -208,6 +213,130 @@ impl Core {
                 None => return Ok((files, dirs, marked)),
             }
         }
+    }
+
+    /// The directory being walked when `dir` is listed as part of a walk (`find`, `du`,
+    /// `ls -R`, `cp -r`, `rsync`: every subdirectory listed in turn): its parent, once the
+    /// parent's listing and a sibling's are cached. Each subtree once per TTL.
+    fn walk_root(&self, dir: &RelPath) -> Option<RelPath> {
+        let parent = dir.parent()?;
+        let listing = self.cache.listing(&parent)?;
+        let sibling_listed = listing.iter().any(|(name, info)| {
+            info.kind == Kind::Dir
+                && name != dir.name()
+                && parent.join(name).is_ok_and(|p| self.cache.listing(&p).is_some())
+        });
+        if !sibling_listed {
+            return None;
+        }
+        let mut walked = lock(&self.walked);
+        let ttl = self.cache.ttl();
+        walked.retain(|_, at| at.elapsed() < ttl);
+        if walked.contains_key(&parent) {
+            return None;
+        }
+        walked.insert(parent.clone(), std::time::Instant::now());
+        Some(parent)
+    }
+
+    /// Lists the subtree at `root` whole, one LIST stream per prefix without a delimiter
+    /// (every level at once: a year of dated directories in N LISTs instead of N per
+    /// directory), and caches the listing of every directory in it that this mount did not
+    /// change meanwhile. Returns `want`'s listing, or None when the subtree has more than
+    /// `--cache-entries` keys (then directories are listed one by one) or `want` is not in it.
+    ///
+    /// Directories without a marker are known whole from this (they have no metadata of
+    /// their own), so their lookups send no HEAD.
+    async fn list_subtree(&self, root: &RelPath, want: &RelPath) -> FsResult<Option<Listing>> {
+        let watch = self.cache.watch_tree(root);
+        let limit = self.cfg.cache_capacity;
+        let seen = std::sync::atomic::AtomicUsize::new(0);
+        let per_prefix = self
+            .fan_out(|q| {
+                let seen = &seen;
+                async move {
+                    let prefix = self.layout.dir_list_prefix(q, root);
+                    let mut objects = Vec::new();
+                    let mut token: Option<String> = None;
+                    loop {
+                        let page = self.store.list(&prefix, None, token.as_deref(), None).await?;
+                        let n = page.objects.len();
+                        objects.extend(page.objects.into_iter().filter(|o| self.ours(&o.key, o.size)));
+                        if seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n > limit {
+                            return Ok(None);
+                        }
+                        match page.next_token {
+                            Some(t) => token = Some(t),
+                            None => return Ok(Some(objects)),
+                        }
+                    }
+                }
+            })
+            .await?;
+        let Some(per_prefix) = per_prefix.into_iter().collect::<Option<Vec<_>>>() else {
+            tracing::debug!(%root, limit, "subtree too large to list whole; listing its directories one by one");
+            return Ok(None);
+        };
+        let listed = |info: EntryInfo| if self.cfg.trust_listing { info } else { info.partial() };
+        let mut tree: BTreeMap<RelPath, BTreeMap<String, EntryInfo>> = BTreeMap::new();
+        let mut marked: HashSet<RelPath> = HashSet::new();
+        tree.insert(root.clone(), BTreeMap::new());
+        for o in per_prefix.into_iter().flatten() {
+            let Some((path, is_dir)) = self.layout.key_to_path(&o.key) else {
+                continue;
+            };
+            if !path.starts_with(root) || path == *root {
+                continue;
+            }
+            if root.is_root() && path.as_str().split('/').next() == Some(RESERVED_NAME) {
+                continue;
+            }
+            let (mut child, mut parent) = (path.clone(), path.parent());
+            if is_dir {
+                marked.insert(path.clone());
+                tree.entry(path.clone()).or_default();
+            } else if let Some(p) = &parent {
+                tree.entry(p.clone()).or_default().insert(
+                    path.name().to_string(),
+                    listed(EntryInfo::new(Kind::File, o.size, o.last_modified)),
+                );
+                (child, parent) = (p.clone(), p.parent());
+            }
+            // Every directory between `root` and the key is one (implicit unless marked).
+            while let Some(p) = parent {
+                if !child.starts_with(root) || child == *root {
+                    break;
+                }
+                let dirs = tree.entry(p.clone()).or_default();
+                dirs.insert(child.name().to_string(), EntryInfo::new(Kind::Dir, 0, self.mount_time));
+                (child, parent) = (p.clone(), p.parent());
+            }
+        }
+        // A directory shadows a file of the same name (docs/LAYOUT.md); a marked directory
+        // may carry POSIX metadata (its HEAD tells), an implicit one has none to fetch.
+        let dirs: Vec<RelPath> = tree.keys().cloned().collect();
+        for d in &dirs {
+            let partial = marked.contains(d);
+            if let (Some(parent), false) = (d.parent(), d == root)
+                && let Some(m) = tree.get_mut(&parent)
+            {
+                let info = EntryInfo::new(Kind::Dir, 0, self.mount_time);
+                m.insert(d.name().to_string(), if partial { listed(info) } else { info });
+            }
+        }
+        let mut found = None;
+        for (dir, entries) in tree {
+            // `root` too: its own listing could not tell implicit subdirectories from marked ones.
+            if !watch.untouched(&dir) {
+                continue;
+            }
+            let is_want = dir == *want;
+            let listing = self.cache.begin_fetch(&dir).finish(entries);
+            if is_want {
+                found = Some(listing);
+            }
+        }
+        Ok(found)
     }
 
     /// Every key below `dir` (its marker included) that belongs to this namespace, across

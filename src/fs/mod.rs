@@ -164,6 +164,8 @@ pub struct Core {
     /// read-ahead budget.
     reads: Mutex<HashMap<u64, Weak<ObjectReads>>>,
     read_budget: ReadBudget,
+    /// Subtrees listed whole (a walk was seen), and when: not again within the TTL.
+    walked: Mutex<HashMap<RelPath, std::time::Instant>>,
 }
 
 /// True when a name looks like a file's (`a.txt`, not `2017` or `.git`): which key a lookup
@@ -203,6 +205,7 @@ impl Core {
             prefetching: Mutex::new(HashSet::new()),
             prefetch_slots: Arc::new(tokio::sync::Semaphore::new(cfg.attr_prefetch.max(1))),
             reads: Mutex::new(HashMap::new()),
+            walked: Mutex::new(HashMap::new()),
             read_budget: ReadBudget::new(cfg.read_budget),
             staging_dir,
             cache: MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity),

@@ -592,3 +592,69 @@ async fn directory_and_change_times_follow_this_mounts_changes() {
         assert!(later(a.mtime, b.mtime), "step {step}");
     }
 }
+
+/// docs/REQUESTS.md, walk row: `find` lists every directory in turn; once it lists a second
+/// sibling, the parent's subtree is listed whole (N LISTs without a delimiter) and every
+/// directory below it is answered from that, implicit directories without a HEAD. A file
+/// this mount writes meanwhile keeps its directory out of the subtree listing.
+#[tokio::test]
+async fn a_walk_lists_the_subtree_whole_once_it_sees_two_siblings() {
+    let r = rig();
+    for day in 1..=20 {
+        for f in 0..3 {
+            r.plant(&format!("2017/01/{day:02}/{f}.log"), b"line\n").await;
+        }
+    }
+    r.plant_dir("2017/01/07").await;
+    let n = PREFIXES as u64;
+    let mut m = r.meter();
+    let walk = |path: String| {
+        let core = r.core.clone();
+        async move {
+            let p = RelPath::parse(&path).unwrap();
+            core.list_dir(&p).await.unwrap()
+        }
+    };
+    walk("2017".into()).await;
+    walk("2017/01".into()).await;
+    walk("2017/01/01".into()).await;
+    assert_eq!(m.take(), counts(&[(OpKind::List, 3 * n)]));
+    // The second sibling: 2017/01 is listed whole, one LIST per prefix (one page each).
+    let day2 = walk("2017/01/02".into()).await;
+    assert_eq!(day2.len(), 3);
+    assert_eq!(m.take(), counts(&[(OpKind::List, n)]));
+    for day in 3..=20 {
+        let l = walk(format!("2017/01/{day:02}")).await;
+        assert_eq!(l.keys().cloned().collect::<Vec<_>>(), ["0.log", "1.log", "2.log"]);
+    }
+    // Implicit days need no HEAD to be looked up; the marked one does (its metadata).
+    let month = r.ino("2017/01").await;
+    m.take();
+    r.core.lookup(month, OsStr::new("05")).await.unwrap();
+    assert_eq!(
+        m.take(),
+        BTreeMap::new(),
+        "the rest of the walk is answered from the subtree listing"
+    );
+    r.core.lookup(month, OsStr::new("07")).await.unwrap();
+    assert_eq!(m.take(), counts(&[(OpKind::Head, 1)]));
+
+    // A second walk: a day written to while the subtree is listed is listed on its own.
+    let r = rig();
+    for day in 1..=5 {
+        r.plant(&format!("2018/02/{day:02}/a.log"), b"x").await;
+    }
+    r.plant("2018/02/06/a.log", b"x").await;
+    for d in ["2018/02", "2018/02/01"] {
+        r.core.list_dir(&RelPath::parse(d).unwrap()).await.unwrap();
+    }
+    let root = RelPath::parse("2018/02").unwrap();
+    let watch = r.core.cache.watch_tree(&root);
+    let day3 = r.ino("2018/02/03").await;
+    r.echo_into(day3, "new.log", b"y").await;
+    assert!(!watch.untouched(&RelPath::parse("2018/02/03").unwrap()));
+    assert!(watch.untouched(&RelPath::parse("2018/02/04").unwrap()));
+    drop(watch);
+    let l = r.core.list_dir(&RelPath::parse("2018/02/03").unwrap()).await.unwrap();
+    assert!(l.contains_key("new.log") && l.contains_key("a.log"), "{l:?}");
+}
