@@ -129,9 +129,12 @@ pub struct MetaCache {
     ghosts: Mutex<HashMap<RelPath, Instant>>,
     /// Subtrees being listed whole (see [`MetaCache::watch_tree`]) and the paths this mount
     /// changed below each meanwhile; `None` once the cache was cleared.
-    trees: Mutex<HashMap<u64, (RelPath, Option<Vec<RelPath>>)>>,
+    trees: Mutex<HashMap<u64, Watched>>,
     next_tree: std::sync::atomic::AtomicU64,
 }
+
+/// A watched subtree's root, and what changed below it (`None`: everything may have).
+type Watched = (RelPath, Option<Vec<RelPath>>);
 
 /// A whole-subtree listing in progress (see [`MetaCache::watch_tree`]).
 pub struct TreeWatch<'a> {
