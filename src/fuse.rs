@@ -56,10 +56,10 @@ impl FuseFs {
     }
 
     fn file_attr(&self, a: crate::fs::Attr) -> FileAttr {
-        let (kind, nlink) = match a.kind {
-            Kind::Dir => (FileType::Directory, 2),
-            Kind::File => (FileType::RegularFile, 1),
-            Kind::Symlink => (FileType::Symlink, 1),
+        let kind = match a.kind {
+            Kind::Dir => FileType::Directory,
+            Kind::File => FileType::RegularFile,
+            Kind::Symlink => FileType::Symlink,
         };
         FileAttr {
             ino: INodeNo(a.ino),
@@ -71,7 +71,7 @@ impl FuseFs {
             crtime: a.mtime,
             kind,
             perm: a.perm,
-            nlink,
+            nlink: a.nlink,
             uid: a.uid,
             gid: a.gid,
             rdev: 0,

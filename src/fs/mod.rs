@@ -104,6 +104,7 @@ impl Default for FsConfig {
 pub struct Attr {
     pub ino: u64,
     pub kind: Kind,
+    pub nlink: u32,
     pub size: u64,
     pub mtime: SystemTime,
     /// The last change of its attributes this mount made (else mtime): S3 keeps no ctime.
@@ -319,6 +320,10 @@ impl Core {
         Attr {
             ino,
             kind: info.kind,
+            nlink: match info.kind {
+                Kind::Dir => self.dir_links(ino),
+                _ => 1,
+            },
             size: info.size,
             mtime,
             ctime: changed.map_or(mtime, |c| c.max(mtime)),
@@ -326,6 +331,18 @@ impl Core {
             uid: info.posix.uid.unwrap_or(self.cfg.uid),
             gid: info.posix.gid.unwrap_or(self.cfg.gid),
         }
+    }
+
+    /// A directory's link count as POSIX counts it (`.`, its entry in the parent, and each
+    /// subdirectory's `..`), when its listing is cached; else 2. Never a request: S3 keeps
+    /// no link counts, and `find` relies on d_type, not on this.
+    fn dir_links(&self, ino: u64) -> u32 {
+        let Ok(path) = self.path_of(ino) else { return 2 };
+        let Some(listing) = self.cache.listing(&path) else {
+            return 2;
+        };
+        let subdirs = listing.values().filter(|e| e.kind == Kind::Dir).count();
+        2u32.saturating_add(u32::try_from(subdirs).unwrap_or(u32::MAX))
     }
 
     fn new_fh(&self, h: Handle) -> u64 {

@@ -658,3 +658,24 @@ async fn a_walk_lists_the_subtree_whole_once_it_sees_two_siblings() {
     let l = r.core.list_dir(&RelPath::parse("2018/02/03").unwrap()).await.unwrap();
     assert!(l.contains_key("new.log") && l.contains_key("a.log"), "{l:?}");
 }
+
+/// A directory's st_nlink counts its subdirectories as this mount knows them (its cached
+/// listing), without a request.
+#[tokio::test]
+async fn a_directory_links_its_subdirectories() {
+    let r = rig();
+    let d = r.ino_after_mkdir("d").await;
+    let fh = r.core.opendir(d).await.unwrap();
+    r.core.release_handle(fh);
+    assert_eq!(r.core.getattr(d).await.unwrap().nlink, 2);
+    for name in ["a", "b"] {
+        r.core.mkdir(d, OsStr::new(name), 0o755, 0, 0).await.unwrap();
+    }
+    r.echo_into(d, "f.txt", b"x").await;
+    let mut m = r.meter();
+    assert_eq!(r.core.getattr(d).await.unwrap().nlink, 4);
+    assert_eq!(m.take(), BTreeMap::new());
+    r.core.rmdir(d, OsStr::new("a")).await.unwrap();
+    assert_eq!(r.core.getattr(d).await.unwrap().nlink, 3);
+    assert_eq!(r.core.getattr(r.ino("d/f.txt").await).await.unwrap().nlink, 1);
+}
