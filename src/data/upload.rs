@@ -70,13 +70,9 @@ enum Spool {
     Planned(PathBuf, u64),
     On {
         path: PathBuf,
-        file: Arc<std::fs::File>,
-        /// Bytes handed to `pending` writes (written or being written).
+        file: std::fs::File,
         len: u64,
         limit: u64,
-        /// Writes in flight on blocking threads, in order, with the offset each starts at:
-        /// the FUSE write that filled a part does not wait for the local disk.
-        pending: std::collections::VecDeque<(u64, JoinHandle<std::io::Result<()>>)>,
     },
     /// Writing failed after `len` bytes: those are kept, the rest is lost.
     Broken {
@@ -136,9 +132,7 @@ impl Upload {
         self
     }
 
-    /// Hands `data` (the next bytes of the upload) to a blocking thread that appends it to
-    /// the spool; at most `max_inflight` such writes are in flight.
-    async fn spool(&mut self, data: Bytes) {
+    fn spool(&mut self, data: &[u8]) {
         if let Spool::Planned(path, limit) = &self.spool {
             let (path, limit) = (path.clone(), *limit);
             let made = path
@@ -148,10 +142,9 @@ impl Upload {
             self.spool = match made {
                 Ok(file) => Spool::On {
                     path,
-                    file: Arc::new(file),
+                    file,
                     len: 0,
                     limit,
-                    pending: Default::default(),
                 },
                 Err(e) => {
                     tracing::warn!(key = %self.key, error = %e, "cannot make a local copy of an upload; should it fail, nothing can be kept");
@@ -159,74 +152,33 @@ impl Upload {
                 }
             };
         }
-        let full = match &mut self.spool {
-            Spool::On { len, limit, .. } if *len + data.len() as u64 > *limit => {
+        let broken = match &mut self.spool {
+            Spool::On { path, len, limit, .. } if *len + data.len() as u64 > *limit => {
                 tracing::warn!(key = %self.key, at = *len, "the file outgrows the cache size: its local copy stops here; should the upload fail, only this much can be kept");
-                true
+                Some((path.clone(), *len))
             }
-            Spool::On { file, len, pending, .. } => {
-                let (file, at) = (file.clone(), *len);
-                *len += data.len() as u64;
-                pending.push_back((
-                    at,
-                    tokio::task::spawn_blocking(move || {
-                        use std::os::unix::fs::FileExt;
-                        file.write_all_at(&data, at)
-                    }),
-                ));
-                false
-            }
-            _ => false,
-        };
-        if full {
-            self.settle_spool(0).await;
-            if let Spool::On { path, len, .. } = &self.spool {
-                self.spool = Spool::Broken {
-                    path: path.clone(),
-                    len: *len,
-                };
-            }
-        } else {
-            self.settle_spool(self.max_inflight).await;
-        }
-    }
-
-    /// Waits until at most `keep` spool writes are in flight. A failed one breaks the spool
-    /// where it started: the copy ends where it is whole.
-    async fn settle_spool(&mut self, keep: usize) {
-        loop {
-            let Spool::On { pending, .. } = &mut self.spool else {
-                return;
-            };
-            if pending.len() <= keep {
-                return;
-            }
-            let Some((start, write)) = pending.pop_front() else {
-                return;
-            };
-            let result = write.await.unwrap_or_else(|e| Err(std::io::Error::other(e)));
-            if let Err(e) = result {
-                let Spool::On {
-                    path, file, pending, ..
-                } = std::mem::replace(&mut self.spool, Spool::Off)
-                else {
-                    return;
-                };
-                // The writes after it may land; the copy is cut where this one began.
-                for (_, w) in pending {
-                    let _ = w.await;
+            Spool::On { path, file, len, .. } => match file.write_all(data) {
+                Ok(()) => {
+                    *len += data.len() as u64;
+                    None
                 }
-                tracing::warn!(key = %self.key, error = %e, at = start, "the local copy of an upload stops here; should the upload fail, only this much can be kept");
-                let _ = file.set_len(start);
-                self.spool = Spool::Broken { path, len: start };
-                return;
-            }
+                Err(e) => {
+                    tracing::warn!(key = %self.key, error = %e, at = *len, "the local copy of an upload stops here; should the upload fail, only this much can be kept");
+                    // A write cut short leaves a torn tail: the copy ends where it is whole.
+                    let _ = file.set_len(*len);
+                    Some((path.clone(), *len))
+                }
+            },
+            _ => None,
+        };
+        if let Some((path, len)) = broken {
+            self.spool = Spool::Broken { path, len };
         }
     }
 
     /// After a failed upload: moves what was written into `dir` as `name` and says what that
     /// is. Everything, while no part was sent or the spool holds it all.
-    pub async fn keep(&mut self, dir: &Path, name: &str) -> std::io::Result<Kept> {
+    pub fn keep(&mut self, dir: &Path, name: &str) -> std::io::Result<Kept> {
         if self.upload_id.is_none() && matches!(self.spool, Spool::Planned(..) | Spool::Off) {
             // Every byte is still in the buffer.
             let tmp = dir.join(format!(".{}", uuid::Uuid::new_v4().simple()));
@@ -241,9 +193,8 @@ impl Upload {
                 missing: Vec::new(),
             });
         }
-        let buf = std::mem::take(&mut self.buf).freeze();
-        self.spool(buf).await;
-        self.settle_spool(0).await;
+        let buf = std::mem::take(&mut self.buf);
+        self.spool(&buf);
         let (src, len) = match std::mem::replace(&mut self.spool, Spool::Off) {
             Spool::On { path, file, len, .. } => {
                 file.sync_data()?;
@@ -370,7 +321,7 @@ impl Upload {
         // churns the allocator and inflates the resident set.
         let next = BytesMut::with_capacity(part_size(self.base_part, self.next_part));
         let body: Bytes = std::mem::replace(&mut self.buf, next).freeze();
-        self.spool(body.clone()).await;
+        self.spool(&body);
         let (store, key) = (self.store.clone(), self.key.clone());
         self.inflight.push((
             n,
@@ -485,7 +436,7 @@ mod tests {
             StoreError::from_response("complete_multipart", k, 403, "AccessDenied", "")
         });
         assert!(u.finish().await.is_err());
-        let kept = u.keep(&t.path().join("lost+found"), "k").await.unwrap();
+        let kept = u.keep(&t.path().join("lost+found"), "k").unwrap();
         assert!(kept.is_complete(), "{kept}");
         assert_eq!(std::fs::read(&kept.path).unwrap(), data);
         assert!(!t.path().join("spool").exists());
@@ -520,7 +471,7 @@ mod tests {
             StoreError::from_response("complete_multipart", k, 403, "AccessDenied", "")
         });
         assert!(u.finish().await.is_err());
-        let kept = u.keep(&t.path().join("lost+found"), "k").await.unwrap();
+        let kept = u.keep(&t.path().join("lost+found"), "k").unwrap();
         // Parts of 1024 bytes: two fit under 2,500, the third does not.
         assert_eq!(kept.missing, vec![2048..5000], "{kept}");
         assert_eq!(std::fs::read(&kept.path).unwrap().len(), 2048);

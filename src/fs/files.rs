@@ -626,7 +626,7 @@ impl Core {
             let kept = match &mut *body {
                 Body::Staged(s) => s.keep(self.store.as_ref(), &dir, &name).await,
                 Body::Stream(up) => {
-                    let kept = up.keep(&dir, &name).await;
+                    let kept = up.keep(&dir, &name);
                     up.abort().await;
                     kept
                 }
