@@ -37,6 +37,9 @@ pub(super) struct Shared {
     /// Metadata changed since the last upload (chmod, utimens... on the open file).
     meta_dirty: AtomicBool,
     unlinked: AtomicBool,
+    /// The last handle closed and the state left the open-file table: a change made to it
+    /// now would never be uploaded, so setattr treats the file as closed.
+    detached: AtomicBool,
     body: tokio::sync::Mutex<Body>,
 }
 
@@ -56,6 +59,11 @@ fn stream_meta(posix: &Posix) -> crate::store::UserMeta {
 }
 
 impl Shared {
+    fn info(&self) -> EntryInfo {
+        let posix = *lock(&self.posix);
+        EntryInfo::new(Kind::File, self.size.load(Ordering::Relaxed), SystemTime::now()).with_posix(posix)
+    }
+
     fn key(&self) -> String {
         lock(&self.key).clone()
     }
@@ -67,8 +75,7 @@ impl OpenFile {
     }
 
     pub fn info(&self) -> EntryInfo {
-        let posix = *lock(&self.shared.posix);
-        EntryInfo::new(Kind::File, self.shared.size.load(Ordering::Relaxed), SystemTime::now()).with_posix(posix)
+        self.shared.info()
     }
 }
 
@@ -137,6 +144,7 @@ impl Core {
             posix: Mutex::new(posix),
             meta_dirty: AtomicBool::new(false),
             unlinked: AtomicBool::new(false),
+            detached: AtomicBool::new(false),
             body: tokio::sync::Mutex::new(body),
         });
         files.insert(
@@ -402,6 +410,11 @@ impl Core {
     /// Truncates an open file.
     async fn truncate_open(&self, path: &RelPath, shared: &Shared, size: u64) -> FsResult<()> {
         let mut body = shared.body.lock().await;
+        self.truncate_body(path, shared, &mut body, size).await
+    }
+
+    /// Truncates an open file whose body the caller holds locked.
+    async fn truncate_body(&self, path: &RelPath, shared: &Shared, body: &mut Body, size: u64) -> FsResult<()> {
         if let Body::Stream(up) = &mut *body
             && size == 0
             && up.reset().is_ok()
@@ -414,7 +427,7 @@ impl Core {
         {
             return Ok(());
         }
-        let staged = self.staged(path, shared, &mut body).await?;
+        let staged = self.staged(path, shared, body).await?;
         let old = staged.size();
         staged
             .truncate(self.store.as_ref(), size)
@@ -614,6 +627,19 @@ impl Core {
         };
         let Some(file) = file else { return result };
         let mut body = file.shared.body.lock().await;
+        file.shared.detached.store(true, Ordering::Relaxed);
+        // A truncate or chmod by path (no handle) may have changed the state between the
+        // upload above and now (the kernel sends `release` after `close` returned): upload
+        // that too, or it would be silently undone.
+        let changed = file.shared.meta_dirty.load(Ordering::Relaxed)
+            || match &*body {
+                Body::Staged(s) => s.is_modified(),
+                Body::Stream(up) => !up.is_finished(),
+            };
+        let result = match result {
+            Ok(()) if changed => self.flush_body(&file.path, &file.shared, &mut body).await,
+            r => r,
+        };
         if let Body::Staged(s) = &*body {
             self.staged_bytes.fetch_sub(
                 s.size().min(self.staged_bytes.load(Ordering::Relaxed)),
@@ -679,17 +705,26 @@ impl Core {
             return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
         }
         if let Some(shared) = self.shared(ino) {
-            if let Some(size) = size {
-                self.truncate_open(&path, &shared, size).await?;
-                if mtime.is_none() {
-                    posix.mtime = Some(SystemTime::now());
+            // Under the body's lock: the last close either uploads what this changes or has
+            // detached the state already (then this is a change to a closed file, below).
+            let mut body = shared.body.lock().await;
+            if !shared.detached.load(Ordering::Relaxed) {
+                if let Some(size) = size {
+                    self.truncate_body(&path, &shared, &mut body, size).await?;
+                    if mtime.is_none() {
+                        posix.mtime = Some(SystemTime::now());
+                    }
                 }
+                *lock(&shared.posix) = posix;
+                if meta_change {
+                    shared.meta_dirty.store(true, Ordering::Relaxed);
+                }
+                // From the state itself: the last close may take it out of the table now,
+                // before its upload has updated the cache.
+                let info = shared.info();
+                drop(body);
+                return Ok(self.attr(ino, info));
             }
-            *lock(&shared.posix) = posix;
-            if meta_change {
-                shared.meta_dirty.store(true, Ordering::Relaxed);
-            }
-            return self.getattr(ino).await;
         }
         if path.is_root() {
             // The root has no object to keep metadata in.

@@ -679,3 +679,29 @@ async fn a_directory_links_its_subdirectories() {
     assert_eq!(r.core.getattr(d).await.unwrap().nlink, 3);
     assert_eq!(r.core.getattr(r.ino("d/f.txt").await).await.unwrap().nlink, 1);
 }
+
+/// `truncate(path)` right after `close`: the kernel sends `release` after `close` returned,
+/// so the truncate can reach the open state while the last release uploads it. Whatever the
+/// interleaving, the truncate is neither lost nor answered with the old size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_truncate_racing_the_last_close_is_kept() {
+    let r = rig();
+    for i in 0..40 {
+        let name = format!("f{i}");
+        let (attr, fh) = r
+            .core
+            .create(ROOT_INO, OsStr::new(&name), 0o644, 0, 0, false)
+            .await
+            .unwrap();
+        r.core.flush(fh, false).await.unwrap();
+        let (core, ino) = (r.core.clone(), attr.ino);
+        let truncate = tokio::spawn(async move { core.setattr(ino, Some(1_234_567), None, None, None, None).await });
+        r.core.release(fh).await.unwrap();
+        let answered = truncate.await.unwrap().unwrap();
+        assert_eq!(answered.size, 1_234_567, "{name}: setattr's answer");
+        assert_eq!(r.core.getattr(ino).await.unwrap().size, 1_234_567, "{name}");
+        r.core.flush_all().await;
+        let key = r.layout.file_key(&RelPath::parse(&name).unwrap()).unwrap();
+        assert_eq!(r.mem().get(&key, None).await.unwrap().len(), 1_234_567, "{name} in S3");
+    }
+}
