@@ -65,7 +65,7 @@ impl FuseFs {
             ino: INodeNo(a.ino),
             size: a.size,
             blocks: a.size.div_ceil(512),
-            atime: a.mtime,
+            atime: a.atime,
             mtime: a.mtime,
             ctime: a.ctime,
             crtime: a.mtime,
@@ -148,7 +148,7 @@ impl fuser::Filesystem for FuseFs {
         uid: Option<u32>,
         gid: Option<u32>,
         size: Option<u64>,
-        _atime: Option<TimeOrNow>,
+        atime: Option<TimeOrNow>,
         mtime: Option<TimeOrNow>,
         _ctime: Option<SystemTime>,
         _fh: Option<FileHandle>,
@@ -158,12 +158,14 @@ impl fuser::Filesystem for FuseFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        // atime is not kept (the mount is noatime); mtime is stored with the object.
-        let mtime = mtime.map(|t| match t {
+        // mtime is stored with the object; atime only in this mount's view (reads do not
+        // move it: the mount is noatime).
+        let time = |t: TimeOrNow| match t {
             TimeOrNow::SpecificTime(t) => t,
             TimeOrNow::Now => SystemTime::now(),
-        });
-        match self.run("setattr", self.core.setattr(ino.0, size, mode, uid, gid, mtime)) {
+        };
+        let (atime, mtime) = (atime.map(time), mtime.map(time));
+        match self.run("setattr", self.core.setattr(ino.0, size, mode, uid, gid, atime, mtime)) {
             Ok(a) => reply.attr(&self.ttl, &self.file_attr(a)),
             Err(e) => reply.error(errno("setattr", e)),
         }

@@ -106,9 +106,9 @@ impl Core {
             .map(OpenFile::info)
     }
 
-    /// The open state's attributes of `ino`, unlinked or not.
-    pub(super) fn open_info_of(&self, ino: u64) -> Option<EntryInfo> {
-        lock(&self.open_files).get(&ino).map(OpenFile::info)
+    /// The open state's attributes of `ino`, and whether it was unlinked.
+    pub(super) fn open_info_of(&self, ino: u64) -> Option<(EntryInfo, bool)> {
+        lock(&self.open_files).get(&ino).map(|f| (f.info(), f.unlinked()))
     }
 
     fn shared(&self, ino: u64) -> Option<Arc<Shared>> {
@@ -673,8 +673,34 @@ impl Core {
         result
     }
 
-    /// chmod, chown, utimens and truncate.
+    /// chmod, chown, utimens and truncate. S3 has nowhere to keep an atime: one set here
+    /// lives in the inode (this mount's view), and a change of mtime leaves the atime as it
+    /// read before.
+    #[allow(clippy::too_many_arguments)]
     pub async fn setattr(
+        &self,
+        ino: u64,
+        size: Option<u64>,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        atime: Option<SystemTime>,
+        mtime: Option<SystemTime>,
+    ) -> FsResult<Attr> {
+        let keep = match atime {
+            Some(t) => Some(t),
+            None if (mtime.is_some() || size.is_some()) && lock(&self.inodes).atime(ino).is_none() => {
+                Some(self.getattr(ino).await?.atime)
+            }
+            None => None,
+        };
+        let attr = self.set_attributes(ino, size, mode, uid, gid, mtime).await?;
+        let Some(t) = keep else { return Ok(attr) };
+        lock(&self.inodes).accessed(ino, t);
+        Ok(Attr { atime: t, ..attr })
+    }
+
+    async fn set_attributes(
         &self,
         ino: u64,
         size: Option<u64>,

@@ -22,6 +22,8 @@ pub struct Inode {
     changed: Option<SystemTime>,
     /// This mount last created, removed or renamed an entry in it (a directory).
     entries_changed: Option<SystemTime>,
+    /// An atime set here (utimens); else atime reads as mtime (reads do not move it).
+    accessed: Option<SystemTime>,
 }
 
 #[derive(Debug)]
@@ -46,6 +48,7 @@ impl Default for Inodes {
                 lookups: 1,
                 changed: None,
                 entries_changed: None,
+                accessed: None,
             },
         );
         t.by_path.insert(RelPath::root(), ROOT_INO);
@@ -77,6 +80,7 @@ impl Inodes {
                 lookups: 1,
                 changed: None,
                 entries_changed: None,
+                accessed: None,
             },
         );
         self.by_path.insert(path.clone(), ino);
@@ -96,6 +100,18 @@ impl Inodes {
             i.changed = Some(at);
             i.entries_changed = Some(at);
         }
+    }
+
+    /// Records an atime set on `ino`.
+    pub fn accessed(&mut self, ino: u64, at: SystemTime) {
+        if let Some(i) = self.by_ino.get_mut(&ino) {
+            i.accessed = Some(at);
+        }
+    }
+
+    /// The atime set on `ino` in this mount, if any.
+    pub fn atime(&self, ino: u64) -> Option<SystemTime> {
+        self.by_ino.get(&ino).and_then(|i| i.accessed)
     }
 
     /// (ctime, directory mtime) as this mount changed them, if it did.

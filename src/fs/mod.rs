@@ -105,6 +105,8 @@ pub struct Attr {
     pub ino: u64,
     pub kind: Kind,
     pub nlink: u32,
+    /// As set with utimens in this mount, else the mtime (reads do not move it).
+    pub atime: SystemTime,
     pub size: u64,
     pub mtime: SystemTime,
     /// The last change of its attributes this mount made (else mtime): S3 keeps no ctime.
@@ -325,6 +327,7 @@ impl Core {
                 _ => 1,
             },
             size: info.size,
+            atime: lock(&self.inodes).atime(ino).unwrap_or(mtime),
             mtime,
             ctime: changed.map_or(mtime, |c| c.max(mtime)),
             perm: info.posix.mode.map(|m| (m & 0o7777) as u16).unwrap_or(default_perm),

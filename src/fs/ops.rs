@@ -59,8 +59,13 @@ impl Core {
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
         // An open file answers from its open state, even once unlinked (`fstat` after
         // `unlink` of an open file, as POSIX keeps it until the last close).
-        if let Some(info) = self.open_info_of(ino) {
-            return Ok(self.attr(ino, info));
+        if let Some((info, unlinked)) = self.open_info_of(ino) {
+            let attr = self.attr(ino, info);
+            // No name links to it any more.
+            return Ok(Attr {
+                nlink: if unlinked { 0 } else { attr.nlink },
+                ..attr
+            });
         }
         let path = self.path_of(ino)?;
         let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;

@@ -552,7 +552,7 @@ async fn an_open_file_keeps_its_attributes_after_unlink() {
     r.core.unlink(d, OsStr::new("f")).await.unwrap();
     // fstat of the open descriptor.
     let got = r.core.getattr(attr.ino).await.unwrap();
-    assert_eq!((got.kind, got.size, got.perm), (Kind::File, 10, 0o600));
+    assert_eq!((got.kind, got.size, got.perm, got.nlink), (Kind::File, 10, 0o600, 0));
     r.core.release(fh).await.unwrap();
     assert_eq!(r.core.lookup(d, OsStr::new("f")).await.unwrap_err().errno, libc::ENOENT);
 }
@@ -574,7 +574,7 @@ async fn directory_and_change_times_follow_this_mounts_changes() {
     let before = r.core.getattr(f.ino).await.unwrap();
     let after = r
         .core
-        .setattr(f.ino, None, Some(0o600), None, None, None)
+        .setattr(f.ino, None, Some(0o600), None, None, None, None)
         .await
         .unwrap();
     assert_eq!(after.mtime, before.mtime);
@@ -695,7 +695,8 @@ async fn a_truncate_racing_the_last_close_is_kept() {
             .unwrap();
         r.core.flush(fh, false).await.unwrap();
         let (core, ino) = (r.core.clone(), attr.ino);
-        let truncate = tokio::spawn(async move { core.setattr(ino, Some(1_234_567), None, None, None, None).await });
+        let truncate =
+            tokio::spawn(async move { core.setattr(ino, Some(1_234_567), None, None, None, None, None).await });
         r.core.release(fh).await.unwrap();
         let answered = truncate.await.unwrap().unwrap();
         assert_eq!(answered.size, 1_234_567, "{name}: setattr's answer");
@@ -704,4 +705,36 @@ async fn a_truncate_racing_the_last_close_is_kept() {
         let key = r.layout.file_key(&RelPath::parse(&name).unwrap()).unwrap();
         assert_eq!(r.mem().get(&key, None).await.unwrap().len(), 1_234_567, "{name} in S3");
     }
+}
+
+/// utimens: the mtime goes to S3, the atime lives in this mount's view; setting the mtime
+/// alone leaves the atime as it read.
+#[tokio::test]
+async fn atime_is_kept_in_the_mounts_view() {
+    let r = rig();
+    r.echo_into(ROOT_INO, "f", b"x").await;
+    let ino = r.ino("f").await;
+    let t = |s| std::time::UNIX_EPOCH + Duration::from_secs(s);
+    let a = r
+        .core
+        .setattr(
+            ino,
+            None,
+            None,
+            None,
+            None,
+            Some(t(1_900_000_000)),
+            Some(t(1_950_000_000)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((a.atime, a.mtime), (t(1_900_000_000), t(1_950_000_000)));
+    let a = r
+        .core
+        .setattr(ino, None, None, None, None, None, Some(t(2_000_000_000)))
+        .await
+        .unwrap();
+    assert_eq!((a.atime, a.mtime), (t(1_900_000_000), t(2_000_000_000)));
+    let a = r.core.getattr(ino).await.unwrap();
+    assert_eq!((a.atime, a.mtime), (t(1_900_000_000), t(2_000_000_000)));
 }
