@@ -25,6 +25,10 @@ if ! command -v fsx >/dev/null; then
   echo "installing fsx (the file-system exerciser the write tests run)"
   cargo install --locked --quiet fsx
 fi
+if ! command -v pjdfstest >/dev/null; then
+  echo "installing pjdfstest (the POSIX suite tests/conformance.rs gates on)"
+  cargo install --locked --quiet pjdfstest
+fi
 if [ ! -e /dev/fuse ]; then
   echo "/dev/fuse is missing: the mount tests need FUSE (modprobe fuse)" >&2
   exit 1
