@@ -284,9 +284,33 @@ pub struct ServeArgs {
     /// MiB/s each connection may move each way (S3 gives one connection about 80–100).
     #[arg(long)]
     pub connection_mibps: Option<f64>,
+    /// Inject faults, to soak-test a client: KIND:RATE[:OPERATION][:after], repeatable. KIND
+    /// is 500, 503, reset (connection dropped), stall (answer --fault-stall-ms late) or
+    /// truncate (body cut off halfway); RATE a probability per request; OPERATION an S3
+    /// operation name (PutObject, CompleteMultipartUpload, …); `after`: apply the request,
+    /// then lose its answer. Example: --fault 503:0.05 --fault 500:0.2:CompleteMultipartUpload:after
+    #[arg(long = "fault", value_parser = clap::value_parser!(crate::server::faults::FaultRule))]
+    pub faults: Vec<crate::server::faults::FaultRule>,
+    /// Seed of the fault dice (the same seed and requests give the same faults).
+    #[arg(long, default_value_t = 1)]
+    pub fault_seed: u64,
+    /// How late a `stall` fault answers, in milliseconds.
+    #[arg(long, default_value_t = 10_000)]
+    pub fault_stall_ms: u64,
 }
 
 impl ServeArgs {
+    /// The fault plan of the flags, if any rule is given.
+    pub fn fault_plan(&self) -> Option<std::sync::Arc<crate::server::faults::FaultPlan>> {
+        (!self.faults.is_empty()).then(|| {
+            std::sync::Arc::new(crate::server::faults::FaultPlan::new(
+                self.faults.clone(),
+                self.fault_seed,
+                std::time::Duration::from_millis(self.fault_stall_ms),
+            ))
+        })
+    }
+
     pub fn credentials(&self) -> Option<crate::server::Credentials> {
         match (&self.access_key, &self.secret_key) {
             (Some(a), Some(s)) => Some(crate::server::Credentials {

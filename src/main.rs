@@ -190,6 +190,10 @@ fn run_serve(a: prefixfs::cli::ServeArgs) -> Result<(), String> {
         cfg.credentials = a.credentials();
         cfg.latency = std::time::Duration::from_millis(a.latency_ms);
         cfg.connection_rate = a.connection_mibps.map(|m| m * 1024.0 * 1024.0);
+        cfg.fault_plan = a.fault_plan();
+        if cfg.fault_plan.is_some() {
+            tracing::warn!(rules = ?a.faults, seed = a.fault_seed, "injecting faults (--fault)");
+        }
         let srv = prefixfs::server::start(cfg).await.map_err(|e| e.to_string())?;
         if let (Some(addr), Some(emu)) = (a.stats_addr, srv.emulator.clone()) {
             let render: prefixfs::metrics::Render = std::sync::Arc::new(move |path| {

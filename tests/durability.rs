@@ -85,3 +85,69 @@ fn a_completed_upload_whose_answer_was_lost_is_not_a_failure() {
     assert_eq!(log.matches("answer was lost").count(), 3, "{}", tail(&log, 20));
     assert!(!log.contains("the write is lost"));
 }
+
+/// A mount against a server that fails one request in five (500s and 503s before the
+/// request, lost answers after it, dropped connections, cut-off GET bodies): what the shell
+/// tools were told succeeded is what the bucket holds once the faults stop.
+#[test]
+fn a_mount_absorbs_injected_faults() {
+    use prefixfs::server::faults::{FaultKind, FaultPlan};
+    let rules = [
+        "503:0.08",
+        "500:0.04",
+        "reset:0.03",
+        "500:0.05:PutObject:after",
+        "500:0.1:CompleteMultipartUpload:after",
+        "truncate:0.05:GetObject",
+    ];
+    let plan = std::sync::Arc::new(FaultPlan::new(
+        rules.iter().map(|r| r.parse().unwrap()).collect(),
+        42,
+        std::time::Duration::ZERO,
+    ));
+    plan.set_on(false);
+    let env = Env::embedded_config(|c| c.fault_plan = Some(plan.clone()));
+    let local = env.dir.path().join("big.bin");
+    run_sh(
+        env.dir.path(),
+        "dd if=/dev/urandom of=big.bin bs=1M count=20 status=none",
+    );
+    let want_big = run_sh(env.dir.path(), "sha256sum < big.bin").stdout;
+    let mut m = env.mount(16, &[]);
+    m.ok("mkdir -p 2017/02/08");
+    plan.set_on(true);
+    m.ok("for i in $(seq 1 40); do echo line $i > 2017/02/08/f$i.log; done");
+    m.ok(&format!("cp {} 2017/02/08/big.bin", local.display()));
+    m.ok("rm 2017/02/08/f1.log 2017/02/08/f2.log && mv 2017/02/08/f3.log 2017/02/08/moved.log");
+    assert_eq!(m.ok("sha256sum < 2017/02/08/big.bin"), want_big);
+    assert_eq!(m.ok("cat 2017/02/08/f40.log"), "line 40\n");
+    m.ok("sync 2017/02/08");
+    plan.set_on(false);
+    m.unmount();
+    let fired: u64 = [
+        FaultKind::InternalError,
+        FaultKind::SlowDown,
+        FaultKind::Reset,
+        FaultKind::Truncate,
+    ]
+    .iter()
+    .map(|k| plan.fired(*k))
+    .sum();
+    assert!(fired >= 10, "only {fired} faults fired");
+    let mut files: Vec<String> = (4..=40).map(|i| format!("2017/02/08/f{i}.log")).collect();
+    files.push("2017/02/08/moved.log".into());
+    files.push("2017/02/08/big.bin".into());
+    let names: Vec<&str> = files.iter().map(String::as_str).collect();
+    assert_eq!(
+        env.data_keys(),
+        expected_keys(&env.layout(16), &names, &["2017", "2017/02", "2017/02/08"])
+    );
+    assert_eq!(env.get(&key(&env, "2017/02/08/moved.log")), b"line 3\n");
+    std::fs::write(
+        env.dir.path().join("from-s3.bin"),
+        env.get(&key(&env, "2017/02/08/big.bin")),
+    )
+    .unwrap();
+    assert_eq!(run_sh(env.dir.path(), "sha256sum < from-s3.bin").stdout, want_big);
+    println!("{fired} faults injected");
+}

@@ -252,3 +252,72 @@ fn data_and_uploads_survive_a_server_restart() {
         .unwrap();
     assert!(rt.block_on(s3.head("a/b")).unwrap_err().is_not_found());
 }
+
+/// `prefixfs serve --fault`: errors before a request is applied, lost answers after it,
+/// dropped connections and cut-off bodies, each for the operations its rule names.
+#[test]
+fn serve_injects_the_faults_its_flags_ask_for() {
+    let env = Env::embedded();
+    let dir = env.dir.path().join("faulty");
+    let port = free_port();
+    let creds = test_credentials();
+    let log = std::fs::File::create(env.dir.path().join("faulty.log")).unwrap();
+    let mut child = env
+        .prefixfs()
+        .arg("serve")
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--addr", &format!("127.0.0.1:{port}"), "--bucket", BUCKET])
+        .args(["--access-key", &creds.access_key, "--secret-key", &creds.secret_key])
+        .args(["--fault", "500:1:PutObject:after", "--fault", "reset:1:HeadObject"])
+        .args(["--fault", "truncate:1:GetObject", "--fault", "503:1:DeleteObject"])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "serve did not listen");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let s3 = env
+        .rt
+        .block_on(prefixfs::store::aws::AwsStore::connect(&client_config(&format!(
+            "http://127.0.0.1:{port}"
+        ))));
+    let body = bytes::Bytes::from(vec![7u8; 100_000]);
+    let put = env.rt.block_on(s3.put("k", body, &Default::default()));
+    assert!(
+        matches!(put, Err(prefixfs::store::StoreError::Server { status: 500, .. })),
+        "{put:?}"
+    );
+    // Applied all the same: the answer was lost, not the write.
+    let listed = env.rt.block_on(s3.list("", None, None, None)).unwrap();
+    assert_eq!(
+        listed
+            .objects
+            .iter()
+            .map(|o| (o.key.as_str(), o.size))
+            .collect::<Vec<_>>(),
+        [("k", 100_000)]
+    );
+    let head = env.rt.block_on(s3.head("k"));
+    assert!(
+        matches!(head, Err(prefixfs::store::StoreError::Transport { .. })),
+        "{head:?}"
+    );
+    let get = env.rt.block_on(s3.get("k", None));
+    assert!(
+        get.is_err(),
+        "a body cut off halfway is an error, not {:?} bytes",
+        get.map(|b| b.len())
+    );
+    let del = env.rt.block_on(s3.delete("k"));
+    assert!(
+        matches!(del, Err(prefixfs::store::StoreError::Throttled { .. })),
+        "{del:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let log = std::fs::read_to_string(env.dir.path().join("faulty.log")).unwrap();
+    assert!(log.contains("injecting faults"), "{log}");
+}

@@ -5,6 +5,7 @@
 //! ~40 ms on delayed ACKs). Nothing here knows about the filesystem.
 
 pub mod disk;
+pub mod faults;
 pub mod partitions;
 mod s3impl;
 pub mod wan;
@@ -161,6 +162,8 @@ pub struct ServerConfig {
     pub latency: std::time::Duration,
     /// Bytes per second each connection may move each way ([`wan::Capped`]); None: no cap.
     pub connection_rate: Option<f64>,
+    /// Faults injected by rate, kind and operation ([`faults`]); None: none.
+    pub fault_plan: Option<Arc<faults::FaultPlan>>,
 }
 
 impl ServerConfig {
@@ -174,8 +177,26 @@ impl ServerConfig {
             emulator: None,
             latency: std::time::Duration::ZERO,
             connection_rate: None,
+            fault_plan: None,
         }
     }
+}
+
+/// `resp` with its body cut off halfway, its Content-Length still the whole: the
+/// connection ends mid-body, as a dropped transfer does.
+async fn truncated(resp: http::Response<s3s::Body>) -> Result<http::Response<s3s::Body>, s3s::HttpError> {
+    let (mut parts, mut body) = resp.into_parts();
+    let all = body.store_all_limited(usize::MAX).await.map_err(s3s::HttpError::new)?;
+    if all.is_empty() {
+        return Ok(http::Response::from_parts(parts, s3s::Body::empty()));
+    }
+    parts
+        .headers
+        .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(all.len()));
+    Ok(http::Response::from_parts(
+        parts,
+        s3s::Body::from(all.slice(..all.len() / 2)),
+    ))
 }
 
 /// A running server; stops when dropped or on [`RunningServer::shutdown`].
@@ -247,13 +268,44 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
         b.build()
     };
     let latency = cfg.latency;
+    let plan = cfg.fault_plan.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let service = service.clone();
+        let plan = plan.clone();
         async move {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
             }
-            hyper::service::Service::call(&service, req).await
+            let fault = plan.as_ref().and_then(|p| {
+                let copy = req.headers().contains_key("x-amz-copy-source");
+                let op = faults::operation(req.method(), req.uri().path(), req.uri().query().unwrap_or(""), copy);
+                p.pick(op).map(|f| (f, p.stall))
+            });
+            let Some(((kind, after), stall)) = fault else {
+                return hyper::service::Service::call(&service, req).await;
+            };
+            use faults::FaultKind::*;
+            let reset = || s3s::HttpError::new("injected fault: connection reset".into());
+            if !after {
+                match kind {
+                    InternalError | SlowDown => return Ok(faults::error_response(kind)),
+                    Reset => return Err(reset()),
+                    Stall => tokio::time::sleep(stall).await,
+                    Truncate => {}
+                }
+            }
+            let resp = hyper::service::Service::call(&service, req).await?;
+            match kind {
+                InternalError | SlowDown => Ok(faults::error_response(kind)),
+                Reset => Err(reset()),
+                Stall => {
+                    if after {
+                        tokio::time::sleep(stall).await;
+                    }
+                    Ok(resp)
+                }
+                Truncate => truncated(resp).await,
+            }
         }
     });
     let connection_rate = cfg.connection_rate;

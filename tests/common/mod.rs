@@ -56,7 +56,7 @@ pub struct Env {
     backend: Option<Backend>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -70,11 +70,16 @@ impl Env {
 
     /// The embedded server throttling like S3 (see `server::partitions`).
     pub fn embedded_with(emulator: Option<server::partitions::EmulatorConfig>) -> Env {
+        Self::embedded_config(|c| c.emulator = emulator)
+    }
+
+    /// The embedded server, configured by `f` (faults, latency…).
+    pub fn embedded_config(f: impl FnOnce(&mut ServerConfig)) -> Env {
         let rt = tokio::runtime::Runtime::new().expect("runtime");
         let dir = tempfile::tempdir().expect("tempdir");
         let mut cfg = ServerConfig::local(dir.path().join("s3"));
         cfg.buckets.push(BUCKET.into());
-        cfg.emulator = emulator;
+        f(&mut cfg);
         cfg.credentials = Some(test_credentials());
         let faults = cfg.faults.clone();
         let srv = rt.block_on(server::start(cfg)).expect("server starts");
