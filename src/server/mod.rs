@@ -193,10 +193,12 @@ async fn truncated(resp: http::Response<s3s::Body>) -> Result<http::Response<s3s
     parts
         .headers
         .insert(http::header::CONTENT_LENGTH, http::HeaderValue::from(all.len()));
-    Ok(http::Response::from_parts(
-        parts,
-        s3s::Body::from(all.slice(..all.len() / 2)),
-    ))
+    // A body of unknown length, so that the header is what hyper goes by and the transfer
+    // ends short of it.
+    let half = hyper::body::Frame::data(all.slice(..all.len() / 2));
+    let stream = futures::stream::iter([Ok::<_, std::convert::Infallible>(half)]);
+    let body = s3s::Body::http_body(http_body_util::StreamBody::new(stream));
+    Ok(http::Response::from_parts(parts, body))
 }
 
 /// A running server; stops when dropped or on [`RunningServer::shutdown`].

@@ -96,6 +96,24 @@ impl Env {
         }
     }
 
+    /// Stops the embedded server, waits `down`, and starts it again on the same address and
+    /// data, with the same faults (`plan`): what a client sees when S3 goes away a while.
+    pub fn restart_embedded(&mut self, down: Duration, plan: Option<std::sync::Arc<server::faults::FaultPlan>>) {
+        let Some(Backend::Embedded(srv)) = self.backend.take() else {
+            panic!("restart_embedded needs the embedded server");
+        };
+        let addr = srv.addr;
+        self.rt.block_on(srv.shutdown());
+        std::thread::sleep(down);
+        let mut cfg = ServerConfig::local(self.dir.path().join("s3"));
+        cfg.addr = addr;
+        cfg.credentials = Some(test_credentials());
+        cfg.faults = self.faults.clone();
+        cfg.fault_plan = plan;
+        let srv = self.rt.block_on(server::start(cfg)).expect("server restarts");
+        self.backend = Some(Backend::Embedded(srv));
+    }
+
     /// moto's S3 server (`moto_server`, from PyPI `moto[server]`), an independent
     /// implementation to cross-check against.
     pub fn moto() -> Env {
