@@ -75,7 +75,9 @@ fn a_streamed_write_and_an_o_trunc_rewrite_killed_midway_leave_old_or_nothing() 
     // Killed once both uploads exist and are journalled. (Between S3 creating an upload and
     // the journal line, a crash leaves one the next mount does not know of: that is what
     // --abort-uploads-older-than sweeps.)
-    crash_during(&env, &mut m, &script, || uploads(&env) >= 2 && journalled_uploads(&env) >= 2);
+    crash_during(&env, &mut m, &script, || {
+        uploads(&env) >= 2 && journalled_uploads(&env) >= 2
+    });
     let mut m = env.mount(16, &["--part-size-mib", "5"]);
     assert_eq!(uploads(&env), 0, "the next mount aborted the crashed uploads");
     // `cp` creates with O_EXCL, which makes the (empty) object at open: absent, that empty
@@ -118,7 +120,9 @@ fn an_in_place_patch_of_a_large_file_killed_at_close_leaves_old_or_new() {
         "dd if={}/patch.bin of=big.bin bs=1k seek=10000 conv=notrunc status=none",
         d.display()
     );
-    crash_during(&env, &mut m, &script, || uploads(&env) >= 1 && journalled_uploads(&env) >= 1);
+    crash_during(&env, &mut m, &script, || {
+        uploads(&env) >= 1 && journalled_uploads(&env) >= 1
+    });
     let mut m = env.mount(16, &["--part-size-mib", "5"]);
     assert_eq!(uploads(&env), 0);
     let got = m.ok("sha256sum < big.bin");

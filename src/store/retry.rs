@@ -152,8 +152,36 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
         meta: &UserMeta,
         cond: Option<&WriteIf>,
     ) -> StoreResult<Option<String>> {
-        self.run(OpKind::Put, key, || self.inner.put_if(key, body.clone(), meta, cond))
-            .await
+        let tries = std::sync::atomic::AtomicU32::new(0);
+        let result = self
+            .run(OpKind::Put, key, || {
+                tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.inner.put_if(key, body.clone(), meta, cond)
+            })
+            .await;
+        match result {
+            // A retried conditional PUT refused: an earlier attempt may have been applied and
+            // its answer lost. Then the object is this body (its ETag is the body's MD5) and
+            // the write succeeded; anything else is someone else's, and the refusal stands.
+            Err(e @ StoreError::PreconditionFailed { .. })
+                if cond.is_some() && tries.load(std::sync::atomic::Ordering::Relaxed) > 1 =>
+            {
+                use md5::Digest;
+                let ours = hex::encode(md5::Md5::digest(&body));
+                self.stats.record_request(OpKind::Head);
+                match self.inner.head(key).await {
+                    Ok(m) if m.etag.as_deref().map(|t| t.trim_matches('"')) == Some(ours.as_str()) => {
+                        tracing::info!(
+                            key,
+                            "a conditional PUT's answer was lost; the object is the one it wrote"
+                        );
+                        Ok(m.etag)
+                    }
+                    _ => Err(e),
+                }
+            }
+            r => r,
+        }
     }
 
     async fn delete(&self, key: &str) -> StoreResult<()> {
@@ -352,6 +380,56 @@ mod tests {
                 .is_no_such_upload()
         );
         assert_eq!(stats.snapshot().get(OpKind::Head), heads);
+    }
+
+    #[tokio::test]
+    async fn a_conditional_put_applied_before_its_answer_was_lost_is_a_success() {
+        let mem = MemoryStore::new();
+        // The first attempt was applied (the object is there) and its answer lost.
+        mem.put("k", Bytes::from_static(b"mine"), &UserMeta::new())
+            .await
+            .unwrap();
+        mem.fail_next(1, |key| StoreError::from_response("put", key, 500, "InternalError", ""));
+        let stats = Arc::new(RequestStats::default());
+        let s = RetryingStore::new(mem, fast(), stats.clone());
+        let etag = s
+            .put_if(
+                "k",
+                Bytes::from_static(b"mine"),
+                &UserMeta::new(),
+                Some(&WriteIf::Absent),
+            )
+            .await
+            .unwrap();
+        assert_eq!(etag.as_deref(), s.inner().head("k").await.unwrap().etag.as_deref());
+        assert_eq!(stats.snapshot().get(OpKind::Head), 1);
+        // Someone else's object: the refusal stands, retried or not.
+        s.inner()
+            .fail_next(1, |key| StoreError::from_response("put", key, 500, "InternalError", ""));
+        let err = s
+            .put_if(
+                "k",
+                Bytes::from_static(b"theirs"),
+                &UserMeta::new(),
+                Some(&WriteIf::Absent),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::PreconditionFailed { .. }), "{err}");
+        let err = s
+            .put_if(
+                "k",
+                Bytes::from_static(b"mine"),
+                &UserMeta::new(),
+                Some(&WriteIf::Absent),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::PreconditionFailed { .. }),
+            "a first refusal is final: {err}"
+        );
+        assert_eq!(stats.snapshot().get(OpKind::Head), 2, "no HEAD without a retry");
     }
 
     #[tokio::test]
