@@ -23,7 +23,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
@@ -35,6 +35,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Record {
+    /// A multipart upload of `key` is about to be created (at `at_ms`). If the process dies
+    /// before [`Record::UploadStarted`] is written, S3 may have an upload nobody knows the id
+    /// of: recovery looks for it by key and time.
+    UploadIntent { key: String, at_ms: u64 },
+    /// Creating it failed: nothing to look for.
+    UploadIntentDropped { key: String },
     /// A multipart upload was created.
     UploadStarted { id: String, key: String },
     /// It was completed or aborted.
@@ -53,7 +59,24 @@ struct Inner {
     written: u64,
     uploads: HashSet<String>,
     deletes: HashSet<String>,
+    /// Keys with an upload being created (intent written, id not yet).
+    intents: HashMap<String, usize>,
     broken: bool,
+}
+
+impl Inner {
+    fn idle(&self) -> bool {
+        self.uploads.is_empty() && self.deletes.is_empty() && self.intents.is_empty()
+    }
+
+    fn intent_done(&mut self, key: &str) {
+        if let Some(n) = self.intents.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                self.intents.remove(key);
+            }
+        }
+    }
 }
 
 /// The journal of this process (invariant 1).
@@ -100,6 +123,7 @@ impl Journal {
                 written: 0,
                 uploads: HashSet::new(),
                 deletes: HashSet::new(),
+                intents: HashMap::new(),
                 broken: false,
             }),
         })
@@ -117,7 +141,12 @@ impl Journal {
         let mut j = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         for r in records {
             match r {
-                Record::UploadStarted { id, .. } => {
+                Record::UploadIntent { key, .. } => {
+                    *j.intents.entry(key.clone()).or_default() += 1;
+                }
+                Record::UploadIntentDropped { key } => j.intent_done(key),
+                Record::UploadStarted { id, key } => {
+                    j.intent_done(key);
                     j.uploads.insert(id.clone());
                 }
                 Record::UploadEnded { id } => {
@@ -137,7 +166,7 @@ impl Journal {
             text.push_str(&serde_json::to_string(r).unwrap_or_default());
             text.push('\n');
         }
-        let idle = j.uploads.is_empty() && j.deletes.is_empty();
+        let idle = j.idle();
         let result = if idle && j.written + text.len() as u64 > COMPACT_AT {
             // Nothing outstanding: start over rather than grow (invariant 5).
             j.file.set_len(0).map(|_| 0)
@@ -164,7 +193,7 @@ impl Drop for Journal {
         let j = self.inner.get_mut().unwrap_or_else(|e| e.into_inner());
         // A clean exit has nothing pending worth remembering; otherwise the next mount
         // finishes what is recorded.
-        if j.uploads.is_empty() && j.deletes.is_empty() {
+        if j.idle() {
             let _ = std::fs::remove_file(&self.path);
         }
     }
@@ -180,15 +209,32 @@ pub struct Recovered {
 }
 
 /// The outstanding records of one journal's text.
-fn outstanding(text: &str, journal: &Path) -> (BTreeMap<String, String>, BTreeMap<String, u64>) {
-    let mut uploads = BTreeMap::new();
-    let mut deletes = BTreeMap::new();
+#[derive(Default)]
+struct Outstanding {
+    /// Upload id → key.
+    uploads: BTreeMap<String, String>,
+    /// Key → when the delete was queued.
+    deletes: BTreeMap<String, u64>,
+    /// Key → when an upload of it was about to be created, with no id recorded.
+    intents: BTreeMap<String, u64>,
+}
+
+fn outstanding(text: &str, journal: &Path) -> Outstanding {
+    let mut o = Outstanding::default();
+    let (uploads, deletes, intents) = (&mut o.uploads, &mut o.deletes, &mut o.intents);
     for (n, line) in text.lines().enumerate() {
         if line.is_empty() {
             continue;
         }
         match serde_json::from_str::<Record>(line) {
+            Ok(Record::UploadIntent { key, at_ms }) => {
+                intents.insert(key, at_ms);
+            }
+            Ok(Record::UploadIntentDropped { key }) => {
+                intents.remove(&key);
+            }
             Ok(Record::UploadStarted { id, key }) => {
+                intents.remove(&key);
                 uploads.insert(id, key);
             }
             Ok(Record::UploadEnded { id }) => {
@@ -205,7 +251,28 @@ fn outstanding(text: &str, journal: &Path) -> (BTreeMap<String, String>, BTreeMa
             }
         }
     }
-    (uploads, deletes)
+    o
+}
+
+/// An upload created for an intent recorded at `at_ms` starts within this window of it
+/// (the create, with its retries, follows the intent at once).
+const INTENT_BEFORE_MS: u64 = 5_000;
+const INTENT_AFTER_MS: u64 = 120_000;
+
+/// The uploads of `key` S3 has that an intent at `at_ms` may have created.
+async fn uploads_of_intent(store: &dyn ObjectStore, key: &str, at_ms: u64) -> StoreResult<Vec<String>> {
+    let found = store.list_uploads(key).await?;
+    Ok(found
+        .into_iter()
+        .filter(|u| u.key == key)
+        .filter(|u| {
+            u.initiated.is_none_or(|t| {
+                let ms = t.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+                ms + INTENT_BEFORE_MS >= at_ms && ms <= at_ms + INTENT_AFTER_MS
+            })
+        })
+        .map(|u| u.upload_id)
+        .collect())
 }
 
 /// Finishes the work recorded in the journals of processes that are gone (invariant 4) and
@@ -232,8 +299,26 @@ pub async fn recover(store: &dyn ObjectStore, dir: &Path) -> Recovered {
             tracing::warn!(journal = %path.display(), "cannot read a journal; leaving it");
             continue;
         }
-        let (uploads, deletes) = outstanding(&text, &path);
+        let Outstanding {
+            mut uploads,
+            deletes,
+            intents,
+        } = outstanding(&text, &path);
         let mut all_done = true;
+        // Uploads S3 created just before the process died, before their ids were recorded.
+        for (key, at_ms) in intents {
+            match uploads_of_intent(store, &key, at_ms).await {
+                Ok(ids) => {
+                    for id in ids {
+                        uploads.insert(id, key.clone());
+                    }
+                }
+                Err(err) => {
+                    all_done = false;
+                    tracing::warn!(key = %crate::layout::escape_controls(&key), error = %err, "could not look for a multipart upload a crashed mount was creating");
+                }
+            }
+        }
         for (id, key) in uploads {
             match store.abort_multipart(&key, &id).await {
                 Ok(()) => {
@@ -400,7 +485,18 @@ impl ObjectStore for JournalingStore {
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
-        let id = self.inner.create_multipart(key, meta).await?;
+        self.journal.record(&[Record::UploadIntent {
+            key: key.to_string(),
+            at_ms: now_ms(),
+        }]);
+        let id = match self.inner.create_multipart(key, meta).await {
+            Ok(id) => id,
+            Err(e) => {
+                self.journal
+                    .record(&[Record::UploadIntentDropped { key: key.to_string() }]);
+                return Err(e);
+            }
+        };
         self.journal.record(&[Record::UploadStarted {
             id: id.clone(),
             key: key.to_string(),
@@ -526,6 +622,45 @@ mod tests {
         assert!(journal_files(dir.path()).is_empty());
     }
 
+    /// The process died between S3 creating an upload and the journal recording its id:
+    /// the intent recorded before the create finds it by key; a failed create left nothing.
+    #[tokio::test]
+    async fn an_upload_created_just_before_a_crash_is_found_by_its_intent() {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        let journal = Arc::new(Journal::create(dir.path()).unwrap());
+        let j = JournalingStore::new(mem.clone(), journal.clone());
+        mem.fail_next(1, |k| {
+            StoreError::from_response("create_multipart", k, 403, "AccessDenied", "")
+        });
+        assert!(j.create_multipart("failed", &UserMeta::new()).await.is_err());
+        // The crash: intent written, then S3 made the upload, and nothing more.
+        journal.record(&[Record::UploadIntent {
+            key: "k".into(),
+            at_ms: now_ms(),
+        }]);
+        let orphan = mem.create_multipart("k", &UserMeta::new()).await.unwrap();
+        let other = mem.create_multipart("k2", &UserMeta::new()).await.unwrap();
+        let path = journal.path().to_path_buf();
+        std::mem::forget(journal);
+        std::mem::forget(j);
+        // The lock dies with the process; here, with a copy of the file under another name.
+        let copy = dir.path().join("dead.journal");
+        std::fs::copy(&path, &copy).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let r = recover(mem.as_ref(), dir.path()).await;
+        assert_eq!(r.uploads_aborted, 1);
+        let left: Vec<String> = mem
+            .list_uploads("")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|u| u.upload_id)
+            .collect();
+        assert_eq!(left, vec![other]);
+        assert_ne!(orphan, left[0]);
+    }
+
     #[tokio::test]
     async fn a_live_journal_is_locked_and_left_alone() {
         let dir = tempfile::tempdir().unwrap();
@@ -559,9 +694,9 @@ mod tests {
         }]);
         let text = std::fs::read_to_string(journal.path()).unwrap();
         assert_eq!(text.lines().count(), 1);
-        let (uploads, deletes) = outstanding(&text, journal.path());
-        assert!(uploads.is_empty());
-        assert_eq!(deletes.keys().collect::<Vec<_>>(), vec![&evil]);
+        let o = outstanding(&text, journal.path());
+        assert!(o.uploads.is_empty() && o.intents.is_empty());
+        assert_eq!(o.deletes.keys().collect::<Vec<_>>(), vec![&evil]);
     }
 
     #[tokio::test]
