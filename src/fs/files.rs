@@ -668,7 +668,9 @@ impl Core {
                     tracing::error!(path = %file.path, error = %e, io = %io, "could not upload at close, nor keep the data locally: the write is lost")
                 }
             }
-            self.cache.remove(&file.path);
+            // What S3 has is what it had before (or nothing): ask it again, rather than
+            // take the path for removed.
+            self.cache.forget(&file.path);
         }
         result
     }
