@@ -7,9 +7,9 @@
 //! blocks the runtime itself. This is mountpoint-s3's design; it keeps every reply on the
 //! thread that received the request.
 
-use crate::fs::Core;
 use crate::fs::cache::Kind;
 use crate::fs::error::{FsError, FsResult};
+use crate::fs::{Core, DirEntry};
 use crate::layout::escape_controls;
 use crate::store::stats::CALLER;
 use fuser::{
@@ -37,6 +37,15 @@ impl FuseFs {
     ///
     /// A panic (a bug, or input nobody foresaw) fails this one request with EIO instead of
     /// ending the session for every program using the mount.
+    /// The entries of an open directory from `offset` on, as many as one reply can hold,
+    /// waiting while its listing is still arriving.
+    fn dir_page(&self, fh: FileHandle, offset: u64) -> FsResult<Vec<DirEntry>> {
+        // The smallest dirent is 32 bytes, and the kernel asks for at most 32 KiB at once.
+        const MAX_PER_REPLY: usize = 1024;
+        let dir = self.core.readdir(fh.0)?;
+        self.rt.block_on(dir.entries_from(offset as usize, MAX_PER_REPLY))
+    }
+
     fn run<T>(&self, op: &'static str, f: impl std::future::Future<Output = FsResult<T>>) -> FsResult<T> {
         self.core.stats().record_call(op);
         let call = std::panic::AssertUnwindSafe(|| self.rt.block_on(CALLER.scope(op, f)));
@@ -321,12 +330,12 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let dir = match self.core.readdir(fh.0) {
-            Ok(d) => d,
+        let entries = match self.dir_page(fh, offset) {
+            Ok(e) => e,
             Err(e) => return reply.error(errno("readdir", e)),
         };
-        for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
-            if reply.add(INodeNo(e.ino), (i + 1) as u64, file_type(e.kind), &e.name) {
+        for (i, e) in entries.iter().enumerate() {
+            if reply.add(INodeNo(e.ino), offset + i as u64 + 1, file_type(e.kind), &e.name) {
                 break;
             }
         }
@@ -334,11 +343,15 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let dir = match self.core.readdir(fh.0) {
+        let (dir, entries) = match self
+            .core
+            .readdir(fh.0)
+            .and_then(|d| Ok((d, self.dir_page(fh, offset)?)))
+        {
             Ok(d) => d,
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
-        for (i, e) in dir.entries.iter().enumerate().skip(offset as usize) {
+        for (i, e) in entries.iter().enumerate() {
             // Every entry but `.` and `..` counts as a lookup of it by the kernel.
             let dot = e.name == "." || e.name == "..";
             let attr = if dot {
@@ -352,7 +365,7 @@ impl fuser::Filesystem for FuseFs {
             let Ok(attr) = attr else { continue };
             let full = reply.add(
                 INodeNo(attr.ino),
-                (i + 1) as u64,
+                offset + i as u64 + 1,
                 &e.name,
                 &self.ttl,
                 &self.file_attr(attr),

@@ -1,9 +1,9 @@
 //! Listing fan-out: one ListObjectsV2 stream per prefix, in parallel (at most `fanout` at
 //! once), each paginated to the end, merged into one sorted, de-duplicated listing.
 
-use super::cache::{EntryInfo, Kind, Listing};
+use super::cache::{EntryInfo, Kind, Listing, SYMLINK_MAX};
 use super::error::FsResult;
-use super::{Core, lock};
+use super::{Core, OpenDir, lock};
 use crate::layout::{RESERVED_NAME, RelPath, escape_controls, validate_name};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashSet};
@@ -89,6 +89,14 @@ impl Core {
     /// The children of `dir`: from the cache within the TTL, else from every prefix (one
     /// paginated LIST per prefix; concurrent callers share one fetch).
     pub async fn list_dir(&self, dir: &RelPath) -> FsResult<Listing> {
+        self.list_dir_feeding(dir, None).await
+    }
+
+    /// [`Core::list_dir`], handing each prefix's entries to `feed` as they arrive when this
+    /// call is the one that fetches them. Only entries whose type the listing settles go
+    /// early (without `--trust-listing`, a small object may be a symlink: it waits for its
+    /// HEAD); the caller adds the rest from the listing returned.
+    pub(super) async fn list_dir_feeding(&self, dir: &RelPath, feed: Option<&Arc<OpenDir>>) -> FsResult<Listing> {
         let listing = match self.cache.listing(dir) {
             Some(l) => l,
             None => {
@@ -100,7 +108,7 @@ impl Core {
                             return Ok(listing);
                         }
                         let token = self.cache.begin_fetch(dir);
-                        let (fetched, marked) = self.fetch_listing(dir).await?;
+                        let (fetched, marked) = self.fetch_listing(dir, feed).await?;
                         let listing = token.finish(fetched);
                         // Shown by the parent's listing only because some key starts with
                         // its name, yet nothing of this namespace is in it and it has no
@@ -128,7 +136,11 @@ impl Core {
     /// The entries of `dir` in S3, and whether it has an (empty) marker. Each prefix's pages
     /// are fetched and parsed in a task of its own, so that parsing (most of the CPU of a big
     /// listing) uses every core, not just the thread that asked.
-    async fn fetch_listing(&self, dir: &RelPath) -> FsResult<(BTreeMap<String, EntryInfo>, bool)> {
+    async fn fetch_listing(
+        &self,
+        dir: &RelPath,
+        feed: Option<&Arc<OpenDir>>,
+    ) -> FsResult<(BTreeMap<String, EntryInfo>, bool)> {
         let me = self
             .me
             .upgrade()
@@ -136,8 +148,11 @@ impl Core {
         let caller = crate::store::stats::CALLER.try_with(|c| *c).unwrap_or("background");
         let pages: Vec<PrefixPage> = stream::iter(0..self.layout.prefix_count())
             .map(|q| {
-                let (me, dir) = (me.clone(), dir.clone());
-                tokio::spawn(crate::store::stats::CALLER.scope(caller, async move { me.list_prefix(q, &dir).await }))
+                let (me, dir, feed) = (me.clone(), dir.clone(), feed.cloned());
+                tokio::spawn(
+                    crate::store::stats::CALLER
+                        .scope(caller, async move { me.list_prefix(q, &dir, feed.as_deref()).await }),
+                )
             })
             .buffer_unordered(self.cfg.fanout.max(1))
             .map(|joined| {
@@ -150,12 +165,10 @@ impl Core {
             })
             .try_collect()
             .await?;
-        // Known by name, kind, size and LastModified only, unless the mount trusts that.
-        let listed = |info: EntryInfo| if self.cfg.trust_listing { info } else { info.partial() };
         let mut out = BTreeMap::new();
         for (files, _, _) in &pages {
             for (name, size, mtime) in files {
-                out.insert(name.clone(), listed(EntryInfo::new(Kind::File, *size, *mtime)));
+                out.insert(name.clone(), self.listed(EntryInfo::new(Kind::File, *size, *mtime)));
             }
         }
         let marked = pages.iter().any(|(_, _, m)| *m);
@@ -166,15 +179,50 @@ impl Core {
                 if dir.join(&name).is_ok_and(|p| self.cache.is_ghost(&p)) {
                     continue;
                 }
-                out.insert(name, listed(EntryInfo::new(Kind::Dir, 0, self.mount_time)));
+                out.insert(name, self.listed(EntryInfo::new(Kind::Dir, 0, self.mount_time)));
             }
         }
         Ok((out, marked))
     }
 
+    /// A listed entry: known by name, kind, size and LastModified only, unless the mount
+    /// trusts the listing.
+    fn listed(&self, info: EntryInfo) -> EntryInfo {
+        if self.cfg.trust_listing { info } else { info.partial() }
+    }
+
+    /// Hands one page's entries of `dir` to an open directory being filled: those whose
+    /// type the page settles (see [`Core::list_dir_feeding`]). A directory that shadows a
+    /// file of the same name in another prefix may come after the file was handed out; the
+    /// cached listing, and so every lookup, still shows the directory.
+    fn feed_page(
+        &self,
+        feed: &OpenDir,
+        dir: &RelPath,
+        files: &[(String, u64, std::time::SystemTime)],
+        dirs: &[String],
+    ) {
+        let certain = |size: u64| self.cfg.trust_listing || size >= SYMLINK_MAX as u64;
+        let inodes = lock(&self.inodes);
+        let mut entries = Vec::with_capacity(files.len() + dirs.len());
+        for (name, size, mtime) in files.iter().filter(|f| certain(f.1)) {
+            let info = self.listed(EntryInfo::new(Kind::File, *size, *mtime));
+            entries.push(Self::dir_entry(&inodes, dir, name, Kind::File, &info));
+        }
+        for name in dirs {
+            if dir.join(name).is_ok_and(|p| self.cache.is_ghost(&p)) {
+                continue;
+            }
+            let info = self.listed(EntryInfo::new(Kind::Dir, 0, self.mount_time));
+            entries.push(Self::dir_entry(&inodes, dir, name, Kind::Dir, &info));
+        }
+        drop(inodes);
+        feed.push(entries);
+    }
+
     /// One prefix's part of `dir`'s listing: files, subdirectories, and whether the marker
     /// (empty) is there.
-    async fn list_prefix(&self, q: u32, dir: &RelPath) -> FsResult<PrefixPage> {
+    async fn list_prefix(&self, q: u32, dir: &RelPath, feed: Option<&OpenDir>) -> FsResult<PrefixPage> {
         let prefix = self.layout.dir_list_prefix(q, dir);
         let mut files = Vec::new();
         let mut dirs = Vec::new();
@@ -182,6 +230,7 @@ impl Core {
         let mut token: Option<String> = None;
         loop {
             let page = self.store.list(&prefix, Some("/"), token.as_deref(), None).await?;
+            let (files_before, dirs_before) = (files.len(), dirs.len());
             for o in page.objects {
                 let Some(name) = o.key.strip_prefix(&prefix) else {
                     continue;
@@ -207,6 +256,9 @@ impl Core {
                 if validate_name(name).is_ok() && !(dir.is_root() && name == RESERVED_NAME) {
                     dirs.push(name.to_string());
                 }
+            }
+            if let Some(feed) = feed {
+                self.feed_page(feed, dir, &files[files_before..], &dirs[dirs_before..]);
             }
             match page.next_token {
                 Some(t) => token = Some(t),
@@ -277,7 +329,7 @@ impl Core {
             tracing::debug!(%root, limit, "subtree too large to list whole; listing its directories one by one");
             return Ok(None);
         };
-        let listed = |info: EntryInfo| if self.cfg.trust_listing { info } else { info.partial() };
+        let listed = |info: EntryInfo| self.listed(info);
         let mut tree: BTreeMap<RelPath, BTreeMap<String, EntryInfo>> = BTreeMap::new();
         let mut marked: HashSet<RelPath> = HashSet::new();
         tree.insert(root.clone(), BTreeMap::new());

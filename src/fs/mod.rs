@@ -12,6 +12,7 @@
 //!    file returns only when S3 has it.
 
 pub mod cache;
+mod dirs;
 pub mod error;
 mod files;
 pub mod flight;
@@ -27,6 +28,7 @@ use crate::layout::{Layout, RelPath};
 use crate::store::ObjectStore;
 use crate::store::stats::RequestStats;
 use cache::{EntryInfo, Kind, MetaCache};
+pub use dirs::{DirEntry, OpenDir};
 use error::{FsError, FsResult};
 use files::OpenFile;
 use flight::SingleFlight;
@@ -125,21 +127,6 @@ enum Handle {
         writable: bool,
     },
     Dir(Arc<OpenDir>),
-}
-
-/// A directory as `opendir` saw it; readdir and readdirplus page through it.
-pub struct OpenDir {
-    path: RelPath,
-    pub entries: Vec<DirEntry>,
-}
-
-pub struct DirEntry {
-    pub name: String,
-    pub kind: Kind,
-    /// The inode, or `u64::MAX` for an entry the kernel has not looked up.
-    pub ino: u64,
-    /// Everything about it, when the listing knew that much.
-    info: Option<EntryInfo>,
 }
 
 pub struct Core {

@@ -72,14 +72,14 @@ impl Core {
         Ok(self.attr(ino, info))
     }
 
+    /// Opens a directory. A cached listing fills it at once; otherwise the listing is fetched
+    /// in the background and readdir hands out each prefix's entries as they arrive (a failed
+    /// LIST fails the readdir).
     pub async fn opendir(&self, ino: u64) -> FsResult<u64> {
         let path = self.path_of(ino)?;
-        let listing = self.list_dir(&path).await?;
-        let typed = self.type_untyped(&path, &listing).await;
-        let inodes = lock(&self.inodes);
         let parent_ino = path
             .parent()
-            .and_then(|p| inodes.find(&p))
+            .and_then(|p| lock(&self.inodes).find(&p))
             .unwrap_or(super::inodes::ROOT_INO);
         let dot = |name: &str, ino| DirEntry {
             name: name.to_string(),
@@ -87,24 +87,66 @@ impl Core {
             ino,
             info: None,
         };
-        let mut entries = vec![dot(".", ino), dot("..", parent_ino)];
-        entries.reserve(listing.len());
-        for (name, info) in listing.iter() {
-            // Entries the kernel has not looked up yet get a placeholder number; it uses the
-            // name and type, and looks the entry up before using it.
-            let child_ino = path.join(name).ok().and_then(|p| inodes.find(&p)).unwrap_or(u64::MAX);
-            // A listing cannot tell a symlink from a file; a HEAD can (and updates the
-            // listing, so a full entry is typed).
-            let kind = typed.get(name).copied().unwrap_or(info.kind);
-            entries.push(DirEntry {
-                name: name.clone(),
-                kind,
-                ino: child_ino,
-                info: info.full.then_some(*info),
-            });
+        let cached = self.cache.listing(&path).is_some();
+        let dir = Arc::new(OpenDir::filling(path, vec![dot(".", ino), dot("..", parent_ino)]));
+        if cached {
+            self.fill_dir(&dir).await?;
+            dir.finish(Ok(()));
+        } else {
+            let me = self
+                .me
+                .upgrade()
+                .ok_or_else(|| FsError::new(libc::EIO, "the filesystem is shutting down"))?;
+            let caller = crate::store::stats::CALLER.try_with(|c| *c).unwrap_or("background");
+            let filling = dir.clone();
+            tokio::spawn(crate::store::stats::CALLER.scope(caller, async move {
+                let result = me.fill_dir(&filling).await;
+                if let Err(e) = &result {
+                    tracing::warn!(dir = %filling.path, error = %e, "listing failed");
+                }
+                filling.finish(result);
+            }));
         }
+        Ok(self.new_fh(Handle::Dir(dir)))
+    }
+
+    /// Lists `dir`'s path into it (each prefix's pages as they come, when the listing is
+    /// fetched), then the entries that needed the whole listing or a HEAD to be typed.
+    async fn fill_dir(&self, dir: &Arc<OpenDir>) -> FsResult<()> {
+        let listing = self.list_dir_feeding(&dir.path, Some(dir)).await?;
+        let typed = self.type_untyped(&dir.path, &listing).await;
+        let inodes = lock(&self.inodes);
+        let rest = listing
+            .iter()
+            .filter(|(name, _)| !dir.has(name))
+            .map(|(name, info)| {
+                // A listing cannot tell a symlink from a file; a HEAD can (and updates the
+                // listing, so a full entry is typed).
+                let kind = typed.get(name).copied().unwrap_or(info.kind);
+                Self::dir_entry(&inodes, &dir.path, name, kind, info)
+            })
+            .collect();
         drop(inodes);
-        Ok(self.new_fh(Handle::Dir(Arc::new(OpenDir { path, entries }))))
+        dir.push(rest);
+        Ok(())
+    }
+
+    /// The entry `name` of `dir`. Entries the kernel has not looked up yet get a placeholder
+    /// number; it uses the name and type, and looks the entry up before using it.
+    pub(super) fn dir_entry(
+        inodes: &super::inodes::Inodes,
+        dir: &RelPath,
+        name: &str,
+        kind: Kind,
+        info: &EntryInfo,
+    ) -> DirEntry {
+        let ino = dir.join(name).ok().and_then(|p| inodes.find(&p)).unwrap_or(u64::MAX);
+        DirEntry {
+            name: name.to_string(),
+            kind,
+            ino,
+            info: info.full.then_some(*info),
+        }
     }
 
     /// The attributes of a listed entry whose listing says everything (`--trust-listing`, or

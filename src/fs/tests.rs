@@ -115,6 +115,14 @@ impl Rig {
         self.mem().put(&key, Bytes::new(), &UserMeta::new()).await.unwrap();
     }
 
+    /// What `ls` does: opendir, readdir to the end, releasedir.
+    async fn list(&self, ino: u64) -> Vec<super::DirEntry> {
+        let fh = self.core.opendir(ino).await.unwrap();
+        let entries = self.core.readdir(fh).unwrap().all_entries().await.unwrap();
+        self.core.release_handle(fh);
+        entries
+    }
+
     async fn ino(&self, path: &str) -> u64 {
         let mut ino = ROOT_INO;
         for name in path.split('/') {
@@ -238,7 +246,8 @@ async fn concurrent_lookups_and_listings_share_their_requests() {
         let core = r.core.clone();
         tasks.push(tokio::spawn(async move {
             core.lookup(d, OsStr::new("new.txt")).await.unwrap_err();
-            core.opendir(d).await.unwrap();
+            let fh = core.opendir(d).await.unwrap();
+            core.readdir(fh).unwrap().all_entries().await.unwrap();
         }));
     }
     for t in tasks {
@@ -270,7 +279,9 @@ async fn readdir_knows_symlinks_and_types_only_entries_small_enough_to_be_one() 
         .core
         .readdir(fh)
         .unwrap()
-        .entries
+        .all_entries()
+        .await
+        .unwrap()
         .iter()
         .map(|e| (e.name.clone(), e.kind))
         .collect();
@@ -301,7 +312,7 @@ async fn trusting_the_listing_makes_ls_l_cost_its_lists_only() {
     r.expire();
     let mut m = r.meter();
     let fh = r.core.opendir(d).await.unwrap();
-    for e in r.core.readdir(fh).unwrap().entries.iter().skip(2) {
+    for e in r.core.readdir(fh).unwrap().all_entries().await.unwrap().iter().skip(2) {
         let a = r.core.lookup(d, OsStr::new(&e.name)).await.unwrap();
         assert_eq!((a.kind, a.size, a.perm), (Kind::File, 1, 0o644));
     }
@@ -324,7 +335,9 @@ async fn ls_l_heads_every_entry_in_parallel_once_and_then_nothing() {
             .core
             .readdir(fh)
             .unwrap()
-            .entries
+            .all_entries()
+            .await
+            .unwrap()
             .iter()
             .skip(2)
             .map(|e| e.name.clone())
@@ -346,13 +359,60 @@ async fn ls_l_heads_every_entry_in_parallel_once_and_then_nothing() {
 }
 
 #[tokio::test]
+async fn readdir_hands_out_entries_before_the_slowest_prefix_answers() {
+    let r = rig_with(|c| c.trust_listing = true);
+    for i in 0..40 {
+        r.plant(&format!("d/f{i:02}.txt"), b"x").await;
+    }
+    let d = r.ino("d").await;
+    r.expire();
+    // One prefix's LIST is held back; the others answer.
+    let dir = crate::layout::RelPath::parse("d").unwrap();
+    let slow = r.layout.dir_list_prefix(0, &dir);
+    let in_slow = (0..40)
+        .filter(|i| {
+            let p = dir.join(&format!("f{i:02}.txt")).unwrap();
+            r.layout.file_key(&p).unwrap().starts_with(&slow)
+        })
+        .count();
+    assert!(in_slow > 0 && in_slow < 40, "the files spread over the prefixes");
+    let gate = r.mem().hold_lists(&slow);
+    let fh = r.core.opendir(d).await.unwrap();
+    let open = r.core.readdir(fh).unwrap();
+    let mut early = Vec::new();
+    let first = async {
+        while early.len() < 40 - in_slow {
+            early.extend(open.entries_from(2 + early.len(), 1024).await.unwrap());
+        }
+    };
+    // Without the held prefix's answer the others' entries come out (bounded, so a regression
+    // fails instead of hanging).
+    tokio::time::timeout(Duration::from_secs(10), first)
+        .await
+        .expect("the answered prefixes' entries are handed out while one prefix is held");
+    assert_eq!(
+        early.len(),
+        40 - in_slow,
+        "every entry of the prefixes that answered, none twice"
+    );
+    gate.add_permits(1);
+    let all = open.all_entries().await.unwrap();
+    let names: std::collections::BTreeSet<&str> = all.iter().skip(2).map(|e| e.name.as_str()).collect();
+    assert_eq!((all.len(), names.len()), (42, 40));
+    // The listing is cached whole: a second ls sends nothing.
+    let mut m = r.meter();
+    assert_eq!(r.list(d).await.len(), 42);
+    assert!(m.take().is_empty());
+}
+
+#[tokio::test]
 async fn a_relisted_directory_needs_no_head_for_unchanged_objects() {
     let r = rig();
     r.plant("d/a.txt", b"x").await;
     let d = r.ino("d").await;
     // Make the HEAD look old enough to vouch for the object's version.
     let path = crate::layout::RelPath::parse("d/a.txt").unwrap();
-    r.core.opendir(d).await.unwrap();
+    r.list(d).await;
     r.core.lookup(d, OsStr::new("a.txt")).await.unwrap();
     let mut info = r.core.cache.entry(&path).unwrap().unwrap();
     info.checked = Some(info.s3_modified + Duration::from_secs(60));
@@ -360,7 +420,7 @@ async fn a_relisted_directory_needs_no_head_for_unchanged_objects() {
     // The listing's TTL runs out (the entry's too); the listing is fetched again.
     r.core.cache.age_all();
     let mut m = r.meter();
-    r.core.opendir(d).await.unwrap();
+    r.list(d).await;
     r.core.lookup(d, OsStr::new("a.txt")).await.unwrap();
     assert_eq!(m.take(), counts(&[(OpKind::List, PREFIXES as u64)]));
 }
@@ -370,7 +430,7 @@ async fn mkdir_is_one_put_and_rmdir_an_emptiness_check_and_one_delete() {
     let r = rig();
     r.plant_dir("top").await;
     let top = r.ino("top").await;
-    r.core.opendir(top).await.unwrap(); // the parent's listing is known
+    r.list(top).await; // the parent's listing is known
     let mut m = r.meter();
     r.core.lookup(top, OsStr::new("sub")).await.unwrap_err();
     r.core.mkdir(top, OsStr::new("sub"), 0o755, 0, 0).await.unwrap();
@@ -389,7 +449,7 @@ async fn rename_of_a_file_is_one_copy_and_one_delete() {
     let r = rig();
     r.plant("d/a.txt", b"abc").await;
     let d = r.ino("d").await;
-    r.core.opendir(d).await.unwrap();
+    r.list(d).await;
     r.core.lookup(d, OsStr::new("a.txt")).await.unwrap();
     let mut m = r.meter();
     r.core.lookup(d, OsStr::new("b.txt")).await.unwrap_err();
@@ -407,7 +467,7 @@ async fn overwrite_with_o_trunc_is_one_put_and_unlinks_are_batched() {
         r.plant(&format!("d/f{i}.txt"), b"old").await;
     }
     let d = r.ino("d").await;
-    r.core.opendir(d).await.unwrap();
+    r.list(d).await;
     let f0 = r.core.lookup(d, OsStr::new("f0.txt")).await.unwrap();
     let mut m = r.meter();
     let fh = r.core.open(f0.ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();

@@ -25,6 +25,7 @@ pub struct MemoryStore {
     uploads: Mutex<HashMap<String, MemUpload>>,
     failures: Mutex<Option<(u32, FailFn)>>,
     gets: Arc<GetGauge>,
+    list_gate: Mutex<Option<(String, Arc<tokio::sync::Semaphore>)>>,
 }
 
 /// What GETs cost, for tests of the read path: an added delay, the most in flight at once,
@@ -67,6 +68,14 @@ impl MemoryStore {
     /// What this store's GETs cost (shared: it outlives moving the store into a wrapper).
     pub fn gets(&self) -> Arc<GetGauge> {
         self.gets.clone()
+    }
+
+    /// LISTs of prefixes starting with `prefix` wait until the returned gate gets permits
+    /// (one per LIST), so a test can hold one prefix's answer back.
+    pub fn hold_lists(&self, prefix: &str) -> Arc<tokio::sync::Semaphore> {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        *self.list_gate.lock().unwrap_or_else(|e| e.into_inner()) = Some((prefix.to_string(), gate.clone()));
+        gate
     }
 
     pub fn keys(&self) -> Vec<String> {
@@ -211,6 +220,17 @@ impl ObjectStore for MemoryStore {
         token: Option<&str>,
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage> {
+        let gate = self.list_gate.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some((held, gate)) = gate
+            && prefix.starts_with(&held)
+        {
+            let permit = gate.acquire().await.map_err(|e| StoreError::Transport {
+                op: "list",
+                key: prefix.to_string(),
+                message: e.to_string(),
+            })?;
+            permit.forget();
+        }
         self.injected(prefix)?;
         let max = max_keys.unwrap_or(1000).clamp(1, 1000) as usize;
         let objects = self.lock();
