@@ -37,6 +37,40 @@ pub enum Command {
     /// Delete a path (with -r, a whole tree) from a bucket in bulk, without mounting:
     /// DeleteObjects batches with keys interleaved across prefixes.
     Rm(RmArgs),
+    /// Copy a layout into another, server-side, in the same bucket: plain date-shaped keys
+    /// into the hashed layout (or back). Resumable; verified; --delete-source after that.
+    Migrate(MigrateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// s3://BUCKET[/ROOT] of the keys as they are
+    pub from: String,
+    /// s3://BUCKET[/ROOT] of the new layout (the same bucket)
+    pub to: String,
+    /// Prefix count of the source when it has no layout descriptor [default: 1, plain keys]
+    #[arg(long)]
+    pub from_prefix_count: Option<u32>,
+    /// Prefix count of the destination when it has no layout descriptor yet [default: 16]
+    #[arg(long)]
+    pub to_prefix_count: Option<u32>,
+    /// Copies in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub jobs: usize,
+    /// Print what would be copied (objects, bytes) and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// After every copy is verified, delete the source's objects (interleaved, in bulk).
+    #[arg(long)]
+    pub delete_source: bool,
+    /// Objects larger than this are copied part by part (UploadPartCopy).
+    #[arg(long, default_value_t = crate::migrate::COPY_OBJECT_MAX, hide = true)]
+    pub copy_object_max: u64,
+    /// Part size of those copies, in MiB.
+    #[arg(long, default_value_t = 512, hide = true)]
+    pub copy_part_mib: u64,
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ pub mod fs;
 pub mod fuse;
 pub mod layout;
 pub mod metrics;
+pub mod migrate;
 pub mod mount;
 pub mod private;
 pub mod server;

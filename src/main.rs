@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => run_serve(a),
         Command::Stats(a) => run_stats(a),
         Command::Rm(a) => run_rm(a),
+        Command::Migrate(a) => run_migrate(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -147,20 +148,21 @@ fn run_init(a: prefixfs::cli::InitArgs) -> Result<(), String> {
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async {
         let c = mount::connect(Some(&bucket), a.conn.aws_config(&bucket), a.conn.retry_config()?, None).await?;
-        match mount::resolve_layout(c.store.as_ref(), &root, Some(a.prefix_count), false).await {
-            Ok(_) => {
-                println!(
-                    "s3://{bucket}/{root} already has this layout ({} prefixes)",
-                    a.prefix_count
-                );
+        match mount::read_descriptor(c.store.as_ref(), &root).await? {
+            Some(n) if n == a.prefix_count => {
+                println!("s3://{bucket}/{root} already has this layout ({n} prefixes)");
                 Ok(())
             }
-            Err(e) if e.contains("no prefixfs layout") => {
+            Some(n) => Err(format!(
+                "--prefix-count {} disagrees with the bucket's layout ({n} prefixes, in {})",
+                a.prefix_count,
+                layout.descriptor_key()
+            )),
+            None => {
                 mount::write_descriptor(c.store.as_ref(), &layout).await?;
                 println!("wrote {} ({} prefixes)", layout.descriptor_key(), a.prefix_count);
                 Ok(())
             }
-            Err(e) => Err(e),
         }
     })
 }
@@ -259,4 +261,80 @@ fn run_stats(a: prefixfs::cli::StatsArgs) -> Result<(), String> {
         .map_err(|e| format!("{}: {e} (is it a prefixfs mount?)", a.mountpoint.display()))?;
     print!("{text}");
     Ok(())
+}
+
+fn run_migrate(a: prefixfs::cli::MigrateArgs) -> Result<(), String> {
+    use prefixfs::migrate;
+    let (bucket, from_root) = prefixfs::cli::parse_s3_url(&a.from)?;
+    let (to_bucket, to_root) = prefixfs::cli::parse_s3_url(&a.to)?;
+    if to_bucket != bucket {
+        return Err(format!(
+            "migrate copies server-side within one bucket; {} and {} are in different buckets",
+            a.from, a.to
+        ));
+    }
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let c = mount::connect(Some(&bucket), a.conn.aws_config(&bucket), a.conn.retry_config()?, None).await?;
+        // Each side's descriptor says its layout; a flag only stands in where there is none.
+        let side = |found: Option<u32>, flag: Option<u32>, default: u32, what: &str| match (found, flag) {
+            (Some(n), Some(f)) if n != f => Err(format!(
+                "--{what}-prefix-count {f} disagrees with the {what} layout's descriptor ({n} prefixes)"
+            )),
+            (Some(n), _) => Ok(n),
+            (None, f) => Ok(f.unwrap_or(default)),
+        };
+        let to_found = mount::read_descriptor(c.store.as_ref(), &to_root).await?;
+        let from_n = side(
+            mount::read_descriptor(c.store.as_ref(), &from_root).await?,
+            a.from_prefix_count,
+            1,
+            "from",
+        )?;
+        let to_n = side(to_found, a.to_prefix_count, prefixfs::layout::DEFAULT_PREFIX_COUNT, "to")?;
+        let from = Layout::new(&from_root, from_n).map_err(|e| e.to_string())?;
+        let to = Layout::new(&to_root, to_n).map_err(|e| e.to_string())?;
+        if to_found.is_none() && !a.dry_run {
+            mount::write_descriptor(c.store.as_ref(), &to).await?;
+        }
+        // Paced per destination prefix: that is where the copies land.
+        let store = c.paced(&to, Default::default());
+        let opts = migrate::Options {
+            jobs: a.jobs,
+            dry_run: a.dry_run,
+            delete_source: a.delete_source,
+            copy_object_max: a.copy_object_max,
+            copy_part: a.copy_part_mib << 20,
+        };
+        let progress: Box<dyn migrate::Progress> = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            Box::new(migrate::Bar::new())
+        } else {
+            Box::new(migrate::Lines::new(std::time::Duration::from_secs(5)))
+        };
+        println!(
+            "migrating s3://{bucket}/{from_root} ({from_n} prefixes) to s3://{bucket}/{to_root} ({to_n} prefixes)"
+        );
+        let r = migrate::migrate(store, &from, &to, &opts, progress.as_ref()).await?;
+        let verb = if a.dry_run { "would copy" } else { "copied" };
+        println!(
+            "{} objects ({} bytes) in the source; {verb} {} ({} bytes); {} already in place; {} foreign keys left alone",
+            r.objects, r.bytes, r.copied, r.copied_bytes, r.present, r.foreign
+        );
+        if !a.dry_run {
+            println!("verified: every object is in the destination with its size and ETag");
+        }
+        if a.delete_source {
+            println!("deleted {} source objects", r.deleted);
+        }
+        let s = c.stats.snapshot();
+        println!(
+            "requests: {} LIST, {} COPY, {} HEAD, {} DeleteObjects; {} throttled (retried)",
+            s.get(prefixfs::store::OpKind::List),
+            s.get(prefixfs::store::OpKind::Copy),
+            s.get(prefixfs::store::OpKind::Head),
+            s.get(prefixfs::store::OpKind::DeleteMany),
+            s.throttles
+        );
+        Ok(())
+    })
 }

@@ -26,8 +26,33 @@ pub async fn resolve_layout(
     requested: Option<u32>,
     init: bool,
 ) -> Result<Layout, String> {
-    let probe = Layout::new(root, 1).map_err(|e| e.to_string())?;
-    let key = probe.descriptor_key();
+    let key = Layout::new(root, 1).map_err(|e| e.to_string())?.descriptor_key();
+    match read_descriptor(store, root).await? {
+        Some(n) => {
+            if let Some(r) = requested
+                && r != n
+            {
+                return Err(format!(
+                    "--prefix-count {r} disagrees with the bucket's layout ({n} prefixes, in {key}); refusing to mount"
+                ));
+            }
+            Layout::new(root, n).map_err(|e| e.to_string())
+        }
+        None if !init => Err(format!(
+            "no prefixfs layout at {key}: run `prefixfs init` first, or mount with --init to create one"
+        )),
+        None => {
+            let layout = Layout::new(root, requested.unwrap_or(crate::layout::DEFAULT_PREFIX_COUNT))
+                .map_err(|e| e.to_string())?;
+            write_descriptor(store, &layout).await?;
+            Ok(layout)
+        }
+    }
+}
+
+/// The prefix count the layout descriptor at `root` records; None when there is none.
+pub async fn read_descriptor(store: &dyn ObjectStore, root: &str) -> Result<Option<u32>, String> {
+    let key = Layout::new(root, 1).map_err(|e| e.to_string())?.descriptor_key();
     match store.get(&key, None).await {
         Ok(body) => {
             let d: Descriptor =
@@ -38,27 +63,9 @@ pub async fn resolve_layout(
                     d.format, d.hash
                 ));
             }
-            if let Some(n) = requested
-                && n != d.prefix_count
-            {
-                return Err(format!(
-                    "--prefix-count {n} disagrees with the bucket's layout ({} prefixes, in {key}); refusing to mount",
-                    d.prefix_count
-                ));
-            }
-            Layout::new(root, d.prefix_count).map_err(|e| e.to_string())
+            Ok(Some(d.prefix_count))
         }
-        Err(e) if e.is_not_found() => {
-            if !init {
-                return Err(format!(
-                    "no prefixfs layout at {key}: run `prefixfs init` first, or mount with --init to create one"
-                ));
-            }
-            let layout = Layout::new(root, requested.unwrap_or(crate::layout::DEFAULT_PREFIX_COUNT))
-                .map_err(|e| e.to_string())?;
-            write_descriptor(store, &layout).await?;
-            Ok(layout)
-        }
+        Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(format!("reading layout descriptor {key}: {e}")),
     }
 }

@@ -226,6 +226,11 @@ impl StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 impl StoreError {
+    /// A server error that carries no S3 error code.
+    pub fn code_is_empty(&self) -> bool {
+        matches!(self, StoreError::Server { code, .. } if code.is_empty())
+    }
+
     /// S3's answer for an upload id it does not know (completed, aborted, or never made).
     pub fn is_no_such_upload(&self) -> bool {
         matches!(self, StoreError::Client { code, .. } if code == "NoSuchUpload")

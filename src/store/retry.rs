@@ -272,9 +272,17 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
     ) -> StoreResult<()> {
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let result = self
-            .run(OpKind::CompleteMultipart, key, || {
+            .run(OpKind::CompleteMultipart, key, || async {
                 attempts.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.inner.complete_multipart_if(key, upload_id, parts, cond)
+                match self.inner.complete_multipart_if(key, upload_id, parts, cond).await {
+                    // A 200 that is neither a result the SDK could read nor an error with a
+                    // code (moto names its result element differently; S3 may send its
+                    // outcome after keep-alive whitespace): the object tells which it was.
+                    Err(e @ StoreError::Server { status: 200, .. }) if e.code_is_empty() => {
+                        self.completed_by_an_earlier_attempt(key, parts, e).await
+                    }
+                    r => r,
+                }
             })
             .await;
         match result {

@@ -1,0 +1,500 @@
+//! `prefixfs migrate`: copies one layout of a bucket into another, server-side. From a plain
+//! layout (date-shaped keys, prefix count 1) into the hashed one, or back to leave prefixfs.
+//!
+//! Every step is a bulk operation of the kind the layout exists for: listings fan out over
+//! every prefix in parallel; copies and deletes go out interleaved across the destination's
+//! prefixes (never in sorted order), paced per prefix by the store stack. A rerun copies only
+//! what is missing (size and ETag compared), so an interrupted migration resumes where it
+//! stopped. The source is deleted only after every copy was verified.
+
+use crate::layout::{Layout, RelPath};
+use crate::store::{ObjectMeta, ObjectStore, UserMeta};
+use futures::stream::{self, StreamExt, TryStreamExt};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// CopyObject copies objects up to 5 GiB; larger ones are copied part by part.
+pub const COPY_OBJECT_MAX: u64 = 5 << 30;
+/// The part size of a multipart copy, unless 10,000 parts would not hold the object.
+const COPY_PART: u64 = 512 << 20;
+/// S3's most parts per upload.
+const MAX_PARTS: u64 = 10_000;
+/// Keys per DeleteObjects.
+const DELETE_BATCH: usize = 1000;
+/// User metadata a multipart copy carries: the source's ETag, which a multipart copy does
+/// not keep, so that a rerun and the verification can tell the copy is whole.
+pub const SOURCE_ETAG_META: &str = "prefixfs-source-etag";
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Copies (and DeleteObjects) in flight at once.
+    pub jobs: usize,
+    pub dry_run: bool,
+    pub delete_source: bool,
+    /// Objects above this many bytes are copied with UploadPartCopy.
+    pub copy_object_max: u64,
+    /// Part size of those copies (at least; more when 10,000 parts would not do).
+    pub copy_part: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            jobs: 64,
+            dry_run: false,
+            delete_source: false,
+            copy_object_max: COPY_OBJECT_MAX,
+            copy_part: COPY_PART,
+        }
+    }
+}
+
+/// What a migration found and did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Report {
+    /// Objects of the source layout (files and directory markers), and their bytes.
+    pub objects: u64,
+    pub bytes: u64,
+    /// Of those, copied by this run.
+    pub copied: u64,
+    pub copied_bytes: u64,
+    /// Of those, already in the destination from an earlier run.
+    pub present: u64,
+    /// Keys under the source root that are not of its layout: left alone.
+    pub foreign: u64,
+    /// Source objects deleted (`--delete-source`).
+    pub deleted: u64,
+}
+
+/// One object to carry over.
+#[derive(Debug, Clone)]
+struct Item {
+    src: String,
+    dst: String,
+    size: u64,
+    etag: Option<String>,
+    /// The destination prefix, for interleaving.
+    prefix: u32,
+}
+
+/// Reports progress: a bar on a terminal, a plain line every few seconds otherwise.
+pub trait Progress: Send + Sync {
+    fn phase(&self, name: &str, total: u64, bytes: u64);
+    fn advance(&self, objects: u64, bytes: u64);
+    fn done(&self);
+}
+
+/// Runs the migration from `from` to `to` (same bucket). `store` is the paced, retrying
+/// stack; its prefix labels should be `to`'s, so copies are paced per destination prefix.
+pub async fn migrate(
+    store: Arc<dyn ObjectStore>,
+    from: &Layout,
+    to: &Layout,
+    opts: &Options,
+    progress: &dyn Progress,
+) -> Result<Report, String> {
+    if from.root() == to.root() && from.prefix_count() == to.prefix_count() {
+        return Err("the source and the destination are the same layout: nothing to migrate".into());
+    }
+    let mut report = Report::default();
+    let (items, foreign) = plan(store.as_ref(), from, to).await?;
+    report.foreign = foreign;
+    report.objects = items.len() as u64;
+    report.bytes = items.iter().map(|i| i.size).sum();
+    let present = scan(store.as_ref(), to).await?;
+    let mut todo = Vec::new();
+    for item in items {
+        if copied_already(store.as_ref(), &item, present.get(&item.dst), opts).await? {
+            report.present += 1;
+        } else {
+            todo.push(item);
+        }
+    }
+    let todo = interleave(todo, to.prefix_count());
+    report.copied = todo.len() as u64;
+    report.copied_bytes = todo.iter().map(|i| i.size).sum();
+    if opts.dry_run {
+        return Ok(report);
+    }
+    progress.phase("copying", report.copied, report.copied_bytes);
+    stream::iter(todo.iter())
+        .map(|item| {
+            let store = store.clone();
+            async move {
+                copy(&store, item, opts).await?;
+                progress.advance(1, item.size);
+                Ok::<_, String>(())
+            }
+        })
+        .buffer_unordered(opts.jobs.max(1))
+        .try_collect::<()>()
+        .await?;
+    progress.done();
+    // Verify every object against a fresh listing of the destination before anything of
+    // the source may go.
+    let (items, _) = plan(store.as_ref(), from, to).await?;
+    let present = scan(store.as_ref(), to).await?;
+    let mut missing = Vec::new();
+    for item in &items {
+        if !copied_already(store.as_ref(), item, present.get(&item.dst), opts).await? {
+            missing.push(item.src.clone());
+        }
+    }
+    if let Some(first) = missing.first() {
+        return Err(format!(
+            "verification failed: {} of {} objects are not in the destination as in the source (first: {first}); the source is left as it is",
+            missing.len(),
+            items.len()
+        ));
+    }
+    if opts.delete_source {
+        let items = interleave(items, to.prefix_count());
+        progress.phase("deleting the source", items.len() as u64, 0);
+        let keys: Vec<String> = items.into_iter().map(|i| i.src).collect();
+        report.deleted = delete_all(store.as_ref(), &keys, opts.jobs, progress).await?;
+        progress.done();
+    }
+    Ok(report)
+}
+
+/// The source's objects with their destination keys, and the count of foreign keys.
+async fn plan(store: &dyn ObjectStore, from: &Layout, to: &Layout) -> Result<(Vec<Item>, u64), String> {
+    let objects = scan(store, from).await?;
+    let reserved = format!("{}{}/", from.root_slash(), crate::layout::RESERVED_NAME);
+    let nested = !to.root().is_empty() && to.root() != from.root();
+    let mut items = Vec::with_capacity(objects.len());
+    let mut foreign = 0;
+    for (key, o) in objects {
+        // The destination's own keys, where it lies inside the source's root, and the
+        // source's descriptor are not part of what moves.
+        if key.starts_with(&reserved)
+            || (nested && key.starts_with(&to.root_slash()))
+            || (from.root() == to.root() && to.key_to_path(&key).is_some())
+        {
+            continue;
+        }
+        let Some((path, is_dir)) = from.key_to_path(&key).filter(|(_, d)| !d || o.size == 0) else {
+            tracing::debug!(key = %crate::layout::escape_controls(&key), "not of the source layout: left alone");
+            foreign += 1;
+            continue;
+        };
+        let dst = if is_dir {
+            to.dir_marker_key(&path)
+        } else {
+            to.file_key(&path)
+        }
+        .map_err(|e| format!("{path}: {e}"))?;
+        items.push(Item {
+            src: key,
+            dst,
+            size: o.size,
+            etag: o.etag,
+            prefix: to.prefix_index(&path),
+        });
+    }
+    Ok((items, foreign))
+}
+
+/// Every key under a layout's root, by key: one paginated LIST per prefix, in parallel.
+async fn scan(store: &dyn ObjectStore, layout: &Layout) -> Result<HashMap<String, ObjectMeta>, String> {
+    let root = RelPath::root();
+    let pages: Vec<Vec<ObjectMeta>> = stream::iter(0..layout.prefix_count())
+        .map(|q| {
+            let prefix = layout.dir_list_prefix(q, &root);
+            async move {
+                let mut out = Vec::new();
+                let mut token: Option<String> = None;
+                loop {
+                    let page = store
+                        .list(&prefix, None, token.as_deref(), None)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    out.extend(page.objects);
+                    match page.next_token {
+                        Some(t) => token = Some(t),
+                        None => return Ok::<_, String>(out),
+                    }
+                }
+            }
+        })
+        .buffer_unordered(layout.prefix_count().min(64) as usize)
+        .try_collect()
+        .await?;
+    Ok(pages.into_iter().flatten().map(|o| (o.key.clone(), o)).collect())
+}
+
+/// Whether `dst` holds `item` whole: the same size, and the same ETag (CopyObject keeps it)
+/// or, for a multipart copy, the source's ETag in its metadata (one HEAD).
+async fn copied_already(
+    store: &dyn ObjectStore,
+    item: &Item,
+    dst: Option<&ObjectMeta>,
+    opts: &Options,
+) -> Result<bool, String> {
+    let Some(dst) = dst else { return Ok(false) };
+    if dst.size != item.size {
+        return Ok(false);
+    }
+    if item.etag.is_some() && dst.etag == item.etag {
+        return Ok(true);
+    }
+    if item.size <= opts.copy_object_max {
+        return Ok(false);
+    }
+    let head = match store.head(&item.dst).await {
+        Ok(h) => h,
+        Err(e) if e.is_not_found() => return Ok(false),
+        Err(e) => return Err(e.to_string()),
+    };
+    Ok(item.etag.as_deref().map(strip_quotes) == head.user_meta.get(SOURCE_ETAG_META).map(|s| strip_quotes(s)))
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn strip_quotes(s: &str) -> &str {
+    s.trim_matches('"')
+}
+
+/// Orders items round-robin over the destination's prefixes.
+fn interleave(items: Vec<Item>, prefixes: u32) -> Vec<Item> {
+    let mut by_prefix: Vec<std::collections::VecDeque<Item>> = (0..prefixes).map(|_| Default::default()).collect();
+    let n = items.len();
+    for i in items {
+        by_prefix[i.prefix as usize].push_back(i);
+    }
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        for q in by_prefix.iter_mut() {
+            if let Some(i) = q.pop_front() {
+                out.push(i);
+            }
+        }
+    }
+    out
+}
+
+/// One object: CopyObject (metadata with it), or UploadPartCopy parts in parallel above
+/// `copy_object_max`, with the source's metadata and ETag.
+async fn copy(store: &Arc<dyn ObjectStore>, item: &Item, opts: &Options) -> Result<(), String> {
+    if item.size <= opts.copy_object_max {
+        return store.copy(&item.src, &item.dst, None).await.map_err(|e| e.to_string());
+    }
+    let head = store.head(&item.src).await.map_err(|e| e.to_string())?;
+    let mut meta: UserMeta = head.user_meta.clone();
+    if let Some(etag) = &head.etag {
+        meta.insert(SOURCE_ETAG_META.into(), strip_quotes(etag).to_string());
+    }
+    let part = opts.copy_part.max(item.size.div_ceil(MAX_PARTS));
+    let id = store
+        .create_multipart(&item.dst, &meta)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ranges: Vec<(i32, std::ops::Range<u64>)> = (0..item.size.div_ceil(part))
+        .map(|n| (n as i32 + 1, n * part..((n + 1) * part).min(item.size)))
+        .collect();
+    let parts: Result<Vec<(i32, String)>, String> = stream::iter(ranges)
+        .map(|(n, r)| {
+            let (store, id) = (store.clone(), id.clone());
+            async move {
+                let etag = store
+                    .upload_part_copy(&item.dst, &id, n, &item.src, r)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((n, etag))
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect()
+        .await;
+    let done = match parts {
+        Ok(mut parts) => {
+            parts.sort_by_key(|p| p.0);
+            store
+                .complete_multipart(&item.dst, &id, &parts)
+                .await
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e),
+    };
+    if let Err(e) = done {
+        if let Err(a) = store.abort_multipart(&item.dst, &id).await {
+            tracing::warn!(key = %item.dst, error = %a, "could not abort a failed multipart copy");
+        }
+        return Err(format!("copying {} to {}: {e}", item.src, item.dst));
+    }
+    Ok(())
+}
+
+/// Deletes `keys` (interleaved already) in DeleteObjects batches, `jobs` at once; each batch
+/// spans many prefixes.
+async fn delete_all(
+    store: &dyn ObjectStore,
+    keys: &[String],
+    jobs: usize,
+    progress: &dyn Progress,
+) -> Result<u64, String> {
+    let deleted = AtomicU64::new(0);
+    stream::iter(keys.chunks(DELETE_BATCH))
+        .map(|batch| {
+            let deleted = &deleted;
+            async move {
+                let failed = store.delete_many(batch).await.map_err(|e| e.to_string())?;
+                if let Some((key, error)) = failed.first() {
+                    return Err(format!(
+                        "{} source keys not deleted (first: {key}: {error})",
+                        failed.len()
+                    ));
+                }
+                deleted.fetch_add(batch.len() as u64, Ordering::Relaxed);
+                progress.advance(batch.len() as u64, 0);
+                Ok(())
+            }
+        })
+        .buffer_unordered(jobs.clamp(1, 16))
+        .try_collect::<()>()
+        .await?;
+    Ok(deleted.into_inner())
+}
+
+/// Progress as plain lines on stderr, at most one every `every` (logs, pipes, CI).
+pub struct Lines {
+    every: Duration,
+    state: std::sync::Mutex<LineState>,
+}
+
+struct LineState {
+    name: String,
+    total: u64,
+    bytes: u64,
+    done: u64,
+    done_bytes: u64,
+    start: Instant,
+    last: Instant,
+}
+
+impl Lines {
+    pub fn new(every: Duration) -> Self {
+        let now = Instant::now();
+        Lines {
+            every,
+            state: std::sync::Mutex::new(LineState {
+                name: String::new(),
+                total: 0,
+                bytes: 0,
+                done: 0,
+                done_bytes: 0,
+                start: now,
+                last: now,
+            }),
+        }
+    }
+
+    fn print(s: &LineState) {
+        let secs = s.start.elapsed().as_secs_f64().max(1e-3);
+        let rate = s.done as f64 / secs;
+        let eta = if rate > 0.0 {
+            format!("{:.0} s", (s.total.saturating_sub(s.done)) as f64 / rate)
+        } else {
+            "unknown".into()
+        };
+        eprintln!(
+            "{}: {}/{} objects, {}/{} MiB, {:.0} objects/s, {:.1} MiB/s, ETA {eta}",
+            s.name,
+            s.done,
+            s.total,
+            s.done_bytes >> 20,
+            s.bytes >> 20,
+            rate,
+            s.done_bytes as f64 / secs / (1 << 20) as f64
+        );
+    }
+}
+
+impl Progress for Lines {
+    fn phase(&self, name: &str, total: u64, bytes: u64) {
+        let mut s = lock(&self.state);
+        let now = Instant::now();
+        *s = LineState {
+            name: name.to_string(),
+            total,
+            bytes,
+            done: 0,
+            done_bytes: 0,
+            start: now,
+            last: now,
+        };
+    }
+
+    fn advance(&self, objects: u64, bytes: u64) {
+        let mut s = lock(&self.state);
+        s.done += objects;
+        s.done_bytes += bytes;
+        if s.last.elapsed() >= self.every {
+            s.last = Instant::now();
+            Self::print(&s);
+        }
+    }
+
+    fn done(&self) {
+        Self::print(&lock(&self.state));
+    }
+}
+
+/// Progress as a bar with rate and ETA, for a person at a terminal.
+pub struct Bar(indicatif::ProgressBar);
+
+impl Bar {
+    pub fn new() -> Self {
+        Bar(indicatif::ProgressBar::hidden())
+    }
+}
+
+impl Default for Bar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Progress for Bar {
+    fn phase(&self, name: &str, total: u64, _bytes: u64) {
+        self.0.set_draw_target(indicatif::ProgressDrawTarget::stderr());
+        self.0.reset();
+        self.0.set_length(total);
+        self.0.set_message(name.to_string());
+        let style =
+            indicatif::ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} objects, {per_sec}, ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        self.0.set_style(style);
+    }
+
+    fn advance(&self, objects: u64, _bytes: u64) {
+        self.0.inc(objects);
+    }
+
+    fn done(&self) {
+        self.0.finish();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn items_go_out_round_robin_over_the_destination_prefixes() {
+        let item = |prefix| Item {
+            src: String::new(),
+            dst: String::new(),
+            size: 0,
+            etag: None,
+            prefix,
+        };
+        let items = vec![item(0), item(0), item(0), item(1), item(2), item(2)];
+        let order: Vec<u32> = interleave(items, 3).iter().map(|i| i.prefix).collect();
+        assert_eq!(order, [0, 1, 2, 0, 2, 0]);
+    }
+}

@@ -1,0 +1,237 @@
+//! `prefixfs migrate` against real S3 servers (the embedded one and moto's): a bucket of
+//! plain, date-shaped keys into the hashed layout and back, killed halfway and resumed,
+//! verified, the source deleted.
+
+mod common;
+
+use common::{BUCKET, Env};
+use futures::StreamExt;
+use prefixfs::store::{ObjectStore, UserMeta};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// Dated files: DAYS days × PER_DAY files, under `plain/`.
+const DAYS: usize = 50;
+const PER_DAY: usize = 100;
+
+fn dated_paths() -> Vec<String> {
+    (0..DAYS)
+        .flat_map(|d| (0..PER_DAY).map(move |i| format!("2017/{:02}/{:02}/f{i:03}.log", 1 + d / 28, 1 + d % 28)))
+        .collect()
+}
+
+/// The key docs/LAYOUT.md gives `path` under ROOT with 16 prefixes, computed here from the
+/// document's formula rather than by the layout module.
+fn documented_key(root: &str, path: &str) -> String {
+    let digest = Sha256::digest(path.as_bytes());
+    let q = u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % 16;
+    format!("{root}/{q:x}/{path}")
+}
+
+fn meta_of(path: &str) -> UserMeta {
+    // s3fs-style POSIX metadata on a few files: it must come along.
+    let mut m = UserMeta::new();
+    if path.ends_with("f000.log") {
+        m.insert("mode".into(), "33152".into());
+        m.insert("mtime".into(), "1486512000".into());
+    }
+    m
+}
+
+fn plant(env: &Env, paths: &[String]) {
+    env.rt.block_on(async {
+        futures::stream::iter(paths)
+            .map(|p| {
+                let key = format!("plain/{p}");
+                let body = bytes::Bytes::from(format!("{p}\n"));
+                let meta = meta_of(p);
+                async move { env.s3.put(&key, body, &meta).await }
+            })
+            .buffer_unordered(64)
+            .for_each(|r| async move { r.expect("put") })
+            .await;
+    });
+    // An empty directory (a marker) and a foreign key: a "marker" with a body.
+    env.put("plain/2017/12/", b"");
+    env.put("plain/junk/", b"not a marker");
+}
+
+fn migrate(env: &Env, args: &[&str]) -> Output {
+    let out = env
+        .prefixfs()
+        .arg("migrate")
+        .args(args)
+        .args(env.conn_args())
+        .output()
+        .expect("prefixfs migrate");
+    assert!(
+        out.status.success(),
+        "migrate {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The number after `word` in the command's output ("copied 12 (", "12 COPY").
+fn figure(out: &Output, before: &str) -> u64 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find(before).unwrap_or_else(|| panic!("no {before:?} in {text}"));
+    let rest = &text[at + before.len()..];
+    rest.split(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure after {before:?} in {text}"))
+}
+
+fn count_after(out: &Output, after: &str) -> u64 {
+    let text = String::from_utf8_lossy(&out.stdout);
+    let at = text.find(after).unwrap_or_else(|| panic!("no {after:?} in {text}"));
+    text[..at]
+        .trim_end()
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no figure before {after:?} in {text}"))
+}
+
+fn keys_under(env: &Env, prefix: &str) -> BTreeSet<String> {
+    env.keys().into_iter().filter(|k| k.starts_with(prefix)).collect()
+}
+
+fn a_plain_bucket_moves_into_the_layout_resumes_after_a_kill_and_leaves(env: Env) {
+    let paths = dated_paths();
+    plant(&env, &paths);
+    let objects = paths.len() as u64 + 1; // the files and the marker
+    let expected: BTreeSet<String> = paths
+        .iter()
+        .map(|p| documented_key("data", p))
+        .chain([documented_key("data", "2017/12") + "/"])
+        .collect();
+    let from = format!("s3://{BUCKET}/plain");
+    let to = format!("s3://{BUCKET}/data");
+
+    // A dry run counts and changes nothing.
+    let dry = migrate(&env, &[&from, &to, "--dry-run"]);
+    assert_eq!(figure(&dry, "would copy "), objects);
+    assert_eq!(count_after(&dry, "foreign keys"), 1);
+    assert!(keys_under(&env, "data/").is_empty(), "a dry run writes nothing");
+
+    // Killed once part of the copies are made.
+    let mut child = env
+        .prefixfs()
+        .arg("migrate")
+        .args([&from, &to, "--jobs", "2"])
+        .args(env.conn_args())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn migrate");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let n = keys_under(&env, "data/").len() as u64;
+        if n > objects / 5 {
+            break;
+        }
+        assert!(
+            child.try_wait().expect("wait").is_none(),
+            "migrate ended before it was killed"
+        );
+        assert!(Instant::now() < deadline, "migrate made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    std::thread::sleep(Duration::from_millis(300));
+    let done = keys_under(&env, "data/").len() as u64 - 1; // the descriptor
+    assert!(done < objects, "killed halfway: {done} of {objects}");
+
+    // The rerun copies what is missing, and only that.
+    let rerun = migrate(&env, &[&from, &to]);
+    assert_eq!(count_after(&rerun, "already in place"), done);
+    assert_eq!(figure(&rerun, "copied "), objects - done);
+    assert_eq!(count_after(&rerun, "COPY"), objects - done, "no object copied twice");
+    let data: BTreeSet<String> = keys_under(&env, "data/")
+        .into_iter()
+        .filter(|k| !k.starts_with("data/.prefixfs/"))
+        .collect();
+    assert_eq!(data, expected, "exactly the keys docs/LAYOUT.md gives");
+    assert!(
+        env.keys().contains("data/.prefixfs/layout.json"),
+        "the descriptor is written"
+    );
+    let sample = &paths[0];
+    let head = env
+        .rt
+        .block_on(env.s3.head(&documented_key("data", sample)))
+        .expect("head");
+    assert_eq!(head.user_meta, meta_of(sample), "POSIX metadata comes along");
+    assert_eq!(
+        env.get(&documented_key("data", &paths[7])),
+        format!("{}\n", paths[7]).into_bytes()
+    );
+
+    // Nothing left to do: a third run copies nothing; with --delete-source the source goes.
+    let last = migrate(&env, &[&from, &to, "--delete-source"]);
+    assert_eq!(figure(&last, "copied "), 0);
+    assert_eq!(figure(&last, "deleted "), objects);
+    assert_eq!(
+        keys_under(&env, "plain/"),
+        BTreeSet::from(["plain/junk/".to_string()]),
+        "only the foreign key is left of the source"
+    );
+
+    // And back, to leave prefixfs: the plain keys again, under another root.
+    let back = migrate(&env, &[&to, &format!("s3://{BUCKET}/back"), "--to-prefix-count", "1"]);
+    assert_eq!(figure(&back, "copied "), objects);
+    let plain: BTreeSet<String> = keys_under(&env, "back/")
+        .into_iter()
+        .filter(|k| !k.starts_with("back/.prefixfs/"))
+        .collect();
+    let wanted: BTreeSet<String> = paths
+        .iter()
+        .map(|p| format!("back/{p}"))
+        .chain(["back/2017/12/".to_string()])
+        .collect();
+    assert_eq!(plain, wanted);
+}
+
+fn objects_too_large_for_copy_object_are_copied_in_parts_and_recognised_on_rerun(env: Env) {
+    let body: Vec<u8> = (0..11u32 << 20).map(|i| (i % 251) as u8).collect();
+    let mut meta = UserMeta::new();
+    meta.insert("mode".into(), "33188".into());
+    env.rt
+        .block_on(env.s3.put("plain/big.bin", body.clone().into(), &meta))
+        .expect("put");
+    let args = [
+        &format!("s3://{BUCKET}/plain"),
+        &format!("s3://{BUCKET}/data"),
+        "--copy-object-max",
+        "1048576",
+        "--copy-part-mib",
+        "5",
+    ]
+    .map(|s| s.to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let first = migrate(&env, &args);
+    assert_eq!(figure(&first, "copied "), 1);
+    let key = documented_key("data", "big.bin");
+    assert_eq!(env.get(&key), body);
+    let head = env.rt.block_on(env.s3.head(&key)).expect("head");
+    assert_eq!(head.user_meta.get("mode").map(String::as_str), Some("33188"));
+    assert!(head.user_meta.contains_key(prefixfs::migrate::SOURCE_ETAG_META));
+    let again = migrate(&env, &args);
+    assert_eq!(
+        figure(&again, "copied "),
+        0,
+        "the part-by-part copy is recognised as done"
+    );
+    assert!(env.rt.block_on(env.s3.list_uploads("")).expect("uploads").is_empty());
+}
+
+on_every_backend!(
+    a_plain_bucket_moves_into_the_layout_resumes_after_a_kill_and_leaves,
+    objects_too_large_for_copy_object_are_copied_in_parts_and_recognised_on_rerun,
+);
