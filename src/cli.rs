@@ -40,6 +40,42 @@ pub enum Command {
     /// Copy a layout into another, server-side, in the same bucket: plain date-shaped keys
     /// into the hashed layout (or back). Resumable; verified; --delete-source after that.
     Migrate(MigrateArgs),
+    /// Check every key under s3://BUCKET[/ROOT] against the layout: misplaced keys (wrong
+    /// prefix), foreign keys, incomplete multipart uploads. Exit 0: clean; 1: all repaired;
+    /// 4: problems left.
+    Fsck(FsckArgs),
+    /// The layout of s3://BUCKET[/ROOT]: its descriptor, objects and bytes per prefix, skew.
+    Info(InfoArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FsckArgs {
+    /// s3://BUCKET[/ROOT]
+    pub target: String,
+    /// Move misplaced keys to their hash prefix, and abort incomplete multipart uploads older
+    /// than --abort-uploads-older-than. Foreign keys are never touched.
+    #[arg(long)]
+    pub repair: bool,
+    /// Hours an incomplete upload must have been left before --repair aborts it (younger
+    /// ones may belong to a mount writing now).
+    #[arg(long, default_value_t = 24.0)]
+    pub abort_uploads_older_than: f64,
+    /// Listings and moves in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// s3://BUCKET[/ROOT]
+    pub target: String,
+    /// Listings in flight at once.
+    #[arg(long, default_value_t = 32)]
+    pub jobs: usize,
+    #[command(flatten)]
+    pub conn: ConnArgs,
 }
 
 #[derive(Debug, Args)]

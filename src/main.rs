@@ -26,6 +26,16 @@ fn main() -> ExitCode {
         Command::Stats(a) => run_stats(a),
         Command::Rm(a) => run_rm(a),
         Command::Migrate(a) => run_migrate(a),
+        Command::Info(a) => run_info(a),
+        Command::Fsck(a) => {
+            return match run_fsck(a) {
+                Ok(code) => code,
+                Err(msg) => {
+                    eprintln!("prefixfs: {msg}");
+                    ExitCode::from(8)
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -277,6 +287,8 @@ fn run_migrate(a: prefixfs::cli::MigrateArgs) -> Result<(), String> {
     rt.block_on(async {
         let c = mount::connect(Some(&bucket), a.conn.aws_config(&bucket), a.conn.retry_config()?, None).await?;
         // Each side's descriptor says its layout; a flag only stands in where there is none.
+        // In place (one root), the descriptor is the layout being left until the migration
+        // is verified, and then the new one.
         let side = |found: Option<u32>, flag: Option<u32>, default: u32, what: &str| match (found, flag) {
             (Some(n), Some(f)) if n != f => Err(format!(
                 "--{what}-prefix-count {f} disagrees with the {what} layout's descriptor ({n} prefixes)"
@@ -285,18 +297,23 @@ fn run_migrate(a: prefixfs::cli::MigrateArgs) -> Result<(), String> {
             (None, f) => Ok(f.unwrap_or(default)),
         };
         let to_found = mount::read_descriptor(c.store.as_ref(), &to_root).await?;
-        let from_n = side(
-            mount::read_descriptor(c.store.as_ref(), &from_root).await?,
-            a.from_prefix_count,
-            1,
-            "from",
-        )?;
-        let to_n = side(to_found, a.to_prefix_count, prefixfs::layout::DEFAULT_PREFIX_COUNT, "to")?;
+        let (from_n, to_n) = if from_root == to_root {
+            let from_n = a.from_prefix_count.unwrap_or(1);
+            let to_n = match (to_found, a.to_prefix_count) {
+                (_, Some(f)) => f,
+                (Some(n), None) if n != from_n => n,
+                _ => prefixfs::layout::DEFAULT_PREFIX_COUNT,
+            };
+            (from_n, to_n)
+        } else {
+            let from_found = mount::read_descriptor(c.store.as_ref(), &from_root).await?;
+            (
+                side(from_found, a.from_prefix_count, 1, "from")?,
+                side(to_found, a.to_prefix_count, prefixfs::layout::DEFAULT_PREFIX_COUNT, "to")?,
+            )
+        };
         let from = Layout::new(&from_root, from_n).map_err(|e| e.to_string())?;
         let to = Layout::new(&to_root, to_n).map_err(|e| e.to_string())?;
-        if to_found.is_none() && !a.dry_run {
-            mount::write_descriptor(c.store.as_ref(), &to).await?;
-        }
         // Paced per destination prefix: that is where the copies land.
         let store = c.paced(&to, Default::default());
         let opts = migrate::Options {
@@ -305,6 +322,7 @@ fn run_migrate(a: prefixfs::cli::MigrateArgs) -> Result<(), String> {
             delete_source: a.delete_source,
             copy_object_max: a.copy_object_max,
             copy_part: a.copy_part_mib << 20,
+            write_descriptor: to_found != Some(to_n),
         };
         let progress: Box<dyn migrate::Progress> = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
             Box::new(migrate::Bar::new())
@@ -336,5 +354,113 @@ fn run_migrate(a: prefixfs::cli::MigrateArgs) -> Result<(), String> {
             s.throttles
         );
         Ok(())
+    })
+}
+
+/// Connects to s3://BUCKET[/ROOT] and reads its layout; `f` runs with the paced store.
+fn with_layout<T>(
+    target: &str,
+    conn: &prefixfs::cli::ConnArgs,
+    f: impl AsyncFnOnce(std::sync::Arc<dyn prefixfs::store::ObjectStore>, Layout) -> Result<T, String>,
+) -> Result<T, String> {
+    let (bucket, root) = prefixfs::cli::parse_s3_url(target)?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let c = mount::connect(Some(&bucket), conn.aws_config(&bucket), conn.retry_config()?, None).await?;
+        let layout = mount::resolve_layout(c.store.as_ref(), &root, None, false).await?;
+        let store = c.paced(&layout, Default::default());
+        f(store, layout).await
+    })
+}
+
+fn run_info(a: prefixfs::cli::InfoArgs) -> Result<(), String> {
+    with_layout(&a.target, &a.conn, async |store, layout| {
+        let inv = prefixfs::check::scan(store.as_ref(), &layout, a.jobs).await?;
+        let d = layout.descriptor();
+        println!(
+            "{}: layout format {}, hash {}, {} prefixes (descriptor {})",
+            a.target,
+            d.format,
+            d.hash,
+            layout.prefix_count(),
+            layout.descriptor_key()
+        );
+        println!("objects {} ({} bytes)", inv.objects(), inv.bytes());
+        for (q, (n, bytes)) in inv.per_prefix.iter().enumerate() {
+            println!("prefix {}: {n} objects, {bytes} bytes", layout.prefix_name(q as u32));
+        }
+        println!("skew {:.2} (the fullest prefix's objects over the mean)", inv.skew());
+        println!(
+            "misplaced {}, foreign {}, incomplete uploads {} (prefixfs fsck lists them)",
+            inv.misplaced.len(),
+            inv.foreign.len(),
+            inv.uploads.len()
+        );
+        Ok(())
+    })
+}
+
+fn run_fsck(a: prefixfs::cli::FsckArgs) -> Result<ExitCode, String> {
+    use prefixfs::layout::escape_controls;
+    with_layout(&a.target, &a.conn, async |store, layout| {
+        let inv = prefixfs::check::scan(store.as_ref(), &layout, a.jobs).await?;
+        println!(
+            "{}: {} prefixes, {} objects ({} bytes) of the layout",
+            a.target,
+            layout.prefix_count(),
+            inv.objects(),
+            inv.bytes()
+        );
+        for (wrong, right) in &inv.misplaced {
+            println!(
+                "misplaced: {} (belongs at {})",
+                escape_controls(wrong),
+                escape_controls(right)
+            );
+        }
+        for (key, why) in &inv.foreign {
+            println!("foreign: {} ({why})", escape_controls(key));
+        }
+        let cutoff = std::time::SystemTime::now()
+            - std::time::Duration::from_secs_f64(a.abort_uploads_older_than.max(0.0) * 3600.0);
+        for u in &inv.uploads {
+            let age = u
+                .initiated
+                .and_then(|t| t.elapsed().ok())
+                .map(|d| format!("{} s old", d.as_secs()));
+            println!(
+                "incomplete upload: {} ({})",
+                escape_controls(&u.key),
+                age.unwrap_or_else(|| "age unknown".into())
+            );
+        }
+        let mut left = inv.misplaced.len() + inv.foreign.len() + inv.uploads.len();
+        let mut repaired = 0;
+        if a.repair {
+            let r = prefixfs::check::repair(store.as_ref(), &layout, &inv, a.jobs).await?;
+            for c in &r.conflicts {
+                println!("not moved: {} (its right key holds another object)", escape_controls(c));
+            }
+            let mut aborted = 0;
+            for u in inv.uploads.iter().filter(|u| u.initiated.is_some_and(|t| t < cutoff)) {
+                store
+                    .abort_multipart(&u.key, &u.upload_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                aborted += 1;
+            }
+            println!("repaired: moved {} misplaced keys, aborted {aborted} uploads", r.moved);
+            repaired = r.moved as usize + aborted;
+            left -= repaired;
+        }
+        println!(
+            "{left} problems left ({} foreign keys are never touched)",
+            inv.foreign.len()
+        );
+        Ok(match (left, repaired) {
+            (0, 0) => ExitCode::SUCCESS,
+            (0, _) => ExitCode::from(1),
+            _ => ExitCode::from(4),
+        })
     })
 }

@@ -37,6 +37,9 @@ pub struct Options {
     pub copy_object_max: u64,
     /// Part size of those copies (at least; more when 10,000 parts would not do).
     pub copy_part: u64,
+    /// Write the destination's layout descriptor once every copy is verified (so a mount
+    /// of the new layout never starts on half of it; in place, it switches the layout).
+    pub write_descriptor: bool,
 }
 
 impl Default for Options {
@@ -47,6 +50,7 @@ impl Default for Options {
             delete_source: false,
             copy_object_max: COPY_OBJECT_MAX,
             copy_part: COPY_PART,
+            write_descriptor: true,
         }
     }
 }
@@ -148,6 +152,9 @@ pub async fn migrate(
             missing.len(),
             items.len()
         ));
+    }
+    if opts.write_descriptor {
+        crate::mount::write_descriptor(store.as_ref(), to).await?;
     }
     if opts.delete_source {
         let items = interleave(items, to.prefix_count());

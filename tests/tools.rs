@@ -1,6 +1,7 @@
-//! `prefixfs migrate` against real S3 servers (the embedded one and moto's): a bucket of
-//! plain, date-shaped keys into the hashed layout and back, killed halfway and resumed,
-//! verified, the source deleted.
+//! The bucket tools against real S3 servers (the embedded one and moto's). `prefixfs
+//! migrate`: a bucket of plain, date-shaped keys into the hashed layout and back, killed
+//! halfway and resumed, verified, the source deleted. `prefixfs fsck` and `info`: planted
+//! misplaced and foreign keys found, the misplaced ones repaired.
 
 mod common;
 
@@ -145,8 +146,12 @@ fn a_plain_bucket_moves_into_the_layout_resumes_after_a_kill_and_leaves(env: Env
     child.kill().expect("kill");
     child.wait().expect("reap");
     std::thread::sleep(Duration::from_millis(300));
-    let done = keys_under(&env, "data/").len() as u64 - 1; // the descriptor
+    let done = keys_under(&env, "data/").len() as u64;
     assert!(done < objects, "killed halfway: {done} of {objects}");
+    assert!(
+        !env.keys().contains("data/.prefixfs/layout.json"),
+        "no descriptor before the copies are verified: a mount cannot start on half a layout"
+    );
 
     // The rerun copies what is missing, and only that.
     let rerun = migrate(&env, &[&from, &to]);
@@ -231,7 +236,123 @@ fn objects_too_large_for_copy_object_are_copied_in_parts_and_recognised_on_rerun
     assert!(env.rt.block_on(env.s3.list_uploads("")).expect("uploads").is_empty());
 }
 
+fn a_plain_layout_moves_into_the_layout_in_place(env: Env) {
+    let paths: Vec<String> = dated_paths().into_iter().step_by(25).collect();
+    env.rt.block_on(async {
+        for p in &paths {
+            env.s3
+                .put(&format!("logs/{p}"), bytes::Bytes::from_static(b"x"), &UserMeta::new())
+                .await
+                .expect("put");
+        }
+    });
+    let root = format!("s3://{BUCKET}/logs");
+    let first = migrate(&env, &[&root, &root]);
+    assert_eq!(figure(&first, "copied "), paths.len() as u64);
+    // The source is still whole until --delete-source; a rerun finds everything in place.
+    let last = migrate(&env, &[&root, &root, "--delete-source"]);
+    assert_eq!(figure(&last, "copied "), 0);
+    assert_eq!(figure(&last, "deleted "), paths.len() as u64);
+    let expected: BTreeSet<String> = paths
+        .iter()
+        .map(|p| documented_key("logs", p))
+        .chain(["logs/.prefixfs/layout.json".to_string()])
+        .collect();
+    assert_eq!(keys_under(&env, "logs/"), expected);
+    let descriptor: serde_json::Value = serde_json::from_slice(&env.get("logs/.prefixfs/layout.json")).expect("json");
+    assert_eq!(descriptor["prefix_count"], 16);
+}
+
+fn fsck_finds_misplaced_and_foreign_keys_and_repairs_the_misplaced(env: Env) {
+    let mut mount = env.mount(16, &[]);
+    mount.ok("mkdir -p 2017/02 && echo a > 2017/02/a.log && echo b > 2017/02/b.log");
+    drop(mount);
+    // Written by a tool that ignored the layout: under the wrong prefix.
+    let right = documented_key("data", "2017/02/c.log");
+    let wrong_q = if right.starts_with("data/0/") { "1" } else { "0" };
+    let misplaced = format!("data/{wrong_q}/2017/02/c.log");
+    env.put(&misplaced, b"c\n");
+    for foreign in ["data/zz/x", "data/top.txt", "data/3/a/../b", "data/4/dir/"] {
+        env.put(foreign, b"junk");
+    }
+    env.rt
+        .block_on(env.s3.create_multipart("data/5/left-behind", &UserMeta::new()))
+        .expect("create upload");
+    let fsck = |extra: &[&str]| {
+        env.prefixfs()
+            .args(["fsck", &format!("s3://{BUCKET}/data")])
+            .args(extra)
+            .args(env.conn_args())
+            .output()
+            .expect("fsck")
+    };
+    let found = fsck(&[]);
+    let text = String::from_utf8_lossy(&found.stdout).to_string();
+    assert_eq!(found.status.code(), Some(4), "{text}");
+    assert!(
+        text.contains(&format!("misplaced: {misplaced} (belongs at {right})")),
+        "{text}"
+    );
+    for foreign in ["data/zz/x", "data/top.txt", "data/3/a/../b", "data/4/dir/"] {
+        assert!(text.contains(&format!("foreign: {foreign} (")), "{foreign} in {text}");
+    }
+    assert!(text.contains("incomplete upload: data/5/left-behind"), "{text}");
+    assert!(
+        text.contains("3 objects (4 bytes) of the layout"),
+        "two files and a marker: {text}"
+    );
+
+    let repaired = fsck(&["--repair", "--abort-uploads-older-than", "0"]);
+    let text = String::from_utf8_lossy(&repaired.stdout).to_string();
+    assert!(text.contains("moved 1 misplaced keys, aborted 1 uploads"), "{text}");
+    assert_eq!(repaired.status.code(), Some(4), "foreign keys are left: {text}");
+    let keys = env.keys();
+    assert!(
+        keys.contains(&right) && !keys.contains(&misplaced),
+        "moved to its prefix"
+    );
+    for foreign in ["data/zz/x", "data/top.txt", "data/3/a/../b", "data/4/dir/"] {
+        assert!(keys.contains(foreign), "{foreign} is never touched");
+    }
+    let again = String::from_utf8_lossy(&fsck(&[]).stdout).to_string();
+    assert!(
+        !again.contains("misplaced:") && !again.contains("incomplete upload"),
+        "{again}"
+    );
+
+    // The mount sees the repaired file; info counts it.
+    let mut mount = env.mount(16, &[]);
+    assert_eq!(mount.ok("cat 2017/02/c.log"), "c\n");
+    drop(mount);
+    let info = env
+        .prefixfs()
+        .args(["info", &format!("s3://{BUCKET}/data")])
+        .args(env.conn_args())
+        .output()
+        .expect("info");
+    let text = String::from_utf8_lossy(&info.stdout).to_string();
+    assert!(
+        text.contains("16 prefixes") && text.contains("objects 5 (6 bytes)"),
+        "{text}"
+    );
+    let per_prefix: u64 = text
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("prefix ")?
+                .split(": ")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(per_prefix, 5, "{text}");
+}
+
 on_every_backend!(
+    fsck_finds_misplaced_and_foreign_keys_and_repairs_the_misplaced,
+    a_plain_layout_moves_into_the_layout_in_place,
     a_plain_bucket_moves_into_the_layout_resumes_after_a_kill_and_leaves,
     objects_too_large_for_copy_object_are_copied_in_parts_and_recognised_on_rerun,
 );
