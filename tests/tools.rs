@@ -298,8 +298,8 @@ fn fsck_finds_misplaced_and_foreign_keys_and_repairs_the_misplaced(env: Env) {
     }
     assert!(text.contains("incomplete upload: data/5/left-behind"), "{text}");
     assert!(
-        text.contains("3 objects (4 bytes) of the layout"),
-        "two files and a marker: {text}"
+        text.contains("4 objects (4 bytes) of the layout"),
+        "two files and two markers: {text}"
     );
 
     let repaired = fsck(&["--repair", "--abort-uploads-older-than", "0"]);
