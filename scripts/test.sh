@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 need_apt=()
 command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 command -v rsync >/dev/null || need_apt+=(rsync)
+command -v man >/dev/null || need_apt+=(man-db)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing ${need_apt[*]}"
@@ -40,6 +41,12 @@ fi
 
 # A second local user, to show that nothing prefixfs keeps locally is readable by others.
 id prefixfs-other >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin prefixfs-other
+
+# The Debian package of the binary the tests build, installed as a user would
+# (tests/package.rs checks its files, its man pages and a mount through mount(8)).
+echo "building and installing the Debian package"
+deb=$(PROFILE=dev ./scripts/deb.sh | tail -n 1)
+dpkg -i "$deb" >/dev/null
 
 # Tests talk only to servers on 127.0.0.1: never let the AWS SDK probe instance metadata.
 export AWS_EC2_METADATA_DISABLED=true

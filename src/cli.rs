@@ -46,6 +46,47 @@ pub enum Command {
     Fsck(FsckArgs),
     /// The layout of s3://BUCKET[/ROOT]: its descriptor, objects and bytes per prefix, skew.
     Info(InfoArgs),
+    /// Write the man pages and shell completions (for packaging).
+    #[command(hide = true)]
+    Generate(GenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateArgs {
+    /// Directory to write man/ (prefixfs.1, prefixfs-SUBCOMMAND.1) and completions/ into.
+    pub out: PathBuf,
+}
+
+/// Writes the man pages (one per subcommand, as `man prefixfs-mount`) and the bash, zsh and
+/// fish completions, all generated from the CLI definition.
+pub fn generate(out: &std::path::Path) -> std::io::Result<()> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let man = out.join("man");
+    let completions = out.join("completions");
+    std::fs::create_dir_all(&man)?;
+    std::fs::create_dir_all(&completions)?;
+    clap_mangen::Man::new(cmd.clone()).render(&mut std::fs::File::create(man.join("prefixfs.1"))?)?;
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("prefixfs-{}", sub.get_name());
+        // A one-shot command: the names live until it exits.
+        let page = sub.clone().name(&*Box::leak(name.clone().into_boxed_str()));
+        clap_mangen::Man::new(page).render(&mut std::fs::File::create(man.join(format!("{name}.1")))?)?;
+    }
+    for (shell, file) in [
+        (clap_complete::Shell::Bash, "prefixfs"),
+        (clap_complete::Shell::Zsh, "_prefixfs"),
+        (clap_complete::Shell::Fish, "prefixfs.fish"),
+    ] {
+        let mut cmd = Cli::command();
+        clap_complete::generate(
+            shell,
+            &mut cmd,
+            "prefixfs",
+            &mut std::fs::File::create(completions.join(file))?,
+        );
+    }
+    Ok(())
 }
 
 #[derive(Debug, Args)]

@@ -27,6 +27,7 @@ fn main() -> ExitCode {
         Command::Rm(a) => run_rm(a),
         Command::Migrate(a) => run_migrate(a),
         Command::Info(a) => run_info(a),
+        Command::Generate(a) => prefixfs::cli::generate(&a.out).map_err(|e| format!("{}: {e}", a.out.display())),
         Command::Fsck(a) => {
             return match run_fsck(a) {
                 Ok(code) => code,

@@ -1,0 +1,149 @@
+//! The Debian package, as installed by the test script (`scripts/deb.sh`, then `dpkg -i`):
+//! its files, its man pages, and a mount through mount(8) from an fstab line, as a system
+//! administrator would make it.
+
+mod common;
+
+use common::{BUCKET, Env, run_sh};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn sh(script: &str) -> common::Output {
+    run_sh(Path::new("/"), script)
+}
+
+/// Unmounts on drop (the daemon mount(8) started detaches from us).
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        if common::is_mounted(&self.0) {
+            let _ = Command::new("umount").arg(&self.0).status();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while common::is_mounted(&self.0) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if common::is_mounted(&self.0) {
+                let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+            }
+        }
+    }
+}
+
+#[test]
+fn the_package_installs_the_binary_the_mount_helper_man_pages_and_completions() {
+    let status = sh("dpkg-query -W -f='${Status} ${Version}' prefixfs");
+    assert_eq!(
+        status.stdout,
+        format!("install ok installed {}-1", env!("CARGO_PKG_VERSION")),
+        "scripts/test.sh builds the package and installs it with dpkg -i: {}",
+        status.stderr
+    );
+    let files = sh("dpkg-query -L prefixfs").stdout;
+    for f in [
+        "/usr/bin/prefixfs",
+        "/sbin/mount.prefixfs",
+        "/lib/systemd/system/prefixfs@.service",
+        "/usr/share/man/man1/prefixfs.1.gz",
+        "/usr/share/man/man1/prefixfs-mount.1.gz",
+        "/usr/share/man/man1/prefixfs-migrate.1.gz",
+        "/usr/share/bash-completion/completions/prefixfs",
+        "/usr/share/zsh/vendor-completions/_prefixfs",
+        "/usr/share/fish/vendor_completions.d/prefixfs.fish",
+        "/usr/share/doc/prefixfs/copyright",
+    ] {
+        assert!(files.lines().any(|l| l == f), "{f} is in the package:\n{files}");
+    }
+    let version = sh("/usr/bin/prefixfs --version").stdout;
+    assert_eq!(version.trim(), format!("prefixfs {}", env!("CARGO_PKG_VERSION")));
+    // The man pages render, and say what the CLI says.
+    let man = sh("MANWIDTH=100 man -P cat prefixfs 2>&1");
+    assert_eq!(man.code, 0, "{}", man.stdout);
+    for sub in ["mount", "migrate", "fsck", "info", "rm"] {
+        assert!(
+            man.stdout.contains(&format!("prefixfs-{sub}(1)")),
+            "{sub} in\n{}",
+            man.stdout
+        );
+    }
+    let mount = sh("MANWIDTH=100 man -P cat prefixfs-mount 2>&1").stdout;
+    assert!(
+        mount.contains("--metadata-ttl") && mount.contains("--trust-listing"),
+        "{mount}"
+    );
+    // Bash completion knows the subcommands.
+    let completion = sh("bash -c 'source /usr/share/bash-completion/completions/prefixfs; complete -p prefixfs'");
+    assert_eq!(completion.code, 0, "{}", completion.stderr);
+}
+
+#[test]
+fn an_fstab_line_mounts_through_mount_8_with_every_kind_of_option() {
+    let env = Env::embedded();
+    env.put(
+        "data/.prefixfs/layout.json",
+        br#"{"format":1,"hash":"sha256-u32be-mod","prefix_count":16}"#,
+    );
+    let layout = env.layout(16);
+    let key = layout
+        .file_key(&prefixfs::layout::RelPath::parse("2017/02/08/a.txt").expect("path"))
+        .expect("key");
+    env.put(&key, b"hello\n");
+    let mnt = env.subdir("mnt");
+    let log = env.dir.path().join("daemon.log");
+    // Kinds of option: generic ones mount(8) and systemd use (ignored), a flag, `name=value`
+    // with `_` for `-`, `ro`, and a quoted-free path value.
+    let options = [
+        "_netdev",
+        "nofail",
+        "x-systemd.automount",
+        "x-systemd.idle-timeout=60",
+        "ro",
+        "force_path_style",
+        "trust_listing",
+        &format!("endpoint_url={}", env.endpoint),
+        "region=us-east-1",
+        "prefix_count=16",
+        "metadata_ttl=30",
+        "max_attempts=3",
+        "file_mode=640",
+        &format!("cache_dir={}", env.dir.path().join("cache").display()),
+        &format!("log_file={}", log.display()),
+    ]
+    .join(",");
+    let fstab = env.dir.path().join("fstab");
+    std::fs::write(
+        &fstab,
+        format!("s3://{BUCKET}/data  {}  prefixfs  {options}  0  0\n", mnt.display()),
+    )
+    .expect("fstab");
+    let _guard = Unmount(mnt.clone());
+    let out = env
+        .command("timeout")
+        .args(["60", "mount", "-T"])
+        .arg(&fstab)
+        .arg(&mnt)
+        .output()
+        .expect("mount");
+    assert!(
+        out.status.success(),
+        "mount -T fstab failed: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(common::is_mounted(&mnt), "mounted");
+    let listed = run_sh(&mnt, "ls -l 2017/02/08 && cat 2017/02/08/a.txt");
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    assert!(
+        listed.stdout.contains("-rw-r----- "),
+        "file_mode=640: {}",
+        listed.stdout
+    );
+    assert!(listed.stdout.ends_with("hello\n"), "{}", listed.stdout);
+    let write = run_sh(&mnt, "touch new.txt");
+    assert!(write.stderr.contains("Read-only file system"), "ro: {}", write.stderr);
+    let umount = Command::new("umount").arg(&mnt).status().expect("umount");
+    assert!(umount.success());
+    assert!(!common::is_mounted(&mnt));
+}
