@@ -270,7 +270,8 @@ pub struct MountArgs {
     /// Where the embedded store keeps its data (no bucket given).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Log file of the background daemon.
+    /// Log file (default for the background daemon: the private log directory, e.g.
+    /// ~/.local/state/prefixfs/prefixfs.log); reopened on SIGHUP, for logrotate.
     #[arg(long)]
     pub log_file: Option<PathBuf>,
 }
@@ -509,6 +510,8 @@ pub struct MountPlan {
     pub abort_uploads_older_than: Option<Duration>,
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub pacing: crate::store::pacing::PacingConfig,
+    /// Reopened on SIGHUP.
+    pub log_file: Option<PathBuf>,
 }
 
 impl MountArgs {
@@ -585,6 +588,7 @@ impl MountArgs {
             abort_uploads_older_than,
             metrics_addr: self.metrics_addr,
             pacing: crate::store::pacing::PacingConfig::default(),
+            log_file: self.log_file.clone(),
         })
     }
 }

@@ -10,6 +10,7 @@ pub mod data;
 pub mod fs;
 pub mod fuse;
 pub mod layout;
+pub mod logging;
 pub mod metrics;
 pub mod migrate;
 pub mod mount;

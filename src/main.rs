@@ -15,7 +15,7 @@ fn main() -> ExitCode {
         _ => Some(()),
     };
     if log_file.is_some() {
-        init_logging(&cli.log_level);
+        prefixfs::logging::init(&cli.log_level);
     }
     let result = match cli.command {
         Command::Mount(m) if !m.foreground => daemonize(&m),
@@ -47,20 +47,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        // Colour codes only for a person at a terminal, never into a log file or journald.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 fn run_mount(m: MountArgs) -> Result<(), String> {
     // Part buffers are allocated on FUSE threads and freed on runtime threads; with glibc's
     // default of an arena per thread that fragments into hundreds of MiB of resident memory
@@ -70,6 +56,9 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
     // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+    if let Some(path) = &m.log_file {
+        prefixfs::logging::log_to(path).map_err(|e| format!("--log-file {}: {e}", path.display()))?;
     }
     let plan = m.plan()?;
     mount::run(plan, &m.conn, m.init, m.data_dir.clone())
@@ -112,6 +101,11 @@ fn daemonize(m: &MountArgs) -> Result<(), String> {
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     args.push("--foreground".into());
+    if m.log_file.is_none() {
+        // The daemon reopens its log file on SIGHUP: it has to know which.
+        args.push("--log-file".into());
+        args.push(log.to_string_lossy().into_owned());
+    }
     let mut cmd = std::process::Command::new(exe);
     cmd.args(&args)
         .env(mount::READY_FD_ENV, wfd.to_string())

@@ -284,6 +284,7 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
         .map_err(|e| format!("mounting at {}: {e}", plan.mountpoint.display()))?;
     let mut unmounter = session.unmount_callable();
     let mountpoint = plan.mountpoint.clone();
+    rt.spawn(crate::logging::reopen_on_sighup(plan.log_file.clone()));
     let signal_core = core.clone();
     rt.spawn(async move {
         wait_for_signal().await;

@@ -1,6 +1,6 @@
-//! The Debian package, as installed by the test script (`scripts/deb.sh`, then `dpkg -i`):
-//! its files, its man pages, and a mount through mount(8) from an fstab line, as a system
-//! administrator would make it.
+//! prefixfs as a system tool. The Debian package, as installed by the test script
+//! (`scripts/deb.sh`, then `dpkg -i`): its files, its man pages, and a mount through mount(8)
+//! from an fstab line. Logs: a log file logrotate can rotate (SIGHUP), lines for journald.
 
 mod common;
 
@@ -146,4 +146,67 @@ fn an_fstab_line_mounts_through_mount_8_with_every_kind_of_option() {
     let umount = Command::new("umount").arg(&mnt).status().expect("umount");
     assert!(umount.success());
     assert!(!common::is_mounted(&mnt));
+}
+
+#[test]
+fn the_log_file_is_private_plain_and_reopened_on_sighup() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::embedded();
+    let log = env.dir.path().join("logs/prefixfs.log");
+    let mut m = env.mount(16, &["--log-file", log.to_str().expect("path")]);
+    m.ok("mkdir d && echo x > d/f && ls -l d");
+    let first = std::fs::read_to_string(&log).expect("the log file");
+    assert!(first.contains("layout"), "{first}");
+    assert!(!first.contains('\x1b'), "no colour codes in a file");
+    let mode = std::fs::metadata(&log).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "private to its owner");
+    // logrotate: move the file away, then SIGHUP.
+    let rotated = log.with_extension("log.1");
+    std::fs::rename(&log, &rotated).expect("rotate");
+    let pid = m.child.as_ref().expect("daemon").id();
+    assert_eq!(sh(&format!("kill -HUP {pid}")).code, 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log).is_ok_and(|t| t.contains("SIGHUP: log file reopened")) {
+        assert!(Instant::now() < deadline, "no new log file after SIGHUP");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m.ok("cat d/f && touch d/g");
+    let mode = std::fs::metadata(&log).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let old = std::fs::read_to_string(&rotated).expect("rotated");
+    assert!(!old.contains("SIGHUP"), "later lines go to the new file only");
+    m.assert_alive();
+}
+
+#[test]
+fn under_systemd_log_lines_carry_their_priority_and_no_timestamp() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::embedded();
+    let out = env.dir.path().join("journal");
+    let file = std::fs::File::create(&out).expect("stream");
+    let st = file.metadata().expect("stat");
+    // The journal's stream, as systemd announces it to a service.
+    let mut serve = env
+        .prefixfs()
+        .args(["serve", "--addr", &format!("127.0.0.1:{}", common::free_port())])
+        .arg("--data-dir")
+        .arg(env.dir.path().join("s3"))
+        .args(["--bucket", "journal-test"])
+        .env("JOURNAL_STREAM", format!("{}:{}", st.dev(), st.ino()))
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("serve");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&out).is_ok_and(|t| t.contains("listening")) {
+        assert!(Instant::now() < deadline, "serve logged nothing");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = serve.kill();
+    let _ = serve.wait();
+    let text = std::fs::read_to_string(&out).expect("read");
+    let line = text.lines().find(|l| l.contains("listening")).expect("line");
+    // `<6> INFO embedded S3 server listening ...`: the priority, then the level at once.
+    assert!(line.starts_with("<6> INFO "), "priority 6, no timestamp: {line}");
+    assert!(!line.contains('\x1b'), "no colour: {line}");
 }

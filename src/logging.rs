@@ -1,0 +1,108 @@
+//! Where log lines go and how they look. On a terminal: coloured lines with timestamps. In a
+//! file: plain lines, the file reopened on SIGHUP (logrotate). Under systemd (stderr is the
+//! journal's stream): no timestamp (the journal adds its own) and each line prefixed with
+//! its syslog priority (`<4>` for a warning), which the journal records as the priority.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+/// Installs the global subscriber: `level` (or RUST_LOG) filters, to standard error.
+pub fn init(level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    if stderr_is_journal() {
+        let format = Journald(
+            tracing_subscriber::fmt::format()
+                .with_target(false)
+                .without_time()
+                .with_ansi(false),
+        );
+        let _ = builder.with_ansi(false).event_format(format).try_init();
+    } else {
+        // Colour codes only for a person at a terminal, never into a log file or a pipe.
+        let _ = builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init();
+    }
+}
+
+/// Whether standard error is the journal's stream: systemd sets JOURNAL_STREAM to its
+/// `device:inode` (a redirected stderr of a child keeps the variable but not the stream).
+fn stderr_is_journal() -> bool {
+    let Some(want) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes a stat into the buffer we own; fd 2 is checked by the call.
+    if unsafe { libc::fstat(2, st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: fstat succeeded, so the buffer is initialised.
+    let st = unsafe { st.assume_init() };
+    want.to_string_lossy() == format!("{}:{}", st.st_dev, st.st_ino)
+}
+
+/// The default format behind the priority prefix sd-daemon(3) defines.
+struct Journald<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for Journald<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> std::fmt::Result {
+        let priority = match *event.metadata().level() {
+            Level::ERROR => 3,
+            Level::WARN => 4,
+            Level::INFO => 6,
+            Level::DEBUG | Level::TRACE => 7,
+        };
+        write!(writer, "<{priority}>")?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// Sends standard error (and so every log line) to `path`, appended, created 0600.
+pub fn log_to(path: &Path) -> std::io::Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let file = crate::private::file_options().create(true).append(true).open(path)?;
+    // SAFETY: dup2 onto fd 2 of a descriptor we own; the old stream is closed by the kernel.
+    if unsafe { libc::dup2(file.as_raw_fd(), 2) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reopens `log_file` on every SIGHUP (after logrotate moved it); without one, SIGHUP is
+/// logged and ignored, never fatal.
+pub async fn reopen_on_sighup(log_file: Option<PathBuf>) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot handle SIGHUP; the log file is not reopened on it");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match &log_file {
+            Some(path) => match log_to(path) {
+                Ok(()) => tracing::info!(log_file = %path.display(), "SIGHUP: log file reopened"),
+                Err(e) => {
+                    tracing::warn!(log_file = %path.display(), error = %e, "SIGHUP: cannot reopen the log file; logging on to the old one")
+                }
+            },
+            None => tracing::info!("SIGHUP: no --log-file to reopen; ignored"),
+        }
+    }
+}
