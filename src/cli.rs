@@ -46,9 +46,91 @@ pub enum Command {
     Fsck(FsckArgs),
     /// The layout of s3://BUCKET[/ROOT]: its descriptor, objects and bytes per prefix, skew.
     Info(InfoArgs),
+    /// List s3://BUCKET/ROOT/PATH as the mount would show it, without mounting.
+    Ls(LsArgs),
+    /// Print files of s3://BUCKET/ROOT/PATH, without mounting.
+    Cat(CatArgs),
+    /// Copy between the local disk and s3://BUCKET/ROOT/PATH (either way; -r for trees).
+    Cp(CpArgs),
+    /// Bytes below s3://BUCKET/ROOT/PATH, per directory (apparent sizes, as du -b).
+    Du(DuArgs),
+    /// Paths below s3://BUCKET/ROOT/PATH, by name pattern and type.
+    Find(FindArgs),
     /// Write the man pages and shell completions (for packaging).
     #[command(hide = true)]
     Generate(GenerateArgs),
+}
+
+/// Where an ad hoc command's s3:// target has its layout.
+#[derive(Debug, Args, Clone, Default)]
+pub struct AdhocConn {
+    /// The layout's ROOT inside the bucket; default: the shallowest part of the path that
+    /// holds a layout descriptor (one GET per level tried).
+    #[arg(long)]
+    pub root: Option<String>,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LsArgs {
+    /// s3://BUCKET/ROOT[/PATH]
+    pub target: String,
+    /// Long format: type and mode, size, modification time.
+    #[arg(short = 'l')]
+    pub long: bool,
+    /// Every directory below too.
+    #[arg(short = 'R')]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub at: AdhocConn,
+}
+
+#[derive(Debug, Args)]
+pub struct CatArgs {
+    /// s3://BUCKET/ROOT/PATH...
+    #[arg(required = true)]
+    pub targets: Vec<String>,
+    #[command(flatten)]
+    pub at: AdhocConn,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// A local path or s3://BUCKET/ROOT/PATH
+    pub src: String,
+    /// A local path or s3://BUCKET/ROOT/PATH (the other side)
+    pub dst: String,
+    /// Copy directories and everything in them.
+    #[arg(short = 'r', long)]
+    pub recursive: bool,
+    #[command(flatten)]
+    pub at: AdhocConn,
+}
+
+#[derive(Debug, Args)]
+pub struct DuArgs {
+    /// s3://BUCKET/ROOT[/PATH]
+    pub target: String,
+    /// Only the total.
+    #[arg(short = 's', long)]
+    pub summarize: bool,
+    #[command(flatten)]
+    pub at: AdhocConn,
+}
+
+#[derive(Debug, Args)]
+pub struct FindArgs {
+    /// s3://BUCKET/ROOT[/PATH]
+    pub target: String,
+    /// Only names matching this shell pattern (as find -name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Only this type: f (file), d (directory), l (symlink).
+    #[arg(long = "type", value_parser = ["f", "d", "l"])]
+    pub kind: Option<String>,
+    #[command(flatten)]
+    pub at: AdhocConn,
 }
 
 #[derive(Debug, Args)]

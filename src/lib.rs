@@ -4,6 +4,7 @@
 //! A request flows one way: kernel → [`fuse`] → [`fs`] (namespace, metadata cache) →
 //! [`data`] (reads, uploads) → [`store`] (S3 trait, retries, counters) → the wire.
 
+pub mod adhoc;
 pub mod check;
 pub mod cli;
 pub mod data;

@@ -27,6 +27,18 @@ fn main() -> ExitCode {
         Command::Rm(a) => run_rm(a),
         Command::Migrate(a) => run_migrate(a),
         Command::Info(a) => run_info(a),
+        Command::Ls(a) => adhoc(&a.target, &a.at, async |b, p| {
+            prefixfs::adhoc::ls(&b, &p, a.long, a.recursive, &mut std::io::stdout().lock()).await
+        }),
+        Command::Cat(a) => run_cat(a),
+        Command::Cp(a) => run_cp(a),
+        Command::Du(a) => adhoc(&a.target, &a.at, async |b, p| {
+            prefixfs::adhoc::du(&b, &p, a.summarize, &mut std::io::stdout().lock()).await
+        }),
+        Command::Find(a) => adhoc(&a.target, &a.at, async |b, p| {
+            let kind = a.kind.as_deref().and_then(|k| k.chars().next());
+            prefixfs::adhoc::find(&b, &p, a.name.as_deref(), kind, &mut std::io::stdout().lock()).await
+        }),
         Command::Generate(a) => prefixfs::cli::generate(&a.out).map_err(|e| format!("{}: {e}", a.out.display())),
         Command::Fsck(a) => {
             return match run_fsck(a) {
@@ -231,27 +243,21 @@ fn run_serve(a: prefixfs::cli::ServeArgs) -> Result<(), String> {
 }
 
 fn run_rm(a: prefixfs::cli::RmArgs) -> Result<(), String> {
-    let (bucket, root) = prefixfs::cli::parse_s3_url(&a.target)?;
     let path = RelPath::parse(&a.path).map_err(|e| e.to_string())?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let c = mount::connect(Some(&bucket), a.conn.aws_config(&bucket), a.conn.retry_config()?, None).await?;
-        let layout = mount::resolve_layout(c.store.as_ref(), &root, None, false).await?;
-        let store = c.paced(&layout, Default::default());
-        let cfg = prefixfs::fs::FsConfig {
-            cache_dir: std::env::temp_dir().join(format!("prefixfs-rm-{}", std::process::id())),
-            ..Default::default()
-        };
-        let core = prefixfs::fs::Core::new(layout, store, c.stats.clone(), cfg);
-        match core.stat(&path).await.map_err(|e| e.to_string())? {
+    let at = prefixfs::cli::AdhocConn {
+        root: Some(prefixfs::cli::parse_s3_url(&a.target)?.1),
+        conn: a.conn.clone(),
+    };
+    adhoc(&a.target, &at, async |b, _| {
+        match b.core.stat(&path).await.map_err(|e| e.to_string())? {
             None => return Err(format!("{}: no such file or directory", a.path)),
             Some(info) if info.kind == prefixfs::fs::cache::Kind::Dir && !a.recursive => {
                 return Err(format!("{}: is a directory (use -r)", a.path));
             }
             _ => {}
         }
-        let n = core.remove_tree(&path).await.map_err(|e| e.to_string())?;
-        let s = c.stats.snapshot();
+        let n = b.core.remove_tree(&path).await.map_err(|e| e.to_string())?;
+        let s = b.core.stats().snapshot();
         println!(
             "deleted {n} objects with {} DeleteObjects requests ({} throttled keys retried)",
             s.get(prefixfs::store::OpKind::DeleteMany),
@@ -457,5 +463,70 @@ fn run_fsck(a: prefixfs::cli::FsckArgs) -> Result<ExitCode, String> {
             (0, _) => ExitCode::from(1),
             _ => ExitCode::from(4),
         })
+    })
+}
+
+/// Opens the layout an ad hoc command's `s3://` target lies in and runs `f` on it with the
+/// path below the layout's root.
+fn adhoc<T>(
+    target: &str,
+    at: &prefixfs::cli::AdhocConn,
+    f: impl AsyncFnOnce(prefixfs::adhoc::Bucket, RelPath) -> Result<T, String>,
+) -> Result<T, String> {
+    let (bucket, rest) = prefixfs::cli::parse_s3_url(target)?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let c = mount::connect(
+            Some(&bucket),
+            at.conn.aws_config(&bucket),
+            at.conn.retry_config()?,
+            None,
+        )
+        .await?;
+        let (root, path) = prefixfs::adhoc::split_target(c.store.as_ref(), &rest, at.root.as_deref()).await?;
+        let layout = mount::resolve_layout(c.store.as_ref(), &root, None, false).await?;
+        let store = c.paced(&layout, Default::default());
+        let b = prefixfs::adhoc::Bucket::open(store, layout, c.stats.clone())?;
+        f(b, path).await
+    })
+}
+
+fn run_cat(a: prefixfs::cli::CatArgs) -> Result<(), String> {
+    let (bucket, _) = prefixfs::cli::parse_s3_url(&a.targets[0])?;
+    for t in &a.targets {
+        if prefixfs::cli::parse_s3_url(t)?.0 != bucket {
+            return Err("cat: every file must be in the same bucket".into());
+        }
+    }
+    adhoc(&a.targets[0], &a.at, async |b, _| {
+        let root = b.layout.root().to_string();
+        for t in &a.targets {
+            let (_, rest) = prefixfs::cli::parse_s3_url(t)?;
+            let (_, path) = prefixfs::adhoc::split_target(b.store.as_ref(), &rest, Some(&root)).await?;
+            let info = b.stat(&path).await?;
+            if info.kind == prefixfs::fs::cache::Kind::Dir {
+                return Err(format!("{}: is a directory", prefixfs::adhoc::show(&path)));
+            }
+            b.read_to(&path, info.size, &mut std::io::stdout().lock()).await?;
+        }
+        Ok(())
+    })
+}
+
+fn run_cp(a: prefixfs::cli::CpArgs) -> Result<(), String> {
+    let (remote, local, inward) = match (a.src.starts_with("s3://"), a.dst.starts_with("s3://")) {
+        (true, false) => (&a.src, &a.dst, false),
+        (false, true) => (&a.dst, &a.src, true),
+        _ => return Err("cp: exactly one side is s3://BUCKET/ROOT/PATH, the other a local path".into()),
+    };
+    let local = std::path::PathBuf::from(local);
+    adhoc(remote, &a.at, async |b, path| {
+        let (files, bytes) = if inward {
+            b.copy_in(&local, &path, a.recursive).await?
+        } else {
+            b.copy_out(&path, &local, a.recursive).await?
+        };
+        eprintln!("copied {files} files, {bytes} bytes");
+        Ok(())
     })
 }

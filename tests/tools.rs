@@ -350,7 +350,99 @@ fn fsck_finds_misplaced_and_foreign_keys_and_repairs_the_misplaced(env: Env) {
     assert_eq!(per_prefix, 5, "{text}");
 }
 
+fn adhoc(env: &Env, args: &[&str]) -> String {
+    let out = env
+        .prefixfs()
+        .args(args)
+        .args(env.conn_args())
+        .output()
+        .expect("prefixfs");
+    assert!(
+        out.status.success(),
+        "prefixfs {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).expect("utf-8")
+}
+
+fn sorted_lines(s: &str) -> Vec<String> {
+    let mut v: Vec<String> = s.lines().map(|l| l.trim_start_matches("./").to_string()).collect();
+    v.sort();
+    v
+}
+
+fn ls_cat_cp_du_find_without_a_mount_agree_with_the_mount(env: Env) {
+    let mut m = env.mount(16, &[]);
+    m.ok(
+        "mkdir -p 2017/02/08 2017/02/09 empty && for i in $(seq 1 30); do echo $i > 2017/02/08/f$i.log; done \
+         && echo x > 2017/02/09/a.txt && chmod 600 2017/02/09/a.txt \
+         && head -c 20000000 /dev/urandom > big.bin",
+    );
+    let url = |p: &str| format!("s3://{BUCKET}/data/{p}");
+    // ls, ls -l, ls -R
+    let names = m.ok("ls 2017/02/08");
+    assert_eq!(
+        sorted_lines(&adhoc(&env, &["ls", &url("2017/02/08")])),
+        sorted_lines(&names)
+    );
+    let long = adhoc(&env, &["ls", "-l", &url("2017/02/09")]);
+    assert!(
+        long.starts_with("-rw------- ") && long.trim_end().ends_with(" a.txt"),
+        "{long}"
+    );
+    let top = adhoc(&env, &["ls", &url("")]);
+    assert_eq!(sorted_lines(&top), ["2017", "big.bin", "empty"]);
+    let recursive = adhoc(&env, &["ls", "-R", &url("2017")]);
+    assert!(recursive.contains("2017/02/08:\nf1.log\n"), "{recursive}");
+    // find
+    let found = m.ok("find . -name '*.log'");
+    let ours = adhoc(&env, &["find", &url(""), "--name", "*.log"]);
+    assert_eq!(sorted_lines(&ours), sorted_lines(&found));
+    assert_eq!(
+        sorted_lines(&adhoc(&env, &["find", &url("2017"), "--type", "d"])),
+        sorted_lines(&m.ok("find 2017 -type d"))
+    );
+    // du: the bytes of the files below
+    let bytes: u64 = m
+        .ok("find 2017 -type f -printf '%s\\n'")
+        .lines()
+        .map(|l| l.parse::<u64>().expect("size"))
+        .sum();
+    assert_eq!(adhoc(&env, &["du", "-s", &url("2017")]), format!("{bytes}\t2017\n"));
+    // cat
+    assert_eq!(
+        adhoc(&env, &["cat", &url("2017/02/09/a.txt"), &url("2017/02/08/f7.log")]),
+        "x\n7\n"
+    );
+    // cp out: the same tree and bytes as cp -r through the mount
+    let out = env.subdir("out");
+    adhoc(&env, &["cp", "-r", &url("2017"), out.to_str().expect("path")]);
+    adhoc(
+        &env,
+        &["cp", &url("big.bin"), out.join("big.bin").to_str().expect("path")],
+    );
+    let diff = m.ok(&format!(
+        "diff -r 2017 {o}/2017 && cmp big.bin {o}/big.bin && stat -c %a {o}/2017/02/09/a.txt",
+        o = out.display()
+    ));
+    assert_eq!(diff.trim(), "600", "the mode comes along");
+    // cp in: a local tree into the bucket, seen by a fresh mount as it was
+    let local = env.subdir("local");
+    std::fs::create_dir_all(local.join("tree/sub/deeper")).expect("mkdir");
+    std::fs::write(local.join("tree/one.txt"), b"one\n").expect("write");
+    std::fs::write(local.join("tree/sub/two.txt"), vec![7u8; 9 << 20]).expect("write");
+    adhoc(
+        &env,
+        &["cp", "-r", local.join("tree").to_str().expect("path"), &url("up")],
+    );
+    drop(m);
+    let mut fresh = env.mount(16, &[]);
+    fresh.ok(&format!("diff -r {} up", local.join("tree").display()));
+    assert_eq!(fresh.ok("find up -type d | sort"), "up\nup/sub\nup/sub/deeper\n");
+}
+
 on_every_backend!(
+    ls_cat_cp_du_find_without_a_mount_agree_with_the_mount,
     fsck_finds_misplaced_and_foreign_keys_and_repairs_the_misplaced,
     a_plain_layout_moves_into_the_layout_in_place,
     a_plain_bucket_moves_into_the_layout_resumes_after_a_kill_and_leaves,
