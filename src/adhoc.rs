@@ -342,18 +342,6 @@ pub fn name_matches(pattern: &str, name: &str) -> bool {
     unsafe { libc::fnmatch(p.as_ptr(), n.as_ptr(), 0) == 0 }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn find_names_match_like_the_shell() {
-        assert!(name_matches("*.log", "f000.log"));
-        assert!(name_matches("f0?[0-9].log", "f001.log"));
-        assert!(!name_matches("*.log", "f000.txt"));
-    }
-}
-
 /// Finds the layout a `s3://BUCKET/REST` target lies in: the shallowest prefix of REST that
 /// holds a layout descriptor (one GET per level tried), or `root` when given. Returns the
 /// layout's root and the path below it.
@@ -498,4 +486,16 @@ pub async fn find(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_names_match_like_the_shell() {
+        assert!(name_matches("*.log", "f000.log"));
+        assert!(name_matches("f0?[0-9].log", "f001.log"));
+        assert!(!name_matches("*.log", "f000.txt"));
+    }
 }
