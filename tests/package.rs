@@ -146,6 +146,30 @@ fn an_fstab_line_mounts_through_mount_8_with_every_kind_of_option() {
     let umount = Command::new("umount").arg(&mnt).status().expect("umount");
     assert!(umount.success());
     assert!(!common::is_mounted(&mnt));
+    // The same by hand: mount -t prefixfs SOURCE MOUNTPOINT -o OPTIONS.
+    let out = env
+        .command("timeout")
+        .args(["60", "mount", "-t", "prefixfs", &format!("s3://{BUCKET}/data")])
+        .arg(&mnt)
+        .args(["-o", &options.replace(",ro,", ",rw,")])
+        .output()
+        .expect("mount -t");
+    assert!(
+        out.status.success(),
+        "mount -t prefixfs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written = run_sh(&mnt, "echo new > 2017/02/08/b.txt && cat 2017/02/08/b.txt");
+    assert_eq!(written.stdout, "new\n", "{}", written.stderr);
+    assert!(Command::new("umount").arg(&mnt).status().expect("umount").success());
+    assert_eq!(
+        env.get(
+            &layout
+                .file_key(&prefixfs::layout::RelPath::parse("2017/02/08/b.txt").expect("path"))
+                .expect("key")
+        ),
+        b"new\n"
+    );
 }
 
 #[test]
