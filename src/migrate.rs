@@ -122,7 +122,9 @@ pub async fn migrate(
     if opts.dry_run {
         return Ok(report);
     }
-    progress.phase("copying", report.copied, report.copied_bytes);
+    if !todo.is_empty() {
+        progress.phase("copying", report.copied, report.copied_bytes);
+    }
     stream::iter(todo.iter())
         .map(|item| {
             let store = store.clone();
@@ -135,7 +137,9 @@ pub async fn migrate(
         .buffer_unordered(opts.jobs.max(1))
         .try_collect::<()>()
         .await?;
-    progress.done();
+    if !todo.is_empty() {
+        progress.done();
+    }
     // Verify every object against a fresh listing of the destination before anything of
     // the source may go.
     let (items, _) = plan(store.as_ref(), from, to).await?;
