@@ -265,7 +265,7 @@ impl Core {
                 let base = Base { key, size: info.size };
                 let staged = StagedFile::create(self.staging_path(), Some(base), self.cfg.part_size as u64)
                     .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
-                self.staged_bytes.fetch_add(info.size, Ordering::Relaxed);
+                self.staging.take(info.size);
                 Ok(Body::Staged(staged))
             })?;
             if trunc {
@@ -345,7 +345,7 @@ impl Core {
                     staged.mark_uploaded(&shared.key());
                 }
             }
-            self.staged_bytes.fetch_add(staged.size(), Ordering::Relaxed);
+            self.staging.take(staged.size());
             *body = Body::Staged(staged);
         }
         match body {
@@ -387,20 +387,19 @@ impl Core {
             let end = offset + data.len() as u64;
             let staged = self.staged(&path, &shared, &mut body).await?;
             let growth = end.saturating_sub(staged.size());
-            if self.staged_bytes.load(Ordering::Relaxed) + growth > self.cfg.cache_size {
+            if !self.staging.reserve(growth) {
                 return Err(FsError::new(
                     libc::ENOSPC,
                     format!(
                         "{path}: the staging cache is full ({} bytes, --cache-size-mib)",
-                        self.cfg.cache_size
+                        self.staging.limit()
                     ),
                 ));
             }
-            staged
-                .write(self.store.as_ref(), offset, data)
-                .await
-                .map_err(|e| store_err(&path, "write", e))?;
-            self.staged_bytes.fetch_add(growth, Ordering::Relaxed);
+            if let Err(e) = staged.write(self.store.as_ref(), offset, data).await {
+                self.staging.release(growth);
+                return Err(store_err(&path, "write", e));
+            }
             shared.size.store(staged.size(), Ordering::Relaxed);
         }
         lock(&shared.posix).mtime = Some(SystemTime::now());
@@ -434,12 +433,9 @@ impl Core {
             .await
             .map_err(|e| store_err(path, "truncate", e))?;
         if size > old {
-            self.staged_bytes.fetch_add(size - old, Ordering::Relaxed);
+            self.staging.take(size - old);
         } else {
-            self.staged_bytes.fetch_sub(
-                (old - size).min(self.staged_bytes.load(Ordering::Relaxed)),
-                Ordering::Relaxed,
-            );
+            self.staging.release(old - size);
         }
         shared.size.store(size, Ordering::Relaxed);
         lock(&shared.posix).mtime = Some(SystemTime::now());
@@ -534,12 +530,9 @@ impl Core {
         )
         .map_err(|e| FsError::new(libc::EIO, format!("{to}: cannot create a staging file: {e}")))?;
         if let Body::Staged(old) = &*body {
-            self.staged_bytes.fetch_sub(
-                old.size().min(self.staged_bytes.load(Ordering::Relaxed)),
-                Ordering::Relaxed,
-            );
+            self.staging.release(old.size());
         }
-        self.staged_bytes.fetch_add(size, Ordering::Relaxed);
+        self.staging.take(size);
         *body = Body::Staged(staged);
         *lock(&shared.key) = dst;
         if let Some(f) = lock(&self.open_files).get_mut(&ino) {
@@ -641,10 +634,7 @@ impl Core {
             r => r,
         };
         if let Body::Staged(s) = &*body {
-            self.staged_bytes.fetch_sub(
-                s.size().min(self.staged_bytes.load(Ordering::Relaxed)),
-                Ordering::Relaxed,
-            );
+            self.staging.release(s.size());
         }
         if let Err(e) = &result {
             let dir = self.cfg.cache_dir.join("lost+found");

@@ -11,6 +11,7 @@
 //! 4. File bodies go through the data path ([`crate::data`]); `flush`/`release` of a written
 //!    file returns only when S3 has it.
 
+mod budget;
 pub mod cache;
 mod dirs;
 pub mod error;
@@ -141,7 +142,7 @@ pub struct Core {
     handles: Mutex<HashMap<u64, Handle>>,
     open_files: Mutex<HashMap<u64, OpenFile>>,
     next_fh: AtomicU64,
-    staged_bytes: Arc<AtomicU64>,
+    staging: Arc<budget::StagingBudget>,
     /// This mount's staging files (`<cache dir>/staging/<pid>`).
     staging_dir: PathBuf,
     mount_time: SystemTime,
@@ -197,6 +198,7 @@ impl Core {
             reads: Mutex::new(HashMap::new()),
             walked: Mutex::new(HashMap::new()),
             read_budget: ReadBudget::new(cfg.read_budget),
+            staging: Arc::new(budget::StagingBudget::new(cfg.cache_size)),
             staging_dir,
             cache: MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity),
             layout,
@@ -207,7 +209,6 @@ impl Core {
             handles: Mutex::new(HashMap::new()),
             open_files: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
-            staged_bytes: Arc::new(AtomicU64::new(0)),
             mount_time: SystemTime::now(),
         })
     }
@@ -267,7 +268,7 @@ impl Core {
             lock(&self.inodes).len(),
             lock(&self.handles).len(),
             lock(&self.open_files).len(),
-            self.staged_bytes.load(Ordering::Relaxed)
+            self.staging.used()
         ));
         s
     }

@@ -798,3 +798,37 @@ async fn atime_is_kept_in_the_mounts_view() {
     let a = r.core.getattr(ino).await.unwrap();
     assert_eq!((a.atime, a.mtime), (t(1_900_000_000), t(2_000_000_000)));
 }
+
+#[tokio::test]
+async fn staging_past_the_cache_size_is_enospc_and_every_byte_comes_back() {
+    let r = rig_with(|c| c.cache_size = 100);
+    r.plant("d/a.txt", &[b'a'; 50]).await;
+    let d = r.ino("d").await;
+    let a = r.core.lookup(d, OsStr::new("a.txt")).await.unwrap();
+    // Patching in place stages the file: its 50 bytes count.
+    let fh = r.core.open(a.ino, libc::O_WRONLY).await.unwrap();
+    r.core.write(fh, 50, &[b'b'; 40]).await.unwrap();
+    let err = r.core.write(fh, 90, &[b'c'; 20]).await.unwrap_err();
+    assert_eq!(err.errno, libc::ENOSPC);
+    r.core.write(fh, 90, &[b'c'; 10]).await.unwrap();
+    r.core.flush(fh, false).await.unwrap();
+    r.core.release(fh).await.unwrap();
+    let staged = |text: String| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("staged_bytes ").map(str::to_string))
+    };
+    assert_eq!(staged(r.core.stats_text()).as_deref(), Some("0"), "released at close");
+    assert_eq!(
+        r.mem()
+            .get(
+                &r.layout
+                    .file_key(&crate::layout::RelPath::parse("d/a.txt").unwrap())
+                    .unwrap(),
+                None
+            )
+            .await
+            .unwrap()
+            .len(),
+        100
+    );
+}
