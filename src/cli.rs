@@ -1,6 +1,7 @@
 //! Command-line flags and their validation into the library's config structs.
 
 use crate::fs::FsConfig;
+use crate::fs::defaults;
 use crate::layout::{DEFAULT_PREFIX_COUNT, MAX_PREFIX_COUNT};
 use crate::store::aws::AwsConfig;
 use crate::store::retry::RetryConfig;
@@ -277,17 +278,17 @@ pub struct MountArgs {
     #[arg(long)]
     pub init: bool,
     /// Seconds attributes and listings are cached (0 disables the cache).
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = defaults::METADATA_TTL_SECS)]
     pub metadata_ttl: f64,
     /// Cached path entries at most.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = defaults::CACHE_ENTRIES)]
     pub cache_entries: usize,
     /// Concurrent requests of one listing fan-out.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = defaults::FANOUT)]
     pub fanout: usize,
     /// HEADs in flight while a directory's entries are looked up in listing order (`ls -l`,
     /// `find`): each entry is HEADed once either way, in parallel instead of in series. 0: off.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = defaults::ATTR_PREFETCH)]
     pub attr_prefetch: usize,
     /// Take size and LastModified from listings and send no HEAD for listed entries: `ls -l`
     /// and `find` cost their LISTs only. For buckets without POSIX metadata: modes and owners
@@ -303,20 +304,20 @@ pub struct MountArgs {
     #[arg(long, default_value_t = 16)]
     pub threads: usize,
     /// First multipart part size in MiB (grows every 1,000 parts).
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = defaults::PART_SIZE_MIB)]
     pub part_size_mib: usize,
     /// Multipart parts of one file uploading at once: a file's upload is not held to one
     /// connection's bandwidth (S3 gives each ~90 MiB/s). Memory: (this + 1) × part size per
     /// file being written.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = defaults::UPLOAD_PARTS)]
     pub upload_parts: usize,
     /// How far ahead of a sequential reader ranged GETs are sent, in MiB (per reader; the
     /// window grows to this while the reader keeps up).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = defaults::READ_AHEAD_MIB)]
     pub read_ahead_mib: u64,
     /// Bytes read ahead by the whole mount at most, in MiB: when spent, readers fetch only
     /// what they ask for until others consume theirs.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = defaults::READ_MEMORY_MIB)]
     pub read_memory_mib: u64,
     #[arg(long)]
     pub read_only: bool,
@@ -340,7 +341,7 @@ pub struct MountArgs {
     #[arg(long)]
     pub cache_dir: Option<PathBuf>,
     /// Staged bytes at most, in MiB; writes beyond fail with ENOSPC.
-    #[arg(long, default_value_t = 10240)]
+    #[arg(long, default_value_t = defaults::CACHE_SIZE_MIB)]
     pub cache_size_mib: u64,
     /// At mount, abort incomplete multipart uploads in this layout older than this many
     /// hours (uploads a crash of this host left are aborted regardless); negative: never.

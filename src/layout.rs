@@ -20,7 +20,7 @@ use sha2::{Digest, Sha256};
 use std::fmt;
 
 /// S3's hard limit on the length of a key, in bytes.
-pub const MAX_KEY_BYTES: usize = 1024;
+pub use crate::limits::MAX_KEY_BYTES;
 /// Longest single name we accept (Linux NAME_MAX).
 pub const MAX_NAME_BYTES: usize = 255;
 /// The reserved top-level name under which the descriptor lives.

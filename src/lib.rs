@@ -11,6 +11,7 @@ pub mod data;
 pub mod fs;
 pub mod fuse;
 pub mod layout;
+pub mod limits;
 pub mod logging;
 pub mod metrics;
 pub mod migrate;

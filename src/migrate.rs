@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// CopyObject copies objects up to 5 GiB; larger ones are copied part by part.
-pub const COPY_OBJECT_MAX: u64 = 5 << 30;
+pub const COPY_OBJECT_MAX: u64 = crate::limits::MAX_COPY_OBJECT;
 /// The part size of a multipart copy, unless 10,000 parts would not hold the object.
 const COPY_PART: u64 = 512 << 20;
 /// S3's most parts per upload.
-const MAX_PARTS: u64 = 10_000;
+use crate::limits::MAX_PARTS;
 /// Keys per DeleteObjects.
-const DELETE_BATCH: usize = 1000;
+const DELETE_BATCH: usize = crate::limits::MAX_DELETE_BATCH;
 /// User metadata a multipart copy carries: the source's ETag, which a multipart copy does
 /// not keep, so that a rerun and the verification can tell the copy is whole.
 pub const SOURCE_ETAG_META: &str = "prefixfs-source-etag";

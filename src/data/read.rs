@@ -54,7 +54,7 @@ impl Default for ReadConfig {
         ReadConfig {
             first_request: 256 * 1024,
             max_request: 8 * 1024 * 1024,
-            window: 64 * 1024 * 1024,
+            window: crate::fs::defaults::READ_AHEAD_MIB << 20,
         }
     }
 }

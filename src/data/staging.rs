@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// S3's smallest part but the last.
-const MIN_PART: u64 = 5 * 1024 * 1024;
+use crate::limits::MIN_PART;
 
 /// The object a staging file started from.
 #[derive(Debug, Clone)]

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use tokio::task::JoinHandle;
 
 /// S3's largest part.
-const MAX_PART: usize = 5 * 1024 * 1024 * 1024;
+const MAX_PART: usize = crate::limits::MAX_PART as usize;
 
 /// The size of part `n` (1-based) for a base part size: doubles every 1,000 parts.
 pub fn part_size(base: usize, n: i32) -> usize {

@@ -12,6 +12,19 @@
 //!    file returns only when S3 has it.
 
 mod budget;
+/// The defaults of the mount's bounds, in one place: [`FsConfig::default`] and the
+/// command line's `default_value_t`s both read them.
+pub mod defaults {
+    pub const METADATA_TTL_SECS: f64 = 5.0;
+    pub const CACHE_ENTRIES: usize = 100_000;
+    pub const FANOUT: usize = 16;
+    pub const ATTR_PREFETCH: usize = 128;
+    pub const PART_SIZE_MIB: usize = 8;
+    pub const UPLOAD_PARTS: usize = 8;
+    pub const READ_AHEAD_MIB: u64 = 64;
+    pub const READ_MEMORY_MIB: u64 = 128;
+    pub const CACHE_SIZE_MIB: u64 = 10 * 1024;
+}
 pub mod cache;
 mod dirs;
 pub mod error;
@@ -81,18 +94,18 @@ pub struct FsConfig {
 impl Default for FsConfig {
     fn default() -> Self {
         FsConfig {
-            metadata_ttl: Duration::from_secs(5),
-            cache_capacity: 100_000,
-            fanout: 16,
-            part_size: 8 * 1024 * 1024,
-            upload_inflight: 8,
+            metadata_ttl: Duration::from_secs_f64(defaults::METADATA_TTL_SECS),
+            cache_capacity: defaults::CACHE_ENTRIES,
+            fanout: defaults::FANOUT,
+            part_size: defaults::PART_SIZE_MIB << 20,
+            upload_inflight: defaults::UPLOAD_PARTS,
             read: ReadConfig::default(),
-            read_budget: 128 * 1024 * 1024,
-            attr_prefetch: 128,
+            read_budget: defaults::READ_MEMORY_MIB << 20,
+            attr_prefetch: defaults::ATTR_PREFETCH,
             trust_listing: false,
             local_exclusive_creates: false,
             cache_dir: std::env::temp_dir().join("prefixfs-cache"),
-            cache_size: 10 * 1024 * 1024 * 1024,
+            cache_size: defaults::CACHE_SIZE_MIB << 20,
             uid: 0,
             gid: 0,
             file_mode: 0o644,

@@ -472,7 +472,7 @@ impl Core {
 
     /// DeleteObjects in batches of 1000, keys interleaved across prefixes.
     pub(super) async fn delete_keys(&self, keys: Vec<String>) -> FsResult<()> {
-        for batch in keys.chunks(1000) {
+        for batch in keys.chunks(crate::limits::MAX_DELETE_BATCH) {
             let failed = self.store.delete_many(batch).await?;
             if let Some((key, err)) = failed.first() {
                 return Err(FsError::new(

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 const MAGIC: &[u8; 8] = b"PFSOBJ01";
 /// S3's minimum size of every part but the last.
-pub const MIN_PART_SIZE: u64 = 5 * 1024 * 1024;
+pub use crate::limits::MIN_PART as MIN_PART_SIZE;
 
 /// What a store operation can fail with, mapped to S3 error codes by the protocol layer.
 #[derive(Debug, thiserror::Error)]
@@ -485,7 +485,7 @@ impl Bucket {
     /// Stores a staged body as part `part` of an upload; returns its ETag.
     pub fn put_part(&self, key: &str, id: &str, part: i32, mut staged: Staged) -> DiskResult<String> {
         self.upload(key, id)?;
-        if !(1..=10_000).contains(&part) {
+        if !(1..=crate::limits::MAX_PARTS as i32).contains(&part) {
             return Err(DiskError::InvalidPart(format!("part number {part} outside 1..=10000")));
         }
         let etag = hex::encode(staged.finish_md5());

@@ -10,6 +10,9 @@ use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+/// Keys per ListObjectsV2 page and uploads per ListMultipartUploads page, at most.
+const MAX_PAGE: i32 = crate::limits::MAX_LIST_PAGE as i32;
+
 pub struct S3Store {
     store: Arc<DiskStore>,
     faults: Arc<super::Faults>,
@@ -340,7 +343,7 @@ impl S3 for S3Store {
         self.check_delete_allowed()?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
-        if input.delete.objects.len() > 1000 {
+        if input.delete.objects.len() > crate::limits::MAX_DELETE_BATCH {
             return Err(S3Error::with_message(S3ErrorCode::MalformedXML, "more than 1000 keys"));
         }
         let quiet = input.delete.quiet.unwrap_or(false);
@@ -426,7 +429,7 @@ impl S3 for S3Store {
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let prefix = input.prefix.clone().unwrap_or_default();
-        let max = input.max_keys.unwrap_or(1000).clamp(0, 1000) as usize;
+        let max = input.max_keys.unwrap_or(MAX_PAGE).clamp(0, MAX_PAGE) as usize;
         let resume = match (&input.continuation_token, &input.start_after) {
             (Some(t), _) => {
                 Some(Resume::decode(t).ok_or_else(|| s3_error!(InvalidArgument, "bad continuation token"))?)
@@ -642,7 +645,7 @@ impl S3 for S3Store {
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let prefix = input.prefix.clone().unwrap_or_default();
-        let max = input.max_uploads.unwrap_or(1000).clamp(1, 1000) as usize;
+        let max = input.max_uploads.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE) as usize;
         let after = input.key_marker.clone();
         let mut all: Vec<_> = b
             .uploads(&prefix)

@@ -31,7 +31,7 @@ use tokio::sync::Notify;
 
 /// How long a delete waits for company before its batch is sent.
 const LINGER: Duration = Duration::from_millis(10);
-const BATCH: usize = 1000;
+const BATCH: usize = crate::limits::MAX_DELETE_BATCH;
 /// Failed deletes are tried again after this, doubling up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
 const RETRY_MAX: Duration = Duration::from_secs(60);

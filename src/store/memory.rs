@@ -232,7 +232,8 @@ impl ObjectStore for MemoryStore {
             permit.forget();
         }
         self.injected(prefix)?;
-        let max = max_keys.unwrap_or(1000).clamp(1, 1000) as usize;
+        let page = crate::limits::MAX_LIST_PAGE as i32;
+        let max = max_keys.unwrap_or(page).clamp(1, page) as usize;
         let objects = self.lock();
         let mut page = ListPage::default();
         let mut count = 0;
