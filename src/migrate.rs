@@ -354,11 +354,8 @@ async fn delete_all(
             let deleted = &deleted;
             async move {
                 let failed = store.delete_many(batch).await.map_err(|e| e.to_string())?;
-                if let Some((key, error)) = failed.first() {
-                    return Err(format!(
-                        "{} source keys not deleted (first: {key}: {error})",
-                        failed.len()
-                    ));
+                if let Some(f) = failed.first() {
+                    return Err(format!("{} source keys not deleted (first: {f})", failed.len()));
                 }
                 deleted.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 progress.advance(batch.len() as u64, 0);

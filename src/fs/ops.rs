@@ -474,10 +474,10 @@ impl Core {
     pub(super) async fn delete_keys(&self, keys: Vec<String>) -> FsResult<()> {
         for batch in keys.chunks(crate::limits::MAX_DELETE_BATCH) {
             let failed = self.store.delete_many(batch).await?;
-            if let Some((key, err)) = failed.first() {
+            if let Some(f) = failed.first() {
                 return Err(FsError::new(
                     libc::EIO,
-                    format!("deleting {key}: {err} ({} keys failed)", failed.len()),
+                    format!("deleting {f} ({} keys failed)", failed.len()),
                 ));
             }
         }

@@ -267,7 +267,7 @@ impl ObjectStore for AwsStore {
         }
     }
 
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>> {
+    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
         let first = keys.first().cloned().unwrap_or_default();
         let mut ids = Vec::with_capacity(keys.len());
         for k in keys {
@@ -305,9 +305,10 @@ impl ObjectStore for AwsStore {
         Ok(r.errors()
             .iter()
             .map(|e| {
-                (
-                    e.key().unwrap_or("").to_string(),
-                    format!("{} {}", e.code().unwrap_or(""), e.message().unwrap_or("")),
+                crate::store::DeleteFailure::new(
+                    e.key().unwrap_or(""),
+                    e.code().unwrap_or(""),
+                    e.message().unwrap_or(""),
                 )
             })
             .collect())

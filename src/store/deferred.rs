@@ -104,9 +104,12 @@ impl Shared {
             loop {
                 tokio::time::sleep(LINGER).await;
                 let Some(batch) = s.next_batch() else { return };
-                let failed: Vec<(String, String)> = match s.inner.delete_many(&batch).await {
+                let failed: Vec<crate::store::DeleteFailure> = match s.inner.delete_many(&batch).await {
                     Ok(failed) => failed,
-                    Err(e) => batch.iter().map(|k| (k.clone(), e.to_string())).collect(),
+                    Err(e) => batch
+                        .iter()
+                        .map(|k| crate::store::DeleteFailure::new(k.clone(), "RequestFailed", e.to_string()))
+                        .collect(),
                 };
                 s.batch_done(batch, failed);
             }
@@ -155,8 +158,8 @@ impl Shared {
         Some(ordered)
     }
 
-    fn batch_done(self: &Arc<Self>, batch: Vec<String>, failed: Vec<(String, String)>) {
-        let failed_keys: HashSet<&str> = failed.iter().map(|(k, _)| k.as_str()).collect();
+    fn batch_done(self: &Arc<Self>, batch: Vec<String>, failed: Vec<crate::store::DeleteFailure>) {
+        let failed_keys: HashSet<&str> = failed.iter().map(|f| f.key.as_str()).collect();
         let confirmed: Vec<Record> = batch
             .iter()
             .filter(|k| !failed_keys.contains(k.as_str()))
@@ -168,16 +171,17 @@ impl Shared {
             for k in &batch {
                 q.in_flight.remove(k);
             }
-            if let Some((key, err)) = failed.first() {
+            if let Some(f) = failed.first() {
+                let err = format!("{} {}", f.code, f.message);
                 tracing::error!(
                     failed = failed.len(),
-                    first = %crate::layout::escape_controls(key),
+                    first = %crate::layout::escape_controls(&f.key),
                     error = %err,
                     "deletes not confirmed by S3; they stay deleted in this mount and are tried again"
                 );
-                q.last_error = Some(err.clone());
-                for (k, _) in failed {
-                    q.failed.insert(k);
+                q.last_error = Some(err);
+                for f in failed {
+                    q.failed.insert(f.key);
                 }
                 let delay = q.retry_delay.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX));
                 q.retry_delay = Some(delay);
@@ -361,7 +365,7 @@ impl ObjectStore for DeferredDeletes {
         Ok(())
     }
 
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>> {
+    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
         for k in keys {
             self.claim(k).await;
         }

@@ -393,13 +393,13 @@ async fn finish_deletes(store: &dyn ObjectStore, deletes: BTreeMap<String, u64>)
     let doomed = crate::layout::interleave_by(doomed, |k| k.split('/').next().unwrap_or("").to_string());
     for batch in doomed.chunks(1000) {
         let failed = store.delete_many(batch).await?;
-        if let Some((key, err)) = failed.first() {
+        if let Some(f) = failed.first() {
             return Err(StoreError::Server {
                 op: "delete_objects",
-                key: key.clone(),
+                key: f.key.clone(),
                 status: 0,
                 code: "DeleteFailed".into(),
-                message: format!("{err} ({} keys failed)", failed.len()),
+                message: format!("{f} ({} keys failed)", failed.len()),
             });
         }
     }
@@ -466,7 +466,7 @@ impl ObjectStore for JournalingStore {
         self.inner.delete(key).await
     }
 
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>> {
+    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
         self.inner.delete_many(keys).await
     }
 

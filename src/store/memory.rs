@@ -204,7 +204,7 @@ impl ObjectStore for MemoryStore {
         Ok(())
     }
 
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>> {
+    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
         self.injected(keys.first().map(String::as_str).unwrap_or(""))?;
         let mut objects = self.lock();
         for k in keys {

@@ -225,6 +225,41 @@ impl StoreError {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
+/// A key DeleteObjects did not delete, with S3's error code and message for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeleteFailure {
+    pub key: String,
+    pub code: String,
+    pub message: String,
+}
+
+impl DeleteFailure {
+    pub fn new(key: impl Into<String>, code: impl Into<String>, message: impl Into<String>) -> Self {
+        DeleteFailure {
+            key: key.into(),
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The partition refused it for now (SlowDown): worth sending again, and a signal to
+    /// pace that prefix.
+    pub fn is_throttle(&self) -> bool {
+        self.code == "SlowDown"
+    }
+
+    /// Worth sending again: a throttle or a server-side failure.
+    pub fn is_retryable(&self) -> bool {
+        self.is_throttle() || self.code == "InternalError" || self.code == "ServiceUnavailable"
+    }
+}
+
+impl std::fmt::Display for DeleteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {} {}", self.key, self.code, self.message)
+    }
+}
+
 impl StoreError {
     /// A server error that carries no S3 error code.
     pub fn code_is_empty(&self) -> bool {
@@ -271,7 +306,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
     async fn delete(&self, key: &str) -> StoreResult<()>;
     /// DeleteObjects of up to 1000 keys; returns the keys that failed, with their errors.
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>>;
+    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<DeleteFailure>>;
     async fn list(
         &self,
         prefix: &str,

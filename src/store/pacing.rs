@@ -209,16 +209,16 @@ impl<S: ObjectStore> ObjectStore for PacedStore<S> {
         self.paced(OpKind::Delete, key, || self.inner.delete(key)).await
     }
 
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>> {
+    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
         // A batch spans prefixes: pace it by its first key, and feed per-key throttles back
         // to each key's prefix.
         let first = keys.first().map(String::as_str).unwrap_or("");
         let failed = self
             .paced(OpKind::DeleteMany, first, || self.inner.delete_many(keys))
             .await?;
-        for (key, err) in &failed {
-            if err.contains("SlowDown") {
-                let prefix = self.stats.prefix_of(key);
+        for f in &failed {
+            if f.is_throttle() {
+                let prefix = self.stats.prefix_of(&f.key);
                 self.observe(&prefix, true);
                 self.stats.record_prefix_throttle(&prefix);
             }
@@ -339,7 +339,7 @@ mod tests {
         async fn delete(&self, key: &str) -> StoreResult<()> {
             self.inner.delete(key).await
         }
-        async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>> {
+        async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
             self.inner.delete_many(keys).await
         }
         async fn list(&self, p: &str, d: Option<&str>, t: Option<&str>, m: Option<i32>) -> StoreResult<ListPage> {

@@ -190,7 +190,7 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
 
     /// Keys refused with SlowDown (or a 5xx) inside the response are sent again, with the
     /// same backoff, until they are deleted or the attempts run out.
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<(String, String)>> {
+    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
         let mut pending = keys.to_vec();
         let mut attempt = 1;
         loop {
@@ -198,25 +198,20 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
             let failed = self
                 .run(OpKind::DeleteMany, &first, || self.inner.delete_many(&pending))
                 .await?;
-            let retryable = |e: &str| {
-                ["SlowDown", "InternalError", "ServiceUnavailable"]
-                    .iter()
-                    .any(|c| e.contains(c))
-            };
-            if failed.is_empty() || !failed.iter().any(|(_, e)| retryable(e)) || attempt >= self.config.max_attempts {
+            if failed.is_empty() || !failed.iter().any(|f| f.is_retryable()) || attempt >= self.config.max_attempts {
                 return Ok(failed);
             }
-            let (again, fatal): (Vec<_>, Vec<_>) = failed.into_iter().partition(|(_, e)| retryable(e));
+            let (again, fatal): (Vec<_>, Vec<_>) = failed.into_iter().partition(|f| f.is_retryable());
             if !fatal.is_empty() {
                 return Ok(fatal.into_iter().chain(again).collect());
             }
-            for (k, _) in &again {
-                self.stats.record_prefix_retry(k);
+            for f in &again {
+                self.stats.record_prefix_retry(&f.key);
             }
             self.stats.record_retry();
             tokio::time::sleep(self.config.backoff(attempt)).await;
             attempt += 1;
-            pending = again.into_iter().map(|(k, _)| k).collect();
+            pending = again.into_iter().map(|f| f.key).collect();
         }
     }
 
