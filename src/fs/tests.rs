@@ -19,6 +19,8 @@ use std::ffi::OsStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod model;
+
 const PREFIXES: u32 = 16;
 
 struct Rig {
