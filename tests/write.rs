@@ -504,3 +504,32 @@ fn an_unlink_is_invisible_at_once_and_in_s3_after_fsync_of_the_directory() {
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(env.get(&key(&env, "d/a")), b"again\n");
 }
+
+#[test]
+fn a_full_local_disk_under_staging_is_enospc_not_eio() {
+    let env = Env::embedded();
+    // A staging directory on a 4 MiB tmpfs: a patch of 8 MiB cannot be staged.
+    let small = env.subdir("small");
+    assert!(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs"])
+            .arg(&small)
+            .status()
+            .expect("mount tmpfs")
+            .success()
+    );
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _tmpfs = Unmount(small.clone());
+    let mut m = env.mount_host("small/cache", 16, &[]);
+    m.ok("head -c 16000000 /dev/zero > big.bin");
+    let out = m.sh("head -c 8000000 /dev/urandom | dd of=big.bin bs=1M conv=notrunc iflag=fullblock status=none");
+    assert_ne!(out.code, 0, "the patch cannot be staged");
+    assert!(out.stderr.contains("No space left on device"), "{}", out.stderr);
+    // The file as it was is still there, whole.
+    assert_eq!(m.ok("wc -c < big.bin").trim(), "16000000");
+}

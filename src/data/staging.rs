@@ -40,10 +40,11 @@ pub struct StagedFile {
     modified: bool,
 }
 
-fn io_err(key: &str, e: std::io::Error) -> StoreError {
-    StoreError::Transport {
+fn io_err(path: &str, e: std::io::Error) -> StoreError {
+    StoreError::Local {
         op: "staging",
-        key: key.to_string(),
+        path: path.to_string(),
+        errno: e.raw_os_error().unwrap_or(libc::EIO),
         message: format!("local staging file: {e}"),
     }
 }

@@ -40,8 +40,7 @@ impl From<StoreError> for FsError {
         // A missing object found mid-operation is a race with another writer: ENOENT is
         // honest. Everything else (including exhausted retries on SlowDown) is EIO, never
         // ENOENT, so programs do not conclude that a file is gone when S3 was only busy.
-        let errno = if e.is_not_found() { libc::ENOENT } else { libc::EIO };
-        FsError::new(errno, e.to_string())
+        FsError::new(e.errno(), e.to_string())
     }
 }
 

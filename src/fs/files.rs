@@ -87,7 +87,7 @@ fn upload_err(path: &RelPath, e: UploadError) -> FsError {
 }
 
 fn store_err(path: &RelPath, what: &str, e: StoreError) -> FsError {
-    let errno = if e.is_not_found() { libc::ENOENT } else { libc::EIO };
+    let errno = e.errno();
     if matches!(e, StoreError::PreconditionFailed { .. }) {
         return FsError::new(
             errno,

@@ -145,6 +145,15 @@ pub enum StoreError {
         code: String,
         message: String,
     },
+    /// The local disk failed under a request's data (a staging file): ENOSPC, EDQUOT or EIO
+    /// of the machine, not of S3; never retried.
+    #[error("{op} {path}: local disk: {message}")]
+    Local {
+        op: &'static str,
+        path: String,
+        errno: i32,
+        message: String,
+    },
     #[error("{op} {key}: transport error: {message}")]
     Transport {
         op: &'static str,
@@ -264,6 +273,16 @@ impl StoreError {
     /// A server error that carries no S3 error code.
     pub fn code_is_empty(&self) -> bool {
         matches!(self, StoreError::Server { code, .. } if code.is_empty())
+    }
+
+    /// The errno a program should see for this failure: the local disk's own (ENOSPC...),
+    /// ENOENT for a missing object, else EIO.
+    pub fn errno(&self) -> i32 {
+        match self {
+            StoreError::Local { errno, .. } => *errno,
+            e if e.is_not_found() => libc::ENOENT,
+            _ => libc::EIO,
+        }
     }
 
     /// S3's answer for an upload id it does not know (completed, aborted, or never made).
