@@ -119,6 +119,9 @@ fn a_plain_bucket_moves_into_the_layout_resumes_after_a_kill_and_leaves(env: Env
     assert_eq!(figure(&dry, "would copy "), objects);
     assert_eq!(count_after(&dry, "foreign keys"), 1);
     assert!(keys_under(&env, "data/").is_empty(), "a dry run writes nothing");
+    // docs/REQUESTS.md: the source's pages (one plain prefix, 5,002 keys: 6 pages) and one
+    // LIST per (empty) destination prefix.
+    assert_eq!(count_after(&dry, "LIST"), 6 + 16);
 
     // Killed once part of the copies are made.
     let mut child = env
