@@ -7,6 +7,7 @@
 pub mod adhoc;
 pub mod check;
 pub mod cli;
+pub mod commands;
 pub mod data;
 pub mod fs;
 pub mod fuse;

@@ -1,0 +1,289 @@
+//! The bucket tools behind the subcommands that do not mount: `rm`, `migrate`, `info`,
+//! `fsck`, and the ad hoc `ls`, `cat`, `cp`, `du`, `find`. Each connects, finds its layout,
+//! builds the paced store and prints its outcome.
+
+use crate::layout::{Layout, RelPath};
+use crate::mount;
+use std::process::ExitCode;
+
+pub fn run_rm(a: crate::cli::RmArgs) -> Result<(), String> {
+    let path = RelPath::parse(&a.path).map_err(|e| e.to_string())?;
+    let at = crate::cli::AdhocConn {
+        root: Some(crate::cli::parse_s3_url(&a.target)?.1),
+        conn: a.conn.clone(),
+    };
+    adhoc(&a.target, &at, async |b, _| {
+        match b.core.stat(&path).await.map_err(|e| e.to_string())? {
+            None => return Err(format!("{}: no such file or directory", a.path)),
+            Some(info) if info.kind == crate::fs::cache::Kind::Dir && !a.recursive => {
+                return Err(format!("{}: is a directory (use -r)", a.path));
+            }
+            _ => {}
+        }
+        let n = b.core.remove_tree(&path).await.map_err(|e| e.to_string())?;
+        let s = b.core.stats().snapshot();
+        println!(
+            "deleted {n} objects with {} DeleteObjects requests ({} throttled keys retried)",
+            s.get(crate::store::OpKind::DeleteMany),
+            s.throttles
+        );
+        Ok(())
+    })
+}
+
+pub fn run_migrate(a: crate::cli::MigrateArgs) -> Result<(), String> {
+    use crate::migrate;
+    let (bucket, from_root) = crate::cli::parse_s3_url(&a.from)?;
+    let (to_bucket, to_root) = crate::cli::parse_s3_url(&a.to)?;
+    if to_bucket != bucket {
+        return Err(format!(
+            "migrate copies server-side within one bucket; {} and {} are in different buckets",
+            a.from, a.to
+        ));
+    }
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let c = mount::connect(Some(&bucket), a.conn.aws_config(&bucket), a.conn.retry_config()?, None).await?;
+        // Each side's descriptor says its layout; a flag only stands in where there is none.
+        // In place (one root), the descriptor is the layout being left until the migration
+        // is verified, and then the new one.
+        let side = |found: Option<u32>, flag: Option<u32>, default: u32, what: &str| match (found, flag) {
+            (Some(n), Some(f)) if n != f => Err(format!(
+                "--{what}-prefix-count {f} disagrees with the {what} layout's descriptor ({n} prefixes)"
+            )),
+            (Some(n), _) => Ok(n),
+            (None, f) => Ok(f.unwrap_or(default)),
+        };
+        let to_found = mount::read_descriptor(c.store.as_ref(), &to_root).await?;
+        let (from_n, to_n) = if from_root == to_root {
+            let from_n = a.from_prefix_count.unwrap_or(1);
+            let to_n = match (to_found, a.to_prefix_count) {
+                (_, Some(f)) => f,
+                (Some(n), None) if n != from_n => n,
+                _ => crate::layout::DEFAULT_PREFIX_COUNT,
+            };
+            (from_n, to_n)
+        } else {
+            let from_found = mount::read_descriptor(c.store.as_ref(), &from_root).await?;
+            (
+                side(from_found, a.from_prefix_count, 1, "from")?,
+                side(to_found, a.to_prefix_count, crate::layout::DEFAULT_PREFIX_COUNT, "to")?,
+            )
+        };
+        let from = Layout::new(&from_root, from_n).map_err(|e| e.to_string())?;
+        let to = Layout::new(&to_root, to_n).map_err(|e| e.to_string())?;
+        // Paced per destination prefix: that is where the copies land.
+        let store = c.paced(&to, Default::default());
+        let opts = migrate::Options {
+            jobs: a.jobs,
+            dry_run: a.dry_run,
+            delete_source: a.delete_source,
+            copy_object_max: a.copy_object_max,
+            copy_part: a.copy_part_mib << 20,
+            write_descriptor: to_found != Some(to_n),
+        };
+        let progress: Box<dyn migrate::Progress> = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            Box::new(migrate::Bar::new())
+        } else {
+            Box::new(migrate::Lines::new(std::time::Duration::from_secs(5)))
+        };
+        println!(
+            "migrating s3://{bucket}/{from_root} ({from_n} prefixes) to s3://{bucket}/{to_root} ({to_n} prefixes)"
+        );
+        let r = migrate::migrate(store, &from, &to, &opts, progress.as_ref()).await?;
+        let verb = if a.dry_run { "would copy" } else { "copied" };
+        println!(
+            "{} objects ({} bytes) in the source; {verb} {} ({} bytes); {} already in place; {} foreign keys left alone",
+            r.objects, r.bytes, r.copied, r.copied_bytes, r.present, r.foreign
+        );
+        if !a.dry_run {
+            println!("verified: every object is in the destination with its size and ETag");
+        }
+        if a.delete_source {
+            println!("deleted {} source objects", r.deleted);
+        }
+        let s = c.stats.snapshot();
+        println!(
+            "requests: {} LIST, {} COPY, {} HEAD, {} DeleteObjects; {} throttled (retried)",
+            s.get(crate::store::OpKind::List),
+            s.get(crate::store::OpKind::Copy),
+            s.get(crate::store::OpKind::Head),
+            s.get(crate::store::OpKind::DeleteMany),
+            s.throttles
+        );
+        Ok(())
+    })
+}
+
+/// Connects to s3://BUCKET[/ROOT] and reads its layout; `f` runs with the paced store.
+pub fn with_layout<T>(
+    target: &str,
+    conn: &crate::cli::ConnArgs,
+    f: impl AsyncFnOnce(std::sync::Arc<dyn crate::store::ObjectStore>, Layout) -> Result<T, String>,
+) -> Result<T, String> {
+    let (bucket, root) = crate::cli::parse_s3_url(target)?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let c = mount::connect(Some(&bucket), conn.aws_config(&bucket), conn.retry_config()?, None).await?;
+        let layout = mount::resolve_layout(c.store.as_ref(), &root, None, false).await?;
+        let store = c.paced(&layout, Default::default());
+        f(store, layout).await
+    })
+}
+
+pub fn run_info(a: crate::cli::InfoArgs) -> Result<(), String> {
+    with_layout(&a.target, &a.conn, async |store, layout| {
+        let inv = crate::check::scan(store.as_ref(), &layout, a.jobs).await?;
+        let d = layout.descriptor();
+        println!(
+            "{}: layout format {}, hash {}, {} prefixes (descriptor {})",
+            a.target,
+            d.format,
+            d.hash,
+            layout.prefix_count(),
+            layout.descriptor_key()
+        );
+        println!("objects {} ({} bytes)", inv.objects(), inv.bytes());
+        for (q, (n, bytes)) in inv.per_prefix.iter().enumerate() {
+            println!("prefix {}: {n} objects, {bytes} bytes", layout.prefix_name(q as u32));
+        }
+        println!("skew {:.2} (the fullest prefix's objects over the mean)", inv.skew());
+        println!(
+            "misplaced {}, foreign {}, incomplete uploads {} (prefixfs fsck lists them)",
+            inv.misplaced.len(),
+            inv.foreign.len(),
+            inv.uploads.len()
+        );
+        Ok(())
+    })
+}
+
+pub fn run_fsck(a: crate::cli::FsckArgs) -> Result<ExitCode, String> {
+    use crate::layout::escape_controls;
+    with_layout(&a.target, &a.conn, async |store, layout| {
+        let inv = crate::check::scan(store.as_ref(), &layout, a.jobs).await?;
+        println!(
+            "{}: {} prefixes, {} objects ({} bytes) of the layout",
+            a.target,
+            layout.prefix_count(),
+            inv.objects(),
+            inv.bytes()
+        );
+        for (wrong, right) in &inv.misplaced {
+            println!(
+                "misplaced: {} (belongs at {})",
+                escape_controls(wrong),
+                escape_controls(right)
+            );
+        }
+        for (key, why) in &inv.foreign {
+            println!("foreign: {} ({why})", escape_controls(key));
+        }
+        let cutoff = std::time::SystemTime::now()
+            - std::time::Duration::from_secs_f64(a.abort_uploads_older_than.max(0.0) * 3600.0);
+        for u in &inv.uploads {
+            let age = u
+                .initiated
+                .and_then(|t| t.elapsed().ok())
+                .map(|d| format!("{} s old", d.as_secs()));
+            println!(
+                "incomplete upload: {} ({})",
+                escape_controls(&u.key),
+                age.unwrap_or_else(|| "age unknown".into())
+            );
+        }
+        let mut left = inv.misplaced.len() + inv.foreign.len() + inv.uploads.len();
+        let mut repaired = 0;
+        if a.repair {
+            let r = crate::check::repair(store.as_ref(), &layout, &inv, a.jobs).await?;
+            for c in &r.conflicts {
+                println!("not moved: {} (its right key holds another object)", escape_controls(c));
+            }
+            let mut aborted = 0;
+            for u in inv.uploads.iter().filter(|u| u.initiated.is_some_and(|t| t < cutoff)) {
+                store
+                    .abort_multipart(&u.key, &u.upload_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                aborted += 1;
+            }
+            println!("repaired: moved {} misplaced keys, aborted {aborted} uploads", r.moved);
+            repaired = r.moved as usize + aborted;
+            left -= repaired;
+        }
+        println!(
+            "{left} problems left ({} foreign keys are never touched)",
+            inv.foreign.len()
+        );
+        Ok(match (left, repaired) {
+            (0, 0) => ExitCode::SUCCESS,
+            (0, _) => ExitCode::from(1),
+            _ => ExitCode::from(4),
+        })
+    })
+}
+
+/// Opens the layout an ad hoc command's `s3://` target lies in and runs `f` on it with the
+/// path below the layout's root.
+pub fn adhoc<T>(
+    target: &str,
+    at: &crate::cli::AdhocConn,
+    f: impl AsyncFnOnce(crate::adhoc::Bucket, RelPath) -> Result<T, String>,
+) -> Result<T, String> {
+    let (bucket, rest) = crate::cli::parse_s3_url(target)?;
+    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        let c = mount::connect(
+            Some(&bucket),
+            at.conn.aws_config(&bucket),
+            at.conn.retry_config()?,
+            None,
+        )
+        .await?;
+        let (root, path) = crate::adhoc::split_target(c.store.as_ref(), &rest, at.root.as_deref()).await?;
+        let layout = mount::resolve_layout(c.store.as_ref(), &root, None, false).await?;
+        let store = c.paced(&layout, Default::default());
+        let b = crate::adhoc::Bucket::open(store, layout, c.stats.clone())?;
+        f(b, path).await
+    })
+}
+
+pub fn run_cat(a: crate::cli::CatArgs) -> Result<(), String> {
+    let (bucket, _) = crate::cli::parse_s3_url(&a.targets[0])?;
+    for t in &a.targets {
+        if crate::cli::parse_s3_url(t)?.0 != bucket {
+            return Err("cat: every file must be in the same bucket".into());
+        }
+    }
+    adhoc(&a.targets[0], &a.at, async |b, _| {
+        let root = b.layout.root().to_string();
+        for t in &a.targets {
+            let (_, rest) = crate::cli::parse_s3_url(t)?;
+            let (_, path) = crate::adhoc::split_target(b.store.as_ref(), &rest, Some(&root)).await?;
+            let info = b.stat(&path).await?;
+            if info.kind == crate::fs::cache::Kind::Dir {
+                return Err(format!("{}: is a directory", crate::adhoc::show(&path)));
+            }
+            b.read_to(&path, info.size, &mut std::io::stdout().lock()).await?;
+        }
+        Ok(())
+    })
+}
+
+pub fn run_cp(a: crate::cli::CpArgs) -> Result<(), String> {
+    let (remote, local, inward) = match (a.src.starts_with("s3://"), a.dst.starts_with("s3://")) {
+        (true, false) => (&a.src, &a.dst, false),
+        (false, true) => (&a.dst, &a.src, true),
+        _ => return Err("cp: exactly one side is s3://BUCKET/ROOT/PATH, the other a local path".into()),
+    };
+    let local = std::path::PathBuf::from(local);
+    adhoc(remote, &a.at, async |b, path| {
+        let (files, bytes) = if inward {
+            b.copy_in(&local, &path, a.recursive).await?
+        } else {
+            b.copy_out(&path, &local, a.recursive).await?
+        };
+        eprintln!("copied {files} files, {bytes} bytes");
+        Ok(())
+    })
+}
