@@ -12,6 +12,7 @@ use crate::fs::Core;
 use crate::fs::cache::{EntryInfo, Kind};
 use crate::fs::posix::Posix;
 use crate::layout::{Layout, RelPath};
+use crate::migrate::Progress;
 use crate::store::ObjectStore;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::io::Write;
@@ -198,7 +199,13 @@ impl Bucket {
     }
 
     /// `cp [-r] s3://.../PATH LOCAL`: returns the files and bytes copied.
-    pub async fn copy_out(&self, path: &RelPath, dest: &Path, recursive: bool) -> Result<(u64, u64), String> {
+    pub async fn copy_out(
+        &self,
+        path: &RelPath,
+        dest: &Path,
+        recursive: bool,
+        progress: &dyn Progress,
+    ) -> Result<(u64, u64), String> {
         let info = self.stat(path).await?;
         let dest = if dest.is_dir() {
             dest.join(if path.is_root() { "." } else { path.name() })
@@ -206,7 +213,10 @@ impl Bucket {
             dest.to_path_buf()
         };
         if info.kind != Kind::Dir {
+            progress.phase("copying", 1, info.size);
             self.download(path, &info, &dest).await?;
+            progress.advance(1, info.size);
+            progress.done();
             return Ok((1, info.size));
         }
         if !recursive {
@@ -225,16 +235,28 @@ impl Bucket {
             .described(tree.into_iter().filter(|f| f.info.kind != Kind::Dir).collect())
             .await?;
         let bytes = files.iter().map(|f| f.info.size).sum();
+        progress.phase("copying", files.len() as u64, bytes);
         stream::iter(files.iter())
-            .map(|f| async move { self.download(&f.path, &f.info, &local(&f.path)).await })
+            .map(|f| async move {
+                self.download(&f.path, &f.info, &local(&f.path)).await?;
+                progress.advance(1, f.info.size);
+                Ok::<_, String>(())
+            })
             .buffer_unordered(FILES_PARALLEL)
             .try_collect::<()>()
             .await?;
+        progress.done();
         Ok((files.len() as u64, bytes))
     }
 
     /// `cp [-r] LOCAL s3://.../PATH`: returns the files and bytes copied.
-    pub async fn copy_in(&self, src: &Path, path: &RelPath, recursive: bool) -> Result<(u64, u64), String> {
+    pub async fn copy_in(
+        &self,
+        src: &Path,
+        path: &RelPath,
+        recursive: bool,
+        progress: &dyn Progress,
+    ) -> Result<(u64, u64), String> {
         let name = src
             .file_name()
             .and_then(|n| n.to_str())
@@ -245,7 +267,10 @@ impl Bucket {
         };
         let meta = std::fs::metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
         if !meta.is_dir() {
+            progress.phase("copying", 1, meta.len());
             let n = self.upload(src, &target).await?;
+            progress.advance(1, n);
+            progress.done();
             return Ok((1, n));
         }
         if !recursive {
@@ -254,18 +279,33 @@ impl Bucket {
         let mut dirs = Vec::new();
         let mut files = Vec::new();
         local_tree(src, &target, &mut dirs, &mut files)?;
-        for (local, p) in &dirs {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(local)
-                .map(|m| m.permissions().mode())
-                .unwrap_or(0o755);
-            self.mkdir(p, mode).await?;
-        }
+        // The directories' markers (as mkdir through a mount writes them), in parallel.
+        stream::iter(dirs.iter())
+            .map(|(local, p)| {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(local)
+                    .map(|m| m.permissions().mode())
+                    .unwrap_or(0o755);
+                self.mkdir(p, mode)
+            })
+            .buffer_unordered(FILES_PARALLEL)
+            .try_collect::<()>()
+            .await?;
+        let total = files
+            .iter()
+            .map(|(local, _)| std::fs::metadata(local).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        progress.phase("copying", files.len() as u64, total);
         let bytes: u64 = stream::iter(files.iter())
-            .map(|(local, p)| self.upload(local, p))
+            .map(|(local, p)| async move {
+                let n = self.upload(local, p).await?;
+                progress.advance(1, n);
+                Ok::<_, String>(n)
+            })
             .buffer_unordered(FILES_PARALLEL)
             .try_fold(0, |a, n| async move { Ok(a + n) })
             .await?;
+        progress.done();
         Ok((files.len() as u64, bytes))
     }
 }

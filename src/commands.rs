@@ -82,11 +82,7 @@ pub fn run_migrate(a: crate::cli::MigrateArgs) -> Result<(), String> {
             copy_part: a.copy_part_mib << 20,
             write_descriptor: to_found != Some(to_n),
         };
-        let progress: Box<dyn migrate::Progress> = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
-            Box::new(migrate::Bar::new())
-        } else {
-            Box::new(migrate::Lines::new(std::time::Duration::from_secs(5)))
-        };
+        let progress = migrate::progress_for_stderr();
         println!(
             "migrating s3://{bucket}/{from_root} ({from_n} prefixes) to s3://{bucket}/{to_root} ({to_n} prefixes)"
         );
@@ -277,11 +273,12 @@ pub fn run_cp(a: crate::cli::CpArgs) -> Result<(), String> {
         _ => return Err("cp: exactly one side is s3://BUCKET/ROOT/PATH, the other a local path".into()),
     };
     let local = std::path::PathBuf::from(local);
+    let progress = crate::migrate::progress_for_stderr();
     adhoc(remote, &a.at, async |b, path| {
         let (files, bytes) = if inward {
-            b.copy_in(&local, &path, a.recursive).await?
+            b.copy_in(&local, &path, a.recursive, progress.as_ref()).await?
         } else {
-            b.copy_out(&path, &local, a.recursive).await?
+            b.copy_out(&path, &local, a.recursive, progress.as_ref()).await?
         };
         eprintln!("copied {files} files, {bytes} bytes");
         Ok(())

@@ -368,6 +368,15 @@ async fn delete_all(
     Ok(deleted.into_inner())
 }
 
+/// A bar on a terminal, plain lines every 5 s otherwise (logs, pipes, CI).
+pub fn progress_for_stderr() -> Box<dyn Progress> {
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        Box::new(Bar::new())
+    } else {
+        Box::new(Lines::new(Duration::from_secs(5)))
+    }
+}
+
 /// Progress as plain lines on stderr, at most one every `every` (logs, pipes, CI).
 pub struct Lines {
     every: Duration,
