@@ -84,15 +84,13 @@ fn classify(layout: &Layout, o: &ObjectMeta, inv: &mut Inventory) {
         return;
     }
     let rest = o.key.strip_prefix(&layout.root_slash()).unwrap_or(&o.key);
-    let (segment, rel) = if layout.prefix_count() == 1 {
-        ("", Some(rest))
+    let rel = if layout.prefix_count() == 1 {
+        Some(rest)
     } else {
-        match rest.split_once('/') {
-            Some((p, rel)) => (p, Some(rel)),
-            None => (rest, None),
-        }
+        rest.split_once('/').map(|(_, rel)| rel)
     };
-    let is_prefix = layout.prefix_count() == 1 || (0..layout.prefix_count()).any(|i| layout.prefix_name(i) == segment);
+    // `prefix_label` names a key's prefix segment, or "other" outside the prefix set.
+    let is_prefix = layout.prefix_count() == 1 || layout.prefix_label(&o.key) != "other";
     let reason = match rel {
         _ if !is_prefix => "not under a prefix of the layout",
         None => "not under a prefix of the layout",

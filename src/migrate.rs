@@ -107,15 +107,8 @@ pub async fn migrate(
     report.foreign = foreign;
     report.objects = items.len() as u64;
     report.bytes = items.iter().map(|i| i.size).sum();
-    let present = scan(store.as_ref(), to).await?;
-    let mut todo = Vec::new();
-    for item in items {
-        if copied_already(store.as_ref(), &item, present.get(&item.dst), opts).await? {
-            report.present += 1;
-        } else {
-            todo.push(item);
-        }
-    }
+    let (done, todo) = sort_out(store.as_ref(), to, items, opts).await?;
+    report.present = done.len() as u64;
     let todo = interleave(todo, to.prefix_count());
     report.copied = todo.len() as u64;
     report.copied_bytes = todo.iter().map(|i| i.size).sum();
@@ -143,18 +136,13 @@ pub async fn migrate(
     // Verify every object against a fresh listing of the destination before anything of
     // the source may go.
     let (items, _) = plan(store.as_ref(), from, to).await?;
-    let present = scan(store.as_ref(), to).await?;
-    let mut missing = Vec::new();
-    for item in &items {
-        if !copied_already(store.as_ref(), item, present.get(&item.dst), opts).await? {
-            missing.push(item.src.clone());
-        }
-    }
+    let (items, missing) = sort_out(store.as_ref(), to, items, opts).await?;
     if let Some(first) = missing.first() {
         return Err(format!(
-            "verification failed: {} of {} objects are not in the destination as in the source (first: {first}); the source is left as it is",
+            "verification failed: {} of {} objects are not in the destination as in the source (first: {}); the source is left as it is",
             missing.len(),
-            items.len()
+            items.len() + missing.len(),
+            first.src
         ));
     }
     if opts.write_descriptor {
@@ -234,6 +222,31 @@ async fn scan(store: &dyn ObjectStore, layout: &Layout) -> Result<HashMap<String
         .try_collect()
         .await?;
     Ok(pages.into_iter().flatten().map(|o| (o.key.clone(), o)).collect())
+}
+
+/// Splits `items` into those the destination holds already and those still to copy, by a
+/// fresh listing of the destination (and a HEAD for each multipart copy, `jobs` at once).
+async fn sort_out(
+    store: &dyn ObjectStore,
+    to: &Layout,
+    items: Vec<Item>,
+    opts: &Options,
+) -> Result<(Vec<Item>, Vec<Item>), String> {
+    let present = scan(store, to).await?;
+    let present = &present;
+    let checked: Vec<(Item, bool)> = stream::iter(items)
+        .map(|item| async move {
+            let done = copied_already(store, &item, present.get(&item.dst), opts).await?;
+            Ok::<_, String>((item, done))
+        })
+        .buffered(opts.jobs.max(1))
+        .try_collect()
+        .await?;
+    let (done, todo): (Vec<_>, Vec<_>) = checked.into_iter().partition(|(_, d)| *d);
+    Ok((
+        done.into_iter().map(|(i, _)| i).collect(),
+        todo.into_iter().map(|(i, _)| i).collect(),
+    ))
 }
 
 /// Whether `dst` holds `item` whole: the same size, and the same ETag (CopyObject keeps it)

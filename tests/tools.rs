@@ -59,21 +59,25 @@ fn plant(env: &Env, paths: &[String]) {
     env.put("plain/junk/", b"not a marker");
 }
 
-fn migrate(env: &Env, args: &[&str]) -> Output {
+/// `prefixfs ARGS` against the test server; panics with its output unless it succeeded.
+fn prefixfs_ok(env: &Env, args: &[&str]) -> Output {
     let out = env
         .prefixfs()
-        .arg("migrate")
         .args(args)
         .args(env.conn_args())
         .output()
-        .expect("prefixfs migrate");
+        .expect("prefixfs");
     assert!(
         out.status.success(),
-        "migrate {args:?} failed: {}{}",
+        "prefixfs {args:?} failed: {}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     out
+}
+
+fn migrate(env: &Env, args: &[&str]) -> Output {
+    prefixfs_ok(env, &[&["migrate"], args].concat())
 }
 
 /// The number after `word` in the command's output ("copied 12 (", "12 COPY").
@@ -354,18 +358,7 @@ fn fsck_finds_misplaced_and_foreign_keys_and_repairs_the_misplaced(env: Env) {
 }
 
 fn adhoc(env: &Env, args: &[&str]) -> String {
-    let out = env
-        .prefixfs()
-        .args(args)
-        .args(env.conn_args())
-        .output()
-        .expect("prefixfs");
-    assert!(
-        out.status.success(),
-        "prefixfs {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
+    String::from_utf8(prefixfs_ok(env, args).stdout).expect("utf-8")
 }
 
 fn sorted_lines(s: &str) -> Vec<String> {
