@@ -259,8 +259,12 @@ impl Core {
         // Deletes queued by the unlinks of an `rm -r` land first, so the check below sees S3
         // as it is.
         self.store.flush().await?;
+        // Pending files first: one whose upload ends while the LIST below is on the wire is
+        // then either still pending here or already in S3 for the LIST (checked the other
+        // way round, it could slip between the two, and a non-empty directory be removed).
+        let pending = !self.pending_in(&path).is_empty();
         let below = self.emptiness(&path).await?;
-        if !self.pending_in(&path).is_empty() || below.not_empty {
+        if pending || below.not_empty {
             return Err(FsError::new(libc::ENOTEMPTY, format!("{path}: directory not empty")));
         }
         match below.marker {
