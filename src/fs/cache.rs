@@ -151,6 +151,15 @@ impl TreeWatch<'_> {
             _ => false,
         }
     }
+
+    /// Whether the mount left `path` itself alone since the watch began (its own change is
+    /// newer than any answer to a request sent before it).
+    pub fn unchanged(&self, path: &RelPath) -> bool {
+        match lock(&self.cache.trees).get(&self.id) {
+            Some((_, Some(changed))) => !changed.contains(path),
+            _ => false,
+        }
+    }
 }
 
 impl Drop for TreeWatch<'_> {
@@ -243,9 +252,9 @@ impl MetaCache {
         }
     }
 
-    /// Starts listing the subtree at `root` whole: every change this mount makes below it
-    /// from now on is recorded, so that a directory changed meanwhile is not cached from the
-    /// (older) subtree listing.
+    /// Starts watching the subtree at `root`: every change this mount makes at or below it
+    /// from now on is recorded, so that an answer to a request sent before the change (a
+    /// whole-subtree listing, a HEAD) is not cached over it.
     pub fn watch_tree(&self, root: &RelPath) -> TreeWatch<'_> {
         let id = self.next_tree.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         lock(&self.trees).insert(id, (root.clone(), Some(Vec::new())));

@@ -379,6 +379,10 @@ impl Core {
     }
 
     async fn fetch_stat(&self, path: &RelPath, hint: Option<Kind>) -> FsResult<Option<EntryInfo>> {
+        // An answer may be overtaken on the wire by this mount's own change of `path` (an
+        // attribute prefetch's HEAD still out when `rm` or `mv` of the file returns): the
+        // change is newer, and caching the answer would bring a removed file back.
+        let watch = self.cache.watch_tree(path);
         let info = match hint {
             // A listing already said what kind it is: one HEAD for the metadata.
             Some(Kind::Dir) => self.head_as(path, true).await?.or(Some(self.implicit_dir())),
@@ -397,8 +401,12 @@ impl Core {
                 }
             }
         };
-        self.cache.learned(path, info);
-        Ok(info)
+        if watch.unchanged(path) {
+            self.cache.learned(path, info);
+            return Ok(info);
+        }
+        tracing::debug!(%path, "changed by this mount while its HEAD was out: the answer is not cached");
+        Ok(self.cache.entry(path).unwrap_or(info))
     }
 
     /// [`Core::stat`] without the cache: what S3 says now.

@@ -378,7 +378,7 @@ async fn readdir_hands_out_entries_before_the_slowest_prefix_answers() {
         })
         .count();
     assert!(in_slow > 0 && in_slow < 40, "the files spread over the prefixes");
-    let gate = r.mem().hold_lists(&slow);
+    let gate = r.mem().hold("list", &slow);
     let fh = r.core.opendir(d).await.unwrap();
     let open = r.core.readdir(fh).unwrap();
     let mut early = Vec::new();
@@ -397,7 +397,7 @@ async fn readdir_hands_out_entries_before_the_slowest_prefix_answers() {
         40 - in_slow,
         "every entry of the prefixes that answered, none twice"
     );
-    gate.add_permits(1);
+    gate.release(1);
     let all = open.all_entries().await.unwrap();
     let names: std::collections::BTreeSet<&str> = all.iter().skip(2).map(|e| e.name.as_str()).collect();
     assert_eq!((all.len(), names.len()), (42, 40));
@@ -405,6 +405,36 @@ async fn readdir_hands_out_entries_before_the_slowest_prefix_answers() {
     let mut m = r.meter();
     assert_eq!(r.list(d).await.len(), 42);
     assert!(m.take().is_empty());
+}
+
+#[tokio::test]
+async fn a_head_answered_before_an_unlink_does_not_bring_the_file_back() {
+    let r = rig();
+    r.plant("d/a.txt", b"x").await;
+    let d = r.ino("d").await;
+    r.core.lookup(d, OsStr::new("a.txt")).await.unwrap();
+    r.list(d).await;
+    let path = RelPath::parse("d/a.txt").unwrap();
+    // A HEAD (an attribute prefetch, say) is answered "it exists", and the answer is still
+    // on the wire when the file is removed.
+    let gate = r.mem().hold("head", &r.layout.file_key(&path).unwrap());
+    let (core, p) = (r.core.clone(), path.clone());
+    let late = tokio::spawn(async move { core.fetch_stat(&p, Some(Kind::File)).await });
+    gate.arrivals(1).await;
+    r.core.unlink(d, OsStr::new("a.txt")).await.unwrap();
+    gate.release(1);
+    assert!(
+        late.await.unwrap().unwrap().is_none(),
+        "the caller is told what the mount knows now"
+    );
+    assert!(
+        r.list(d).await.iter().all(|e| e.name != "a.txt"),
+        "the late answer did not put the file back in the listing"
+    );
+    assert_eq!(
+        r.core.lookup(d, OsStr::new("a.txt")).await.unwrap_err().errno,
+        libc::ENOENT
+    );
 }
 
 #[tokio::test]

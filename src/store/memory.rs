@@ -25,7 +25,53 @@ pub struct MemoryStore {
     uploads: Mutex<HashMap<String, MemUpload>>,
     failures: Mutex<Option<(u32, FailFn)>>,
     gets: Arc<GetGauge>,
-    list_gate: Mutex<Option<(String, Arc<tokio::sync::Semaphore>)>>,
+    gates: Mutex<Vec<Hold>>,
+}
+
+/// Requests of one kind (`"list"`, `"head"`) for keys starting with a prefix, held until
+/// the test lets them go (see [`MemoryStore::hold`]).
+struct Hold {
+    op: &'static str,
+    prefix: String,
+    gate: Arc<Gate>,
+}
+
+/// What a test holds requests with: each request waits for one permit.
+pub struct Gate {
+    permits: tokio::sync::Semaphore,
+    arrived: AtomicUsize,
+}
+
+impl Gate {
+    fn new() -> Self {
+        Gate {
+            permits: tokio::sync::Semaphore::new(0),
+            arrived: AtomicUsize::new(0),
+        }
+    }
+
+    /// Lets `n` more held requests go.
+    pub fn release(&self, n: usize) {
+        self.permits.add_permits(n);
+    }
+
+    /// Waits until `n` requests in all have reached the gate.
+    pub async fn arrivals(&self, n: usize) {
+        while self.arrived.load(Ordering::SeqCst) < n {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn pass(&self, op: &'static str, key: &str) -> StoreResult<()> {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        let permit = self.permits.acquire().await.map_err(|e| StoreError::Transport {
+            op,
+            key: key.to_string(),
+            message: e.to_string(),
+        })?;
+        permit.forget();
+        Ok(())
+    }
 }
 
 /// What GETs cost, for tests of the read path: an added delay, the most in flight at once,
@@ -70,12 +116,31 @@ impl MemoryStore {
         self.gets.clone()
     }
 
-    /// LISTs of prefixes starting with `prefix` wait until the returned gate gets permits
-    /// (one per LIST), so a test can hold one prefix's answer back.
-    pub fn hold_lists(&self, prefix: &str) -> Arc<tokio::sync::Semaphore> {
-        let gate = Arc::new(tokio::sync::Semaphore::new(0));
-        *self.list_gate.lock().unwrap_or_else(|e| e.into_inner()) = Some((prefix.to_string(), gate.clone()));
+    /// Requests `op` (`"list"`: before it is answered; `"head"`: answered, then held, as an
+    /// answer still on the wire) for keys starting with `prefix` wait at the returned gate,
+    /// one permit each, so a test can hold one prefix's answer back.
+    pub fn hold(&self, op: &'static str, prefix: &str) -> Arc<Gate> {
+        let gate = Arc::new(Gate::new());
+        self.gates.lock().unwrap_or_else(|e| e.into_inner()).push(Hold {
+            op,
+            prefix: prefix.to_string(),
+            gate: gate.clone(),
+        });
         gate
+    }
+
+    async fn gate(&self, op: &'static str, key: &str) -> StoreResult<()> {
+        let gate = self
+            .gates
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|h| h.op == op && key.starts_with(&h.prefix))
+            .map(|h| h.gate.clone());
+        match gate {
+            Some(g) => g.pass(op, key).await,
+            None => Ok(()),
+        }
     }
 
     pub fn keys(&self) -> Vec<String> {
@@ -149,10 +214,13 @@ fn not_found(op: &'static str, key: &str) -> StoreError {
 impl ObjectStore for MemoryStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         self.injected(key)?;
-        self.lock()
+        let answer = self
+            .lock()
             .get(key)
             .map(|(_, m)| m.clone())
-            .ok_or_else(|| not_found("head", key))
+            .ok_or_else(|| not_found("head", key));
+        self.gate("head", key).await?;
+        answer
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
@@ -220,17 +288,7 @@ impl ObjectStore for MemoryStore {
         token: Option<&str>,
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage> {
-        let gate = self.list_gate.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        if let Some((held, gate)) = gate
-            && prefix.starts_with(&held)
-        {
-            let permit = gate.acquire().await.map_err(|e| StoreError::Transport {
-                op: "list",
-                key: prefix.to_string(),
-                message: e.to_string(),
-            })?;
-            permit.forget();
-        }
+        self.gate("list", prefix).await?;
         self.injected(prefix)?;
         let page = crate::limits::MAX_LIST_PAGE as i32;
         let max = max_keys.unwrap_or(page).clamp(1, page) as usize;
