@@ -84,7 +84,15 @@ impl Server {
             max_attempts: 40,
             ..RetryConfig::default()
         };
-        (Arc::new(RetryingStore::new(aws, retry, stats.clone())), stats)
+        (
+            Arc::new(RetryingStore::new(
+                aws,
+                retry,
+                stats.clone(),
+                prefixfs::store::one_prefix(),
+            )),
+            stats,
+        )
     }
 }
 

@@ -4,6 +4,7 @@
 
 use crate::layout::{Layout, RelPath};
 use crate::mount;
+use crate::store::Deletes;
 use std::process::ExitCode;
 
 pub fn run_rm(a: crate::cli::RmArgs) -> Result<(), String> {
@@ -73,7 +74,7 @@ pub fn run_migrate(a: crate::cli::MigrateArgs) -> Result<(), String> {
         let from = Layout::new(&from_root, from_n).map_err(|e| e.to_string())?;
         let to = Layout::new(&to_root, to_n).map_err(|e| e.to_string())?;
         // Paced per destination prefix: that is where the copies land.
-        let store = c.paced(&to, Default::default());
+        let store = c.stack(&to, Default::default(), Deletes::Direct);
         let opts = migrate::Options {
             jobs: a.jobs,
             dry_run: a.dry_run,
@@ -122,7 +123,7 @@ pub fn with_layout<T>(
     rt.block_on(async {
         let c = mount::connect(Some(&bucket), conn.aws_config(&bucket), conn.retry_config()?, None).await?;
         let layout = mount::resolve_layout(c.store.as_ref(), &root, None, false).await?;
-        let store = c.paced(&layout, Default::default());
+        let store = c.stack(&layout, Default::default(), Deletes::Direct);
         f(store, layout).await
     })
 }
@@ -238,7 +239,7 @@ pub fn adhoc<T>(
         .await?;
         let (root, path) = crate::adhoc::split_target(c.store.as_ref(), &rest, at.root.as_deref()).await?;
         let layout = mount::resolve_layout(c.store.as_ref(), &root, None, false).await?;
-        let store = c.paced(&layout, Default::default());
+        let store = c.stack(&layout, Default::default(), Deletes::Direct);
         let b = crate::adhoc::Bucket::open(store, layout, c.stats.clone())?;
         f(b, path).await
     })

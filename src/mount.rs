@@ -7,10 +7,10 @@ use crate::fuse::FuseFs;
 use crate::layout::{Descriptor, Layout};
 use crate::server::{self, RunningServer, ServerConfig};
 use crate::store::aws::{AwsConfig, AwsStore};
-use crate::store::pacing::{PacedStore, PacingConfig};
+use crate::store::pacing::PacingConfig;
 use crate::store::retry::{RetryConfig, RetryingStore};
 use crate::store::stats::RequestStats;
-use crate::store::{ObjectStore, UserMeta};
+use crate::store::{Deletes, ObjectStore, StackConfig, UserMeta, one_prefix};
 use bytes::Bytes;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -93,13 +93,17 @@ pub struct Connected {
 }
 
 impl Connected {
-    /// The store the filesystem uses: retries around per-prefix pacing around the SDK, with
-    /// counters attributed to the layout's prefixes.
-    pub fn paced(&self, layout: &Layout, pacing: PacingConfig) -> Arc<dyn ObjectStore> {
+    /// The store for `layout` ([`crate::store::stack`]): paced, retried and counted by the
+    /// layout's prefixes.
+    pub fn stack(&self, layout: &Layout, pacing: PacingConfig, deletes: Deletes) -> Arc<dyn ObjectStore> {
         let l = layout.clone();
-        self.stats.set_prefix_fn(Arc::new(move |k: &str| l.prefix_label(k)));
-        let paced = PacedStore::new(self.aws.clone(), pacing, self.stats.clone());
-        Arc::new(RetryingStore::new(paced, self.retry.clone(), self.stats.clone()))
+        let cfg = StackConfig {
+            prefix: Arc::new(move |k: &str| l.prefix_label(k)),
+            pacing,
+            retry: self.retry.clone(),
+            deletes,
+        };
+        crate::store::stack(self.aws.clone(), &self.stats, cfg)
     }
 }
 
@@ -133,7 +137,12 @@ pub async fn connect(
         }
     };
     let aws = AwsStore::connect(&cfg).await;
-    let store = Arc::new(RetryingStore::new(aws.clone(), retry.clone(), stats.clone()));
+    let store = Arc::new(RetryingStore::new(
+        aws.clone(),
+        retry.clone(),
+        stats.clone(),
+        one_prefix(),
+    ));
     Ok(Connected {
         store,
         stats,
@@ -250,13 +259,7 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
             .map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
         tracing::info!(%bound, "serving Prometheus metrics at /metrics");
     }
-    let paced = connected.paced(&layout, plan.pacing.clone());
-    let deferred = Arc::new(crate::store::deferred::DeferredDeletes::new(
-        paced,
-        connected.stats.clone(),
-        Some(journal.clone()),
-    ));
-    let store: Arc<dyn ObjectStore> = Arc::new(crate::store::journal::JournalingStore::new(deferred, journal.clone()));
+    let store = connected.stack(&layout, plan.pacing.clone(), Deletes::Deferred(Some(journal.clone())));
     let core = Core::new(layout, store, connected.stats.clone(), plan.fs.clone());
     let fsname = match &plan.bucket {
         Some((b, r)) if r.is_empty() => format!("prefixfs:{b}"),

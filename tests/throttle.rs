@@ -264,6 +264,7 @@ fn slowdown_in_a_200_body_of_a_completion_is_retried() {
             ..RetryConfig::default()
         },
         stats.clone(),
+        prefixfs::store::one_prefix(),
     );
     let id = env
         .rt

@@ -284,7 +284,12 @@ mod tests {
         let gauge = mem.gets();
         gauge.set_delay(delay);
         let stats = Arc::new(RequestStats::default());
-        let store: Arc<dyn ObjectStore> = Arc::new(RetryingStore::new(mem, RetryConfig::default(), stats.clone()));
+        let store: Arc<dyn ObjectStore> = Arc::new(RetryingStore::new(
+            mem,
+            RetryConfig::default(),
+            stats.clone(),
+            crate::store::one_prefix(),
+        ));
         let body: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();
         store
             .put("k", Bytes::from(body.clone()), &UserMeta::new())

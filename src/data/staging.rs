@@ -339,6 +339,7 @@ mod tests {
             MemoryStore::new(),
             RetryConfig::default(),
             stats.clone(),
+            crate::store::one_prefix(),
         ));
         (store, stats, tempfile::tempdir().unwrap())
     }

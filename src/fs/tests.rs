@@ -59,13 +59,14 @@ fn rig_with(cfg: impl FnOnce(&mut FsConfig)) -> Rig {
     let layout = Layout::new("data", PREFIXES).expect("layout");
     let stats = Arc::new(RequestStats::default());
     let l = layout.clone();
-    stats.set_prefix_fn(Arc::new(move |k: &str| l.prefix_label(k)));
+    let prefix: crate::store::PrefixFn = Arc::new(move |k: &str| l.prefix_label(k));
     let s3 = Arc::new(RetryingStore::new(
         MemoryStore::new(),
         RetryConfig::default(),
         stats.clone(),
+        prefix.clone(),
     ));
-    let store: Arc<dyn ObjectStore> = Arc::new(DeferredDeletes::new(s3.clone(), stats.clone(), None));
+    let store: Arc<dyn ObjectStore> = Arc::new(DeferredDeletes::new(s3.clone(), None, prefix));
     let mut fs = FsConfig {
         metadata_ttl: Duration::from_secs(60),
         cache_dir: dir.path().to_path_buf(),

@@ -18,8 +18,7 @@
 //!    how a failure reaches a program (EIO) instead of only the log.
 
 use super::journal::{Journal, Record};
-use super::stats::RequestStats;
-use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf};
+use super::{ListPage, ObjectMeta, ObjectStore, PrefixFn, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf};
 use crate::layout::interleave_by;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -70,8 +69,8 @@ impl Queue {
 
 struct Shared {
     inner: Arc<dyn ObjectStore>,
-    stats: Arc<RequestStats>,
     journal: Option<Arc<Journal>>,
+    prefix: PrefixFn,
     queue: Mutex<Queue>,
     done: Notify,
 }
@@ -118,7 +117,7 @@ impl Shared {
 
     /// Takes the next batch off the queue (None, and the flusher ends, when it is empty).
     fn next_batch(&self) -> Option<Vec<String>> {
-        let stats = &self.stats;
+        let label = &self.prefix;
         let mut q = self.lock();
         if q.queued.is_empty() {
             q.flusher_running = false;
@@ -128,18 +127,18 @@ impl Shared {
         }
         let n = q.queued.len().min(BATCH);
         let keys: Vec<String> = q.queued.drain(..n).collect();
-        let mut ordered = interleave_by(keys, |k| stats.prefix_of(k));
+        let mut ordered = interleave_by(keys, |k| label(k));
         // Do not start where the last batch ended.
         if let (Some(last), Some(first)) = (&q.last_prefix, ordered.first())
-            && stats.prefix_of(first) == *last
-            && let Some(pos) = ordered.iter().position(|k| stats.prefix_of(k) != *last)
+            && label(first) == *last
+            && let Some(pos) = ordered.iter().position(|k| label(k) != *last)
         {
             ordered[..=pos].rotate_right(1);
         }
         // A tail of one prefix would send consecutive deletes to one partition: keep it for
         // the next batch, where other prefixes can separate it (unless someone is waiting for
         // everything, or there is no other prefix).
-        let labels: Vec<String> = ordered.iter().map(|k| stats.prefix_of(k)).collect();
+        let labels: Vec<String> = ordered.iter().map(|k| label(k)).collect();
         if !q.urgent && labels.iter().any(|l| *l != labels[0]) {
             let mut cut = labels.len();
             while cut > 1 && labels[cut - 2] == labels[cut - 1] {
@@ -154,7 +153,7 @@ impl Shared {
             q.queued_set.remove(k);
             q.in_flight.insert(k.clone());
         }
-        q.last_prefix = ordered.last().map(|k| stats.prefix_of(k));
+        q.last_prefix = ordered.last().map(|k| label(k));
         Some(ordered)
     }
 
@@ -214,11 +213,12 @@ impl Shared {
 
 impl DeferredDeletes {
     /// Queues deletes in front of `inner`, journalling them in `journal` when given.
-    pub fn new(inner: Arc<dyn ObjectStore>, stats: Arc<RequestStats>, journal: Option<Arc<Journal>>) -> Self {
+    /// `prefix` says which partition a key is on: batches interleave them.
+    pub fn new(inner: Arc<dyn ObjectStore>, journal: Option<Arc<Journal>>, prefix: PrefixFn) -> Self {
         DeferredDeletes {
             s: Arc::new(Shared {
                 inner,
-                stats,
+                prefix,
                 journal,
                 queue: Mutex::default(),
                 done: Notify::new(),
@@ -461,9 +461,8 @@ mod tests {
 
     fn setup() -> (Arc<MemoryStore>, DeferredDeletes) {
         let mem = Arc::new(MemoryStore::new());
-        let stats = Arc::new(RequestStats::default());
-        stats.set_prefix_fn(Arc::new(|k: &str| k.split('/').next().unwrap_or("").to_string()));
-        let d = DeferredDeletes::new(mem.clone(), stats, None);
+        let first_segment: PrefixFn = Arc::new(|k: &str| k.split('/').next().unwrap_or("").to_string());
+        let d = DeferredDeletes::new(mem.clone(), None, first_segment);
         (mem, d)
     }
 

@@ -21,7 +21,61 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::BTreeMap;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::SystemTime;
+
+/// Which partition a key is on: the label (the layout's `prefix_label`) that pacing,
+/// delete interleaving and the per-prefix counters go by.
+pub type PrefixFn = Arc<dyn Fn(&str) -> String + Send + Sync>;
+
+/// Every key on one partition: for requests outside any layout (set-up, tests).
+pub fn one_prefix() -> PrefixFn {
+    Arc::new(|_: &str| String::new())
+}
+
+/// What a store stack is made of (see [`stack`]).
+pub struct StackConfig {
+    pub prefix: PrefixFn,
+    pub pacing: pacing::PacingConfig,
+    pub retry: retry::RetryConfig,
+    pub deletes: Deletes,
+}
+
+/// How single-key deletes go out.
+pub enum Deletes {
+    /// At once, one request each (the bucket tools batch their own).
+    Direct,
+    /// Queued and batched ([`deferred`]); with a journal (a mount), so are the multipart
+    /// uploads in flight, and a crash loses neither.
+    Deferred(Option<Arc<journal::Journal>>),
+}
+
+/// The store prefixfs talks to, its layers named once, innermost first: `base` (the SDK),
+/// per-prefix pacing, retries, then the deferred deletes and the journal when asked for.
+/// Pacing sits under the retries so that every attempt waits its prefix's turn.
+pub fn stack<S: ObjectStore + 'static>(
+    base: S,
+    stats: &Arc<stats::RequestStats>,
+    cfg: StackConfig,
+) -> Arc<dyn ObjectStore> {
+    let paced = pacing::PacedStore::new(base, cfg.pacing, stats.clone(), cfg.prefix.clone());
+    let retrying: Arc<dyn ObjectStore> = Arc::new(retry::RetryingStore::new(
+        paced,
+        cfg.retry,
+        stats.clone(),
+        cfg.prefix.clone(),
+    ));
+    match cfg.deletes {
+        Deletes::Direct => retrying,
+        Deletes::Deferred(journal) => {
+            let deferred = Arc::new(deferred::DeferredDeletes::new(retrying, journal.clone(), cfg.prefix));
+            match journal {
+                Some(j) => Arc::new(journal::JournalingStore::new(deferred, j)),
+                None => deferred,
+            }
+        }
+    }
+}
 
 /// User metadata (`x-amz-meta-*`, names without the prefix, lower case).
 pub type UserMeta = BTreeMap<String, String>;

@@ -15,7 +15,7 @@
 //! Wraps the store *inside* the retry layer: every attempt is paced and observed.
 
 use super::stats::RequestStats;
-use super::{ListPage, ObjectMeta, ObjectStore, OpKind, StoreResult, UploadInfo, UserMeta, WriteIf};
+use super::{ListPage, ObjectMeta, ObjectStore, OpKind, PrefixFn, StoreResult, UploadInfo, UserMeta, WriteIf};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -96,15 +96,18 @@ pub struct PacedStore<S> {
     inner: S,
     cfg: PacingConfig,
     stats: Arc<RequestStats>,
+    prefix: PrefixFn,
     pacers: Mutex<HashMap<String, Pacer>>,
 }
 
 impl<S: ObjectStore> PacedStore<S> {
-    pub fn new(inner: S, cfg: PacingConfig, stats: Arc<RequestStats>) -> Self {
+    /// `prefix` says which partition a key is on: each gets a pacer of its own.
+    pub fn new(inner: S, cfg: PacingConfig, stats: Arc<RequestStats>, prefix: PrefixFn) -> Self {
         PacedStore {
             inner,
             cfg,
             stats,
+            prefix,
             pacers: Mutex::new(HashMap::new()),
         }
     }
@@ -173,7 +176,7 @@ impl<S: ObjectStore> PacedStore<S> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = StoreResult<T>>,
     {
-        let prefix = self.stats.prefix_of(key);
+        let prefix = (self.prefix)(key);
         self.wait_turn(&prefix).await;
         let started = std::time::Instant::now();
         let r = f().await;
@@ -218,7 +221,7 @@ impl<S: ObjectStore> ObjectStore for PacedStore<S> {
             .await?;
         for f in &failed {
             if f.is_throttle() {
-                let prefix = self.stats.prefix_of(&f.key);
+                let prefix = (self.prefix)(&f.key);
                 self.observe(&prefix, true);
                 self.stats.record_prefix_throttle(&prefix);
             }
@@ -382,20 +385,24 @@ mod tests {
         Arc<RequestStats>,
     ) {
         let stats = Arc::new(RequestStats::default());
-        stats.set_prefix_fn(Arc::new(|k: &str| k.split('/').next().unwrap_or("").to_string()));
+        let first_segment: PrefixFn = Arc::new(|k: &str| k.split('/').next().unwrap_or("").to_string());
         let on = Arc::new(AtomicBool::new(false));
         let t = Throttler {
             inner: MemoryStore::new(),
             on: on.clone(),
             hot_requests: AtomicU64::new(0),
         };
-        let paced = PacedStore::new(t, PacingConfig::default(), stats.clone());
+        let paced = PacedStore::new(t, PacingConfig::default(), stats.clone(), first_segment.clone());
         let retry = RetryConfig {
             max_attempts,
             base_delay: Duration::from_millis(10),
             max_delay: Duration::from_millis(200),
         };
-        (Arc::new(RetryingStore::new(paced, retry, stats.clone())), on, stats)
+        (
+            Arc::new(RetryingStore::new(paced, retry, stats.clone(), first_segment)),
+            on,
+            stats,
+        )
     }
 
     async fn put_n(s: &Arc<RetryingStore<PacedStore<Throttler>>>, prefix: &str, n: usize) -> (usize, Duration) {

@@ -7,7 +7,9 @@
 //! counted here is what went over the wire.
 
 use super::stats::RequestStats;
-use super::{ListPage, ObjectMeta, ObjectStore, OpKind, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf};
+use super::{
+    ListPage, ObjectMeta, ObjectStore, OpKind, PrefixFn, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use std::future::Future;
@@ -48,11 +50,18 @@ pub struct RetryingStore<S> {
     inner: S,
     config: RetryConfig,
     stats: Arc<RequestStats>,
+    prefix: PrefixFn,
 }
 
 impl<S: ObjectStore> RetryingStore<S> {
-    pub fn new(inner: S, config: RetryConfig, stats: Arc<RequestStats>) -> Self {
-        RetryingStore { inner, config, stats }
+    /// `prefix` labels each key's retries in the per-prefix counters.
+    pub fn new(inner: S, config: RetryConfig, stats: Arc<RequestStats>, prefix: PrefixFn) -> Self {
+        RetryingStore {
+            inner,
+            config,
+            stats,
+            prefix,
+        }
     }
 
     pub fn stats(&self) -> &Arc<RequestStats> {
@@ -94,7 +103,7 @@ impl<S: ObjectStore> RetryingStore<S> {
             let delay = self.config.backoff(attempt);
             tracing::debug!(op = kind.name(), key, attempt, ?delay, error = %err, "retrying");
             self.stats.record_retry();
-            self.stats.record_prefix_retry(key);
+            self.stats.record_prefix_retry(&(self.prefix)(key));
             tokio::time::sleep(delay).await;
             attempt += 1;
         }
@@ -206,7 +215,7 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
                 return Ok(fatal.into_iter().chain(again).collect());
             }
             for f in &again {
-                self.stats.record_prefix_retry(&f.key);
+                self.stats.record_prefix_retry(&(self.prefix)(&f.key));
             }
             self.stats.record_retry();
             tokio::time::sleep(self.config.backoff(attempt)).await;
@@ -324,7 +333,7 @@ mod tests {
             key: key.to_string(),
         });
         let stats = Arc::new(RequestStats::default());
-        let s = RetryingStore::new(mem, fast(), stats.clone());
+        let s = RetryingStore::new(mem, fast(), stats.clone(), crate::store::one_prefix());
         s.put("k", Bytes::from_static(b"v"), &UserMeta::new()).await.unwrap();
         let snap = stats.snapshot();
         assert_eq!(snap.get(OpKind::Put), 3);
@@ -340,7 +349,7 @@ mod tests {
             key: key.to_string(),
         });
         let stats = Arc::new(RequestStats::default());
-        let s = RetryingStore::new(mem, fast(), stats.clone());
+        let s = RetryingStore::new(mem, fast(), stats.clone(), crate::store::one_prefix());
         let err = s.head("k").await.unwrap_err();
         assert!(matches!(err, StoreError::RetriesExhausted { attempts: 4, .. }), "{err}");
         assert!(!err.is_not_found());
@@ -361,7 +370,7 @@ mod tests {
             StoreError::from_response("complete_multipart", key, 500, "InternalError", "")
         });
         let stats = Arc::new(RequestStats::default());
-        let s = RetryingStore::new(mem, fast(), stats.clone());
+        let s = RetryingStore::new(mem, fast(), stats.clone(), crate::store::one_prefix());
         s.complete_multipart("k", &id, &parts).await.unwrap();
         assert_eq!(stats.snapshot().get(OpKind::Head), 1, "one HEAD checks the object");
 
@@ -394,7 +403,7 @@ mod tests {
             .unwrap();
         mem.fail_next(1, |key| StoreError::from_response("put", key, 500, "InternalError", ""));
         let stats = Arc::new(RequestStats::default());
-        let s = RetryingStore::new(mem, fast(), stats.clone());
+        let s = RetryingStore::new(mem, fast(), stats.clone(), crate::store::one_prefix());
         let etag = s
             .put_if(
                 "k",
@@ -438,7 +447,7 @@ mod tests {
     #[tokio::test]
     async fn not_found_is_not_retried() {
         let stats = Arc::new(RequestStats::default());
-        let s = RetryingStore::new(MemoryStore::new(), fast(), stats.clone());
+        let s = RetryingStore::new(MemoryStore::new(), fast(), stats.clone(), crate::store::one_prefix());
         assert!(s.head("missing").await.unwrap_err().is_not_found());
         assert_eq!(stats.snapshot().get(OpKind::Head), 1);
     }

@@ -5,8 +5,8 @@
 
 use super::OpKind;
 use std::collections::BTreeMap;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 tokio::task_local! {
@@ -26,9 +26,6 @@ pub struct CallerCounters {
     pub requests: BTreeMap<&'static str, u64>,
 }
 
-/// Maps a key to the hash prefix it belongs to (given by the layout).
-pub type PrefixFn = Arc<dyn Fn(&str) -> String + Send + Sync>;
-
 /// Counters of one hash prefix.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PrefixCounters {
@@ -47,7 +44,6 @@ pub struct RequestStats {
     throttles: AtomicU64,
     retries: AtomicU64,
     failures: AtomicU64,
-    prefix_fn: OnceLock<PrefixFn>,
     per_prefix: Mutex<BTreeMap<String, PrefixCounters>>,
     per_caller: Mutex<BTreeMap<&'static str, CallerCounters>>,
 }
@@ -97,15 +93,6 @@ impl StatsSnapshot {
 }
 
 impl RequestStats {
-    /// Sets how keys map to prefixes (once; later calls are ignored).
-    pub fn set_prefix_fn(&self, f: PrefixFn) {
-        let _ = self.prefix_fn.set(f);
-    }
-
-    pub fn prefix_of(&self, key: &str) -> String {
-        self.prefix_fn.get().map(|f| f(key)).unwrap_or_default()
-    }
-
     fn with_prefix(&self, prefix: &str, f: impl FnOnce(&mut PrefixCounters)) {
         let mut m = self.per_prefix.lock().unwrap_or_else(|e| e.into_inner());
         f(m.entry(prefix.to_string()).or_default());
@@ -129,9 +116,8 @@ impl RequestStats {
         self.with_prefix(prefix, |c| c.throttles += 1);
     }
 
-    pub fn record_prefix_retry(&self, key: &str) {
-        let prefix = self.prefix_of(key);
-        self.with_prefix(&prefix, |c| c.retries += 1);
+    pub fn record_prefix_retry(&self, prefix: &str) {
+        self.with_prefix(prefix, |c| c.retries += 1);
     }
 
     pub fn set_prefix_rate(&self, prefix: &str, rate: Option<f64>) {
