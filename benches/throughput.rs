@@ -8,7 +8,7 @@
 //! SIZE_MIB (1024), LATENCY_MS (20), MIBPS (90), LS_FILES (10000), DAYS (365), PER_DAY (20),
 //! PEERS (1: mount the peers when installed; 0: skip them), ONLY (a comma list of write, read,
 //! ls, find, small, cp: run only those), PREFIXFS_ARGS (extra mount flags,
-//! e.g. `--read-ahead-mib 96`).
+//! e.g. `--read-ahead-mib 96`), SERVER_DIR (where the store keeps its data: /dev/shm).
 
 use futures::StreamExt;
 use prefixfs::layout::{Layout, RelPath};
@@ -418,7 +418,13 @@ fn main() {
     let latency = Duration::from_millis(knob("LATENCY_MS", 20.0) as u64);
     let mibps = knob("MIBPS", 90.0);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let dir = tempfile::tempdir().expect("tempdir");
+    // The store's data in memory when it can be (SERVER_DIR, default /dev/shm): S3's disks
+    // are not this machine's, and the server's page-cache writeback made the baseline swing
+    // by half from run to run.
+    let server_dir = std::env::var("SERVER_DIR").unwrap_or_else(|_| "/dev/shm".into());
+    let dir = tempfile::tempdir_in(&server_dir)
+        .or_else(|_| tempfile::tempdir())
+        .expect("tempdir");
     let mut cfg = ServerConfig::local(dir.path().join("s3"));
     cfg.buckets.push(BUCKET.into());
     cfg.credentials = Some(server::Credentials {

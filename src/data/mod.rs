@@ -5,5 +5,6 @@
 
 pub mod kept;
 pub mod read;
+pub mod spool;
 pub mod staging;
 pub mod upload;

@@ -13,8 +13,9 @@
 //! written (disk full) stops there, and `keep` says which bytes it lacks.
 
 use super::kept::Kept;
+use super::spool::{PartBuf, Spool};
 use crate::store::{ObjectStore, StoreError, StoreResult, UserMeta, WriteIf};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,7 +48,7 @@ pub struct Upload {
     meta: UserMeta,
     base_part: usize,
     max_inflight: usize,
-    buf: BytesMut,
+    buf: PartBuf,
     size: u64,
     upload_id: Option<String>,
     next_part: i32,
@@ -61,33 +62,6 @@ pub struct Upload {
     /// must not replace an object another host put there meanwhile.
     cond: Option<WriteIf>,
     spool: Spool,
-}
-
-/// The local copy of a multipart upload's bytes.
-enum Spool {
-    Off,
-    /// To be made at this path when the multipart upload starts, holding at most `limit`.
-    Planned(PathBuf, u64),
-    On {
-        path: PathBuf,
-        file: std::fs::File,
-        len: u64,
-        limit: u64,
-    },
-    /// Writing failed after `len` bytes: those are kept, the rest is lost.
-    Broken {
-        path: PathBuf,
-        len: u64,
-    },
-}
-
-impl Spool {
-    fn path(&self) -> Option<&Path> {
-        match self {
-            Spool::On { path, .. } | Spool::Broken { path, .. } => Some(path),
-            _ => None,
-        }
-    }
 }
 
 impl Upload {
@@ -104,7 +78,7 @@ impl Upload {
             meta,
             base_part,
             max_inflight: max_inflight.max(1),
-            buf: BytesMut::new(),
+            buf: PartBuf::default(),
             size: 0,
             upload_id: None,
             next_part: 1,
@@ -132,59 +106,16 @@ impl Upload {
         self
     }
 
-    fn spool(&mut self, data: &[u8]) {
-        if let Spool::Planned(path, limit) = &self.spool {
-            let (path, limit) = (path.clone(), *limit);
-            let made = path
-                .parent()
-                .map_or(Ok(()), crate::private::ensure_dir)
-                .and_then(|_| crate::private::file_options().write(true).create_new(true).open(&path));
-            self.spool = match made {
-                Ok(file) => Spool::On {
-                    path,
-                    file,
-                    len: 0,
-                    limit,
-                },
-                Err(e) => {
-                    tracing::warn!(key = %self.key, error = %e, "cannot make a local copy of an upload; should it fail, nothing can be kept");
-                    Spool::Off
-                }
-            };
-        }
-        let broken = match &mut self.spool {
-            Spool::On { path, len, limit, .. } if *len + data.len() as u64 > *limit => {
-                tracing::warn!(key = %self.key, at = *len, "the file outgrows the cache size: its local copy stops here; should the upload fail, only this much can be kept");
-                Some((path.clone(), *len))
-            }
-            Spool::On { path, file, len, .. } => match file.write_all(data) {
-                Ok(()) => {
-                    *len += data.len() as u64;
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(key = %self.key, error = %e, at = *len, "the local copy of an upload stops here; should the upload fail, only this much can be kept");
-                    // A write cut short leaves a torn tail: the copy ends where it is whole.
-                    let _ = file.set_len(*len);
-                    Some((path.clone(), *len))
-                }
-            },
-            _ => None,
-        };
-        if let Some((path, len)) = broken {
-            self.spool = Spool::Broken { path, len };
-        }
-    }
-
     /// After a failed upload: moves what was written into `dir` as `name` and says what that
     /// is. Everything, while no part was sent or the spool holds it all.
-    pub fn keep(&mut self, dir: &Path, name: &str) -> std::io::Result<Kept> {
+    pub async fn keep(&mut self, dir: &Path, name: &str) -> std::io::Result<Kept> {
+        self.spool.settle().await;
         if self.upload_id.is_none() && matches!(self.spool, Spool::Planned(..) | Spool::Off) {
             // Every byte is still in the buffer.
             let tmp = dir.join(format!(".{}", uuid::Uuid::new_v4().simple()));
             crate::private::ensure_dir(dir)?;
             let mut f = crate::private::file_options().write(true).create_new(true).open(&tmp)?;
-            f.write_all(&self.buf)?;
+            f.write_all(self.buf.as_slice())?;
             f.sync_data()?;
             let path = super::kept::move_into(&tmp, dir, name)?;
             return Ok(Kept {
@@ -193,8 +124,9 @@ impl Upload {
                 missing: Vec::new(),
             });
         }
-        let buf = std::mem::take(&mut self.buf);
-        self.spool(&buf);
+        let buf = std::mem::take(&mut self.buf).freeze();
+        self.spool.append(buf, &self.key).await;
+        self.spool.settle().await;
         let (src, len) = match std::mem::replace(&mut self.spool, Spool::Off) {
             Spool::On { path, file, len, .. } => {
                 file.sync_data()?;
@@ -213,13 +145,6 @@ impl Upload {
                 Vec::new()
             },
         })
-    }
-
-    fn drop_spool(&mut self) {
-        if let Some(p) = self.spool.path() {
-            let _ = std::fs::remove_file(p);
-        }
-        self.spool = Spool::Off;
     }
 
     pub fn size(&self) -> u64 {
@@ -241,7 +166,7 @@ impl Upload {
 
     /// The bytes written and not sent yet (all of them while no multipart upload started).
     pub fn buffered(&self) -> &[u8] {
-        &self.buf
+        self.buf.as_slice()
     }
 
     pub fn meta(&self) -> &UserMeta {
@@ -319,9 +244,9 @@ impl Upload {
         self.next_part += 1;
         // The next part's buffer is allocated once, at its full size: growing it by doubling
         // churns the allocator and inflates the resident set.
-        let next = BytesMut::with_capacity(part_size(self.base_part, self.next_part));
+        let next = PartBuf::with_capacity(part_size(self.base_part, self.next_part));
         let body: Bytes = std::mem::replace(&mut self.buf, next).freeze();
-        self.spool(&body);
+        self.spool.append(body.clone(), &self.key).await;
         let (store, key) = (self.store.clone(), self.key.clone());
         self.inflight.push((
             n,
@@ -364,7 +289,7 @@ impl Upload {
         }
         match self.upload_id.clone() {
             None => {
-                let body = self.buf.clone().freeze();
+                let body = Bytes::copy_from_slice(self.buf.as_slice());
                 let etag = self
                     .store
                     .put_if(&self.key, body, &self.meta, self.cond.as_ref())
@@ -388,10 +313,11 @@ impl Upload {
                 self.store
                     .complete_multipart_if(&self.key, &id, &self.done, cond.as_ref())
                     .await?;
-                self.drop_spool();
+                self.spool.settle().await;
+                self.spool.remove();
             }
         }
-        self.buf = BytesMut::new();
+        self.buf = PartBuf::default();
         self.finished = true;
         Ok(())
     }
@@ -412,7 +338,7 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        self.drop_spool();
+        self.spool.remove();
     }
 }
 
@@ -436,7 +362,7 @@ mod tests {
             StoreError::from_response("complete_multipart", k, 403, "AccessDenied", "")
         });
         assert!(u.finish().await.is_err());
-        let kept = u.keep(&t.path().join("lost+found"), "k").unwrap();
+        let kept = u.keep(&t.path().join("lost+found"), "k").await.unwrap();
         assert!(kept.is_complete(), "{kept}");
         assert_eq!(std::fs::read(&kept.path).unwrap(), data);
         assert!(!t.path().join("spool").exists());
@@ -471,7 +397,7 @@ mod tests {
             StoreError::from_response("complete_multipart", k, 403, "AccessDenied", "")
         });
         assert!(u.finish().await.is_err());
-        let kept = u.keep(&t.path().join("lost+found"), "k").unwrap();
+        let kept = u.keep(&t.path().join("lost+found"), "k").await.unwrap();
         // Parts of 1024 bytes: two fit under 2,500, the third does not.
         assert_eq!(kept.missing, vec![2048..5000], "{kept}");
         assert_eq!(std::fs::read(&kept.path).unwrap().len(), 2048);

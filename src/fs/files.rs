@@ -642,7 +642,7 @@ impl Core {
             let kept = match &mut *body {
                 Body::Staged(s) => s.keep(self.store.as_ref(), &dir, &name).await,
                 Body::Stream(up) => {
-                    let kept = up.keep(&dir, &name);
+                    let kept = up.keep(&dir, &name).await;
                     up.abort().await;
                     kept
                 }
