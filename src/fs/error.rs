@@ -5,20 +5,41 @@
 use crate::layout::LayoutError;
 use crate::store::StoreError;
 
+/// How loudly a failure is logged where it reaches the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    /// An answer programs expect (ENOENT on lookup, EEXIST, ENOTEMPTY...): debug.
+    Expected,
+    /// Something went wrong that the user may need to know: warn.
+    Failure,
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct FsError {
     pub errno: i32,
     pub message: String,
+    pub level: LogLevel,
+    /// What failed underneath (an S3 error, a layout rule), for the log and for callers that
+    /// look deeper than the errno.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 pub type FsResult<T> = Result<T, FsError>;
 
 impl FsError {
+    /// The level follows the errno ([`FsError::expected_errno`]).
     pub fn new(errno: i32, message: impl Into<String>) -> Self {
         FsError {
             errno,
             message: message.into(),
+            level: if Self::expected_errno(errno) {
+                LogLevel::Expected
+            } else {
+                LogLevel::Failure
+            },
+            source: None,
         }
     }
 
@@ -26,12 +47,24 @@ impl FsError {
         FsError::new(libc::ENOENT, format!("{what}: no such file or directory"))
     }
 
-    /// Expected outcomes (ENOENT on lookup, EEXIST...) log at debug; the rest at warn.
+    /// Keeps `source` as the cause.
+    pub fn caused_by(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// Errnos that are ordinary answers, not failures.
+    fn expected_errno(errno: i32) -> bool {
+        matches!(errno, libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENODATA)
+    }
+
     pub fn is_expected(&self) -> bool {
-        matches!(
-            self.errno,
-            libc::ENOENT | libc::EEXIST | libc::ENOTEMPTY | libc::ENODATA
-        )
+        self.level == LogLevel::Expected
+    }
+
+    /// The S3 error underneath, if that is what failed.
+    pub fn store_error(&self) -> Option<&StoreError> {
+        self.source.as_deref().and_then(|s| s.downcast_ref::<StoreError>())
     }
 }
 
@@ -40,7 +73,7 @@ impl From<StoreError> for FsError {
         // A missing object found mid-operation is a race with another writer: ENOENT is
         // honest. Everything else (including exhausted retries on SlowDown) is EIO, never
         // ENOENT, so programs do not conclude that a file is gone when S3 was only busy.
-        FsError::new(e.errno(), e.to_string())
+        FsError::new(e.errno(), e.to_string()).caused_by(e)
     }
 }
 
@@ -51,6 +84,32 @@ impl From<LayoutError> for FsError {
             LayoutError::Reserved(_) => libc::EPERM,
             _ => libc::EINVAL,
         };
-        FsError::new(errno, e.to_string())
+        FsError::new(errno, e.to_string()).caused_by(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_s3_failure_keeps_its_cause_and_is_logged_as_a_failure() {
+        let e: FsError = StoreError::Throttled {
+            op: "head",
+            key: "3/a".into(),
+        }
+        .into();
+        assert_eq!((e.errno, e.level), (libc::EIO, LogLevel::Failure));
+        assert!(matches!(e.store_error(), Some(StoreError::Throttled { .. })));
+        assert!(std::error::Error::source(&e).is_some());
+        let gone: FsError = StoreError::NotFound {
+            op: "head",
+            key: "3/a".into(),
+        }
+        .into();
+        assert_eq!((gone.errno, gone.level), (libc::ENOENT, LogLevel::Expected));
+        let long: FsError = LayoutError::NameTooLong("x".repeat(300)).into();
+        assert_eq!(long.errno, libc::ENAMETOOLONG);
+        assert!(long.store_error().is_none() && long.source.is_some());
     }
 }

@@ -92,9 +92,10 @@ fn store_err(path: &RelPath, what: &str, e: StoreError) -> FsError {
         return FsError::new(
             errno,
             format!("{path}: {what} refused: another host replaced the file this mount created exclusively ({e})"),
-        );
+        )
+        .caused_by(e);
     }
-    FsError::new(errno, format!("{path}: {what} failed: {e}"))
+    FsError::new(errno, format!("{path}: {what} failed: {e}")).caused_by(e)
 }
 
 impl Core {
