@@ -1,0 +1,324 @@
+//! What the namespace does (foreign keys, shadowing, times, walks, staging limits), over
+//! the in-memory store.
+
+use super::*;
+
+impl Rig {
+    /// A raw key below the layout root, exactly as given.
+    async fn plant_key(&self, rel_key: &str, body: &[u8]) -> String {
+        let key = format!("data/{rel_key}");
+        self.mem()
+            .put(&key, Bytes::copy_from_slice(body), &UserMeta::new())
+            .await
+            .unwrap();
+        key
+    }
+
+    async fn names(&self, ino: u64) -> Vec<String> {
+        let path = self.core.path_of(ino).unwrap();
+        self.core.list_dir(&path).await.unwrap().keys().cloned().collect()
+    }
+}
+
+#[tokio::test]
+async fn directories_of_foreign_keys_only_are_hidden_once_seen_and_removable() {
+    let r = rig();
+    let p = |path: &str| {
+        r.layout
+            .prefix_name(r.layout.prefix_index(&RelPath::parse(path).unwrap()))
+    };
+    let dots = r.plant_key(&format!("{}/a/../b", p("b")), b"dots").await;
+    let dot = r.plant_key(&format!("{}/c/./d", p("c/d")), b"dot").await;
+    // A key ending in '/' with a body: data, not a directory marker.
+    let body_marker = r.plant_key(&format!("{}/e/", p("e")), b"precious").await;
+    r.plant("real/f.txt", b"f").await;
+    let before = r.mem().keys();
+
+    // The root's listing can only see that keys start with "a/", "c/", "e/".
+    assert_eq!(r.names(ROOT_INO).await, vec!["a", "c", "e", "real"]);
+    for name in ["a", "c", "e"] {
+        let ino = r.ino(name).await;
+        assert_eq!(r.names(ino).await, Vec::<String>::new(), "{name} shows nothing");
+    }
+    // Listing them showed nothing of this namespace in them: they are hidden from then on,
+    // also after the TTL (the parent's listing is fetched again).
+    assert_eq!(r.names(ROOT_INO).await, vec!["real"]);
+    r.expire();
+    assert_eq!(r.names(ROOT_INO).await, vec!["real"]);
+    assert_eq!(
+        r.core.lookup(ROOT_INO, OsStr::new("a")).await.unwrap_err().errno,
+        libc::ENOENT
+    );
+
+    // rmdir of such a directory met before it was hidden succeeds, and deletes nothing:
+    // neither the foreign keys nor a "marker" with a body.
+    let r = rig();
+    r.plant_key(&format!("{}/a/../b", p("b")), b"dots").await;
+    r.plant_key(&format!("{}/e/", p("e")), b"precious").await;
+    assert_eq!(r.names(ROOT_INO).await, vec!["a", "e"]);
+    for name in ["a", "e"] {
+        r.ino(name).await;
+        r.core.rmdir(ROOT_INO, OsStr::new(name)).await.unwrap();
+    }
+    assert_eq!(r.names(ROOT_INO).await, Vec::<String>::new());
+    r.expire();
+    assert_eq!(r.names(ROOT_INO).await, Vec::<String>::new());
+    let mut left = r.mem().keys();
+    left.sort();
+    assert_eq!(left.len(), 2);
+    assert!(before.contains(&dots) && before.contains(&dot) && before.contains(&body_marker));
+
+    // A directory created here again at such a name is real.
+    r.core.mkdir(ROOT_INO, OsStr::new("a"), 0o755, 0, 0).await.unwrap();
+    assert_eq!(r.names(ROOT_INO).await, vec!["a"]);
+    r.expire();
+    assert_eq!(r.names(ROOT_INO).await, vec!["a"]);
+}
+
+#[tokio::test]
+async fn a_directory_shadows_a_file_of_the_same_name() {
+    let r = rig();
+    r.plant("d", b"a file named d").await;
+    r.plant("d/x.txt", b"inside").await;
+    // Listed: the directory wins, and what is in it is reachable.
+    let listing = r.core.list_dir(&RelPath::root()).await.unwrap();
+    assert_eq!(listing["d"].kind, Kind::Dir);
+    let d = r.core.lookup(ROOT_INO, OsStr::new("d")).await.unwrap();
+    assert_eq!(d.kind, Kind::Dir);
+    let x = r.core.lookup(d.ino, OsStr::new("x.txt")).await.unwrap();
+    assert_eq!((x.kind, x.size), (Kind::File, 6));
+    // So after the TTL, once the parent is listed again.
+    r.expire();
+    assert_eq!(r.names(ROOT_INO).await, vec!["d"]);
+    assert_eq!(r.core.lookup(ROOT_INO, OsStr::new("d")).await.unwrap().kind, Kind::Dir);
+}
+
+#[tokio::test]
+async fn an_open_file_keeps_its_attributes_after_unlink() {
+    let r = rig();
+    let d = r.ino_after_mkdir("d").await;
+    let (attr, fh) = r.core.create(d, OsStr::new("f"), 0o600, 0, 0, false).await.unwrap();
+    assert_eq!(r.core.write(fh, 0, b"still here").await.unwrap(), 10);
+    r.core.unlink(d, OsStr::new("f")).await.unwrap();
+    // fstat of the open descriptor.
+    let got = r.core.getattr(attr.ino).await.unwrap();
+    assert_eq!((got.kind, got.size, got.perm, got.nlink), (Kind::File, 10, 0o600, 0));
+    r.core.release(fh).await.unwrap();
+    assert_eq!(r.core.lookup(d, OsStr::new("f")).await.unwrap_err().errno, libc::ENOENT);
+}
+
+#[tokio::test]
+async fn directory_and_change_times_follow_this_mounts_changes() {
+    let r = rig();
+    let d = r.ino_after_mkdir("d").await;
+    let t0 = r.core.getattr(d).await.unwrap();
+    let later = |a: std::time::SystemTime, b: std::time::SystemTime| a > b;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // An entry created in d moves d's mtime and ctime (pjdfstest's `changed_time` checks).
+    let (f, fh) = r.core.create(d, OsStr::new("f"), 0o644, 0, 0, false).await.unwrap();
+    r.core.release(fh).await.unwrap();
+    let t1 = r.core.getattr(d).await.unwrap();
+    assert!(later(t1.mtime, t0.mtime) && t1.ctime >= t1.mtime, "{t0:?} {t1:?}");
+    // chmod moves ctime, not mtime.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let before = r.core.getattr(f.ino).await.unwrap();
+    let after = r
+        .core
+        .setattr(f.ino, None, Some(0o600), None, None, None, None)
+        .await
+        .unwrap();
+    assert_eq!(after.mtime, before.mtime);
+    assert!(later(after.ctime, before.ctime), "{before:?} {after:?}");
+    // Removing and renaming entries move the directory's times again.
+    for step in 0..2 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let b = r.core.getattr(d).await.unwrap();
+        if step == 0 {
+            r.core.rename(d, OsStr::new("f"), d, OsStr::new("g"), 0).await.unwrap();
+        } else {
+            r.core.unlink(d, OsStr::new("g")).await.unwrap();
+        }
+        let a = r.core.getattr(d).await.unwrap();
+        assert!(later(a.mtime, b.mtime), "step {step}");
+    }
+}
+
+/// docs/REQUESTS.md, walk row: `find` lists every directory in turn; once it lists a second
+/// sibling, the parent's subtree is listed whole (N LISTs without a delimiter) and every
+/// directory below it is answered from that, implicit directories without a HEAD. A file
+/// this mount writes meanwhile keeps its directory out of the subtree listing.
+#[tokio::test]
+async fn a_walk_lists_the_subtree_whole_once_it_sees_two_siblings() {
+    let r = rig();
+    for day in 1..=20 {
+        for f in 0..3 {
+            r.plant(&format!("2017/01/{day:02}/{f}.log"), b"line\n").await;
+        }
+    }
+    r.plant_dir("2017/01/07").await;
+    let n = PREFIXES as u64;
+    let mut m = r.meter();
+    let walk = |path: String| {
+        let core = r.core.clone();
+        async move {
+            let p = RelPath::parse(&path).unwrap();
+            core.list_dir(&p).await.unwrap()
+        }
+    };
+    walk("2017".into()).await;
+    walk("2017/01".into()).await;
+    walk("2017/01/01".into()).await;
+    assert_eq!(m.take(), counts(&[(OpKind::List, 3 * n)]));
+    // The second sibling: 2017/01 is listed whole, one LIST per prefix (one page each).
+    let day2 = walk("2017/01/02".into()).await;
+    assert_eq!(day2.len(), 3);
+    assert_eq!(m.take(), counts(&[(OpKind::List, n)]));
+    for day in 3..=20 {
+        let l = walk(format!("2017/01/{day:02}")).await;
+        assert_eq!(l.keys().cloned().collect::<Vec<_>>(), ["0.log", "1.log", "2.log"]);
+    }
+    // Implicit days need no HEAD to be looked up; the marked one does (its metadata).
+    let month = r.ino("2017/01").await;
+    m.take();
+    r.core.lookup(month, OsStr::new("05")).await.unwrap();
+    assert_eq!(
+        m.take(),
+        BTreeMap::new(),
+        "the rest of the walk is answered from the subtree listing"
+    );
+    r.core.lookup(month, OsStr::new("07")).await.unwrap();
+    assert_eq!(m.take(), counts(&[(OpKind::Head, 1)]));
+
+    // A second walk: a day written to while the subtree is listed is listed on its own.
+    let r = rig();
+    for day in 1..=5 {
+        r.plant(&format!("2018/02/{day:02}/a.log"), b"x").await;
+    }
+    r.plant("2018/02/06/a.log", b"x").await;
+    for d in ["2018/02", "2018/02/01"] {
+        r.core.list_dir(&RelPath::parse(d).unwrap()).await.unwrap();
+    }
+    let root = RelPath::parse("2018/02").unwrap();
+    let watch = r.core.cache.watch_tree(&root);
+    let day3 = r.ino("2018/02/03").await;
+    r.echo_into(day3, "new.log", b"y").await;
+    assert!(!watch.untouched(&RelPath::parse("2018/02/03").unwrap()));
+    assert!(watch.untouched(&RelPath::parse("2018/02/04").unwrap()));
+    drop(watch);
+    let l = r.core.list_dir(&RelPath::parse("2018/02/03").unwrap()).await.unwrap();
+    assert!(l.contains_key("new.log") && l.contains_key("a.log"), "{l:?}");
+}
+
+/// A directory's st_nlink counts its subdirectories as this mount knows them (its cached
+/// listing), without a request.
+#[tokio::test]
+async fn a_directory_links_its_subdirectories() {
+    let r = rig();
+    let d = r.ino_after_mkdir("d").await;
+    let fh = r.core.opendir(d).await.unwrap();
+    r.core.release_handle(fh);
+    assert_eq!(r.core.getattr(d).await.unwrap().nlink, 2);
+    for name in ["a", "b"] {
+        r.core.mkdir(d, OsStr::new(name), 0o755, 0, 0).await.unwrap();
+    }
+    r.echo_into(d, "f.txt", b"x").await;
+    let mut m = r.meter();
+    assert_eq!(r.core.getattr(d).await.unwrap().nlink, 4);
+    assert_eq!(m.take(), BTreeMap::new());
+    r.core.rmdir(d, OsStr::new("a")).await.unwrap();
+    assert_eq!(r.core.getattr(d).await.unwrap().nlink, 3);
+    assert_eq!(r.core.getattr(r.ino("d/f.txt").await).await.unwrap().nlink, 1);
+}
+
+/// `truncate(path)` right after `close`: the kernel sends `release` after `close` returned,
+/// so the truncate can reach the open state while the last release uploads it. Whatever the
+/// interleaving, the truncate is neither lost nor answered with the old size.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_truncate_racing_the_last_close_is_kept() {
+    let r = rig();
+    for i in 0..40 {
+        let name = format!("f{i}");
+        let (attr, fh) = r
+            .core
+            .create(ROOT_INO, OsStr::new(&name), 0o644, 0, 0, false)
+            .await
+            .unwrap();
+        r.core.flush(fh, false).await.unwrap();
+        let (core, ino) = (r.core.clone(), attr.ino);
+        let truncate =
+            tokio::spawn(async move { core.setattr(ino, Some(1_234_567), None, None, None, None, None).await });
+        r.core.release(fh).await.unwrap();
+        let answered = truncate.await.unwrap().unwrap();
+        assert_eq!(answered.size, 1_234_567, "{name}: setattr's answer");
+        assert_eq!(r.core.getattr(ino).await.unwrap().size, 1_234_567, "{name}");
+        r.core.flush_all().await;
+        let key = r.layout.file_key(&RelPath::parse(&name).unwrap()).unwrap();
+        assert_eq!(r.mem().get(&key, None).await.unwrap().len(), 1_234_567, "{name} in S3");
+    }
+}
+
+/// utimens: the mtime goes to S3, the atime lives in this mount's view; setting the mtime
+/// alone leaves the atime as it read.
+#[tokio::test]
+async fn atime_is_kept_in_the_mounts_view() {
+    let r = rig();
+    r.echo_into(ROOT_INO, "f", b"x").await;
+    let ino = r.ino("f").await;
+    let t = |s| std::time::UNIX_EPOCH + Duration::from_secs(s);
+    let a = r
+        .core
+        .setattr(
+            ino,
+            None,
+            None,
+            None,
+            None,
+            Some(t(1_900_000_000)),
+            Some(t(1_950_000_000)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((a.atime, a.mtime), (t(1_900_000_000), t(1_950_000_000)));
+    let a = r
+        .core
+        .setattr(ino, None, None, None, None, None, Some(t(2_000_000_000)))
+        .await
+        .unwrap();
+    assert_eq!((a.atime, a.mtime), (t(1_900_000_000), t(2_000_000_000)));
+    let a = r.core.getattr(ino).await.unwrap();
+    assert_eq!((a.atime, a.mtime), (t(1_900_000_000), t(2_000_000_000)));
+}
+
+#[tokio::test]
+async fn staging_past_the_cache_size_is_enospc_and_every_byte_comes_back() {
+    let r = rig_with(|c| c.cache_size = 100);
+    r.plant("d/a.txt", &[b'a'; 50]).await;
+    let d = r.ino("d").await;
+    let a = r.core.lookup(d, OsStr::new("a.txt")).await.unwrap();
+    // Patching in place stages the file: its 50 bytes count.
+    let fh = r.core.open(a.ino, libc::O_WRONLY).await.unwrap();
+    r.core.write(fh, 50, &[b'b'; 40]).await.unwrap();
+    let err = r.core.write(fh, 90, &[b'c'; 20]).await.unwrap_err();
+    assert_eq!(err.errno, libc::ENOSPC);
+    r.core.write(fh, 90, &[b'c'; 10]).await.unwrap();
+    r.core.flush(fh, false).await.unwrap();
+    r.core.release(fh).await.unwrap();
+    let staged = |text: String| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("staged_bytes ").map(str::to_string))
+    };
+    assert_eq!(staged(r.core.stats_text()).as_deref(), Some("0"), "released at close");
+    assert_eq!(
+        r.mem()
+            .get(
+                &r.layout
+                    .file_key(&crate::layout::RelPath::parse("d/a.txt").unwrap())
+                    .unwrap(),
+                None
+            )
+            .await
+            .unwrap()
+            .len(),
+        100
+    );
+}
