@@ -77,6 +77,85 @@ pub fn stack<S: ObjectStore + 'static>(
     }
 }
 
+/// The `impl ObjectStore` of a layer that wraps every request the same way (pacing,
+/// retries): the ten calls that need nothing else go through `self.$around(kind, key, ||
+/// self.inner.call(..))`, where `$around` may call the closure more than once (bodies are
+/// `Bytes`, cloned per attempt); the layer writes out only the calls it treats apart
+/// (`put_if`, `delete_many`, `complete_multipart_if`) in the braces. One expansion with no
+/// macro inside it, so that `async_trait` sees every method.
+macro_rules! around_each_call {
+    (impl[$($gen:tt)*] for $ty:ty, $around:ident, { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl<$($gen)*> $crate::store::ObjectStore for $ty {
+            async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
+                self.$around(OpKind::Head, key, || self.inner.head(key)).await
+            }
+
+            async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
+                self.$around(OpKind::Get, key, || self.inner.get(key, range.clone())).await
+            }
+
+            async fn delete(&self, key: &str) -> StoreResult<()> {
+                self.$around(OpKind::Delete, key, || self.inner.delete(key)).await
+            }
+
+            async fn list(
+                &self,
+                prefix: &str,
+                delimiter: Option<&str>,
+                token: Option<&str>,
+                max_keys: Option<i32>,
+            ) -> StoreResult<ListPage> {
+                self.$around(OpKind::List, prefix, || self.inner.list(prefix, delimiter, token, max_keys))
+                    .await
+            }
+
+            async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()> {
+                self.$around(OpKind::Copy, dst, || self.inner.copy(src, dst, meta)).await
+            }
+
+            async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
+                self.$around(OpKind::CreateMultipart, key, || self.inner.create_multipart(key, meta))
+                    .await
+            }
+
+            async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String> {
+                self.$around(OpKind::UploadPart, key, || {
+                    self.inner.upload_part(key, upload_id, part, body.clone())
+                })
+                .await
+            }
+
+            async fn upload_part_copy(
+                &self,
+                key: &str,
+                upload_id: &str,
+                part: i32,
+                src: &str,
+                range: Range<u64>,
+            ) -> StoreResult<String> {
+                self.$around(OpKind::UploadPartCopy, key, || {
+                    self.inner.upload_part_copy(key, upload_id, part, src, range.clone())
+                })
+                .await
+            }
+
+            async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
+                self.$around(OpKind::AbortMultipart, key, || self.inner.abort_multipart(key, upload_id))
+                    .await
+            }
+
+            async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
+                self.$around(OpKind::ListUploads, prefix, || self.inner.list_uploads(prefix))
+                    .await
+            }
+
+            $($own)*
+        }
+    };
+}
+pub(crate) use around_each_call;
+
 /// User metadata (`x-amz-meta-*`, names without the prefix, lower case).
 pub type UserMeta = BTreeMap<String, String>;
 
@@ -377,6 +456,10 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
         self.put_if(key, body, meta, None).await.map(|_| ())
     }
+    /// The one call a layer may defer: a stack with [`Deletes::Deferred`] answers once the
+    /// delete is queued (journalled when there is a journal) and hides the key from every
+    /// later call of this store at once; [`ObjectStore::flush`] waits until it reached S3.
+    /// Every other call has reached S3 when it returns.
     async fn delete(&self, key: &str) -> StoreResult<()>;
     /// DeleteObjects of up to 1000 keys; returns the keys that failed, with their errors.
     async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<DeleteFailure>>;

@@ -16,7 +16,6 @@
 
 use super::stats::RequestStats;
 use super::{ListPage, ObjectMeta, ObjectStore, OpKind, PrefixFn, StoreResult, UploadInfo, UserMeta, WriteIf};
-use async_trait::async_trait;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::future::Future;
@@ -187,16 +186,7 @@ impl<S: ObjectStore> PacedStore<S> {
     }
 }
 
-#[async_trait]
-impl<S: ObjectStore> ObjectStore for PacedStore<S> {
-    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        self.paced(OpKind::Head, key, || self.inner.head(key)).await
-    }
-
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
-        self.paced(OpKind::Get, key, || self.inner.get(key, range)).await
-    }
-
+crate::store::around_each_call!(impl[S: ObjectStore] for PacedStore<S>, paced, {
     async fn put_if(
         &self,
         key: &str,
@@ -206,10 +196,6 @@ impl<S: ObjectStore> ObjectStore for PacedStore<S> {
     ) -> StoreResult<Option<String>> {
         self.paced(OpKind::Put, key, || self.inner.put_if(key, body, meta, cond))
             .await
-    }
-
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.paced(OpKind::Delete, key, || self.inner.delete(key)).await
     }
 
     async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
@@ -229,49 +215,6 @@ impl<S: ObjectStore> ObjectStore for PacedStore<S> {
         Ok(failed)
     }
 
-    async fn list(
-        &self,
-        prefix: &str,
-        delimiter: Option<&str>,
-        token: Option<&str>,
-        max_keys: Option<i32>,
-    ) -> StoreResult<ListPage> {
-        self.paced(OpKind::List, prefix, || {
-            self.inner.list(prefix, delimiter, token, max_keys)
-        })
-        .await
-    }
-
-    async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()> {
-        self.paced(OpKind::Copy, dst, || self.inner.copy(src, dst, meta)).await
-    }
-
-    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
-        self.paced(OpKind::CreateMultipart, key, || self.inner.create_multipart(key, meta))
-            .await
-    }
-
-    async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String> {
-        self.paced(OpKind::UploadPart, key, || {
-            self.inner.upload_part(key, upload_id, part, body)
-        })
-        .await
-    }
-
-    async fn upload_part_copy(
-        &self,
-        key: &str,
-        upload_id: &str,
-        part: i32,
-        src: &str,
-        range: Range<u64>,
-    ) -> StoreResult<String> {
-        self.paced(OpKind::UploadPartCopy, key, || {
-            self.inner.upload_part_copy(key, upload_id, part, src, range)
-        })
-        .await
-    }
-
     async fn complete_multipart_if(
         &self,
         key: &str,
@@ -284,19 +227,7 @@ impl<S: ObjectStore> ObjectStore for PacedStore<S> {
         })
         .await
     }
-
-    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.paced(OpKind::AbortMultipart, key, || {
-            self.inner.abort_multipart(key, upload_id)
-        })
-        .await
-    }
-
-    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
-        self.paced(OpKind::ListUploads, prefix, || self.inner.list_uploads(prefix))
-            .await
-    }
-}
+});
 
 #[cfg(test)]
 mod tests {
@@ -313,7 +244,7 @@ mod tests {
         hot_requests: AtomicU64,
     }
 
-    #[async_trait]
+    #[async_trait::async_trait]
     impl ObjectStore for Throttler {
         async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
             self.inner.head(key).await

@@ -10,7 +10,6 @@ use super::stats::RequestStats;
 use super::{
     ListPage, ObjectMeta, ObjectStore, OpKind, PrefixFn, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf,
 };
-use async_trait::async_trait;
 use bytes::Bytes;
 use std::future::Future;
 use std::ops::Range;
@@ -144,16 +143,7 @@ impl<S: ObjectStore> RetryingStore<S> {
     }
 }
 
-#[async_trait]
-impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
-    async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        self.run(OpKind::Head, key, || self.inner.head(key)).await
-    }
-
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
-        self.run(OpKind::Get, key, || self.inner.get(key, range.clone())).await
-    }
-
+crate::store::around_each_call!(impl[S: ObjectStore] for RetryingStore<S>, run, {
     async fn put_if(
         &self,
         key: &str,
@@ -193,10 +183,6 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
         }
     }
 
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.run(OpKind::Delete, key, || self.inner.delete(key)).await
-    }
-
     /// Keys refused with SlowDown (or a 5xx) inside the response are sent again, with the
     /// same backoff, until they are deleted or the attempts run out.
     async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
@@ -222,49 +208,6 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
             attempt += 1;
             pending = again.into_iter().map(|f| f.key).collect();
         }
-    }
-
-    async fn list(
-        &self,
-        prefix: &str,
-        delimiter: Option<&str>,
-        token: Option<&str>,
-        max_keys: Option<i32>,
-    ) -> StoreResult<ListPage> {
-        self.run(OpKind::List, prefix, || {
-            self.inner.list(prefix, delimiter, token, max_keys)
-        })
-        .await
-    }
-
-    async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()> {
-        self.run(OpKind::Copy, dst, || self.inner.copy(src, dst, meta)).await
-    }
-
-    async fn upload_part_copy(
-        &self,
-        key: &str,
-        upload_id: &str,
-        part: i32,
-        src: &str,
-        range: Range<u64>,
-    ) -> StoreResult<String> {
-        self.run(OpKind::UploadPartCopy, key, || {
-            self.inner.upload_part_copy(key, upload_id, part, src, range.clone())
-        })
-        .await
-    }
-
-    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
-        self.run(OpKind::CreateMultipart, key, || self.inner.create_multipart(key, meta))
-            .await
-    }
-
-    async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String> {
-        self.run(OpKind::UploadPart, key, || {
-            self.inner.upload_part(key, upload_id, part, body.clone())
-        })
-        .await
     }
 
     async fn complete_multipart_if(
@@ -298,19 +241,7 @@ impl<S: ObjectStore> ObjectStore for RetryingStore<S> {
             r => r,
         }
     }
-
-    async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.run(OpKind::AbortMultipart, key, || {
-            self.inner.abort_multipart(key, upload_id)
-        })
-        .await
-    }
-
-    async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
-        self.run(OpKind::ListUploads, prefix, || self.inner.list_uploads(prefix))
-            .await
-    }
-}
+});
 
 #[cfg(test)]
 mod tests {
