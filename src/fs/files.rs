@@ -6,7 +6,7 @@
 //! `fsync` and the last `close` upload what changed and return the upload's error; data that
 //! cannot be uploaded at the last close is kept under `lost+found/` in the cache directory.
 
-use super::cache::{EntryInfo, Kind, SYMLINK_MAX};
+use super::cache::{EntryInfo, Kind};
 use super::error::{FsError, FsResult};
 use super::posix::Posix;
 use super::{Attr, Core, Handle, lock};
@@ -33,14 +33,14 @@ pub(super) struct Shared {
     /// The object's key; changes when the open file is renamed.
     key: Mutex<String>,
     size: AtomicU64,
-    posix: Mutex<Posix>,
+    pub(super) posix: Mutex<Posix>,
     /// Metadata changed since the last upload (chmod, utimens... on the open file).
-    meta_dirty: AtomicBool,
+    pub(super) meta_dirty: AtomicBool,
     unlinked: AtomicBool,
     /// The last handle closed and the state left the open-file table: a change made to it
     /// now would never be uploaded, so setattr treats the file as closed.
-    detached: AtomicBool,
-    body: tokio::sync::Mutex<Body>,
+    pub(super) detached: AtomicBool,
+    pub(super) body: tokio::sync::Mutex<Body>,
 }
 
 pub(super) struct OpenFile {
@@ -59,7 +59,7 @@ fn stream_meta(posix: &Posix) -> crate::store::UserMeta {
 }
 
 impl Shared {
-    fn info(&self) -> EntryInfo {
+    pub(super) fn info(&self) -> EntryInfo {
         let posix = *lock(&self.posix);
         EntryInfo::new(Kind::File, self.size.load(Ordering::Relaxed), SystemTime::now()).with_posix(posix)
     }
@@ -86,7 +86,7 @@ fn upload_err(path: &RelPath, e: UploadError) -> FsError {
     }
 }
 
-fn store_err(path: &RelPath, what: &str, e: StoreError) -> FsError {
+pub(super) fn store_err(path: &RelPath, what: &str, e: StoreError) -> FsError {
     let errno = e.errno();
     if matches!(e, StoreError::PreconditionFailed { .. }) {
         return FsError::new(
@@ -112,11 +112,11 @@ impl Core {
         lock(&self.open_files).get(&ino).map(|f| (f.info(), f.unlinked()))
     }
 
-    fn shared(&self, ino: u64) -> Option<Arc<Shared>> {
+    pub(super) fn shared(&self, ino: u64) -> Option<Arc<Shared>> {
         lock(&self.open_files).get(&ino).map(|f| f.shared.clone())
     }
 
-    fn staging_path(&self) -> std::path::PathBuf {
+    pub(super) fn staging_path(&self) -> std::path::PathBuf {
         self.staging_dir.join(uuid::Uuid::new_v4().simple().to_string())
     }
 
@@ -414,7 +414,13 @@ impl Core {
     }
 
     /// Truncates an open file whose body the caller holds locked.
-    async fn truncate_body(&self, path: &RelPath, shared: &Shared, body: &mut Body, size: u64) -> FsResult<()> {
+    pub(super) async fn truncate_body(
+        &self,
+        path: &RelPath,
+        shared: &Shared,
+        body: &mut Body,
+        size: u64,
+    ) -> FsResult<()> {
         if let Body::Stream(up) = &mut *body
             && size == 0
             && up.reset().is_ok()
@@ -666,137 +672,6 @@ impl Core {
         result
     }
 
-    /// chmod, chown, utimens and truncate. S3 has nowhere to keep an atime: one set here
-    /// lives in the inode (this mount's view), and a change of mtime leaves the atime as it
-    /// read before.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn setattr(
-        &self,
-        ino: u64,
-        size: Option<u64>,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        atime: Option<SystemTime>,
-        mtime: Option<SystemTime>,
-    ) -> FsResult<Attr> {
-        let keep = match atime {
-            Some(t) => Some(t),
-            None if (mtime.is_some() || size.is_some()) && lock(&self.inodes).atime(ino).is_none() => {
-                Some(self.getattr(ino).await?.atime)
-            }
-            None => None,
-        };
-        let attr = self.set_attributes(ino, size, mode, uid, gid, mtime).await?;
-        let Some(t) = keep else { return Ok(attr) };
-        lock(&self.inodes).accessed(ino, t);
-        Ok(Attr { atime: t, ..attr })
-    }
-
-    async fn set_attributes(
-        &self,
-        ino: u64,
-        size: Option<u64>,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        mtime: Option<SystemTime>,
-    ) -> FsResult<Attr> {
-        let path = self.path_of(ino)?;
-        let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
-        let meta_change = mode.is_some() || uid.is_some() || gid.is_some() || mtime.is_some();
-        if (meta_change || size.is_some()) && !path.is_root() {
-            self.check_writable(&path)?;
-        }
-        let type_bits = match info.kind {
-            Kind::Dir => libc::S_IFDIR,
-            Kind::File => libc::S_IFREG,
-            Kind::Symlink => libc::S_IFLNK,
-        };
-        let mut posix = info.posix;
-        if let Some(m) = mode {
-            posix.mode = Some(type_bits | (m & 0o7777));
-        }
-        posix.uid = uid.or(posix.uid);
-        posix.gid = gid.or(posix.gid);
-        posix.mtime = mtime.or(posix.mtime);
-        if size.is_some() && info.kind == Kind::Dir {
-            return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
-        }
-        if let Some(shared) = self.shared(ino) {
-            // Under the body's lock: the last close either uploads what this changes or has
-            // detached the state already (then this is a change to a closed file, below).
-            let mut body = shared.body.lock().await;
-            if !shared.detached.load(Ordering::Relaxed) {
-                if let Some(size) = size {
-                    self.truncate_body(&path, &shared, &mut body, size).await?;
-                    if mtime.is_none() {
-                        posix.mtime = Some(SystemTime::now());
-                    }
-                }
-                *lock(&shared.posix) = posix;
-                if meta_change {
-                    shared.meta_dirty.store(true, Ordering::Relaxed);
-                }
-                // From the state itself: the last close may take it out of the table now,
-                // before its upload has updated the cache.
-                let info = shared.info();
-                drop(body);
-                return Ok(self.attr(ino, info));
-            }
-        }
-        if path.is_root() {
-            // The root has no object to keep metadata in.
-            return self.getattr(ino).await;
-        }
-        let mut new_size = info.size;
-        match (info.kind, size) {
-            (Kind::File, Some(size)) if size != info.size => {
-                if mtime.is_none() {
-                    posix.mtime = Some(SystemTime::now());
-                }
-                let key = self.layout.file_key(&path)?;
-                let meta = posix.to_meta();
-                if size == 0 {
-                    self.store.put(&key, Bytes::new(), &meta).await?;
-                } else {
-                    let mut staged = StagedFile::create(
-                        self.staging_path(),
-                        Some(Base {
-                            key: key.clone(),
-                            size: info.size,
-                        }),
-                        self.cfg.part_size as u64,
-                    )
-                    .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
-                    staged
-                        .truncate(self.store.as_ref(), size)
-                        .await
-                        .map_err(|e| store_err(&path, "truncate", e))?;
-                    staged
-                        .upload(&self.store, &key, &meta)
-                        .await
-                        .map_err(|e| store_err(&path, "truncate", e))?;
-                }
-                new_size = size;
-            }
-            (Kind::Dir, _) if meta_change => {
-                let key = self.layout.dir_marker_key(&path)?;
-                self.store.put(&key, Bytes::new(), &posix.to_meta()).await?;
-            }
-            (_, _) if meta_change => {
-                let key = self.layout.file_key(&path)?;
-                self.store.copy(&key, &key, Some(&posix.to_meta())).await?;
-            }
-            _ => {}
-        }
-        let new_info = EntryInfo { size: new_size, ..info }.with_posix(posix);
-        self.cache.upsert(&path, new_info);
-        self.attributes_changed(ino);
-        Ok(self.attr(ino, new_info))
-    }
-
-    /// Marks open state of `path` as deleted: its handles stay usable, nothing is uploaded.
     pub(super) fn forget_open(&self, path: &RelPath) {
         let Some(ino) = lock(&self.inodes).find(path) else {
             return;
@@ -827,61 +702,5 @@ impl Core {
             }
         }
         all
-    }
-
-    pub async fn symlink(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        target: &std::path::Path,
-        uid: u32,
-        gid: u32,
-    ) -> FsResult<Attr> {
-        let path = self.child_path(parent, name)?;
-        self.check_writable(&path)?;
-        if self.stat(&path).await?.is_some() {
-            return Err(FsError::new(libc::EEXIST, format!("{path}: exists")));
-        }
-        let target = target
-            .to_str()
-            .ok_or_else(|| FsError::new(libc::EINVAL, format!("{path}: symlink target is not valid UTF-8")))?;
-        if target.len() >= SYMLINK_MAX {
-            return Err(FsError::new(
-                libc::ENAMETOOLONG,
-                format!("{path}: symlink target too long"),
-            ));
-        }
-        let posix = Posix {
-            mode: Some(libc::S_IFLNK | 0o777),
-            uid: Some(uid),
-            gid: Some(gid),
-            mtime: Some(SystemTime::now()),
-        };
-        let key = self.layout.file_key(&path)?;
-        self.store
-            .put(&key, Bytes::copy_from_slice(target.as_bytes()), &posix.to_meta())
-            .await?;
-        let info = EntryInfo::new(Kind::Symlink, target.len() as u64, SystemTime::now()).with_posix(posix);
-        self.cache.upsert(&path, info);
-        let ino = lock(&self.inodes).lookup(&path, Kind::Symlink);
-        self.entry_changed(&path);
-        Ok(self.attr(ino, info))
-    }
-
-    /// The target of a symlink: at most [`SYMLINK_MAX`] bytes are ever read (an object
-    /// claiming to be a larger symlink is shown as a file, see [`EntryInfo::with_posix`]).
-    pub async fn readlink(&self, ino: u64) -> FsResult<Bytes> {
-        let path = self.path_of(ino)?;
-        match self.stat(&path).await? {
-            Some(i) if i.kind == Kind::Symlink => {}
-            Some(_) => return Err(FsError::new(libc::EINVAL, format!("{path}: not a symlink"))),
-            None => return Err(FsError::not_found(&path)),
-        }
-        let key = self.layout.file_key(&path)?;
-        let target = self.store.get(&key, Some(0..SYMLINK_MAX as u64)).await?;
-        if target.len() >= SYMLINK_MAX {
-            return Err(FsError::new(libc::EIO, format!("{path}: symlink target too long")));
-        }
-        Ok(target)
     }
 }

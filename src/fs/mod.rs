@@ -11,6 +11,7 @@
 //! 4. File bodies go through the data path ([`crate::data`]); `flush`/`release` of a written
 //!    file returns only when S3 has it.
 
+mod attrs;
 mod budget;
 /// The defaults of the mount's bounds, in one place: [`FsConfig::default`] and the
 /// command line's `default_value_t`s both read them.
