@@ -24,6 +24,8 @@ pub struct MemoryStore {
     objects: Mutex<BTreeMap<String, (Bytes, ObjectMeta)>>,
     uploads: Mutex<HashMap<String, MemUpload>>,
     failures: Mutex<Option<(u32, FailFn)>>,
+    /// Requests for these keys fail, every time, until the test clears them.
+    key_failures: Mutex<HashMap<String, FailFn>>,
     gets: Arc<GetGauge>,
     gates: Mutex<Vec<Hold>>,
 }
@@ -111,6 +113,14 @@ impl MemoryStore {
         *self.failures.lock().unwrap_or_else(|e| e.into_inner()) = Some((n, Box::new(make)));
     }
 
+    /// Every request for `key` (for a copy: its destination) fails with `make(key)`.
+    pub fn fail_key(&self, key: &str, make: impl Fn(&str) -> StoreError + Send + Sync + 'static) {
+        self.key_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_string(), Box::new(make));
+    }
+
     /// What this store's GETs cost (shared: it outlives moving the store into a wrapper).
     pub fn gets(&self) -> Arc<GetGauge> {
         self.gets.clone()
@@ -152,6 +162,9 @@ impl MemoryStore {
     }
 
     fn injected(&self, key: &str) -> StoreResult<()> {
+        if let Some(make) = self.key_failures.lock().unwrap_or_else(|e| e.into_inner()).get(key) {
+            return Err(make(key));
+        }
         let mut f = self.failures.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((n, make)) = f.as_mut()
             && *n > 0

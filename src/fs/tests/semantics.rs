@@ -322,3 +322,90 @@ async fn staging_past_the_cache_size_is_enospc_and_every_byte_comes_back() {
         100
     );
 }
+
+#[tokio::test]
+async fn a_directory_rename_whose_copy_fails_takes_its_copies_back() {
+    let r = rig();
+    for i in 0..8 {
+        r.plant(&format!("d/f{i}.txt"), format!("{i}").as_bytes()).await;
+    }
+    r.ino("d").await;
+    let before = r.mem().keys();
+    // The fourth file's copy is refused (not retryable): the others may land first.
+    let refused = r.layout.file_key(&RelPath::parse("e/f3.txt").unwrap()).unwrap();
+    r.mem().fail_key(&refused, |k| crate::store::StoreError::Client {
+        op: "copy",
+        key: k.to_string(),
+        status: 403,
+        code: "AccessDenied".into(),
+        message: "denied".into(),
+    });
+    let err = r
+        .core
+        .rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("e"), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno, libc::EIO);
+    r.core.sync_deletes().await.unwrap();
+    assert_eq!(
+        r.mem().keys(),
+        before,
+        "the copies that landed were taken back and no source was deleted"
+    );
+    r.expire();
+    let names: Vec<String> = r.list(r.ino("d").await).await.into_iter().map(|e| e.name).collect();
+    assert_eq!(names.len(), 2 + 8, "{names:?}");
+    assert_eq!(
+        r.core.lookup(ROOT_INO, OsStr::new("e")).await.unwrap_err().errno,
+        libc::ENOENT
+    );
+}
+
+#[tokio::test]
+async fn a_file_being_written_is_listed_before_s3_has_it() {
+    let r = rig();
+    r.plant("d/old.txt", b"x").await;
+    let d = r.ino("d").await;
+    let (_, fh) = r
+        .core
+        .create(d, OsStr::new("new.txt"), 0o644, 0, 0, false)
+        .await
+        .unwrap();
+    r.core.write(fh, 0, b"not uploaded yet").await.unwrap();
+    r.expire();
+    let key = r.layout.file_key(&RelPath::parse("d/new.txt").unwrap()).unwrap();
+    assert!(!r.mem().keys().contains(&key), "nothing is uploaded before the close");
+    let mut m = r.meter();
+    let names: Vec<String> = r.list(d).await.into_iter().map(|e| e.name).collect();
+    assert!(
+        names.contains(&"new.txt".to_string()) && names.contains(&"old.txt".to_string()),
+        "{names:?}"
+    );
+    assert_eq!(
+        m.take().get("list").copied(),
+        Some(PREFIXES as u64),
+        "one LIST per prefix"
+    );
+    r.core.release(fh).await.unwrap();
+    assert!(r.mem().keys().contains(&key));
+}
+
+#[tokio::test]
+async fn an_implicit_directory_is_found_from_its_parents_listing_and_cached() {
+    let r = rig();
+    // Keys below `a/b`, no marker for either.
+    r.plant("a/b/c.txt", b"x").await;
+    let mut m = r.meter();
+    let a = r.ino("a").await;
+    let b = r.core.lookup(a, OsStr::new("b")).await.unwrap();
+    assert_eq!(b.kind, Kind::Dir);
+    let first = m.take();
+    assert!(first.get("list").copied().unwrap_or(0) >= PREFIXES as u64, "{first:?}");
+    // Within the TTL: no request at all, for the lookup or the listing.
+    r.core.lookup(a, OsStr::new("b")).await.unwrap();
+    r.list(a).await;
+    assert!(
+        m.take().is_empty(),
+        "a second lookup and listing within the TTL send nothing"
+    );
+}
