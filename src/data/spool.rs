@@ -212,7 +212,12 @@ fn open(path: &Path) -> std::io::Result<(std::fs::File, bool)> {
     o.write(true).create_new(true);
     match o.clone().custom_flags(libc::O_DIRECT).open(path) {
         Ok(f) => Ok((f, true)),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok((o.open(path)?, false)),
+        // Some filesystems refuse the flag only after O_CREAT made the (private, fresh)
+        // file: open what is there, or make it.
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            let f = crate::private::file_options().write(true).create(true).open(path)?;
+            Ok((f, false))
+        }
         Err(e) => Err(e),
     }
 }
