@@ -1,14 +1,14 @@
 //! Ad hoc use without a mount (containers without /dev/fuse, scripts, CI jobs): `prefixfs
 //! ls`, `cat`, `cp`, `du` and `find` on `s3://BUCKET/ROOT/PATH`, speaking the mount's paths.
 //!
-//! They run on the same core as a mount (listings fanned out over every prefix and cached,
+//! They run on the same namespace as a mount (listings fanned out over every prefix and cached,
 //! subtree walks in one LIST per prefix, foreign keys hidden), over the same paced and
 //! retrying store, so they cost what the same operation through a mount costs: `ls`, `du`
 //! and `find` the LISTs only; `ls -l` and `cp` out a HEAD per entry too (its POSIX metadata,
 //! as the mount's `ls -l` sends), many in flight.
 
 use crate::data::upload::Upload;
-use crate::fs::Core;
+use crate::fs::Namespace;
 use crate::fs::cache::{EntryInfo, Kind};
 use crate::fs::posix::Posix;
 use crate::layout::{Layout, RelPath};
@@ -30,7 +30,7 @@ const FILES_PARALLEL: usize = 16;
 
 /// A bucket layout opened for ad hoc commands.
 pub struct Bucket {
-    pub core: Arc<Core>,
+    pub ns: Arc<Namespace>,
     pub store: Arc<dyn ObjectStore>,
     pub layout: Layout,
 }
@@ -43,24 +43,25 @@ pub struct Found {
 }
 
 impl Bucket {
-    /// A core over `store` that never stages anything (ad hoc writes go straight to S3).
+    /// The namespace of `layout` in `store`, as a mount shows it, without one: nothing is
+    /// staged locally (ad hoc writes go straight to S3).
     pub fn open(
         store: Arc<dyn ObjectStore>,
         layout: Layout,
         stats: Arc<crate::store::stats::RequestStats>,
     ) -> Result<Bucket, String> {
-        let cache_dir = crate::private::default_dir(crate::private::Place::Cache).join("adhoc");
-        crate::private::ensure_dir(&cache_dir).map_err(|e| format!("{}: {e}", cache_dir.display()))?;
-        let cfg = crate::fs::FsConfig {
-            cache_dir,
-            ..Default::default()
-        };
-        let core = Core::new(layout.clone(), store.clone(), stats, cfg);
-        Ok(Bucket { core, store, layout })
+        let ns = Namespace::new(
+            layout.clone(),
+            store.clone(),
+            stats,
+            crate::fs::FsConfig::default(),
+            None,
+        );
+        Ok(Bucket { ns, store, layout })
     }
 
     pub async fn stat(&self, path: &RelPath) -> Result<EntryInfo, String> {
-        match self.core.stat(path).await.map_err(|e| format!("{path}: {e}"))? {
+        match self.ns.stat(path).await.map_err(|e| format!("{path}: {e}"))? {
             Some(info) => Ok(info),
             None => Err(format!("{}: no such file or directory", show(path))),
         }
@@ -68,11 +69,7 @@ impl Bucket {
 
     /// The entries of directory `dir`, by name.
     pub async fn list(&self, dir: &RelPath) -> Result<Vec<Found>, String> {
-        let listing = self
-            .core
-            .list_dir(dir)
-            .await
-            .map_err(|e| format!("{}: {e}", show(dir)))?;
+        let listing = self.ns.list_dir(dir).await.map_err(|e| format!("{}: {e}", show(dir)))?;
         listing
             .iter()
             .map(|(name, info)| {
@@ -101,7 +98,7 @@ impl Bucket {
     }
 
     /// `path` and everything below it, depth first, each directory's entries in name order.
-    /// The core lists a whole subtree at once once it sees a walk (one LIST per prefix).
+    /// The namespace lists a whole subtree at once once it sees a walk (one LIST per prefix).
     pub async fn walk(&self, path: &RelPath) -> Result<Vec<Found>, String> {
         let info = self.stat(path).await?;
         let mut out = vec![Found {
@@ -261,7 +258,7 @@ impl Bucket {
             .file_name()
             .and_then(|n| n.to_str())
             .ok_or_else(|| format!("{}: no file name", src.display()))?;
-        let target = match self.core.stat(path).await.map_err(|e| e.to_string())? {
+        let target = match self.ns.stat(path).await.map_err(|e| e.to_string())? {
             Some(i) if i.kind == Kind::Dir => path.join(name).map_err(|e| e.to_string())?,
             _ => path.clone(),
         };

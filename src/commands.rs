@@ -14,15 +14,15 @@ pub fn run_rm(a: crate::cli::RmArgs) -> Result<(), String> {
         conn: a.conn.clone(),
     };
     adhoc(&a.target, &at, async |b, _| {
-        match b.core.stat(&path).await.map_err(|e| e.to_string())? {
+        match b.ns.stat(&path).await.map_err(|e| e.to_string())? {
             None => return Err(format!("{}: no such file or directory", a.path)),
             Some(info) if info.kind == crate::fs::cache::Kind::Dir && !a.recursive => {
                 return Err(format!("{}: is a directory (use -r)", a.path));
             }
             _ => {}
         }
-        let n = b.core.remove_tree(&path).await.map_err(|e| e.to_string())?;
-        let s = b.core.stats().snapshot();
+        let n = b.ns.remove_tree(&path).await.map_err(|e| e.to_string())?;
+        let s = b.ns.stats().snapshot();
         println!(
             "deleted {n} objects with {} DeleteObjects requests ({} throttled keys retried)",
             s.get(crate::store::OpKind::DeleteMany),

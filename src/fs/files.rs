@@ -522,7 +522,7 @@ impl Core {
         self.flush_body(from, &shared, &mut body).await?;
         let (src, dst) = (shared.key(), self.layout.file_key(to)?);
         self.store.copy(&src, &dst, None).await?;
-        self.delete_keys(vec![src]).await?;
+        self.ns.delete_keys(vec![src]).await?;
         self.reanchor(ino, &shared, &mut body, to)
     }
 

@@ -3,7 +3,8 @@
 
 use super::cache::{EntryInfo, Kind, Listing, SYMLINK_MAX};
 use super::error::FsResult;
-use super::{Core, OpenDir, lock};
+use super::lock;
+use super::namespace::Namespace;
 use crate::layout::{RESERVED_NAME, RelPath, escape_controls, validate_name};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashSet};
@@ -27,7 +28,11 @@ pub(super) struct Emptiness {
     pub foreign: bool,
 }
 
-impl Core {
+/// Where a listing being fetched hands each page's entries (name, kind, what the page says)
+/// as they arrive, before the whole listing is merged: an open directory being filled.
+pub type Feed = Arc<dyn Fn(&RelPath, Vec<(String, Kind, EntryInfo)>) + Send + Sync>;
+
+impl Namespace {
     /// Runs `f` for every prefix index, at most `fanout` at once.
     pub(super) async fn fan_out<T, F, Fut>(&self, f: F) -> FsResult<Vec<T>>
     where
@@ -92,11 +97,11 @@ impl Core {
         self.list_dir_feeding(dir, None).await
     }
 
-    /// [`Core::list_dir`], handing each prefix's entries to `feed` as they arrive when this
+    /// [`Namespace::list_dir`], handing each prefix's entries to `feed` as they arrive when this
     /// call is the one that fetches them. Only entries whose type the listing settles go
     /// early (without `--trust-listing`, a small object may be a symlink: it waits for its
     /// HEAD); the caller adds the rest from the listing returned.
-    pub(super) async fn list_dir_feeding(&self, dir: &RelPath, feed: Option<&Arc<OpenDir>>) -> FsResult<Listing> {
+    pub(super) async fn list_dir_feeding(&self, dir: &RelPath, feed: Option<&Feed>) -> FsResult<Listing> {
         let listing = match self.cache.listing(dir) {
             Some(l) => l,
             None => {
@@ -136,11 +141,7 @@ impl Core {
     /// The entries of `dir` in S3, and whether it has an (empty) marker. Each prefix's pages
     /// are fetched and parsed in a task of its own, so that parsing (most of the CPU of a big
     /// listing) uses every core, not just the thread that asked.
-    async fn fetch_listing(
-        &self,
-        dir: &RelPath,
-        feed: Option<&Arc<OpenDir>>,
-    ) -> FsResult<(BTreeMap<String, EntryInfo>, bool)> {
+    async fn fetch_listing(&self, dir: &RelPath, feed: Option<&Feed>) -> FsResult<(BTreeMap<String, EntryInfo>, bool)> {
         let me = self
             .me
             .upgrade()
@@ -151,7 +152,7 @@ impl Core {
                 let (me, dir, feed) = (me.clone(), dir.clone(), feed.cloned());
                 tokio::spawn(
                     crate::store::stats::CALLER
-                        .scope(caller, async move { me.list_prefix(q, &dir, feed.as_deref()).await }),
+                        .scope(caller, async move { me.list_prefix(q, &dir, feed.as_ref()).await }),
                 )
             })
             .buffer_unordered(self.cfg.fanout.max(1))
@@ -191,38 +192,30 @@ impl Core {
         if self.cfg.trust_listing { info } else { info.partial() }
     }
 
-    /// Hands one page's entries of `dir` to an open directory being filled: those whose
-    /// type the page settles (see [`Core::list_dir_feeding`]). A directory that shadows a
-    /// file of the same name in another prefix may come after the file was handed out; the
-    /// cached listing, and so every lookup, still shows the directory.
-    fn feed_page(
-        &self,
-        feed: &OpenDir,
-        dir: &RelPath,
-        files: &[(String, u64, std::time::SystemTime)],
-        dirs: &[String],
-    ) {
+    /// Hands one page's entries of `dir` to `feed`: those whose type the page settles (see
+    /// [`Namespace::list_dir_feeding`]). A directory that shadows a file of the same name in
+    /// another prefix may come after the file was handed out; the cached listing, and so every
+    /// lookup, still shows the directory.
+    fn feed_page(&self, feed: &Feed, dir: &RelPath, files: &[(String, u64, std::time::SystemTime)], dirs: &[String]) {
         let certain = |size: u64| self.cfg.trust_listing || size >= SYMLINK_MAX as u64;
-        let inodes = lock(&self.inodes);
         let mut entries = Vec::with_capacity(files.len() + dirs.len());
         for (name, size, mtime) in files.iter().filter(|f| certain(f.1)) {
             let info = self.listed(EntryInfo::new(Kind::File, *size, *mtime));
-            entries.push(Self::dir_entry(&inodes, dir, name, Kind::File, &info));
+            entries.push((name.clone(), Kind::File, info));
         }
         for name in dirs {
             if dir.join(name).is_ok_and(|p| self.cache.is_ghost(&p)) {
                 continue;
             }
             let info = self.listed(EntryInfo::new(Kind::Dir, 0, self.mount_time));
-            entries.push(Self::dir_entry(&inodes, dir, name, Kind::Dir, &info));
+            entries.push((name.clone(), Kind::Dir, info));
         }
-        drop(inodes);
-        feed.push(entries);
+        feed(dir, entries);
     }
 
     /// One prefix's part of `dir`'s listing: files, subdirectories, and whether the marker
     /// (empty) is there.
-    async fn list_prefix(&self, q: u32, dir: &RelPath, feed: Option<&OpenDir>) -> FsResult<PrefixPage> {
+    async fn list_prefix(&self, q: u32, dir: &RelPath, feed: Option<&Feed>) -> FsResult<PrefixPage> {
         let prefix = self.layout.dir_list_prefix(q, dir);
         let mut files = Vec::new();
         let mut dirs = Vec::new();
@@ -392,7 +385,7 @@ impl Core {
     }
 
     /// Every key below `dir` (its marker included) that belongs to this namespace, across
-    /// all prefixes; foreign keys are left out (see [`Core::ours`]).
+    /// all prefixes; foreign keys are left out (see [`Namespace::ours`]).
     pub(super) async fn list_tree(&self, dir: &RelPath) -> FsResult<Vec<String>> {
         let per_prefix = self
             .fan_out(|q| async move {

@@ -1,18 +1,19 @@
-//! The filesystem core, free of FUSE: inodes, lookup, listing fan-out and merge, the
-//! metadata cache, and the operations the kernel asks for, expressed on paths and keys.
+//! The filesystem core, free of FUSE, in two parts:
 //!
-//! Requirements and where they live:
-//! 1. A path maps to one key (`layout`); a directory exists through its marker or any key
-//!    below it in any prefix ([`Core::stat`], [`Core::any_under`]).
-//! 2. A listing asks every prefix in parallel, bounded by `fanout`, paginates, and merges into
-//!    one sorted, de-duplicated map; a directory shadows a file of the same name ([`listing`]).
-//! 3. Metadata answers come from the cache within the TTL; the mount's own writes update it
-//!    ([`cache`]).
-//! 4. File bodies go through the data path ([`crate::data`]); `flush`/`release` of a written
-//!    file returns only when S3 has it.
+//! - the [`Namespace`] ([`namespace`], [`listing`], [`changes`]): what a path is and what a
+//!   directory holds, over every prefix, behind the metadata cache, and the changes of paths
+//!   in S3. No inodes or open files: the bucket commands use it without a mount.
+//! - the [`Core`] of a mount: the inode and handle tables and the open files ([`files`],
+//!   [`attrs`]), the operations the kernel asks for on inodes ([`ops`]), each resolved to
+//!   paths and handed to the namespace. Files being written are shown by the namespace
+//!   through the [`Pending`] view the core gives it.
+//!
+//! File bodies go through the data path ([`crate::data`]); `flush`/`release` of a written
+//! file returns only when S3 has it.
 
 mod attrs;
 mod budget;
+mod changes;
 /// The defaults of the mount's bounds, in one place: [`FsConfig::default`] and the
 /// command line's `default_value_t`s both read them.
 pub mod defaults {
@@ -33,6 +34,7 @@ mod files;
 pub mod flight;
 pub mod inodes;
 mod listing;
+mod namespace;
 mod ops;
 pub mod posix;
 #[cfg(test)]
@@ -46,9 +48,9 @@ use cache::{EntryInfo, Kind, MetaCache};
 pub use dirs::{DirEntry, OpenDir};
 use error::{FsError, FsResult};
 use files::OpenFile;
-use flight::SingleFlight;
 use inodes::Inodes;
-use std::collections::{HashMap, HashSet};
+pub use namespace::{Namespace, Pending};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -144,14 +146,18 @@ enum Handle {
     Dir(Arc<OpenDir>),
 }
 
+/// A mount's filesystem: the inode and handle tables and the open files, over its
+/// [`Namespace`].
 pub struct Core {
-    /// Itself, for the background tasks it spawns (attribute prefetch).
+    /// Itself, for the background tasks it spawns (directory listings).
     me: Weak<Core>,
+    ns: Arc<Namespace>,
+    /// The namespace's, shared: the open files' changes update it.
+    cache: Arc<MetaCache>,
     layout: Layout,
     store: Arc<dyn ObjectStore>,
     stats: Arc<RequestStats>,
     cfg: FsConfig,
-    cache: MetaCache,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Handle>>,
     open_files: Mutex<HashMap<u64, OpenFile>>,
@@ -159,24 +165,10 @@ pub struct Core {
     staging: Arc<budget::StagingBudget>,
     /// This mount's staging files (`<cache dir>/staging/<pid>`).
     staging_dir: PathBuf,
-    mount_time: SystemTime,
-    stat_flight: SingleFlight<RelPath, Option<EntryInfo>>,
-    list_flight: SingleFlight<RelPath, cache::Listing>,
-    /// Paths whose attribute prefetch is queued or running.
-    prefetching: Mutex<HashSet<RelPath>>,
-    prefetch_slots: Arc<tokio::sync::Semaphore>,
     /// The reads of each file open for reading (shared by its handles), and the mount's
     /// read-ahead budget.
     reads: Mutex<HashMap<u64, Weak<ObjectReads>>>,
     read_budget: ReadBudget,
-    /// Subtrees listed whole (a walk was seen), and when: not again within the TTL.
-    walked: Mutex<HashMap<RelPath, std::time::Instant>>,
-}
-
-/// True when a name looks like a file's (`a.txt`, not `2017` or `.git`): which key a lookup
-/// asks for first.
-fn looks_like_file(name: &str) -> bool {
-    name.char_indices().any(|(i, c)| c == '.' && i > 0)
 }
 
 /// Removes the staging directories of mounts that are no longer running (their inodes, and
@@ -203,28 +195,47 @@ impl Core {
     pub fn new(layout: Layout, store: Arc<dyn ObjectStore>, stats: Arc<RequestStats>, cfg: FsConfig) -> Arc<Self> {
         let staging_dir = cfg.cache_dir.join("staging").join(std::process::id().to_string());
         clean_stale_staging(&cfg.cache_dir.join("staging"));
-        Arc::new_cyclic(|me| Core {
-            me: me.clone(),
-            stat_flight: SingleFlight::default(),
-            list_flight: SingleFlight::default(),
-            prefetching: Mutex::new(HashSet::new()),
-            prefetch_slots: Arc::new(tokio::sync::Semaphore::new(cfg.attr_prefetch.max(1))),
-            reads: Mutex::new(HashMap::new()),
-            walked: Mutex::new(HashMap::new()),
-            read_budget: ReadBudget::new(cfg.read_budget),
-            staging: Arc::new(budget::StagingBudget::new(cfg.cache_size)),
-            staging_dir,
-            cache: MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity),
-            layout,
-            store,
-            stats,
-            cfg,
-            inodes: Mutex::new(Inodes::default()),
-            handles: Mutex::new(HashMap::new()),
-            open_files: Mutex::new(HashMap::new()),
-            next_fh: AtomicU64::new(1),
-            mount_time: SystemTime::now(),
+        Arc::new_cyclic(|me: &Weak<Core>| {
+            let pending: Weak<dyn Pending> = me.clone();
+            let ns = Namespace::new(layout.clone(), store.clone(), stats.clone(), cfg.clone(), Some(pending));
+            Core {
+                me: me.clone(),
+                cache: ns.cache.clone(),
+                ns,
+                reads: Mutex::new(HashMap::new()),
+                read_budget: ReadBudget::new(cfg.read_budget),
+                staging: Arc::new(budget::StagingBudget::new(cfg.cache_size)),
+                staging_dir,
+                layout,
+                store,
+                stats,
+                cfg,
+                inodes: Mutex::new(Inodes::default()),
+                handles: Mutex::new(HashMap::new()),
+                open_files: Mutex::new(HashMap::new()),
+                next_fh: AtomicU64::new(1),
+            }
         })
+    }
+
+    /// The namespace this mount shows.
+    pub fn namespace(&self) -> &Arc<Namespace> {
+        &self.ns
+    }
+
+    /// What `path` is ([`Namespace::stat`], with this mount's files being written).
+    pub async fn stat(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
+        self.ns.stat(path).await
+    }
+
+    /// The children of `dir` ([`Namespace::list_dir`]).
+    pub async fn list_dir(&self, dir: &RelPath) -> FsResult<cache::Listing> {
+        self.ns.list_dir(dir).await
+    }
+
+    /// Deletes `path` and everything below it ([`Namespace::remove_tree`]).
+    pub async fn remove_tree(&self, path: &RelPath) -> FsResult<usize> {
+        self.ns.remove_tree(path).await
     }
 
     /// The request counters (also per FUSE operation).
@@ -355,158 +366,13 @@ impl Core {
         lock(&self.handles).insert(fh, h);
         fh
     }
+}
 
-    /// What `path` is, with its POSIX metadata: from an open file, the cache, or S3.
-    ///
-    /// Requests, cache cold: 1 HEAD when a listing of the parent already said what `path`
-    /// is; else a HEAD of the key the name suggests (file for `a.txt`, marker for `2017`),
-    /// then of the other key if that one is missing, and when neither exists the parent's
-    /// listing (shared, once per TTL) says whether `path` is an implicit directory.
-    /// Concurrent callers for one path share one set of requests.
-    pub async fn stat(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
-        if path.is_root() {
-            return Ok(Some(EntryInfo::new(Kind::Dir, 0, self.mount_time)));
-        }
-        if let Some(info) = self.open_file_info(path) {
-            return Ok(Some(info));
-        }
-        let hint = match self.cache.entry(path) {
-            Some(Some(info)) if info.full => return Ok(Some(info)),
-            Some(None) => return Ok(None),
-            Some(Some(info)) => Some(info.kind),
-            None => None,
-        };
-        self.stat_flight.run(path, || self.fetch_stat(path, hint)).await
+impl Pending for Core {
+    fn pending_at(&self, path: &RelPath) -> Option<EntryInfo> {
+        self.open_file_info(path)
     }
 
-    async fn fetch_stat(&self, path: &RelPath, hint: Option<Kind>) -> FsResult<Option<EntryInfo>> {
-        // An answer may be overtaken on the wire by this mount's own change of `path` (an
-        // attribute prefetch's HEAD still out when `rm` or `mv` of the file returns): the
-        // change is newer, and caching the answer would bring a removed file back.
-        let watch = self.cache.watch_tree(path);
-        let info = match hint {
-            // A listing already said what kind it is: one HEAD for the metadata.
-            Some(Kind::Dir) => self.head_as(path, true).await?.or(Some(self.implicit_dir())),
-            Some(_) => self.head_as(path, false).await?,
-            // Guess from the name which key to ask first, so that a lookup of a file
-            // (`a.txt`) or of a directory with a marker (`2017`) costs one HEAD; only a wrong
-            // guess or a missing name costs the second.
-            None => {
-                let dir_first = !looks_like_file(path.name());
-                match self.head_as(path, dir_first).await? {
-                    Some(found) => Some(found),
-                    None => match self.head_as(path, !dir_first).await? {
-                        Some(found) => Some(found),
-                        None => self.implicit_dir_in_listing(path).await?,
-                    },
-                }
-            }
-        };
-        if watch.unchanged(path) {
-            self.cache.learned(path, info);
-            return Ok(info);
-        }
-        tracing::debug!(%path, "changed by this mount while its HEAD was out: the answer is not cached");
-        Ok(self.cache.entry(path).unwrap_or(info))
-    }
-
-    /// [`Core::stat`] without the cache: what S3 says now.
-    pub(super) async fn stat_fresh(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
-        if let Some(info) = self.open_file_info(path) {
-            return Ok(Some(info));
-        }
-        self.fetch_stat(path, None).await
-    }
-
-    fn implicit_dir(&self) -> EntryInfo {
-        EntryInfo::new(Kind::Dir, 0, self.mount_time)
-    }
-
-    /// HEAD of `path`'s directory marker (`dir`) or file key: what is there with its POSIX
-    /// metadata, or None.
-    async fn head_as(&self, path: &RelPath, dir: bool) -> FsResult<Option<EntryInfo>> {
-        let key = if dir {
-            // A path whose marker key would exceed S3's limit cannot have one.
-            let Ok(key) = self.layout.dir_marker_key(path) else {
-                return Ok(None);
-            };
-            key
-        } else {
-            self.layout.file_key(path)?
-        };
-        match self.store.head(&key).await {
-            // A "marker" with a body is somebody's data, not a directory of this namespace.
-            Ok(m) if dir && m.size > 0 => {
-                tracing::debug!(key = %crate::layout::escape_controls(&key), size = m.size, "a directory marker key with a body: ignored");
-                Ok(None)
-            }
-            Ok(m) => {
-                let (kind, size) = if dir { (Kind::Dir, 0) } else { (Kind::File, m.size) };
-                Ok(Some(
-                    EntryInfo::new(kind, size, m.last_modified)
-                        .with_posix(posix::Posix::from_meta(&m.user_meta))
-                        .checked_now(),
-                ))
-            }
-            Err(e) if e.is_not_found() => Ok(None),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Neither key exists: `path` is an implicit directory (keys below it, no marker) when
-    /// the parent's listing shows it. That listing is fetched at most once per TTL and
-    /// shared, instead of a LIST of every prefix for every missing name.
-    async fn implicit_dir_in_listing(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
-        let Some(parent) = path.parent() else { return Ok(None) };
-        let listing = self.list_dir(&parent).await?;
-        Ok(listing
-            .get(path.name())
-            .filter(|i| i.kind == Kind::Dir)
-            .map(|_| self.implicit_dir()))
-    }
-
-    /// Starts HEADs for the entries after `path` in its parent's listing that are known only
-    /// by name, so that a walk in listing order (`ls -l`, `find`, `stat *`) finds their
-    /// attributes ready instead of paying one round trip each, in series.
-    fn prefetch_after(&self, path: &RelPath) {
-        let window = self.cfg.attr_prefetch;
-        // A trusted listing leaves nothing to fetch.
-        if window == 0 || self.cfg.trust_listing {
-            return;
-        }
-        let (Some(parent), Some(me)) = (path.parent(), self.me.upgrade()) else {
-            return;
-        };
-        let Some(listing) = self.cache.listing(&parent) else {
-            return;
-        };
-        use std::ops::Bound;
-        // Only entries the listing knows by name alone; a HEAD makes them full in the listing.
-        let wanted: Vec<String> = listing
-            .range::<str, _>((Bound::Excluded(path.name()), Bound::Unbounded))
-            .take(window)
-            .filter(|(_, info)| !info.full)
-            .map(|(name, _)| name.clone())
-            .collect();
-        drop(listing); // a shared listing would be copied by the next edit
-        for name in wanted {
-            let Ok(child) = parent.join(&name) else { continue };
-            if !lock(&self.prefetching).insert(child.clone()) {
-                continue;
-            }
-            let (me, slots) = (me.clone(), self.prefetch_slots.clone());
-            tokio::spawn(crate::store::stats::CALLER.scope("lookup", async move {
-                if let Ok(_slot) = slots.acquire_owned().await
-                    && let Err(e) = me.stat(&child).await
-                {
-                    tracing::debug!(path = %child, error = %e, "attribute prefetch failed");
-                }
-                lock(&me.prefetching).remove(&child);
-            }));
-        }
-    }
-
-    /// Files open through this mount, directly in `dir`, that S3 may not have yet.
     fn pending_in(&self, dir: &RelPath) -> Vec<(String, EntryInfo)> {
         lock(&self.open_files)
             .values()

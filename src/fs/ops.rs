@@ -6,8 +6,6 @@ use super::error::{FsError, FsResult};
 use super::posix::Posix;
 use super::{Attr, Core, DirEntry, Handle, OpenDir};
 use crate::layout::RelPath;
-use crate::store::{StoreError, UserMeta, WriteIf};
-use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use std::collections::HashMap;
 use std::ffi::OsStr;
@@ -47,7 +45,7 @@ impl Core {
             Err(e) => return Err(e),
         };
         let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
-        self.prefetch_after(&path);
+        self.ns.prefetch_after(&path);
         let ino = lock(&self.inodes).lookup(&path, info.kind);
         Ok(self.attr(ino, info))
     }
@@ -113,7 +111,19 @@ impl Core {
     /// Lists `dir`'s path into it (each prefix's pages as they come, when the listing is
     /// fetched), then the entries that needed the whole listing or a HEAD to be typed.
     async fn fill_dir(&self, dir: &Arc<OpenDir>) -> FsResult<()> {
-        let listing = self.list_dir_feeding(&dir.path, Some(dir)).await?;
+        let me = self.me.clone();
+        let filling = dir.clone();
+        let feed: super::listing::Feed = Arc::new(move |path: &RelPath, page: Vec<(String, Kind, EntryInfo)>| {
+            let Some(me) = me.upgrade() else { return };
+            let inodes = lock(&me.inodes);
+            let entries = page
+                .iter()
+                .map(|(name, kind, info)| Self::dir_entry(&inodes, path, name, *kind, info))
+                .collect();
+            drop(inodes);
+            filling.push(entries);
+        });
+        let listing = self.ns.list_dir_feeding(&dir.path, Some(&feed)).await?;
         let typed = self.type_untyped(&dir.path, &listing).await;
         let inodes = lock(&self.inodes);
         let rest = listing
@@ -205,37 +215,13 @@ impl Core {
     pub async fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
         self.check_writable(&path)?;
-        if self.stat(&path).await?.is_some() {
-            return Err(FsError::new(libc::EEXIST, format!("{path}: exists")));
-        }
-        let key = self.layout.dir_marker_key(&path)?;
         let posix = Posix {
             mode: Some(libc::S_IFDIR | (mode & 0o7777)),
             uid: Some(uid),
             gid: Some(gid),
             mtime: Some(SystemTime::now()),
         };
-        // Conditional (no extra request): of two hosts making one directory at once, exactly
-        // one succeeds, as `mkdir` used as a lock expects.
-        match self
-            .store
-            .put_if(&key, Bytes::new(), &posix.to_meta(), Some(&WriteIf::Absent))
-            .await
-        {
-            Ok(_) => {}
-            Err(StoreError::PreconditionFailed { .. }) => {
-                self.cache.forget(&path);
-                return Err(FsError::new(
-                    libc::EEXIST,
-                    format!("{path}: exists (created elsewhere)"),
-                ));
-            }
-            Err(e) => return Err(e.into()),
-        }
-        let info = EntryInfo::new(Kind::Dir, 0, SystemTime::now()).with_posix(posix);
-        self.cache.upsert(&path, info);
-        // A directory we just created is empty: its listing needs no request.
-        self.cache.put_listing(&path, Arc::default());
+        let info = self.ns.make_dir(&path, posix).await?;
         let ino = lock(&self.inodes).lookup(&path, Kind::Dir);
         self.entry_changed(&path);
         Ok(self.attr(ino, info))
@@ -244,45 +230,7 @@ impl Core {
     pub async fn rmdir(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         self.check_writable(&path)?;
-        if self.cache.is_ghost(&path) {
-            // Listing it found nothing of this namespace (see docs/LAYOUT.md) and hid it;
-            // `rm -r` walked into it before that: removing it is already done.
-            return Ok(());
-        }
-        match self.stat(&path).await? {
-            None => return Err(FsError::not_found(&path)),
-            Some(i) if i.kind == Kind::File => {
-                return Err(FsError::new(libc::ENOTDIR, format!("{path}: not a directory")));
-            }
-            _ => {}
-        }
-        // Deletes queued by the unlinks of an `rm -r` land first, so the check below sees S3
-        // as it is.
-        self.store.flush().await?;
-        // Pending files first: one whose upload ends while the LIST below is on the wire is
-        // then either still pending here or already in S3 for the LIST (checked the other
-        // way round, it could slip between the two, and a non-empty directory be removed).
-        let pending = !self.pending_in(&path).is_empty();
-        let below = self.emptiness(&path).await?;
-        if pending || below.not_empty {
-            return Err(FsError::new(libc::ENOTEMPTY, format!("{path}: directory not empty")));
-        }
-        match below.marker {
-            Some(0) => self.store.delete(&self.layout.dir_marker_key(&path)?).await?,
-            // Not a marker but somebody's data under a key ending in '/': never deleted.
-            Some(bytes) => {
-                tracing::warn!(%path, bytes, "the directory's marker key holds data: not deleting it; the directory is hidden instead")
-            }
-            None => {}
-        }
-        // The deletes of the files that were in it (queued by unlink, to be batched) land
-        // before rmdir returns: after `rm -r`, the bucket holds none of the tree.
-        self.store.flush().await?;
-        self.cache.remove(&path);
-        if below.foreign || below.marker.is_some_and(|b| b > 0) {
-            // Foreign keys below keep the name in S3 listings: hide it from this mount.
-            self.cache.mark_ghost(&path);
-        }
+        self.ns.remove_dir(&path).await?;
         self.entry_changed(&path);
         Ok(())
     }
@@ -290,16 +238,8 @@ impl Core {
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         self.check_writable(&path)?;
-        match self.stat(&path).await? {
-            None => return Err(FsError::not_found(&path)),
-            Some(i) if i.kind == Kind::Dir => {
-                return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
-            }
-            _ => {}
-        }
-        // Queued and sent in an interleaved batch with the unlinks around it (see
-        // store::deferred); invisible to this mount from now on.
-        self.store.delete(&self.layout.file_key(&path)?).await?;
+        self.ns.remove_file(&path).await?;
+        // Invisible to this mount from now on, even while open.
         self.forget_open(&path);
         self.cache.remove(&path);
         self.entry_changed(&path);
@@ -310,47 +250,9 @@ impl Core {
         let from = self.child_path(parent, name)?;
         let to = self.child_path(newparent, newname)?;
         self.check_writable(&from)?;
-        if flags & libc::RENAME_EXCHANGE != 0 {
-            return Err(FsError::new(
-                libc::EINVAL,
-                format!("{from}: RENAME_EXCHANGE is not supported"),
-            ));
-        }
-        if from == to {
+        let Some(src) = self.ns.check_rename(&from, &to, flags).await? else {
             return Ok(());
-        }
-        if to.starts_with(&from) {
-            return Err(FsError::new(
-                libc::EINVAL,
-                format!("cannot move {from} into itself ({to})"),
-            ));
-        }
-        let src = self.stat(&from).await?.ok_or_else(|| FsError::not_found(&from))?;
-        // `mv -n` asks S3, not this mount's view, whether the target exists (another host may
-        // have created it within the TTL). S3 has no conditional CopyObject this server
-        // honours, so a create elsewhere between this HEAD and the copy is not caught.
-        let dst = if flags & libc::RENAME_NOREPLACE != 0 {
-            self.stat_fresh(&to).await?
-        } else {
-            self.stat(&to).await?
         };
-        if let Some(dst) = dst {
-            if flags & libc::RENAME_NOREPLACE != 0 {
-                return Err(FsError::new(libc::EEXIST, format!("{to}: exists")));
-            }
-            match (src.kind, dst.kind) {
-                (Kind::File | Kind::Symlink, Kind::Dir) => {
-                    return Err(FsError::new(libc::EISDIR, format!("{to}: is a directory")));
-                }
-                (Kind::Dir, Kind::File | Kind::Symlink) => {
-                    return Err(FsError::new(libc::ENOTDIR, format!("{to}: not a directory")));
-                }
-                (Kind::Dir, Kind::Dir) if self.any_under(&to).await? => {
-                    return Err(FsError::new(libc::ENOTEMPTY, format!("{to}: directory not empty")));
-                }
-                _ => {}
-            }
-        }
         match src.kind {
             Kind::File | Kind::Symlink => {
                 let open_ino = lock(&self.inodes).find(&from);
@@ -359,10 +261,7 @@ impl Core {
                     None => false,
                 };
                 if !moved_open {
-                    let (sk, dk) = (self.layout.file_key(&from)?, self.layout.file_key(&to)?);
-                    self.store.copy(&sk, &dk, None).await?;
-                    // At once, not deferred: the old name must be gone when rename returns.
-                    self.delete_keys(vec![sk]).await?;
+                    self.ns.move_object(&from, &to).await?;
                 }
                 self.cache.remove(&from);
                 // S3's LastModified changes with the copy; the POSIX mtime travels with it.
@@ -370,7 +269,7 @@ impl Core {
             }
             Kind::Dir => {
                 let open = self.flush_open_under(&from).await?;
-                let result = self.rename_dir(&from, &to).await;
+                let result = self.ns.rename_dir(&from, &to).await;
                 self.cache.clear();
                 result?;
                 self.reanchor_moved(open, &from, &to).await?;
@@ -386,111 +285,9 @@ impl Core {
         Ok(())
     }
 
-    /// Copies every object below `from` to its key below `to` (in parallel, interleaved
-    /// across prefixes), and deletes the old keys only once every copy succeeded.
-    async fn rename_dir(&self, from: &RelPath, to: &RelPath) -> FsResult<()> {
-        let mut pairs = Vec::new();
-        let to_marker = self.layout.dir_marker_key(to)?;
-        let mut has_marker = false;
-        for key in self.list_tree(from).await? {
-            let Some((path, is_dir)) = self.layout.key_to_path(&key) else {
-                continue;
-            };
-            if !path.starts_with(from) {
-                continue;
-            }
-            let new_path = path.rebase(from, to);
-            let new_key = if is_dir {
-                self.layout.dir_marker_key(&new_path)?
-            } else {
-                self.layout.file_key(&new_path)?
-            };
-            has_marker |= new_key == to_marker;
-            pairs.push((key, new_key));
-        }
-        let order = self
-            .layout
-            .interleave_by_prefix(pairs.iter().map(|(k, _)| k.clone()).collect());
-        let dst_of: std::collections::HashMap<String, String> = pairs.into_iter().collect();
-        let total = order.len();
-        let results: Vec<Result<String, String>> = stream::iter(order.iter())
-            .map(|src| {
-                let dst = dst_of.get(src).cloned().unwrap_or_default();
-                async move {
-                    match self.store.copy(src, &dst, None).await {
-                        Ok(()) => Ok(dst),
-                        Err(e) => Err(e.to_string()),
-                    }
-                }
-            })
-            .buffer_unordered(self.cfg.fanout.max(1))
-            .collect()
-            .await;
-        let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
-        if let Some(first) = failures.first() {
-            // Take back the copies that did land, so the tree exists under one name only.
-            let copied: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-            let cleanup = self.delete_keys(self.layout.interleave_by_prefix(copied)).await;
-            tracing::error!(
-                %from, %to, failed = failures.len(), total, error = %first, cleanup_ok = cleanup.is_ok(),
-                "directory rename failed midway; no source object was deleted, so every file is still readable under its old name"
-            );
-            if let Err(e) = cleanup {
-                tracing::error!(%to, error = %e, "some copies under the new name could not be removed");
-            }
-            return Err(FsError::new(
-                libc::EIO,
-                format!(
-                    "rename {from} -> {to}: {} of {total} copies failed: {first}",
-                    failures.len()
-                ),
-            ));
-        }
-        // An implicit directory becomes an explicit one, so it survives being emptied.
-        if !has_marker {
-            self.store.put(&to_marker, Bytes::new(), &UserMeta::new()).await?;
-        }
-        self.delete_keys(order).await
-    }
-
-    /// Deletes `path` and everything below it with DeleteObjects, keys interleaved across
-    /// prefixes so consecutive deletes hit different partitions. Returns the keys deleted.
-    pub async fn remove_tree(&self, path: &RelPath) -> FsResult<usize> {
-        let mut keys: Vec<String> = self
-            .list_tree(path)
-            .await?
-            .into_iter()
-            .filter(|k| self.layout.key_to_path(k).is_some())
-            .collect();
-        if !path.is_root()
-            && let Some(info) = self.stat(path).await?
-            && info.kind != Kind::Dir
-        {
-            keys.push(self.layout.file_key(path)?);
-        }
-        let n = keys.len();
-        self.delete_keys(self.layout.interleave_by_prefix(keys)).await?;
-        self.cache.clear();
-        Ok(n)
-    }
-
-    /// DeleteObjects in batches of 1000, keys interleaved across prefixes.
-    pub(super) async fn delete_keys(&self, keys: Vec<String>) -> FsResult<()> {
-        for batch in keys.chunks(crate::limits::MAX_DELETE_BATCH) {
-            let failed = self.store.delete_many(batch).await?;
-            if let Some(f) = failed.first() {
-                return Err(FsError::new(
-                    libc::EIO,
-                    format!("deleting {f} ({} keys failed)", failed.len()),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// `fsync` of a directory: queued deletes have reached S3 when this returns.
     pub async fn sync_deletes(&self) -> FsResult<()> {
-        Ok(self.store.flush().await?)
+        self.ns.sync_deletes().await
     }
 
     pub fn statfs(&self) -> StatFs {

@@ -256,7 +256,7 @@ async fn a_head_answered_before_an_unlink_does_not_bring_the_file_back() {
     // on the wire when the file is removed.
     let gate = r.mem().hold("head", &r.layout.file_key(&path).unwrap());
     let (core, p) = (r.core.clone(), path.clone());
-    let late = tokio::spawn(async move { core.fetch_stat(&p, Some(Kind::File)).await });
+    let late = tokio::spawn(async move { core.ns.fetch_stat(&p, Some(Kind::File)).await });
     gate.arrivals(1).await;
     r.core.unlink(d, OsStr::new("a.txt")).await.unwrap();
     gate.release(1);

@@ -1,0 +1,266 @@
+//! Changes of the namespace in S3, on paths: directories made and removed, files removed
+//! and moved, trees renamed and deleted. Each updates the metadata cache before it returns;
+//! what a mount keeps per inode (open files, times) is its [`Core`](super::Core)'s part.
+
+use super::cache::{EntryInfo, Kind};
+use super::error::{FsError, FsResult};
+use super::namespace::Namespace;
+use super::posix::Posix;
+use crate::layout::RelPath;
+use crate::store::{StoreError, UserMeta, WriteIf};
+use bytes::Bytes;
+use futures::stream::{self, StreamExt};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+impl Namespace {
+    /// `mkdir`: the directory's marker, created only if absent; its attributes.
+    pub async fn make_dir(&self, path: &RelPath, posix: Posix) -> FsResult<EntryInfo> {
+        if self.stat(path).await?.is_some() {
+            return Err(FsError::new(libc::EEXIST, format!("{path}: exists")));
+        }
+        let key = self.layout.dir_marker_key(path)?;
+        // Conditional (no extra request): of two hosts making one directory at once, exactly
+        // one succeeds, as `mkdir` used as a lock expects.
+        match self
+            .store
+            .put_if(&key, Bytes::new(), &posix.to_meta(), Some(&WriteIf::Absent))
+            .await
+        {
+            Ok(_) => {}
+            Err(StoreError::PreconditionFailed { .. }) => {
+                self.cache.forget(path);
+                return Err(FsError::new(
+                    libc::EEXIST,
+                    format!("{path}: exists (created elsewhere)"),
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        let info = EntryInfo::new(Kind::Dir, 0, SystemTime::now()).with_posix(posix);
+        self.cache.upsert(path, info);
+        // A directory we just created is empty: its listing needs no request.
+        self.cache.put_listing(path, Arc::default());
+        Ok(info)
+    }
+
+    /// `rmdir`: fails unless nothing of this namespace (nor a file being written through the
+    /// mount) is below `path`; deletes its marker.
+    pub async fn remove_dir(&self, path: &RelPath) -> FsResult<()> {
+        if self.cache.is_ghost(path) {
+            // Listing it found nothing of this namespace (see docs/LAYOUT.md) and hid it;
+            // `rm -r` walked into it before that: removing it is already done.
+            return Ok(());
+        }
+        match self.stat(path).await? {
+            None => return Err(FsError::not_found(path)),
+            Some(i) if i.kind == Kind::File => {
+                return Err(FsError::new(libc::ENOTDIR, format!("{path}: not a directory")));
+            }
+            _ => {}
+        }
+        // Deletes queued by the unlinks of an `rm -r` land first, so the check below sees S3
+        // as it is.
+        self.store.flush().await?;
+        // Pending files first: one whose upload ends while the LIST below is on the wire is
+        // then either still pending here or already in S3 for the LIST (checked the other
+        // way round, it could slip between the two, and a non-empty directory be removed).
+        let pending = !self.pending_in(path).is_empty();
+        let below = self.emptiness(path).await?;
+        if pending || below.not_empty {
+            return Err(FsError::new(libc::ENOTEMPTY, format!("{path}: directory not empty")));
+        }
+        match below.marker {
+            Some(0) => self.store.delete(&self.layout.dir_marker_key(path)?).await?,
+            // Not a marker but somebody's data under a key ending in '/': never deleted.
+            Some(bytes) => {
+                tracing::warn!(%path, bytes, "the directory's marker key holds data: not deleting it; the directory is hidden instead")
+            }
+            None => {}
+        }
+        // The deletes of the files that were in it (queued by unlink, to be batched) land
+        // before rmdir returns: after `rm -r`, the bucket holds none of the tree.
+        self.store.flush().await?;
+        self.cache.remove(path);
+        if below.foreign || below.marker.is_some_and(|b| b > 0) {
+            // Foreign keys below keep the name in S3 listings: hide it from this mount.
+            self.cache.mark_ghost(path);
+        }
+        Ok(())
+    }
+
+    /// `unlink`: the file's key is deleted (queued to be batched with the deletes around it,
+    /// see store::deferred). The caller drops it from the cache.
+    pub async fn remove_file(&self, path: &RelPath) -> FsResult<()> {
+        match self.stat(path).await? {
+            None => return Err(FsError::not_found(path)),
+            Some(i) if i.kind == Kind::Dir => {
+                return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
+            }
+            _ => {}
+        }
+        Ok(self.store.delete(&self.layout.file_key(path)?).await?)
+    }
+
+    /// The checks of `rename(from, to)` with `flags` (renameat2): what `from` is, or None
+    /// when there is nothing to do (`from` is `to`).
+    pub async fn check_rename(&self, from: &RelPath, to: &RelPath, flags: u32) -> FsResult<Option<EntryInfo>> {
+        if flags & libc::RENAME_EXCHANGE != 0 {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("{from}: RENAME_EXCHANGE is not supported"),
+            ));
+        }
+        if from == to {
+            return Ok(None);
+        }
+        if to.starts_with(from) {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("cannot move {from} into itself ({to})"),
+            ));
+        }
+        let src = self.stat(from).await?.ok_or_else(|| FsError::not_found(from))?;
+        // `mv -n` asks S3, not this mount's view, whether the target exists (another host may
+        // have created it within the TTL). S3 has no conditional CopyObject this server
+        // honours, so a create elsewhere between this HEAD and the copy is not caught.
+        let dst = if flags & libc::RENAME_NOREPLACE != 0 {
+            self.stat_fresh(to).await?
+        } else {
+            self.stat(to).await?
+        };
+        if let Some(dst) = dst {
+            if flags & libc::RENAME_NOREPLACE != 0 {
+                return Err(FsError::new(libc::EEXIST, format!("{to}: exists")));
+            }
+            match (src.kind, dst.kind) {
+                (Kind::File | Kind::Symlink, Kind::Dir) => {
+                    return Err(FsError::new(libc::EISDIR, format!("{to}: is a directory")));
+                }
+                (Kind::Dir, Kind::File | Kind::Symlink) => {
+                    return Err(FsError::new(libc::ENOTDIR, format!("{to}: not a directory")));
+                }
+                (Kind::Dir, Kind::Dir) if self.any_under(to).await? => {
+                    return Err(FsError::new(libc::ENOTEMPTY, format!("{to}: directory not empty")));
+                }
+                _ => {}
+            }
+        }
+        Ok(Some(src))
+    }
+
+    /// Moves the object of a file (or symlink) from `from` to `to`: a copy, then the old
+    /// key's delete, sent at once (the old name must be gone when rename returns).
+    pub async fn move_object(&self, from: &RelPath, to: &RelPath) -> FsResult<()> {
+        let (sk, dk) = (self.layout.file_key(from)?, self.layout.file_key(to)?);
+        self.store.copy(&sk, &dk, None).await?;
+        self.delete_keys(vec![sk]).await
+    }
+
+    /// Copies every object below `from` to its key below `to` (in parallel, interleaved
+    /// across prefixes), and deletes the old keys only once every copy succeeded.
+    pub async fn rename_dir(&self, from: &RelPath, to: &RelPath) -> FsResult<()> {
+        let mut pairs = Vec::new();
+        let to_marker = self.layout.dir_marker_key(to)?;
+        let mut has_marker = false;
+        for key in self.list_tree(from).await? {
+            let Some((path, is_dir)) = self.layout.key_to_path(&key) else {
+                continue;
+            };
+            if !path.starts_with(from) {
+                continue;
+            }
+            let new_path = path.rebase(from, to);
+            let new_key = if is_dir {
+                self.layout.dir_marker_key(&new_path)?
+            } else {
+                self.layout.file_key(&new_path)?
+            };
+            has_marker |= new_key == to_marker;
+            pairs.push((key, new_key));
+        }
+        let order = self
+            .layout
+            .interleave_by_prefix(pairs.iter().map(|(k, _)| k.clone()).collect());
+        let dst_of: std::collections::HashMap<String, String> = pairs.into_iter().collect();
+        let total = order.len();
+        let results: Vec<Result<String, String>> = stream::iter(order.iter())
+            .map(|src| {
+                let dst = dst_of.get(src).cloned().unwrap_or_default();
+                async move {
+                    match self.store.copy(src, &dst, None).await {
+                        Ok(()) => Ok(dst),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            })
+            .buffer_unordered(self.cfg.fanout.max(1))
+            .collect()
+            .await;
+        let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        if let Some(first) = failures.first() {
+            // Take back the copies that did land, so the tree exists under one name only.
+            let copied: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+            let cleanup = self.delete_keys(self.layout.interleave_by_prefix(copied)).await;
+            tracing::error!(
+                %from, %to, failed = failures.len(), total, error = %first, cleanup_ok = cleanup.is_ok(),
+                "directory rename failed midway; no source object was deleted, so every file is still readable under its old name"
+            );
+            if let Err(e) = cleanup {
+                tracing::error!(%to, error = %e, "some copies under the new name could not be removed");
+            }
+            return Err(FsError::new(
+                libc::EIO,
+                format!(
+                    "rename {from} -> {to}: {} of {total} copies failed: {first}",
+                    failures.len()
+                ),
+            ));
+        }
+        // An implicit directory becomes an explicit one, so it survives being emptied.
+        if !has_marker {
+            self.store.put(&to_marker, Bytes::new(), &UserMeta::new()).await?;
+        }
+        self.delete_keys(order).await
+    }
+
+    /// Deletes `path` and everything below it with DeleteObjects, keys interleaved across
+    /// prefixes so consecutive deletes hit different partitions. Returns the keys deleted.
+    pub async fn remove_tree(&self, path: &RelPath) -> FsResult<usize> {
+        let mut keys: Vec<String> = self
+            .list_tree(path)
+            .await?
+            .into_iter()
+            .filter(|k| self.layout.key_to_path(k).is_some())
+            .collect();
+        if !path.is_root()
+            && let Some(info) = self.stat(path).await?
+            && info.kind != Kind::Dir
+        {
+            keys.push(self.layout.file_key(path)?);
+        }
+        let n = keys.len();
+        self.delete_keys(self.layout.interleave_by_prefix(keys)).await?;
+        self.cache.clear();
+        Ok(n)
+    }
+
+    /// DeleteObjects in batches of 1000, keys interleaved across prefixes.
+    pub(super) async fn delete_keys(&self, keys: Vec<String>) -> FsResult<()> {
+        for batch in keys.chunks(crate::limits::MAX_DELETE_BATCH) {
+            let failed = self.store.delete_many(batch).await?;
+            if let Some(f) = failed.first() {
+                return Err(FsError::new(
+                    libc::EIO,
+                    format!("deleting {f} ({} keys failed)", failed.len()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `fsync` of a directory: queued deletes have reached S3 when this returns.
+    pub async fn sync_deletes(&self) -> FsResult<()> {
+        Ok(self.store.flush().await?)
+    }
+}

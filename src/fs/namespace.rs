@@ -1,0 +1,262 @@
+//! The namespace: what a path is and what a directory holds, over every prefix, behind the
+//! metadata cache; and the changes of paths in S3 ([`changes`](super::changes)). It knows
+//! no inodes, handles or open-file state, so the bucket commands (`prefixfs rm`, `ls`,
+//! `find`...) use it without a mount. A mount's files being written reach it through the
+//! [`Pending`] view its [`Core`](super::Core) gives it.
+//!
+//! Requirements and where they live:
+//! 1. A path maps to one key (`layout`); a directory exists through its marker or any key
+//!    below it in any prefix ([`Namespace::stat`], [`Namespace::any_under`]).
+//! 2. A listing asks every prefix in parallel, bounded by `fanout`, paginates, and merges into
+//!    one sorted, de-duplicated map; a directory shadows a file of the same name
+//!    ([`listing`](super::listing)).
+//! 3. Metadata answers come from the cache within the TTL; the mount's own changes update it
+//!    ([`cache`](super::cache)).
+
+use super::cache::{self, EntryInfo, Kind, MetaCache};
+use super::error::FsResult;
+use super::flight::SingleFlight;
+use super::{FsConfig, lock, posix};
+use crate::layout::{Layout, RelPath};
+use crate::store::ObjectStore;
+use crate::store::stats::RequestStats;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::SystemTime;
+
+/// Files being written through a mount that S3 may not have yet: the namespace shows them
+/// as they are here (their size so far, their metadata), and counts them in emptiness
+/// checks.
+pub trait Pending: Send + Sync {
+    /// The file being written at `path`, if any (not one unlinked while open).
+    fn pending_at(&self, path: &RelPath) -> Option<EntryInfo>;
+    /// The files being written directly in `dir`, by name.
+    fn pending_in(&self, dir: &RelPath) -> Vec<(String, EntryInfo)>;
+}
+
+pub struct Namespace {
+    /// Itself, for the background tasks it spawns (listing pages, attribute prefetch).
+    pub(super) me: Weak<Namespace>,
+    pub(super) layout: Layout,
+    pub(super) store: Arc<dyn ObjectStore>,
+    pub(super) stats: Arc<RequestStats>,
+    pub(super) cfg: FsConfig,
+    pub(super) cache: Arc<MetaCache>,
+    /// The mount's files being written (none for the bucket commands).
+    pending: Option<Weak<dyn Pending>>,
+    /// The time implicit directories (no object of their own) report.
+    pub(super) mount_time: SystemTime,
+    stat_flight: SingleFlight<RelPath, Option<EntryInfo>>,
+    pub(super) list_flight: SingleFlight<RelPath, cache::Listing>,
+    /// Paths whose attribute prefetch is queued or running.
+    prefetching: Mutex<HashSet<RelPath>>,
+    prefetch_slots: Arc<tokio::sync::Semaphore>,
+    /// Subtrees listed whole (a walk was seen), and when: not again within the TTL.
+    pub(super) walked: Mutex<HashMap<RelPath, std::time::Instant>>,
+}
+
+/// True when a name looks like a file's (`a.txt`, not `2017` or `.git`): which key a lookup
+/// asks for first.
+fn looks_like_file(name: &str) -> bool {
+    name.char_indices().any(|(i, c)| c == '.' && i > 0)
+}
+
+impl Namespace {
+    /// The namespace of `layout` in `store`. Of `cfg`, it uses the bounds of fan-out and
+    /// prefetch, the metadata TTL and cache size, and `trust_listing`.
+    pub fn new(
+        layout: Layout,
+        store: Arc<dyn ObjectStore>,
+        stats: Arc<RequestStats>,
+        cfg: FsConfig,
+        pending: Option<Weak<dyn Pending>>,
+    ) -> Arc<Self> {
+        Arc::new_cyclic(|me| Namespace {
+            me: me.clone(),
+            cache: Arc::new(MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity)),
+            stat_flight: SingleFlight::default(),
+            list_flight: SingleFlight::default(),
+            prefetching: Mutex::new(HashSet::new()),
+            prefetch_slots: Arc::new(tokio::sync::Semaphore::new(cfg.attr_prefetch.max(1))),
+            walked: Mutex::new(HashMap::new()),
+            mount_time: SystemTime::now(),
+            pending,
+            layout,
+            store,
+            stats,
+            cfg,
+        })
+    }
+
+    /// The request counters (also per FUSE operation).
+    pub fn stats(&self) -> &Arc<RequestStats> {
+        &self.stats
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// The file being written at `path` through the mount, if any.
+    fn pending_at(&self, path: &RelPath) -> Option<EntryInfo> {
+        self.pending.as_ref()?.upgrade()?.pending_at(path)
+    }
+
+    /// Files being written through the mount directly in `dir`, that S3 may not have yet.
+    pub(super) fn pending_in(&self, dir: &RelPath) -> Vec<(String, EntryInfo)> {
+        match self.pending.as_ref().and_then(Weak::upgrade) {
+            Some(p) => p.pending_in(dir),
+            None => Vec::new(),
+        }
+    }
+
+    /// What `path` is, with its POSIX metadata: from an open file, the cache, or S3.
+    ///
+    /// Requests, cache cold: 1 HEAD when a listing of the parent already said what `path`
+    /// is; else a HEAD of the key the name suggests (file for `a.txt`, marker for `2017`),
+    /// then of the other key if that one is missing, and when neither exists the parent's
+    /// listing (shared, once per TTL) says whether `path` is an implicit directory.
+    /// Concurrent callers for one path share one set of requests.
+    pub async fn stat(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
+        if path.is_root() {
+            return Ok(Some(EntryInfo::new(Kind::Dir, 0, self.mount_time)));
+        }
+        if let Some(info) = self.pending_at(path) {
+            return Ok(Some(info));
+        }
+        let hint = match self.cache.entry(path) {
+            Some(Some(info)) if info.full => return Ok(Some(info)),
+            Some(None) => return Ok(None),
+            Some(Some(info)) => Some(info.kind),
+            None => None,
+        };
+        self.stat_flight.run(path, || self.fetch_stat(path, hint)).await
+    }
+
+    pub(super) async fn fetch_stat(&self, path: &RelPath, hint: Option<Kind>) -> FsResult<Option<EntryInfo>> {
+        // An answer may be overtaken on the wire by this mount's own change of `path` (an
+        // attribute prefetch's HEAD still out when `rm` or `mv` of the file returns): the
+        // change is newer, and caching the answer would bring a removed file back.
+        let watch = self.cache.watch_tree(path);
+        let info = match hint {
+            // A listing already said what kind it is: one HEAD for the metadata.
+            Some(Kind::Dir) => self.head_as(path, true).await?.or(Some(self.implicit_dir())),
+            Some(_) => self.head_as(path, false).await?,
+            // Guess from the name which key to ask first, so that a lookup of a file
+            // (`a.txt`) or of a directory with a marker (`2017`) costs one HEAD; only a wrong
+            // guess or a missing name costs the second.
+            None => {
+                let dir_first = !looks_like_file(path.name());
+                match self.head_as(path, dir_first).await? {
+                    Some(found) => Some(found),
+                    None => match self.head_as(path, !dir_first).await? {
+                        Some(found) => Some(found),
+                        None => self.implicit_dir_in_listing(path).await?,
+                    },
+                }
+            }
+        };
+        if watch.unchanged(path) {
+            self.cache.learned(path, info);
+            return Ok(info);
+        }
+        tracing::debug!(%path, "changed by this mount while its HEAD was out: the answer is not cached");
+        Ok(self.cache.entry(path).unwrap_or(info))
+    }
+
+    /// [`Namespace::stat`] without the cache: what S3 says now.
+    pub(super) async fn stat_fresh(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
+        if let Some(info) = self.pending_at(path) {
+            return Ok(Some(info));
+        }
+        self.fetch_stat(path, None).await
+    }
+
+    fn implicit_dir(&self) -> EntryInfo {
+        EntryInfo::new(Kind::Dir, 0, self.mount_time)
+    }
+
+    /// HEAD of `path`'s directory marker (`dir`) or file key: what is there with its POSIX
+    /// metadata, or None.
+    async fn head_as(&self, path: &RelPath, dir: bool) -> FsResult<Option<EntryInfo>> {
+        let key = if dir {
+            // A path whose marker key would exceed S3's limit cannot have one.
+            let Ok(key) = self.layout.dir_marker_key(path) else {
+                return Ok(None);
+            };
+            key
+        } else {
+            self.layout.file_key(path)?
+        };
+        match self.store.head(&key).await {
+            // A "marker" with a body is somebody's data, not a directory of this namespace.
+            Ok(m) if dir && m.size > 0 => {
+                tracing::debug!(key = %crate::layout::escape_controls(&key), size = m.size, "a directory marker key with a body: ignored");
+                Ok(None)
+            }
+            Ok(m) => {
+                let (kind, size) = if dir { (Kind::Dir, 0) } else { (Kind::File, m.size) };
+                Ok(Some(
+                    EntryInfo::new(kind, size, m.last_modified)
+                        .with_posix(posix::Posix::from_meta(&m.user_meta))
+                        .checked_now(),
+                ))
+            }
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Neither key exists: `path` is an implicit directory (keys below it, no marker) when
+    /// the parent's listing shows it. That listing is fetched at most once per TTL and
+    /// shared, instead of a LIST of every prefix for every missing name.
+    async fn implicit_dir_in_listing(&self, path: &RelPath) -> FsResult<Option<EntryInfo>> {
+        let Some(parent) = path.parent() else { return Ok(None) };
+        let listing = self.list_dir(&parent).await?;
+        Ok(listing
+            .get(path.name())
+            .filter(|i| i.kind == Kind::Dir)
+            .map(|_| self.implicit_dir()))
+    }
+
+    /// Starts HEADs for the entries after `path` in its parent's listing that are known only
+    /// by name, so that a walk in listing order (`ls -l`, `find`, `stat *`) finds their
+    /// attributes ready instead of paying one round trip each, in series.
+    pub(super) fn prefetch_after(&self, path: &RelPath) {
+        let window = self.cfg.attr_prefetch;
+        // A trusted listing leaves nothing to fetch.
+        if window == 0 || self.cfg.trust_listing {
+            return;
+        }
+        let (Some(parent), Some(me)) = (path.parent(), self.me.upgrade()) else {
+            return;
+        };
+        let Some(listing) = self.cache.listing(&parent) else {
+            return;
+        };
+        use std::ops::Bound;
+        // Only entries the listing knows by name alone; a HEAD makes them full in the listing.
+        let wanted: Vec<String> = listing
+            .range::<str, _>((Bound::Excluded(path.name()), Bound::Unbounded))
+            .take(window)
+            .filter(|(_, info)| !info.full)
+            .map(|(name, _)| name.clone())
+            .collect();
+        drop(listing); // a shared listing would be copied by the next edit
+        for name in wanted {
+            let Ok(child) = parent.join(&name) else { continue };
+            if !lock(&self.prefetching).insert(child.clone()) {
+                continue;
+            }
+            let (me, slots) = (me.clone(), self.prefetch_slots.clone());
+            tokio::spawn(crate::store::stats::CALLER.scope("lookup", async move {
+                if let Ok(_slot) = slots.acquire_owned().await
+                    && let Err(e) = me.stat(&child).await
+                {
+                    tracing::debug!(path = %child, error = %e, "attribute prefetch failed");
+                }
+                lock(&me.prefetching).remove(&child);
+            }));
+        }
+    }
+}
