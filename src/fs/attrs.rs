@@ -70,13 +70,13 @@ impl Core {
         if size.is_some() && info.kind == Kind::Dir {
             return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
         }
-        if let Some(shared) = self.shared(ino) {
+        if let Some(shared) = self.files.shared(ino) {
             // Under the body's lock: the last close either uploads what this changes or has
             // detached the state already (then this is a change to a closed file, below).
             let mut body = shared.body.lock().await;
             if !shared.detached.load(Ordering::Relaxed) {
                 if let Some(size) = size {
-                    self.truncate_body(&path, &shared, &mut body, size).await?;
+                    self.files.truncate_body(&path, &shared, &mut body, size).await?;
                     if mtime.is_none() {
                         posix.mtime = Some(SystemTime::now());
                     }
@@ -108,7 +108,7 @@ impl Core {
                     self.store.put(&key, Bytes::new(), &meta).await?;
                 } else {
                     let mut staged = StagedFile::create(
-                        self.staging_path(),
+                        self.files.staging_path(),
                         Some(Base {
                             key: key.clone(),
                             size: info.size,
@@ -143,7 +143,7 @@ impl Core {
         Ok(self.attr(ino, new_info))
     }
 
-    /// Marks open state of `path` as deleted: its handles stay usable, nothing is uploaded.
+    /// `symlink`: a small object holding the target, its POSIX mode saying it is a link.
     pub async fn symlink(
         &self,
         parent: u64,

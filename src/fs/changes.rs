@@ -44,6 +44,27 @@ impl Namespace {
         Ok(info)
     }
 
+    /// Creates `path` empty, only if no object is there; returns its ETag.
+    pub(super) async fn create_exclusive(&self, path: &RelPath, posix: &Posix) -> FsResult<Option<String>> {
+        let key = self.layout.file_key(path)?;
+        match self
+            .store
+            .put_if(&key, Bytes::new(), &posix.to_meta(), Some(&WriteIf::Absent))
+            .await
+        {
+            Ok(etag) => Ok(etag),
+            Err(StoreError::PreconditionFailed { .. }) => {
+                // Another host created it: what this mount believed is stale.
+                self.cache.forget(path);
+                Err(FsError::new(
+                    libc::EEXIST,
+                    format!("{path}: exists (created elsewhere)"),
+                ))
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// `rmdir`: fails unless nothing of this namespace (nor a file being written through the
     /// mount) is below `path`; deletes its marker.
     pub async fn remove_dir(&self, path: &RelPath) -> FsResult<()> {

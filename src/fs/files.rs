@@ -6,17 +6,20 @@
 //! `fsync` and the last `close` upload what changed and return the upload's error; data that
 //! cannot be uploaded at the last close is kept under `lost+found/` in the cache directory.
 
+use super::budget::StagingBudget;
 use super::cache::{EntryInfo, Kind};
 use super::error::{FsError, FsResult};
+use super::lock;
+use super::namespace::Namespace;
 use super::posix::Posix;
-use super::{Attr, Core, Handle, lock};
-use crate::data::read::ObjectReads;
+use crate::data::read::{ObjectReads, ReadBudget};
 use crate::data::staging::{Base, StagedFile};
 use crate::data::upload::{Upload, UploadError};
 use crate::layout::RelPath;
-use crate::store::{StoreError, WriteIf};
+use crate::store::StoreError;
 use bytes::Bytes;
-use std::ffi::OsStr;
+use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
@@ -98,22 +101,69 @@ pub(super) fn store_err(path: &RelPath, what: &str, e: StoreError) -> FsError {
     FsError::new(errno, format!("{path}: {what} failed: {e}")).caused_by(e)
 }
 
-impl Core {
-    pub(super) fn open_file_info(&self, path: &RelPath) -> Option<EntryInfo> {
-        let ino = lock(&self.inodes).find(path)?;
-        lock(&self.open_files)
+/// The files open through a mount, by inode: each one's state (shared by its handles) and
+/// the reads shared by its readers, the staging budget and directory, and lost+found. It
+/// works on inodes and paths the [`Core`](super::Core) resolved; the namespace's cache
+/// learns what it uploads.
+pub(super) struct OpenFiles {
+    ns: Arc<Namespace>,
+    table: Mutex<HashMap<u64, OpenFile>>,
+    pub(super) staging: StagingBudget,
+    /// This mount's staging files (`<cache dir>/staging/<pid>`).
+    staging_dir: PathBuf,
+    /// The reads of each file open for reading (shared by its handles), and the mount's
+    /// read-ahead budget.
+    reads: Mutex<HashMap<u64, Weak<ObjectReads>>>,
+    read_budget: ReadBudget,
+}
+
+impl OpenFiles {
+    pub(super) fn new(ns: Arc<Namespace>, staging_dir: PathBuf) -> Self {
+        let cfg = &ns.cfg;
+        OpenFiles {
+            staging: StagingBudget::new(cfg.cache_size),
+            read_budget: ReadBudget::new(cfg.read_budget),
+            reads: Mutex::new(HashMap::new()),
+            table: Mutex::new(HashMap::new()),
+            staging_dir,
+            ns,
+        }
+    }
+
+    /// Open files (their states) at present.
+    pub(super) fn len(&self) -> usize {
+        lock(&self.table).len()
+    }
+
+    /// Removes this mount's staging directory (at unmount, after the last upload).
+    pub(super) fn clean_staging(&self) {
+        let _ = std::fs::remove_dir_all(&self.staging_dir);
+    }
+
+    /// `ino`'s open state, when it has one and it was not unlinked.
+    pub(super) fn linked_info(&self, ino: u64) -> Option<EntryInfo> {
+        lock(&self.table)
             .get(&ino)
             .filter(|f| !f.unlinked())
             .map(OpenFile::info)
     }
 
+    /// Files open here, directly in `dir`, that S3 may not have yet.
+    pub(super) fn pending_in(&self, dir: &RelPath) -> Vec<(String, EntryInfo)> {
+        lock(&self.table)
+            .values()
+            .filter(|f| !f.unlinked() && f.path.parent().as_ref() == Some(dir))
+            .map(|f| (f.path.name().to_string(), f.info()))
+            .collect()
+    }
+
     /// The open state's attributes of `ino`, and whether it was unlinked.
     pub(super) fn open_info_of(&self, ino: u64) -> Option<(EntryInfo, bool)> {
-        lock(&self.open_files).get(&ino).map(|f| (f.info(), f.unlinked()))
+        lock(&self.table).get(&ino).map(|f| (f.info(), f.unlinked()))
     }
 
     pub(super) fn shared(&self, ino: u64) -> Option<Arc<Shared>> {
-        lock(&self.open_files).get(&ino).map(|f| f.shared.clone())
+        lock(&self.table).get(&ino).map(|f| f.shared.clone())
     }
 
     pub(super) fn staging_path(&self) -> std::path::PathBuf {
@@ -121,19 +171,19 @@ impl Core {
     }
 
     /// Registers a handle on `ino`'s open state, creating the state with `body` if needed.
-    fn attach(
+    pub(super) fn attach(
         &self,
         ino: u64,
         path: &RelPath,
         posix: Posix,
         make: impl FnOnce(String) -> FsResult<Body>,
     ) -> FsResult<Arc<Shared>> {
-        let mut files = lock(&self.open_files);
+        let mut files = lock(&self.table);
         if let Some(f) = files.get_mut(&ino) {
             f.handles += 1;
             return Ok(f.shared.clone());
         }
-        let key = self.layout.file_key(path)?;
+        let key = self.ns.layout.file_key(path)?;
         let body = make(key.clone())?;
         let size = match &body {
             Body::Stream(u) => u.size(),
@@ -159,138 +209,22 @@ impl Core {
         Ok(shared)
     }
 
-    fn new_stream(&self, key: String, posix: &Posix) -> Body {
+    pub(super) fn new_stream(&self, key: String, posix: &Posix) -> Body {
         Body::Stream(
             Upload::new(
-                self.store.clone(),
+                self.ns.store.clone(),
                 key,
                 stream_meta(posix),
-                self.cfg.part_size,
-                self.cfg.upload_inflight,
+                self.ns.cfg.part_size,
+                self.ns.cfg.upload_inflight,
             )
-            .spool_to(self.staging_path(), self.cfg.cache_size),
+            .spool_to(self.staging_path(), self.ns.cfg.cache_size),
         )
-    }
-
-    /// `creat`/`open(O_CREAT)`. With `exclusive` (`O_EXCL`: lock files, `set -C`) S3 decides,
-    /// not this mount's view: the object is created empty with `If-None-Match: *` before this
-    /// returns (one more PUT than an ordinary create), a 412 is EEXIST, and the file's
-    /// upload later replaces only that object (`If-Match`).
-    pub async fn create(
-        &self,
-        parent: u64,
-        name: &OsStr,
-        mode: u32,
-        uid: u32,
-        gid: u32,
-        exclusive: bool,
-    ) -> FsResult<(Attr, u64)> {
-        let path = self.child_path(parent, name)?;
-        self.check_writable(&path)?;
-        match self.stat(&path).await? {
-            Some(i) if i.kind == Kind::Dir => {
-                return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
-            }
-            Some(_) if exclusive => return Err(FsError::new(libc::EEXIST, format!("{path}: exists"))),
-            _ => {}
-        }
-        let posix = Posix {
-            mode: Some(libc::S_IFREG | (mode & 0o7777)),
-            uid: Some(uid),
-            gid: Some(gid),
-            mtime: Some(SystemTime::now()),
-        };
-        let created = if exclusive && !self.cfg.local_exclusive_creates {
-            Some(self.create_exclusive(&path, &posix).await?)
-        } else {
-            None
-        };
-        let ino = lock(&self.inodes).lookup(&path, Kind::File);
-        let shared = self.attach(ino, &path, posix, |key| {
-            let stream = self.new_stream(key, &posix);
-            Ok(match (stream, created) {
-                (Body::Stream(up), Some(etag)) => Body::Stream(up.created_as(etag)),
-                (body, _) => body,
-            })
-        })?;
-        // Another handle had it open: creat() truncates.
-        self.truncate_open(&path, &shared, 0).await?;
-        let info = EntryInfo::new(Kind::File, 0, SystemTime::now()).with_posix(posix);
-        self.cache.upsert(&path, info);
-        let fh = self.new_fh(Handle::File {
-            ino,
-            reader: None,
-            writable: true,
-        });
-        self.entry_changed(&path);
-        self.attributes_changed(ino);
-        Ok((self.attr(ino, info), fh))
-    }
-
-    /// Creates `path` empty, only if no object is there; returns its ETag.
-    async fn create_exclusive(&self, path: &RelPath, posix: &Posix) -> FsResult<Option<String>> {
-        let key = self.layout.file_key(path)?;
-        match self
-            .store
-            .put_if(&key, Bytes::new(), &posix.to_meta(), Some(&WriteIf::Absent))
-            .await
-        {
-            Ok(etag) => Ok(etag),
-            Err(StoreError::PreconditionFailed { .. }) => {
-                // Another host created it: what this mount believed is stale.
-                self.cache.forget(path);
-                Err(FsError::new(
-                    libc::EEXIST,
-                    format!("{path}: exists (created elsewhere)"),
-                ))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
-        let path = self.path_of(ino)?;
-        let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
-        if info.kind == Kind::Dir {
-            return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
-        }
-        let acc = flags & libc::O_ACCMODE;
-        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
-        let trunc = flags & libc::O_TRUNC != 0;
-        if writable {
-            self.check_writable(&path)?;
-            let shared = self.attach(ino, &path, info.posix, |key| {
-                if trunc || info.size == 0 {
-                    return Ok(self.new_stream(key, &info.posix));
-                }
-                let base = Base { key, size: info.size };
-                let staged = StagedFile::create(self.staging_path(), Some(base), self.cfg.part_size as u64)
-                    .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
-                self.staging.take(info.size);
-                Ok(Body::Staged(staged))
-            })?;
-            if trunc {
-                self.truncate_open(&path, &shared, 0).await?;
-                self.attributes_changed(ino);
-            }
-            return Ok(self.new_fh(Handle::File {
-                ino,
-                reader: None,
-                writable: true,
-            }));
-        }
-        // A reader of a file open for writing reads the open state (see `read`).
-        let reader = self.object_reads(ino, &path, info.size)?;
-        Ok(self.new_fh(Handle::File {
-            ino,
-            reader: Some(reader),
-            writable: false,
-        }))
     }
 
     /// The reads of `ino`'s object as it is now: shared with the file's other readers while
     /// they read the same version.
-    fn object_reads(&self, ino: u64, path: &RelPath, size: u64) -> FsResult<Arc<ObjectReads>> {
+    pub(super) fn object_reads(&self, ino: u64, path: &RelPath, size: u64) -> FsResult<Arc<ObjectReads>> {
         let mut reads = lock(&self.reads);
         reads.retain(|_, r| r.strong_count() > 0);
         if let Some(r) = reads.get(&ino).and_then(Weak::upgrade)
@@ -298,23 +232,16 @@ impl Core {
         {
             return Ok(r);
         }
-        let key = self.layout.file_key(path)?;
+        let key = self.ns.layout.file_key(path)?;
         let r = Arc::new(ObjectReads::new(
-            self.store.clone(),
+            self.ns.store.clone(),
             key,
             size,
-            self.cfg.read,
+            self.ns.cfg.read,
             self.read_budget.clone(),
         ));
         reads.insert(ino, Arc::downgrade(&r));
         Ok(r)
-    }
-
-    fn handle_file(&self, fh: u64) -> FsResult<(u64, Option<Arc<ObjectReads>>)> {
-        match lock(&self.handles).get(&fh) {
-            Some(Handle::File { ino, reader, .. }) => Ok((*ino, reader.clone())),
-            _ => Err(FsError::new(libc::EBADF, format!("file handle {fh} is not open"))),
-        }
     }
 
     /// Moves a streaming file to staging; returns the staged file.
@@ -329,17 +256,17 @@ impl Core {
                         key: shared.key(),
                         size: up.size(),
                     }),
-                    self.cfg.part_size as u64,
+                    self.ns.cfg.part_size as u64,
                 )
             } else {
-                StagedFile::create(self.staging_path(), None, self.cfg.part_size as u64)
+                StagedFile::create(self.staging_path(), None, self.ns.cfg.part_size as u64)
             }
             .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
             let mut staged = staged;
             if !up.has_multipart() {
                 let data = up.buffered().to_vec();
                 staged
-                    .write(self.store.as_ref(), 0, &data)
+                    .write(self.ns.store.as_ref(), 0, &data)
                     .await
                     .map_err(|e| store_err(path, "staging", e))?;
                 if up.is_finished() {
@@ -355,24 +282,19 @@ impl Core {
         }
     }
 
-    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
-        let (ino, reader) = self.handle_file(fh)?;
-        if let Some(shared) = self.shared(ino) {
-            let path = self.path_of(ino)?;
-            let mut body = shared.body.lock().await;
-            let staged = self.staged(&path, &shared, &mut body).await?;
-            return staged
-                .read(self.store.as_ref(), offset, size as usize)
-                .await
-                .map_err(|e| store_err(&path, "read", e));
-        }
-        let reader = reader.ok_or_else(|| FsError::new(libc::EBADF, format!("file handle {fh} cannot read")))?;
-        Ok(reader.read(offset, size as usize).await?)
+    /// A read of an open file's state (what this mount wrote, not yet in S3): from staging.
+    pub(super) async fn read(&self, path: &RelPath, shared: &Shared, offset: u64, size: u32) -> FsResult<Bytes> {
+        let mut body = shared.body.lock().await;
+        let staged = self.staged(path, shared, &mut body).await?;
+        staged
+            .read(self.ns.store.as_ref(), offset, size as usize)
+            .await
+            .map_err(|e| store_err(path, "read", e))
     }
 
-    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
-        let (ino, _) = self.handle_file(fh)?;
-        let path = self.path_of(ino)?;
+    /// A write to `ino`'s open state: appended to its upload when it continues it, else
+    /// into staging (ENOSPC past the staging budget).
+    pub(super) async fn write(&self, ino: u64, path: &RelPath, offset: u64, data: &[u8]) -> FsResult<u32> {
         let shared = self
             .shared(ino)
             .ok_or_else(|| FsError::new(libc::EBADF, format!("{path}: not open for writing")))?;
@@ -381,12 +303,12 @@ impl Core {
             matches!(&*body, Body::Stream(up) if up.size() == offset && !(up.is_finished() && up.has_multipart()));
         if sequential {
             if let Body::Stream(up) = &mut *body {
-                up.write(offset, data).await.map_err(|e| upload_err(&path, e))?;
+                up.write(offset, data).await.map_err(|e| upload_err(path, e))?;
                 shared.size.store(up.size(), Ordering::Relaxed);
             }
         } else {
             let end = offset + data.len() as u64;
-            let staged = self.staged(&path, &shared, &mut body).await?;
+            let staged = self.staged(path, &shared, &mut body).await?;
             let growth = end.saturating_sub(staged.size());
             if !self.staging.reserve(growth) {
                 return Err(FsError::new(
@@ -397,9 +319,9 @@ impl Core {
                     ),
                 ));
             }
-            if let Err(e) = staged.write(self.store.as_ref(), offset, data).await {
+            if let Err(e) = staged.write(self.ns.store.as_ref(), offset, data).await {
                 self.staging.release(growth);
-                return Err(store_err(&path, "write", e));
+                return Err(store_err(path, "write", e));
             }
             shared.size.store(staged.size(), Ordering::Relaxed);
         }
@@ -408,7 +330,7 @@ impl Core {
     }
 
     /// Truncates an open file.
-    async fn truncate_open(&self, path: &RelPath, shared: &Shared, size: u64) -> FsResult<()> {
+    pub(super) async fn truncate_open(&self, path: &RelPath, shared: &Shared, size: u64) -> FsResult<()> {
         let mut body = shared.body.lock().await;
         self.truncate_body(path, shared, &mut body, size).await
     }
@@ -436,7 +358,7 @@ impl Core {
         let staged = self.staged(path, shared, body).await?;
         let old = staged.size();
         staged
-            .truncate(self.store.as_ref(), size)
+            .truncate(self.ns.store.as_ref(), size)
             .await
             .map_err(|e| store_err(path, "truncate", e))?;
         if size > old {
@@ -450,9 +372,10 @@ impl Core {
     }
 
     /// Uploads what changed in `ino`'s open state; the error is the upload's.
-    async fn flush_ino(&self, ino: u64) -> FsResult<()> {
-        let Some(shared) = self.shared(ino) else { return Ok(()) };
-        let path = self.path_of(ino)?;
+    pub(super) async fn flush_ino(&self, ino: u64) -> FsResult<()> {
+        let Some((shared, path)) = lock(&self.table).get(&ino).map(|f| (f.shared.clone(), f.path.clone())) else {
+            return Ok(());
+        };
         let mut body = shared.body.lock().await;
         self.flush_body(&path, &shared, &mut body).await
     }
@@ -466,7 +389,8 @@ impl Core {
         let meta = posix.to_meta();
         let meta_dirty = shared.meta_dirty.load(Ordering::Relaxed);
         let update_meta = || async {
-            self.store
+            self.ns
+                .store
                 .copy(&key, &key, Some(&meta))
                 .await
                 .map_err(|e| store_err(path, "metadata update", e))
@@ -495,7 +419,7 @@ impl Core {
             Body::Staged(staged) => {
                 if staged.is_modified() {
                     staged
-                        .upload(&self.store, &key, &meta)
+                        .upload(&self.ns.store, &key, &meta)
                         .await
                         .map_err(|e| store_err(path, "upload", e))?;
                 } else if meta_dirty {
@@ -505,7 +429,7 @@ impl Core {
         }
         shared.meta_dirty.store(false, Ordering::Relaxed);
         let size = shared.size.load(Ordering::Relaxed);
-        self.cache.upsert(
+        self.ns.cache.upsert(
             path,
             EntryInfo::new(Kind::File, size, SystemTime::now()).with_posix(posix),
         );
@@ -520,20 +444,20 @@ impl Core {
         };
         let mut body = shared.body.lock().await;
         self.flush_body(from, &shared, &mut body).await?;
-        let (src, dst) = (shared.key(), self.layout.file_key(to)?);
-        self.store.copy(&src, &dst, None).await?;
+        let (src, dst) = (shared.key(), self.ns.layout.file_key(to)?);
+        self.ns.store.copy(&src, &dst, None).await?;
         self.ns.delete_keys(vec![src]).await?;
         self.reanchor(ino, &shared, &mut body, to)
     }
 
     /// Points an open file's state at the object now at `to` (after a rename moved it).
     fn reanchor(&self, ino: u64, shared: &Shared, body: &mut Body, to: &RelPath) -> FsResult<bool> {
-        let dst = self.layout.file_key(to)?;
+        let dst = self.ns.layout.file_key(to)?;
         let size = shared.size.load(Ordering::Relaxed);
         let staged = StagedFile::create(
             self.staging_path(),
             Some(Base { key: dst.clone(), size }),
-            self.cfg.part_size as u64,
+            self.ns.cfg.part_size as u64,
         )
         .map_err(|e| FsError::new(libc::EIO, format!("{to}: cannot create a staging file: {e}")))?;
         if let Body::Staged(old) = &*body {
@@ -542,7 +466,7 @@ impl Core {
         self.staging.take(size);
         *body = Body::Staged(staged);
         *lock(&shared.key) = dst;
-        if let Some(f) = lock(&self.open_files).get_mut(&ino) {
+        if let Some(f) = lock(&self.table).get_mut(&ino) {
             f.path = to.clone();
         }
         Ok(true)
@@ -550,7 +474,7 @@ impl Core {
 
     /// Before a directory rename: uploads every open file below `dir`; returns them.
     pub(super) async fn flush_open_under(&self, dir: &RelPath) -> FsResult<Vec<(u64, RelPath)>> {
-        let open: Vec<(u64, RelPath)> = lock(&self.open_files)
+        let open: Vec<(u64, RelPath)> = lock(&self.table)
             .iter()
             .filter(|(_, f)| f.path.starts_with(dir) && !f.unlinked())
             .map(|(ino, f)| (*ino, f.path.clone()))
@@ -576,37 +500,10 @@ impl Core {
         Ok(())
     }
 
-    /// `close` (every one; `sync` false) and `fsync` (`sync` true): what was written is in
-    /// S3 when this returns Ok.
-    ///
-    /// A close of a file created (or truncated by `O_TRUNC`) that nobody has written to yet
-    /// uploads nothing: the shell's `echo x > f` closes a duplicate of the descriptor before
-    /// it writes, and an upload there would cost a second PUT per file. Such a file is
-    /// uploaded at its last close (`release`) or at `fsync`.
-    pub async fn flush(&self, fh: u64, sync: bool) -> FsResult<()> {
-        match lock(&self.handles).get(&fh) {
-            Some(Handle::File { writable: true, .. }) => {}
-            _ => return Ok(()),
-        }
-        let (ino, _) = self.handle_file(fh)?;
-        if !sync && let Some(shared) = self.shared(ino) {
-            let body = shared.body.lock().await;
-            if matches!(&*body, Body::Stream(up) if up.size() == 0 && !up.is_finished() && !up.has_multipart()) {
-                return Ok(());
-            }
-        }
-        self.flush_ino(ino).await
-    }
-
-    pub async fn release(&self, fh: u64) -> FsResult<()> {
-        let handle = lock(&self.handles).remove(&fh);
-        let Some(Handle::File {
-            ino, writable: true, ..
-        }) = handle
-        else {
-            return Ok(());
-        };
-        let last = match lock(&self.open_files).get_mut(&ino) {
+    /// The last close of a handle of `ino` for writing: when it was the last one, uploads
+    /// what changed and drops the state; data that cannot be uploaded goes to lost+found.
+    pub(super) async fn release(&self, ino: u64) -> FsResult<()> {
+        let last = match lock(&self.table).get_mut(&ino) {
             Some(f) => {
                 f.handles -= 1;
                 f.handles == 0
@@ -619,7 +516,7 @@ impl Core {
         let result = self.flush_ino(ino).await;
         // Another open may have attached while we were uploading: then the state stays.
         let file = {
-            let mut files = lock(&self.open_files);
+            let mut files = lock(&self.table);
             match files.get(&ino) {
                 Some(f) if f.handles == 0 => files.remove(&ino),
                 _ => None,
@@ -644,10 +541,10 @@ impl Core {
             self.staging.release(s.size());
         }
         if let Err(e) = &result {
-            let dir = self.cfg.cache_dir.join("lost+found");
+            let dir = self.ns.cfg.cache_dir.join("lost+found");
             let name = crate::data::kept::name_for(file.path.as_str());
             let kept = match &mut *body {
-                Body::Staged(s) => s.keep(self.store.as_ref(), &dir, &name).await,
+                Body::Staged(s) => s.keep(self.ns.store.as_ref(), &dir, &name).await,
                 Body::Stream(up) => {
                     let kept = up.keep(&dir, &name).await;
                     up.abort().await;
@@ -667,33 +564,21 @@ impl Core {
             }
             // What S3 has is what it had before (or nothing): ask it again, rather than
             // take the path for removed.
-            self.cache.forget(&file.path);
+            self.ns.cache.forget(&file.path);
         }
         result
     }
 
-    pub(super) fn forget_open(&self, path: &RelPath) {
-        let Some(ino) = lock(&self.inodes).find(path) else {
-            return;
-        };
-        if let Some(f) = lock(&self.open_files).get(&ino) {
+    /// Marks `ino`'s open state as unlinked: its handles stay usable, nothing is uploaded.
+    pub(super) fn forget_open(&self, ino: u64) {
+        if let Some(f) = lock(&self.table).get(&ino) {
             f.shared.unlinked.store(true, Ordering::Relaxed);
         }
     }
 
-    /// Uploads every open file and sends every deferred delete (before unmount); false if
-    /// something did not reach S3 (each failure is logged).
-    pub async fn flush_all(&self) -> bool {
-        let mut all = self.flush_open_files().await;
-        if let Err(e) = self.store.flush().await {
-            all = false;
-            tracing::error!(error = %e, "deletes acknowledged to programs did not reach S3 before unmount; they are kept in the journal and the next mount of this cache directory sends them");
-        }
-        all
-    }
-
-    async fn flush_open_files(&self) -> bool {
-        let inos: Vec<u64> = lock(&self.open_files).keys().copied().collect();
+    /// Uploads every open file (before unmount); false if one failed (each is logged).
+    pub(super) async fn flush_open_files(&self) -> bool {
+        let inos: Vec<u64> = lock(&self.table).keys().copied().collect();
         let mut all = true;
         for ino in inos {
             if let Err(e) = self.flush_ino(ino).await {

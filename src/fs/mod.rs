@@ -32,6 +32,7 @@ mod dirs;
 pub mod error;
 mod files;
 pub mod flight;
+mod handles;
 pub mod inodes;
 mod listing;
 mod namespace;
@@ -40,14 +41,14 @@ pub mod posix;
 #[cfg(test)]
 mod tests;
 
-use crate::data::read::{ObjectReads, ReadBudget, ReadConfig};
+use crate::data::read::{ObjectReads, ReadConfig};
 use crate::layout::{Layout, RelPath};
 use crate::store::ObjectStore;
 use crate::store::stats::RequestStats;
 use cache::{EntryInfo, Kind, MetaCache};
 pub use dirs::{DirEntry, OpenDir};
 use error::{FsError, FsResult};
-use files::OpenFile;
+use files::OpenFiles;
 use inodes::Inodes;
 pub use namespace::{Namespace, Pending};
 use std::collections::HashMap;
@@ -160,15 +161,8 @@ pub struct Core {
     cfg: FsConfig,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Handle>>,
-    open_files: Mutex<HashMap<u64, OpenFile>>,
     next_fh: AtomicU64,
-    staging: Arc<budget::StagingBudget>,
-    /// This mount's staging files (`<cache dir>/staging/<pid>`).
-    staging_dir: PathBuf,
-    /// The reads of each file open for reading (shared by its handles), and the mount's
-    /// read-ahead budget.
-    reads: Mutex<HashMap<u64, Weak<ObjectReads>>>,
-    read_budget: ReadBudget,
+    files: OpenFiles,
 }
 
 /// Removes the staging directories of mounts that are no longer running (their inodes, and
@@ -201,18 +195,14 @@ impl Core {
             Core {
                 me: me.clone(),
                 cache: ns.cache.clone(),
+                files: OpenFiles::new(ns.clone(), staging_dir),
                 ns,
-                reads: Mutex::new(HashMap::new()),
-                read_budget: ReadBudget::new(cfg.read_budget),
-                staging: Arc::new(budget::StagingBudget::new(cfg.cache_size)),
-                staging_dir,
                 layout,
                 store,
                 stats,
                 cfg,
                 inodes: Mutex::new(Inodes::default()),
                 handles: Mutex::new(HashMap::new()),
-                open_files: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
             }
         })
@@ -270,7 +260,7 @@ impl Core {
 
     /// Removes this mount's staging directory (at unmount, after `flush_all`).
     pub fn clean_staging(&self) {
-        let _ = std::fs::remove_dir_all(&self.staging_dir);
+        self.files.clean_staging();
     }
 
     /// Counters and cache facts, as text (`user.prefixfs.stats` on the mount root).
@@ -292,8 +282,8 @@ impl Core {
             "inodes {}\nopen_handles {}\nopen_files {}\nstaged_bytes {}\n",
             lock(&self.inodes).len(),
             lock(&self.handles).len(),
-            lock(&self.open_files).len(),
-            self.staging.used()
+            self.files.len(),
+            self.files.staging.used()
         ));
         s
     }
@@ -374,10 +364,6 @@ impl Pending for Core {
     }
 
     fn pending_in(&self, dir: &RelPath) -> Vec<(String, EntryInfo)> {
-        lock(&self.open_files)
-            .values()
-            .filter(|f| !f.unlinked() && f.path.parent().as_ref() == Some(dir))
-            .map(|f| (f.path.name().to_string(), f.info()))
-            .collect()
+        self.files.pending_in(dir)
     }
 }

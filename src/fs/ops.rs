@@ -57,7 +57,7 @@ impl Core {
     pub async fn getattr(&self, ino: u64) -> FsResult<Attr> {
         // An open file answers from its open state, even once unlinked (`fstat` after
         // `unlink` of an open file, as POSIX keeps it until the last close).
-        if let Some((info, unlinked)) = self.open_info_of(ino) {
+        if let Some((info, unlinked)) = self.files.open_info_of(ino) {
             let attr = self.attr(ino, info);
             // No name links to it any more.
             return Ok(Attr {
@@ -240,7 +240,10 @@ impl Core {
         self.check_writable(&path)?;
         self.ns.remove_file(&path).await?;
         // Invisible to this mount from now on, even while open.
-        self.forget_open(&path);
+        let open = lock(&self.inodes).find(&path);
+        if let Some(ino) = open {
+            self.files.forget_open(ino);
+        }
         self.cache.remove(&path);
         self.entry_changed(&path);
         Ok(())
@@ -257,7 +260,7 @@ impl Core {
             Kind::File | Kind::Symlink => {
                 let open_ino = lock(&self.inodes).find(&from);
                 let moved_open = match open_ino {
-                    Some(ino) => self.rename_open_file(ino, &from, &to).await?,
+                    Some(ino) => self.files.rename_open_file(ino, &from, &to).await?,
                     None => false,
                 };
                 if !moved_open {
@@ -268,11 +271,11 @@ impl Core {
                 self.cache.upsert(&to, src);
             }
             Kind::Dir => {
-                let open = self.flush_open_under(&from).await?;
+                let open = self.files.flush_open_under(&from).await?;
                 let result = self.ns.rename_dir(&from, &to).await;
                 self.cache.clear();
                 result?;
-                self.reanchor_moved(open, &from, &to).await?;
+                self.files.reanchor_moved(open, &from, &to).await?;
             }
         }
         lock(&self.inodes).rename(&from, &to);

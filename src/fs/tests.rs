@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 mod model;
+mod namespace;
 mod requests;
 mod semantics;
 

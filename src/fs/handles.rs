@@ -1,0 +1,186 @@
+//! The file operations the kernel asks for, on handles: create, open, read, write, flush,
+//! release. Each resolves its handle and inode to a path and hands the work to the open
+//! files ([`OpenFiles`](super::files::OpenFiles)) or to a reader of the object.
+
+use super::cache::{EntryInfo, Kind};
+use super::error::{FsError, FsResult};
+use super::files::Body;
+use super::posix::Posix;
+use super::{Attr, Core, Handle, lock};
+use crate::data::read::ObjectReads;
+use crate::data::staging::{Base, StagedFile};
+use crate::layout::RelPath;
+use bytes::Bytes;
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+impl Core {
+    /// The file being written at `path` (not one unlinked while open).
+    pub(super) fn open_file_info(&self, path: &RelPath) -> Option<EntryInfo> {
+        let ino = lock(&self.inodes).find(path)?;
+        self.files.linked_info(ino)
+    }
+
+    /// `creat`/`open(O_CREAT)`. With `exclusive` (`O_EXCL`: lock files, `set -C`) S3 decides,
+    /// not this mount's view: the object is created empty with `If-None-Match: *` before this
+    /// returns (one more PUT than an ordinary create), a 412 is EEXIST, and the file's
+    /// upload later replaces only that object (`If-Match`).
+    pub async fn create(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        exclusive: bool,
+    ) -> FsResult<(Attr, u64)> {
+        let path = self.child_path(parent, name)?;
+        self.check_writable(&path)?;
+        match self.stat(&path).await? {
+            Some(i) if i.kind == Kind::Dir => {
+                return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
+            }
+            Some(_) if exclusive => return Err(FsError::new(libc::EEXIST, format!("{path}: exists"))),
+            _ => {}
+        }
+        let posix = Posix {
+            mode: Some(libc::S_IFREG | (mode & 0o7777)),
+            uid: Some(uid),
+            gid: Some(gid),
+            mtime: Some(SystemTime::now()),
+        };
+        let created = if exclusive && !self.cfg.local_exclusive_creates {
+            Some(self.ns.create_exclusive(&path, &posix).await?)
+        } else {
+            None
+        };
+        let ino = lock(&self.inodes).lookup(&path, Kind::File);
+        let shared = self.files.attach(ino, &path, posix, |key| {
+            let stream = self.files.new_stream(key, &posix);
+            Ok(match (stream, created) {
+                (Body::Stream(up), Some(etag)) => Body::Stream(up.created_as(etag)),
+                (body, _) => body,
+            })
+        })?;
+        // Another handle had it open: creat() truncates.
+        self.files.truncate_open(&path, &shared, 0).await?;
+        let info = EntryInfo::new(Kind::File, 0, SystemTime::now()).with_posix(posix);
+        self.cache.upsert(&path, info);
+        let fh = self.new_fh(Handle::File {
+            ino,
+            reader: None,
+            writable: true,
+        });
+        self.entry_changed(&path);
+        self.attributes_changed(ino);
+        Ok((self.attr(ino, info), fh))
+    }
+
+    pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
+        let path = self.path_of(ino)?;
+        let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
+        if info.kind == Kind::Dir {
+            return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
+        }
+        let acc = flags & libc::O_ACCMODE;
+        let writable = acc == libc::O_WRONLY || acc == libc::O_RDWR;
+        let trunc = flags & libc::O_TRUNC != 0;
+        if writable {
+            self.check_writable(&path)?;
+            let shared = self.files.attach(ino, &path, info.posix, |key| {
+                if trunc || info.size == 0 {
+                    return Ok(self.files.new_stream(key, &info.posix));
+                }
+                let base = Base { key, size: info.size };
+                let staged = StagedFile::create(self.files.staging_path(), Some(base), self.cfg.part_size as u64)
+                    .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
+                self.files.staging.take(info.size);
+                Ok(Body::Staged(staged))
+            })?;
+            if trunc {
+                self.files.truncate_open(&path, &shared, 0).await?;
+                self.attributes_changed(ino);
+            }
+            return Ok(self.new_fh(Handle::File {
+                ino,
+                reader: None,
+                writable: true,
+            }));
+        }
+        // A reader of a file open for writing reads the open state (see `read`).
+        let reader = self.files.object_reads(ino, &path, info.size)?;
+        Ok(self.new_fh(Handle::File {
+            ino,
+            reader: Some(reader),
+            writable: false,
+        }))
+    }
+
+    fn handle_file(&self, fh: u64) -> FsResult<(u64, Option<Arc<ObjectReads>>)> {
+        match lock(&self.handles).get(&fh) {
+            Some(Handle::File { ino, reader, .. }) => Ok((*ino, reader.clone())),
+            _ => Err(FsError::new(libc::EBADF, format!("file handle {fh} is not open"))),
+        }
+    }
+
+    pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
+        let (ino, reader) = self.handle_file(fh)?;
+        if let Some(shared) = self.files.shared(ino) {
+            let path = self.path_of(ino)?;
+            return self.files.read(&path, &shared, offset, size).await;
+        }
+        let reader = reader.ok_or_else(|| FsError::new(libc::EBADF, format!("file handle {fh} cannot read")))?;
+        Ok(reader.read(offset, size as usize).await?)
+    }
+
+    pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {
+        let (ino, _) = self.handle_file(fh)?;
+        let path = self.path_of(ino)?;
+        self.files.write(ino, &path, offset, data).await
+    }
+
+    /// `close` (every one; `sync` false) and `fsync` (`sync` true): what was written is in
+    /// S3 when this returns Ok.
+    ///
+    /// A close of a file created (or truncated by `O_TRUNC`) that nobody has written to yet
+    /// uploads nothing: the shell's `echo x > f` closes a duplicate of the descriptor before
+    /// it writes, and an upload there would cost a second PUT per file. Such a file is
+    /// uploaded at its last close (`release`) or at `fsync`.
+    pub async fn flush(&self, fh: u64, sync: bool) -> FsResult<()> {
+        match lock(&self.handles).get(&fh) {
+            Some(Handle::File { writable: true, .. }) => {}
+            _ => return Ok(()),
+        }
+        let (ino, _) = self.handle_file(fh)?;
+        if !sync && let Some(shared) = self.files.shared(ino) {
+            let body = shared.body.lock().await;
+            if matches!(&*body, Body::Stream(up) if up.size() == 0 && !up.is_finished() && !up.has_multipart()) {
+                return Ok(());
+            }
+        }
+        self.files.flush_ino(ino).await
+    }
+
+    pub async fn release(&self, fh: u64) -> FsResult<()> {
+        let handle = lock(&self.handles).remove(&fh);
+        let Some(Handle::File {
+            ino, writable: true, ..
+        }) = handle
+        else {
+            return Ok(());
+        };
+        self.files.release(ino).await
+    }
+
+    /// Uploads every open file and sends every deferred delete (before unmount); false if
+    /// something did not reach S3 (each failure is logged).
+    pub async fn flush_all(&self) -> bool {
+        let mut all = self.files.flush_open_files().await;
+        if let Err(e) = self.store.flush().await {
+            all = false;
+            tracing::error!(error = %e, "deletes acknowledged to programs did not reach S3 before unmount; they are kept in the journal and the next mount of this cache directory sends them");
+        }
+        all
+    }
+}
