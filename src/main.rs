@@ -73,7 +73,7 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
         prefixfs::logging::log_to(path).map_err(|e| format!("--log-file {}: {e}", path.display()))?;
     }
     let plan = m.plan()?;
-    mount::run(plan, &m.conn, m.init, m.data_dir.clone())
+    Ok(mount::run(plan, &m.conn, m.init, m.data_dir.clone())?)
 }
 
 /// Re-runs this command in the foreground as a detached child, and returns once it has

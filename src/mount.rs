@@ -48,6 +48,50 @@ impl From<LayoutCheck> for String {
     }
 }
 
+/// Why a mount could not start, or ended with work not done: what `prefixfs mount` prints
+/// (and `mount -t prefixfs` shows) before it exits non-zero.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    #[error("{} is already a mount point; unmount it first (umount {})", .mountpoint.display(), .canonical.display())]
+    AlreadyMounted { mountpoint: PathBuf, canonical: PathBuf },
+    #[error("mountpoint {}: {source}", .path.display())]
+    Mountpoint { path: PathBuf, source: std::io::Error },
+    /// A bad option value (the message names the option).
+    #[error("{0}")]
+    Option(String),
+    #[error("starting the runtime: {0}")]
+    Runtime(std::io::Error),
+    #[error("starting the embedded S3 store in {}: {source}", .dir.display())]
+    EmbeddedStore { dir: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Layout(#[from] LayoutCheck),
+    /// The cache directory (staging, lost+found, the upload journal) cannot be made private
+    /// to this user, or the journal cannot be created in it.
+    #[error("--cache-dir {}: {source}", .path.display())]
+    CacheDir { path: PathBuf, source: std::io::Error },
+    #[error("--metrics-addr {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("mounting at {}: {source}", .mountpoint.display())]
+    Fuse {
+        mountpoint: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("FUSE session ended with an error: {0}")]
+    Session(std::io::Error),
+    /// Unmounted, but uploads or deletes acknowledged to programs did not reach S3.
+    #[error("some work acknowledged to programs did not reach S3 (see the log above); what could be kept is in {}", .cache_dir.display())]
+    Unsaved { cache_dir: PathBuf },
+}
+
+impl From<MountError> for String {
+    fn from(e: MountError) -> String {
+        e.to_string()
+    }
+}
+
 /// Reads the descriptor and checks it against the requested prefix count; writes it when
 /// `init` is set and there is none.
 pub async fn resolve_layout(
@@ -141,7 +185,7 @@ pub async fn connect(
     aws: AwsConfig,
     retry: RetryConfig,
     data_dir: Option<PathBuf>,
-) -> Result<Connected, String> {
+) -> Result<Connected, MountError> {
     let stats = Arc::new(RequestStats::default());
     let (cfg, server) = match bucket {
         Some(_) => (aws, None),
@@ -149,9 +193,10 @@ pub async fn connect(
             let dir = data_dir.unwrap_or_else(default_data_dir);
             let mut sc = ServerConfig::local(dir.clone());
             sc.buckets.push(EMBEDDED_BUCKET.into());
-            let srv = server::start(sc)
-                .await
-                .map_err(|e| format!("starting the embedded S3 store in {}: {e}", dir.display()))?;
+            let srv = server::start(sc).await.map_err(|source| MountError::EmbeddedStore {
+                dir: dir.clone(),
+                source,
+            })?;
             tracing::info!(endpoint = %srv.endpoint(), data = %dir.display(), "no bucket given: using the embedded S3 store");
             let cfg = AwsConfig {
                 bucket: EMBEDDED_BUCKET.into(),
@@ -182,16 +227,17 @@ pub async fn connect(
 
 /// Refuses a mountpoint that is already a mount point: mounting over it would stack a
 /// second filesystem there, and a later `umount` would take the wrong one down.
-pub fn check_not_mounted(mountpoint: &std::path::Path) -> Result<(), String> {
-    let canonical =
-        std::fs::canonicalize(mountpoint).map_err(|e| format!("mountpoint {}: {e}", mountpoint.display()))?;
+pub fn check_not_mounted(mountpoint: &std::path::Path) -> Result<(), MountError> {
+    let canonical = std::fs::canonicalize(mountpoint).map_err(|source| MountError::Mountpoint {
+        path: mountpoint.to_path_buf(),
+        source,
+    })?;
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     if mount_points(&table).any(|p| p == canonical) {
-        return Err(format!(
-            "{} is already a mount point; unmount it first (umount {})",
-            mountpoint.display(),
-            canonical.display()
-        ));
+        return Err(MountError::AlreadyMounted {
+            mountpoint: mountpoint.to_path_buf(),
+            canonical,
+        });
     }
     Ok(())
 }
@@ -218,19 +264,24 @@ fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
 }
 
 /// Mounts and serves until unmounted (umount, fusermount3 -u, SIGINT, SIGTERM).
-pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: Option<PathBuf>) -> Result<(), String> {
+pub fn run(
+    plan: MountPlan,
+    conn: &crate::cli::ConnArgs,
+    init: bool,
+    data_dir: Option<PathBuf>,
+) -> Result<(), MountError> {
     check_not_mounted(&plan.mountpoint)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
         .thread_name("prefixfs-rt")
         .build()
-        .map_err(|e| format!("starting the runtime: {e}"))?;
+        .map_err(MountError::Runtime)?;
     let (bucket_name, root) = match &plan.bucket {
         Some((b, r)) => (Some(b.clone()), r.clone()),
         None => (None, String::new()),
     };
-    let retry = conn.retry_config()?;
+    let retry = conn.retry_config().map_err(MountError::Option)?;
     let aws = conn.aws_config(bucket_name.as_deref().unwrap_or(EMBEDDED_BUCKET));
     let connected = rt.block_on(connect(bucket_name.as_deref(), aws, retry, data_dir))?;
     let embedded = connected.server.is_some();
@@ -247,9 +298,13 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
 
     // Staging, lost+found and the upload journal: private to this user (a journal planted by
     // someone else would make this daemon abort uploads that are not its own).
-    crate::private::ensure_dir(&plan.fs.cache_dir).map_err(|e| format!("--cache-dir: {e}"))?;
+    let cache_dir = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| MountError::CacheDir { path, source }
+    };
+    crate::private::ensure_dir(&plan.fs.cache_dir).map_err(cache_dir(&plan.fs.cache_dir))?;
     let journal_dir = plan.fs.cache_dir.join("uploads");
-    crate::private::ensure_dir(&journal_dir).map_err(|e| format!("--cache-dir: {e}"))?;
+    crate::private::ensure_dir(&journal_dir).map_err(cache_dir(&journal_dir))?;
     let recovered = rt.block_on(crate::store::journal::recover(connected.store.as_ref(), &journal_dir));
     if recovered != Default::default() {
         tracing::info!(
@@ -259,10 +314,7 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
             "finished the work an earlier mount left"
         );
     }
-    let journal = Arc::new(
-        crate::store::journal::Journal::create(&journal_dir)
-            .map_err(|e| format!("creating the journal in {}: {e}", journal_dir.display()))?,
-    );
+    let journal = Arc::new(crate::store::journal::Journal::create(&journal_dir).map_err(cache_dir(&journal_dir))?);
     if let Some(age) = plan.abort_uploads_older_than {
         let stale = rt.block_on(crate::store::journal::abort_stale(
             connected.store.as_ref(),
@@ -284,7 +336,7 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
             Arc::new(move |path| (path == "/metrics").then(|| ("text/plain; version=0.0.4", stats.prometheus())));
         let bound = rt
             .block_on(crate::metrics::serve(addr, render))
-            .map_err(|e| format!("--metrics-addr {addr}: {e}"))?;
+            .map_err(|source| MountError::Metrics { addr, source })?;
         tracing::info!(%bound, "serving Prometheus metrics at /metrics");
     }
     let store = connected.stack(&layout, plan.pacing.clone(), Deletes::Deferred(Some(journal.clone())));
@@ -311,8 +363,10 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
     config.clone_fd = true;
 
     let fs = FuseFs::new(core.clone(), rt.handle().clone());
-    let mut session = fuser::Session::new(fs, &plan.mountpoint, &config)
-        .map_err(|e| format!("mounting at {}: {e}", plan.mountpoint.display()))?;
+    let mut session = fuser::Session::new(fs, &plan.mountpoint, &config).map_err(|source| MountError::Fuse {
+        mountpoint: plan.mountpoint.clone(),
+        source,
+    })?;
     let mut unmounter = session.unmount_callable();
     let mountpoint = plan.mountpoint.clone();
     rt.spawn(crate::logging::reopen_on_sighup(plan.log_file.clone()));
@@ -332,14 +386,11 @@ pub fn run(plan: MountPlan, conn: &crate::cli::ConnArgs, init: bool, data_dir: O
     serve_stats(&rt, socket.clone(), core.clone());
     tracing::info!(mountpoint = %plan.mountpoint.display(), "mounted");
     notify_ready();
-    let mut result = session
-        .run()
-        .map_err(|e| format!("FUSE session ended with an error: {e}"));
+    let mut result = session.run().map_err(MountError::Session);
     if !rt.block_on(core.flush_all()) && result.is_ok() {
-        result = Err(format!(
-            "some work acknowledged to programs did not reach S3 (see the log above); what could be kept is in {}",
-            plan.fs.cache_dir.display()
-        ));
+        result = Err(MountError::Unsaved {
+            cache_dir: plan.fs.cache_dir.clone(),
+        });
     }
     core.clean_staging();
     let _ = std::fs::remove_file(&socket);
@@ -462,9 +513,20 @@ mod tests {
 
     #[test]
     fn an_existing_mount_point_is_refused() {
-        assert!(check_not_mounted(std::path::Path::new("/proc")).is_err());
+        let err = check_not_mounted(std::path::Path::new("/proc")).unwrap_err();
+        assert!(
+            matches!(&err, MountError::AlreadyMounted { canonical, .. } if canonical == std::path::Path::new("/proc")),
+            "{err:?}"
+        );
+        assert!(err.to_string().contains("umount /proc"), "{err}");
         let t = tempfile::tempdir().unwrap();
         assert!(check_not_mounted(t.path()).is_ok());
+        let missing = t.path().join("missing");
+        let err = check_not_mounted(&missing).unwrap_err();
+        assert!(
+            matches!(&err, MountError::Mountpoint { path, source } if *path == missing && source.kind() == std::io::ErrorKind::NotFound),
+            "{err:?}"
+        );
     }
 
     #[tokio::test]
