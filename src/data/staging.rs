@@ -11,7 +11,7 @@
 //!   failed one everything stays as it was, so nothing written is lost.
 
 use super::kept::Kept;
-use crate::store::{ObjectStore, StoreError, StoreResult, UserMeta};
+use crate::store::{ObjectStore, StoreError, UserMeta};
 use bytes::Bytes;
 use std::fs::File;
 use std::ops::Range;
@@ -40,12 +40,36 @@ pub struct StagedFile {
     modified: bool,
 }
 
-fn io_err(path: &str, e: std::io::Error) -> StoreError {
-    StoreError::Local {
-        op: "staging",
-        path: path.to_string(),
-        errno: e.raw_os_error().unwrap_or(libc::EIO),
-        message: format!("local staging file: {e}"),
+/// Why an operation on a staged file failed: the local disk under it (ENOSPC, EDQUOT, EIO
+/// of this machine, never retried) or S3.
+#[derive(Debug, thiserror::Error)]
+pub enum StagingError {
+    #[error("local staging file {}: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl StagingError {
+    /// The errno a program gets: the disk's own, or the store's ([`StoreError::errno`]).
+    pub fn errno(&self) -> i32 {
+        match self {
+            StagingError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            StagingError::Store(e) => e.errno(),
+        }
+    }
+}
+
+pub type StagingResult<T> = Result<T, StagingError>;
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StagingError + '_ {
+    move |source| StagingError::Io {
+        path: path.to_path_buf(),
+        source,
     }
 }
 
@@ -107,7 +131,7 @@ impl StagedFile {
 
     /// Makes the local bytes of every chunk overlapping `start..end` valid: a chunk that
     /// holds any byte of the base object is fetched whole.
-    async fn ensure(&mut self, store: &dyn ObjectStore, start: u64, end: u64) -> StoreResult<()> {
+    async fn ensure(&mut self, store: &dyn ObjectStore, start: u64, end: u64) -> StagingResult<()> {
         let Some(base) = self.base.clone() else { return Ok(()) };
         if start >= end || self.fetched.is_empty() {
             return Ok(());
@@ -122,7 +146,7 @@ impl StagedFile {
             }
             let data = store.get(&base.key, Some(c0..c1)).await?;
             if (data.len() as u64) < c1 - c0 {
-                return Err(StoreError::Server {
+                return Err(StagingError::Store(StoreError::Server {
                     op: "get",
                     key: base.key.clone(),
                     status: 200,
@@ -132,28 +156,26 @@ impl StagedFile {
                         c1 - c0,
                         data.len()
                     ),
-                });
+                }));
             }
-            self.file.write_all_at(&data, c0).map_err(|e| io_err(&base.key, e))?;
+            self.file.write_all_at(&data, c0).map_err(io_err(&self.path))?;
             self.fetched[i] = true;
         }
         Ok(())
     }
 
-    pub async fn read(&mut self, store: &dyn ObjectStore, offset: u64, len: usize) -> StoreResult<Bytes> {
+    pub async fn read(&mut self, store: &dyn ObjectStore, offset: u64, len: usize) -> StagingResult<Bytes> {
         let end = (offset + len as u64).min(self.size);
         if offset >= end {
             return Ok(Bytes::new());
         }
         self.ensure(store, offset, end).await?;
         let mut buf = vec![0u8; (end - offset) as usize];
-        self.file
-            .read_exact_at(&mut buf, offset)
-            .map_err(|e| io_err(&self.path.to_string_lossy(), e))?;
+        self.file.read_exact_at(&mut buf, offset).map_err(io_err(&self.path))?;
         Ok(Bytes::from(buf))
     }
 
-    pub async fn write(&mut self, store: &dyn ObjectStore, offset: u64, data: &[u8]) -> StoreResult<()> {
+    pub async fn write(&mut self, store: &dyn ObjectStore, offset: u64, data: &[u8]) -> StagingResult<()> {
         if data.is_empty() {
             return Ok(());
         }
@@ -165,9 +187,7 @@ impl StagedFile {
             self.size = end;
             self.grow_maps();
         }
-        self.file
-            .write_all_at(data, offset)
-            .map_err(|e| io_err(&self.path.to_string_lossy(), e))?;
+        self.file.write_all_at(data, offset).map_err(io_err(&self.path))?;
         for i in (offset / self.chunk) as usize..=((end - 1) / self.chunk) as usize {
             self.fetched[i] = true;
             self.dirty[i] = true;
@@ -176,7 +196,7 @@ impl StagedFile {
         Ok(())
     }
 
-    pub async fn truncate(&mut self, store: &dyn ObjectStore, size: u64) -> StoreResult<()> {
+    pub async fn truncate(&mut self, store: &dyn ObjectStore, size: u64) -> StagingResult<()> {
         if size == self.size {
             return Ok(());
         }
@@ -192,9 +212,7 @@ impl StagedFile {
             let i = ((size - 1) / self.chunk) as usize;
             self.dirty[i] = true;
         }
-        self.file
-            .set_len(size)
-            .map_err(|e| io_err(&self.path.to_string_lossy(), e))?;
+        self.file.set_len(size).map_err(io_err(&self.path))?;
         let old = self.size;
         self.size = size;
         let n = size.div_ceil(self.chunk) as usize;
@@ -214,7 +232,7 @@ impl StagedFile {
 
     /// Uploads the whole file to `key` with `meta`: one PUT when small, else a multipart
     /// upload that copies clean chunks server-side. Returns the bytes sent over the wire.
-    pub async fn upload(&mut self, store: &Arc<dyn ObjectStore>, key: &str, meta: &UserMeta) -> StoreResult<u64> {
+    pub async fn upload(&mut self, store: &Arc<dyn ObjectStore>, key: &str, meta: &UserMeta) -> StagingResult<u64> {
         if self.size <= self.chunk {
             let body = self.read(store.as_ref(), 0, self.size as usize).await?;
             let sent = body.len() as u64;
@@ -227,7 +245,7 @@ impl StagedFile {
             Ok((parts, sent)) => {
                 if let Err(e) = store.complete_multipart(key, &id, &parts).await {
                     let _ = store.abort_multipart(key, &id).await;
-                    return Err(e);
+                    return Err(e.into());
                 }
                 self.uploaded(key);
                 Ok(sent)
@@ -246,7 +264,7 @@ impl StagedFile {
         store: &Arc<dyn ObjectStore>,
         key: &str,
         id: &str,
-    ) -> StoreResult<(Vec<(i32, String)>, u64)> {
+    ) -> StagingResult<(Vec<(i32, String)>, u64)> {
         let mut parts = Vec::new();
         let mut sent = 0;
         let n = self.size.div_ceil(self.chunk) as usize;

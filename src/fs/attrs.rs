@@ -3,7 +3,7 @@
 
 use super::cache::{EntryInfo, Kind, SYMLINK_MAX};
 use super::error::{FsError, FsResult};
-use super::files::store_err;
+use super::files::staging_err;
 use super::posix::Posix;
 use super::{Attr, Core, lock};
 use crate::data::staging::{Base, StagedFile};
@@ -119,11 +119,11 @@ impl Core {
                     staged
                         .truncate(self.store.as_ref(), size)
                         .await
-                        .map_err(|e| store_err(&path, "truncate", e))?;
+                        .map_err(|e| staging_err(&path, "truncate", e))?;
                     staged
                         .upload(&self.store, &key, &meta)
                         .await
-                        .map_err(|e| store_err(&path, "truncate", e))?;
+                        .map_err(|e| staging_err(&path, "truncate", e))?;
                 }
                 new_size = size;
             }

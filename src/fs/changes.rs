@@ -110,17 +110,21 @@ impl Namespace {
         Ok(())
     }
 
-    /// `unlink`: the file's key is deleted (queued to be batched with the deletes around it,
-    /// see store::deferred). The caller drops it from the cache.
-    pub async fn remove_file(&self, path: &RelPath) -> FsResult<()> {
+    /// The checks of `unlink(path)`: something that is not a directory is there.
+    pub async fn check_unlink(&self, path: &RelPath) -> FsResult<()> {
         match self.stat(path).await? {
-            None => return Err(FsError::not_found(path)),
-            Some(i) if i.kind == Kind::Dir => {
-                return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
-            }
-            _ => {}
+            None => Err(FsError::not_found(path)),
+            Some(i) if i.kind == Kind::Dir => Err(FsError::new(libc::EISDIR, format!("{path}: is a directory"))),
+            _ => Ok(()),
         }
-        Ok(self.store.delete(&self.layout.file_key(path)?).await?)
+    }
+
+    /// `unlink` once checked: the file's key is deleted (queued to be batched with the
+    /// deletes around it, see store::deferred) and the path leaves the cache.
+    pub async fn remove_file(&self, path: &RelPath) -> FsResult<()> {
+        self.store.delete(&self.layout.file_key(path)?).await?;
+        self.cache.remove(path);
+        Ok(())
     }
 
     /// The checks of `rename(from, to)` with `flags` (renameat2): what `from` is, or None

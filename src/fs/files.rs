@@ -13,7 +13,7 @@ use super::lock;
 use super::namespace::Namespace;
 use super::posix::Posix;
 use crate::data::read::{ObjectReads, ReadBudget};
-use crate::data::staging::{Base, StagedFile};
+use crate::data::staging::{Base, StagedFile, StagingError};
 use crate::data::upload::{Upload, UploadError};
 use crate::layout::RelPath;
 use crate::store::StoreError;
@@ -86,6 +86,14 @@ fn upload_err(path: &RelPath, e: UploadError) -> FsError {
     match e {
         UploadError::NotSequential { .. } | UploadError::Finished => FsError::new(libc::EINVAL, format!("{path}: {e}")),
         UploadError::Store(s) => store_err(path, "upload", s),
+    }
+}
+
+/// A staged file's failure: the local disk's errno (ENOSPC...) or the store's.
+pub(super) fn staging_err(path: &RelPath, what: &str, e: StagingError) -> FsError {
+    match e {
+        StagingError::Store(s) => store_err(path, what, s),
+        local => FsError::new(local.errno(), format!("{path}: {what} failed: {local}")).caused_by(local),
     }
 }
 
@@ -268,7 +276,7 @@ impl OpenFiles {
                 staged
                     .write(self.ns.store.as_ref(), 0, &data)
                     .await
-                    .map_err(|e| store_err(path, "staging", e))?;
+                    .map_err(|e| staging_err(path, "staging", e))?;
                 if up.is_finished() {
                     staged.mark_uploaded(&shared.key());
                 }
@@ -289,7 +297,7 @@ impl OpenFiles {
         staged
             .read(self.ns.store.as_ref(), offset, size as usize)
             .await
-            .map_err(|e| store_err(path, "read", e))
+            .map_err(|e| staging_err(path, "read", e))
     }
 
     /// A write to `ino`'s open state: appended to its upload when it continues it, else
@@ -321,7 +329,7 @@ impl OpenFiles {
             }
             if let Err(e) = staged.write(self.ns.store.as_ref(), offset, data).await {
                 self.staging.release(growth);
-                return Err(store_err(path, "write", e));
+                return Err(staging_err(path, "write", e));
             }
             shared.size.store(staged.size(), Ordering::Relaxed);
         }
@@ -360,7 +368,7 @@ impl OpenFiles {
         staged
             .truncate(self.ns.store.as_ref(), size)
             .await
-            .map_err(|e| store_err(path, "truncate", e))?;
+            .map_err(|e| staging_err(path, "truncate", e))?;
         if size > old {
             self.staging.take(size - old);
         } else {
@@ -421,7 +429,7 @@ impl OpenFiles {
                     staged
                         .upload(&self.ns.store, &key, &meta)
                         .await
-                        .map_err(|e| store_err(path, "upload", e))?;
+                        .map_err(|e| staging_err(path, "upload", e))?;
                 } else if meta_dirty {
                     update_meta().await?;
                 }
@@ -569,11 +577,13 @@ impl OpenFiles {
         result
     }
 
-    /// Marks `ino`'s open state as unlinked: its handles stay usable, nothing is uploaded.
-    pub(super) fn forget_open(&self, ino: u64) {
-        if let Some(f) = lock(&self.table).get(&ino) {
-            f.shared.unlinked.store(true, Ordering::Relaxed);
-        }
+    /// Marks `ino`'s open state as unlinked (its handles stay usable, nothing more is
+    /// uploaded), and waits for an upload of it already under way to end.
+    pub(super) async fn unlink(&self, ino: u64) {
+        let Some(shared) = self.shared(ino) else { return };
+        shared.unlinked.store(true, Ordering::Relaxed);
+        // Uploads hold the body's lock from their start to the cache update after them.
+        drop(shared.body.lock().await);
     }
 
     /// Uploads every open file (before unmount); false if one failed (each is logged).

@@ -238,13 +238,15 @@ impl Core {
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         self.check_writable(&path)?;
-        self.ns.remove_file(&path).await?;
-        // Invisible to this mount from now on, even while open.
+        self.ns.check_unlink(&path).await?;
+        // A file open here is unlinked first, and an upload of it in progress (the last
+        // close's, which the kernel sends after `close` returned) lands before the delete is
+        // queued: the delete then reaches S3 after it, and nothing brings the file back.
         let open = lock(&self.inodes).find(&path);
         if let Some(ino) = open {
-            self.files.forget_open(ino);
+            self.files.unlink(ino).await;
         }
-        self.cache.remove(&path);
+        self.ns.remove_file(&path).await?;
         self.entry_changed(&path);
         Ok(())
     }

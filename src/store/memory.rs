@@ -126,8 +126,8 @@ impl MemoryStore {
         self.gets.clone()
     }
 
-    /// Requests `op` (`"list"`: before it is answered; `"head"`: answered, then held, as an
-    /// answer still on the wire) for keys starting with `prefix` wait at the returned gate,
+    /// Requests `op` (`"list"` and `"put"`: before they are answered, a PUT before it lands;
+    /// `"head"`: answered, then held, as an answer still on the wire) for keys starting with `prefix` wait at the returned gate,
     /// one permit each, so a test can hold one prefix's answer back.
     pub fn hold(&self, op: &'static str, prefix: &str) -> Arc<Gate> {
         let gate = Arc::new(Gate::new());
@@ -271,6 +271,7 @@ impl ObjectStore for MemoryStore {
         cond: Option<&WriteIf>,
     ) -> StoreResult<Option<String>> {
         self.injected(key)?;
+        self.gate("put", key).await?;
         if let Some(cond) = cond {
             self.check(key, cond)?;
         }

@@ -278,15 +278,6 @@ pub enum StoreError {
         code: String,
         message: String,
     },
-    /// The local disk failed under a request's data (a staging file): ENOSPC, EDQUOT or EIO
-    /// of the machine, not of S3; never retried.
-    #[error("{op} {path}: local disk: {message}")]
-    Local {
-        op: &'static str,
-        path: String,
-        errno: i32,
-        message: String,
-    },
     #[error("{op} {key}: transport error: {message}")]
     Transport {
         op: &'static str,
@@ -408,11 +399,10 @@ impl StoreError {
         matches!(self, StoreError::Server { code, .. } if code.is_empty())
     }
 
-    /// The errno a program should see for this failure: the local disk's own (ENOSPC...),
-    /// ENOENT for a missing object, else EIO.
+    /// The errno a program should see for this failure: ENOENT for a missing object, else
+    /// EIO.
     pub fn errno(&self) -> i32 {
         match self {
-            StoreError::Local { errno, .. } => *errno,
             e if e.is_not_found() => libc::ENOENT,
             _ => libc::EIO,
         }

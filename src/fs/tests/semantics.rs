@@ -409,3 +409,35 @@ async fn an_implicit_directory_is_found_from_its_parents_listing_and_cached() {
         "a second lookup and listing within the TTL send nothing"
     );
 }
+
+#[tokio::test]
+async fn an_unlink_racing_the_upload_of_the_last_close_is_not_undone() {
+    // `touch f; rm f`: close returns before the kernel's release, whose upload of the empty
+    // file may still be on the wire when the unlink arrives.
+    let r = rig();
+    let day = r.ino_after_mkdir("day").await;
+    let path = RelPath::parse("day/f.txt").unwrap();
+    let key = r.layout.file_key(&path).unwrap();
+    let (_, fh) = r
+        .core
+        .create(day, OsStr::new("f.txt"), 0o644, 0, 0, false)
+        .await
+        .unwrap();
+    r.core.flush(fh, false).await.unwrap();
+    let gate = r.mem().hold("put", &key);
+    let core = r.core.clone();
+    let release = tokio::spawn(async move { core.release(fh).await });
+    gate.arrivals(1).await;
+    let core = r.core.clone();
+    let unlink = tokio::spawn(async move { core.unlink(day, OsStr::new("f.txt")).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.release(1);
+    release.await.unwrap().unwrap();
+    unlink.await.unwrap().unwrap();
+    r.core.sync_deletes().await.unwrap();
+    assert!(
+        r.core.stat(&path).await.unwrap().is_none(),
+        "the mount shows the file again"
+    );
+    assert!(!r.mem().keys().contains(&key), "S3 has the file again");
+}
