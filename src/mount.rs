@@ -295,73 +295,13 @@ pub fn run(
     if !plan.fs.read_only {
         rt.block_on(probe_exclusive_creates(connected.store.as_ref(), &layout));
     }
-
-    // Staging, lost+found and the upload journal: private to this user (a journal planted by
-    // someone else would make this daemon abort uploads that are not its own).
-    let cache_dir = |path: &std::path::Path| {
-        let path = path.to_path_buf();
-        move |source| MountError::CacheDir { path, source }
-    };
-    crate::private::ensure_dir(&plan.fs.cache_dir).map_err(cache_dir(&plan.fs.cache_dir))?;
-    let journal_dir = plan.fs.cache_dir.join("uploads");
-    crate::private::ensure_dir(&journal_dir).map_err(cache_dir(&journal_dir))?;
-    let recovered = rt.block_on(crate::store::journal::recover(connected.store.as_ref(), &journal_dir));
-    if recovered != Default::default() {
-        tracing::info!(
-            uploads_aborted = recovered.uploads_aborted,
-            deletes_sent = recovered.deletes_sent,
-            deletes_superseded = recovered.deletes_superseded,
-            "finished the work an earlier mount left"
-        );
-    }
-    let journal = Arc::new(crate::store::journal::Journal::create(&journal_dir).map_err(cache_dir(&journal_dir))?);
-    if let Some(age) = plan.abort_uploads_older_than {
-        let stale = rt.block_on(crate::store::journal::abort_stale(
-            connected.store.as_ref(),
-            &layout.root_slash(),
-            age,
-            |k| layout.key_to_path(k).is_some(),
-        ));
-        match stale {
-            Ok(v) if !v.is_empty() => {
-                tracing::info!(aborted = v.len(), ?age, "aborted stale incomplete multipart uploads")
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "could not list incomplete multipart uploads"),
-        }
-    }
+    let journal = rt.block_on(open_journal(&plan, connected.store.as_ref(), &layout))?;
     if let Some(addr) = plan.metrics_addr {
-        let stats = connected.stats.clone();
-        let render: crate::metrics::Render =
-            Arc::new(move |path| (path == "/metrics").then(|| ("text/plain; version=0.0.4", stats.prometheus())));
-        let bound = rt
-            .block_on(crate::metrics::serve(addr, render))
-            .map_err(|source| MountError::Metrics { addr, source })?;
-        tracing::info!(%bound, "serving Prometheus metrics at /metrics");
+        rt.block_on(serve_metrics(addr, connected.stats.clone()))?;
     }
     let store = connected.stack(&layout, plan.pacing.clone(), Deletes::Deferred(Some(journal.clone())));
     let core = Core::new(layout, store, connected.stats.clone(), plan.fs.clone());
-    let fsname = match &plan.bucket {
-        Some((b, r)) if r.is_empty() => format!("prefixfs:{b}"),
-        Some((b, r)) => format!("prefixfs:{b}/{r}"),
-        None => "prefixfs:embedded".to_string(),
-    };
-    let mut config = fuser::Config::default();
-    config.mount_options = vec![
-        fuser::MountOption::FSName(fsname),
-        fuser::MountOption::Subtype("prefixfs".into()),
-        fuser::MountOption::DefaultPermissions,
-        fuser::MountOption::NoAtime,
-    ];
-    if plan.fs.read_only {
-        config.mount_options.push(fuser::MountOption::RO);
-    }
-    if plan.allow_other {
-        config.acl = fuser::SessionACL::All;
-    }
-    config.n_threads = Some(plan.threads);
-    config.clone_fd = true;
-
+    let config = fuse_config(&plan);
     let fs = FuseFs::new(core.clone(), rt.handle().clone());
     let mut session = fuser::Session::new(fs, &plan.mountpoint, &config).map_err(|source| MountError::Fuse {
         mountpoint: plan.mountpoint.clone(),
@@ -399,6 +339,85 @@ pub fn run(
         rt.block_on(srv.shutdown());
     }
     result
+}
+
+/// The cache directory made private, the work of earlier mounts finished (their journals:
+/// uploads to abort, deletes to send), stale uploads aborted (`--abort-uploads-older-than`),
+/// and this mount's journal.
+async fn open_journal(
+    plan: &MountPlan,
+    store: &dyn ObjectStore,
+    layout: &Layout,
+) -> Result<Arc<crate::store::journal::Journal>, MountError> {
+    // Staging, lost+found and the upload journal: private to this user (a journal planted by
+    // someone else would make this daemon abort uploads that are not its own).
+    let cache_dir = |path: &std::path::Path| {
+        let path = path.to_path_buf();
+        move |source| MountError::CacheDir { path, source }
+    };
+    crate::private::ensure_dir(&plan.fs.cache_dir).map_err(cache_dir(&plan.fs.cache_dir))?;
+    let journal_dir = plan.fs.cache_dir.join("uploads");
+    crate::private::ensure_dir(&journal_dir).map_err(cache_dir(&journal_dir))?;
+    let recovered = crate::store::journal::recover(store, &journal_dir).await;
+    if recovered != Default::default() {
+        tracing::info!(
+            uploads_aborted = recovered.uploads_aborted,
+            deletes_sent = recovered.deletes_sent,
+            deletes_superseded = recovered.deletes_superseded,
+            "finished the work an earlier mount left"
+        );
+    }
+    let journal = Arc::new(crate::store::journal::Journal::create(&journal_dir).map_err(cache_dir(&journal_dir))?);
+    if let Some(age) = plan.abort_uploads_older_than {
+        let stale =
+            crate::store::journal::abort_stale(store, &layout.root_slash(), age, |k| layout.key_to_path(k).is_some())
+                .await;
+        match stale {
+            Ok(v) if !v.is_empty() => {
+                tracing::info!(aborted = v.len(), ?age, "aborted stale incomplete multipart uploads")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not list incomplete multipart uploads"),
+        }
+    }
+    Ok(journal)
+}
+
+/// Serves the request counters as Prometheus metrics at `addr` (`--metrics-addr`).
+async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<RequestStats>) -> Result<(), MountError> {
+    let render: crate::metrics::Render =
+        Arc::new(move |path| (path == "/metrics").then(|| ("text/plain; version=0.0.4", stats.prometheus())));
+    let bound = crate::metrics::serve(addr, render)
+        .await
+        .map_err(|source| MountError::Metrics { addr, source })?;
+    tracing::info!(%bound, "serving Prometheus metrics at /metrics");
+    Ok(())
+}
+
+/// The FUSE session's options: the source shown in /proc/mounts, permissions checked by
+/// the kernel, no atime; read-only, other users, worker threads as planned.
+fn fuse_config(plan: &MountPlan) -> fuser::Config {
+    let fsname = match &plan.bucket {
+        Some((b, r)) if r.is_empty() => format!("prefixfs:{b}"),
+        Some((b, r)) => format!("prefixfs:{b}/{r}"),
+        None => "prefixfs:embedded".to_string(),
+    };
+    let mut config = fuser::Config::default();
+    config.mount_options = vec![
+        fuser::MountOption::FSName(fsname),
+        fuser::MountOption::Subtype("prefixfs".into()),
+        fuser::MountOption::DefaultPermissions,
+        fuser::MountOption::NoAtime,
+    ];
+    if plan.fs.read_only {
+        config.mount_options.push(fuser::MountOption::RO);
+    }
+    if plan.allow_other {
+        config.acl = fuser::SessionACL::All;
+    }
+    config.n_threads = Some(plan.threads);
+    config.clone_fd = true;
+    config
 }
 
 async fn wait_for_signal() {
