@@ -37,13 +37,31 @@ impl FuseFs {
     ///
     /// A panic (a bug, or input nobody foresaw) fails this one request with EIO instead of
     /// ending the session for every program using the mount.
-    /// The entries of an open directory from `offset` on, as many as one reply can hold,
-    /// waiting while its listing is still arriving.
-    fn dir_page(&self, fh: FileHandle, offset: u64) -> FsResult<Vec<DirEntry>> {
-        // The smallest dirent is 32 bytes, and the kernel asks for at most 32 KiB at once.
-        const MAX_PER_REPLY: usize = 1024;
+    /// The entries of an open directory from `offset` on, waiting while its listing is still
+    /// arriving, then those after them that have arrived, `chunk` at a time, until `add`
+    /// says the reply is full. Returns how many were added. Entries are copied a chunk at a
+    /// time, so a reply (one page: about 25 entries with attributes) does not copy the
+    /// thousand a listing may have ready.
+    fn fill_page(
+        &self,
+        fh: FileHandle,
+        offset: u64,
+        chunk: usize,
+        mut add: impl FnMut(u64, &DirEntry) -> bool,
+    ) -> FsResult<()> {
         let dir = self.core.readdir(fh.0)?;
-        self.rt.block_on(dir.entries_from(offset as usize, MAX_PER_REPLY))
+        let mut next = offset as usize;
+        let mut entries = self.rt.block_on(dir.entries_from(next, chunk))?;
+        while !entries.is_empty() {
+            for e in &entries {
+                next += 1;
+                if add(next as u64, e) {
+                    return Ok(());
+                }
+            }
+            entries = dir.entries_ready(next, chunk);
+        }
+        Ok(())
     }
 
     fn run<T>(&self, op: &'static str, f: impl std::future::Future<Output = FsResult<T>>) -> FsResult<T> {
@@ -112,6 +130,12 @@ fn file_type(k: Kind) -> FileType {
         Kind::Symlink => FileType::Symlink,
     }
 }
+
+/// Directory entries copied out of an open directory at a time: a reply is one page from
+/// the kernel, which holds about 128 plain entries (32 bytes and more each), or 25 with
+/// attributes (152 bytes and more).
+const READDIR_CHUNK: usize = 128;
+const READDIRPLUS_CHUNK: usize = 32;
 
 impl fuser::Filesystem for FuseFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
@@ -330,28 +354,21 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let entries = match self.dir_page(fh, offset) {
-            Ok(e) => e,
-            Err(e) => return reply.error(errno("readdir", e)),
-        };
-        for (i, e) in entries.iter().enumerate() {
-            if reply.add(INodeNo(e.ino), offset + i as u64 + 1, file_type(e.kind), &e.name) {
-                break;
-            }
+        let filled = self.fill_page(fh, offset, READDIR_CHUNK, |next, e| {
+            reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name)
+        });
+        match filled {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("readdir", e)),
         }
-        reply.ok();
     }
 
     fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
-        let (dir, entries) = match self
-            .core
-            .readdir(fh.0)
-            .and_then(|d| Ok((d, self.dir_page(fh, offset)?)))
-        {
+        let dir = match self.core.readdir(fh.0) {
             Ok(d) => d,
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
-        for (i, e) in entries.iter().enumerate() {
+        let filled = self.fill_page(fh, offset, READDIRPLUS_CHUNK, |next, e| {
             // Every entry but `.` and `..` counts as a lookup of it by the kernel.
             let dot = e.name == "." || e.name == "..";
             let attr = if dot {
@@ -362,23 +379,24 @@ impl fuser::Filesystem for FuseFs {
                     None => self.run("readdirplus", self.core.lookup(ino.0, OsStr::new(&e.name))),
                 }
             };
-            let Ok(attr) = attr else { continue };
+            let Ok(attr) = attr else { return false };
             let full = reply.add(
                 INodeNo(attr.ino),
-                offset + i as u64 + 1,
+                next,
                 &e.name,
                 &self.ttl,
                 &self.file_attr(attr),
                 Generation(0),
             );
-            if full {
-                if !dot {
-                    self.core.forget(attr.ino, 1);
-                }
-                break;
+            if full && !dot {
+                self.core.forget(attr.ino, 1);
             }
+            full
+        });
+        match filled {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("readdirplus", e)),
         }
-        reply.ok();
     }
 
     fn releasedir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _flags: OpenFlags, reply: ReplyEmpty) {

@@ -95,6 +95,16 @@ impl OpenDir {
         }
     }
 
+    /// Up to `max` entries from `offset` on that have arrived, without waiting.
+    pub fn entries_ready(&self, offset: usize, max: usize) -> Vec<DirEntry> {
+        let feed = super::lock(&self.feed);
+        let end = feed.entries.len().min(offset.saturating_add(max));
+        feed.entries
+            .get(offset..end)
+            .map(<[DirEntry]>::to_vec)
+            .unwrap_or_default()
+    }
+
     /// Every entry, once the listing is complete.
     pub async fn all_entries(&self) -> FsResult<Vec<DirEntry>> {
         let mut out = Vec::new();
@@ -121,6 +131,17 @@ mod tests {
             ino: u64::MAX,
             info: None,
         }
+    }
+
+    #[test]
+    fn entries_ready_gives_what_has_arrived_without_waiting() {
+        let dir = OpenDir::filling(RelPath::root(), vec![entry("."), entry("..")]);
+        assert_eq!(dir.entries_ready(2, 32).len(), 0, "nothing more yet: no wait");
+        dir.push((0..40).map(|i| entry(&format!("f{i}"))).collect());
+        let chunk: Vec<String> = dir.entries_ready(2, 32).into_iter().map(|e| e.name).collect();
+        assert_eq!((chunk.len(), chunk[0].as_str(), chunk[31].as_str()), (32, "f0", "f31"));
+        assert_eq!(dir.entries_ready(34, 32).len(), 8, "the rest");
+        assert!(dir.entries_ready(100, 32).is_empty(), "past the end");
     }
 
     #[tokio::test]
