@@ -70,8 +70,10 @@ impl PartBuf {
 }
 
 impl Default for PartBuf {
+    /// Empty, with nothing allocated (a file opened for writing that is never written costs
+    /// no buffer); the first write allocates an aligned one.
     fn default() -> Self {
-        PartBuf::with_capacity(0)
+        PartBuf { v: Vec::new(), off: 0 }
     }
 }
 
@@ -264,6 +266,8 @@ mod tests {
     #[test]
     fn a_part_buffer_stays_aligned_as_it_grows_and_when_frozen() {
         let mut b = PartBuf::default();
+        assert_eq!(b.v.capacity(), 0, "nothing allocated until the first write");
+        assert!(b.is_empty() && b.as_slice().is_empty());
         let data: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
         for chunk in data.chunks(777) {
             b.extend_from_slice(chunk);

@@ -461,7 +461,7 @@ mod tests {
 
     fn setup() -> (Arc<MemoryStore>, DeferredDeletes) {
         let mem = Arc::new(MemoryStore::new());
-        let first_segment: PrefixFn = Arc::new(|k: &str| k.split('/').next().unwrap_or("").to_string());
+        let first_segment = crate::store::first_segment();
         let d = DeferredDeletes::new(mem.clone(), None, first_segment);
         (mem, d)
     }

@@ -33,6 +33,13 @@ pub fn one_prefix() -> PrefixFn {
     Arc::new(|_: &str| String::new())
 }
 
+/// A key's first segment as its partition (`3/2017/...` → `3`): for tests of the layers that
+/// work per prefix, without a layout.
+#[cfg(test)]
+pub fn first_segment() -> PrefixFn {
+    Arc::new(|k: &str| k.split('/').next().unwrap_or("").to_string())
+}
+
 /// What a store stack is made of (see [`stack`]).
 pub struct StackConfig {
     pub prefix: PrefixFn,

@@ -316,7 +316,7 @@ mod tests {
         Arc<RequestStats>,
     ) {
         let stats = Arc::new(RequestStats::default());
-        let first_segment: PrefixFn = Arc::new(|k: &str| k.split('/').next().unwrap_or("").to_string());
+        let first_segment = crate::store::first_segment();
         let on = Arc::new(AtomicBool::new(false));
         let t = Throttler {
             inner: MemoryStore::new(),
