@@ -536,6 +536,13 @@ impl OpenFiles {
         // A truncate or chmod by path (no handle) may have changed the state between the
         // upload above and now (the kernel sends `release` after `close` returned): upload
         // that too, or it would be silently undone.
+        if file.shared.unlinked.load(Ordering::Relaxed)
+            && let Body::Stream(up) = &mut *body
+        {
+            // Unlinked while open: none of it is to reach S3, and the parts already sent
+            // would stay as an incomplete upload (stored, and billed) until aborted.
+            up.abort().await;
+        }
         let changed = file.shared.meta_dirty.load(Ordering::Relaxed)
             || match &*body {
                 Body::Staged(s) => s.is_modified(),

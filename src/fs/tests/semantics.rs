@@ -441,3 +441,31 @@ async fn an_unlink_racing_the_upload_of_the_last_close_is_not_undone() {
     );
     assert!(!r.mem().keys().contains(&key), "S3 has the file again");
 }
+
+#[tokio::test]
+async fn a_file_unlinked_while_being_written_leaves_no_incomplete_upload() {
+    let r = rig_with(|c| c.part_size = 1024);
+    let day = r.ino_after_mkdir("day").await;
+    let (_, fh) = r
+        .core
+        .create(day, OsStr::new("big.bin"), 0o644, 0, 0, false)
+        .await
+        .unwrap();
+    r.core.write(fh, 0, &[7u8; 3000]).await.unwrap();
+    assert_eq!(
+        r.mem().list_uploads("").await.unwrap().len(),
+        1,
+        "parts are on their way"
+    );
+    r.core.unlink(day, OsStr::new("big.bin")).await.unwrap();
+    r.core.write(fh, 3000, &[8u8; 100]).await.unwrap();
+    r.core.flush(fh, false).await.unwrap();
+    r.core.release(fh).await.unwrap();
+    assert!(
+        r.mem().list_uploads("").await.unwrap().is_empty(),
+        "the upload was aborted"
+    );
+    r.core.sync_deletes().await.unwrap();
+    let key = r.layout.file_key(&RelPath::parse("day/big.bin").unwrap()).unwrap();
+    assert!(!r.mem().keys().contains(&key));
+}
