@@ -2,8 +2,8 @@
 //! symlinks (a small object whose POSIX metadata says so).
 
 use super::cache::{EntryInfo, Kind, SYMLINK_MAX};
+use super::error::staging_err;
 use super::error::{FsError, FsResult};
-use super::files::staging_err;
 use super::posix::Posix;
 use super::{Attr, Core, lock};
 use crate::data::staging::{Base, StagedFile};

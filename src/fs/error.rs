@@ -2,7 +2,9 @@
 //!
 //! Built once, where the failure is understood, and converted at the FUSE edge.
 
-use crate::layout::LayoutError;
+use crate::data::staging::StagingError;
+use crate::data::upload::UploadError;
+use crate::layout::{LayoutError, RelPath};
 use crate::store::StoreError;
 
 /// How loudly a failure is logged where it reaches the kernel.
@@ -86,6 +88,36 @@ impl From<LayoutError> for FsError {
         };
         FsError::new(errno, e.to_string()).caused_by(e)
     }
+}
+
+/// An upload's failure: a write out of sequence (EINVAL) or the store's.
+pub(super) fn upload_err(path: &RelPath, e: UploadError) -> FsError {
+    match e {
+        UploadError::NotSequential { .. } | UploadError::Finished => FsError::new(libc::EINVAL, format!("{path}: {e}")),
+        UploadError::Store(s) => store_err(path, "upload", s),
+    }
+}
+
+/// A staged file's failure: the local disk's errno (ENOSPC...) or the store's.
+pub(super) fn staging_err(path: &RelPath, what: &str, e: StagingError) -> FsError {
+    match e {
+        StagingError::Store(s) => store_err(path, what, s),
+        local => FsError::new(local.errno(), format!("{path}: {what} failed: {local}")).caused_by(local),
+    }
+}
+
+/// A store failure of an operation on `path`, with what was being done; a refused
+/// conditional write says another host replaced the file.
+pub(super) fn store_err(path: &RelPath, what: &str, e: StoreError) -> FsError {
+    let errno = e.errno();
+    if matches!(e, StoreError::PreconditionFailed { .. }) {
+        return FsError::new(
+            errno,
+            format!("{path}: {what} refused: another host replaced the file this mount created exclusively ({e})"),
+        )
+        .caused_by(e);
+    }
+    FsError::new(errno, format!("{path}: {what} failed: {e}")).caused_by(e)
 }
 
 #[cfg(test)]

@@ -8,12 +8,12 @@
 
 use super::budget::StagingBudget;
 use super::cache::{EntryInfo, Kind};
-use super::error::{FsError, FsResult};
+use super::error::{FsError, FsResult, staging_err, store_err, upload_err};
 use super::lock;
 use super::namespace::Namespace;
 use super::posix::Posix;
 use crate::data::read::{ObjectReads, ReadBudget};
-use crate::data::staging::{Base, StagedFile, StagingError};
+use crate::data::staging::{Base, StagedFile};
 use crate::data::upload::{Upload, UploadError};
 use crate::layout::RelPath;
 use crate::store::StoreError;
@@ -80,33 +80,6 @@ impl OpenFile {
     pub fn info(&self) -> EntryInfo {
         self.shared.info()
     }
-}
-
-fn upload_err(path: &RelPath, e: UploadError) -> FsError {
-    match e {
-        UploadError::NotSequential { .. } | UploadError::Finished => FsError::new(libc::EINVAL, format!("{path}: {e}")),
-        UploadError::Store(s) => store_err(path, "upload", s),
-    }
-}
-
-/// A staged file's failure: the local disk's errno (ENOSPC...) or the store's.
-pub(super) fn staging_err(path: &RelPath, what: &str, e: StagingError) -> FsError {
-    match e {
-        StagingError::Store(s) => store_err(path, what, s),
-        local => FsError::new(local.errno(), format!("{path}: {what} failed: {local}")).caused_by(local),
-    }
-}
-
-pub(super) fn store_err(path: &RelPath, what: &str, e: StoreError) -> FsError {
-    let errno = e.errno();
-    if matches!(e, StoreError::PreconditionFailed { .. }) {
-        return FsError::new(
-            errno,
-            format!("{path}: {what} refused: another host replaced the file this mount created exclusively ({e})"),
-        )
-        .caused_by(e);
-    }
-    FsError::new(errno, format!("{path}: {what} failed: {e}")).caused_by(e)
 }
 
 /// The files open through a mount, by inode: each one's state (shared by its handles) and
@@ -556,32 +529,36 @@ impl OpenFiles {
             self.staging.release(s.size());
         }
         if let Err(e) = &result {
-            let dir = self.ns.cfg.cache_dir.join("lost+found");
-            let name = crate::data::kept::name_for(file.path.as_str());
-            let kept = match &mut *body {
-                Body::Staged(s) => s.keep(self.ns.store.as_ref(), &dir, &name).await,
-                Body::Stream(up) => {
-                    let kept = up.keep(&dir, &name).await;
-                    up.abort().await;
-                    kept
-                }
-            };
-            match kept {
-                Ok(k) if k.is_complete() => {
-                    tracing::error!(path = %file.path, error = %e, "could not upload at close; {k}")
-                }
-                Ok(k) => {
-                    tracing::error!(path = %file.path, error = %e, "could not upload at close; only part of the data could be kept: {k}")
-                }
-                Err(io) => {
-                    tracing::error!(path = %file.path, error = %e, io = %io, "could not upload at close, nor keep the data locally: the write is lost")
-                }
-            }
-            // What S3 has is what it had before (or nothing): ask it again, rather than
-            // take the path for removed.
-            self.ns.cache.forget(&file.path);
+            self.keep_in_lost_found(&file.path, &mut body, e).await;
         }
         result
+    }
+
+    /// The last close could not upload `path`: its data goes to `lost+found/` in the cache
+    /// directory (whole, or as much as could be kept, as the log says).
+    async fn keep_in_lost_found(&self, path: &RelPath, body: &mut Body, e: &FsError) {
+        let dir = self.ns.cfg.cache_dir.join("lost+found");
+        let name = crate::data::kept::name_for(path.as_str());
+        let kept = match body {
+            Body::Staged(s) => s.keep(self.ns.store.as_ref(), &dir, &name).await,
+            Body::Stream(up) => {
+                let kept = up.keep(&dir, &name).await;
+                up.abort().await;
+                kept
+            }
+        };
+        match kept {
+            Ok(k) if k.is_complete() => tracing::error!(%path, error = %e, "could not upload at close; {k}"),
+            Ok(k) => {
+                tracing::error!(%path, error = %e, "could not upload at close; only part of the data could be kept: {k}")
+            }
+            Err(io) => {
+                tracing::error!(%path, error = %e, io = %io, "could not upload at close, nor keep the data locally: the write is lost")
+            }
+        }
+        // What S3 has is what it had before (or nothing): ask it again, rather than take the
+        // path for removed.
+        self.ns.cache.forget(path);
     }
 
     /// Marks `ino`'s open state as unlinked (its handles stay usable, nothing more is
