@@ -89,7 +89,7 @@ impl OpenFile {
 pub(super) struct OpenFiles {
     ns: Arc<Namespace>,
     table: Mutex<HashMap<u64, OpenFile>>,
-    pub(super) staging: StagingBudget,
+    staging: StagingBudget,
     /// This mount's staging files (`<cache dir>/staging/<pid>`).
     staging_dir: PathBuf,
     /// The reads of each file open for reading (shared by its handles), and the mount's
@@ -114,6 +114,11 @@ impl OpenFiles {
     /// Open files (their states) at present.
     pub(super) fn len(&self) -> usize {
         lock(&self.table).len()
+    }
+
+    /// Bytes of files staged locally at present.
+    pub(super) fn staged_bytes(&self) -> u64 {
+        self.staging.used()
     }
 
     /// Removes this mount's staging directory (at unmount, after the last upload).
@@ -261,6 +266,16 @@ impl OpenFiles {
             Body::Staged(s) => Ok(s),
             Body::Stream(_) => Err(FsError::new(libc::EIO, format!("{path}: staging conversion failed"))),
         }
+    }
+
+    /// The body of a file opened to be modified in place: a staging file over the object
+    /// (`base`), fetched chunk by chunk as it is touched, counted whole in the staging budget.
+    pub(super) fn staged_body(&self, path: &RelPath, base: Base) -> FsResult<Body> {
+        let size = base.size;
+        let staged = StagedFile::create(self.staging_path(), Some(base), self.ns.cfg.part_size as u64)
+            .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
+        self.staging.take(size);
+        Ok(Body::Staged(staged))
     }
 
     /// A read of an open file's state (what this mount wrote, not yet in S3): from staging.

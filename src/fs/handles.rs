@@ -8,7 +8,7 @@ use super::files::Body;
 use super::posix::Posix;
 use super::{Attr, Core, Handle, lock};
 use crate::data::read::ObjectReads;
-use crate::data::staging::{Base, StagedFile};
+use crate::data::staging::Base;
 use crate::layout::RelPath;
 use bytes::Bytes;
 use std::ffi::OsStr;
@@ -92,11 +92,7 @@ impl Core {
                 if trunc || info.size == 0 {
                     return Ok(self.files.new_stream(key, &info.posix));
                 }
-                let base = Base { key, size: info.size };
-                let staged = StagedFile::create(self.files.staging_path(), Some(base), self.cfg.part_size as u64)
-                    .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
-                self.files.staging.take(info.size);
-                Ok(Body::Staged(staged))
+                self.files.staged_body(&path, Base { key, size: info.size })
             })?;
             if trunc {
                 self.files.truncate_open(&path, &shared, 0).await?;

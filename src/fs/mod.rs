@@ -283,7 +283,7 @@ impl Core {
             lock(&self.inodes).len(),
             lock(&self.handles).len(),
             self.files.len(),
-            self.files.staging.used()
+            self.files.staged_bytes()
         ));
         s
     }
