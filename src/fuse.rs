@@ -9,7 +9,7 @@
 
 use crate::fs::cache::Kind;
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::{Core, DirEntry};
+use crate::fs::{Core, DirEntry, OpenDir};
 use crate::layout::escape_controls;
 use crate::store::stats::CALLER;
 use fuser::{
@@ -33,23 +33,18 @@ impl FuseFs {
         FuseFs { core, rt, ttl }
     }
 
-    /// Runs one FUSE operation on the runtime; its S3 requests are counted under `op`.
-    ///
-    /// A panic (a bug, or input nobody foresaw) fails this one request with EIO instead of
-    /// ending the session for every program using the mount.
-    /// The entries of an open directory from `offset` on, waiting while its listing is still
-    /// arriving, then those after them that have arrived, `chunk` at a time, until `add`
-    /// says the reply is full. Returns how many were added. Entries are copied a chunk at a
-    /// time, so a reply (one page: about 25 entries with attributes) does not copy the
-    /// thousand a listing may have ready.
+    /// Hands `add` the entries of an open directory from `offset` on (with the offset of the
+    /// entry after each), waiting while its listing is still arriving, then those after them
+    /// that have arrived, `chunk` at a time, until `add` says the reply is full. Entries are
+    /// copied a chunk at a time, so a reply does not copy the thousands a listing may have
+    /// ready to send the couple of hundred it holds.
     fn fill_page(
         &self,
-        fh: FileHandle,
+        dir: &OpenDir,
         offset: u64,
         chunk: usize,
         mut add: impl FnMut(u64, &DirEntry) -> bool,
     ) -> FsResult<()> {
-        let dir = self.core.readdir(fh.0)?;
         let mut next = offset as usize;
         let mut entries = self.rt.block_on(dir.entries_from(next, chunk))?;
         while !entries.is_empty() {
@@ -64,6 +59,10 @@ impl FuseFs {
         Ok(())
     }
 
+    /// Runs one FUSE operation on the runtime; its S3 requests are counted under `op`.
+    ///
+    /// A panic (a bug, or input nobody foresaw) fails this one request with EIO instead of
+    /// ending the session for every program using the mount.
     fn run<T>(&self, op: &'static str, f: impl std::future::Future<Output = FsResult<T>>) -> FsResult<T> {
         self.core.stats().record_call(op);
         let call = std::panic::AssertUnwindSafe(|| self.rt.block_on(CALLER.scope(op, f)));
@@ -131,9 +130,9 @@ fn file_type(k: Kind) -> FileType {
     }
 }
 
-/// Directory entries copied out of an open directory at a time: a reply is one page from
-/// the kernel, which holds about 128 plain entries (32 bytes and more each), or 25 with
-/// attributes (152 bytes and more).
+/// Directory entries copied out of an open directory at a time. A reply holds what the
+/// kernel asks for: a page or more (behind `ls`'s 32 KiB getdents about 200 entries with
+/// attributes, which take 152 bytes and more each; plain ones 32 and more).
 const READDIR_CHUNK: usize = 128;
 const READDIRPLUS_CHUNK: usize = 32;
 
@@ -354,8 +353,10 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
-        let filled = self.fill_page(fh, offset, READDIR_CHUNK, |next, e| {
-            reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name)
+        let filled = self.core.readdir(fh.0).and_then(|dir| {
+            self.fill_page(&dir, offset, READDIR_CHUNK, |next, e| {
+                reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name)
+            })
         });
         match filled {
             Ok(()) => reply.ok(),
@@ -368,7 +369,7 @@ impl fuser::Filesystem for FuseFs {
             Ok(d) => d,
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
-        let filled = self.fill_page(fh, offset, READDIRPLUS_CHUNK, |next, e| {
+        let filled = self.fill_page(&dir, offset, READDIRPLUS_CHUNK, |next, e| {
             // Every entry but `.` and `..` counts as a lookup of it by the kernel.
             let dot = e.name == "." || e.name == "..";
             let attr = if dot {

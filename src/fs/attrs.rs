@@ -102,10 +102,10 @@ impl Core {
                 if mtime.is_none() {
                     posix.mtime = Some(SystemTime::now());
                 }
-                let key = self.layout.file_key(&path)?;
+                let key = self.ns.layout.file_key(&path)?;
                 let meta = posix.to_meta();
                 if size == 0 {
-                    self.store.put(&key, Bytes::new(), &meta).await?;
+                    self.ns.store.put(&key, Bytes::new(), &meta).await?;
                 } else {
                     let mut staged = StagedFile::create(
                         self.files.staging_path(),
@@ -113,27 +113,27 @@ impl Core {
                             key: key.clone(),
                             size: info.size,
                         }),
-                        self.cfg.part_size as u64,
+                        self.ns.cfg.part_size as u64,
                     )
                     .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
                     staged
-                        .truncate(self.store.as_ref(), size)
+                        .truncate(self.ns.store.as_ref(), size)
                         .await
                         .map_err(|e| staging_err(&path, "truncate", e))?;
                     staged
-                        .upload(&self.store, &key, &meta)
+                        .upload(&self.ns.store, &key, &meta)
                         .await
                         .map_err(|e| staging_err(&path, "truncate", e))?;
                 }
                 new_size = size;
             }
             (Kind::Dir, _) if meta_change => {
-                let key = self.layout.dir_marker_key(&path)?;
-                self.store.put(&key, Bytes::new(), &posix.to_meta()).await?;
+                let key = self.ns.layout.dir_marker_key(&path)?;
+                self.ns.store.put(&key, Bytes::new(), &posix.to_meta()).await?;
             }
             (_, _) if meta_change => {
-                let key = self.layout.file_key(&path)?;
-                self.store.copy(&key, &key, Some(&posix.to_meta())).await?;
+                let key = self.ns.layout.file_key(&path)?;
+                self.ns.store.copy(&key, &key, Some(&posix.to_meta())).await?;
             }
             _ => {}
         }
@@ -172,8 +172,9 @@ impl Core {
             gid: Some(gid),
             mtime: Some(SystemTime::now()),
         };
-        let key = self.layout.file_key(&path)?;
-        self.store
+        let key = self.ns.layout.file_key(&path)?;
+        self.ns
+            .store
             .put(&key, Bytes::copy_from_slice(target.as_bytes()), &posix.to_meta())
             .await?;
         let info = EntryInfo::new(Kind::Symlink, target.len() as u64, SystemTime::now()).with_posix(posix);
@@ -192,8 +193,8 @@ impl Core {
             Some(_) => return Err(FsError::new(libc::EINVAL, format!("{path}: not a symlink"))),
             None => return Err(FsError::not_found(&path)),
         }
-        let key = self.layout.file_key(&path)?;
-        let target = self.store.get(&key, Some(0..SYMLINK_MAX as u64)).await?;
+        let key = self.ns.layout.file_key(&path)?;
+        let target = self.ns.store.get(&key, Some(0..SYMLINK_MAX as u64)).await?;
         if target.len() >= SYMLINK_MAX {
             return Err(FsError::new(libc::EIO, format!("{path}: symlink target too long")));
         }

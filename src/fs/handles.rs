@@ -50,7 +50,7 @@ impl Core {
             gid: Some(gid),
             mtime: Some(SystemTime::now()),
         };
-        let created = if exclusive && !self.cfg.local_exclusive_creates {
+        let created = if exclusive && !self.ns.cfg.local_exclusive_creates {
             Some(self.ns.create_exclusive(&path, &posix).await?)
         } else {
             None
@@ -173,7 +173,7 @@ impl Core {
     /// something did not reach S3 (each failure is logged).
     pub async fn flush_all(&self) -> bool {
         let mut all = self.files.flush_open_files().await;
-        if let Err(e) = self.store.flush().await {
+        if let Err(e) = self.ns.store.flush().await {
             all = false;
             tracing::error!(error = %e, "deletes acknowledged to programs did not reach S3 before unmount; they are kept in the journal and the next mount of this cache directory sends them");
         }

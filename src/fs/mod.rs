@@ -155,10 +155,6 @@ pub struct Core {
     ns: Arc<Namespace>,
     /// The namespace's, shared: the open files' changes update it.
     cache: Arc<MetaCache>,
-    layout: Layout,
-    store: Arc<dyn ObjectStore>,
-    stats: Arc<RequestStats>,
-    cfg: FsConfig,
     inodes: Mutex<Inodes>,
     handles: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
@@ -191,16 +187,12 @@ impl Core {
         clean_stale_staging(&cfg.cache_dir.join("staging"));
         Arc::new_cyclic(|me: &Weak<Core>| {
             let pending: Weak<dyn Pending> = me.clone();
-            let ns = Namespace::new(layout.clone(), store.clone(), stats.clone(), cfg.clone(), Some(pending));
+            let ns = Namespace::new(layout, store, stats, cfg, Some(pending));
             Core {
                 me: me.clone(),
                 cache: ns.cache.clone(),
                 files: OpenFiles::new(ns.clone(), staging_dir),
                 ns,
-                layout,
-                store,
-                stats,
-                cfg,
                 inodes: Mutex::new(Inodes::default()),
                 handles: Mutex::new(HashMap::new()),
                 next_fh: AtomicU64::new(1),
@@ -230,15 +222,15 @@ impl Core {
 
     /// The request counters (also per FUSE operation).
     pub fn stats(&self) -> &Arc<RequestStats> {
-        &self.stats
+        &self.ns.stats
     }
 
     pub fn config(&self) -> &FsConfig {
-        &self.cfg
+        &self.ns.cfg
     }
 
     pub fn layout(&self) -> &Layout {
-        &self.layout
+        &self.ns.layout
     }
 
     /// This mount changed `ino`'s attributes now.
@@ -255,7 +247,7 @@ impl Core {
 
     /// Listed entries are taken as the listing shows them (`--trust-listing`).
     pub fn trusts_listing(&self) -> bool {
-        self.cfg.trust_listing
+        self.ns.cfg.trust_listing
     }
 
     /// Removes this mount's staging directory (at unmount, after `flush_all`).
@@ -265,8 +257,8 @@ impl Core {
 
     /// Counters and cache facts, as text (`user.prefixfs.stats` on the mount root).
     pub fn stats_text(&self) -> String {
-        let mut s = self.stats.snapshot().to_text();
-        for (p, c) in self.stats.prefix_snapshot() {
+        let mut s = self.ns.stats.snapshot().to_text();
+        for (p, c) in self.ns.stats.prefix_snapshot() {
             let requests: u64 = c.requests.values().sum();
             let rate = c
                 .rate_limit
@@ -277,7 +269,7 @@ impl Core {
                 c.throttles, c.retries
             ));
         }
-        s.push_str(&self.stats.caller_text());
+        s.push_str(&self.ns.stats.caller_text());
         s.push_str(&format!(
             "inodes {}\nopen_handles {}\nopen_files {}\nstaged_bytes {}\n",
             lock(&self.inodes).len(),
@@ -305,15 +297,15 @@ impl Core {
         let path = self.path_of(parent)?.join(name)?;
         // The file key must fit in S3's key limit. (The marker key, one byte longer, is
         // checked by mkdir: a listed file whose key has exactly the limit is reachable.)
-        self.layout.file_key(&path)?;
+        self.ns.layout.file_key(&path)?;
         Ok(path)
     }
 
     /// Attributes with the mount's defaults for what the object does not record.
     fn attr(&self, ino: u64, info: EntryInfo) -> Attr {
         let default_perm = match info.kind {
-            Kind::Dir => self.cfg.dir_mode,
-            Kind::File => self.cfg.file_mode,
+            Kind::Dir => self.ns.cfg.dir_mode,
+            Kind::File => self.ns.cfg.file_mode,
             Kind::Symlink => 0o777,
         };
         let (changed, entries_changed) = lock(&self.inodes).times(ino);
@@ -334,8 +326,8 @@ impl Core {
             mtime,
             ctime: changed.map_or(mtime, |c| c.max(mtime)),
             perm: info.posix.mode.map(|m| (m & 0o7777) as u16).unwrap_or(default_perm),
-            uid: info.posix.uid.unwrap_or(self.cfg.uid),
-            gid: info.posix.gid.unwrap_or(self.cfg.gid),
+            uid: info.posix.uid.unwrap_or(self.ns.cfg.uid),
+            gid: info.posix.gid.unwrap_or(self.ns.cfg.gid),
         }
     }
 

@@ -29,7 +29,7 @@ pub struct StatFs {
 
 impl Core {
     pub(super) fn check_writable(&self, path: &RelPath) -> FsResult<()> {
-        if self.cfg.read_only {
+        if self.ns.cfg.read_only {
             return Err(FsError::new(libc::EROFS, format!("{path}: mounted read-only")));
         }
         Ok(())
@@ -175,7 +175,7 @@ impl Core {
     /// `--attr-prefetch` at a time; those HEADs are the ones `ls -l` would send anyway.
     /// Returns the kinds found, by name.
     async fn type_untyped(&self, dir: &RelPath, listing: &super::cache::Listing) -> HashMap<String, Kind> {
-        if self.cfg.trust_listing {
+        if self.ns.cfg.trust_listing {
             return HashMap::new();
         }
         let untyped: Vec<(String, RelPath)> = listing
@@ -194,7 +194,7 @@ impl Core {
                     }
                 }
             })
-            .buffer_unordered(self.cfg.attr_prefetch.max(1))
+            .buffer_unordered(self.ns.cfg.attr_prefetch.max(1))
             .filter_map(|x| async move { x })
             .collect()
             .await

@@ -137,6 +137,16 @@ impl Rig {
         ino
     }
 
+    /// `creat(NAME)` by root with mode 0644; the new file's handle.
+    async fn create(&self, parent: u64, name: &str) -> u64 {
+        let (_, fh) = self
+            .core
+            .create(parent, OsStr::new(name), 0o644, 0, 0, false)
+            .await
+            .unwrap();
+        fh
+    }
+
     /// What `echo x > NAME` does: a negative lookup, create, the shell's close of the
     /// duplicate descriptor, the write, the last close.
     async fn echo_into(&self, parent: u64, name: &str, body: &[u8]) {

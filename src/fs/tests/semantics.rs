@@ -366,11 +366,7 @@ async fn a_file_being_written_is_listed_before_s3_has_it() {
     let r = rig();
     r.plant("d/old.txt", b"x").await;
     let d = r.ino("d").await;
-    let (_, fh) = r
-        .core
-        .create(d, OsStr::new("new.txt"), 0o644, 0, 0, false)
-        .await
-        .unwrap();
+    let fh = r.create(d, "new.txt").await;
     r.core.write(fh, 0, b"not uploaded yet").await.unwrap();
     r.expire();
     let key = r.layout.file_key(&RelPath::parse("d/new.txt").unwrap()).unwrap();
@@ -418,11 +414,7 @@ async fn an_unlink_racing_the_upload_of_the_last_close_is_not_undone() {
     let day = r.ino_after_mkdir("day").await;
     let path = RelPath::parse("day/f.txt").unwrap();
     let key = r.layout.file_key(&path).unwrap();
-    let (_, fh) = r
-        .core
-        .create(day, OsStr::new("f.txt"), 0o644, 0, 0, false)
-        .await
-        .unwrap();
+    let fh = r.create(day, "f.txt").await;
     r.core.flush(fh, false).await.unwrap();
     let gate = r.mem().hold("put", &key);
     let core = r.core.clone();
@@ -446,11 +438,7 @@ async fn an_unlink_racing_the_upload_of_the_last_close_is_not_undone() {
 async fn a_file_unlinked_while_being_written_leaves_no_incomplete_upload() {
     let r = rig_with(|c| c.part_size = 1024);
     let day = r.ino_after_mkdir("day").await;
-    let (_, fh) = r
-        .core
-        .create(day, OsStr::new("big.bin"), 0o644, 0, 0, false)
-        .await
-        .unwrap();
+    let fh = r.create(day, "big.bin").await;
     r.core.write(fh, 0, &[7u8; 3000]).await.unwrap();
     assert_eq!(
         r.mem().list_uploads("").await.unwrap().len(),
