@@ -511,35 +511,44 @@ impl OpenFiles {
         }
         let result = self.flush_ino(ino).await;
         // Another open may have attached while we were uploading: then the state stays.
-        let file = {
-            let mut files = lock(&self.table);
-            match files.get(&ino) {
-                Some(f) if f.handles == 0 => files.remove(&ino),
-                _ => None,
-            }
+        let Some((shared, path)) = (match lock(&self.table).get(&ino) {
+            Some(f) if f.handles == 0 => Some((f.shared.clone(), f.path.clone())),
+            _ => None,
+        }) else {
+            return result;
         };
-        let Some(file) = file else { return result };
-        let mut body = file.shared.body.lock().await;
-        file.shared.detached.store(true, Ordering::Relaxed);
+        // The body's lock is held until the state has left the table: an unlink or a
+        // truncate by path that finds the state waits for what follows; one that comes later
+        // finds the file closed.
+        let mut body = shared.body.lock().await;
         // A truncate or chmod by path (no handle) may have changed the state between the
         // upload above and now (the kernel sends `release` after `close` returned): upload
         // that too, or it would be silently undone.
-        if file.shared.unlinked.load(Ordering::Relaxed)
+        let changed = shared.meta_dirty.load(Ordering::Relaxed)
+            || match &*body {
+                Body::Staged(s) => s.is_modified(),
+                Body::Stream(up) => !up.is_finished(),
+            };
+        let result = match result {
+            Ok(()) if changed => self.flush_body(&path, &shared, &mut body).await,
+            r => r,
+        };
+        let removed = {
+            let mut files = lock(&self.table);
+            match files.get(&ino) {
+                Some(f) if f.handles == 0 && Arc::ptr_eq(&f.shared, &shared) => files.remove(&ino),
+                _ => None,
+            }
+        };
+        let Some(file) = removed else { return result };
+        shared.detached.store(true, Ordering::Relaxed);
+        if shared.unlinked.load(Ordering::Relaxed)
             && let Body::Stream(up) = &mut *body
         {
             // Unlinked while open: none of it is to reach S3, and the parts already sent
             // would stay as an incomplete upload (stored, and billed) until aborted.
             up.abort().await;
         }
-        let changed = file.shared.meta_dirty.load(Ordering::Relaxed)
-            || match &*body {
-                Body::Staged(s) => s.is_modified(),
-                Body::Stream(up) => !up.is_finished(),
-            };
-        let result = match result {
-            Ok(()) if changed => self.flush_body(&file.path, &file.shared, &mut body).await,
-            r => r,
-        };
         if let Body::Staged(s) = &*body {
             self.staging.release(s.size());
         }

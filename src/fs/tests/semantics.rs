@@ -435,6 +435,42 @@ async fn an_unlink_racing_the_upload_of_the_last_close_is_not_undone() {
 }
 
 #[tokio::test]
+async fn an_unlink_racing_the_second_upload_of_the_last_close_is_not_undone() {
+    // The last close uploads, then uploads again what a truncate by path changed meanwhile;
+    // an unlink arriving during that second upload must wait for it, not be undone by it.
+    let r = rig();
+    let day = r.ino_after_mkdir("day").await;
+    let path = RelPath::parse("day/f.txt").unwrap();
+    let key = r.layout.file_key(&path).unwrap();
+    let fh = r.create(day, "f.txt").await;
+    r.core.write(fh, 0, b"some bytes").await.unwrap();
+    let ino = r.ino("day/f.txt").await;
+    let gate = r.mem().hold("put", &key);
+    let core = r.core.clone();
+    let release = tokio::spawn(async move { core.release(fh).await });
+    gate.arrivals(1).await;
+    // Queued on the file's lock behind the first upload: served before the second.
+    let core = r.core.clone();
+    let truncate = tokio::spawn(async move { core.setattr(ino, Some(4), None, None, None, None, None).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.release(1);
+    truncate.await.unwrap().unwrap();
+    gate.arrivals(2).await;
+    let core = r.core.clone();
+    let unlink = tokio::spawn(async move { core.unlink(day, OsStr::new("f.txt")).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.release(1);
+    release.await.unwrap().unwrap();
+    unlink.await.unwrap().unwrap();
+    r.core.sync_deletes().await.unwrap();
+    assert!(
+        r.core.stat(&path).await.unwrap().is_none(),
+        "the mount shows the file again"
+    );
+    assert!(!r.mem().keys().contains(&key), "S3 has the file again");
+}
+
+#[tokio::test]
 async fn a_file_unlinked_while_being_written_leaves_no_incomplete_upload() {
     let r = rig_with(|c| c.part_size = 1024);
     let day = r.ino_after_mkdir("day").await;
