@@ -24,6 +24,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::SystemTime;
 
+/// Rounds of HEADs a stat sends at most while this mount keeps changing the path under it.
+const STAT_ROUNDS: u32 = 3;
+
 /// Files being written through a mount that S3 may not have yet: the namespace shows them
 /// as they are here (their size so far, their metadata), and counts them in emptiness
 /// checks.
@@ -136,9 +139,33 @@ impl Namespace {
     pub(super) async fn fetch_stat(&self, path: &RelPath, hint: Option<Kind>) -> FsResult<Option<EntryInfo>> {
         // An answer may be overtaken on the wire by this mount's own change of `path` (an
         // attribute prefetch's HEAD still out when `rm` or `mv` of the file returns): the
-        // change is newer, and caching the answer would bring a removed file back.
-        let watch = self.cache.watch_tree(path);
-        let info = match hint {
+        // change is newer, and caching the answer would bring a removed file back. Callers
+        // that joined this fetch after the change get what the change left in the cache, or
+        // (with nothing cached: TTL 0) a fresh answer; a change in every round is rare enough
+        // to give up after a few.
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
+            let watch = self.cache.watch_tree(path);
+            let info = self.ask_s3(path, hint).await?;
+            if watch.unchanged(path) {
+                self.cache.learned(path, info);
+                return Ok(info);
+            }
+            if let Some(now) = self.cache.entry(path) {
+                tracing::debug!(%path, "changed by this mount while its HEAD was out: the cached change answers");
+                return Ok(now);
+            }
+            if rounds == STAT_ROUNDS {
+                return Ok(info);
+            }
+            tracing::debug!(%path, "changed by this mount while its HEAD was out, nothing cached: asking again");
+        }
+    }
+
+    /// What S3 says `path` is: the HEADs (and the parent's listing) of [`Namespace::stat`].
+    async fn ask_s3(&self, path: &RelPath, hint: Option<Kind>) -> FsResult<Option<EntryInfo>> {
+        Ok(match hint {
             // A listing already said what kind it is: one HEAD for the metadata.
             Some(Kind::Dir) => self.head_as(path, true).await?.or(Some(self.implicit_dir())),
             Some(_) => self.head_as(path, false).await?,
@@ -155,13 +182,7 @@ impl Namespace {
                     },
                 }
             }
-        };
-        if watch.unchanged(path) {
-            self.cache.learned(path, info);
-            return Ok(info);
-        }
-        tracing::debug!(%path, "changed by this mount while its HEAD was out: the answer is not cached");
-        Ok(self.cache.entry(path).unwrap_or(info))
+        })
     }
 
     /// [`Namespace::stat`] without the cache: what S3 says now.

@@ -493,3 +493,30 @@ async fn a_file_unlinked_while_being_written_leaves_no_incomplete_upload() {
     let key = r.layout.file_key(&RelPath::parse("day/big.bin").unwrap()).unwrap();
     assert!(!r.mem().keys().contains(&key));
 }
+
+#[tokio::test]
+async fn a_stat_that_joins_a_head_sent_before_the_mounts_change_gets_the_change() {
+    // Nothing cached (TTL 0): a stat after `rm` must not take the answer of a HEAD sent
+    // before it, which is still on the wire saying the file is there.
+    let r = rig_with(|c| c.metadata_ttl = Duration::ZERO);
+    r.plant("day/f.txt", b"x").await;
+    let path = RelPath::parse("day/f.txt").unwrap();
+    let key = r.layout.file_key(&path).unwrap();
+    let gate = r.mem().hold("head", &key);
+    let (ns, p) = (r.core.ns.clone(), path.clone());
+    let before = tokio::spawn(async move { ns.stat(&p).await });
+    gate.arrivals(1).await;
+    // What the mount's unlink does: the key goes, the cache records the removal.
+    r.mem().delete(&key).await.unwrap();
+    r.core.cache.remove(&path);
+    let (ns, p) = (r.core.ns.clone(), path.clone());
+    let after = tokio::spawn(async move { ns.stat(&p).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.release(100);
+    assert!(before.await.unwrap().is_ok());
+    assert_eq!(
+        after.await.unwrap().unwrap(),
+        None,
+        "a stat after the removal says the file is gone"
+    );
+}
