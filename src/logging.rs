@@ -13,9 +13,11 @@ use tracing_subscriber::registry::LookupSpan;
 /// Installs the global subscriber: `level` (or RUST_LOG) filters, to standard error.
 pub fn init(level: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(level))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|spec| EnvFilter::try_new(quiet_unmount(&spec)).ok())
+        .or_else(|| EnvFilter::try_new(quiet_unmount(level)).ok())
+        .unwrap_or_else(|| EnvFilter::new(quiet_unmount("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -33,6 +35,18 @@ pub fn init(level: &str) {
         let _ = builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .try_init();
+    }
+}
+
+/// `spec` with fuser's session module at error level, unless `spec` names fuser itself: its
+/// only warning ("Failed to umount filesystem: Invalid argument") comes at every unmount by
+/// `umount` or `fusermount3 -u` (the kernel has ended the mount already when fuser tries), and
+/// a warning at every normal unmount would teach people to ignore warnings.
+fn quiet_unmount(spec: &str) -> String {
+    if spec.contains("fuser") {
+        spec.to_string()
+    } else {
+        format!("{spec},fuser::session=error")
     }
 }
 

@@ -200,6 +200,14 @@ fn the_log_file_is_private_plain_and_reopened_on_sighup() {
     let old = std::fs::read_to_string(&rotated).expect("rotated");
     assert!(!old.contains("SIGHUP"), "later lines go to the new file only");
     m.assert_alive();
+    // `umount` is the normal way out: the log says so, with no warning about it.
+    m.unmount();
+    let last = std::fs::read_to_string(&log).expect("the log file");
+    assert!(last.contains("unmounted"), "{last}");
+    assert!(
+        !last.contains("WARN") && !last.contains("ERROR"),
+        "an unmount by umount is no failure: {last}"
+    );
 }
 
 #[test]
