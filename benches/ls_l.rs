@@ -189,40 +189,47 @@ fn main() {
         let _ = Command::new("umount").arg(&path).status();
         let _ = child.wait();
         // The directory cold: its parent was listed (`ls 2017/02`), nothing of it is cached.
-        let (path, mut child) = mount(&endpoint, base.path(), "mnt2", extra);
-        let listed = Command::new("ls").arg(path.join("2017/02")).output().expect("ls");
-        assert!(listed.status.success());
-        // PERF=FILE: profile the daemon during this run (perf record -g).
-        let perf = std::env::var("PERF").ok().map(|out| {
-            let p = Command::new("perf")
-                .args([
-                    "record",
-                    "-g",
-                    "-F",
-                    "4000",
-                    "-o",
-                    &format!("{out}-{}", extra.len()),
-                    "-p",
-                    &child.id().to_string(),
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("perf");
-            std::thread::sleep(Duration::from_millis(500));
-            p
-        });
-        let cold = ls_l(&target_in(&path), files);
-        if let Some(mut p) = perf {
-            // SAFETY: signalling our own child.
-            unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
-            let _ = p.wait();
+        // Each run on a mount of its own; the best of three, as for the walk.
+        let mut colds = Vec::new();
+        for run in 0..3 {
+            let (path, mut child) = mount(&endpoint, base.path(), &format!("cold{run}"), extra);
+            let listed = Command::new("ls").arg(path.join("2017/02")).output().expect("ls");
+            assert!(listed.status.success());
+            // PERF=FILE: profile the daemon during the first run (perf record -g).
+            let perf = std::env::var("PERF").ok().filter(|_| run == 0).map(|out| {
+                let p = Command::new("perf")
+                    .args([
+                        "record",
+                        "-g",
+                        "-F",
+                        "4000",
+                        "-o",
+                        &format!("{out}-{}", extra.len()),
+                        "-p",
+                        &child.id().to_string(),
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("perf");
+                std::thread::sleep(Duration::from_millis(500));
+                p
+            });
+            colds.push(ls_l(&target_in(&path), files));
+            if let Some(mut p) = perf {
+                // SAFETY: signalling our own child.
+                unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
+                let _ = p.wait();
+            }
+            let _ = Command::new("umount").arg(&path).status();
+            let _ = child.wait();
         }
-        let _ = Command::new("umount").arg(&path).status();
-        let _ = child.wait();
+        colds.sort_by(f64::total_cmp);
+        let (cold, median) = (colds[0], colds[1]);
         println!(
-            "  {name}: directory cold {cold:.3} s ({:.2}x the walk), fresh mount {fresh:.3} s ({:.2}x), warm {warm:.3} s; requests of the fresh run: {}",
+            "  {name}: directory cold {cold:.3} s ({:.2}x the walk; best of 3, median {median:.3} s = {:.2}x), fresh mount {fresh:.3} s ({:.2}x), warm {warm:.3} s; requests of the fresh run: {}",
             cold / walk,
+            median / walk,
             fresh / walk,
             requests.join(", ")
         );

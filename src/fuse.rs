@@ -355,7 +355,7 @@ impl fuser::Filesystem for FuseFs {
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let filled = self.core.readdir(fh.0).and_then(|dir| {
             self.fill_page(&dir, offset, READDIR_CHUNK, |next, e| {
-                reply.add(INodeNo(e.ino), next, file_type(e.kind), &e.name)
+                reply.add(INodeNo(self.core.entry_ino(&dir, e)), next, file_type(e.kind), &e.name)
             })
         });
         match filled {

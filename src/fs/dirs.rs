@@ -15,10 +15,23 @@ use tokio::sync::Notify;
 pub struct DirEntry {
     pub name: String,
     pub kind: Kind,
-    /// The inode, or `u64::MAX` for an entry the kernel has not looked up.
+    /// The inode of `.` and `..`; `u64::MAX` for a listed entry (readdir asks the inode table
+    /// when it replies: [`Core::entry_ino`](super::Core::entry_ino)).
     pub ino: u64,
     /// Everything about it, when the listing knew that much.
     pub(super) info: Option<EntryInfo>,
+}
+
+impl DirEntry {
+    /// A name from the directory's listing, of `kind`; `info` is kept when it is complete.
+    pub(super) fn listed(name: String, kind: Kind, info: &EntryInfo) -> Self {
+        DirEntry {
+            name,
+            kind,
+            ino: u64::MAX,
+            info: info.full.then_some(*info),
+        }
+    }
 }
 
 /// A directory as `opendir` saw it; readdir and readdirplus page through it.
@@ -31,7 +44,8 @@ pub struct OpenDir {
 #[derive(Default)]
 struct Feed {
     entries: Vec<DirEntry>,
-    names: HashSet<String>,
+    /// Seeded per process (names come from the bucket), cheaper than SipHash.
+    names: HashSet<String, foldhash::fast::RandomState>,
     /// Set once nothing more will come: Ok, or the errno and message of the failed listing.
     end: Option<Result<(), (i32, String)>>,
 }

@@ -166,22 +166,24 @@ impl Namespace {
             })
             .try_collect()
             .await?;
-        let mut out = BTreeMap::new();
-        for (files, _, _) in &pages {
-            for (name, size, mtime) in files {
-                out.insert(name.clone(), self.listed(EntryInfo::new(Kind::File, *size, *mtime)));
-            }
-        }
         let marked = pages.iter().any(|(_, _, m)| *m);
+        let mut dirs = Vec::new();
+        // Built at once from all the files (sorted once, not inserted one by one).
+        let mut out: BTreeMap<String, EntryInfo> = pages
+            .into_iter()
+            .flat_map(|(files, subdirs, _)| {
+                dirs.extend(subdirs);
+                files
+            })
+            .map(|(name, size, mtime)| (name, self.listed(EntryInfo::new(Kind::File, size, mtime))))
+            .collect();
         // A directory shadows a file of the same name (docs/LAYOUT.md): inserted last. A
         // name this mount found to hold only foreign keys stays hidden.
-        for (_, dirs, _) in pages {
-            for name in dirs {
-                if dir.join(&name).is_ok_and(|p| self.cache.is_ghost(&p)) {
-                    continue;
-                }
-                out.insert(name, self.listed(EntryInfo::new(Kind::Dir, 0, self.mount_time)));
+        for name in dirs {
+            if dir.join(&name).is_ok_and(|p| self.cache.is_ghost(&p)) {
+                continue;
             }
+            out.insert(name, self.listed(EntryInfo::new(Kind::Dir, 0, self.mount_time)));
         }
         Ok((out, marked))
     }

@@ -303,14 +303,19 @@ impl Core {
 
     /// Attributes with the mount's defaults for what the object does not record.
     fn attr(&self, ino: u64, info: EntryInfo) -> Attr {
+        let times = lock(&self.inodes).times(ino);
+        self.attr_with(ino, info, times)
+    }
+
+    /// [`Core::attr`] with the inode's times already read (under a lock its caller holds).
+    fn attr_with(&self, ino: u64, info: EntryInfo, times: inodes::Times) -> Attr {
         let default_perm = match info.kind {
             Kind::Dir => self.ns.cfg.dir_mode,
             Kind::File => self.ns.cfg.file_mode,
             Kind::Symlink => 0o777,
         };
-        let (changed, entries_changed) = lock(&self.inodes).times(ino);
         // A directory's entries changed here later than its object says: that is its mtime.
-        let mtime = match entries_changed {
+        let mtime = match times.entries_changed {
             Some(t) if info.kind == Kind::Dir => t.max(info.mtime),
             _ => info.mtime,
         };
@@ -322,9 +327,9 @@ impl Core {
                 _ => 1,
             },
             size: info.size,
-            atime: lock(&self.inodes).atime(ino).unwrap_or(mtime),
+            atime: times.accessed.unwrap_or(mtime),
             mtime,
-            ctime: changed.map_or(mtime, |c| c.max(mtime)),
+            ctime: times.changed.map_or(mtime, |c| c.max(mtime)),
             perm: info.posix.mode.map(|m| (m & 0o7777) as u16).unwrap_or(default_perm),
             uid: info.posix.uid.unwrap_or(self.ns.cfg.uid),
             gid: info.posix.gid.unwrap_or(self.ns.cfg.gid),

@@ -111,21 +111,16 @@ impl Core {
     /// Lists `dir`'s path into it (each prefix's pages as they come, when the listing is
     /// fetched), then the entries that needed the whole listing or a HEAD to be typed.
     async fn fill_dir(&self, dir: &Arc<OpenDir>) -> FsResult<()> {
-        let me = self.me.clone();
         let filling = dir.clone();
-        let feed: super::listing::Feed = Arc::new(move |path: &RelPath, page: Vec<(String, Kind, EntryInfo)>| {
-            let Some(me) = me.upgrade() else { return };
-            let inodes = lock(&me.inodes);
-            let entries = page
-                .iter()
-                .map(|(name, kind, info)| Self::dir_entry(&inodes, path, name, *kind, info))
-                .collect();
-            drop(inodes);
-            filling.push(entries);
+        let feed: super::listing::Feed = Arc::new(move |_: &RelPath, page: Vec<(String, Kind, EntryInfo)>| {
+            filling.push(
+                page.into_iter()
+                    .map(|(name, kind, info)| DirEntry::listed(name, kind, &info))
+                    .collect(),
+            );
         });
         let listing = self.ns.list_dir_feeding(&dir.path, Some(&feed)).await?;
         let typed = self.type_untyped(&dir.path, &listing).await;
-        let inodes = lock(&self.inodes);
         let rest = listing
             .iter()
             .filter(|(name, _)| !dir.has(name))
@@ -133,30 +128,24 @@ impl Core {
                 // A listing cannot tell a symlink from a file; a HEAD can (and updates the
                 // listing, so a full entry is typed).
                 let kind = typed.get(name).copied().unwrap_or(info.kind);
-                Self::dir_entry(&inodes, &dir.path, name, kind, info)
+                DirEntry::listed(name.clone(), kind, info)
             })
             .collect();
-        drop(inodes);
         dir.push(rest);
         Ok(())
     }
 
-    /// The entry `name` of `dir`. Entries the kernel has not looked up yet get a placeholder
-    /// number; it uses the name and type, and looks the entry up before using it.
-    pub(super) fn dir_entry(
-        inodes: &super::inodes::Inodes,
-        dir: &RelPath,
-        name: &str,
-        kind: Kind,
-        info: &EntryInfo,
-    ) -> DirEntry {
-        let ino = dir.join(name).ok().and_then(|p| inodes.find(&p)).unwrap_or(u64::MAX);
-        DirEntry {
-            name: name.to_string(),
-            kind,
-            ino,
-            info: info.full.then_some(*info),
+    /// The inode number readdir reports for `e` of `dir`: the kernel's, when it has looked
+    /// the entry up, else a placeholder (the kernel uses the name and type, and looks the
+    /// entry up before using it).
+    pub fn entry_ino(&self, dir: &OpenDir, e: &DirEntry) -> u64 {
+        if e.ino != u64::MAX {
+            return e.ino;
         }
+        let Ok(child) = dir.path.join(&e.name) else {
+            return u64::MAX;
+        };
+        lock(&self.inodes).find(&child).unwrap_or(u64::MAX)
     }
 
     /// The attributes of a listed entry whose listing says everything (`--trust-listing`, or
@@ -165,8 +154,13 @@ impl Core {
     pub fn listed_attr(&self, dir: &OpenDir, e: &DirEntry) -> Option<Attr> {
         let info = e.info?;
         let child = dir.path.join(&e.name).ok()?;
-        let ino = lock(&self.inodes).lookup(&child, info.kind);
-        Some(self.attr(ino, info))
+        // One lock per entry: a readdirplus reply holds a couple of hundred.
+        let (ino, times) = {
+            let mut inodes = lock(&self.inodes);
+            let ino = inodes.lookup(&child, info.kind);
+            (ino, inodes.times(ino))
+        };
+        Some(self.attr_with(ino, info, times))
     }
 
     /// A listing cannot tell a symlink from a file, and readdir must give each entry's type

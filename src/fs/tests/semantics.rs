@@ -520,3 +520,22 @@ async fn a_stat_that_joins_a_head_sent_before_the_mounts_change_gets_the_change(
         "a stat after the removal says the file is gone"
     );
 }
+
+#[tokio::test]
+async fn readdir_reports_the_inode_numbers_the_kernel_knows() {
+    let r = rig();
+    r.plant("day/a.txt", b"a").await;
+    r.plant("day/b.txt", b"b").await;
+    let a = r.ino("day/a.txt").await;
+    let day = r.ino("day").await;
+    let fh = r.core.opendir(day).await.unwrap();
+    let dir = r.core.readdir(fh).unwrap();
+    let entries = dir.all_entries().await.unwrap();
+    let ino_of = |name: &str| {
+        let e = entries.iter().find(|e| e.name == name).unwrap();
+        r.core.entry_ino(&dir, e)
+    };
+    assert_eq!(ino_of("."), day);
+    assert_eq!(ino_of("a.txt"), a, "the number stat gives");
+    assert_eq!(ino_of("b.txt"), u64::MAX, "not looked up yet: a placeholder");
+}
