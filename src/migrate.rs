@@ -103,11 +103,11 @@ pub async fn migrate(
         return Err("the source and the destination are the same layout: nothing to migrate".into());
     }
     let mut report = Report::default();
-    let (items, foreign) = plan(store.as_ref(), from, to).await?;
+    let ((items, foreign), present) = survey(store.as_ref(), from, to).await?;
     report.foreign = foreign;
     report.objects = items.len() as u64;
     report.bytes = items.iter().map(|i| i.size).sum();
-    let (done, todo) = sort_out(store.as_ref(), to, items, opts).await?;
+    let (done, todo) = sort_out(store.as_ref(), &present, items, opts).await?;
     report.present = done.len() as u64;
     let todo = interleave(todo, to.prefix_count());
     report.copied = todo.len() as u64;
@@ -135,8 +135,8 @@ pub async fn migrate(
     }
     // Verify every object against a fresh listing of the destination before anything of
     // the source may go.
-    let (items, _) = plan(store.as_ref(), from, to).await?;
-    let (items, missing) = sort_out(store.as_ref(), to, items, opts).await?;
+    let ((items, _), present) = survey(store.as_ref(), from, to).await?;
+    let (items, missing) = sort_out(store.as_ref(), &present, items, opts).await?;
     if let Some(first) = missing.first() {
         return Err(format!(
             "verification failed: {} of {} objects are not in the destination as in the source (first: {}); the source is left as it is",
@@ -156,6 +156,15 @@ pub async fn migrate(
         progress.done();
     }
     Ok(report)
+}
+
+/// [`plan`], and what the destination holds (by key), listed at the same time.
+async fn survey(
+    store: &dyn ObjectStore,
+    from: &Layout,
+    to: &Layout,
+) -> Result<((Vec<Item>, u64), HashMap<String, ObjectMeta>), String> {
+    futures::try_join!(plan(store, from, to), scan(store, to))
 }
 
 /// The source's objects with their destination keys, and the count of foreign keys.
@@ -225,15 +234,14 @@ async fn scan(store: &dyn ObjectStore, layout: &Layout) -> Result<HashMap<String
 }
 
 /// Splits `items` into those the destination holds already and those still to copy, by a
-/// fresh listing of the destination (and a HEAD for each multipart copy, `jobs` at once).
+/// fresh listing of the destination (`present`) and a HEAD for each multipart copy, `jobs`
+/// at once.
 async fn sort_out(
     store: &dyn ObjectStore,
-    to: &Layout,
+    present: &HashMap<String, ObjectMeta>,
     items: Vec<Item>,
     opts: &Options,
 ) -> Result<(Vec<Item>, Vec<Item>), String> {
-    let present = scan(store, to).await?;
-    let present = &present;
     let checked: Vec<(Item, bool)> = stream::iter(items)
         .map(|item| async move {
             let done = copied_already(store, &item, present.get(&item.dst), opts).await?;
@@ -513,6 +521,27 @@ impl Progress for Bar {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_source_and_the_destination_are_listed_at_the_same_time() {
+        let store = crate::store::memory::MemoryStore::new();
+        let from = Layout::new("plain", 1).unwrap();
+        let to = Layout::new("hashed", 4).unwrap();
+        let source = store.hold("list", "plain/");
+        let destination = store.hold("list", "hashed/");
+        let both_out = async {
+            // Each waits for the other's listing to be sent before its own is answered.
+            source.arrivals(1).await;
+            destination.arrivals(1).await;
+            source.release(100);
+            destination.release(100);
+        };
+        let joined = async { tokio::join!(survey(&store, &from, &to), both_out).0 };
+        let surveyed = tokio::time::timeout(std::time::Duration::from_secs(10), joined)
+            .await
+            .expect("the destination is listed while the source's listing is out");
+        assert!(surveyed.is_ok());
+    }
 
     #[test]
     fn items_go_out_round_robin_over_the_destination_prefixes() {
