@@ -132,8 +132,8 @@ impl Bucket {
             })
             .buffered(FILE_PARALLEL);
         while let Some(chunk) = chunks.next().await {
-            out.write_all(&chunk?)
-                .map_err(|e| format!("writing {}: {e}", show(path)))?;
+            let chunk = chunk?;
+            local_io(|| out.write_all(&chunk)).map_err(|e| format!("writing {}: {e}", show(path)))?;
         }
         Ok(())
     }
@@ -169,7 +169,7 @@ impl Bucket {
         let mut buf = vec![0u8; CHUNK as usize];
         let mut offset = 0u64;
         loop {
-            let n = file.read(&mut buf).map_err(|e| format!("{}: {e}", src.display()))?;
+            let n = local_io(|| file.read(&mut buf)).map_err(|e| format!("{}: {e}", src.display()))?;
             if n == 0 {
                 break;
             }
@@ -377,6 +377,16 @@ pub fn name_matches(pattern: &str, name: &str) -> bool {
     };
     // SAFETY: both are valid NUL-terminated strings for the duration of the call.
     unsafe { libc::fnmatch(p.as_ptr(), n.as_ptr(), 0) == 0 }
+}
+
+/// Runs `f`, a read or write of a local file or of standard output, without holding up the
+/// runtime's other tasks (the S3 requests of the parts and files in flight) while it blocks:
+/// a cold disk or a slow pipe reader can take milliseconds per call.
+fn local_io<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 /// Finds the layout a `s3://BUCKET/REST` target lies in: the shallowest prefix of REST that
