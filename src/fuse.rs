@@ -9,7 +9,7 @@
 
 use crate::fs::cache::Kind;
 use crate::fs::error::{FsError, FsResult};
-use crate::fs::{Core, DirEntry, OpenDir};
+use crate::fs::{AttrChanges, Core, DirEntry, OpenDir};
 use crate::layout::escape_controls;
 use crate::store::stats::CALLER;
 use fuser::{
@@ -196,8 +196,15 @@ impl fuser::Filesystem for FuseFs {
             TimeOrNow::SpecificTime(t) => t,
             TimeOrNow::Now => SystemTime::now(),
         };
-        let (atime, mtime) = (atime.map(time), mtime.map(time));
-        match self.run("setattr", self.core.setattr(ino.0, size, mode, uid, gid, atime, mtime)) {
+        let changes = AttrChanges {
+            size,
+            mode,
+            uid,
+            gid,
+            atime: atime.map(time),
+            mtime: mtime.map(time),
+        };
+        match self.run("setattr", self.core.setattr(ino.0, changes)) {
             Ok(a) => reply.attr(&self.ttl, &self.file_attr(a)),
             Err(e) => reply.error(errno("setattr", e)),
         }

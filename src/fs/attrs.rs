@@ -2,82 +2,87 @@
 //! symlinks (a small object whose POSIX metadata says so).
 
 use super::cache::{EntryInfo, Kind, SYMLINK_MAX};
-use super::error::staging_err;
 use super::error::{FsError, FsResult};
 use super::posix::Posix;
 use super::{Attr, Core, lock};
-use crate::data::staging::{Base, StagedFile};
 use bytes::Bytes;
 use std::ffi::OsStr;
 use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
+/// What a setattr asks to change (chmod, chown, truncate, utimens); None leaves it alone.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttrChanges {
+    pub size: Option<u64>,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<SystemTime>,
+    pub mtime: Option<SystemTime>,
+}
+
+impl AttrChanges {
+    /// Whether it changes POSIX metadata (stored with the object), not only the size.
+    fn changes_meta(&self) -> bool {
+        self.mode.is_some() || self.uid.is_some() || self.gid.is_some() || self.mtime.is_some()
+    }
+
+    /// `posix` with these changes applied, for an object of `kind`.
+    fn apply(&self, kind: Kind, mut posix: Posix) -> Posix {
+        let type_bits = match kind {
+            Kind::Dir => libc::S_IFDIR,
+            Kind::File => libc::S_IFREG,
+            Kind::Symlink => libc::S_IFLNK,
+        };
+        if let Some(m) = self.mode {
+            posix.mode = Some(type_bits | (m & 0o7777));
+        }
+        posix.uid = self.uid.or(posix.uid);
+        posix.gid = self.gid.or(posix.gid);
+        posix.mtime = self.mtime.or(posix.mtime);
+        posix
+    }
+}
+
 impl Core {
     /// chmod, chown, utimens and truncate. S3 has nowhere to keep an atime: one set here
     /// lives in the inode (this mount's view), and a change of mtime leaves the atime as it
     /// read before.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn setattr(
-        &self,
-        ino: u64,
-        size: Option<u64>,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        atime: Option<SystemTime>,
-        mtime: Option<SystemTime>,
-    ) -> FsResult<Attr> {
-        let keep = match atime {
+    pub async fn setattr(&self, ino: u64, changes: AttrChanges) -> FsResult<Attr> {
+        let keep = match changes.atime {
             Some(t) => Some(t),
-            None if (mtime.is_some() || size.is_some()) && lock(&self.inodes).atime(ino).is_none() => {
+            None if (changes.mtime.is_some() || changes.size.is_some()) && lock(&self.inodes).atime(ino).is_none() => {
                 Some(self.getattr(ino).await?.atime)
             }
             None => None,
         };
-        let attr = self.set_attributes(ino, size, mode, uid, gid, mtime).await?;
+        let attr = self.set_attributes(ino, &changes).await?;
         let Some(t) = keep else { return Ok(attr) };
         lock(&self.inodes).accessed(ino, t);
         Ok(Attr { atime: t, ..attr })
     }
 
-    async fn set_attributes(
-        &self,
-        ino: u64,
-        size: Option<u64>,
-        mode: Option<u32>,
-        uid: Option<u32>,
-        gid: Option<u32>,
-        mtime: Option<SystemTime>,
-    ) -> FsResult<Attr> {
+    /// [`Core::setattr`] but the atime: through the file's open state when it is open (its
+    /// last close uploads the change), else in S3 at once.
+    async fn set_attributes(&self, ino: u64, changes: &AttrChanges) -> FsResult<Attr> {
         let path = self.path_of(ino)?;
         let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
-        let meta_change = mode.is_some() || uid.is_some() || gid.is_some() || mtime.is_some();
-        if (meta_change || size.is_some()) && !path.is_root() {
+        let meta_change = changes.changes_meta();
+        if (meta_change || changes.size.is_some()) && !path.is_root() {
             self.check_writable(&path)?;
         }
-        let type_bits = match info.kind {
-            Kind::Dir => libc::S_IFDIR,
-            Kind::File => libc::S_IFREG,
-            Kind::Symlink => libc::S_IFLNK,
-        };
-        let mut posix = info.posix;
-        if let Some(m) = mode {
-            posix.mode = Some(type_bits | (m & 0o7777));
-        }
-        posix.uid = uid.or(posix.uid);
-        posix.gid = gid.or(posix.gid);
-        posix.mtime = mtime.or(posix.mtime);
-        if size.is_some() && info.kind == Kind::Dir {
+        if changes.size.is_some() && info.kind == Kind::Dir {
             return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
         }
+        let mut posix = changes.apply(info.kind, info.posix);
         if let Some(shared) = self.files.shared(ino) {
             // Under the body's lock: the last close either uploads what this changes or has
             // detached the state already (then this is a change to a closed file, below).
             let mut body = shared.body.lock().await;
             if !shared.detached.load(Ordering::Relaxed) {
-                if let Some(size) = size {
+                if let Some(size) = changes.size {
                     self.files.truncate_body(&path, &shared, &mut body, size).await?;
-                    if mtime.is_none() {
+                    if changes.mtime.is_none() {
                         posix.mtime = Some(SystemTime::now());
                     }
                 }
@@ -97,44 +102,15 @@ impl Core {
             return self.getattr(ino).await;
         }
         let mut new_size = info.size;
-        match (info.kind, size) {
-            (Kind::File, Some(size)) if size != info.size => {
-                if mtime.is_none() {
+        match changes.size {
+            Some(size) if size != info.size && info.kind == Kind::File => {
+                if changes.mtime.is_none() {
                     posix.mtime = Some(SystemTime::now());
                 }
-                let key = self.ns.layout.file_key(&path)?;
-                let meta = posix.to_meta();
-                if size == 0 {
-                    self.ns.store.put(&key, Bytes::new(), &meta).await?;
-                } else {
-                    let mut staged = StagedFile::create(
-                        self.files.staging_path(),
-                        Some(Base {
-                            key: key.clone(),
-                            size: info.size,
-                        }),
-                        self.ns.cfg.part_size as u64,
-                    )
-                    .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
-                    staged
-                        .truncate(self.ns.store.as_ref(), size)
-                        .await
-                        .map_err(|e| staging_err(&path, "truncate", e))?;
-                    staged
-                        .upload(&self.ns.store, &key, &meta)
-                        .await
-                        .map_err(|e| staging_err(&path, "truncate", e))?;
-                }
+                self.files.truncate_closed(&path, info.size, size, &posix).await?;
                 new_size = size;
             }
-            (Kind::Dir, _) if meta_change => {
-                let key = self.ns.layout.dir_marker_key(&path)?;
-                self.ns.store.put(&key, Bytes::new(), &posix.to_meta()).await?;
-            }
-            (_, _) if meta_change => {
-                let key = self.ns.layout.file_key(&path)?;
-                self.ns.store.copy(&key, &key, Some(&posix.to_meta())).await?;
-            }
+            _ if meta_change => self.ns.set_metadata(&path, info.kind, &posix).await?,
             _ => {}
         }
         let new_info = EntryInfo { size: new_size, ..info }.with_posix(posix);

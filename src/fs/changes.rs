@@ -65,6 +65,19 @@ impl Namespace {
         }
     }
 
+    /// Stores `posix` as the metadata of `path`, a closed file or symlink (a COPY of the
+    /// object onto itself) or a directory (its marker PUT anew).
+    pub async fn set_metadata(&self, path: &RelPath, kind: Kind, posix: &Posix) -> FsResult<()> {
+        if kind == Kind::Dir {
+            let key = self.layout.dir_marker_key(path)?;
+            self.store.put(&key, Bytes::new(), &posix.to_meta()).await?;
+        } else {
+            let key = self.layout.file_key(path)?;
+            self.store.copy(&key, &key, Some(&posix.to_meta())).await?;
+        }
+        Ok(())
+    }
+
     /// `rmdir`: fails unless nothing of this namespace (nor a file being written through the
     /// mount) is below `path`; deletes its marker.
     pub async fn remove_dir(&self, path: &RelPath) -> FsResult<()> {

@@ -156,6 +156,39 @@ impl OpenFiles {
         self.staging_dir.join(uuid::Uuid::new_v4().simple().to_string())
     }
 
+    /// Truncates `path`, a file nobody has open, from `old_size` to `size` in S3, with
+    /// `posix` as its metadata: an empty PUT, or the kept part (ranged GETs) through a
+    /// staging file and uploaded.
+    pub(super) async fn truncate_closed(
+        &self,
+        path: &RelPath,
+        old_size: u64,
+        size: u64,
+        posix: &Posix,
+    ) -> FsResult<()> {
+        let key = self.ns.layout.file_key(path)?;
+        let meta = posix.to_meta();
+        if size == 0 {
+            self.ns.store.put(&key, Bytes::new(), &meta).await?;
+            return Ok(());
+        }
+        let base = Base {
+            key: key.clone(),
+            size: old_size,
+        };
+        let mut staged = StagedFile::create(self.staging_path(), Some(base), self.ns.cfg.part_size as u64)
+            .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
+        staged
+            .truncate(self.ns.store.as_ref(), size)
+            .await
+            .map_err(|e| staging_err(path, "truncate", e))?;
+        staged
+            .upload(&self.ns.store, &key, &meta)
+            .await
+            .map_err(|e| staging_err(path, "truncate", e))?;
+        Ok(())
+    }
+
     /// Registers a handle on `ino`'s open state, creating the state with `body` if needed.
     pub(super) fn attach(
         &self,

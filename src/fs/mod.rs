@@ -45,6 +45,7 @@ use crate::data::read::{ObjectReads, ReadConfig};
 use crate::layout::{Layout, RelPath};
 use crate::store::ObjectStore;
 use crate::store::stats::RequestStats;
+pub use attrs::AttrChanges;
 use cache::{EntryInfo, Kind, MetaCache};
 pub use dirs::{DirEntry, OpenDir};
 use error::{FsError, FsResult};

@@ -6,7 +6,7 @@
 
 use super::cache::Kind;
 use super::inodes::ROOT_INO;
-use super::{Core, FsConfig};
+use super::{AttrChanges, Core, FsConfig};
 use crate::layout::{Layout, RelPath};
 use crate::store::deferred::DeferredDeletes;
 use crate::store::memory::MemoryStore;

@@ -3,7 +3,7 @@
 //! run against a `BTreeMap` model of the tree; after every step each directory's listing
 //! and each file's bytes must be what the model says.
 
-use super::{ROOT_INO, Rig, rig};
+use super::{AttrChanges, ROOT_INO, Rig, rig};
 use crate::fs::cache::Kind;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
@@ -104,7 +104,13 @@ async fn step(r: &Rig, m: &mut BTreeMap<String, Node>, op: &Op) {
         Op::Truncate(p, n) if matches!(m.get(p), Some(Node::File(_))) => {
             let f = ino(r, p).await;
             r.core
-                .setattr(f, Some(*n as u64), None, None, None, None, None)
+                .setattr(
+                    f,
+                    AttrChanges {
+                        size: Some(*n as u64),
+                        ..Default::default()
+                    },
+                )
                 .await
                 .unwrap();
             if let Some(Node::File(body)) = m.get_mut(p) {

@@ -124,7 +124,13 @@ async fn directory_and_change_times_follow_this_mounts_changes() {
     let before = r.core.getattr(f.ino).await.unwrap();
     let after = r
         .core
-        .setattr(f.ino, None, Some(0o600), None, None, None, None)
+        .setattr(
+            f.ino,
+            AttrChanges {
+                mode: Some(0o600),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(after.mtime, before.mtime);
@@ -245,8 +251,16 @@ async fn a_truncate_racing_the_last_close_is_kept() {
             .unwrap();
         r.core.flush(fh, false).await.unwrap();
         let (core, ino) = (r.core.clone(), attr.ino);
-        let truncate =
-            tokio::spawn(async move { core.setattr(ino, Some(1_234_567), None, None, None, None, None).await });
+        let truncate = tokio::spawn(async move {
+            core.setattr(
+                ino,
+                AttrChanges {
+                    size: Some(1_234_567),
+                    ..Default::default()
+                },
+            )
+            .await
+        });
         r.core.release(fh).await.unwrap();
         let answered = truncate.await.unwrap().unwrap();
         assert_eq!(answered.size, 1_234_567, "{name}: setattr's answer");
@@ -269,19 +283,24 @@ async fn atime_is_kept_in_the_mounts_view() {
         .core
         .setattr(
             ino,
-            None,
-            None,
-            None,
-            None,
-            Some(t(1_900_000_000)),
-            Some(t(1_950_000_000)),
+            AttrChanges {
+                atime: Some(t(1_900_000_000)),
+                mtime: Some(t(1_950_000_000)),
+                ..Default::default()
+            },
         )
         .await
         .unwrap();
     assert_eq!((a.atime, a.mtime), (t(1_900_000_000), t(1_950_000_000)));
     let a = r
         .core
-        .setattr(ino, None, None, None, None, None, Some(t(2_000_000_000)))
+        .setattr(
+            ino,
+            AttrChanges {
+                mtime: Some(t(2_000_000_000)),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!((a.atime, a.mtime), (t(1_900_000_000), t(2_000_000_000)));
@@ -451,7 +470,16 @@ async fn an_unlink_racing_the_second_upload_of_the_last_close_is_not_undone() {
     gate.arrivals(1).await;
     // Queued on the file's lock behind the first upload: served before the second.
     let core = r.core.clone();
-    let truncate = tokio::spawn(async move { core.setattr(ino, Some(4), None, None, None, None, None).await });
+    let truncate = tokio::spawn(async move {
+        core.setattr(
+            ino,
+            AttrChanges {
+                size: Some(4),
+                ..Default::default()
+            },
+        )
+        .await
+    });
     tokio::time::sleep(Duration::from_millis(50)).await;
     gate.release(1);
     truncate.await.unwrap().unwrap();
