@@ -22,6 +22,14 @@ pub struct AttrChanges {
 }
 
 impl AttrChanges {
+    /// A truncate (or extension) to `size` bytes, and nothing else.
+    pub fn truncate(size: u64) -> Self {
+        AttrChanges {
+            size: Some(size),
+            ..Default::default()
+        }
+    }
+
     /// Whether it changes POSIX metadata (stored with the object), not only the size.
     fn changes_meta(&self) -> bool {
         self.mode.is_some() || self.uid.is_some() || self.gid.is_some() || self.mtime.is_some()

@@ -103,16 +103,7 @@ async fn step(r: &Rig, m: &mut BTreeMap<String, Node>, op: &Op) {
         }
         Op::Truncate(p, n) if matches!(m.get(p), Some(Node::File(_))) => {
             let f = ino(r, p).await;
-            r.core
-                .setattr(
-                    f,
-                    AttrChanges {
-                        size: Some(*n as u64),
-                        ..Default::default()
-                    },
-                )
-                .await
-                .unwrap();
+            r.core.setattr(f, AttrChanges::truncate(*n as u64)).await.unwrap();
             if let Some(Node::File(body)) = m.get_mut(p) {
                 body.resize(*n as usize, 0);
             }

@@ -251,16 +251,7 @@ async fn a_truncate_racing_the_last_close_is_kept() {
             .unwrap();
         r.core.flush(fh, false).await.unwrap();
         let (core, ino) = (r.core.clone(), attr.ino);
-        let truncate = tokio::spawn(async move {
-            core.setattr(
-                ino,
-                AttrChanges {
-                    size: Some(1_234_567),
-                    ..Default::default()
-                },
-            )
-            .await
-        });
+        let truncate = tokio::spawn(async move { core.setattr(ino, AttrChanges::truncate(1_234_567)).await });
         r.core.release(fh).await.unwrap();
         let answered = truncate.await.unwrap().unwrap();
         assert_eq!(answered.size, 1_234_567, "{name}: setattr's answer");
@@ -425,6 +416,35 @@ async fn an_implicit_directory_is_found_from_its_parents_listing_and_cached() {
     );
 }
 
+impl Rig {
+    /// Unlinks `name` in `dir` while a PUT is held at `gate`, then lets that PUT land and
+    /// waits for the `release` that sent it, and for the unlink.
+    async fn unlink_past_held_put(
+        &self,
+        dir: u64,
+        name: &str,
+        gate: &crate::store::memory::Gate,
+        release: tokio::task::JoinHandle<crate::fs::FsResult<()>>,
+    ) {
+        let (core, name) = (self.core.clone(), name.to_string());
+        let unlink = tokio::spawn(async move { core.unlink(dir, OsStr::new(&name)).await });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        gate.release(1);
+        release.await.unwrap().unwrap();
+        unlink.await.unwrap().unwrap();
+    }
+
+    /// Once the batched deletes are sent, `path` is gone from the mount and `key` from S3.
+    async fn assert_removed(&self, path: &RelPath, key: &str) {
+        self.core.sync_deletes().await.unwrap();
+        assert!(
+            self.core.stat(path).await.unwrap().is_none(),
+            "the mount shows the file again"
+        );
+        assert!(!self.mem().keys().iter().any(|k| k == key), "S3 has the file again");
+    }
+}
+
 #[tokio::test]
 async fn an_unlink_racing_the_upload_of_the_last_close_is_not_undone() {
     // `touch f; rm f`: close returns before the kernel's release, whose upload of the empty
@@ -439,18 +459,8 @@ async fn an_unlink_racing_the_upload_of_the_last_close_is_not_undone() {
     let core = r.core.clone();
     let release = tokio::spawn(async move { core.release(fh).await });
     gate.arrivals(1).await;
-    let core = r.core.clone();
-    let unlink = tokio::spawn(async move { core.unlink(day, OsStr::new("f.txt")).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    gate.release(1);
-    release.await.unwrap().unwrap();
-    unlink.await.unwrap().unwrap();
-    r.core.sync_deletes().await.unwrap();
-    assert!(
-        r.core.stat(&path).await.unwrap().is_none(),
-        "the mount shows the file again"
-    );
-    assert!(!r.mem().keys().contains(&key), "S3 has the file again");
+    r.unlink_past_held_put(day, "f.txt", &gate, release).await;
+    r.assert_removed(&path, &key).await;
 }
 
 #[tokio::test]
@@ -470,32 +480,13 @@ async fn an_unlink_racing_the_second_upload_of_the_last_close_is_not_undone() {
     gate.arrivals(1).await;
     // Queued on the file's lock behind the first upload: served before the second.
     let core = r.core.clone();
-    let truncate = tokio::spawn(async move {
-        core.setattr(
-            ino,
-            AttrChanges {
-                size: Some(4),
-                ..Default::default()
-            },
-        )
-        .await
-    });
+    let truncate = tokio::spawn(async move { core.setattr(ino, AttrChanges::truncate(4)).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
     gate.release(1);
     truncate.await.unwrap().unwrap();
     gate.arrivals(2).await;
-    let core = r.core.clone();
-    let unlink = tokio::spawn(async move { core.unlink(day, OsStr::new("f.txt")).await });
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    gate.release(1);
-    release.await.unwrap().unwrap();
-    unlink.await.unwrap().unwrap();
-    r.core.sync_deletes().await.unwrap();
-    assert!(
-        r.core.stat(&path).await.unwrap().is_none(),
-        "the mount shows the file again"
-    );
-    assert!(!r.mem().keys().contains(&key), "S3 has the file again");
+    r.unlink_past_held_put(day, "f.txt", &gate, release).await;
+    r.assert_removed(&path, &key).await;
 }
 
 #[tokio::test]
