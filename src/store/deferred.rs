@@ -6,7 +6,8 @@
 //! Invariants, so the delay is invisible to readers and writers of this mount, and an
 //! acknowledged unlink is never undone:
 //! 1. A key queued, being deleted, or whose delete failed does not exist: HEAD/GET answer
-//!    NotFound, listings omit it.
+//!    NotFound, listings omit it, and a subdirectory of a delimited listing that holds
+//!    nothing else is omitted too (one LIST below it tells, sent only in that case).
 //! 2. A write to such a key (PUT, copy, multipart) first cancels its queued delete, or waits
 //!    for the batch that is deleting it, so the delete can never land after the write.
 //! 3. A delete is journalled ([`Journal`]) when it is queued and marked done when S3 confirms
@@ -289,6 +290,40 @@ impl DeferredDeletes {
         Ok(())
     }
 
+    /// The keys below `prefix` that do not exist for this mount's readers: queued, being
+    /// deleted, or whose delete failed.
+    fn hidden_below(&self, prefix: &str) -> HashSet<String> {
+        let q = self.s.lock();
+        q.queued_set
+            .iter()
+            .chain(q.in_flight.iter())
+            .chain(q.failed.iter())
+            .filter(|k| k.starts_with(prefix))
+            .cloned()
+            .collect()
+    }
+
+    /// Whether a key below `prefix` exists besides `hidden` (and those hidden meanwhile): LIST
+    /// pages until one does. Sent only for a subdirectory with deletes pending under it.
+    async fn holds_more(&self, prefix: &str, hidden: &HashSet<String>) -> StoreResult<bool> {
+        let mut token: Option<String> = None;
+        loop {
+            let page = self.s.inner.list(prefix, None, token.as_deref(), None).await?;
+            let now = self.hidden_below(prefix);
+            if page
+                .objects
+                .iter()
+                .any(|o| !hidden.contains(&o.key) && !now.contains(&o.key))
+            {
+                return Ok(true);
+            }
+            match page.next_token {
+                Some(t) => token = Some(t),
+                None => return Ok(false),
+            }
+        }
+    }
+
     /// Sends every queued delete, failed ones included, and waits for all batches to finish
     /// (invariant 5). Fails if any delete is still unconfirmed; it stays queued for retries.
     pub async fn settle(&self) -> StoreResult<()> {
@@ -381,24 +416,22 @@ impl ObjectStore for DeferredDeletes {
     ) -> StoreResult<ListPage> {
         // Keys pending when the request leaves may be deleted while it is answered, and then
         // no longer be pending when the answer arrives: hide both.
-        let before: HashSet<String> = {
-            let q = self.s.lock();
-            q.queued_set
-                .iter()
-                .chain(q.in_flight.iter())
-                .chain(q.failed.iter())
-                .filter(|k| k.starts_with(prefix))
-                .cloned()
-                .collect()
-        };
+        let before = self.hidden_below(prefix);
         let mut page = self.s.inner.list(prefix, delimiter, token, max_keys).await?;
-        let q = self.s.lock();
-        page.objects.retain(|o| {
-            !before.contains(&o.key)
-                && !q.queued_set.contains(&o.key)
-                && !q.in_flight.contains(&o.key)
-                && !q.failed.contains(&o.key)
-        });
+        let mut hidden = self.hidden_below(prefix);
+        hidden.extend(before);
+        page.objects.retain(|o| !hidden.contains(&o.key));
+        // A subdirectory S3 shows because of keys whose delete is pending (`rm -r d`, then
+        // `ls` of its parent) may hold nothing else: then it is not there either.
+        if delimiter.is_some() && !hidden.is_empty() {
+            let mut kept = Vec::with_capacity(page.common_prefixes.len());
+            for cp in std::mem::take(&mut page.common_prefixes) {
+                if !hidden.iter().any(|k| k.starts_with(&cp)) || self.holds_more(&cp, &hidden).await? {
+                    kept.push(cp);
+                }
+            }
+            page.common_prefixes = kept;
+        }
         Ok(page)
     }
 
@@ -478,6 +511,23 @@ mod tests {
         assert_eq!(d.list("a/", None, None, None).await.unwrap().objects.len(), 0);
         d.settle().await.unwrap();
         assert_eq!(mem.keys(), vec!["b/1"]);
+    }
+
+    #[tokio::test]
+    async fn a_subdirectory_of_pending_deletes_only_is_not_listed() {
+        let (mem, d) = setup();
+        for k in ["p/gone/1", "p/gone/2", "p/kept/1", "p/kept/2", "p/f"] {
+            mem.put(k, Bytes::from_static(b"x"), &UserMeta::new()).await.unwrap();
+        }
+        for k in ["p/gone/1", "p/gone/2", "p/kept/1"] {
+            d.delete(k).await.unwrap();
+        }
+        let page = d.list("p/", Some("/"), None, None).await.unwrap();
+        assert_eq!(page.common_prefixes, ["p/kept/"], "p/gone/ holds only pending deletes");
+        assert_eq!(page.objects.len(), 1);
+        d.settle().await.unwrap();
+        let page = d.list("p/", Some("/"), None, None).await.unwrap();
+        assert_eq!(page.common_prefixes, ["p/kept/"]);
     }
 
     #[tokio::test]
