@@ -178,7 +178,9 @@ impl Namespace {
                 (Kind::Dir, Kind::File | Kind::Symlink) => {
                     return Err(FsError::new(libc::ENOTDIR, format!("{to}: not a directory")));
                 }
-                (Kind::Dir, Kind::Dir) if self.any_under(to).await? => {
+                // A file being written in `to` counts, though S3 may not have it yet (`close`
+                // returns before the kernel's `release` uploads it).
+                (Kind::Dir, Kind::Dir) if !self.pending_in(to).is_empty() || self.any_under(to).await? => {
                     return Err(FsError::new(libc::ENOTEMPTY, format!("{to}: directory not empty")));
                 }
                 _ => {}

@@ -573,3 +573,21 @@ async fn a_directory_whose_keys_are_all_being_deleted_is_not_listed() {
     let names: Vec<String> = r.list(ROOT_INO).await.into_iter().map(|e| e.name).collect();
     assert_eq!(names, [".", "..", "e"]);
 }
+
+#[tokio::test]
+async fn a_directory_holding_only_a_file_being_written_is_not_replaced_by_a_rename() {
+    // pjdfstest rename/20: `to/test` created and closed, then rename(from, to); the kernel's
+    // release (which uploads it) may come after the rename.
+    let r = rig();
+    r.ino_after_mkdir("from").await;
+    let to = r.ino_after_mkdir("to").await;
+    let fh = r.create(to, "test").await;
+    let err = r
+        .core
+        .rename(ROOT_INO, OsStr::new("from"), ROOT_INO, OsStr::new("to"), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(err.errno, libc::ENOTEMPTY);
+    r.core.release(fh).await.unwrap();
+    assert_eq!(r.list(to).await.len(), 3, "to/test is still there");
+}
