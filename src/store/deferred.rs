@@ -423,10 +423,20 @@ impl ObjectStore for DeferredDeletes {
         page.objects.retain(|o| !hidden.contains(&o.key));
         // A subdirectory S3 shows because of keys whose delete is pending (`rm -r d`, then
         // `ls` of its parent) may hold nothing else: then it is not there either.
-        if delimiter.is_some() && !hidden.is_empty() {
+        if let Some(delimiter) = delimiter.filter(|d| !d.is_empty())
+            && !hidden.is_empty()
+        {
+            // The subdirectory each hidden key lies in (prefix, next segment, delimiter).
+            let under: HashSet<&str> = hidden
+                .iter()
+                .filter_map(|k| {
+                    let end = k[prefix.len()..].find(delimiter)? + prefix.len() + delimiter.len();
+                    Some(&k[..end])
+                })
+                .collect();
             let mut kept = Vec::with_capacity(page.common_prefixes.len());
             for cp in std::mem::take(&mut page.common_prefixes) {
-                if !hidden.iter().any(|k| k.starts_with(&cp)) || self.holds_more(&cp, &hidden).await? {
+                if !under.contains(cp.as_str()) || self.holds_more(&cp, &hidden).await? {
                     kept.push(cp);
                 }
             }
