@@ -176,8 +176,7 @@ impl OpenFiles {
             key: key.clone(),
             size: old_size,
         };
-        let mut staged = StagedFile::create(self.staging_path(), Some(base), self.ns.cfg.part_size as u64)
-            .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
+        let mut staged = self.staging_file(path, Some(base))?;
         staged
             .truncate(self.ns.store.as_ref(), size)
             .await
@@ -266,22 +265,17 @@ impl OpenFiles {
     /// Moves a streaming file to staging; returns the staged file.
     async fn staged<'a>(&self, path: &RelPath, shared: &Shared, body: &'a mut Body) -> FsResult<&'a mut StagedFile> {
         if let Body::Stream(up) = body {
-            let staged = if up.has_multipart() {
+            let base = if up.has_multipart() {
                 // Parts are in S3 already: complete what was written, then stage on top of it.
                 up.finish().await.map_err(|e| upload_err(path, e))?;
-                StagedFile::create(
-                    self.staging_path(),
-                    Some(Base {
-                        key: shared.key(),
-                        size: up.size(),
-                    }),
-                    self.ns.cfg.part_size as u64,
-                )
+                Some(Base {
+                    key: shared.key(),
+                    size: up.size(),
+                })
             } else {
-                StagedFile::create(self.staging_path(), None, self.ns.cfg.part_size as u64)
-            }
-            .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
-            let mut staged = staged;
+                None
+            };
+            let mut staged = self.staging_file(path, base)?;
             if !up.has_multipart() {
                 let data = up.buffered().to_vec();
                 staged
@@ -305,10 +299,16 @@ impl OpenFiles {
     /// (`base`), fetched chunk by chunk as it is touched, counted whole in the staging budget.
     pub(super) fn staged_body(&self, path: &RelPath, base: Base) -> FsResult<Body> {
         let size = base.size;
-        let staged = StagedFile::create(self.staging_path(), Some(base), self.ns.cfg.part_size as u64)
-            .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))?;
+        let staged = self.staging_file(path, Some(base))?;
         self.staging.take(size);
         Ok(Body::Staged(staged))
+    }
+
+    /// A new staging file for `path`: over the object `base` (fetched chunk by chunk as it is
+    /// touched), or empty.
+    fn staging_file(&self, path: &RelPath, base: Option<Base>) -> FsResult<StagedFile> {
+        StagedFile::create(self.staging_path(), base, self.ns.cfg.part_size as u64)
+            .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))
     }
 
     /// A read of an open file's state (what this mount wrote, not yet in S3): from staging.
@@ -483,12 +483,7 @@ impl OpenFiles {
     fn reanchor(&self, ino: u64, shared: &Shared, body: &mut Body, to: &RelPath) -> FsResult<bool> {
         let dst = self.ns.layout.file_key(to)?;
         let size = shared.size.load(Ordering::Relaxed);
-        let staged = StagedFile::create(
-            self.staging_path(),
-            Some(Base { key: dst.clone(), size }),
-            self.ns.cfg.part_size as u64,
-        )
-        .map_err(|e| FsError::new(libc::EIO, format!("{to}: cannot create a staging file: {e}")))?;
+        let staged = self.staging_file(to, Some(Base { key: dst.clone(), size }))?;
         if let Body::Staged(old) = &*body {
             self.staging.release(old.size());
         }

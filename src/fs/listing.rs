@@ -30,7 +30,7 @@ pub(super) struct Emptiness {
 
 /// Where a listing being fetched hands each page's entries (name, kind, what the page says)
 /// as they arrive, before the whole listing is merged: an open directory being filled.
-pub type Feed = Arc<dyn Fn(&RelPath, Vec<(String, Kind, EntryInfo)>) + Send + Sync>;
+pub type Feed = Arc<dyn Fn(Vec<(String, Kind, EntryInfo)>) + Send + Sync>;
 
 impl Namespace {
     /// Runs `f` for every prefix index, at most `fanout` at once.
@@ -212,7 +212,7 @@ impl Namespace {
             let info = self.listed(EntryInfo::new(Kind::Dir, 0, self.mount_time));
             entries.push((name.clone(), Kind::Dir, info));
         }
-        feed(dir, entries);
+        feed(entries);
     }
 
     /// One prefix's part of `dir`'s listing: files, subdirectories, and whether the marker

@@ -112,7 +112,7 @@ impl Core {
     /// fetched), then the entries that needed the whole listing or a HEAD to be typed.
     async fn fill_dir(&self, dir: &Arc<OpenDir>) -> FsResult<()> {
         let filling = dir.clone();
-        let feed: super::listing::Feed = Arc::new(move |_: &RelPath, page: Vec<(String, Kind, EntryInfo)>| {
+        let feed: super::listing::Feed = Arc::new(move |page: Vec<(String, Kind, EntryInfo)>| {
             filling.push(
                 page.into_iter()
                     .map(|(name, kind, info)| DirEntry::listed(name, kind, &info))

@@ -434,13 +434,13 @@ impl ObjectStore for DeferredDeletes {
                     Some(&k[..end])
                 })
                 .collect();
-            let mut kept = Vec::with_capacity(page.common_prefixes.len());
-            for cp in std::mem::take(&mut page.common_prefixes) {
-                if !under.contains(cp.as_str()) || self.holds_more(&cp, &hidden).await? {
-                    kept.push(cp);
-                }
-            }
-            page.common_prefixes = kept;
+            // The subdirectories to check are asked about at once, not one after another.
+            let checks = page.common_prefixes.iter().map(|cp| async {
+                Ok::<_, StoreError>(!under.contains(cp.as_str()) || self.holds_more(cp, &hidden).await?)
+            });
+            let keep = futures::future::try_join_all(checks).await?;
+            let mut keep = keep.into_iter();
+            page.common_prefixes.retain(|_| keep.next().unwrap_or(true));
         }
         Ok(page)
     }
