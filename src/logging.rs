@@ -18,6 +18,8 @@ pub fn init(level: &str) {
         .and_then(|spec| EnvFilter::try_new(quiet_unmount(&spec)).ok())
         .or_else(|| EnvFilter::try_new(quiet_unmount(level)).ok())
         .unwrap_or_else(|| EnvFilter::new(quiet_unmount("info")));
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -29,12 +31,66 @@ pub fn init(level: &str) {
                 .without_time()
                 .with_ansi(false),
         );
-        let _ = builder.with_ansi(false).event_format(format).try_init();
+        let _ = builder
+            .with_ansi(false)
+            .event_format(format)
+            .finish()
+            .with(AbandonedReplies)
+            .try_init();
     } else {
         // Colour codes only for a person at a terminal, never into a log file or a pipe.
         let _ = builder
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .finish()
+            .with(AbandonedReplies)
             .try_init();
+    }
+}
+
+/// Leaves out fuser's "Failed to send FUSE reply" when the kernel no longer waits for the
+/// answer: ENOENT (the request was interrupted, or ended by an unmount: the kernel does not wait
+/// for a release, so `cp f /mnt/ && umount /mnt` ends the mount while the release is still
+/// being answered; the work itself finishes before the daemon exits) or ENODEV (the
+/// connection is gone). Any other failure to reply is a defect and stays an error.
+struct AbandonedReplies;
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for AbandonedReplies {
+    fn event_enabled(&self, event: &Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) -> bool {
+        if *event.metadata().level() != Level::ERROR {
+            return true;
+        }
+        let mut seen = ReplyFailure {
+            from_fuser: event.metadata().target().starts_with("fuser"),
+            abandoned: false,
+        };
+        event.record(&mut seen);
+        !(seen.from_fuser && seen.abandoned)
+    }
+}
+
+/// What [`AbandonedReplies`] reads from an event: its target (`log.target` when it came
+/// through the `log` crate, as fuser's do) and whether its message is a reply the kernel no
+/// longer waits for.
+struct ReplyFailure {
+    from_fuser: bool,
+    abandoned: bool,
+}
+
+impl tracing::field::Visit for ReplyFailure {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if field.name() == "log.target" {
+            self.from_fuser = value.starts_with("fuser");
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            let text = format!("{value:?}");
+            self.abandoned = text.starts_with("Failed to send FUSE reply")
+                && [libc::ENOENT, libc::ENODEV]
+                    .iter()
+                    .any(|e| text.ends_with(&format!("(os error {e})")));
+        }
     }
 }
 
@@ -118,5 +174,61 @@ pub async fn reopen_on_sighup(log_file: Option<PathBuf>) {
             },
             None => tracing::info!("SIGHUP: no --log-file to reopen; ignored"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    /// Keeps the message of every event that reaches it.
+    #[derive(Clone, Default)]
+    struct Kept(Arc<Mutex<Vec<String>>>);
+
+    impl<S: Subscriber> tracing_subscriber::Layer<S> for Kept {
+        fn on_event(&self, event: &Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+            struct Message(String);
+            impl tracing::field::Visit for Message {
+                fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    }
+                }
+            }
+            let mut m = Message(String::new());
+            event.record(&mut m);
+            self.0.lock().expect("lock").push(m.0);
+        }
+    }
+
+    #[test]
+    fn only_replies_the_kernel_no_longer_waits_for_are_left_out() {
+        let kept = Kept::default();
+        let subscriber = tracing_subscriber::registry().with(kept.clone()).with(AbandonedReplies);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: No such file or directory (os error 2)");
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: No such device (os error 19)");
+            tracing::error!(target: "fuser::reply", "Failed to send FUSE reply: Invalid argument (os error 22)");
+            tracing::error!("Failed to send FUSE reply: No such file or directory (os error 2)");
+            tracing::warn!(target: "fuser::reply", "Failed to send FUSE reply: No such file or directory (os error 2)");
+        });
+        let kept = kept.0.lock().expect("lock").clone();
+        assert_eq!(
+            kept,
+            [
+                "Failed to send FUSE reply: Invalid argument (os error 22)",
+                "Failed to send FUSE reply: No such file or directory (os error 2)",
+                "Failed to send FUSE reply: No such file or directory (os error 2)",
+            ],
+            "the first two are left out; another errno, another module's or a warning stay"
+        );
+    }
+
+    #[test]
+    fn fusers_session_is_quiet_unless_named() {
+        assert_eq!(quiet_unmount("info"), "info,fuser::session=error");
+        assert_eq!(quiet_unmount("debug,fuser=trace"), "debug,fuser=trace");
     }
 }

@@ -211,6 +211,40 @@ fn the_log_file_is_private_plain_and_reopened_on_sighup() {
 }
 
 #[test]
+fn a_reply_the_kernel_stopped_waiting_for_is_no_error() {
+    // Every answer comes 1 s late, so a lookup is still being answered when `umount -f`
+    // ends the connection (as a plain umount does under a release the kernel never waits
+    // for): the reply finds no request, which is no failure of the daemon.
+    let env = Env::embedded_config(|c| c.latency = Duration::from_millis(1000));
+    let mut m = env.mount(4, &[]);
+    let path = m.path.clone();
+    let stat = Command::new("timeout")
+        .args(["30", "stat"])
+        .arg(path.join("not-there"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("stat");
+    std::thread::sleep(Duration::from_millis(300));
+    // The abort comes first; the unmount itself may then fail as busy until `stat` returns.
+    let _ = Command::new("umount").arg("-f").arg(&path).status().expect("umount -f");
+    let mut stat = stat;
+    let _ = stat.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !m.log_text().contains("unmounted") {
+        assert!(Instant::now() < deadline, "the daemon did not end: {}", m.log_text());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    m.unmount();
+    let log = m.log_text();
+    assert!(
+        log.contains("/not-there"),
+        "the lookup was answered after the unmount: {log}"
+    );
+    assert!(!log.contains("Failed to send FUSE reply"), "{log}");
+}
+
+#[test]
 fn under_systemd_log_lines_carry_their_priority_and_no_timestamp() {
     use std::os::unix::fs::MetadataExt;
     let env = Env::embedded();
