@@ -17,10 +17,7 @@ use std::time::{Duration, Instant};
 
 /// CopyObject copies objects up to 5 GiB; larger ones are copied part by part.
 pub const COPY_OBJECT_MAX: u64 = crate::limits::MAX_COPY_OBJECT;
-/// The part size of a multipart copy, unless 10,000 parts would not hold the object.
-const COPY_PART: u64 = 512 << 20;
-/// S3's most parts per upload.
-use crate::limits::MAX_PARTS;
+use crate::store::copy::{COPY_PART, CopyLimits, copy_parts};
 /// Keys per DeleteObjects.
 const DELETE_BATCH: usize = crate::limits::MAX_DELETE_BATCH;
 /// User metadata a multipart copy carries: the source's ETag, which a multipart copy does
@@ -320,45 +317,14 @@ async fn copy(store: &Arc<dyn ObjectStore>, item: &Item, opts: &Options) -> Resu
     if let Some(etag) = &head.etag {
         meta.insert(SOURCE_ETAG_META.into(), strip_quotes(etag).to_string());
     }
-    let part = opts.copy_part.max(item.size.div_ceil(MAX_PARTS));
-    let id = store
-        .create_multipart(&item.dst, &meta)
-        .await
-        .map_err(|e| e.to_string())?;
-    let ranges: Vec<(i32, std::ops::Range<u64>)> = (0..item.size.div_ceil(part))
-        .map(|n| (n as i32 + 1, n * part..((n + 1) * part).min(item.size)))
-        .collect();
-    let parts: Result<Vec<(i32, String)>, String> = stream::iter(ranges)
-        .map(|(n, r)| {
-            let (store, id) = (store.clone(), id.clone());
-            async move {
-                let etag = store
-                    .upload_part_copy(&item.dst, &id, n, &item.src, r)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok((n, etag))
-            }
-        })
-        .buffer_unordered(8)
-        .try_collect()
-        .await;
-    let done = match parts {
-        Ok(mut parts) => {
-            parts.sort_by_key(|p| p.0);
-            store
-                .complete_multipart(&item.dst, &id, &parts)
-                .await
-                .map_err(|e| e.to_string())
-        }
-        Err(e) => Err(e),
+    let limits = CopyLimits {
+        object_max: opts.copy_object_max,
+        part: opts.copy_part,
+        parallel: 8,
     };
-    if let Err(e) = done {
-        if let Err(a) = store.abort_multipart(&item.dst, &id).await {
-            tracing::warn!(key = %item.dst, error = %a, "could not abort a failed multipart copy");
-        }
-        return Err(format!("copying {} to {}: {e}", item.src, item.dst));
-    }
-    Ok(())
+    copy_parts(store.as_ref(), &item.src, &item.dst, &meta, head.size, &limits)
+        .await
+        .map_err(|e| format!("copying {} to {}: {e}", item.src, item.dst))
 }
 
 /// Deletes `keys` (interleaved already) in DeleteObjects batches, `jobs` at once; each batch

@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use prefixfs::layout::RelPath;
+use prefixfs::store::ObjectStore;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -470,4 +471,59 @@ fn fstab_helper_mounts_with_options_in_the_background() {
     assert_eq!(out.stdout, "via-fstab\n", "{}", out.stderr);
     let key = env.layout(16).file_key(&RelPath::parse("f.txt").unwrap()).unwrap();
     assert_eq!(env.get(&key), b"via-fstab\n");
+}
+
+/// CopyObject copies at most 5 GiB (here the server's limit is 8 MiB, and the mount told so):
+/// `mv`, `chmod`, `touch`, `cp -p`, `rsync -a` and a directory rename of larger files copy
+/// them part by part, and the bucket ends with whole files and no upload left open.
+#[test]
+fn files_too_large_for_one_copy_are_moved_and_changed_part_by_part() {
+    let env = Env::embedded_config(|c| c.copy_object_max = 8 << 20);
+    let local = env.dir.path().join("big.bin");
+    run_sh(
+        env.dir.path(),
+        &format!(
+            "dd if=/dev/urandom of={0} bs=1M count=20 status=none && chmod 640 {0} && touch -d '2021-03-04 05:06:07' {0}",
+            local.display()
+        ),
+    );
+    let local = local.display().to_string();
+    let mut m = env.mount(16, &["--copy-object-max-mib", "8"]);
+    m.ok(&format!("cp {local} big.bin"));
+    let before = m.stats();
+    m.ok("mv big.bin moved.bin");
+    let after = m.stats();
+    let sent = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+    assert_eq!(sent("requests_upload_part_copy"), 3, "20 MiB in 8 MiB parts: {after:?}");
+    assert_eq!(sent("requests_complete_multipart"), 1);
+    assert_eq!(sent("requests_copy"), 0, "no CopyObject the server would refuse");
+    m.ok(&format!("cmp {local} moved.bin"));
+
+    // chmod and touch of a closed file: a copy onto itself with the new metadata.
+    m.ok("chmod 600 moved.bin && touch -d '2020-01-02 03:04:05' moved.bin");
+    assert_eq!(m.ok("stat -c '%a %Y' moved.bin").trim(), "600 1577934245");
+    let key = |p: &str| env.layout(16).file_key(&RelPath::parse(p).unwrap()).unwrap();
+    let head = env.rt.block_on(env.s3.head(&key("moved.bin"))).expect("head");
+    assert_eq!(head.size, 20 << 20);
+    assert_eq!(head.user_meta.get("mode").map(String::as_str), Some("33152"), "0100600");
+
+    // A directory holding one is renamed; cp -p sets mode and times on the open file (its
+    // multipart upload has started: the metadata follows by a copy); rsync -a sets them on
+    // a closed temporary file, then renames it.
+    m.ok("mkdir d && mv moved.bin d/ && mv d e");
+    m.ok(&format!("cp -p {local} e/p.bin && rsync -a {local} e/r.bin"));
+    for f in ["e/moved.bin", "e/p.bin", "e/r.bin"] {
+        m.ok(&format!("cmp {local} {f}"));
+    }
+    assert_eq!(
+        m.ok("stat -c '%a %Y' e/p.bin e/r.bin"),
+        "640 1614834367\n640 1614834367\n"
+    );
+    assert_eq!(
+        env.data_keys(),
+        expected_keys(&env.layout(16), &["e/moved.bin", "e/p.bin", "e/r.bin"], &["e"])
+    );
+    assert!(env.rt.block_on(env.s3.list_uploads("")).expect("uploads").is_empty());
+    let stats = m.stats();
+    assert_eq!(stats["failures"], 0, "{stats:?}");
 }

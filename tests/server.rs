@@ -321,3 +321,35 @@ fn serve_injects_the_faults_its_flags_ask_for() {
     let log = std::fs::read_to_string(env.dir.path().join("faulty.log")).unwrap();
     assert!(log.contains("injecting faults"), "{log}");
 }
+
+#[test]
+fn a_copy_over_the_copy_limit_is_refused_as_s3_refuses_it() {
+    // S3 copies at most 5 GiB in one CopyObject or UploadPartCopy; here 1 MiB.
+    let env = Env::embedded_config(|c| c.copy_object_max = 1 << 20);
+    env.put("small", &[7u8; 1 << 20]);
+    env.put("big", &[7u8; (1 << 20) + 1]);
+    env.rt
+        .block_on(env.s3.copy("small", "small2", None))
+        .expect("at the limit");
+    let e = env
+        .rt
+        .block_on(env.s3.copy("big", "big2", None))
+        .expect_err("over the limit");
+    assert!(
+        e.to_string()
+            .contains("The specified copy source is larger than the maximum allowable size for a copy source: 1048576"),
+        "{e}"
+    );
+    let id = env
+        .rt
+        .block_on(env.s3.create_multipart("big3", &Default::default()))
+        .expect("create");
+    let part = env
+        .rt
+        .block_on(env.s3.upload_part_copy("big3", &id, 1, "big", 0..(1 << 20) + 1));
+    assert!(part.is_err(), "a part over the limit is refused too");
+    env.rt
+        .block_on(env.s3.upload_part_copy("big3", &id, 1, "big", 0..1 << 20))
+        .expect("a part at the limit");
+    assert!(env.rt.block_on(env.s3.head("big2")).is_err_and(|e| e.is_not_found()));
+}

@@ -143,6 +143,11 @@ pub struct MountArgs {
     /// file being written.
     #[arg(long, default_value_t = defaults::UPLOAD_PARTS)]
     pub upload_parts: usize,
+    /// Objects larger than this many MiB are copied part by part (UploadPartCopy, in
+    /// parallel) when renamed or when their mode or times change: S3's CopyObject copies at
+    /// most 5 GiB; lower it for an S3-compatible store whose limit is smaller.
+    #[arg(long, default_value_t = crate::limits::MAX_COPY_OBJECT >> 20)]
+    pub copy_object_max_mib: u64,
     /// How far ahead of a sequential reader ranged GETs are sent, in MiB (per reader; the
     /// window grows to this while the reader keeps up).
     #[arg(long, default_value_t = defaults::READ_AHEAD_MIB)]
@@ -311,6 +316,10 @@ pub struct ServeArgs {
     /// MiB/s each connection may move each way (S3 gives one connection about 80–100).
     #[arg(long)]
     pub connection_mibps: Option<f64>,
+    /// MiB one CopyObject (or UploadPartCopy part) copies at most, as S3's 5 GiB: lower, to
+    /// try what a client does with objects too large for one copy.
+    #[arg(long, default_value_t = crate::limits::MAX_COPY_OBJECT >> 20)]
+    pub copy_object_max_mib: u64,
     /// Inject faults, to soak-test a client: KIND:RATE[:OPERATION][:after], repeatable. KIND
     /// is 500, 503, reset (connection dropped), stall (answer --fault-stall-ms late) or
     /// truncate (body cut off halfway); RATE a probability per request; OPERATION an S3
@@ -463,6 +472,14 @@ impl MountArgs {
         if self.upload_parts == 0 {
             return Err("--upload-parts must be at least 1".into());
         }
+        if !((crate::limits::MIN_PART >> 20)..=(crate::limits::MAX_COPY_OBJECT >> 20))
+            .contains(&self.copy_object_max_mib)
+        {
+            return Err(format!(
+                "--copy-object-max-mib {} is outside S3's 5..=5120",
+                self.copy_object_max_mib
+            ));
+        }
         let mib = 1024 * 1024;
         let read = crate::data::read::ReadConfig {
             window: self.read_ahead_mib.saturating_mul(mib),
@@ -480,6 +497,10 @@ impl MountArgs {
             local_exclusive_creates: self.local_exclusive_creates,
             part_size: self.part_size_mib * 1024 * 1024,
             upload_inflight: self.upload_parts,
+            copy: crate::store::copy::CopyLimits {
+                object_max: self.copy_object_max_mib << 20,
+                ..Default::default()
+            },
             read,
             read_budget: self.read_memory_mib.saturating_mul(mib),
             uid: self.uid.unwrap_or(uid),

@@ -118,7 +118,7 @@ impl Core {
                 self.files.truncate_closed(&path, info.size, size, &posix).await?;
                 new_size = size;
             }
-            _ if meta_change => self.ns.set_metadata(&path, info.kind, &posix).await?,
+            _ if meta_change => self.ns.set_metadata(&path, info.kind, info.size, &posix).await?,
             _ => {}
         }
         let new_info = EntryInfo { size: new_size, ..info }.with_posix(posix);

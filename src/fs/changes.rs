@@ -7,7 +7,7 @@ use super::error::{FsError, FsResult};
 use super::namespace::Namespace;
 use super::posix::Posix;
 use crate::layout::RelPath;
-use crate::store::{StoreError, UserMeta, WriteIf};
+use crate::store::{StoreError, StoreResult, UserMeta, WriteIf};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use std::sync::Arc;
@@ -65,17 +65,24 @@ impl Namespace {
         }
     }
 
-    /// Stores `posix` as the metadata of `path`, a closed file or symlink (a COPY of the
-    /// object onto itself) or a directory (its marker PUT anew).
-    pub async fn set_metadata(&self, path: &RelPath, kind: Kind, posix: &Posix) -> FsResult<()> {
+    /// Stores `posix` as the metadata of `path`, a closed file or symlink of `size` bytes
+    /// (a copy of the object onto itself) or a directory (its marker PUT anew).
+    pub async fn set_metadata(&self, path: &RelPath, kind: Kind, size: u64, posix: &Posix) -> FsResult<()> {
         if kind == Kind::Dir {
             let key = self.layout.dir_marker_key(path)?;
             self.store.put(&key, Bytes::new(), &posix.to_meta()).await?;
         } else {
             let key = self.layout.file_key(path)?;
-            self.store.copy(&key, &key, Some(&posix.to_meta())).await?;
+            self.copy_object(&key, &key, Some(&posix.to_meta()), size).await?;
         }
         Ok(())
+    }
+
+    /// Copies the object `src` (`size` bytes, as this mount knows it) to `dst` inside S3:
+    /// one CopyObject, or part by part above CopyObject's limit (5 GiB). Metadata: `meta`,
+    /// else the source's.
+    pub async fn copy_object(&self, src: &str, dst: &str, meta: Option<&UserMeta>, size: u64) -> StoreResult<()> {
+        crate::store::copy::copy_object(self.store.as_ref(), src, dst, meta, size, &self.cfg.copy).await
     }
 
     /// `rmdir`: fails unless nothing of this namespace (nor a file being written through the
@@ -189,11 +196,11 @@ impl Namespace {
         Ok(Some(src))
     }
 
-    /// Moves the object of a file (or symlink) from `from` to `to`: a copy, then the old
-    /// key's delete, sent at once (the old name must be gone when rename returns).
-    pub async fn move_object(&self, from: &RelPath, to: &RelPath) -> FsResult<()> {
+    /// Moves the object of a file (or symlink) of `size` bytes from `from` to `to`: a copy,
+    /// then the old key's delete, sent at once (the old name must be gone when rename returns).
+    pub async fn move_object(&self, from: &RelPath, to: &RelPath, size: u64) -> FsResult<()> {
         let (sk, dk) = (self.layout.file_key(from)?, self.layout.file_key(to)?);
-        self.store.copy(&sk, &dk, None).await?;
+        self.copy_object(&sk, &dk, None, size).await?;
         self.delete_keys(vec![sk]).await
     }
 
@@ -203,7 +210,8 @@ impl Namespace {
         let mut pairs = Vec::new();
         let to_marker = self.layout.dir_marker_key(to)?;
         let mut has_marker = false;
-        for key in self.list_tree(from).await? {
+        let mut sizes = std::collections::HashMap::new();
+        for (key, size) in self.list_tree(from).await? {
             let Some((path, is_dir)) = self.layout.key_to_path(&key) else {
                 continue;
             };
@@ -217,6 +225,7 @@ impl Namespace {
                 self.layout.file_key(&new_path)?
             };
             has_marker |= new_key == to_marker;
+            sizes.insert(key.clone(), size);
             pairs.push((key, new_key));
         }
         let order = self
@@ -227,8 +236,9 @@ impl Namespace {
         let results: Vec<Result<String, String>> = stream::iter(order.iter())
             .map(|src| {
                 let dst = dst_of.get(src).cloned().unwrap_or_default();
+                let size = sizes.get(src).copied().unwrap_or_default();
                 async move {
-                    match self.store.copy(src, &dst, None).await {
+                    match self.copy_object(src, &dst, None, size).await {
                         Ok(()) => Ok(dst),
                         Err(e) => Err(e.to_string()),
                     }
@@ -271,6 +281,7 @@ impl Namespace {
             .list_tree(path)
             .await?
             .into_iter()
+            .map(|(k, _)| k)
             .filter(|k| self.layout.key_to_path(k).is_some())
             .collect();
         if !path.is_root()

@@ -418,9 +418,9 @@ impl OpenFiles {
         let meta = posix.to_meta();
         let meta_dirty = shared.meta_dirty.load(Ordering::Relaxed);
         let update_meta = || async {
+            let size = shared.size.load(Ordering::Relaxed);
             self.ns
-                .store
-                .copy(&key, &key, Some(&meta))
+                .copy_object(&key, &key, Some(&meta), size)
                 .await
                 .map_err(|e| store_err(path, "metadata update", e))
         };
@@ -474,7 +474,8 @@ impl OpenFiles {
         let mut body = shared.body.lock().await;
         self.flush_body(from, &shared, &mut body).await?;
         let (src, dst) = (shared.key(), self.ns.layout.file_key(to)?);
-        self.ns.store.copy(&src, &dst, None).await?;
+        let size = shared.size.load(Ordering::Relaxed);
+        self.ns.copy_object(&src, &dst, None, size).await?;
         self.ns.delete_keys(vec![src]).await?;
         self.reanchor(ino, &shared, &mut body, to)
     }

@@ -386,9 +386,9 @@ impl Namespace {
         Ok(found)
     }
 
-    /// Every key below `dir` (its marker included) that belongs to this namespace, across
-    /// all prefixes; foreign keys are left out (see [`Namespace::ours`]).
-    pub(super) async fn list_tree(&self, dir: &RelPath) -> FsResult<Vec<String>> {
+    /// Every key below `dir` (its marker included) that belongs to this namespace, with
+    /// its size, across all prefixes; foreign keys are left out (see [`Namespace::ours`]).
+    pub(super) async fn list_tree(&self, dir: &RelPath) -> FsResult<Vec<(String, u64)>> {
         let per_prefix = self
             .fan_out(|q| async move {
                 let prefix = self.layout.dir_list_prefix(q, dir);
@@ -400,7 +400,7 @@ impl Namespace {
                         page.objects
                             .into_iter()
                             .filter(|o| self.ours(&o.key, o.size))
-                            .map(|o| o.key),
+                            .map(|o| (o.key, o.size)),
                     );
                     match page.next_token {
                         Some(t) => token = Some(t),

@@ -71,6 +71,9 @@ pub struct FsConfig {
     pub part_size: usize,
     /// Parts of one file uploading at once.
     pub upload_inflight: usize,
+    /// How server-side copies (rename, chmod of a closed file) are sent: CopyObject up to
+    /// its limit, part by part above.
+    pub copy: crate::store::copy::CopyLimits,
     /// How sequential readers are read ahead (per stream).
     pub read: ReadConfig,
     /// Bytes read ahead by the whole mount at most (requested or fetched, not yet read).
@@ -104,6 +107,7 @@ impl Default for FsConfig {
             fanout: defaults::FANOUT,
             part_size: defaults::PART_SIZE_MIB << 20,
             upload_inflight: defaults::UPLOAD_PARTS,
+            copy: crate::store::copy::CopyLimits::default(),
             read: ReadConfig::default(),
             read_budget: defaults::READ_MEMORY_MIB << 20,
             attr_prefetch: defaults::ATTR_PREFETCH,

@@ -260,7 +260,7 @@ impl Core {
                     None => false,
                 };
                 if !moved_open {
-                    self.ns.move_object(&from, &to).await?;
+                    self.ns.move_object(&from, &to, src.size).await?;
                 }
                 self.cache.remove(&from);
                 // S3's LastModified changes with the copy; the POSIX mtime travels with it.

@@ -45,6 +45,10 @@ pub enum DiskError {
     InvalidPart(String),
     #[error("part too small")]
     EntityTooSmall,
+    /// A copy (CopyObject, or one UploadPartCopy part) of more bytes than the server copies
+    /// in one request.
+    #[error("copy source larger than {0} bytes")]
+    CopyTooLarge(u64),
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
 }
@@ -450,12 +454,16 @@ impl Bucket {
         out
     }
 
-    /// Copies `len` bytes at `offset` of `src`'s body into a new staged body.
-    pub fn stage_copy(&self, src: &str, range: Option<std::ops::Range<u64>>) -> DiskResult<(Staged, Entry)> {
+    /// Copies `range` (else the whole) of `src`'s body into a new staged body: at most
+    /// `max` bytes, as S3 copies at most 5 GiB in one request.
+    pub fn stage_copy(&self, src: &str, range: Option<std::ops::Range<u64>>, max: u64) -> DiskResult<(Staged, Entry)> {
         let (mut f, entry) = self.open(src)?;
         let r = range.unwrap_or(0..entry.size);
         if r.end > entry.size || r.start > r.end {
             return Err(DiskError::InvalidPart("copy range outside the source".into()));
+        }
+        if r.end - r.start > max {
+            return Err(DiskError::CopyTooLarge(max));
         }
         f.seek(SeekFrom::Start(r.start))?;
         let mut staged = self.stage()?;

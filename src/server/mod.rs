@@ -164,6 +164,8 @@ pub struct ServerConfig {
     pub connection_rate: Option<f64>,
     /// Faults injected by rate, kind and operation ([`faults`]); None: none.
     pub fault_plan: Option<Arc<faults::FaultPlan>>,
+    /// Bytes one CopyObject (or UploadPartCopy part) copies at most; S3's limit is 5 GiB.
+    pub copy_object_max: u64,
 }
 
 impl ServerConfig {
@@ -178,6 +180,7 @@ impl ServerConfig {
             latency: std::time::Duration::ZERO,
             connection_rate: None,
             fault_plan: None,
+            copy_object_max: crate::limits::MAX_COPY_OBJECT,
         }
     }
 }
@@ -262,7 +265,12 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
     }
     let emulator = cfg.emulator.clone().map(|c| Arc::new(partitions::Emulator::new(c)));
     let service = {
-        let mut b = S3ServiceBuilder::new(s3impl::S3Store::new(store, cfg.faults.clone(), emulator.clone()));
+        let mut b = S3ServiceBuilder::new(s3impl::S3Store::new(
+            store,
+            cfg.faults.clone(),
+            emulator.clone(),
+            cfg.copy_object_max,
+        ));
         b.set_auth(SimpleAuth::from_single(
             credentials.access_key.clone(),
             credentials.secret_key.clone(),

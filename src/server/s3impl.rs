@@ -18,14 +18,22 @@ pub struct S3Store {
     store: Arc<DiskStore>,
     faults: Arc<super::Faults>,
     emulator: Option<Arc<Emulator>>,
+    /// Bytes one CopyObject or UploadPartCopy copies at most (S3: 5 GiB).
+    copy_max: u64,
 }
 
 impl S3Store {
-    pub fn new(store: Arc<DiskStore>, faults: Arc<super::Faults>, emulator: Option<Arc<Emulator>>) -> Self {
+    pub fn new(
+        store: Arc<DiskStore>,
+        faults: Arc<super::Faults>,
+        emulator: Option<Arc<Emulator>>,
+        copy_max: u64,
+    ) -> Self {
         S3Store {
             store,
             faults,
             emulator,
+            copy_max,
         }
     }
 
@@ -259,7 +267,7 @@ impl S3 for S3Store {
         let (src_bucket, src_key) = source(&input.copy_source)?;
         let src = self.bucket(src_bucket)?;
         let dst = self.bucket(&input.bucket)?;
-        let (staged, src_entry) = src.stage_copy(src_key, None).map_err(to_s3)?;
+        let (staged, src_entry) = src.stage_copy(src_key, None, self.copy_max).map_err(to_s3)?;
         if let Some(c) = &input.copy_source_if_match
             && !cond_matches(c, &src_entry.etag)
         {
@@ -441,7 +449,7 @@ impl S3 for S3Store {
         let src = self.bucket(src_bucket)?;
         let dst = self.bucket(&input.bucket)?;
         let range = input.copy_source_range.as_deref().map(parse_copy_range).transpose()?;
-        let (staged, _) = src.stage_copy(src_key, range).map_err(to_s3)?;
+        let (staged, _) = src.stage_copy(src_key, range, self.copy_max).map_err(to_s3)?;
         let etag = dst
             .put_part(&input.key, &input.upload_id, input.part_number, staged)
             .map_err(to_s3)?;

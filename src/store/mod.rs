@@ -10,6 +10,7 @@
 //! - [`memory::MemoryStore`]: an in-memory double for unit tests of the layers above.
 
 pub mod aws;
+pub mod copy;
 pub mod deferred;
 pub mod journal;
 pub mod memory;

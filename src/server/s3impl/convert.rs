@@ -17,6 +17,11 @@ pub(super) fn to_s3(e: DiskError) -> S3Error {
         DiskError::PreconditionFailed => s3_error!(PreconditionFailed),
         DiskError::InvalidPart(m) => S3Error::with_message(S3ErrorCode::InvalidPart, m),
         DiskError::EntityTooSmall => s3_error!(EntityTooSmall),
+        // S3's words, which clients may go by.
+        DiskError::CopyTooLarge(max) => S3Error::with_message(
+            S3ErrorCode::InvalidRequest,
+            format!("The specified copy source is larger than the maximum allowable size for a copy source: {max}"),
+        ),
         DiskError::Io(e) => S3Error::with_message(S3ErrorCode::InternalError, e.to_string()),
     }
 }
