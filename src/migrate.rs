@@ -322,9 +322,17 @@ async fn copy(store: &Arc<dyn ObjectStore>, item: &Item, opts: &Options) -> Resu
         part: opts.copy_part,
         parallel: 8,
     };
-    copy_parts(store.as_ref(), &item.src, &item.dst, &meta, head.size, &limits)
-        .await
-        .map_err(|e| format!("copying {} to {}: {e}", item.src, item.dst))
+    copy_parts(
+        store.as_ref(),
+        &item.src,
+        &item.dst,
+        &meta,
+        head.size,
+        head.etag.as_deref(),
+        &limits,
+    )
+    .await
+    .map_err(|e| format!("copying {} to {}: {e}", item.src, item.dst))
 }
 
 /// Deletes `keys` (interleaved already) in DeleteObjects batches, `jobs` at once; each batch

@@ -346,10 +346,20 @@ fn a_copy_over_the_copy_limit_is_refused_as_s3_refuses_it() {
         .expect("create");
     let part = env
         .rt
-        .block_on(env.s3.upload_part_copy("big3", &id, 1, "big", 0..(1 << 20) + 1));
+        .block_on(env.s3.upload_part_copy("big3", &id, 1, "big", 0..(1 << 20) + 1, None));
     assert!(part.is_err(), "a part over the limit is refused too");
+    // A part copies only from the version of the source it names.
+    let etag = env.rt.block_on(env.s3.head("big")).expect("head").etag.expect("etag");
+    let stale = env.rt.block_on(
+        env.s3
+            .upload_part_copy("big3", &id, 1, "big", 0..1 << 20, Some("\"0123\"")),
+    );
+    assert!(
+        matches!(stale, Err(prefixfs::store::StoreError::PreconditionFailed { .. })),
+        "{stale:?}"
+    );
     env.rt
-        .block_on(env.s3.upload_part_copy("big3", &id, 1, "big", 0..1 << 20))
-        .expect("a part at the limit");
+        .block_on(env.s3.upload_part_copy("big3", &id, 1, "big", 0..1 << 20, Some(&etag)))
+        .expect("a part at the limit, of the version named");
     assert!(env.rt.block_on(env.s3.head("big2")).is_err_and(|e| e.is_not_found()));
 }

@@ -277,7 +277,7 @@ impl StagedFile {
                 None => false,
             };
             let etag = match (&self.base, copyable) {
-                (Some(b), true) => store.upload_part_copy(key, id, part, &b.key, c0..c1).await?,
+                (Some(b), true) => store.upload_part_copy(key, id, part, &b.key, c0..c1, None).await?,
                 _ => {
                     let body = self.read(store.as_ref(), c0, (c1 - c0) as usize).await?;
                     sent += body.len() as u64;

@@ -268,16 +268,11 @@ impl S3 for S3Store {
         let src = self.bucket(src_bucket)?;
         let dst = self.bucket(&input.bucket)?;
         let (staged, src_entry) = src.stage_copy(src_key, None, self.copy_max).map_err(to_s3)?;
-        if let Some(c) = &input.copy_source_if_match
-            && !cond_matches(c, &src_entry.etag)
-        {
-            return Err(s3_error!(PreconditionFailed));
-        }
-        if let Some(c) = &input.copy_source_if_none_match
-            && cond_matches(c, &src_entry.etag)
-        {
-            return Err(s3_error!(PreconditionFailed));
-        }
+        check_copy_source(
+            &input.copy_source_if_match,
+            &input.copy_source_if_none_match,
+            &src_entry,
+        )?;
         let replace = input
             .metadata_directive
             .as_ref()
@@ -449,7 +444,12 @@ impl S3 for S3Store {
         let src = self.bucket(src_bucket)?;
         let dst = self.bucket(&input.bucket)?;
         let range = input.copy_source_range.as_deref().map(parse_copy_range).transpose()?;
-        let (staged, _) = src.stage_copy(src_key, range, self.copy_max).map_err(to_s3)?;
+        let (staged, src_entry) = src.stage_copy(src_key, range, self.copy_max).map_err(to_s3)?;
+        check_copy_source(
+            &input.copy_source_if_match,
+            &input.copy_source_if_none_match,
+            &src_entry,
+        )?;
         let etag = dst
             .put_part(&input.key, &input.upload_id, input.part_number, staged)
             .map_err(to_s3)?;

@@ -381,6 +381,7 @@ impl ObjectStore for AwsStore {
         part: i32,
         src: &str,
         range: Range<u64>,
+        src_etag: Option<&str>,
     ) -> StoreResult<String> {
         let r = self
             .client
@@ -391,6 +392,7 @@ impl ObjectStore for AwsStore {
             .part_number(part)
             .copy_source(encode_copy_source(&self.bucket, src))
             .copy_source_range(format!("bytes={}-{}", range.start, range.end.saturating_sub(1)))
+            .set_copy_source_if_match(src_etag.map(str::to_string))
             .send()
             .await
             .map_err(|e| map_err("upload_part_copy", src, e))?;

@@ -69,24 +69,27 @@ pub async fn copy_object(
     if head.size <= limits.object_max {
         return store.copy(src, dst, Some(&meta)).await;
     }
-    copy_parts(store, src, dst, &meta, head.size, limits).await
+    copy_parts(store, src, dst, &meta, head.size, head.etag.as_deref(), limits).await
 }
 
-/// A multipart copy of the `size` bytes of `src` to `dst` with `meta`; the upload is aborted
-/// when a part or the completion fails, so no half copy is left behind.
+/// A multipart copy of the `size` bytes of `src` (ETag `etag`: every part is copied only
+/// while the source still has it, so an object replaced midway fails the copy instead of
+/// mixing two versions) to `dst` with `meta`; the upload is aborted when a part or the
+/// completion fails, so no half copy is left behind.
 pub async fn copy_parts(
     store: &dyn ObjectStore,
     src: &str,
     dst: &str,
     meta: &UserMeta,
     size: u64,
+    etag: Option<&str>,
     limits: &CopyLimits,
 ) -> StoreResult<()> {
     let id = store.create_multipart(dst, meta).await?;
     let parts: StoreResult<Vec<(i32, String)>> = stream::iter(limits.ranges(size))
         .map(|(n, r)| {
             let id = &id;
-            async move { Ok((n, store.upload_part_copy(dst, id, n, src, r).await?)) }
+            async move { Ok((n, store.upload_part_copy(dst, id, n, src, r, etag).await?)) }
         })
         .buffer_unordered(limits.parallel.max(1))
         .try_collect()
@@ -183,5 +186,21 @@ mod tests {
             6,
             "two multipart copies of 3 parts"
         );
+        // A source that no longer has the ETag the copy started from fails it, and the
+        // upload is aborted: no object, no upload left.
+        let e = copy_parts(
+            &store,
+            "a",
+            "d",
+            &meta,
+            body.len() as u64,
+            Some("\"stale\""),
+            &limits(MIN_PART),
+        )
+        .await
+        .expect_err("stale");
+        assert!(matches!(e, crate::store::StoreError::PreconditionFailed { .. }), "{e}");
+        assert!(store.head("d").await.is_err_and(|e| e.is_not_found()));
+        assert!(store.list_uploads("").await.expect("uploads").is_empty());
     }
 }

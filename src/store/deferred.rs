@@ -469,8 +469,12 @@ impl ObjectStore for DeferredDeletes {
         part: i32,
         src: &str,
         range: Range<u64>,
+        src_etag: Option<&str>,
     ) -> StoreResult<String> {
-        self.s.inner.upload_part_copy(key, upload_id, part, src, range).await
+        self.s
+            .inner
+            .upload_part_copy(key, upload_id, part, src, range, src_etag)
+            .await
     }
 
     async fn complete_multipart_if(

@@ -515,8 +515,11 @@ impl ObjectStore for JournalingStore {
         part: i32,
         src: &str,
         range: Range<u64>,
+        src_etag: Option<&str>,
     ) -> StoreResult<String> {
-        self.inner.upload_part_copy(key, upload_id, part, src, range).await
+        self.inner
+            .upload_part_copy(key, upload_id, part, src, range, src_etag)
+            .await
     }
 
     async fn complete_multipart_if(

@@ -363,7 +363,17 @@ impl ObjectStore for MemoryStore {
         part: i32,
         src: &str,
         range: Range<u64>,
+        src_etag: Option<&str>,
     ) -> StoreResult<String> {
+        if let Some(want) = src_etag {
+            let now = self.lock().get(src).and_then(|(_, m)| m.etag.clone());
+            if now.as_deref().map(|e| e.trim_matches('"')) != Some(want.trim_matches('"')) {
+                return Err(StoreError::PreconditionFailed {
+                    op: "upload_part_copy",
+                    key: src.to_string(),
+                });
+            }
+        }
         let body = self.get(src, Some(range)).await?;
         self.upload_part(key, upload_id, part, body).await
     }

@@ -141,9 +141,10 @@ macro_rules! around_each_call {
                 part: i32,
                 src: &str,
                 range: Range<u64>,
+                src_etag: Option<&str>,
             ) -> StoreResult<String> {
                 self.$around(OpKind::UploadPartCopy, key, || {
-                    self.inner.upload_part_copy(key, upload_id, part, src, range.clone())
+                    self.inner.upload_part_copy(key, upload_id, part, src, range.clone(), src_etag)
                 })
                 .await
             }
@@ -472,7 +473,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()>;
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String>;
     async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String>;
-    /// UploadPartCopy: part `part` is bytes `range` of the object `src`, copied server-side.
+    /// UploadPartCopy: part `part` is bytes `range` of the object `src`, copied server-side;
+    /// with `src_etag`, only while `src` still has that ETag (else PreconditionFailed), so
+    /// that the parts of one copy all come from one version of the source.
     async fn upload_part_copy(
         &self,
         key: &str,
@@ -480,6 +483,7 @@ pub trait ObjectStore: Send + Sync + 'static {
         part: i32,
         src: &str,
         range: Range<u64>,
+        src_etag: Option<&str>,
     ) -> StoreResult<String>;
     /// CompleteMultipartUpload, only if `cond` holds when one is given.
     async fn complete_multipart_if(

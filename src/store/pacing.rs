@@ -288,8 +288,16 @@ mod tests {
         async fn upload_part(&self, k: &str, u: &str, p: i32, b: Bytes) -> StoreResult<String> {
             self.inner.upload_part(k, u, p, b).await
         }
-        async fn upload_part_copy(&self, k: &str, u: &str, p: i32, s: &str, r: Range<u64>) -> StoreResult<String> {
-            self.inner.upload_part_copy(k, u, p, s, r).await
+        async fn upload_part_copy(
+            &self,
+            k: &str,
+            u: &str,
+            p: i32,
+            s: &str,
+            r: Range<u64>,
+            e: Option<&str>,
+        ) -> StoreResult<String> {
+            self.inner.upload_part_copy(k, u, p, s, r, e).await
         }
         async fn complete_multipart_if(
             &self,

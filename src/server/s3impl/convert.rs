@@ -53,6 +53,21 @@ pub(super) fn cond_matches(cond: &ETagCondition, etag: &str) -> bool {
     }
 }
 
+/// A copy's preconditions on its source (`x-amz-copy-source-if-match`, `-if-none-match`),
+/// for CopyObject and UploadPartCopy alike: 412 when they do not hold.
+pub(super) fn check_copy_source(
+    if_match: &Option<ETagCondition>,
+    if_none_match: &Option<ETagCondition>,
+    src: &Entry,
+) -> S3Result<()> {
+    let refused = if_match.as_ref().is_some_and(|c| !cond_matches(c, &src.etag))
+        || if_none_match.as_ref().is_some_and(|c| cond_matches(c, &src.etag));
+    if refused {
+        return Err(s3_error!(PreconditionFailed));
+    }
+    Ok(())
+}
+
 /// S3's read preconditions: If-Match / If-Unmodified-Since (412) and If-None-Match /
 /// If-Modified-Since (304).
 pub(super) fn check_read_conditions(
