@@ -8,6 +8,7 @@
 //! stopped. The source is deleted only after every copy was verified.
 
 use crate::layout::{Layout, RelPath};
+use crate::store::copy::{COPY_PART, CopyLimits, copy_parts};
 use crate::store::{ObjectMeta, ObjectStore, UserMeta};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::HashMap;
@@ -17,7 +18,6 @@ use std::time::{Duration, Instant};
 
 /// CopyObject copies objects up to 5 GiB; larger ones are copied part by part.
 pub const COPY_OBJECT_MAX: u64 = crate::limits::MAX_COPY_OBJECT;
-use crate::store::copy::{COPY_PART, CopyLimits, copy_parts};
 /// Keys per DeleteObjects.
 const DELETE_BATCH: usize = crate::limits::MAX_DELETE_BATCH;
 /// User metadata a multipart copy carries: the source's ETag, which a multipart copy does

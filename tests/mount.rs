@@ -488,7 +488,7 @@ fn files_too_large_for_one_copy_are_moved_and_changed_part_by_part() {
         ),
     );
     let local = local.display().to_string();
-    let mut m = env.mount(16, &["--copy-object-max-mib", "8"]);
+    let mut m = env.mount(16, &["--copy-object-max-mib", "8", "--metadata-ttl", "3600"]);
     m.ok(&format!("cp {local} big.bin"));
     let before = m.stats();
     m.ok("mv big.bin moved.bin");
@@ -526,4 +526,17 @@ fn files_too_large_for_one_copy_are_moved_and_changed_part_by_part() {
     assert!(env.rt.block_on(env.s3.list_uploads("")).expect("uploads").is_empty());
     let stats = m.stats();
     assert_eq!(stats["failures"], 0, "{stats:?}");
+
+    // Another client made a small file large; this mount still believes it small (its TTL
+    // has not run out): the refused CopyObject is followed by a copy part by part.
+    m.ok("echo small > e/grown.bin && stat e/grown.bin >/dev/null");
+    let body = std::fs::read(&local).expect("local");
+    env.rt
+        .block_on(
+            env.s3
+                .put(&key("e/grown.bin"), body.clone().into(), &Default::default()),
+        )
+        .expect("put");
+    m.ok("mv e/grown.bin e/moved-grown.bin");
+    assert_eq!(env.get(&key("e/moved-grown.bin")), body);
 }

@@ -52,7 +52,8 @@ impl CopyLimits {
 /// Copies `src` (believed `size` bytes) to `dst`: one CopyObject up to `limits.object_max`,
 /// else a multipart copy. Metadata: `meta` when given, else the source's. A multipart copy
 /// first HEADs the source for its true size (and metadata when `meta` is None): copying a
-/// stale size would cut the object short.
+/// stale size would cut the object short. A CopyObject refused because the object grew past
+/// the limit (another host wrote it) goes part by part the same way.
 pub async fn copy_object(
     store: &dyn ObjectStore,
     src: &str,
@@ -62,7 +63,12 @@ pub async fn copy_object(
     limits: &CopyLimits,
 ) -> StoreResult<()> {
     if size <= limits.object_max {
-        return store.copy(src, dst, meta).await;
+        match store.copy(src, dst, meta).await {
+            Err(e) if e.is_copy_too_large() => {
+                tracing::debug!(key = %src, "larger than this mount knew: copied part by part")
+            }
+            done => return done,
+        }
     }
     let head = store.head(src).await?;
     let meta = meta.cloned().unwrap_or(head.user_meta);

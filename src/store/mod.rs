@@ -323,6 +323,12 @@ impl StoreError {
         matches!(self, StoreError::Throttled { .. })
     }
 
+    /// S3 refusing a CopyObject whose source is larger than one copy may be (5 GiB).
+    pub fn is_copy_too_large(&self) -> bool {
+        matches!(self, StoreError::Client { code, message, .. }
+            if code == "InvalidRequest" && message.contains("larger than the maximum allowable size"))
+    }
+
     /// Classifies an S3 error response.
     pub fn from_response(op: &'static str, key: &str, status: u16, code: &str, message: &str) -> StoreError {
         let key = key.to_string();
