@@ -438,6 +438,7 @@ fn run_delete_order(files: u64) -> (f64, f64) {
         } else {
             let mut sorted = keys.clone();
             sorted.sort();
+            let sorted: Vec<_> = sorted.into_iter().map(prefixfs::store::DeleteTarget::any).collect();
             for batch in sorted.chunks(1000) {
                 let failed = server.rt.block_on(client.delete_many(batch)).expect("delete");
                 assert!(failed.is_empty(), "{} keys not deleted", failed.len());

@@ -367,7 +367,7 @@ async fn run_raw(s3: &Arc<AwsStore>, layout: &Layout, plan: &Plan) -> Row {
                 let s3 = s3.clone();
                 async move {
                     let end = ((i + 1) * PART).min(plan.size);
-                    s3.get(key, Some(i * PART..end)).await.expect("get").len() as u64
+                    s3.get(key, Some(i * PART..end), None).await.expect("get").len() as u64
                 }
             })
             .buffered(32)

@@ -116,8 +116,11 @@ impl Bucket {
         Ok(out)
     }
 
-    /// Writes file `path` to `out`: ranged GETs, several in flight, written in order.
-    pub async fn read_to(&self, path: &RelPath, size: u64, out: &mut dyn Write) -> Result<(), String> {
+    /// Writes file `path` (as `info` describes it) to `out`: ranged GETs, several in flight,
+    /// written in order, each only of the version `info` names (a file replaced meanwhile
+    /// fails the read instead of mixing two versions).
+    pub async fn read_to(&self, path: &RelPath, info: &EntryInfo, out: &mut dyn Write) -> Result<(), String> {
+        let (size, version) = (info.size, info.version());
         let key = self.layout.file_key(path).map_err(|e| e.to_string())?;
         let ranges: Vec<std::ops::Range<u64>> = (0..size.div_ceil(CHUNK).max(1))
             .map(|i| i * CHUNK..((i + 1) * CHUNK).min(size))
@@ -127,7 +130,10 @@ impl Bucket {
                 let (store, key) = (&self.store, &key);
                 async move {
                     let range = (size > 0).then_some(r);
-                    store.get(key, range).await.map_err(|e| format!("{}: {e}", show(path)))
+                    store
+                        .get(key, range, version)
+                        .await
+                        .map_err(|e| format!("{}: {e}", show(path)))
                 }
             })
             .buffered(FILE_PARALLEL);
@@ -141,7 +147,7 @@ impl Bucket {
     /// Copies bucket file `path` to local `dest`, with its mode and mtime when stored.
     async fn download(&self, path: &RelPath, info: &EntryInfo, dest: &Path) -> Result<(), String> {
         let mut file = std::fs::File::create(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-        self.read_to(path, info.size, &mut file).await?;
+        self.read_to(path, &info, &mut file).await?;
         if let Some(mode) = info.posix.mode {
             use std::os::unix::fs::PermissionsExt;
             let _ = file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777));

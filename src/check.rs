@@ -7,7 +7,7 @@
 //! never shows and fsck never touches. Incomplete multipart uploads are reported too.
 
 use crate::layout::{Layout, RESERVED_NAME, RelPath, escape_controls};
-use crate::store::{ObjectMeta, ObjectStore, UploadInfo};
+use crate::store::{CopySpec, ObjectMeta, ObjectStore, StoreError, UploadInfo, WriteIf};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
 
@@ -18,6 +18,8 @@ pub struct Inventory {
     pub per_prefix: Vec<(u64, u64)>,
     /// Keys whose path is valid but which lie under the wrong prefix: (key, its right key).
     pub misplaced: Vec<(String, String)>,
+    /// The version (ETag) each misplaced key was listed with: a repair moves only that one.
+    pub listed_etags: BTreeMap<String, String>,
     /// Keys that are not of the layout, with the reason.
     pub foreign: Vec<(String, &'static str)>,
     /// Incomplete multipart uploads under the root.
@@ -109,6 +111,9 @@ fn classify(layout: &Layout, o: &ObjectMeta, inv: &mut Inventory) {
                         match right {
                             Ok(right) => {
                                 inv.misplaced.push((o.key.clone(), right));
+                                if let Some(e) = &o.etag {
+                                    inv.listed_etags.insert(o.key.clone(), e.clone());
+                                }
                                 return;
                             }
                             Err(_) => "too long for its right prefix",
@@ -155,7 +160,10 @@ pub struct Repair {
 
 /// Moves each misplaced key to its hash prefix (a server-side copy, then the old key's
 /// delete), `jobs` at once and interleaved across the destination prefixes. A key whose
-/// right place is taken is left alone and reported.
+/// right place is taken is left alone and reported. Both name versions: the copy is made
+/// only from the version listed and only where the right key is still free
+/// (`If-None-Match: *`, so a file a mount writes there after the HEAD stays), and the old
+/// key is deleted only at that version.
 pub async fn repair(store: &dyn ObjectStore, layout: &Layout, inv: &Inventory, jobs: usize) -> Result<Repair, String> {
     // One move per right key: a second key that belongs there is a conflict from the start.
     let mut by_right: BTreeMap<&str, &str> = BTreeMap::new();
@@ -175,9 +183,25 @@ pub async fn repair(store: &dyn ObjectStore, layout: &Layout, inv: &Inventory, j
                     Err(e) if e.is_not_found() => {}
                     Err(e) => return Err(e.to_string()),
                 }
-                store.copy(&wrong, &right, None).await.map_err(|e| e.to_string())?;
-                store.delete(&wrong).await.map_err(|e| e.to_string())?;
-                Ok(Ok(()))
+                let etag = inv.listed_etags.get(&wrong).map(String::as_str);
+                let copy = CopySpec::new(&wrong, &right)
+                    .from_version(etag)
+                    .only_if(Some(&WriteIf::Absent));
+                match store.copy(&copy).await {
+                    Ok(()) => {}
+                    // The right key was written meanwhile, or the misplaced key changed: both
+                    // stay, reported.
+                    Err(StoreError::PreconditionFailed { .. }) => return Ok(Err(wrong)),
+                    Err(e) => return Err(e.to_string()),
+                }
+                match store.delete(&wrong, etag).await {
+                    Ok(()) => Ok(Ok(())),
+                    Err(StoreError::PreconditionFailed { .. }) => {
+                        tracing::warn!(key = %wrong, "written again while it was being moved: the new object stays as well");
+                        Ok(Ok(()))
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
             }
         })
         .buffer_unordered(jobs.max(1))
@@ -234,7 +258,7 @@ mod tests {
                 conflicts: vec![]
             }
         );
-        assert_eq!(s.get(&right, None).await.unwrap(), Bytes::from_static(b"b"));
+        assert_eq!(s.get(&right, None, None).await.unwrap(), Bytes::from_static(b"b"));
         let again = scan(&s, &layout, 4).await.unwrap();
         assert!(again.misplaced.is_empty());
         assert_eq!(again.objects(), 2);

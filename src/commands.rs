@@ -98,6 +98,13 @@ pub fn run_migrate(a: crate::cli::MigrateArgs) -> Result<(), String> {
         }
         if a.delete_source {
             println!("deleted {} source objects", r.deleted);
+            if !r.kept.is_empty() {
+                println!(
+                    "kept {} source objects written again after verification (first: {}); run migrate again to copy them",
+                    r.kept.len(),
+                    crate::layout::escape_controls(&r.kept[0])
+                );
+            }
         }
         let s = c.stats.snapshot();
         println!(
@@ -261,7 +268,7 @@ pub fn run_cat(a: crate::cli::CatArgs) -> Result<(), String> {
             if info.kind == crate::fs::cache::Kind::Dir {
                 return Err(format!("{}: is a directory", crate::adhoc::show(&path)));
             }
-            b.read_to(&path, info.size, &mut std::io::stdout().lock()).await?;
+            b.read_to(&path, &info, &mut std::io::stdout().lock()).await?;
         }
         Ok(())
     })

@@ -326,15 +326,15 @@ impl Layout {
     /// (round-robin over the prefixes, each prefix's keys in their given order): bulk deletes
     /// and copies then spread over S3's partitions instead of walking one at a time.
     pub fn interleave_by_prefix(&self, keys: Vec<String>) -> Vec<String> {
-        interleave_by(keys, |k| self.prefix_label(k))
+        interleave_by(keys, |k: &String| self.prefix_label(k))
     }
 }
 
 /// Round-robin over the groups `label` puts keys in (groups in order of first appearance,
 /// each group's keys in their given order): consecutive keys fall in different groups while
 /// more than one group has keys left.
-pub fn interleave_by(keys: Vec<String>, label: impl Fn(&str) -> String) -> Vec<String> {
-    let mut groups: Vec<(String, std::collections::VecDeque<String>)> = Vec::new();
+pub fn interleave_by<T>(keys: Vec<T>, label: impl Fn(&T) -> String) -> Vec<T> {
+    let mut groups: Vec<(String, std::collections::VecDeque<T>)> = Vec::new();
     for k in keys {
         let l = label(&k);
         match groups.iter_mut().find(|(g, _)| *g == l) {

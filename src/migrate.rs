@@ -9,11 +9,11 @@
 
 use crate::layout::{Layout, RelPath};
 use crate::store::copy::{COPY_PART, CopyLimits, copy_parts};
-use crate::store::{ObjectMeta, ObjectStore, UserMeta};
+use crate::store::delete::{DeleteConditions, Removed};
+use crate::store::{CopySpec, DeleteTarget, ObjectMeta, ObjectStore, UserMeta};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// CopyObject copies objects up to 5 GiB; larger ones are copied part by part.
@@ -67,6 +67,9 @@ pub struct Report {
     pub foreign: u64,
     /// Source objects deleted (`--delete-source`).
     pub deleted: u64,
+    /// Source objects not deleted because they were written again after the verification
+    /// listing (their new version stays; a second run copies it).
+    pub kept: Vec<String>,
 }
 
 /// One object to carry over.
@@ -148,8 +151,22 @@ pub async fn migrate(
     if opts.delete_source {
         let items = interleave(items, to.prefix_count());
         progress.phase("deleting the source", items.len() as u64, 0);
-        let keys: Vec<String> = items.into_iter().map(|i| i.src).collect();
-        report.deleted = delete_all(store.as_ref(), &keys, opts.jobs, progress).await?;
+        // Each source key only at the version verified: one written after the verification
+        // listing stays (S3 checks the ETag of each key; where a server cannot, see
+        // store::delete).
+        let targets: Vec<DeleteTarget> = items
+            .into_iter()
+            .map(|i| DeleteTarget::version(i.src, i.etag))
+            .collect();
+        let conds = crate::store::delete::probe_delete_conditions(store.as_ref(), &probe_key(from))
+            .await
+            .unwrap_or(DeleteConditions {
+                single: false,
+                batch: false,
+            });
+        let removed = delete_all(store.as_ref(), targets, conds, opts.jobs, progress).await?;
+        report.deleted = removed.deleted as u64;
+        report.kept = removed.kept;
         progress.done();
     }
     Ok(report)
@@ -310,7 +327,8 @@ fn interleave(items: Vec<Item>, prefixes: u32) -> Vec<Item> {
 /// `copy_object_max`, with the source's metadata and ETag.
 async fn copy(store: &Arc<dyn ObjectStore>, item: &Item, opts: &Options) -> Result<(), String> {
     if item.size <= opts.copy_object_max {
-        return store.copy(&item.src, &item.dst, None).await.map_err(|e| e.to_string());
+        let c = CopySpec::new(&item.src, &item.dst).from_version(item.etag.as_deref());
+        return store.copy(&c).await.map_err(|e| e.to_string());
     }
     let head = store.head(&item.src).await.map_err(|e| e.to_string())?;
     let mut meta: UserMeta = head.user_meta.clone();
@@ -322,45 +340,50 @@ async fn copy(store: &Arc<dyn ObjectStore>, item: &Item, opts: &Options) -> Resu
         part: opts.copy_part,
         parallel: 8,
     };
-    copy_parts(
-        store.as_ref(),
-        &item.src,
-        &item.dst,
-        &meta,
-        head.size,
-        head.etag.as_deref(),
-        &limits,
-    )
-    .await
-    .map_err(|e| format!("copying {} to {}: {e}", item.src, item.dst))
+    let c = CopySpec::new(&item.src, &item.dst)
+        .from_version(head.etag.as_deref())
+        .with_meta(Some(&meta));
+    copy_parts(store.as_ref(), &c, head.size, &limits)
+        .await
+        .map_err(|e| format!("copying {} to {}: {e}", item.src, item.dst))
 }
 
-/// Deletes `keys` (interleaved already) in DeleteObjects batches, `jobs` at once; each batch
-/// spans many prefixes.
+/// Deletes `targets` (interleaved already) in DeleteObjects batches, `jobs` at once, each
+/// key only at the version it names; each batch spans many prefixes.
 async fn delete_all(
     store: &dyn ObjectStore,
-    keys: &[String],
+    targets: Vec<DeleteTarget>,
+    conds: DeleteConditions,
     jobs: usize,
     progress: &dyn Progress,
-) -> Result<u64, String> {
-    let deleted = AtomicU64::new(0);
-    stream::iter(keys.chunks(DELETE_BATCH))
-        .map(|batch| {
-            let deleted = &deleted;
-            async move {
-                let failed = store.delete_many(batch).await.map_err(|e| e.to_string())?;
-                if let Some(f) = failed.first() {
-                    return Err(format!("{} source keys not deleted (first: {f})", failed.len()));
-                }
-                deleted.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                progress.advance(batch.len() as u64, 0);
-                Ok(())
-            }
-        })
-        .buffer_unordered(jobs.clamp(1, 16))
-        .try_collect::<()>()
-        .await?;
-    Ok(deleted.into_inner())
+) -> Result<Removed, String> {
+    let mut all = Removed::default();
+    // In slices, for progress; each slice goes out `jobs` batches at once.
+    let slice = DELETE_BATCH * jobs.clamp(1, 16);
+    let one_prefix: crate::store::PrefixFn = Arc::new(|_: &str| String::new());
+    for chunk in targets.chunks(slice) {
+        let r = crate::store::delete::delete_versions(store, chunk.to_vec(), conds, &one_prefix, jobs)
+            .await
+            .map_err(|e| e.to_string())?;
+        progress.advance(chunk.len() as u64, 0);
+        all.deleted += r.deleted;
+        all.kept.extend(r.kept);
+        all.failed.extend(r.failed);
+    }
+    if let Some(f) = all.failed.first() {
+        return Err(format!("{} source keys not deleted (first: {f})", all.failed.len()));
+    }
+    Ok(all)
+}
+
+/// Where `migrate` probes which delete conditions the server honours.
+fn probe_key(layout: &Layout) -> String {
+    format!(
+        "{}{}/probe-delete-{}",
+        layout.root_slash(),
+        crate::layout::RESERVED_NAME,
+        uuid::Uuid::new_v4().simple()
+    )
 }
 
 /// A bar on a terminal, plain lines every 5 s otherwise (logs, pipes, CI).

@@ -7,6 +7,7 @@ use crate::fuse::FuseFs;
 use crate::layout::{Descriptor, Layout};
 use crate::server::{self, RunningServer, ServerConfig};
 use crate::store::aws::{AwsConfig, AwsStore};
+use crate::store::delete::DeleteConditions;
 use crate::store::pacing::PacingConfig;
 use crate::store::retry::{RetryConfig, RetryingStore};
 use crate::store::stats::RequestStats;
@@ -118,7 +119,7 @@ pub async fn resolve_layout(
 /// The prefix count the layout descriptor at `root` records; None when there is none.
 pub async fn read_descriptor(store: &dyn ObjectStore, root: &str) -> Result<Option<u32>, LayoutCheck> {
     let key = Layout::new(root, 1)?.descriptor_key();
-    match store.get(&key, None).await {
+    match store.get(&key, None, None).await {
         Ok(body) => {
             let d: Descriptor = serde_json::from_slice(&body).map_err(|e| LayoutCheck::Unreadable {
                 key: key.clone(),
@@ -292,14 +293,20 @@ pub fn run(
         init || embedded,
     ))?;
     tracing::info!(prefixes = layout.prefix_count(), root = layout.root(), "layout");
-    if !plan.fs.read_only {
-        rt.block_on(probe_exclusive_creates(connected.store.as_ref(), &layout));
-    }
-    let journal = rt.block_on(open_journal(&plan, connected.store.as_ref(), &layout))?;
+    let conds = if plan.fs.read_only {
+        DeleteConditions::S3
+    } else {
+        rt.block_on(probe_conditions(connected.store.as_ref(), &layout))
+    };
+    let journal = rt.block_on(open_journal(&plan, connected.store.as_ref(), &layout, conds))?;
     if let Some(addr) = plan.metrics_addr {
         rt.block_on(serve_metrics(addr, connected.stats.clone()))?;
     }
-    let store = connected.stack(&layout, plan.pacing.clone(), Deletes::Deferred(Some(journal.clone())));
+    let store = connected.stack(
+        &layout,
+        plan.pacing.clone(),
+        Deletes::Deferred(Some(journal.clone()), conds),
+    );
     let core = Core::new(layout, store, connected.stats.clone(), plan.fs.clone());
     let config = fuse_config(&plan);
     let fs = FuseFs::new(core.clone(), rt.handle().clone());
@@ -348,6 +355,7 @@ async fn open_journal(
     plan: &MountPlan,
     store: &dyn ObjectStore,
     layout: &Layout,
+    conds: DeleteConditions,
 ) -> Result<Arc<crate::store::journal::Journal>, MountError> {
     // Staging, lost+found and the upload journal: private to this user (a journal planted by
     // someone else would make this daemon abort uploads that are not its own).
@@ -358,7 +366,9 @@ async fn open_journal(
     crate::private::ensure_dir(&plan.fs.cache_dir).map_err(cache_dir(&plan.fs.cache_dir))?;
     let journal_dir = plan.fs.cache_dir.join("uploads");
     crate::private::ensure_dir(&journal_dir).map_err(cache_dir(&journal_dir))?;
-    let recovered = crate::store::journal::recover(store, &journal_dir).await;
+    let l = layout.clone();
+    let prefix: crate::store::PrefixFn = Arc::new(move |k: &str| l.prefix_label(k));
+    let recovered = crate::store::journal::recover(store, &journal_dir, conds, &prefix).await;
     if recovered != Default::default() {
         tracing::info!(
             uploads_aborted = recovered.uploads_aborted,
@@ -432,19 +442,23 @@ async fn wait_for_signal() {
     }
 }
 
-/// Says at start whether the server enforces conditional writes (`If-None-Match: *`), on
-/// which exclusive creates (`O_EXCL`, `set -C`) and `mkdir` races across hosts rely: two
-/// conditional PUTs of one probe key, the second must be refused; then the probe is deleted.
-/// Costs 2 PUTs and 1 DELETE per mount.
-async fn probe_exclusive_creates(store: &dyn ObjectStore, layout: &Layout) {
+/// Says at start which of S3's conditions the server enforces: `If-None-Match: *` on PUT,
+/// on which exclusive creates (`O_EXCL`, `set -C`) and `mkdir` races across hosts rely (two
+/// conditional PUTs of one probe key: the second must be refused), and the ETag conditions of
+/// deletes ([`crate::store::delete::probe_delete_conditions`]), on which an unlink removing
+/// only the version it saw relies. Costs 3 PUTs, 1 DeleteObjects and 3 DELETEs per mount.
+async fn probe_conditions(store: &dyn ObjectStore, layout: &Layout) -> DeleteConditions {
     use crate::store::{StoreError, WriteIf};
-    let key = format!(
-        "{}.prefixfs/probe-{}",
-        layout.root_slash(),
-        uuid::Uuid::new_v4().simple()
-    );
+    let key = |what: &str| {
+        format!(
+            "{}.prefixfs/probe-{what}-{}",
+            layout.root_slash(),
+            uuid::Uuid::new_v4().simple()
+        )
+    };
+    let create = key("create");
     let meta = UserMeta::new();
-    let put = || store.put_if(&key, bytes::Bytes::new(), &meta, Some(&WriteIf::Absent));
+    let put = || store.put_if(&create, bytes::Bytes::new(), &meta, Some(&WriteIf::Absent));
     let verdict = match put().await {
         Ok(_) => match put().await {
             Err(StoreError::PreconditionFailed { .. }) => Some(true),
@@ -453,7 +467,7 @@ async fn probe_exclusive_creates(store: &dyn ObjectStore, layout: &Layout) {
         },
         Err(_) => None,
     };
-    let _ = store.delete(&key).await;
+    let _ = store.delete(&create, None).await;
     match verdict {
         Some(true) => tracing::info!("exclusive creates are enforced: the server honours If-None-Match"),
         Some(false) => tracing::warn!(
@@ -461,6 +475,23 @@ async fn probe_exclusive_creates(store: &dyn ObjectStore, layout: &Layout) {
         ),
         None => tracing::warn!("could not probe whether the server honours If-None-Match"),
     }
+    let probed = crate::store::delete::probe_delete_conditions(store, &key("delete")).await;
+    match probed {
+        Some(DeleteConditions { batch: true, .. }) => {
+            tracing::info!("deletes name their version: the server honours ETags in DeleteObjects")
+        }
+        Some(DeleteConditions { single: true, .. }) => tracing::warn!(
+            "this S3 server ignores the ETags of DeleteObjects (DeleteObject's If-Match it honours): a delete retried after a failure goes alone, with If-Match; a first attempt removes what the key holds when it lands"
+        ),
+        Some(_) => tracing::warn!(
+            "this S3 server ignores If-Match on deletes: a delete retried after a failure checks the version with a HEAD first, and an object written between that HEAD and the delete is lost"
+        ),
+        None => tracing::warn!("could not probe whether the server honours If-Match on deletes"),
+    }
+    probed.unwrap_or(DeleteConditions {
+        single: false,
+        batch: false,
+    })
 }
 
 /// Where the mount at `mountpoint` serves its request counters: a Unix socket in this user's

@@ -7,7 +7,7 @@ mod common;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use common::*;
-use prefixfs::store::ObjectStore;
+use prefixfs::store::{CopySpec, DeleteTarget, ObjectStore};
 
 #[test]
 fn marker_keys_and_a_file_beside_a_directory_coexist() {
@@ -78,18 +78,21 @@ fn list_objects_v2_paginates_with_prefix_and_delimiter() {
 fn ranged_get_copy_and_delete_objects() {
     let env = Env::embedded();
     env.put("k", b"0123456789");
-    let part = env.rt.block_on(env.s3.get("k", Some(2..5))).unwrap();
+    let part = env.rt.block_on(env.s3.get("k", Some(2..5), None)).unwrap();
     assert_eq!(&part[..], b"234");
-    let tail = env.rt.block_on(env.s3.get("k", Some(8..100))).unwrap();
+    let tail = env.rt.block_on(env.s3.get("k", Some(8..100), None)).unwrap();
     assert_eq!(&tail[..], b"89");
-    env.rt.block_on(env.s3.copy("k", "dir/copy of k+é", None)).unwrap();
+    env.rt
+        .block_on(env.s3.copy(&CopySpec::new("k", "dir/copy of k+é")))
+        .unwrap();
     assert_eq!(env.get("dir/copy of k+é"), b"0123456789");
     let failed = env
         .rt
-        .block_on(
-            env.s3
-                .delete_many(&["k".into(), "dir/copy of k+é".into(), "never-was".into()]),
-        )
+        .block_on(env.s3.delete_many(&[
+            DeleteTarget::any("k"),
+            DeleteTarget::any("dir/copy of k+é"),
+            DeleteTarget::any("never-was"),
+        ]))
         .unwrap();
     assert!(failed.is_empty());
     assert!(env.keys().is_empty());
@@ -239,7 +242,7 @@ fn data_and_uploads_survive_a_server_restart() {
     rt.block_on(srv.shutdown());
     let srv = start();
     let s3 = rt.block_on(prefixfs::store::aws::AwsStore::connect(&client_config(&srv.endpoint())));
-    assert_eq!(&rt.block_on(s3.get("a/b", None)).unwrap()[..], b"kept");
+    assert_eq!(&rt.block_on(s3.get("a/b", None, None)).unwrap()[..], b"kept");
     let ups = rt.block_on(s3.list_uploads("")).unwrap();
     assert_eq!(ups.len(), 1);
     assert_eq!(ups[0].upload_id, id);
@@ -305,13 +308,13 @@ fn serve_injects_the_faults_its_flags_ask_for() {
         matches!(head, Err(prefixfs::store::StoreError::Transport { .. })),
         "{head:?}"
     );
-    let get = env.rt.block_on(s3.get("k", None));
+    let get = env.rt.block_on(s3.get("k", None, None));
     assert!(
         get.is_err(),
         "a body cut off halfway is an error, not {:?} bytes",
         get.map(|b| b.len())
     );
-    let del = env.rt.block_on(s3.delete("k"));
+    let del = env.rt.block_on(s3.delete("k", None));
     assert!(
         matches!(del, Err(prefixfs::store::StoreError::Throttled { .. })),
         "{del:?}"
@@ -329,11 +332,11 @@ fn a_copy_over_the_copy_limit_is_refused_as_s3_refuses_it() {
     env.put("small", &[7u8; 1 << 20]);
     env.put("big", &[7u8; (1 << 20) + 1]);
     env.rt
-        .block_on(env.s3.copy("small", "small2", None))
+        .block_on(env.s3.copy(&CopySpec::new("small", "small2")))
         .expect("at the limit");
     let e = env
         .rt
-        .block_on(env.s3.copy("big", "big2", None))
+        .block_on(env.s3.copy(&CopySpec::new("big", "big2")))
         .expect_err("over the limit");
     assert!(
         e.to_string()

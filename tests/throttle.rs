@@ -163,7 +163,8 @@ fn bulk_delete_never_sends_two_consecutive_deletes_to_one_partition() {
     }
     keys.sort();
     let before = emu.snapshot().write_log.len();
-    env.rt.block_on(env.s3.delete_many(&keys[..900])).unwrap();
+    let targets: Vec<_> = keys[..900].iter().map(prefixfs::store::DeleteTarget::any).collect();
+    env.rt.block_on(env.s3.delete_many(&targets)).unwrap();
     let sorted_log = emu.snapshot().write_log[before..].to_vec();
     assert!(!interleaved(&sorted_log));
 }

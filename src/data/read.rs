@@ -133,6 +133,9 @@ pub struct ObjectReads {
     store: Arc<dyn ObjectStore>,
     key: String,
     size: u64,
+    /// The version read (its ETag), when known: every GET names it (`If-Match`), so a
+    /// reader gets bytes of one version or PreconditionFailed, never a mix.
+    etag: Option<String>,
     cfg: ReadConfig,
     budget: ReadBudget,
     state: Mutex<State>,
@@ -150,14 +153,25 @@ impl ObjectReads {
             store,
             key,
             size,
+            etag: None,
             cfg,
             budget,
             state: Mutex::new(State::default()),
         }
     }
 
+    /// Reads only the version with this ETag.
+    pub fn pinned(mut self, etag: Option<String>) -> Self {
+        self.etag = etag;
+        self
+    }
+
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    pub fn etag(&self) -> Option<&str> {
+        self.etag.as_deref()
     }
 
     pub async fn read(&self, offset: u64, len: usize) -> StoreResult<Bytes> {
@@ -240,8 +254,8 @@ impl ObjectReads {
     }
 
     fn fetch(&self, range: Range<u64>, permit: Option<OwnedSemaphorePermit>) -> Part {
-        let (store, key, r) = (self.store.clone(), self.key.clone(), range.clone());
-        let task = tokio::spawn(async move { store.get(&key, Some(r)).await });
+        let (store, key, r, etag) = (self.store.clone(), self.key.clone(), range.clone(), self.etag.clone());
+        let task = tokio::spawn(async move { store.get(&key, Some(r), etag.as_deref()).await });
         let abort = task.abort_handle();
         let key = self.key.clone();
         let data = async move {

@@ -27,6 +27,10 @@ use crate::limits::MIN_PART;
 pub struct Base {
     pub key: String,
     pub size: u64,
+    /// The version read from (its ETag), when known: every GET and part copy of the base
+    /// names it, so an object another client replaced meanwhile fails the read or the
+    /// upload instead of mixing two versions.
+    pub etag: Option<String>,
 }
 
 pub struct StagedFile {
@@ -144,7 +148,7 @@ impl StagedFile {
             if self.fetched[i] || c0 >= c1 {
                 continue;
             }
-            let data = store.get(&base.key, Some(c0..c1)).await?;
+            let data = store.get(&base.key, Some(c0..c1), base.etag.as_deref()).await?;
             if (data.len() as u64) < c1 - c0 {
                 return Err(StagingError::Store(StoreError::Server {
                     op: "get",
@@ -277,7 +281,11 @@ impl StagedFile {
                 None => false,
             };
             let etag = match (&self.base, copyable) {
-                (Some(b), true) => store.upload_part_copy(key, id, part, &b.key, c0..c1, None).await?,
+                (Some(b), true) => {
+                    store
+                        .upload_part_copy(key, id, part, &b.key, c0..c1, b.etag.as_deref())
+                        .await?
+                }
                 _ => {
                     let body = self.read(store.as_ref(), c0, (c1 - c0) as usize).await?;
                     sent += body.len() as u64;
@@ -300,6 +308,7 @@ impl StagedFile {
         self.base = Some(Base {
             key: key.to_string(),
             size: self.size,
+            etag: None,
         });
         self.dirty.iter_mut().for_each(|d| *d = false);
         self.modified = false;
@@ -375,6 +384,7 @@ mod tests {
             Some(Base {
                 key: "k".into(),
                 size: body.len() as u64,
+                etag: None,
             }),
             5 * MIB as u64,
         )
@@ -385,7 +395,7 @@ mod tests {
         let mut expected = body.clone();
         expected[7 * MIB..7 * MIB + 5].copy_from_slice(b"PATCH");
         expected.extend_from_slice(b"tail");
-        assert_eq!(&store.get("k", None).await.unwrap()[..], &expected[..]);
+        assert_eq!(&store.get("k", None, None).await.unwrap()[..], &expected[..]);
         let snap = stats.snapshot();
         assert_eq!(snap.get(OpKind::UploadPartCopy), 3, "{snap:?}");
         assert!(sent < 11 * MIB as u64, "sent {sent}");
@@ -403,13 +413,14 @@ mod tests {
             Some(Base {
                 key: "k".into(),
                 size: 7,
+                etag: None,
             }),
             5 * MIB as u64,
         )
         .unwrap();
         s.write(store.as_ref(), 7, b"line 2\n").await.unwrap();
         s.upload(&store, "k", &UserMeta::new()).await.unwrap();
-        assert_eq!(&store.get("k", None).await.unwrap()[..], b"line 1\nline 2\n");
+        assert_eq!(&store.get("k", None, None).await.unwrap()[..], b"line 1\nline 2\n");
     }
 
     #[tokio::test]
@@ -424,6 +435,7 @@ mod tests {
             Some(Base {
                 key: "k".into(),
                 size: 11,
+                etag: None,
             }),
             5 * MIB as u64,
         )
@@ -432,7 +444,7 @@ mod tests {
         s.truncate(store.as_ref(), 8).await.unwrap();
         assert_eq!(&s.read(store.as_ref(), 0, 100).await.unwrap()[..], b"hello\0\0\0");
         s.upload(&store, "k", &UserMeta::new()).await.unwrap();
-        assert_eq!(&store.get("k", None).await.unwrap()[..], b"hello\0\0\0");
+        assert_eq!(&store.get("k", None, None).await.unwrap()[..], b"hello\0\0\0");
         assert!(!s.is_modified());
     }
 
@@ -453,6 +465,6 @@ mod tests {
         assert!(s.upload(&store, "k", &UserMeta::new()).await.is_err());
         assert!(s.is_modified());
         s.upload(&store, "k", &UserMeta::new()).await.unwrap();
-        assert_eq!(&store.get("k", None).await.unwrap()[..], b"precious");
+        assert_eq!(&store.get("k", None, None).await.unwrap()[..], b"precious");
     }
 }

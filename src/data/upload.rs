@@ -383,7 +383,7 @@ mod tests {
             u.finish().await.is_err(),
             "a second attempt must not complete without part 1"
         );
-        assert!(mem.get("k", None).await.is_err());
+        assert!(mem.get("k", None, None).await.is_err());
     }
 
     #[tokio::test]
@@ -431,7 +431,7 @@ mod tests {
         u.write(0, b"hello").await.unwrap();
         assert!(matches!(u.write(2, b"x").await, Err(UploadError::NotSequential { .. })));
         u.finish().await.unwrap();
-        assert_eq!(&mem.get("small", None).await.unwrap()[..], b"hello");
+        assert_eq!(&mem.get("small", None, None).await.unwrap()[..], b"hello");
 
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
         let mut u = Upload::new(mem.clone(), "big".into(), UserMeta::new(), 1024, 2);
@@ -440,7 +440,7 @@ mod tests {
             u.write(off, chunk).await.unwrap();
         }
         u.finish().await.unwrap();
-        assert_eq!(&mem.get("big", None).await.unwrap()[..], &data[..]);
+        assert_eq!(&mem.get("big", None, None).await.unwrap()[..], &data[..]);
         assert!(mem.list_uploads("").await.unwrap().is_empty());
     }
 
@@ -449,10 +449,10 @@ mod tests {
         let mem = Arc::new(MemoryStore::new());
         let mut u = Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2);
         u.finish().await.unwrap();
-        assert_eq!(mem.get("k", None).await.unwrap().len(), 0);
+        assert_eq!(mem.get("k", None, None).await.unwrap().len(), 0);
         u.write(0, b"hello").await.unwrap();
         u.finish().await.unwrap();
-        assert_eq!(&mem.get("k", None).await.unwrap()[..], b"hello");
+        assert_eq!(&mem.get("k", None, None).await.unwrap()[..], b"hello");
     }
 
     #[tokio::test]
@@ -470,6 +470,6 @@ mod tests {
         assert!(u.finish().await.is_err());
         assert!(!u.is_finished());
         u.finish().await.unwrap();
-        assert_eq!(&mem.get("k", None).await.unwrap()[..], b"data");
+        assert_eq!(&mem.get("k", None, None).await.unwrap()[..], b"data");
     }
 }

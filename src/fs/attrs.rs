@@ -118,10 +118,17 @@ impl Core {
                 self.files.truncate_closed(&path, info.size, size, &posix).await?;
                 new_size = size;
             }
-            _ if meta_change => self.ns.set_metadata(&path, info.kind, info.size, &posix).await?,
+            _ if meta_change => self.ns.set_metadata(&path, &info, &posix).await?,
             _ => {}
         }
-        let new_info = EntryInfo { size: new_size, ..info }.with_posix(posix);
+        // The object is a new version now, whose ETag this mount was not told: what acts on
+        // it next names no version until a HEAD or a listing says which.
+        let new_info = EntryInfo {
+            size: new_size,
+            etag: None,
+            ..info
+        }
+        .with_posix(posix);
         self.cache.upsert(&path, new_info);
         self.attributes_changed(ino);
         Ok(self.attr(ino, new_info))
@@ -178,7 +185,7 @@ impl Core {
             None => return Err(FsError::not_found(&path)),
         }
         let key = self.ns.layout.file_key(&path)?;
-        let target = self.ns.store.get(&key, Some(0..SYMLINK_MAX as u64)).await?;
+        let target = self.ns.store.get(&key, Some(0..SYMLINK_MAX as u64), None).await?;
         if target.len() >= SYMLINK_MAX {
             return Err(FsError::new(libc::EIO, format!("{path}: symlink target too long")));
         }

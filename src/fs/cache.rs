@@ -7,6 +7,7 @@
 
 use super::posix::Posix;
 use crate::layout::RelPath;
+use crate::store::ETag;
 use lru::LruCache;
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
@@ -34,6 +35,8 @@ pub struct EntryInfo {
     pub s3_modified: SystemTime,
     /// When a HEAD answered with these attributes (None: not from a HEAD).
     pub checked: Option<SystemTime>,
+    /// The version (ETag) these attributes describe, when S3 said (HEAD and listings do).
+    pub etag: Option<ETag>,
 }
 
 impl EntryInfo {
@@ -46,7 +49,19 @@ impl EntryInfo {
             full: true,
             s3_modified: mtime,
             checked: None,
+            etag: None,
         }
+    }
+
+    /// The version S3 named for these attributes.
+    pub fn with_etag(mut self, etag: Option<&str>) -> Self {
+        self.etag = ETag::of(etag);
+        self
+    }
+
+    /// The ETag as a string, for the requests that name this version.
+    pub fn version(&self) -> Option<&str> {
+        self.etag.as_ref().map(ETag::as_str)
     }
 
     /// Marks attributes as just answered by a HEAD.
@@ -60,8 +75,16 @@ impl EntryInfo {
     /// [`SAME_VERSION_MARGIN`] after that LastModified. LastModified has one-second
     /// resolution and any change of an object (metadata included: a copy onto itself)
     /// gives it a new one; the margin rules out a change within the same second.
+    /// With both ETags known, they decide.
     pub fn still_describes(&self, listed: &EntryInfo) -> bool {
         let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).ok();
+        if let (Some(a), Some(b)) = (&self.etag, &listed.etag) {
+            return self.full
+                && self.kind != Kind::Dir
+                && listed.kind == Kind::File
+                && self.size == listed.size
+                && a.matches(b.as_str());
+        }
         self.full
             && self.kind != Kind::Dir
             && listed.kind == Kind::File

@@ -4,10 +4,11 @@
 
 use super::cache::{EntryInfo, Kind};
 use super::error::{FsError, FsResult};
+use super::listing::TreeKey;
 use super::namespace::Namespace;
 use super::posix::Posix;
 use crate::layout::RelPath;
-use crate::store::{StoreError, StoreResult, UserMeta, WriteIf};
+use crate::store::{CopySpec, DeleteTarget, StoreError, StoreResult, UserMeta, WriteIf};
 use bytes::Bytes;
 use futures::stream::{self, StreamExt};
 use std::sync::Arc;
@@ -66,23 +67,36 @@ impl Namespace {
     }
 
     /// Stores `posix` as the metadata of `path`, a closed file or symlink of `size` bytes
-    /// (a copy of the object onto itself) or a directory (its marker PUT anew).
-    pub async fn set_metadata(&self, path: &RelPath, kind: Kind, size: u64, posix: &Posix) -> FsResult<()> {
-        if kind == Kind::Dir {
+    /// (a copy of the object onto itself) or a directory (its marker PUT anew). A file whose
+    /// version this mount knows (`info.etag`) is copied only from and onto that version: if
+    /// another client replaced it meanwhile, their object stays and this fails (ESTALE).
+    pub async fn set_metadata(&self, path: &RelPath, info: &EntryInfo, posix: &Posix) -> FsResult<()> {
+        if info.kind == Kind::Dir {
             let key = self.layout.dir_marker_key(path)?;
             self.store.put(&key, Bytes::new(), &posix.to_meta()).await?;
-        } else {
-            let key = self.layout.file_key(path)?;
-            self.copy_object(&key, &key, Some(&posix.to_meta()), size).await?;
+            return Ok(());
         }
-        Ok(())
+        let key = self.layout.file_key(path)?;
+        let meta = posix.to_meta();
+        let same = info.version().map(|e| WriteIf::Matches(e.to_string()));
+        let copy = CopySpec::new(&key, &key)
+            .from_version(info.version())
+            .only_if(same.as_ref())
+            .with_meta(Some(&meta));
+        match self.copy_object(&copy, info.size).await {
+            Err(StoreError::PreconditionFailed { .. }) => {
+                self.cache.forget(path);
+                Err(replaced_elsewhere(path))
+            }
+            r => Ok(r?),
+        }
     }
 
-    /// Copies the object `src` (`size` bytes, as this mount knows it) to `dst` inside S3:
-    /// one CopyObject, or part by part above CopyObject's limit (5 GiB). Metadata: `meta`,
-    /// else the source's.
-    pub async fn copy_object(&self, src: &str, dst: &str, meta: Option<&UserMeta>, size: u64) -> StoreResult<()> {
-        crate::store::copy::copy_object(self.store.as_ref(), src, dst, meta, size, &self.cfg.copy).await
+    /// Copies an object inside S3 as `c` says (its versions, its metadata: `c.meta`, else the
+    /// source's), `size` bytes as this mount knows it: one CopyObject, or part by part above
+    /// CopyObject's limit (5 GiB).
+    pub async fn copy_object(&self, c: &CopySpec<'_>, size: u64) -> StoreResult<()> {
+        crate::store::copy::copy_object(self.store.as_ref(), c, size, &self.cfg.copy).await
     }
 
     /// `rmdir`: fails unless nothing of this namespace (nor a file being written through the
@@ -112,7 +126,7 @@ impl Namespace {
             return Err(FsError::new(libc::ENOTEMPTY, format!("{path}: directory not empty")));
         }
         match below.marker {
-            Some(0) => self.store.delete(&self.layout.dir_marker_key(path)?).await?,
+            Some(0) => self.store.delete(&self.layout.dir_marker_key(path)?, None).await?,
             // Not a marker but somebody's data under a key ending in '/': never deleted.
             Some(bytes) => {
                 tracing::warn!(%path, bytes, "the directory's marker key holds data: not deleting it; the directory is hidden instead")
@@ -130,19 +144,20 @@ impl Namespace {
         Ok(())
     }
 
-    /// The checks of `unlink(path)`: something that is not a directory is there.
-    pub async fn check_unlink(&self, path: &RelPath) -> FsResult<()> {
+    /// The checks of `unlink(path)`: something that is not a directory is there; what.
+    pub async fn check_unlink(&self, path: &RelPath) -> FsResult<EntryInfo> {
         match self.stat(path).await? {
             None => Err(FsError::not_found(path)),
             Some(i) if i.kind == Kind::Dir => Err(FsError::new(libc::EISDIR, format!("{path}: is a directory"))),
-            _ => Ok(()),
+            Some(i) => Ok(i),
         }
     }
 
     /// `unlink` once checked: the file's key is deleted (queued to be batched with the
-    /// deletes around it, see store::deferred) and the path leaves the cache.
-    pub async fn remove_file(&self, path: &RelPath) -> FsResult<()> {
-        self.store.delete(&self.layout.file_key(path)?).await?;
+    /// deletes around it, see store::deferred), only at `version` when this mount knows which
+    /// version it unlinks, and the path leaves the cache.
+    pub async fn remove_file(&self, path: &RelPath, version: Option<&str>) -> FsResult<()> {
+        self.store.delete(&self.layout.file_key(path)?, version).await?;
         self.cache.remove(path);
         Ok(())
     }
@@ -196,12 +211,22 @@ impl Namespace {
         Ok(Some(src))
     }
 
-    /// Moves the object of a file (or symlink) of `size` bytes from `from` to `to`: a copy,
-    /// then the old key's delete, sent at once (the old name must be gone when rename returns).
-    pub async fn move_object(&self, from: &RelPath, to: &RelPath, size: u64) -> FsResult<()> {
+    /// Moves the object of a file (or symlink) `src` from `from` to `to`: a copy, then the
+    /// old key's delete, sent at once (the old name must be gone when rename returns). Both
+    /// name the version `src` describes when known: a source another client replaced
+    /// meanwhile is neither copied nor deleted (ESTALE).
+    pub async fn move_object(&self, from: &RelPath, to: &RelPath, src: &EntryInfo) -> FsResult<()> {
         let (sk, dk) = (self.layout.file_key(from)?, self.layout.file_key(to)?);
-        self.copy_object(&sk, &dk, None, size).await?;
-        self.delete_keys(vec![sk]).await
+        let copy = CopySpec::new(&sk, &dk).from_version(src.version());
+        match self.copy_object(&copy, src.size).await {
+            Err(StoreError::PreconditionFailed { .. }) => {
+                self.cache.forget(from);
+                return Err(replaced_elsewhere(from));
+            }
+            r => r?,
+        }
+        self.delete_keys(vec![DeleteTarget::version(sk, src.version().map(str::to_string))])
+            .await
     }
 
     /// Copies every object below `from` to its key below `to` (in parallel, interleaved
@@ -210,8 +235,9 @@ impl Namespace {
         let mut pairs = Vec::new();
         let to_marker = self.layout.dir_marker_key(to)?;
         let mut has_marker = false;
-        let mut sizes = std::collections::HashMap::new();
-        for (key, size) in self.list_tree(from).await? {
+        let mut listed = std::collections::HashMap::new();
+        for t in self.list_tree(from).await? {
+            let key = t.key.clone();
             let Some((path, is_dir)) = self.layout.key_to_path(&key) else {
                 continue;
             };
@@ -225,7 +251,7 @@ impl Namespace {
                 self.layout.file_key(&new_path)?
             };
             has_marker |= new_key == to_marker;
-            sizes.insert(key.clone(), size);
+            listed.insert(key.clone(), t);
             pairs.push((key, new_key));
         }
         let order = self
@@ -236,9 +262,13 @@ impl Namespace {
         let results: Vec<Result<String, String>> = stream::iter(order.iter())
             .map(|src| {
                 let dst = dst_of.get(src).cloned().unwrap_or_default();
-                let size = sizes.get(src).copied().unwrap_or_default();
+                let t = listed.get(src);
+                let (size, etag) = t.map_or((0, None), |t| (t.size, t.etag.as_deref()));
                 async move {
-                    match self.copy_object(src, &dst, None, size).await {
+                    match self
+                        .copy_object(&CopySpec::new(src, &dst).from_version(etag), size)
+                        .await
+                    {
                         Ok(()) => Ok(dst),
                         Err(e) => Err(e.to_string()),
                     }
@@ -251,7 +281,10 @@ impl Namespace {
         if let Some(first) = failures.first() {
             // Take back the copies that did land, so the tree exists under one name only.
             let copied: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-            let cleanup = self.delete_keys(self.layout.interleave_by_prefix(copied)).await;
+            let copied = self.layout.interleave_by_prefix(copied);
+            let cleanup = self
+                .delete_keys(copied.into_iter().map(DeleteTarget::any).collect())
+                .await;
             tracing::error!(
                 %from, %to, failed = failures.len(), total, error = %first, cleanup_ok = cleanup.is_ok(),
                 "directory rename failed midway; no source object was deleted, so every file is still readable under its old name"
@@ -271,35 +304,60 @@ impl Namespace {
         if !has_marker {
             self.store.put(&to_marker, Bytes::new(), &UserMeta::new()).await?;
         }
-        self.delete_keys(order).await
+        // Each source goes only at the version copied: one another client wrote meanwhile
+        // stays under the old name (logged).
+        let targets = order
+            .into_iter()
+            .map(|k| {
+                let etag = listed.get(&k).and_then(|t| t.etag.clone());
+                DeleteTarget::version(k, etag)
+            })
+            .collect();
+        self.delete_keys(targets).await
     }
 
     /// Deletes `path` and everything below it with DeleteObjects, keys interleaved across
     /// prefixes so consecutive deletes hit different partitions. Returns the keys deleted.
     pub async fn remove_tree(&self, path: &RelPath) -> FsResult<usize> {
-        let mut keys: Vec<String> = self
+        let mut keys: Vec<DeleteTarget> = self
             .list_tree(path)
             .await?
             .into_iter()
-            .map(|(k, _)| k)
-            .filter(|k| self.layout.key_to_path(k).is_some())
+            .filter(|t| self.layout.key_to_path(&t.key).is_some())
+            .map(|TreeKey { key, etag, .. }| DeleteTarget::version(key, etag))
             .collect();
         if !path.is_root()
             && let Some(info) = self.stat(path).await?
             && info.kind != Kind::Dir
         {
-            keys.push(self.layout.file_key(path)?);
+            keys.push(DeleteTarget::version(
+                self.layout.file_key(path)?,
+                info.version().map(str::to_string),
+            ));
         }
         let n = keys.len();
-        self.delete_keys(self.layout.interleave_by_prefix(keys)).await?;
+        let keys = crate::layout::interleave_by(keys, |t| self.layout.prefix_label(&t.key));
+        self.delete_keys(keys).await?;
         self.cache.clear();
         Ok(n)
     }
 
-    /// DeleteObjects in batches of 1000, keys interleaved across prefixes.
-    pub(super) async fn delete_keys(&self, keys: Vec<String>) -> FsResult<()> {
+    /// DeleteObjects in batches of 1000, keys interleaved across prefixes, each only at the
+    /// version it names: a key another client wrote since stays (logged), and is no failure.
+    pub(super) async fn delete_keys(&self, keys: Vec<DeleteTarget>) -> FsResult<()> {
         for batch in keys.chunks(crate::limits::MAX_DELETE_BATCH) {
-            let failed = self.store.delete_many(batch).await?;
+            let failed: Vec<_> = self
+                .store
+                .delete_many(batch)
+                .await?
+                .into_iter()
+                .filter(|f| {
+                    if f.is_precondition() {
+                        tracing::warn!(key = %crate::layout::escape_controls(&f.key), "not deleted: another client wrote it since this mount listed it, and their object stays");
+                    }
+                    !f.is_gone() && !f.is_precondition()
+                })
+                .collect();
             if let Some(f) = failed.first() {
                 return Err(FsError::new(
                     libc::EIO,
@@ -314,4 +372,13 @@ impl Namespace {
     pub async fn sync_deletes(&self) -> FsResult<()> {
         Ok(self.store.flush().await?)
     }
+}
+
+/// A change refused because the object is no longer the version this mount knew: another
+/// client replaced it, and their object stays.
+fn replaced_elsewhere(path: &RelPath) -> FsError {
+    FsError::new(
+        libc::ESTALE,
+        format!("{path}: replaced by another client meanwhile; their version stays"),
+    )
 }

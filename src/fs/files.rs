@@ -16,7 +16,7 @@ use crate::data::read::{ObjectReads, ReadBudget};
 use crate::data::staging::{Base, StagedFile};
 use crate::data::upload::{Upload, UploadError};
 use crate::layout::RelPath;
-use crate::store::StoreError;
+use crate::store::{CopySpec, DeleteTarget, StoreError};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -175,6 +175,7 @@ impl OpenFiles {
         let base = Base {
             key: key.clone(),
             size: old_size,
+            etag: None,
         };
         let mut staged = self.staging_file(path, Some(base))?;
         staged
@@ -242,22 +243,27 @@ impl OpenFiles {
 
     /// The reads of `ino`'s object as it is now: shared with the file's other readers while
     /// they read the same version.
-    pub(super) fn object_reads(&self, ino: u64, path: &RelPath, size: u64) -> FsResult<Arc<ObjectReads>> {
+    pub(super) fn object_reads(&self, ino: u64, path: &RelPath, info: &EntryInfo) -> FsResult<Arc<ObjectReads>> {
+        let size = info.size;
         let mut reads = lock(&self.reads);
         reads.retain(|_, r| r.strong_count() > 0);
         if let Some(r) = reads.get(&ino).and_then(Weak::upgrade)
             && r.size() == size
+            && r.etag() == info.version()
         {
             return Ok(r);
         }
         let key = self.ns.layout.file_key(path)?;
-        let r = Arc::new(ObjectReads::new(
-            self.ns.store.clone(),
-            key,
-            size,
-            self.ns.cfg.read,
-            self.read_budget.clone(),
-        ));
+        let r = Arc::new(
+            ObjectReads::new(
+                self.ns.store.clone(),
+                key,
+                size,
+                self.ns.cfg.read,
+                self.read_budget.clone(),
+            )
+            .pinned(info.version().map(str::to_string)),
+        );
         reads.insert(ino, Arc::downgrade(&r));
         Ok(r)
     }
@@ -271,6 +277,7 @@ impl OpenFiles {
                 Some(Base {
                     key: shared.key(),
                     size: up.size(),
+                    etag: None,
                 })
             } else {
                 None
@@ -420,7 +427,7 @@ impl OpenFiles {
         let update_meta = || async {
             let size = shared.size.load(Ordering::Relaxed);
             self.ns
-                .copy_object(&key, &key, Some(&meta), size)
+                .copy_object(&CopySpec::new(&key, &key).with_meta(Some(&meta)), size)
                 .await
                 .map_err(|e| store_err(path, "metadata update", e))
         };
@@ -475,8 +482,8 @@ impl OpenFiles {
         self.flush_body(from, &shared, &mut body).await?;
         let (src, dst) = (shared.key(), self.ns.layout.file_key(to)?);
         let size = shared.size.load(Ordering::Relaxed);
-        self.ns.copy_object(&src, &dst, None, size).await?;
-        self.ns.delete_keys(vec![src]).await?;
+        self.ns.copy_object(&CopySpec::new(&src, &dst), size).await?;
+        self.ns.delete_keys(vec![DeleteTarget::any(src)]).await?;
         self.reanchor(ino, &shared, &mut body, to)
     }
 
@@ -484,7 +491,14 @@ impl OpenFiles {
     fn reanchor(&self, ino: u64, shared: &Shared, body: &mut Body, to: &RelPath) -> FsResult<bool> {
         let dst = self.ns.layout.file_key(to)?;
         let size = shared.size.load(Ordering::Relaxed);
-        let staged = self.staging_file(to, Some(Base { key: dst.clone(), size }))?;
+        let staged = self.staging_file(
+            to,
+            Some(Base {
+                key: dst.clone(),
+                size,
+                etag: None,
+            }),
+        )?;
         if let Body::Staged(old) = &*body {
             self.staging.release(old.size());
         }

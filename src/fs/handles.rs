@@ -10,6 +10,7 @@ use super::{Attr, Core, Handle, lock};
 use crate::data::read::ObjectReads;
 use crate::data::staging::Base;
 use crate::layout::RelPath;
+use crate::store::StoreError;
 use bytes::Bytes;
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -92,7 +93,14 @@ impl Core {
                 if trunc || info.size == 0 {
                     return Ok(self.files.new_stream(key, &info.posix));
                 }
-                self.files.staged_body(&path, Base { key, size: info.size })
+                self.files.staged_body(
+                    &path,
+                    Base {
+                        key,
+                        size: info.size,
+                        etag: info.version().map(str::to_string),
+                    },
+                )
             })?;
             if trunc {
                 self.files.truncate_open(&path, &shared, 0).await?;
@@ -105,7 +113,7 @@ impl Core {
             }));
         }
         // A reader of a file open for writing reads the open state (see `read`).
-        let reader = self.files.object_reads(ino, &path, info.size)?;
+        let reader = self.files.object_reads(ino, &path, &info)?;
         Ok(self.new_fh(Handle::File {
             ino,
             reader: Some(reader),
@@ -127,7 +135,21 @@ impl Core {
             return self.files.read(&path, &shared, offset, size).await;
         }
         let reader = reader.ok_or_else(|| FsError::new(libc::EBADF, format!("file handle {fh} cannot read")))?;
-        Ok(reader.read(offset, size as usize).await?)
+        match reader.read(offset, size as usize).await {
+            Ok(data) => Ok(data),
+            // The version this handle reads was replaced by another client: its bytes are
+            // gone from S3, and the new version's are not this file's (a torn read).
+            Err(e @ StoreError::PreconditionFailed { .. }) => {
+                let path = self.path_of(ino)?;
+                self.cache.forget(&path);
+                Err(FsError::new(
+                    libc::ESTALE,
+                    format!("{path}: replaced by another client while open for reading; reopen it for the new version"),
+                )
+                .caused_by(e))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub async fn write(&self, fh: u64, offset: u64, data: &[u8]) -> FsResult<u32> {

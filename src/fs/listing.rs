@@ -6,6 +6,7 @@ use super::error::FsResult;
 use super::lock;
 use super::namespace::Namespace;
 use crate::layout::{RESERVED_NAME, RelPath, escape_controls, validate_name};
+use crate::store::ETag;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
@@ -14,8 +15,19 @@ use std::sync::Arc;
 /// Keys asked for per prefix by an emptiness check: enough to see past a few foreign keys.
 const EMPTINESS_PAGE: i32 = 100;
 
-/// One prefix's files (name, size, LastModified), subdirectories, and marker.
-type PrefixPage = (Vec<(String, u64, std::time::SystemTime)>, Vec<String>, bool);
+/// A listed file: name, size, LastModified, ETag.
+type Listed = (String, u64, std::time::SystemTime, Option<crate::store::ETag>);
+
+/// One prefix's files, subdirectories, and marker.
+type PrefixPage = (Vec<Listed>, Vec<String>, bool);
+
+/// A key of a tree as one listing saw it.
+#[derive(Debug, Clone)]
+pub(super) struct TreeKey {
+    pub key: String,
+    pub size: u64,
+    pub etag: Option<String>,
+}
 
 /// What an emptiness check found below a directory.
 #[derive(Debug, Default, Clone, Copy)]
@@ -175,7 +187,11 @@ impl Namespace {
                 dirs.extend(subdirs);
                 files
             })
-            .map(|(name, size, mtime)| (name, self.listed(EntryInfo::new(Kind::File, size, mtime))))
+            .map(|(name, size, mtime, etag)| {
+                let mut info = EntryInfo::new(Kind::File, size, mtime);
+                info.etag = etag;
+                (name, self.listed(info))
+            })
             .collect();
         // A directory shadows a file of the same name (docs/LAYOUT.md): inserted last. A
         // name this mount found to hold only foreign keys stays hidden.
@@ -198,11 +214,13 @@ impl Namespace {
     /// [`Namespace::list_dir_feeding`]). A directory that shadows a file of the same name in
     /// another prefix may come after the file was handed out; the cached listing, and so every
     /// lookup, still shows the directory.
-    fn feed_page(&self, feed: &Feed, dir: &RelPath, files: &[(String, u64, std::time::SystemTime)], dirs: &[String]) {
+    fn feed_page(&self, feed: &Feed, dir: &RelPath, files: &[Listed], dirs: &[String]) {
         let certain = |size: u64| self.cfg.trust_listing || size >= SYMLINK_MAX as u64;
         let mut entries = Vec::with_capacity(files.len() + dirs.len());
-        for (name, size, mtime) in files.iter().filter(|f| certain(f.1)) {
-            let info = self.listed(EntryInfo::new(Kind::File, *size, *mtime));
+        for (name, size, mtime, etag) in files.iter().filter(|f| certain(f.1)) {
+            let mut info = EntryInfo::new(Kind::File, *size, *mtime);
+            info.etag = *etag;
+            let info = self.listed(info);
             entries.push((name.clone(), Kind::File, info));
         }
         for name in dirs {
@@ -239,7 +257,7 @@ impl Namespace {
                 // `key_to_path` checks, without re-parsing the directory part).
                 match dir.join(name) {
                     Ok(p) if self.layout.prefix_index(&p) == q => {
-                        files.push((name.to_string(), o.size, o.last_modified))
+                        files.push((name.to_string(), o.size, o.last_modified, ETag::of(o.etag.as_deref())))
                     }
                     _ => tracing::debug!(key = %escape_controls(&o.key), "key outside the layout, not shown"),
                 }
@@ -345,7 +363,7 @@ impl Namespace {
             } else if let Some(p) = &parent {
                 tree.entry(p.clone()).or_default().insert(
                     path.name().to_string(),
-                    listed(EntryInfo::new(Kind::File, o.size, o.last_modified)),
+                    listed(EntryInfo::new(Kind::File, o.size, o.last_modified).with_etag(o.etag.as_deref())),
                 );
                 (child, parent) = (p.clone(), p.parent());
             }
@@ -387,8 +405,9 @@ impl Namespace {
     }
 
     /// Every key below `dir` (its marker included) that belongs to this namespace, with
-    /// its size, across all prefixes; foreign keys are left out (see [`Namespace::ours`]).
-    pub(super) async fn list_tree(&self, dir: &RelPath) -> FsResult<Vec<(String, u64)>> {
+    /// its size and the version listed (its ETag: what a rename copies and a delete removes),
+    /// across all prefixes; foreign keys are left out (see [`Namespace::ours`]).
+    pub(super) async fn list_tree(&self, dir: &RelPath) -> FsResult<Vec<TreeKey>> {
         let per_prefix = self
             .fan_out(|q| async move {
                 let prefix = self.layout.dir_list_prefix(q, dir);
@@ -400,7 +419,11 @@ impl Namespace {
                         page.objects
                             .into_iter()
                             .filter(|o| self.ours(&o.key, o.size))
-                            .map(|o| (o.key, o.size)),
+                            .map(|o| TreeKey {
+                                key: o.key,
+                                size: o.size,
+                                etag: o.etag,
+                            }),
                     );
                     match page.next_token {
                         Some(t) => token = Some(t),

@@ -220,6 +220,7 @@ impl Namespace {
                 Ok(Some(
                     EntryInfo::new(kind, size, m.last_modified)
                         .with_posix(posix::Posix::from_meta(&m.user_meta))
+                        .with_etag(m.etag.as_deref())
                         .checked_now(),
                 ))
             }

@@ -232,7 +232,7 @@ impl Core {
     pub async fn unlink(&self, parent: u64, name: &OsStr) -> FsResult<()> {
         let path = self.child_path(parent, name)?;
         self.check_writable(&path)?;
-        self.ns.check_unlink(&path).await?;
+        let info = self.ns.check_unlink(&path).await?;
         // A file open here is unlinked first, and an upload of it in progress (the last
         // close's, which the kernel sends after `close` returned) lands before the delete is
         // queued: the delete then reaches S3 after it, and nothing brings the file back.
@@ -240,7 +240,9 @@ impl Core {
         if let Some(ino) = open {
             self.files.unlink(ino).await;
         }
-        self.ns.remove_file(&path).await?;
+        // The version the check saw is the one removed: if another client writes the name
+        // before the delete reaches S3, their object stays.
+        self.ns.remove_file(&path, info.version()).await?;
         self.entry_changed(&path);
         Ok(())
     }
@@ -260,11 +262,12 @@ impl Core {
                     None => false,
                 };
                 if !moved_open {
-                    self.ns.move_object(&from, &to, src.size).await?;
+                    self.ns.move_object(&from, &to, &src).await?;
                 }
                 self.cache.remove(&from);
                 // S3's LastModified changes with the copy; the POSIX mtime travels with it.
-                self.cache.upsert(&to, src);
+                // The copy's ETag was not kept (a multipart source's changes).
+                self.cache.upsert(&to, EntryInfo { etag: None, ..src });
             }
             Kind::Dir => {
                 let open = self.files.flush_open_under(&from).await?;

@@ -69,7 +69,12 @@ fn rig_with(cfg: impl FnOnce(&mut FsConfig)) -> Rig {
         stats.clone(),
         prefix.clone(),
     ));
-    let store: Arc<dyn ObjectStore> = Arc::new(DeferredDeletes::new(s3.clone(), None, prefix));
+    let store: Arc<dyn ObjectStore> = Arc::new(DeferredDeletes::new(
+        s3.clone(),
+        None,
+        prefix,
+        crate::store::delete::DeleteConditions::S3,
+    ));
     let mut fs = FsConfig {
         metadata_ttl: Duration::from_secs(60),
         cache_dir: dir.path().to_path_buf(),

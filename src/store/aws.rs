@@ -4,7 +4,9 @@
 //! static ones are given (the embedded server). The SDK's own retries are disabled: retries
 //! and their counting live in [`super::retry`].
 
-use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf};
+use super::{
+    CopySpec, DeleteTarget, ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf,
+};
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
@@ -190,8 +192,13 @@ impl ObjectStore for AwsStore {
         })
     }
 
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
-        let mut req = self.client.get_object().bucket(&self.bucket).key(key);
+    async fn get(&self, key: &str, range: Option<Range<u64>>, version: Option<&str>) -> StoreResult<Bytes> {
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_if_match(version.map(str::to_string));
         if let Some(r) = &range {
             if r.start >= r.end {
                 return Ok(Bytes::new());
@@ -258,8 +265,15 @@ impl ObjectStore for AwsStore {
         Ok(out.e_tag().map(str::to_string))
     }
 
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        let r = self.client.delete_object().bucket(&self.bucket).key(key).send().await;
+    async fn delete(&self, key: &str, version: Option<&str>) -> StoreResult<()> {
+        let r = self
+            .client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .set_if_match(version.map(str::to_string))
+            .send()
+            .await;
         match r.map_err(|e| map_err("delete", key, e)) {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
@@ -267,12 +281,14 @@ impl ObjectStore for AwsStore {
         }
     }
 
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
-        let first = keys.first().cloned().unwrap_or_default();
-        let mut ids = Vec::with_capacity(keys.len());
-        for k in keys {
+    async fn delete_many(&self, targets: &[DeleteTarget]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
+        let first = targets.first().map(|t| t.key.clone()).unwrap_or_default();
+        let mut ids = Vec::with_capacity(targets.len());
+        for t in targets {
+            let k = &t.key;
             let id = ObjectIdentifier::builder()
                 .key(k)
+                .set_e_tag(t.etag.clone())
                 .build()
                 .map_err(|e| StoreError::Client {
                     op: "delete_objects",
@@ -357,14 +373,21 @@ impl ObjectStore for AwsStore {
         })
     }
 
-    async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()> {
+    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()> {
+        let (src, dst) = (c.src, c.dst);
         let mut req = self
             .client
             .copy_object()
             .bucket(&self.bucket)
             .key(dst)
-            .copy_source(encode_copy_source(&self.bucket, src));
-        if let Some(meta) = meta {
+            .copy_source(encode_copy_source(&self.bucket, src))
+            .set_copy_source_if_match(c.src_etag.map(str::to_string));
+        req = match c.dst_if {
+            Some(WriteIf::Absent) => req.if_none_match("*"),
+            Some(WriteIf::Matches(etag)) => req.if_match(etag),
+            None => req,
+        };
+        if let Some(meta) = c.meta {
             req = req.metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace);
             for (k, v) in meta {
                 req = req.metadata(k, v);

@@ -3,7 +3,7 @@
 //! source, sent in parallel. A rename, a chmod or utimens of a closed file (a self-copy with
 //! new metadata) and `migrate` go through here.
 
-use super::{ObjectStore, StoreResult, UserMeta};
+use super::{CopySpec, ObjectStore, StoreError, StoreResult, UserMeta};
 use crate::limits::{MAX_COPY_OBJECT, MAX_PARTS, MIN_PART};
 use futures::{StreamExt, TryStreamExt, stream};
 use std::ops::Range;
@@ -49,49 +49,47 @@ impl CopyLimits {
     }
 }
 
-/// Copies `src` (believed `size` bytes) to `dst`: one CopyObject up to `limits.object_max`,
-/// else a multipart copy. Metadata: `meta` when given, else the source's. A multipart copy
-/// first HEADs the source for its true size (and metadata when `meta` is None): copying a
-/// stale size would cut the object short. A CopyObject refused because the object grew past
-/// the limit (another host wrote it) goes part by part the same way.
-pub async fn copy_object(
-    store: &dyn ObjectStore,
-    src: &str,
-    dst: &str,
-    meta: Option<&UserMeta>,
-    size: u64,
-    limits: &CopyLimits,
-) -> StoreResult<()> {
+/// Copies `c.src` (believed `size` bytes) to `c.dst` under `c`'s conditions: one CopyObject
+/// up to `limits.object_max`, else a multipart copy. Metadata: `c.meta` when given, else the
+/// source's. A multipart copy first HEADs the source for its true size (and metadata when
+/// `c.meta` is None): copying a stale size would cut the object short; a source that is no
+/// longer the version `c.src_etag` names fails it (PreconditionFailed), as CopyObject would.
+/// A CopyObject refused because the object grew past the limit (another host wrote it) goes
+/// part by part the same way.
+pub async fn copy_object(store: &dyn ObjectStore, c: &CopySpec<'_>, size: u64, limits: &CopyLimits) -> StoreResult<()> {
     if size <= limits.object_max {
-        match store.copy(src, dst, meta).await {
+        match store.copy(c).await {
             Err(e) if e.is_copy_too_large() => {
-                tracing::debug!(key = %src, "larger than this mount knew: copied part by part")
+                tracing::debug!(key = %c.src, "larger than this mount knew: copied part by part")
             }
             done => return done,
         }
     }
-    let head = store.head(src).await?;
-    let meta = meta.cloned().unwrap_or(head.user_meta);
-    if head.size <= limits.object_max {
-        return store.copy(src, dst, Some(&meta)).await;
+    let head = store.head(c.src).await?;
+    if let Some(want) = c.src_etag
+        && head.etag.as_deref().map(|e| e.trim_matches('"')) != Some(want.trim_matches('"'))
+    {
+        return Err(StoreError::PreconditionFailed {
+            op: "copy",
+            key: c.src.to_string(),
+        });
     }
-    copy_parts(store, src, dst, &meta, head.size, head.etag.as_deref(), limits).await
+    let meta = c.meta.cloned().unwrap_or(head.user_meta);
+    let etag = head.etag.as_deref();
+    if head.size <= limits.object_max {
+        return store.copy(&c.from_version(etag).with_meta(Some(&meta))).await;
+    }
+    copy_parts(store, &c.from_version(etag).with_meta(Some(&meta)), head.size, limits).await
 }
 
-/// A multipart copy of the `size` bytes of `src` (ETag `etag`: every part is copied only
-/// while the source still has it, so an object replaced midway fails the copy instead of
-/// mixing two versions) to `dst` with `meta`; the upload is aborted when a part or the
-/// completion fails, so no half copy is left behind.
-pub async fn copy_parts(
-    store: &dyn ObjectStore,
-    src: &str,
-    dst: &str,
-    meta: &UserMeta,
-    size: u64,
-    etag: Option<&str>,
-    limits: &CopyLimits,
-) -> StoreResult<()> {
-    let id = store.create_multipart(dst, meta).await?;
+/// A multipart copy of the `size` bytes of `c.src` (every part only while the source still
+/// has the ETag `c.src_etag`, so an object replaced midway fails the copy instead of mixing
+/// two versions) to `c.dst` with `c.meta` (else none), completed only if `c.dst_if` holds;
+/// the upload is aborted when a part or the completion fails, so no half copy is left behind.
+pub async fn copy_parts(store: &dyn ObjectStore, c: &CopySpec<'_>, size: u64, limits: &CopyLimits) -> StoreResult<()> {
+    let (src, dst, etag) = (c.src, c.dst, c.src_etag);
+    let none = UserMeta::new();
+    let id = store.create_multipart(dst, c.meta.unwrap_or(&none)).await?;
     let parts: StoreResult<Vec<(i32, String)>> = stream::iter(limits.ranges(size))
         .map(|(n, r)| {
             let id = &id;
@@ -103,7 +101,7 @@ pub async fn copy_parts(
     let done = match parts {
         Ok(mut parts) => {
             parts.sort_by_key(|p| p.0);
-            store.complete_multipart(dst, &id, &parts).await
+            store.complete_multipart_if(dst, &id, &parts, c.dst_if).await
         }
         Err(e) => Err(e),
     };
@@ -166,24 +164,29 @@ mod tests {
         let meta = UserMeta::from([("mode".to_string(), "100600".to_string())]);
         store.put("a", body.clone(), &meta).await.expect("put");
         // The size the caller believed is stale: the HEAD's is copied.
-        copy_object(&store, "a", "b", None, MIN_PART + 1, &limits(MIN_PART))
+        copy_object(&store, &CopySpec::new("a", "b"), MIN_PART + 1, &limits(MIN_PART))
             .await
             .expect("copy");
         assert_eq!(stats.snapshot().get(OpKind::Head), 1, "the true size");
         assert_eq!(stats.snapshot().get(OpKind::UploadPartCopy), 3);
         assert_eq!(stats.snapshot().get(OpKind::CompleteMultipart), 1);
         assert_eq!(stats.snapshot().get(OpKind::Copy), 0);
-        assert_eq!(store.get("b", None).await.expect("get"), body);
+        assert_eq!(store.get("b", None, None).await.expect("get"), body);
         assert_eq!(store.head("b").await.expect("head").user_meta, meta);
         // New metadata, onto itself (chmod of a large closed file).
         let chmod = UserMeta::from([("mode".to_string(), "100644".to_string())]);
-        copy_object(&store, "a", "a", Some(&chmod), body.len() as u64, &limits(MIN_PART))
-            .await
-            .expect("self copy");
-        assert_eq!(store.get("a", None).await.expect("get"), body);
+        copy_object(
+            &store,
+            &CopySpec::new("a", "a").with_meta(Some(&chmod)),
+            body.len() as u64,
+            &limits(MIN_PART),
+        )
+        .await
+        .expect("self copy");
+        assert_eq!(store.get("a", None, None).await.expect("get"), body);
         assert_eq!(store.head("a").await.expect("head").user_meta, chmod);
         // Under the limit: one CopyObject.
-        copy_object(&store, "a", "c", None, body.len() as u64, &limits(1 << 30))
+        copy_object(&store, &CopySpec::new("a", "c"), body.len() as u64, &limits(1 << 30))
             .await
             .expect("copy");
         assert_eq!(stats.snapshot().get(OpKind::Copy), 1);
@@ -194,17 +197,12 @@ mod tests {
         );
         // A source that no longer has the ETag the copy started from fails it, and the
         // upload is aborted: no object, no upload left.
-        let e = copy_parts(
-            &store,
-            "a",
-            "d",
-            &meta,
-            body.len() as u64,
-            Some("\"stale\""),
-            &limits(MIN_PART),
-        )
-        .await
-        .expect_err("stale");
+        let stale = CopySpec::new("a", "d")
+            .from_version(Some("\"stale\""))
+            .with_meta(Some(&meta));
+        let e = copy_parts(&store, &stale, body.len() as u64, &limits(MIN_PART))
+            .await
+            .expect_err("stale");
         assert!(matches!(e, crate::store::StoreError::PreconditionFailed { .. }), "{e}");
         assert!(store.head("d").await.is_err_and(|e| e.is_not_found()));
         assert!(store.list_uploads("").await.expect("uploads").is_empty());

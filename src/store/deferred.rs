@@ -8,22 +8,32 @@
 //! 1. A key queued, being deleted, or whose delete failed does not exist: HEAD/GET answer
 //!    NotFound, listings omit it, and a subdirectory of a delimited listing that holds
 //!    nothing else is omitted too (one LIST below it tells, sent only in that case).
-//! 2. A write to such a key (PUT, copy, multipart) first cancels its queued delete, or waits
-//!    for the batch that is deleting it, so the delete can never land after the write.
-//! 3. A delete is journalled ([`Journal`]) when it is queued and marked done when S3 confirms
-//!    it, so a crash does not lose it: the next mount sends it.
+//! 2. A write to such a key (PUT, copy, multipart) holds its pending delete while it is in
+//!    flight (after waiting for a batch already deleting it), so the delete can never land
+//!    after the write; the delete is dropped only once the write succeeded, and queued again
+//!    when it failed: a failed write never undoes an acknowledged unlink.
+//! 3. A delete is journalled ([`Journal`]) when it is queued, with the version (ETag) it
+//!    removes, and marked done when S3 confirms it or a write of ours replaced it, so a crash
+//!    does not lose it: the next mount sends it, at that version only.
 //! 4. A delete that fails is kept and tried again (backoff from 1 s to a minute) until it
-//!    succeeds or the mount ends; it is never dropped.
+//!    succeeds or the mount ends; it is never dropped. Every attempt names the version the
+//!    unlink saw: a key someone else wrote meanwhile answers PreconditionFailed, and their
+//!    object stays (logged). A server that ignores the per-key ETag of DeleteObjects gets the
+//!    retries one DeleteObject `If-Match` each ([`super::delete`]).
 //! 5. [`DeferredDeletes::settle`] (rmdir, fsync of a directory, unmount) sends everything,
 //!    failed deletes included, waits, and fails if any delete is still unconfirmed: that is
 //!    how a failure reaches a program (EIO) instead of only the log.
 
+use super::delete::DeleteConditions;
 use super::journal::{Journal, Record};
-use super::{ListPage, ObjectMeta, ObjectStore, PrefixFn, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf};
+use super::{
+    CopySpec, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, PrefixFn, StoreError, StoreResult,
+    UploadInfo, UserMeta, WriteIf,
+};
 use crate::layout::interleave_by;
 use async_trait::async_trait;
 use bytes::Bytes;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -43,6 +53,13 @@ struct Queue {
     in_flight: HashSet<String>,
     /// Deletes that failed, waiting for their next attempt (invariant 4).
     failed: HashSet<String>,
+    /// Keys whose delete failed once: their next attempts go where the version is checked.
+    retried: HashSet<String>,
+    /// The version (ETag) each pending delete removes; None: whatever is there.
+    versions: HashMap<String, Option<String>>,
+    /// Deletes held by writes of the key in flight (invariant 2): how many writes, and
+    /// whether an unlink came after they started (then the delete goes out after them).
+    held: HashMap<String, Held>,
     last_error: Option<String>,
     retry_delay: Option<Duration>,
     retry_scheduled: bool,
@@ -53,7 +70,29 @@ struct Queue {
     urgent: bool,
 }
 
+#[derive(Default)]
+struct Held {
+    writes: u32,
+    unlinked_again: bool,
+}
+
 impl Queue {
+    fn target(&self, key: &str) -> DeleteTarget {
+        DeleteTarget::version(key, self.versions.get(key).cloned().flatten())
+    }
+
+    /// Nothing of `key` is pending any more: forget its version.
+    fn forget(&mut self, key: &str) {
+        let pending = self.queued_set.contains(key)
+            || self.in_flight.contains(key)
+            || self.failed.contains(key)
+            || self.held.contains_key(key);
+        if !pending {
+            self.versions.remove(key);
+            self.retried.remove(key);
+        }
+    }
+
     fn enqueue(&mut self, key: String) {
         if self.queued_set.insert(key.clone()) {
             self.queued.push(key);
@@ -72,6 +111,7 @@ struct Shared {
     inner: Arc<dyn ObjectStore>,
     journal: Option<Arc<Journal>>,
     prefix: PrefixFn,
+    conds: DeleteConditions,
     queue: Mutex<Queue>,
     done: Notify,
 }
@@ -104,20 +144,55 @@ impl Shared {
             loop {
                 tokio::time::sleep(LINGER).await;
                 let Some(batch) = s.next_batch() else { return };
-                let failed: Vec<crate::store::DeleteFailure> = match s.inner.delete_many(&batch).await {
-                    Ok(failed) => failed,
-                    Err(e) => batch
-                        .iter()
-                        .map(|k| crate::store::DeleteFailure::new(k.clone(), "RequestFailed", e.to_string()))
-                        .collect(),
-                };
+                let failed = s.send(&batch).await;
                 s.batch_done(batch, failed);
             }
         });
     }
 
+    /// Sends one batch, each key at its version. Where DeleteObjects cannot carry the
+    /// condition, keys tried before go one by one (invariant 4); first attempts stay in the
+    /// batch (the window the README states).
+    async fn send(&self, batch: &[DeleteTarget]) -> Vec<DeleteFailure> {
+        let (fresh, again): (Vec<DeleteTarget>, Vec<DeleteTarget>) = {
+            let q = self.lock();
+            batch
+                .iter()
+                .cloned()
+                .partition(|t| self.conds.batch || t.etag.is_none() || !q.retried.contains(&t.key))
+        };
+        let all_failed = |targets: &[DeleteTarget], e: &StoreError| -> Vec<DeleteFailure> {
+            targets
+                .iter()
+                .map(|t| DeleteFailure::new(t.key.clone(), "RequestFailed", e.to_string()))
+                .collect()
+        };
+        let mut failed = Vec::new();
+        if !fresh.is_empty() {
+            match self.inner.delete_many(&fresh).await {
+                Ok(f) => failed.extend(f),
+                Err(e) => failed.extend(all_failed(&fresh, &e)),
+            }
+        }
+        if !again.is_empty() {
+            match super::delete::delete_versions(self.inner.as_ref(), again.clone(), self.conds, &self.prefix, 1).await
+            {
+                Ok(r) => {
+                    failed.extend(r.failed);
+                    failed.extend(
+                        r.kept
+                            .into_iter()
+                            .map(|k| DeleteFailure::new(k, "PreconditionFailed", "another version is there")),
+                    );
+                }
+                Err(e) => failed.extend(all_failed(&again, &e)),
+            }
+        }
+        failed
+    }
+
     /// Takes the next batch off the queue (None, and the flusher ends, when it is empty).
-    fn next_batch(&self) -> Option<Vec<String>> {
+    fn next_batch(&self) -> Option<Vec<DeleteTarget>> {
         let label = &self.prefix;
         let mut q = self.lock();
         if q.queued.is_empty() {
@@ -155,21 +230,40 @@ impl Shared {
             q.in_flight.insert(k.clone());
         }
         q.last_prefix = ordered.last().map(|k| label(k));
-        Some(ordered)
+        Some(ordered.into_iter().map(|k| q.target(&k)).collect())
     }
 
-    fn batch_done(self: &Arc<Self>, batch: Vec<String>, failed: Vec<crate::store::DeleteFailure>) {
+    fn batch_done(self: &Arc<Self>, batch: Vec<DeleteTarget>, failed: Vec<DeleteFailure>) {
+        // Another version at the key: someone else wrote it after this mount's unlink saw
+        // it, and their object stays. Gone already: deleted.
+        let (kept, failed): (Vec<DeleteFailure>, Vec<DeleteFailure>) = failed
+            .into_iter()
+            .filter(|f| !f.is_gone())
+            .partition(|f| f.is_precondition());
+        for f in &kept {
+            tracing::warn!(
+                key = %crate::layout::escape_controls(&f.key),
+                "an unlinked file was written again by another client before the delete reached S3; their object stays"
+            );
+        }
         let failed_keys: HashSet<&str> = failed.iter().map(|f| f.key.as_str()).collect();
-        let confirmed: Vec<Record> = batch
-            .iter()
-            .filter(|k| !failed_keys.contains(k.as_str()))
-            .map(|k| Record::DeleteEnded { key: k.clone() })
-            .collect();
-        self.journal(&confirmed);
         let schedule = {
             let mut q = self.lock();
-            for k in &batch {
-                q.in_flight.remove(k);
+            for t in &batch {
+                q.in_flight.remove(&t.key);
+            }
+            // Confirmed, unless an unlink queued the key again meanwhile (that one stays
+            // in the journal).
+            let confirmed: Vec<Record> = batch
+                .iter()
+                .filter(|t| !failed_keys.contains(t.key.as_str()) && !q.queued_set.contains(&t.key))
+                .map(|t| Record::DeleteEnded { key: t.key.clone() })
+                .collect();
+            self.journal(&confirmed);
+            for t in &batch {
+                if !failed_keys.contains(t.key.as_str()) {
+                    q.forget(&t.key);
+                }
             }
             if let Some(f) = failed.first() {
                 let err = format!("{} {}", f.code, f.message);
@@ -181,6 +275,7 @@ impl Shared {
                 );
                 q.last_error = Some(err);
                 for f in failed {
+                    q.retried.insert(f.key.clone());
                     q.failed.insert(f.key);
                 }
                 let delay = q.retry_delay.map_or(RETRY_FIRST, |d| (d * 2).min(RETRY_MAX));
@@ -214,13 +309,20 @@ impl Shared {
 
 impl DeferredDeletes {
     /// Queues deletes in front of `inner`, journalling them in `journal` when given.
-    /// `prefix` says which partition a key is on: batches interleave them.
-    pub fn new(inner: Arc<dyn ObjectStore>, journal: Option<Arc<Journal>>, prefix: PrefixFn) -> Self {
+    /// `prefix` says which partition a key is on: batches interleave them. `conds`: which
+    /// delete conditions the server honours (probed at mount start).
+    pub fn new(
+        inner: Arc<dyn ObjectStore>,
+        journal: Option<Arc<Journal>>,
+        prefix: PrefixFn,
+        conds: DeleteConditions,
+    ) -> Self {
         DeferredDeletes {
             s: Arc::new(Shared {
                 inner,
                 prefix,
                 journal,
+                conds,
                 queue: Mutex::default(),
                 done: Notify::new(),
             }),
@@ -229,50 +331,91 @@ impl DeferredDeletes {
 
     fn hidden(&self, key: &str) -> bool {
         let q = self.s.lock();
-        q.queued_set.contains(key) || q.in_flight.contains(key) || q.failed.contains(key)
+        q.queued_set.contains(key) || q.in_flight.contains(key) || q.failed.contains(key) || q.held.contains_key(key)
     }
 
-    /// Before writing `key`: cancel its queued (or failed) delete, or wait for the batch
-    /// deleting it.
-    async fn claim(&self, key: &str) {
+    /// Before writing `key` (invariant 2): its queued (or failed) delete is held, not sent,
+    /// until [`DeferredDeletes::release`] says how the write ended; a batch already deleting
+    /// it is waited for. True if a delete is held.
+    async fn hold(&self, key: &str) -> bool {
         loop {
             let notified = self.s.done.notified();
-            let cancelled = {
+            {
                 let mut q = self.s.lock();
-                let mut cancelled = q.failed.remove(key);
-                if q.queued_set.remove(key) {
-                    q.queued.retain(|k| k != key);
-                    cancelled = true;
-                }
                 if !q.in_flight.contains(key) {
-                    Some(cancelled)
-                } else {
-                    None
+                    let mut pending = q.failed.remove(key);
+                    if q.queued_set.remove(key) {
+                        q.queued.retain(|k| k != key);
+                        pending = true;
+                    }
+                    if let Some(h) = q.held.get_mut(key) {
+                        h.writes += 1;
+                        return true;
+                    }
+                    if pending {
+                        q.held.insert(
+                            key.to_string(),
+                            Held {
+                                writes: 1,
+                                unlinked_again: false,
+                            },
+                        );
+                    }
+                    return pending;
                 }
-            };
-            match cancelled {
-                Some(true) => {
-                    self.s.journal(&[Record::DeleteEnded { key: key.to_string() }]);
-                    return;
-                }
-                Some(false) => return,
-                None => notified.await,
             }
+            notified.await;
         }
     }
 
-    /// Before a write that makes the object at `key` (invariant 2). A plain write cancels a
-    /// queued delete of it. A conditional one must be checked against S3 as this mount has
-    /// told its programs it is, so a pending delete of ours lands first.
-    async fn before_write(&self, key: &str, cond: Option<&WriteIf>) -> StoreResult<()> {
-        match cond {
-            None => {
-                self.claim(key).await;
-                Ok(())
+    /// A write that held `key`'s delete has ended: written, the delete is moot (journalled as
+    /// ended) unless an unlink came after the write began; not written, the delete goes out.
+    fn release(&self, key: &str, written: bool) {
+        let send = {
+            let mut q = self.s.lock();
+            let Some(h) = q.held.get_mut(key) else { return };
+            h.writes -= 1;
+            if h.writes > 0 && !written {
+                return;
             }
-            Some(_) if self.hidden(key) => self.settle_key(key).await,
-            Some(_) => Ok(()),
+            let again = h.unlinked_again;
+            q.held.remove(key);
+            if written && !again {
+                q.forget(key);
+                drop(q);
+                self.s.journal(&[Record::DeleteEnded { key: key.to_string() }]);
+                false
+            } else {
+                if written {
+                    // The unlink after the write removes whatever the write made.
+                    q.versions.insert(key.to_string(), None);
+                }
+                q.enqueue(key.to_string());
+                true
+            }
+        };
+        if send {
+            self.s.spawn_flusher();
         }
+    }
+
+    /// Runs a write of `key` with its pending delete held (invariant 2).
+    async fn write<T>(&self, key: &str, w: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
+        let held = self.hold(key).await;
+        let r = w.await;
+        if held {
+            self.release(key, r.is_ok());
+        }
+        r
+    }
+
+    /// Before a conditional write that makes the object at `key`: it must be checked against
+    /// S3 as this mount has told its programs it is, so a pending delete of ours lands first.
+    async fn before_conditional(&self, key: &str) -> StoreResult<()> {
+        if self.hidden(key) {
+            self.settle_key(key).await?;
+        }
+        Ok(())
     }
 
     /// A conditional write to a key whose delete is pending: the delete must land first (an
@@ -367,11 +510,11 @@ impl ObjectStore for DeferredDeletes {
         self.s.inner.head(key).await
     }
 
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
+    async fn get(&self, key: &str, range: Option<Range<u64>>, version: Option<&str>) -> StoreResult<Bytes> {
         if self.hidden(key) {
             return Err(gone("get", key));
         }
-        self.s.inner.get(key, range).await
+        self.s.inner.get(key, range, version).await
     }
 
     async fn put_if(
@@ -381,30 +524,44 @@ impl ObjectStore for DeferredDeletes {
         meta: &UserMeta,
         cond: Option<&WriteIf>,
     ) -> StoreResult<Option<String>> {
-        self.before_write(key, cond).await?;
-        self.s.inner.put_if(key, body, meta, cond).await
+        if cond.is_some() {
+            self.before_conditional(key).await?;
+            return self.s.inner.put_if(key, body, meta, cond).await;
+        }
+        self.write(key, self.s.inner.put_if(key, body, meta, cond)).await
     }
 
-    async fn delete(&self, key: &str) -> StoreResult<()> {
+    async fn delete(&self, key: &str, version: Option<&str>) -> StoreResult<()> {
         // Journalled before it is acknowledged (invariant 3).
         self.s.journal(&[Record::DeleteQueued {
             key: key.to_string(),
             at_ms: super::journal::now_ms(),
+            etag: version.map(str::to_string),
         }]);
         {
             let mut q = self.s.lock();
+            if let Some(h) = q.held.get_mut(key) {
+                // A write of the key is in flight: this delete goes out after it.
+                h.unlinked_again = true;
+                return Ok(());
+            }
             q.failed.remove(key);
+            q.versions.insert(key.to_string(), version.map(str::to_string));
             q.enqueue(key.to_string());
         }
         self.s.spawn_flusher();
         Ok(())
     }
 
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
-        for k in keys {
-            self.claim(k).await;
+    async fn delete_many(&self, targets: &[DeleteTarget]) -> StoreResult<Vec<DeleteFailure>> {
+        // A bulk delete supersedes what is pending for its keys; it waits for batches
+        // deleting them, and releases nothing it did not hold.
+        for t in targets {
+            if self.hold(&t.key).await {
+                self.release(&t.key, true);
+            }
         }
-        self.s.inner.delete_many(keys).await
+        self.s.inner.delete_many(targets).await
     }
 
     async fn list(
@@ -445,17 +602,25 @@ impl ObjectStore for DeferredDeletes {
         Ok(page)
     }
 
-    async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()> {
-        if self.hidden(src) {
-            return Err(gone("copy", src));
+    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()> {
+        if self.hidden(c.src) {
+            return Err(gone("copy", c.src));
         }
-        self.claim(dst).await;
-        self.s.inner.copy(src, dst, meta).await
+        if c.dst_if.is_some() {
+            self.before_conditional(c.dst).await?;
+            return self.s.inner.copy(c).await;
+        }
+        self.write(c.dst, self.s.inner.copy(c)).await
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
-        self.claim(key).await;
-        self.s.inner.create_multipart(key, meta).await
+        // The delete stays held from here to the completion (or the abort) of the upload.
+        let held = self.hold(key).await;
+        let r = self.s.inner.create_multipart(key, meta).await;
+        if held && r.is_err() {
+            self.release(key, false);
+        }
+        r
     }
 
     async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String> {
@@ -484,12 +649,25 @@ impl ObjectStore for DeferredDeletes {
         parts: &[(i32, String)],
         cond: Option<&WriteIf>,
     ) -> StoreResult<()> {
-        self.before_write(key, cond).await?;
-        self.s.inner.complete_multipart_if(key, upload_id, parts, cond).await
+        if cond.is_some() {
+            // A conditional completion is checked against S3 with the delete landed: the
+            // delete the upload's creation held goes out first.
+            if self.s.lock().held.contains_key(key) {
+                self.release(key, false);
+            }
+            self.before_conditional(key).await?;
+        }
+        let r = self.s.inner.complete_multipart_if(key, upload_id, parts, cond).await;
+        if r.is_ok() {
+            self.release(key, true);
+        }
+        r
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {
-        self.s.inner.abort_multipart(key, upload_id).await
+        let r = self.s.inner.abort_multipart(key, upload_id).await;
+        self.release(key, false);
+        r
     }
 
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
@@ -509,7 +687,7 @@ mod tests {
     fn setup() -> (Arc<MemoryStore>, DeferredDeletes) {
         let mem = Arc::new(MemoryStore::new());
         let first_segment = crate::store::first_segment();
-        let d = DeferredDeletes::new(mem.clone(), None, first_segment);
+        let d = DeferredDeletes::new(mem.clone(), None, first_segment, DeleteConditions::S3);
         (mem, d)
     }
 
@@ -519,8 +697,8 @@ mod tests {
         for k in ["a/1", "a/2", "b/1"] {
             mem.put(k, Bytes::from_static(b"x"), &UserMeta::new()).await.unwrap();
         }
-        d.delete("a/1").await.unwrap();
-        d.delete("a/2").await.unwrap();
+        d.delete("a/1", None).await.unwrap();
+        d.delete("a/2", None).await.unwrap();
         assert!(d.head("a/1").await.unwrap_err().is_not_found());
         assert_eq!(d.list("a/", None, None, None).await.unwrap().objects.len(), 0);
         d.settle().await.unwrap();
@@ -534,7 +712,7 @@ mod tests {
             mem.put(k, Bytes::from_static(b"x"), &UserMeta::new()).await.unwrap();
         }
         for k in ["p/gone/1", "p/gone/2", "p/kept/1"] {
-            d.delete(k).await.unwrap();
+            d.delete(k, None).await.unwrap();
         }
         let page = d.list("p/", Some("/"), None, None).await.unwrap();
         assert_eq!(page.common_prefixes, ["p/kept/"], "p/gone/ holds only pending deletes");
@@ -550,11 +728,11 @@ mod tests {
         mem.put("a/1", Bytes::from_static(b"old"), &UserMeta::new())
             .await
             .unwrap();
-        d.delete("a/1").await.unwrap();
+        d.delete("a/1", None).await.unwrap();
         d.put("a/1", Bytes::from_static(b"new"), &UserMeta::new())
             .await
             .unwrap();
         d.settle().await.unwrap();
-        assert_eq!(&mem.get("a/1", None).await.unwrap()[..], b"new");
+        assert_eq!(&mem.get("a/1", None, None).await.unwrap()[..], b"new");
     }
 }

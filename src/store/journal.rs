@@ -13,12 +13,18 @@
 //!    acknowledged, and its end after S3 confirmed it. A process crash loses nothing; a machine
 //!    crash may lose the last records (no fsync per unlink: that would cost a disk flush each).
 //! 4. [`recover`] finishes what dead processes left: aborts their uploads (NoSuchUpload means
-//!    already completed or aborted, and is said so) and sends their deletes, but only for
-//!    objects not written after the delete was queued.
+//!    already completed or aborted, and is said so) and sends their deletes, each only at the
+//!    version the unlink saw (its ETag, checked by S3): an object written since, by anyone,
+//!    stays. A record without an ETag (an older journal) falls back to LastModified, which
+//!    must be before the delete was queued (a write in the same second stays).
 //! 5. A journal with nothing outstanding is emptied (and removed at a clean exit), so a
 //!    long-running mount's journal does not grow without bound.
 
-use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf};
+use super::delete::DeleteConditions;
+use super::{
+    CopySpec, DeleteTarget, ListPage, ObjectMeta, ObjectStore, PrefixFn, StoreError, StoreResult, UploadInfo, UserMeta,
+    WriteIf,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
@@ -45,8 +51,14 @@ pub enum Record {
     UploadStarted { id: String, key: String },
     /// It was completed or aborted.
     UploadEnded { id: String },
-    /// A delete was acknowledged and queued, at `at_ms` (Unix milliseconds).
-    DeleteQueued { key: String, at_ms: u64 },
+    /// A delete was acknowledged and queued, at `at_ms` (Unix milliseconds), of the version
+    /// `etag` (absent: whatever the key held; journals of earlier versions have none).
+    DeleteQueued {
+        key: String,
+        at_ms: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        etag: Option<String>,
+    },
     /// S3 confirmed the delete, or a later write made it moot.
     DeleteEnded { key: String },
 }
@@ -213,8 +225,8 @@ pub struct Recovered {
 struct Outstanding {
     /// Upload id → key.
     uploads: BTreeMap<String, String>,
-    /// Key → when the delete was queued.
-    deletes: BTreeMap<String, u64>,
+    /// Key → when the delete was queued, and the version it removes.
+    deletes: BTreeMap<String, (u64, Option<String>)>,
     /// Key → when an upload of it was about to be created, with no id recorded.
     intents: BTreeMap<String, u64>,
 }
@@ -240,8 +252,8 @@ fn outstanding(text: &str, journal: &Path) -> Outstanding {
             Ok(Record::UploadEnded { id }) => {
                 uploads.remove(&id);
             }
-            Ok(Record::DeleteQueued { key, at_ms }) => {
-                deletes.insert(key, at_ms);
+            Ok(Record::DeleteQueued { key, at_ms, etag }) => {
+                deletes.insert(key, (at_ms, etag));
             }
             Ok(Record::DeleteEnded { key }) => {
                 deletes.remove(&key);
@@ -277,7 +289,7 @@ async fn uploads_of_intent(store: &dyn ObjectStore, key: &str, at_ms: u64) -> St
 
 /// Finishes the work recorded in the journals of processes that are gone (invariant 4) and
 /// removes those journals once everything in them is done.
-pub async fn recover(store: &dyn ObjectStore, dir: &Path) -> Recovered {
+pub async fn recover(store: &dyn ObjectStore, dir: &Path, conds: DeleteConditions, prefix: &PrefixFn) -> Recovered {
     let mut done = Recovered::default();
     let Ok(entries) = std::fs::read_dir(dir) else {
         return done;
@@ -335,7 +347,7 @@ pub async fn recover(store: &dyn ObjectStore, dir: &Path) -> Recovered {
             }
         }
         if !deletes.is_empty() {
-            match finish_deletes(store, deletes).await {
+            match finish_deletes(store, deletes, conds, prefix).await {
                 Ok((sent, superseded)) => {
                     done.deletes_sent += sent;
                     done.deletes_superseded += superseded;
@@ -356,20 +368,29 @@ pub async fn recover(store: &dyn ObjectStore, dir: &Path) -> Recovered {
     done
 }
 
-/// Deletes each key unless its object was written after the delete was queued (then another
-/// writer's newer data wins). LastModified has one-second resolution: an object of the same
-/// second as the delete is taken to be older, since the delete was acknowledged.
-async fn finish_deletes(store: &dyn ObjectStore, deletes: BTreeMap<String, u64>) -> StoreResult<(usize, usize)> {
-    let checks = futures::stream::iter(deletes)
-        .map(|(key, at_ms)| async move {
+/// Deletes each key at the version its unlink saw (invariant 4): returns how many were
+/// deleted and how many kept because someone wrote them since.
+async fn finish_deletes(
+    store: &dyn ObjectStore,
+    deletes: BTreeMap<String, (u64, Option<String>)>,
+    conds: DeleteConditions,
+    prefix: &PrefixFn,
+) -> StoreResult<(usize, usize)> {
+    let (named, unnamed): (Vec<_>, Vec<_>) = deletes.into_iter().partition(|(_, (_, etag))| etag.is_some());
+    // No version recorded: the object's own time decides, strictly before the delete.
+    let checks = futures::stream::iter(unnamed)
+        .map(|(key, (at_ms, _))| async move {
             match store.head(&key).await {
                 Ok(meta) => {
                     let lm = meta
                         .last_modified
                         .duration_since(UNIX_EPOCH)
-                        .map(|d| d.as_secs())
-                        .unwrap_or(0);
-                    Ok(Some((key, lm <= at_ms / 1000)))
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(u64::MAX);
+                    // LastModified has one-second resolution: of the delete's own second,
+                    // it may be newer; it stays.
+                    let older = lm / 1000 < at_ms / 1000;
+                    Ok(Some((DeleteTarget::version(key, meta.etag), older)))
                 }
                 Err(e) if e.is_not_found() => Ok(None),
                 Err(e) => Err(e),
@@ -378,32 +399,25 @@ async fn finish_deletes(store: &dyn ObjectStore, deletes: BTreeMap<String, u64>)
         .buffer_unordered(16)
         .collect::<Vec<_>>()
         .await;
-    let mut doomed = Vec::new();
+    let mut targets: Vec<DeleteTarget> = named
+        .into_iter()
+        .map(|(key, (_, etag))| DeleteTarget::version(key, etag))
+        .collect();
     let mut superseded = 0;
     for c in checks {
         match c? {
-            Some((key, true)) => doomed.push(key),
-            Some((key, false)) => {
+            Some((t, true)) => targets.push(t),
+            Some((t, false)) => {
                 superseded += 1;
-                tracing::warn!(key = %crate::layout::escape_controls(&key), "not deleting: the object was written again after the delete was queued");
+                tracing::warn!(key = %crate::layout::escape_controls(&t.key), "not deleting: the object was written again after the delete was queued");
             }
             None => {}
         }
     }
-    let doomed = crate::layout::interleave_by(doomed, |k| k.split('/').next().unwrap_or("").to_string());
-    for batch in doomed.chunks(1000) {
-        let failed = store.delete_many(batch).await?;
-        if let Some(f) = failed.first() {
-            return Err(StoreError::Server {
-                op: "delete_objects",
-                key: f.key.clone(),
-                status: 0,
-                code: "DeleteFailed".into(),
-                message: format!("{f} ({} keys failed)", failed.len()),
-            });
-        }
-    }
-    Ok((doomed.len(), superseded))
+    let removed = super::delete::delete_versions(store, targets, conds, prefix, 4)
+        .await?
+        .into_result()?;
+    Ok((removed.deleted, superseded + removed.kept.len()))
 }
 
 /// Aborts incomplete uploads under `prefix` initiated more than `older_than` ago, for which
@@ -448,8 +462,8 @@ impl ObjectStore for JournalingStore {
         self.inner.head(key).await
     }
 
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
-        self.inner.get(key, range).await
+    async fn get(&self, key: &str, range: Option<Range<u64>>, version: Option<&str>) -> StoreResult<Bytes> {
+        self.inner.get(key, range, version).await
     }
 
     async fn put_if(
@@ -462,12 +476,12 @@ impl ObjectStore for JournalingStore {
         self.inner.put_if(key, body, meta, cond).await
     }
 
-    async fn delete(&self, key: &str) -> StoreResult<()> {
-        self.inner.delete(key).await
+    async fn delete(&self, key: &str, version: Option<&str>) -> StoreResult<()> {
+        self.inner.delete(key, version).await
     }
 
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
-        self.inner.delete_many(keys).await
+    async fn delete_many(&self, targets: &[DeleteTarget]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
+        self.inner.delete_many(targets).await
     }
 
     async fn list(
@@ -480,8 +494,8 @@ impl ObjectStore for JournalingStore {
         self.inner.list(prefix, delimiter, token, max_keys).await
     }
 
-    async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()> {
-        self.inner.copy(src, dst, meta).await
+    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()> {
+        self.inner.copy(c).await
     }
 
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {

@@ -1,7 +1,10 @@
 //! An in-memory [`ObjectStore`] double with S3's flat-namespace semantics, for unit tests of
 //! the layers above. It can be told to fail the next N requests (fault injection).
 
-use super::{ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf};
+use super::{
+    CopySpec, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo,
+    UserMeta, WriteIf,
+};
 use async_trait::async_trait;
 use bytes::Bytes;
 use md5::{Digest, Md5};
@@ -28,6 +31,8 @@ pub struct MemoryStore {
     key_failures: Mutex<HashMap<String, FailFn>>,
     gets: Arc<GetGauge>,
     gates: Mutex<Vec<Hold>>,
+    /// Writes applied whose answer is then lost (a 500 after the fact), counted down.
+    lost_answers: AtomicUsize,
 }
 
 /// Requests of one kind (`"list"`, `"head"`) for keys starting with a prefix, held until
@@ -114,6 +119,23 @@ impl MemoryStore {
     }
 
     /// Every request for `key` (for a copy: its destination) fails with `make(key)`.
+    /// The next `n` PUTs are applied, then answered with a 500, as when S3's answer is lost
+    /// on the way back.
+    pub fn lose_next_answers(&self, n: usize) {
+        self.lost_answers.store(n, Ordering::SeqCst);
+    }
+
+    fn answer_lost(&self, op: &'static str, key: &str) -> StoreResult<()> {
+        let lost = self
+            .lost_answers
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if lost {
+            return Err(StoreError::from_response(op, key, 500, "InternalError", "answer lost"));
+        }
+        Ok(())
+    }
+
     pub fn fail_key(&self, key: &str, make: impl Fn(&str) -> StoreError + Send + Sync + 'static) {
         self.key_failures
             .lock()
@@ -175,11 +197,6 @@ impl MemoryStore {
         Ok(())
     }
 
-    fn insert(&self, key: &str, body: Bytes, meta: &UserMeta) {
-        let etag = hex::encode(Md5::digest(&body));
-        self.insert_tagged(key, body, meta, etag);
-    }
-
     fn insert_tagged(&self, key: &str, body: Bytes, meta: &UserMeta, etag: String) {
         let m = ObjectMeta {
             key: key.to_string(),
@@ -196,10 +213,9 @@ impl MemoryStore {
     /// A conditional write's check (the double is not meant for concurrent writers).
     fn check(&self, key: &str, cond: &WriteIf) -> StoreResult<()> {
         let objects = self.lock();
-        let current = objects.get(key).and_then(|(_, m)| m.etag.clone());
         let holds = match cond {
             WriteIf::Absent => !objects.contains_key(key),
-            WriteIf::Matches(want) => current.as_deref() == Some(want.trim_matches('"')),
+            WriteIf::Matches(want) => holds_version(&objects, key, want),
         };
         if holds {
             Ok(())
@@ -210,6 +226,40 @@ impl MemoryStore {
             })
         }
     }
+
+    /// `If-Match` of a read or a copy source: PreconditionFailed unless `key` has `version`.
+    fn check_version(&self, op: &'static str, key: &str, version: Option<&str>) -> StoreResult<()> {
+        match version {
+            Some(want) if !holds_version(&self.lock(), key, want) => Err(StoreError::PreconditionFailed {
+                op,
+                key: key.to_string(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// S3's conditional delete: gone already is done, another version stays (412).
+    fn remove_version(
+        objects: &mut BTreeMap<String, (Bytes, ObjectMeta)>,
+        key: &str,
+        version: Option<&str>,
+    ) -> Result<(), &'static str> {
+        match (objects.get(key), version) {
+            (None, _) => Ok(()),
+            (Some(_), Some(want)) if !holds_version(objects, key, want) => Err("PreconditionFailed"),
+            _ => {
+                objects.remove(key);
+                Ok(())
+            }
+        }
+    }
+}
+
+fn holds_version(objects: &BTreeMap<String, (Bytes, ObjectMeta)>, key: &str, want: &str) -> bool {
+    objects
+        .get(key)
+        .and_then(|(_, m)| m.etag.as_deref())
+        .is_some_and(|e| e.trim_matches('"') == want.trim_matches('"'))
 }
 
 fn no_such_upload(op: &'static str, key: &str) -> StoreError {
@@ -236,8 +286,9 @@ impl ObjectStore for MemoryStore {
         answer
     }
 
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
+    async fn get(&self, key: &str, range: Option<Range<u64>>, version: Option<&str>) -> StoreResult<Bytes> {
         self.injected(key)?;
+        self.gate("get", key).await?;
         let g = &self.gets;
         let now = g.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         g.max_in_flight.fetch_max(now, Ordering::Relaxed);
@@ -251,6 +302,7 @@ impl ObjectStore for MemoryStore {
             .get(key)
             .map(|(b, _)| b.clone())
             .ok_or_else(|| not_found("get", key))?;
+        self.check_version("get", key, version)?;
         let body = match range {
             None => body,
             Some(r) => {
@@ -277,22 +329,38 @@ impl ObjectStore for MemoryStore {
         }
         let etag = hex::encode(Md5::digest(&body));
         self.insert_tagged(key, body, meta, etag.clone());
+        self.answer_lost("put", key)?;
         Ok(Some(format!("\"{etag}\"")))
     }
 
-    async fn delete(&self, key: &str) -> StoreResult<()> {
+    async fn delete(&self, key: &str, version: Option<&str>) -> StoreResult<()> {
         self.injected(key)?;
-        self.lock().remove(key);
-        Ok(())
+        self.gate("delete", key).await?;
+        Self::remove_version(&mut self.lock(), key, version).map_err(|_| StoreError::PreconditionFailed {
+            op: "delete",
+            key: key.to_string(),
+        })
     }
 
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
-        self.injected(keys.first().map(String::as_str).unwrap_or(""))?;
+    async fn delete_many(&self, targets: &[DeleteTarget]) -> StoreResult<Vec<DeleteFailure>> {
+        let first = targets.first().map(|t| t.key.as_str()).unwrap_or("");
+        self.injected(first)?;
+        self.gate("delete_objects", first).await?;
         let mut objects = self.lock();
-        for k in keys {
-            objects.remove(k);
-        }
-        Ok(Vec::new())
+        Ok(targets
+            .iter()
+            .filter_map(|t| {
+                Self::remove_version(&mut objects, &t.key, t.etag.as_deref())
+                    .err()
+                    .map(|code| {
+                        DeleteFailure::new(
+                            t.key.clone(),
+                            code,
+                            "At least one of the pre-conditions you specified did not hold",
+                        )
+                    })
+            })
+            .collect())
     }
 
     async fn list(
@@ -349,10 +417,21 @@ impl ObjectStore for MemoryStore {
         Ok(page)
     }
 
-    async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()> {
-        self.injected(dst)?;
-        let (body, old) = self.lock().get(src).cloned().ok_or_else(|| not_found("copy", src))?;
-        self.insert(dst, body, meta.unwrap_or(&old.user_meta));
+    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()> {
+        self.injected(c.dst)?;
+        self.gate("copy", c.dst).await?;
+        let (body, old) = self
+            .lock()
+            .get(c.src)
+            .cloned()
+            .ok_or_else(|| not_found("copy", c.src))?;
+        self.check_version("copy", c.src, c.src_etag)?;
+        if let Some(cond) = c.dst_if {
+            self.check(c.dst, cond)?;
+        }
+        // A copy keeps the source's ETag (a multipart one too), as S3 does.
+        let etag = old.etag.clone().unwrap_or_else(|| hex::encode(Md5::digest(&body)));
+        self.insert_tagged(c.dst, body, c.meta.unwrap_or(&old.user_meta), etag);
         Ok(())
     }
 
@@ -365,16 +444,7 @@ impl ObjectStore for MemoryStore {
         range: Range<u64>,
         src_etag: Option<&str>,
     ) -> StoreResult<String> {
-        if let Some(want) = src_etag {
-            let now = self.lock().get(src).and_then(|(_, m)| m.etag.clone());
-            if now.as_deref().map(|e| e.trim_matches('"')) != Some(want.trim_matches('"')) {
-                return Err(StoreError::PreconditionFailed {
-                    op: "upload_part_copy",
-                    key: src.to_string(),
-                });
-            }
-        }
-        let body = self.get(src, Some(range)).await?;
+        let body = self.get(src, Some(range), src_etag).await?;
         self.upload_part(key, upload_id, part, body).await
     }
 

@@ -12,6 +12,7 @@
 pub mod aws;
 pub mod copy;
 pub mod deferred;
+pub mod delete;
 pub mod journal;
 pub mod memory;
 pub mod pacing;
@@ -54,8 +55,8 @@ pub enum Deletes {
     /// At once, one request each (the bucket tools batch their own).
     Direct,
     /// Queued and batched ([`deferred`]); with a journal (a mount), so are the multipart
-    /// uploads in flight, and a crash loses neither.
-    Deferred(Option<Arc<journal::Journal>>),
+    /// uploads in flight, and a crash loses neither. The conditions are the server's (probed).
+    Deferred(Option<Arc<journal::Journal>>, delete::DeleteConditions),
 }
 
 /// The store prefixfs talks to, its layers named once, innermost first: `base` (the SDK),
@@ -75,8 +76,13 @@ pub fn stack<S: ObjectStore + 'static>(
     ));
     match cfg.deletes {
         Deletes::Direct => retrying,
-        Deletes::Deferred(journal) => {
-            let deferred = Arc::new(deferred::DeferredDeletes::new(retrying, journal.clone(), cfg.prefix));
+        Deletes::Deferred(journal, conds) => {
+            let deferred = Arc::new(deferred::DeferredDeletes::new(
+                retrying,
+                journal.clone(),
+                cfg.prefix,
+                conds,
+            ));
             match journal {
                 Some(j) => Arc::new(journal::JournalingStore::new(deferred, j)),
                 None => deferred,
@@ -99,12 +105,12 @@ macro_rules! around_each_call {
                 self.$around(OpKind::Head, key, || self.inner.head(key)).await
             }
 
-            async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
-                self.$around(OpKind::Get, key, || self.inner.get(key, range.clone())).await
+            async fn get(&self, key: &str, range: Option<Range<u64>>, version: Option<&str>) -> StoreResult<Bytes> {
+                self.$around(OpKind::Get, key, || self.inner.get(key, range.clone(), version)).await
             }
 
-            async fn delete(&self, key: &str) -> StoreResult<()> {
-                self.$around(OpKind::Delete, key, || self.inner.delete(key)).await
+            async fn delete(&self, key: &str, version: Option<&str>) -> StoreResult<()> {
+                self.$around(OpKind::Delete, key, || self.inner.delete(key, version)).await
             }
 
             async fn list(
@@ -118,8 +124,8 @@ macro_rules! around_each_call {
                     .await
             }
 
-            async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()> {
-                self.$around(OpKind::Copy, dst, || self.inner.copy(src, dst, meta)).await
+            async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()> {
+                self.$around(OpKind::Copy, c.dst, || self.inner.copy(c)).await
             }
 
             async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
@@ -168,6 +174,54 @@ pub(crate) use around_each_call;
 /// User metadata (`x-amz-meta-*`, names without the prefix, lower case).
 pub type UserMeta = BTreeMap<String, String>;
 
+/// An object's ETag as S3 gave it (quotes included), kept inline so that the metadata
+/// cache's entries stay `Copy`: the version a cached entry describes, named by every request
+/// that acts on that version. Longer than any ETag S3 makes (a multipart one is 40 bytes
+/// quoted); a longer one from another server is not kept, and that object's requests then
+/// name no version.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ETag {
+    len: u8,
+    buf: [u8; ETag::MAX],
+}
+
+impl ETag {
+    pub const MAX: usize = 62;
+
+    pub fn new(s: &str) -> Option<ETag> {
+        let b = s.as_bytes();
+        if b.is_empty() || b.len() > Self::MAX {
+            return None;
+        }
+        let mut buf = [0u8; Self::MAX];
+        buf[..b.len()].copy_from_slice(b);
+        Some(ETag {
+            len: b.len() as u8,
+            buf,
+        })
+    }
+
+    pub fn of(s: Option<&str>) -> Option<ETag> {
+        s.and_then(ETag::new)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Made from a &str, cut nowhere else.
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+
+    /// The same version as `other` (S3 quotes ETags; some servers and clients do not).
+    pub fn matches(&self, other: &str) -> bool {
+        self.as_str().trim_matches('"') == other.trim_matches('"')
+    }
+}
+
+impl std::fmt::Debug for ETag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.as_str())
+    }
+}
+
 /// What HEAD (or a listing) says about an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -186,6 +240,72 @@ pub enum WriteIf {
     Absent,
     /// `If-Match: ETAG`: the object at the key is still this one.
     Matches(String),
+}
+
+/// A key for DeleteObjects, with the version it removes.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeleteTarget {
+    pub key: String,
+    /// `ETag` in the request's object identifier: S3 deletes the key only while it holds
+    /// this version (else the key fails with `PreconditionFailed` and the object stays).
+    pub etag: Option<String>,
+}
+
+impl DeleteTarget {
+    /// Whatever the key holds: for keys no version was seen of (the bucket tools' own
+    /// planted keys, a directory marker never fetched).
+    pub fn any(key: impl Into<String>) -> Self {
+        DeleteTarget {
+            key: key.into(),
+            etag: None,
+        }
+    }
+
+    /// Only the version with this ETag.
+    pub fn version(key: impl Into<String>, etag: Option<String>) -> Self {
+        DeleteTarget { key: key.into(), etag }
+    }
+}
+
+/// A server-side copy (CopyObject), naming the versions it acts on.
+#[derive(Debug, Clone, Copy)]
+pub struct CopySpec<'a> {
+    pub src: &'a str,
+    pub dst: &'a str,
+    /// Copy only while `src` has this ETag (`x-amz-copy-source-if-match`).
+    pub src_etag: Option<&'a str>,
+    /// Write `dst` only if this holds (`If-None-Match: *` / `If-Match`).
+    pub dst_if: Option<&'a WriteIf>,
+    /// Replace the metadata with this (`REPLACE`); else it is copied with the object.
+    pub meta: Option<&'a UserMeta>,
+}
+
+impl<'a> CopySpec<'a> {
+    /// A copy of whatever `src` holds onto whatever `dst` holds, metadata copied.
+    pub fn new(src: &'a str, dst: &'a str) -> Self {
+        CopySpec {
+            src,
+            dst,
+            src_etag: None,
+            dst_if: None,
+            meta: None,
+        }
+    }
+
+    pub fn from_version(mut self, etag: Option<&'a str>) -> Self {
+        self.src_etag = etag;
+        self
+    }
+
+    pub fn only_if(mut self, cond: Option<&'a WriteIf>) -> Self {
+        self.dst_if = cond;
+        self
+    }
+
+    pub fn with_meta(mut self, meta: Option<&'a UserMeta>) -> Self {
+        self.meta = meta;
+        self
+    }
 }
 
 /// One page of ListObjectsV2.
@@ -396,6 +516,17 @@ impl DeleteFailure {
         self.code == "SlowDown"
     }
 
+    /// The key holds another version than the one named (someone else wrote it): the
+    /// object stays, and that is the outcome, not a failure to retry.
+    pub fn is_precondition(&self) -> bool {
+        self.code == "PreconditionFailed"
+    }
+
+    /// The key holds nothing: deleted already.
+    pub fn is_gone(&self) -> bool {
+        self.code == "NoSuchKey"
+    }
+
     /// Worth sending again: a throttle or a server-side failure.
     pub fn is_retryable(&self) -> bool {
         self.is_throttle() || self.code == "InternalError" || self.code == "ServiceUnavailable"
@@ -448,8 +579,10 @@ pub fn multipart_etag<'a>(part_etags: impl IntoIterator<Item = &'a str>) -> Opti
 #[async_trait]
 pub trait ObjectStore: Send + Sync + 'static {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta>;
-    /// GET of the whole object or of `range` (clamped to the object by the server).
-    async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes>;
+    /// GET of the whole object or of `range` (clamped to the object by the server); with
+    /// `version` (an ETag), only of that version (`If-Match`): another one fails with
+    /// PreconditionFailed, so a read never mixes two versions.
+    async fn get(&self, key: &str, range: Option<Range<u64>>, version: Option<&str>) -> StoreResult<Bytes>;
     /// PUT, only if `cond` holds when one is given; the new object's ETag (when S3 gives one).
     async fn put_if(
         &self,
@@ -464,10 +597,14 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// The one call a layer may defer: a stack with [`Deletes::Deferred`] answers once the
     /// delete is queued (journalled when there is a journal) and hides the key from every
     /// later call of this store at once; [`ObjectStore::flush`] waits until it reached S3.
-    /// Every other call has reached S3 when it returns.
-    async fn delete(&self, key: &str) -> StoreResult<()>;
-    /// DeleteObjects of up to 1000 keys; returns the keys that failed, with their errors.
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<DeleteFailure>>;
+    /// Every other call has reached S3 when it returns. With `version` (an ETag), only that
+    /// version is removed (`If-Match`): another one stays and the delete fails with
+    /// PreconditionFailed. A key that holds nothing is deleted already (Ok).
+    async fn delete(&self, key: &str, version: Option<&str>) -> StoreResult<()>;
+    /// DeleteObjects of up to 1000 keys, each only at its version when it names one;
+    /// returns the keys that failed, with their errors (`PreconditionFailed`: another
+    /// version is there and stays).
+    async fn delete_many(&self, targets: &[DeleteTarget]) -> StoreResult<Vec<DeleteFailure>>;
     async fn list(
         &self,
         prefix: &str,
@@ -475,8 +612,9 @@ pub trait ObjectStore: Send + Sync + 'static {
         token: Option<&str>,
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage>;
-    /// Server-side copy of a whole object: metadata copied with it, or replaced by `meta`.
-    async fn copy(&self, src: &str, dst: &str, meta: Option<&UserMeta>) -> StoreResult<()>;
+    /// Server-side copy of a whole object (CopyObject) under the conditions `c` names:
+    /// metadata copied with it, or replaced by `c.meta`.
+    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()>;
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String>;
     async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String>;
     /// UploadPartCopy: part `part` is bytes `range` of the object `src`, copied server-side;

@@ -15,7 +15,10 @@
 //! Wraps the store *inside* the retry layer: every attempt is paced and observed.
 
 use super::stats::RequestStats;
-use super::{ListPage, ObjectMeta, ObjectStore, OpKind, PrefixFn, StoreResult, UploadInfo, UserMeta, WriteIf};
+use super::{
+    CopySpec, DeleteTarget, ListPage, ObjectMeta, ObjectStore, OpKind, PrefixFn, StoreResult, UploadInfo, UserMeta,
+    WriteIf,
+};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::future::Future;
@@ -198,12 +201,12 @@ crate::store::around_each_call!(impl[S: ObjectStore] for PacedStore<S>, paced, {
             .await
     }
 
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
+    async fn delete_many(&self, targets: &[DeleteTarget]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
         // A batch spans prefixes: pace it by its first key, and feed per-key throttles back
         // to each key's prefix.
-        let first = keys.first().map(String::as_str).unwrap_or("");
+        let first = targets.first().map(|t| t.key.as_str()).unwrap_or("");
         let failed = self
-            .paced(OpKind::DeleteMany, first, || self.inner.delete_many(keys))
+            .paced(OpKind::DeleteMany, first, || self.inner.delete_many(targets))
             .await?;
         for f in &failed {
             if f.is_throttle() {
@@ -249,8 +252,8 @@ mod tests {
         async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
             self.inner.head(key).await
         }
-        async fn get(&self, key: &str, range: Option<Range<u64>>) -> StoreResult<Bytes> {
-            self.inner.get(key, range).await
+        async fn get(&self, key: &str, range: Option<Range<u64>>, v: Option<&str>) -> StoreResult<Bytes> {
+            self.inner.get(key, range, v).await
         }
         async fn put_if(
             &self,
@@ -270,17 +273,17 @@ mod tests {
             }
             self.inner.put_if(key, body, meta, c).await
         }
-        async fn delete(&self, key: &str) -> StoreResult<()> {
-            self.inner.delete(key).await
+        async fn delete(&self, key: &str, v: Option<&str>) -> StoreResult<()> {
+            self.inner.delete(key, v).await
         }
-        async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
-            self.inner.delete_many(keys).await
+        async fn delete_many(&self, t: &[DeleteTarget]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
+            self.inner.delete_many(t).await
         }
         async fn list(&self, p: &str, d: Option<&str>, t: Option<&str>, m: Option<i32>) -> StoreResult<ListPage> {
             self.inner.list(p, d, t, m).await
         }
-        async fn copy(&self, s: &str, d: &str, m: Option<&UserMeta>) -> StoreResult<()> {
-            self.inner.copy(s, d, m).await
+        async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()> {
+            self.inner.copy(c).await
         }
         async fn create_multipart(&self, k: &str, m: &UserMeta) -> StoreResult<String> {
             self.inner.create_multipart(k, m).await

@@ -8,13 +8,19 @@
 
 use super::stats::RequestStats;
 use super::{
-    ListPage, ObjectMeta, ObjectStore, OpKind, PrefixFn, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf,
+    CopySpec, DeleteTarget, ListPage, ObjectMeta, ObjectStore, OpKind, PrefixFn, StoreError, StoreResult, UploadInfo,
+    UserMeta, WriteIf,
 };
 use bytes::Bytes;
 use std::future::Future;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The user-metadata key of a conditional PUT's nonce (`x-amz-meta-prefixfs-write`): which
+/// write made the object, so that a retry can tell its own earlier attempt from another
+/// host's object (see `put_if`).
+pub const WRITE_NONCE: &str = "prefixfs-write";
 
 /// The retry policy.
 #[derive(Debug, Clone)]
@@ -144,6 +150,10 @@ impl<S: ObjectStore> RetryingStore<S> {
 }
 
 crate::store::around_each_call!(impl[S: ObjectStore] for RetryingStore<S>, run, {
+    /// A conditional PUT carries a nonce of its own in its metadata ([`WRITE_NONCE`]): when
+    /// a retry is refused (412), an earlier attempt may have been applied and its answer
+    /// lost, and only the nonce tells that object from another writer's with the same bytes
+    /// (every empty create has the same MD5). One HEAD, only in that case.
     async fn put_if(
         &self,
         key: &str,
@@ -151,6 +161,17 @@ crate::store::around_each_call!(impl[S: ObjectStore] for RetryingStore<S>, run, 
         meta: &UserMeta,
         cond: Option<&WriteIf>,
     ) -> StoreResult<Option<String>> {
+        let nonce = cond.map(|_| uuid::Uuid::new_v4().simple().to_string());
+        let tagged;
+        let meta = match &nonce {
+            Some(n) => {
+                let mut m = meta.clone();
+                m.insert(WRITE_NONCE.to_string(), n.clone());
+                tagged = m;
+                &tagged
+            }
+            None => meta,
+        };
         let tries = std::sync::atomic::AtomicU32::new(0);
         let result = self
             .run(OpKind::Put, key, || {
@@ -158,18 +179,13 @@ crate::store::around_each_call!(impl[S: ObjectStore] for RetryingStore<S>, run, 
                 self.inner.put_if(key, body.clone(), meta, cond)
             })
             .await;
-        match result {
-            // A retried conditional PUT refused: an earlier attempt may have been applied and
-            // its answer lost. Then the object is this body (its ETag is the body's MD5) and
-            // the write succeeded; anything else is someone else's, and the refusal stands.
-            Err(e @ StoreError::PreconditionFailed { .. })
-                if cond.is_some() && tries.load(std::sync::atomic::Ordering::Relaxed) > 1 =>
+        match (result, nonce) {
+            (Err(e @ StoreError::PreconditionFailed { .. }), Some(nonce))
+                if tries.load(std::sync::atomic::Ordering::Relaxed) > 1 =>
             {
-                use md5::Digest;
-                let ours = hex::encode(md5::Md5::digest(&body));
                 self.stats.record_request(OpKind::Head);
                 match self.inner.head(key).await {
-                    Ok(m) if m.etag.as_deref().map(|t| t.trim_matches('"')) == Some(ours.as_str()) => {
+                    Ok(m) if m.user_meta.get(WRITE_NONCE) == Some(&nonce) => {
                         tracing::info!(
                             key,
                             "a conditional PUT's answer was lost; the object is the one it wrote"
@@ -179,26 +195,27 @@ crate::store::around_each_call!(impl[S: ObjectStore] for RetryingStore<S>, run, 
                     _ => Err(e),
                 }
             }
-            r => r,
+            (r, _) => r,
         }
     }
 
     /// Keys refused with SlowDown (or a 5xx) inside the response are sent again, with the
-    /// same backoff, until they are deleted or the attempts run out.
-    async fn delete_many(&self, keys: &[String]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
-        let mut pending = keys.to_vec();
+    /// same backoff, until they are deleted or the attempts run out; keys refused for good
+    /// (another version is there, access denied) are answered as they are.
+    async fn delete_many(&self, targets: &[DeleteTarget]) -> StoreResult<Vec<crate::store::DeleteFailure>> {
+        let mut pending = targets.to_vec();
+        let mut refused = Vec::new();
         let mut attempt = 1;
         loop {
-            let first = pending.first().cloned().unwrap_or_default();
+            let first = pending.first().map(|t| t.key.clone()).unwrap_or_default();
             let failed = self
                 .run(OpKind::DeleteMany, &first, || self.inner.delete_many(&pending))
                 .await?;
-            if failed.is_empty() || !failed.iter().any(|f| f.is_retryable()) || attempt >= self.config.max_attempts {
-                return Ok(failed);
-            }
             let (again, fatal): (Vec<_>, Vec<_>) = failed.into_iter().partition(|f| f.is_retryable());
-            if !fatal.is_empty() {
-                return Ok(fatal.into_iter().chain(again).collect());
+            refused.extend(fatal);
+            if again.is_empty() || attempt >= self.config.max_attempts {
+                refused.extend(again);
+                return Ok(refused);
             }
             for f in &again {
                 self.stats.record_prefix_retry(&(self.prefix)(&f.key));
@@ -206,7 +223,8 @@ crate::store::around_each_call!(impl[S: ObjectStore] for RetryingStore<S>, run, 
             self.stats.record_retry();
             tokio::time::sleep(self.config.backoff(attempt)).await;
             attempt += 1;
-            pending = again.into_iter().map(|f| f.key).collect();
+            let again: std::collections::HashSet<String> = again.into_iter().map(|f| f.key).collect();
+            pending.retain(|t| again.contains(&t.key));
         }
     }
 
@@ -328,51 +346,41 @@ mod tests {
     #[tokio::test]
     async fn a_conditional_put_applied_before_its_answer_was_lost_is_a_success() {
         let mem = MemoryStore::new();
-        // The first attempt was applied (the object is there) and its answer lost.
-        mem.put("k", Bytes::from_static(b"mine"), &UserMeta::new())
-            .await
-            .unwrap();
-        mem.fail_next(1, |key| StoreError::from_response("put", key, 500, "InternalError", ""));
+        // The first attempt is applied and its answer lost; the retry is refused (412).
+        mem.lose_next_answers(1);
         let stats = Arc::new(RequestStats::default());
         let s = RetryingStore::new(mem, fast(), stats.clone(), crate::store::one_prefix());
         let etag = s
-            .put_if(
-                "k",
-                Bytes::from_static(b"mine"),
-                &UserMeta::new(),
-                Some(&WriteIf::Absent),
-            )
+            .put_if("k", Bytes::new(), &UserMeta::new(), Some(&WriteIf::Absent))
             .await
             .unwrap();
         assert_eq!(etag.as_deref(), s.inner().head("k").await.unwrap().etag.as_deref());
-        assert_eq!(stats.snapshot().get(OpKind::Head), 1);
-        // Someone else's object: the refusal stands, retried or not.
-        s.inner()
-            .fail_next(1, |key| StoreError::from_response("put", key, 500, "InternalError", ""));
+        assert_eq!(stats.snapshot().get(OpKind::Put), 2);
+        assert_eq!(stats.snapshot().get(OpKind::Head), 1, "one HEAD reads the nonce");
+    }
+
+    #[tokio::test]
+    async fn a_retried_create_refused_by_another_hosts_identical_object_loses() {
+        let mem = MemoryStore::new();
+        // Another host made the same empty object (same MD5, same ETag) while our first
+        // attempt failed without being applied: the race is theirs.
+        mem.put("k", Bytes::new(), &UserMeta::new()).await.unwrap();
+        mem.fail_next(1, |key| StoreError::from_response("put", key, 500, "InternalError", ""));
+        let stats = Arc::new(RequestStats::default());
+        let s = RetryingStore::new(mem, fast(), stats.clone(), crate::store::one_prefix());
         let err = s
-            .put_if(
-                "k",
-                Bytes::from_static(b"theirs"),
-                &UserMeta::new(),
-                Some(&WriteIf::Absent),
-            )
+            .put_if("k", Bytes::new(), &UserMeta::new(), Some(&WriteIf::Absent))
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::PreconditionFailed { .. }), "{err}");
+        assert_eq!(stats.snapshot().get(OpKind::Head), 1);
+        // A first refusal is final: no HEAD.
         let err = s
-            .put_if(
-                "k",
-                Bytes::from_static(b"mine"),
-                &UserMeta::new(),
-                Some(&WriteIf::Absent),
-            )
+            .put_if("k", Bytes::new(), &UserMeta::new(), Some(&WriteIf::Absent))
             .await
             .unwrap_err();
-        assert!(
-            matches!(err, StoreError::PreconditionFailed { .. }),
-            "a first refusal is final: {err}"
-        );
-        assert_eq!(stats.snapshot().get(OpKind::Head), 2, "no HEAD without a retry");
+        assert!(matches!(err, StoreError::PreconditionFailed { .. }), "{err}");
+        assert_eq!(stats.snapshot().get(OpKind::Head), 1, "no HEAD without a retry");
     }
 
     #[tokio::test]

@@ -178,7 +178,7 @@ impl Env {
     }
 
     pub fn get(&self, key: &str) -> Vec<u8> {
-        self.rt.block_on(self.s3.get(key, None)).expect("get").to_vec()
+        self.rt.block_on(self.s3.get(key, None, None)).expect("get").to_vec()
     }
 
     pub fn put(&self, key: &str, body: &[u8]) {

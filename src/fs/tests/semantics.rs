@@ -258,7 +258,11 @@ async fn a_truncate_racing_the_last_close_is_kept() {
         assert_eq!(r.core.getattr(ino).await.unwrap().size, 1_234_567, "{name}");
         r.core.flush_all().await;
         let key = r.layout.file_key(&RelPath::parse(&name).unwrap()).unwrap();
-        assert_eq!(r.mem().get(&key, None).await.unwrap().len(), 1_234_567, "{name} in S3");
+        assert_eq!(
+            r.mem().get(&key, None, None).await.unwrap().len(),
+            1_234_567,
+            "{name} in S3"
+        );
     }
 }
 
@@ -324,6 +328,7 @@ async fn staging_past_the_cache_size_is_enospc_and_every_byte_comes_back() {
                 &r.layout
                     .file_key(&crate::layout::RelPath::parse("d/a.txt").unwrap())
                     .unwrap(),
+                None,
                 None
             )
             .await
@@ -526,7 +531,7 @@ async fn a_stat_that_joins_a_head_sent_before_the_mounts_change_gets_the_change(
     let before = tokio::spawn(async move { ns.stat(&p).await });
     gate.arrivals(1).await;
     // What the mount's unlink does: the key goes, the cache records the removal.
-    r.mem().delete(&key).await.unwrap();
+    r.mem().delete(&key, None).await.unwrap();
     r.core.cache.remove(&path);
     let (ns, p) = (r.core.ns.clone(), path.clone());
     let after = tokio::spawn(async move { ns.stat(&p).await });

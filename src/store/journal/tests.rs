@@ -29,14 +29,17 @@ async fn work_of_a_dead_process_is_finished_and_its_journal_removed() {
         Record::DeleteQueued {
             key: "p/gone".into(),
             at_ms: recent,
+            etag: None,
         },
         Record::DeleteQueued {
             key: "p/rewritten".into(),
             at_ms: long_ago,
+            etag: None,
         },
         Record::DeleteQueued {
             key: "p/confirmed".into(),
             at_ms: recent,
+            etag: None,
         },
         Record::DeleteEnded {
             key: "p/confirmed".into(),
@@ -49,7 +52,13 @@ async fn work_of_a_dead_process_is_finished_and_its_journal_removed() {
     // Not locked by anyone: its process is gone.
     std::fs::write(dir.path().join("dead.journal"), text).unwrap();
     mem.complete_multipart("a", &done, &[]).await.unwrap();
-    let r = recover(mem.as_ref(), dir.path()).await;
+    let r = recover(
+        mem.as_ref(),
+        dir.path(),
+        DeleteConditions::S3,
+        &crate::store::first_segment(),
+    )
+    .await;
     assert_eq!(
         r,
         Recovered {
@@ -89,7 +98,13 @@ async fn an_upload_created_just_before_a_crash_is_found_by_its_intent() {
     let copy = dir.path().join("dead.journal");
     std::fs::copy(&path, &copy).unwrap();
     std::fs::remove_file(&path).unwrap();
-    let r = recover(mem.as_ref(), dir.path()).await;
+    let r = recover(
+        mem.as_ref(),
+        dir.path(),
+        DeleteConditions::S3,
+        &crate::store::first_segment(),
+    )
+    .await;
     assert_eq!(r.uploads_aborted, 1);
     let left: Vec<String> = mem
         .list_uploads("")
@@ -110,7 +125,16 @@ async fn a_live_journal_is_locked_and_left_alone() {
     let j = JournalingStore::new(mem.clone(), journal.clone());
     let id = j.create_multipart("k", &UserMeta::new()).await.unwrap();
     // Another "process" (another open file description) cannot take the lock.
-    assert_eq!(recover(mem.as_ref(), dir.path()).await, Recovered::default());
+    assert_eq!(
+        recover(
+            mem.as_ref(),
+            dir.path(),
+            DeleteConditions::S3,
+            &crate::store::first_segment()
+        )
+        .await,
+        Recovered::default()
+    );
     assert_eq!(
         mem.list_uploads("").await.unwrap().len(),
         1,
@@ -132,6 +156,7 @@ async fn keys_with_newlines_cannot_forge_records() {
     journal.record(&[Record::DeleteQueued {
         key: evil.clone(),
         at_ms: 0,
+        etag: None,
     }]);
     let text = std::fs::read_to_string(journal.path()).unwrap();
     assert_eq!(text.lines().count(), 1);
@@ -148,7 +173,17 @@ async fn an_abort_of_a_finished_upload_is_not_counted_as_aborted() {
     mem.complete_multipart("a", &id, &[]).await.unwrap();
     let line = serde_json::to_string(&Record::UploadStarted { id, key: "a".into() }).unwrap();
     std::fs::write(dir.path().join("dead.journal"), line + "\n").unwrap();
-    assert_eq!(recover(mem.as_ref(), dir.path()).await.uploads_aborted, 0);
+    assert_eq!(
+        recover(
+            mem.as_ref(),
+            dir.path(),
+            DeleteConditions::S3,
+            &crate::store::first_segment()
+        )
+        .await
+        .uploads_aborted,
+        0
+    );
     assert!(journal_files(dir.path()).is_empty());
 }
 
@@ -162,9 +197,92 @@ fn an_idle_journal_is_emptied_instead_of_growing() {
             Record::DeleteQueued {
                 key: key.clone(),
                 at_ms: 1,
+                etag: None,
             },
             Record::DeleteEnded { key: key.clone() },
         ]);
     }
     assert!(std::fs::metadata(journal.path()).unwrap().len() <= COMPACT_AT + 4096);
+}
+
+/// Host A's delete was journalled with the version its unlink saw; A died before S3 had it,
+/// and host B wrote the key again in the same second. The replay must leave B's object,
+/// on a server that checks the ETag in DeleteObjects and on one that checks it only on
+/// DeleteObject, and it still deletes what A saw.
+#[tokio::test]
+async fn a_replayed_delete_removes_only_the_version_its_unlink_saw() {
+    for conds in [
+        DeleteConditions::S3,
+        DeleteConditions {
+            single: true,
+            batch: false,
+        },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        let seen = mem
+            .put_if("p/f", Bytes::from_static(b"old"), &UserMeta::new(), None)
+            .await
+            .unwrap();
+        let other = mem
+            .put_if("p/g", Bytes::from_static(b"old"), &UserMeta::new(), None)
+            .await
+            .unwrap();
+        let records = [
+            Record::DeleteQueued {
+                key: "p/f".into(),
+                at_ms: now_ms(),
+                etag: seen,
+            },
+            Record::DeleteQueued {
+                key: "p/g".into(),
+                at_ms: now_ms(),
+                etag: other,
+            },
+        ];
+        let text: String = records
+            .iter()
+            .map(|r| serde_json::to_string(r).unwrap() + "\n")
+            .collect();
+        std::fs::write(dir.path().join("dead.journal"), text).unwrap();
+        // Host B, the same second.
+        mem.put("p/f", Bytes::from_static(b"B's"), &UserMeta::new())
+            .await
+            .unwrap();
+        let r = recover(mem.as_ref(), dir.path(), conds, &crate::store::first_segment()).await;
+        assert_eq!(
+            r,
+            Recovered {
+                uploads_aborted: 0,
+                deletes_sent: 1,
+                deletes_superseded: 1
+            },
+            "{conds:?}"
+        );
+        assert_eq!(mem.keys(), ["p/f"], "{conds:?}");
+        assert_eq!(&mem.get("p/f", None, None).await.unwrap()[..], b"B's");
+        assert!(journal_files(dir.path()).is_empty());
+    }
+}
+
+/// An older journal's record names no version: an object of the delete's own second may be
+/// a newer write, and stays.
+#[tokio::test]
+async fn a_replayed_delete_without_a_version_spares_a_write_of_the_same_second() {
+    let dir = tempfile::tempdir().unwrap();
+    let mem = Arc::new(MemoryStore::new());
+    mem.put("p/f", Bytes::from_static(b"B's"), &UserMeta::new())
+        .await
+        .unwrap();
+    let line = format!("{{\"op\":\"delete_queued\",\"key\":\"p/f\",\"at_ms\":{}}}\n", now_ms());
+    std::fs::write(dir.path().join("dead.journal"), line).unwrap();
+    let r = recover(
+        mem.as_ref(),
+        dir.path(),
+        DeleteConditions::S3,
+        &crate::store::first_segment(),
+    )
+    .await;
+    assert_eq!(r.deletes_superseded, 1);
+    assert_eq!(mem.keys(), ["p/f"]);
 }
