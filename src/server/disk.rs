@@ -384,10 +384,13 @@ impl Bucket {
 
     pub fn delete(&self, key: &str, if_match: Option<&str>) -> DiskResult<()> {
         let mut index = write_lock(&self.index);
+        // S3: a conditional delete of a key that holds nothing answers NoSuchKey; one that
+        // holds another version, PreconditionFailed.
         if let Some(want) = if_match {
             match index.get(key) {
                 Some(c) if etag_eq(&c.etag, want) => {}
-                _ => return Err(DiskError::PreconditionFailed),
+                Some(_) => return Err(DiskError::PreconditionFailed),
+                None => return Err(DiskError::NoSuchKey),
             }
         }
         if index.remove(key).is_some() {

@@ -1,6 +1,6 @@
 //! The `s3s::S3` trait over [`DiskStore`]: request DTOs in, store calls, response DTOs out.
 
-use super::disk::{Bucket, DiskStore, Resume, WriteCondition};
+use super::disk::{Bucket, DiskError, DiskStore, Resume, WriteCondition};
 use super::partitions::{Access, Emulator};
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
@@ -239,18 +239,30 @@ impl S3 for S3Store {
                 });
                 continue;
             }
-            match b.delete(&o.key, None) {
+            // The key's ETag, when given, names the only version to delete (S3, general
+            // purpose buckets, since September 2025).
+            let if_match = o.e_tag.as_ref().map(|t| match t {
+                ETag::Strong(v) | ETag::Weak(v) => v.clone(),
+            });
+            match b.delete(&o.key, if_match.as_deref()) {
                 Ok(()) if !quiet => deleted.push(DeletedObject {
                     key: Some(o.key),
                     ..Default::default()
                 }),
                 Ok(()) => {}
-                Err(e) => errors.push(Error {
-                    key: Some(o.key),
-                    code: Some("InternalError".into()),
-                    message: Some(e.to_string()),
-                    version_id: None,
-                }),
+                Err(e) => {
+                    let code = match e {
+                        DiskError::PreconditionFailed => "PreconditionFailed",
+                        DiskError::NoSuchKey => "NoSuchKey",
+                        _ => "InternalError",
+                    };
+                    errors.push(Error {
+                        key: Some(o.key),
+                        code: Some(code.into()),
+                        message: Some(e.to_string()),
+                        version_id: None,
+                    })
+                }
             }
         }
         Ok(S3Response::new(DeleteObjectsOutput {
@@ -263,6 +275,7 @@ impl S3 for S3Store {
     async fn copy_object(&self, req: S3Request<CopyObjectInput>) -> S3Result<S3Response<CopyObjectOutput>> {
         self.check_write_allowed()?;
         self.admit(Access::Write, &req.input.key)?;
+        let headers = req.headers;
         let input = req.input;
         let (src_bucket, src_key) = source(&input.copy_source)?;
         let src = self.bucket(src_bucket)?;
@@ -284,8 +297,15 @@ impl S3 for S3Store {
         };
         // A multipart ETag is not the MD5 of the body; a copy keeps it, as S3 does.
         let etag = src_entry.etag.contains('-').then(|| src_entry.etag.clone());
+        // The destination's own conditions (If-None-Match / If-Match on CopyObject), which
+        // this s3s version does not parse: read from the headers.
+        let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let cond = WriteCondition {
+            if_none_match_any: header("if-none-match") == Some("*"),
+            if_match: header("if-match").map(str::to_string),
+        };
         let entry = dst
-            .commit(staged, &input.key, etag, meta, ctype, &WriteCondition::default())
+            .commit(staged, &input.key, etag, meta, ctype, &cond)
             .map_err(to_s3)?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
