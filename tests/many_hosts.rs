@@ -15,7 +15,47 @@ on_every_backend!(
     concurrent_small_writers_to_one_path_leave_one_whole_version,
     changes_on_one_mount_are_seen_on_the_other_within_a_ttl,
     an_exclusively_created_file_never_overwrites_what_another_host_put_there,
+    another_clients_object_is_read_whole_and_outlives_a_stale_unlink,
 );
+
+/// Issue 21, 3 and 7: another S3 client replaces a file this mount has cached (within the
+/// TTL). A read gets one version whole, or fails (ESTALE) and the next open reads the new
+/// one, never the new bytes cut to the old size; an `rm` of the version this mount saw
+/// leaves the object another client wrote since, where the server checks delete ETags.
+fn another_clients_object_is_read_whole_and_outlives_a_stale_unlink(env: Env) {
+    let mut a = env.mount_host("host-a", 16, &["--metadata-ttl", "600"]);
+    let key = env.layout(16).file_key(&RelPath::parse("f").unwrap()).unwrap();
+    let out = a.sh("echo old > f; cat f; stat -c %s f");
+    assert_eq!(out.stdout, "old\n4\n", "{}", out.stderr);
+    env.put(&key, b"new new\n");
+    let first = a.sh("cat f 2>&1 || true");
+    assert!(
+        first.stdout == "new new\n" || first.stdout.contains("Stale file handle"),
+        "a read of a replaced file must be one version whole or ESTALE, not {:?}",
+        first.stdout
+    );
+    let second = a.sh("cat f");
+    assert_eq!(second.stdout, "new new\n", "{}", second.stderr);
+    // The mount knows this version now; another client replaces it again, then rm.
+    env.put(&key, b"third\n");
+    a.sh("rm f; sync .");
+    let log = a.log_text();
+    if log.contains("honours ETags in DeleteObjects") {
+        assert_eq!(
+            env.get(&key),
+            b"third\n",
+            "the other client's object stays: {}",
+            tail(&log, 10)
+        );
+    } else {
+        assert!(
+            log.contains("ignores the ETags of DeleteObjects") || log.contains("ignores If-Match on deletes"),
+            "{}",
+            tail(&log, 20)
+        );
+    }
+    a.assert_alive();
+}
 
 fn an_exclusively_created_file_never_overwrites_what_another_host_put_there(env: Env) {
     use std::io::{BufRead, BufReader, Write};

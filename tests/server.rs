@@ -140,6 +140,78 @@ fn conditional_requests_are_honoured() {
     assert!(r.is_ok());
 }
 
+/// Every request that changes or removes an object can name the version it acts on, and
+/// the server holds it to that (issue 21): a stale ETag leaves the object as it is.
+#[test]
+fn deletes_copies_and_reads_name_their_version() {
+    use prefixfs::store::{StoreError, WriteIf};
+    let env = Env::embedded();
+    let put = |k: &str, body: &'static [u8]| {
+        env.rt
+            .block_on(
+                env.s3
+                    .put_if(k, bytes::Bytes::from_static(body), &Default::default(), None),
+            )
+            .unwrap()
+    };
+    let v1 = put("k", b"v1");
+    let v2 = put("k", b"v2, written by someone else");
+    let stale = v1.clone();
+    // DeleteObjects with the ETag the deleter saw: refused per key, the object stays.
+    let failed = env
+        .rt
+        .block_on(env.s3.delete_many(&[
+            DeleteTarget::version("k", stale.clone()),
+            DeleteTarget::version("never-was", stale.clone()),
+        ]))
+        .unwrap();
+    let codes: Vec<(&str, &str)> = failed.iter().map(|f| (f.key.as_str(), f.code.as_str())).collect();
+    assert_eq!(codes, [("k", "PreconditionFailed"), ("never-was", "NoSuchKey")]);
+    assert_eq!(env.get("k"), b"v2, written by someone else");
+    // DeleteObject If-Match: the same.
+    let e = env.rt.block_on(env.s3.delete("k", stale.as_deref())).unwrap_err();
+    assert!(matches!(e, StoreError::PreconditionFailed { .. }), "{e}");
+    // A read pinned to the old version is refused, not served the new bytes.
+    let e = env
+        .rt
+        .block_on(env.s3.get("k", Some(0..2), stale.as_deref()))
+        .unwrap_err();
+    assert!(matches!(e, StoreError::PreconditionFailed { .. }), "{e}");
+    assert_eq!(
+        &env.rt.block_on(env.s3.get("k", Some(0..2), v2.as_deref())).unwrap()[..],
+        b"v2"
+    );
+    // A copy from the old version, or onto a key that exists with If-None-Match: refused.
+    let from_old = CopySpec::new("k", "c").from_version(stale.as_deref());
+    let e = env.rt.block_on(env.s3.copy(&from_old)).unwrap_err();
+    assert!(matches!(e, StoreError::PreconditionFailed { .. }), "{e}");
+    put("taken", b"mine");
+    let onto = CopySpec::new("k", "taken").only_if(Some(&WriteIf::Absent));
+    let e = env.rt.block_on(env.s3.copy(&onto)).unwrap_err();
+    assert!(matches!(e, StoreError::PreconditionFailed { .. }), "{e}");
+    assert_eq!(env.get("taken"), b"mine");
+    let nope = WriteIf::Matches("\"nope\"".into());
+    let onto_v = CopySpec::new("k", "taken").only_if(Some(&nope));
+    assert!(env.rt.block_on(env.s3.copy(&onto_v)).is_err());
+    // The current version is deleted, in a batch and alone.
+    put("j", b"j");
+    let vj = env.rt.block_on(env.s3.head("j")).unwrap().etag;
+    let failed = env
+        .rt
+        .block_on(env.s3.delete_many(&[DeleteTarget::version("k", v2)]))
+        .unwrap();
+    assert!(failed.is_empty(), "{failed:?}");
+    env.rt.block_on(env.s3.delete("j", vj.as_deref())).unwrap();
+    assert!(env.rt.block_on(env.s3.head("k")).unwrap_err().is_not_found());
+    assert!(env.rt.block_on(env.s3.head("j")).unwrap_err().is_not_found());
+    // What a mount probes at start: this server honours both conditions.
+    let probed = env.rt.block_on(prefixfs::store::delete::probe_delete_conditions(
+        &env.s3,
+        ".prefixfs/probe",
+    ));
+    assert_eq!(probed, Some(prefixfs::store::delete::DeleteConditions::S3));
+}
+
 #[test]
 fn multipart_upload_with_part_copy_and_list_uploads() {
     let env = Env::embedded();

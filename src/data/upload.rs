@@ -61,6 +61,9 @@ pub struct Upload {
     /// The final write happens only if this holds (S3 decides): a file created exclusively
     /// must not replace an object another host put there meanwhile.
     cond: Option<WriteIf>,
+    /// The ETag of the object the last finish made, when S3 said (a single PUT's): the
+    /// version the mount's metadata names, so its reads are pinned to it.
+    written: Option<String>,
     spool: Spool,
 }
 
@@ -87,6 +90,7 @@ impl Upload {
             finished: false,
             failed: None,
             cond: None,
+            written: None,
             spool: Spool::Off,
         }
     }
@@ -279,6 +283,11 @@ impl Upload {
         }
     }
 
+    /// The ETag of the object the last [`Upload::finish`] made, when known.
+    pub fn written_etag(&self) -> Option<&str> {
+        self.written.as_deref()
+    }
+
     /// Sends what is left and makes the object visible. Idempotent once it succeeded.
     pub async fn finish(&mut self) -> Result<(), UploadError> {
         if self.finished {
@@ -296,8 +305,9 @@ impl Upload {
                     .await?;
                 if self.cond.is_some() {
                     // A later flush replaces what this one wrote, and nothing else.
-                    self.cond = etag.map(WriteIf::Matches);
+                    self.cond = etag.clone().map(WriteIf::Matches);
                 }
+                self.written = etag;
                 self.finished = true;
                 return Ok(());
             }
@@ -310,6 +320,9 @@ impl Upload {
                 }
                 self.done.sort_by_key(|(n, _)| *n);
                 let cond = self.cond.take();
+                // CompleteMultipartUpload's ETag is not passed up: the object's version is
+                // learnt from the next HEAD or listing.
+                self.written = None;
                 self.store
                     .complete_multipart_if(&self.key, &id, &self.done, cond.as_ref())
                     .await?;

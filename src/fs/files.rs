@@ -424,6 +424,8 @@ impl OpenFiles {
         let posix = *lock(&shared.posix);
         let meta = posix.to_meta();
         let meta_dirty = shared.meta_dirty.load(Ordering::Relaxed);
+        // The version now in S3, when known (a single PUT's ETag), for the cache.
+        let mut etag: Option<String> = None;
         let update_meta = || async {
             let size = shared.size.load(Ordering::Relaxed);
             self.ns
@@ -450,6 +452,8 @@ impl OpenFiles {
                 }
                 if late_meta || meta_dirty {
                     update_meta().await?;
+                } else {
+                    etag = up.written_etag().map(str::to_string);
                 }
             }
             Body::Staged(staged) => {
@@ -467,7 +471,9 @@ impl OpenFiles {
         let size = shared.size.load(Ordering::Relaxed);
         self.ns.cache.upsert(
             path,
-            EntryInfo::new(Kind::File, size, SystemTime::now()).with_posix(posix),
+            EntryInfo::new(Kind::File, size, SystemTime::now())
+                .with_posix(posix)
+                .with_etag(etag.as_deref()),
         );
         Ok(())
     }

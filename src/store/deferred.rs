@@ -735,4 +735,65 @@ mod tests {
         d.settle().await.unwrap();
         assert_eq!(&mem.get("a/1", None, None).await.unwrap()[..], b"new");
     }
+
+    /// Issue 21, 1: `rm f` was acknowledged; the write that replaces `f` then fails. The
+    /// delete must still land (before, the write cancelled it first, and the old file came
+    /// back once S3 was healthy).
+    #[tokio::test]
+    async fn a_failed_write_does_not_undo_an_acknowledged_unlink() {
+        let (mem, d) = setup();
+        let etag = mem
+            .put_if("a/1", Bytes::from_static(b"old"), &UserMeta::new(), None)
+            .await
+            .unwrap();
+        d.delete("a/1", etag.as_deref()).await.unwrap();
+        mem.fail_next(1, |key| StoreError::from_response("put", key, 500, "InternalError", ""));
+        assert!(
+            d.put("a/1", Bytes::from_static(b"new"), &UserMeta::new())
+                .await
+                .is_err()
+        );
+        assert!(d.head("a/1").await.unwrap_err().is_not_found(), "still unlinked");
+        d.settle().await.unwrap();
+        assert!(
+            mem.keys().is_empty(),
+            "the old file must not come back: {:?}",
+            mem.keys()
+        );
+    }
+
+    /// Issue 21, 3: this mount's unlink saw one version; its delete failed for a while, and
+    /// meanwhile another host wrote the key. The retry leaves their object.
+    #[tokio::test]
+    async fn a_retried_delete_leaves_another_hosts_newer_object() {
+        for conds in [
+            DeleteConditions::S3,
+            DeleteConditions {
+                single: true,
+                batch: false,
+            },
+            DeleteConditions {
+                single: false,
+                batch: false,
+            },
+        ] {
+            let mem = Arc::new(MemoryStore::new());
+            let d = DeferredDeletes::new(mem.clone(), None, crate::store::first_segment(), conds);
+            let etag = mem
+                .put_if("a/1", Bytes::from_static(b"old"), &UserMeta::new(), None)
+                .await
+                .unwrap();
+            mem.fail_next(1, |key| {
+                StoreError::from_response("delete_objects", key, 503, "ServiceUnavailable", "")
+            });
+            d.delete("a/1", etag.as_deref()).await.unwrap();
+            // The first attempt fails; another host writes while it waits for its retry.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            mem.put("a/1", Bytes::from_static(b"theirs"), &UserMeta::new())
+                .await
+                .unwrap();
+            d.settle().await.unwrap();
+            assert_eq!(&mem.get("a/1", None, None).await.unwrap()[..], b"theirs", "{conds:?}");
+        }
+    }
 }

@@ -122,6 +122,8 @@ async fn delete_one(store: &dyn ObjectStore, t: DeleteTarget, conds: DeleteCondi
         StoreError::PreconditionFailed { .. } => {
             DeleteFailure::new(t.key.clone(), "PreconditionFailed", "another version is there")
         }
+        // Gone already (S3 answers a conditional delete of a missing key so).
+        e if e.is_not_found() => DeleteFailure::new(t.key.clone(), "NoSuchKey", ""),
         e => DeleteFailure::new(t.key.clone(), "RequestFailed", e.to_string()),
     };
     let etag = t.etag.as_deref();
