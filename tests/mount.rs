@@ -22,7 +22,25 @@ on_every_backend!(
     echo_into_a_directory_costs_one_put_per_file,
     cp_r_of_a_tree_sends_no_listing_per_file,
     ls_l_with_a_trusted_listing_sends_lists_only,
+    a_key_with_a_control_character_is_listed_like_any_other,
 );
+
+/// Issue 21, 11: one key with a control character (which XML 1.0 cannot carry) made its
+/// directory unreadable everywhere. Listings ask for URL-encoded keys and decode them.
+fn a_key_with_a_control_character_is_listed_like_any_other(env: Env) {
+    let layout = env.layout(16);
+    let key = |p: &str| layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
+    env.put(&key("d/bad\u{1}name"), b"odd\n");
+    env.put(&key("d/good"), b"fine\n");
+    env.put(&key("d/a b+c%20"), b"spaced\n");
+    let mut m = env.mount(16, &[]);
+    assert_eq!(m.ok("ls d | wc -l"), "3\n");
+    assert_eq!(
+        m.ok("cat d/good \"d/a b+c%20\" d/bad$'\\x01'name"),
+        "fine\nspaced\nodd\n"
+    );
+    assert_eq!(m.ok("find . -type f | wc -l"), "3\n");
+}
 
 /// docs/REQUESTS.md, `--trust-listing` row: `ls -l`, `find` and `stat` of a directory written
 /// by another S3 client cost its LISTs, no HEAD (readdirplus hands the kernel the listing's

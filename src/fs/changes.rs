@@ -182,8 +182,8 @@ impl Namespace {
         }
         let src = self.stat(from).await?.ok_or_else(|| FsError::not_found(from))?;
         // `mv -n` asks S3, not this mount's view, whether the target exists (another host may
-        // have created it within the TTL). S3 has no conditional CopyObject this server
-        // honours, so a create elsewhere between this HEAD and the copy is not caught.
+        // have created it within the TTL); a create elsewhere between this HEAD and the copy
+        // is caught by the copy's own condition (see `move_object`).
         let dst = if flags & libc::RENAME_NOREPLACE != 0 {
             self.stat_fresh(to).await?
         } else {
@@ -214,12 +214,20 @@ impl Namespace {
     /// Moves the object of a file (or symlink) `src` from `from` to `to`: a copy, then the
     /// old key's delete, sent at once (the old name must be gone when rename returns). Both
     /// name the version `src` describes when known: a source another client replaced
-    /// meanwhile is neither copied nor deleted (ESTALE).
-    pub async fn move_object(&self, from: &RelPath, to: &RelPath, src: &EntryInfo) -> FsResult<()> {
+    /// meanwhile is neither copied nor deleted (ESTALE). With `noreplace` (`mv -n`) the copy
+    /// lands only where nothing is (`If-None-Match: *`): a target created elsewhere after
+    /// [`Namespace::check_rename`] looked fails it with EEXIST.
+    pub async fn move_object(&self, from: &RelPath, to: &RelPath, src: &EntryInfo, noreplace: bool) -> FsResult<()> {
         let (sk, dk) = (self.layout.file_key(from)?, self.layout.file_key(to)?);
-        let copy = CopySpec::new(&sk, &dk).from_version(src.version());
+        let absent = noreplace.then_some(WriteIf::Absent);
+        let copy = CopySpec::new(&sk, &dk)
+            .from_version(src.version())
+            .only_if(absent.as_ref());
         match self.copy_object(&copy, src.size).await {
             Err(StoreError::PreconditionFailed { .. }) => {
+                if noreplace && self.stat_fresh(to).await?.is_some() {
+                    return Err(FsError::new(libc::EEXIST, format!("{to}: exists (created elsewhere)")));
+                }
                 self.cache.forget(from);
                 return Err(replaced_elsewhere(from));
             }

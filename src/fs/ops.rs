@@ -262,7 +262,9 @@ impl Core {
                     None => false,
                 };
                 if !moved_open {
-                    self.ns.move_object(&from, &to, &src).await?;
+                    self.ns
+                        .move_object(&from, &to, &src, flags & libc::RENAME_NOREPLACE != 0)
+                        .await?;
                 }
                 self.cache.remove(&from);
                 // S3's LastModified changes with the copy; the POSIX mtime travels with it.

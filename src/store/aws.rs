@@ -128,9 +128,29 @@ where
     let code = e.code().unwrap_or("").to_string();
     let message = e.message().unwrap_or("").to_string();
     match (status, &e) {
-        (Some(s), SdkError::ServiceError(_)) | (Some(s), SdkError::ResponseError(_)) => {
-            StoreError::from_response(op, key, s, &code, &message)
+        (Some(s), SdkError::ServiceError(_)) => StoreError::from_response(op, key, s, &code, &message),
+        // A successful answer the SDK cannot parse (a listing with a key XML cannot carry, a
+        // server that is not S3): the same bytes come back on a retry, so it is not retried.
+        // A body cut off on the way is a transport failure, retried.
+        (Some(s), SdkError::ResponseError(_)) if (200..300).contains(&s) => {
+            let message = aws_smithy_types::error::display::DisplayErrorContext(&e).to_string();
+            if message.to_ascii_lowercase().contains("xml") {
+                StoreError::Client {
+                    op,
+                    key: key.to_string(),
+                    status: s,
+                    code: "UnreadableResponse".into(),
+                    message,
+                }
+            } else {
+                StoreError::Transport {
+                    op,
+                    key: key.to_string(),
+                    message,
+                }
+            }
         }
+        (Some(s), SdkError::ResponseError(_)) => StoreError::from_response(op, key, s, &code, &message),
         (_, SdkError::ConstructionFailure(_)) => StoreError::Client {
             op,
             key: key.to_string(),
@@ -144,6 +164,32 @@ where
             message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
         },
     }
+}
+
+/// Decodes a key of a listing asked for with `encoding-type=url`: `%XX` escapes, and `+` for
+/// a space (S3 writes a space so; a `+` itself comes as `%2B`). Bytes that do not make UTF-8
+/// are replaced (such a key cannot be a path of the layout anyway).
+fn url_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Status of a raw HTTP response, whatever its type.
@@ -345,15 +391,20 @@ impl ObjectStore for AwsStore {
             .set_delimiter(delimiter.map(str::to_string))
             .set_continuation_token(token.map(str::to_string))
             .set_max_keys(max_keys)
+            // Keys come URL-encoded: a key with a character XML 1.0 cannot carry (a control
+            // character) would otherwise make the whole page unreadable.
+            .encoding_type(aws_sdk_s3::types::EncodingType::Url)
             .send()
             .await
             .map_err(|e| map_err("list", prefix, e))?;
+        let url = r.encoding_type().is_some();
+        let decode = |s: &str| if url { url_decode(s) } else { s.to_string() };
         Ok(ListPage {
             objects: r
                 .contents()
                 .iter()
                 .map(|o| ObjectMeta {
-                    key: o.key().unwrap_or("").to_string(),
+                    key: decode(o.key().unwrap_or("")),
                     size: o.size().unwrap_or(0).max(0) as u64,
                     last_modified: to_system_time(o.last_modified()),
                     etag: o.e_tag().map(str::to_string),
@@ -363,7 +414,7 @@ impl ObjectStore for AwsStore {
             common_prefixes: r
                 .common_prefixes()
                 .iter()
-                .filter_map(|p| p.prefix().map(str::to_string))
+                .filter_map(|p| p.prefix().map(decode))
                 .collect(),
             next_token: if r.is_truncated().unwrap_or(false) {
                 r.next_continuation_token().map(str::to_string)
@@ -549,6 +600,13 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn listed_keys_are_url_decoded() {
+        assert_eq!(url_decode("2017/a%01b+c%2Bd%25%C3%A9.txt"), "2017/a\u{1}b c+d%é.txt");
+        assert_eq!(url_decode("50%"), "50%", "a cut escape stays as it is");
+        assert_eq!(url_decode("%zz%4"), "%zz%4");
+    }
 
     #[test]
     fn copy_source_is_percent_encoded() {
