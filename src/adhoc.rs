@@ -147,7 +147,7 @@ impl Bucket {
     /// Copies bucket file `path` to local `dest`, with its mode and mtime when stored.
     async fn download(&self, path: &RelPath, info: &EntryInfo, dest: &Path) -> Result<(), String> {
         let mut file = std::fs::File::create(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
-        self.read_to(path, &info, &mut file).await?;
+        self.read_to(path, info, &mut file).await?;
         if let Some(mode) = info.posix.mode {
             use std::os::unix::fs::PermissionsExt;
             let _ = file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777));

@@ -57,7 +57,19 @@ pub fn run_migrate(a: crate::cli::MigrateArgs) -> Result<(), String> {
         };
         let to_found = mount::read_descriptor(c.store.as_ref(), &to_root).await?;
         let (from_n, to_n) = if from_root == to_root {
-            let from_n = a.from_prefix_count.unwrap_or(1);
+            // The root's descriptor names the layout being left, unless it already names
+            // the one asked for (a migration resumed after its verification wrote it).
+            let from_n = match (to_found, a.from_prefix_count) {
+                (Some(n), _) if a.to_prefix_count == Some(n) => a.from_prefix_count.unwrap_or(1),
+                (Some(n), Some(f)) if f != n => {
+                    return Err(format!(
+                        "--from-prefix-count {f} disagrees with the layout's descriptor at {}: it has {n} prefixes, and its keys would be taken for paths",
+                        a.from
+                    ));
+                }
+                (Some(n), _) => n,
+                (None, f) => f.unwrap_or(1),
+            };
             let to_n = match (to_found, a.to_prefix_count) {
                 (_, Some(f)) => f,
                 (Some(n), None) if n != from_n => n,

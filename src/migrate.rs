@@ -108,6 +108,7 @@ pub async fn migrate(
     report.objects = items.len() as u64;
     report.bytes = items.iter().map(|i| i.size).sum();
     let (done, todo) = sort_out(store.as_ref(), &present, items, opts).await?;
+    refuse_collisions(&todo, &present, from.root() == to.root())?;
     report.present = done.len() as u64;
     let todo = interleave(todo, to.prefix_count());
     report.copied = todo.len() as u64;
@@ -170,6 +171,29 @@ pub async fn migrate(
         progress.done();
     }
     Ok(report)
+}
+
+/// In place (or with nested roots), an object's new key can be another object's key of the
+/// source layout (the plain `0/name0.txt` is where `name0.txt` goes under prefix `0`): the
+/// copy would overwrite an object not yet carried over. In place, a key of the new layout's
+/// shape is taken for an earlier run's copy, so one that holds something else than its
+/// source (`todo` with its key `present`) is such a clash. Refused before anything is
+/// written: move that object aside first.
+fn refuse_collisions(todo: &[Item], present: &HashMap<String, ObjectMeta>, in_place: bool) -> Result<(), String> {
+    let sources: std::collections::HashSet<&str> = todo.iter().map(|i| i.src.as_str()).collect();
+    let clashes: Vec<&Item> = todo
+        .iter()
+        .filter(|i| i.dst != i.src && (sources.contains(i.dst.as_str()) || (in_place && present.contains_key(&i.dst))))
+        .collect();
+    match clashes.first() {
+        None => Ok(()),
+        Some(first) => Err(format!(
+            "{} objects would be copied onto keys that other source objects hold (first: {} would overwrite {}); nothing was written. Migrate to another root instead",
+            clashes.len(),
+            crate::layout::escape_controls(&first.src),
+            crate::layout::escape_controls(&first.dst)
+        )),
+    }
 }
 
 /// [`plan`], and what the destination holds (by key), listed at the same time.
@@ -518,6 +542,7 @@ impl Progress for Bar {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     #[tokio::test]
     async fn the_source_and_the_destination_are_listed_at_the_same_time() {
@@ -538,6 +563,68 @@ mod tests {
             .await
             .expect("the destination is listed while the source's listing is out");
         assert!(surveyed.is_ok());
+    }
+
+    /// Issue 21, 2: a writer overwrites a source key between the verification listing and
+    /// the deletes. Its object stays (and is reported); the others are deleted.
+    #[tokio::test]
+    async fn a_source_written_after_verification_is_not_deleted() {
+        use crate::store::memory::MemoryStore;
+        let mem = Arc::new(MemoryStore::new());
+        for k in ["plain/d/1", "plain/d/2", "plain/d/3"] {
+            mem.put(k, Bytes::from_static(b"old"), &UserMeta::new()).await.unwrap();
+        }
+        let store: Arc<dyn ObjectStore> = mem.clone();
+        let (from, to) = (Layout::new("plain", 1).unwrap(), Layout::new("hashed", 4).unwrap());
+        let deletes = mem.hold("delete_objects", "plain/d/");
+        let opts = Options {
+            delete_source: true,
+            ..Options::default()
+        };
+        let quiet = Lines::new(Duration::from_secs(3600));
+        let run = migrate(store, &from, &to, &opts, &quiet);
+        let writer = async {
+            deletes.arrivals(1).await;
+            mem.put("plain/d/2", Bytes::from_static(b"new"), &UserMeta::new())
+                .await
+                .unwrap();
+            deletes.release(100);
+        };
+        let report = tokio::join!(run, writer).0.expect("migrate");
+        assert_eq!(report.deleted, 2);
+        assert_eq!(report.kept, ["plain/d/2"]);
+        assert_eq!(&mem.get("plain/d/2", None, None).await.unwrap()[..], b"new");
+        assert!(mem.head("plain/d/1").await.unwrap_err().is_not_found());
+    }
+
+    /// Issue 21, 5: in place, a plain key can be another key's new key; nothing is written.
+    #[tokio::test]
+    async fn an_in_place_migration_that_would_overwrite_a_source_key_is_refused() {
+        use crate::store::memory::MemoryStore;
+        let (from, to) = (Layout::new("r", 1).unwrap(), Layout::new("r", 16).unwrap());
+        let name = (0..100)
+            .map(|i| format!("name{i}.txt"))
+            .find(|n| to.prefix_index(&RelPath::parse(n).unwrap()) == 0)
+            .unwrap();
+        let new_key = to.file_key(&RelPath::parse(&name).unwrap()).unwrap();
+        let mem = Arc::new(MemoryStore::new());
+        mem.put(&format!("r/{name}"), Bytes::from_static(b"a"), &UserMeta::new())
+            .await
+            .unwrap();
+        mem.put(
+            &new_key,
+            Bytes::from_static(b"plain file in a directory 0"),
+            &UserMeta::new(),
+        )
+        .await
+        .unwrap();
+        let before = mem.keys();
+        let quiet = Lines::new(Duration::from_secs(3600));
+        let e = migrate(mem.clone(), &from, &to, &Options::default(), &quiet)
+            .await
+            .unwrap_err();
+        assert!(e.contains("would overwrite"), "{e}");
+        assert_eq!(mem.keys(), before, "nothing written");
     }
 
     #[test]

@@ -71,25 +71,65 @@ impl Namespace {
     /// version this mount knows (`info.etag`) is copied only from and onto that version: if
     /// another client replaced it meanwhile, their object stays and this fails (ESTALE).
     pub async fn set_metadata(&self, path: &RelPath, info: &EntryInfo, posix: &Posix) -> FsResult<()> {
-        if info.kind == Kind::Dir {
-            let key = self.layout.dir_marker_key(path)?;
-            self.store.put(&key, Bytes::new(), &posix.to_meta()).await?;
-            return Ok(());
-        }
-        let key = self.layout.file_key(path)?;
-        let meta = posix.to_meta();
-        let same = info.version().map(|e| WriteIf::Matches(e.to_string()));
-        let copy = CopySpec::new(&key, &key)
-            .from_version(info.version())
-            .only_if(same.as_ref())
-            .with_meta(Some(&meta));
-        match self.copy_object(&copy, info.size).await {
+        let r = if info.kind == Kind::Dir {
+            self.set_marker_metadata(&self.layout.dir_marker_key(path)?, posix)
+                .await
+        } else {
+            let key = self.layout.file_key(path)?;
+            self.replace_posix_meta(&key, posix, info.version()).await
+        };
+        match r {
             Err(StoreError::PreconditionFailed { .. }) => {
                 self.cache.forget(path);
                 Err(replaced_elsewhere(path))
             }
             r => Ok(r?),
         }
+    }
+
+    /// Stores `posix` in the object at `key` by a copy onto itself, keeping everything the
+    /// mount does not own: other tools' user metadata (s3fs's `xattr`, another client's
+    /// keys), Content-Type and the other standard headers, the storage class (tags are
+    /// copied by S3 itself). One HEAD says what they are and which version is there; the
+    /// copy names that version, so a write by someone else in between fails it
+    /// (PreconditionFailed) instead of being replaced. `expect`: the version this mount
+    /// believes is there, when it knows one: another one fails the same way.
+    pub async fn replace_posix_meta(&self, key: &str, posix: &Posix, expect: Option<&str>) -> StoreResult<()> {
+        let head = self.store.head(key).await?;
+        let now = head.etag.as_deref();
+        if let (Some(want), Some(now)) = (expect, now)
+            && want.trim_matches('"') != now.trim_matches('"')
+        {
+            return Err(StoreError::PreconditionFailed {
+                op: "copy",
+                key: key.to_string(),
+            });
+        }
+        let meta = merged_meta(head.user_meta, posix);
+        let same = now.map(|e| WriteIf::Matches(e.to_string()));
+        let copy = CopySpec::new(key, key)
+            .from_version(now)
+            .only_if(same.as_ref())
+            .with_meta(Some(&meta))
+            .with_headers(Some(&head.headers));
+        self.copy_object(&copy, head.size).await
+    }
+
+    /// A directory's metadata: its marker PUT anew with the other user metadata it held,
+    /// only over the version the HEAD saw (made fresh where there is none).
+    async fn set_marker_metadata(&self, key: &str, posix: &Posix) -> StoreResult<()> {
+        match self.store.head(key).await {
+            Ok(head) => {
+                let cond = head.etag.map(WriteIf::Matches);
+                let meta = merged_meta(head.user_meta, posix);
+                self.store.put_if(key, Bytes::new(), &meta, cond.as_ref()).await?;
+            }
+            Err(e) if e.is_not_found() => {
+                self.store.put(key, Bytes::new(), &posix.to_meta()).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(())
     }
 
     /// Copies an object inside S3 as `c` says (its versions, its metadata: `c.meta`, else the
@@ -389,4 +429,13 @@ fn replaced_elsewhere(path: &RelPath) -> FsError {
         libc::ESTALE,
         format!("{path}: replaced by another client meanwhile; their version stays"),
     )
+}
+
+/// An object's user metadata with the POSIX keys the mount owns replaced by `posix`'s.
+fn merged_meta(mut meta: UserMeta, posix: &Posix) -> UserMeta {
+    for k in Posix::OWNED_KEYS {
+        meta.remove(*k);
+    }
+    meta.extend(posix.to_meta());
+    meta
 }

@@ -427,9 +427,8 @@ impl OpenFiles {
         // The version now in S3, when known (a single PUT's ETag), for the cache.
         let mut etag: Option<String> = None;
         let update_meta = || async {
-            let size = shared.size.load(Ordering::Relaxed);
             self.ns
-                .copy_object(&CopySpec::new(&key, &key).with_meta(Some(&meta)), size)
+                .replace_posix_meta(&key, &posix, None)
                 .await
                 .map_err(|e| store_err(path, "metadata update", e))
         };

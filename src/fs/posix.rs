@@ -40,6 +40,10 @@ impl Posix {
         }
     }
 
+    /// The user metadata keys [`Posix::to_meta`] writes: the mount's own; every other key of
+    /// an object belongs to someone else and is kept.
+    pub const OWNED_KEYS: &[&str] = &["mode", "uid", "gid", "mtime", "mtime-ns"];
+
     pub fn to_meta(&self) -> UserMeta {
         let mut m = UserMeta::new();
         if let Some(mode) = self.mode {

@@ -235,6 +235,14 @@ impl ObjectStore for AwsStore {
                 .metadata()
                 .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
                 .unwrap_or_default(),
+            headers: super::Headers {
+                content_type: r.content_type().map(str::to_string),
+                content_encoding: r.content_encoding().map(str::to_string),
+                cache_control: r.cache_control().map(str::to_string),
+                content_disposition: r.content_disposition().map(str::to_string),
+                content_language: r.content_language().map(str::to_string),
+                storage_class: r.storage_class().map(|s| s.as_str().to_string()),
+            },
         })
     }
 
@@ -409,6 +417,7 @@ impl ObjectStore for AwsStore {
                     last_modified: to_system_time(o.last_modified()),
                     etag: o.e_tag().map(str::to_string),
                     user_meta: UserMeta::new(),
+                    headers: Default::default(),
                 })
                 .collect(),
             common_prefixes: r
@@ -442,6 +451,15 @@ impl ObjectStore for AwsStore {
             req = req.metadata_directive(aws_sdk_s3::types::MetadataDirective::Replace);
             for (k, v) in meta {
                 req = req.metadata(k, v);
+            }
+            if let Some(h) = c.headers {
+                req = req
+                    .set_content_type(h.content_type.clone())
+                    .set_content_encoding(h.content_encoding.clone())
+                    .set_cache_control(h.cache_control.clone())
+                    .set_content_disposition(h.content_disposition.clone())
+                    .set_content_language(h.content_language.clone())
+                    .set_storage_class(h.storage_class.as_deref().map(aws_sdk_s3::types::StorageClass::from));
             }
         }
         req.send().await.map_err(|e| map_err("copy", src, e))?;

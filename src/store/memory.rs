@@ -204,8 +204,16 @@ impl MemoryStore {
             last_modified: SystemTime::now(),
             etag: Some(etag),
             user_meta: meta.clone(),
+            headers: Default::default(),
         };
         self.lock().insert(key.to_string(), (body, m));
+    }
+
+    /// Gives the object at `key` these standard headers (as another client's PUT would).
+    pub fn set_headers(&self, key: &str, headers: super::Headers) {
+        if let Some((_, m)) = self.lock().get_mut(key) {
+            m.headers = headers;
+        }
     }
 }
 
@@ -432,6 +440,12 @@ impl ObjectStore for MemoryStore {
         // A copy keeps the source's ETag (a multipart one too), as S3 does.
         let etag = old.etag.clone().unwrap_or_else(|| hex::encode(Md5::digest(&body)));
         self.insert_tagged(c.dst, body, c.meta.unwrap_or(&old.user_meta), etag);
+        // REPLACE keeps only the headers it sends; COPY keeps the source's.
+        let headers = match c.meta {
+            Some(_) => c.headers.cloned().unwrap_or_default(),
+            None => old.headers,
+        };
+        self.set_headers(c.dst, headers);
         Ok(())
     }
 

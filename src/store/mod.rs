@@ -230,6 +230,21 @@ pub struct ObjectMeta {
     pub last_modified: SystemTime,
     pub etag: Option<String>,
     pub user_meta: UserMeta,
+    /// The object's standard headers (HEAD only; a listing has none).
+    pub headers: Headers,
+}
+
+/// The standard headers an object keeps that the mount does not own: a copy that replaces
+/// the user metadata (a chmod, a touch) must send them again, or S3 drops them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Headers {
+    pub content_type: Option<String>,
+    pub content_encoding: Option<String>,
+    pub cache_control: Option<String>,
+    pub content_disposition: Option<String>,
+    pub content_language: Option<String>,
+    /// Absent for STANDARD (S3 leaves the header out then).
+    pub storage_class: Option<String>,
 }
 
 /// A condition S3 checks before a write (conditional writes, 2024): the write fails with
@@ -278,6 +293,8 @@ pub struct CopySpec<'a> {
     pub dst_if: Option<&'a WriteIf>,
     /// Replace the metadata with this (`REPLACE`); else it is copied with the object.
     pub meta: Option<&'a UserMeta>,
+    /// With `meta`: the standard headers to keep (S3 drops what a REPLACE does not send).
+    pub headers: Option<&'a Headers>,
 }
 
 impl<'a> CopySpec<'a> {
@@ -289,7 +306,13 @@ impl<'a> CopySpec<'a> {
             src_etag: None,
             dst_if: None,
             meta: None,
+            headers: None,
         }
+    }
+
+    pub fn with_headers(mut self, headers: Option<&'a Headers>) -> Self {
+        self.headers = headers;
+        self
     }
 
     pub fn from_version(mut self, etag: Option<&'a str>) -> Self {

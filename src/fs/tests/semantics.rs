@@ -596,3 +596,52 @@ async fn a_directory_holding_only_a_file_being_written_is_not_replaced_by_a_rena
     r.core.release(fh).await.unwrap();
     assert_eq!(r.list(to).await.len(), 3, "to/test is still there");
 }
+
+/// Issue 21, 8: chmod, chown and touch of a closed file (a copy onto itself) keep what the
+/// mount does not own: other clients' user metadata (s3fs's xattrs), Content-Type and the
+/// other standard headers; a directory marker keeps its foreign metadata too.
+#[tokio::test]
+async fn metadata_changes_keep_what_other_clients_stored() {
+    use crate::store::Headers;
+    let r = rig();
+    let key = r.layout.file_key(&RelPath::parse("page.html").unwrap()).unwrap();
+    let foreign = UserMeta::from([
+        ("foreign".to_string(), "keepme".to_string()),
+        ("xattr".to_string(), "%7B%22user.a%22%3A%22MQ%3D%3D%22%7D".to_string()),
+    ]);
+    r.mem()
+        .put(&key, Bytes::from_static(b"<p>hi</p>"), &foreign)
+        .await
+        .unwrap();
+    let headers = Headers {
+        content_type: Some("text/html".into()),
+        cache_control: Some("max-age=60".into()),
+        storage_class: Some("STANDARD_IA".into()),
+        ..Default::default()
+    };
+    r.mem().set_headers(&key, headers.clone());
+    let marker = r.layout.dir_marker_key(&RelPath::parse("d").unwrap()).unwrap();
+    r.mem().put(&marker, Bytes::new(), &foreign).await.unwrap();
+    for (path, ino) in [("page.html", r.ino("page.html").await), ("d", r.ino("d").await)] {
+        let changes = AttrChanges {
+            mode: Some(0o600),
+            uid: Some(1000),
+            mtime: Some(std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_600_000_000)),
+            ..Default::default()
+        };
+        r.core
+            .setattr(ino, changes)
+            .await
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    let head = r.mem().head(&key).await.unwrap();
+    assert_eq!(head.user_meta.get("foreign").map(String::as_str), Some("keepme"));
+    assert!(head.user_meta.contains_key("xattr"));
+    assert_eq!(head.user_meta.get("mode").map(String::as_str), Some("33152"));
+    assert_eq!(head.user_meta.get("uid").map(String::as_str), Some("1000"));
+    assert_eq!(head.user_meta.get("mtime").map(String::as_str), Some("1600000000"));
+    assert_eq!(head.headers, headers);
+    let head = r.mem().head(&marker).await.unwrap();
+    assert_eq!(head.user_meta.get("foreign").map(String::as_str), Some("keepme"));
+    assert_eq!(head.user_meta.get("uid").map(String::as_str), Some("1000"));
+}
