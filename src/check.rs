@@ -188,7 +188,7 @@ pub async fn repair(store: &dyn ObjectStore, layout: &Layout, inv: &Inventory, j
                     .from_version(etag)
                     .only_if(Some(&WriteIf::Absent));
                 match store.copy(&copy).await {
-                    Ok(()) => {}
+                    Ok(_) => {}
                     // The right key was written meanwhile, or the misplaced key changed: both
                     // stay, reported.
                     Err(StoreError::PreconditionFailed { .. }) => return Ok(Err(wrong)),
@@ -263,5 +263,42 @@ mod tests {
         assert!(again.misplaced.is_empty());
         assert_eq!(again.objects(), 2);
         assert_eq!(again.foreign.len(), 4, "foreign keys are never touched");
+    }
+
+    /// Issue 21, 4: a mount writes the right key after repair's HEAD found it free; the
+    /// repair's copy (If-None-Match) is refused, the mount's file stays, and the misplaced
+    /// key is reported, not deleted.
+    #[tokio::test]
+    async fn a_repair_never_overwrites_a_file_written_after_its_check() {
+        let layout = Layout::new("data", 16).unwrap();
+        let s = MemoryStore::new();
+        let right = layout.file_key(&RelPath::parse("2017/b.txt").unwrap()).unwrap();
+        let wrong_prefix = if right.starts_with("data/0/") { "1" } else { "0" };
+        let misplaced = format!("data/{wrong_prefix}/2017/b.txt");
+        s.put(&misplaced, Bytes::from_static(b"old"), &Default::default())
+            .await
+            .unwrap();
+        let inv = scan(&s, &layout, 4).await.unwrap();
+        let copies = s.hold("copy", &right);
+        let mount = async {
+            copies.arrivals(1).await;
+            s.put(&right, Bytes::from_static(b"written by a mount"), &Default::default())
+                .await
+                .unwrap();
+            copies.release(10);
+        };
+        let r = tokio::join!(repair(&s, &layout, &inv, 4), mount).0.unwrap();
+        assert_eq!(
+            r,
+            Repair {
+                moved: 0,
+                conflicts: vec![misplaced.clone()]
+            }
+        );
+        assert_eq!(
+            s.get(&right, None, None).await.unwrap(),
+            Bytes::from_static(b"written by a mount")
+        );
+        assert_eq!(s.get(&misplaced, None, None).await.unwrap(), Bytes::from_static(b"old"));
     }
 }

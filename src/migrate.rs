@@ -352,7 +352,7 @@ fn interleave(items: Vec<Item>, prefixes: u32) -> Vec<Item> {
 async fn copy(store: &Arc<dyn ObjectStore>, item: &Item, opts: &Options) -> Result<(), String> {
     if item.size <= opts.copy_object_max {
         let c = CopySpec::new(&item.src, &item.dst).from_version(item.etag.as_deref());
-        return store.copy(&c).await.map_err(|e| e.to_string());
+        return store.copy(&c).await.map(|_| ()).map_err(|e| e.to_string());
     }
     let head = store.head(&item.src).await.map_err(|e| e.to_string())?;
     let mut meta: UserMeta = head.user_meta.clone();

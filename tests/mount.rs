@@ -23,7 +23,50 @@ on_every_backend!(
     cp_r_of_a_tree_sends_no_listing_per_file,
     ls_l_with_a_trusted_listing_sends_lists_only,
     a_key_with_a_control_character_is_listed_like_any_other,
+    a_replaced_name_always_shows_a_file_and_an_unlinked_open_file_stays_readable,
 );
+
+/// Issue 21, 9 and 10: while `mv f.tmp f` replaces `f` again and again (as editors and
+/// `os.replace` do), a reader of `f` always finds a file, as on a local disk; and a file
+/// unlinked while open for reading is still read and `fstat`ed through its descriptor, and
+/// leaves the bucket at its last close.
+fn a_replaced_name_always_shows_a_file_and_an_unlinked_open_file_stays_readable(env: Env) {
+    let mut m = env.mount(16, &[]);
+    // Each read: a whole version (`vN`), or ESTALE when the version it opened was replaced
+    // before it read (S3 keeps no old version to finish with); never no file, never a mix.
+    let out = m.ok("echo v0 > f
+         (for i in $(seq 100); do echo v$i > f.tmp; mv f.tmp f; done) &
+         whole=0; stale=0; missing=0; other=''
+         while kill -0 $! 2>/dev/null; do
+           if out=$(cat f 2>&1); then
+             if [[ $out =~ ^v[0-9]+$ ]]; then whole=$((whole+1)); else other=\"$other|$out\"; fi
+           elif [[ $out == *'No such file'* ]]; then missing=$((missing+1));
+           elif [[ $out == *'Stale file handle'* ]]; then stale=$((stale+1));
+           else other=\"$other|$out\"; fi
+         done
+         wait; cat f; echo \"missing $missing other [$other] whole $whole stale $stale\"");
+    let (last, counts) = out.split_once('\n').unwrap();
+    assert_eq!(last, "v100");
+    assert!(counts.starts_with("missing 0 other [] whole "), "{counts}");
+    eprintln!("readers during 100 replacements: {counts}");
+    let script = r#"
+import os
+with open('g', 'w') as w:
+    w.write('kept data\n')
+fd = os.open('g', os.O_RDONLY)
+os.unlink('g')
+print(os.path.exists('g'), os.fstat(fd).st_size, os.pread(fd, 100, 0).decode().strip())
+os.close(fd)
+"#;
+    std::fs::write(env.dir.path().join("unlinked.py"), script).unwrap();
+    let out = m.ok(&format!(
+        "python3 {}; sync .",
+        env.dir.path().join("unlinked.py").display()
+    ));
+    assert_eq!(out, "False 10 kept data\n");
+    let g = env.layout(16).file_key(&RelPath::parse("g").unwrap()).unwrap();
+    assert!(!env.data_keys().contains(&g), "deleted at the last close");
+}
 
 /// Issue 21, 11: one key with a control character (which XML 1.0 cannot carry) made its
 /// directory unreadable everywhere. Listings ask for URL-encoded keys and decode them.

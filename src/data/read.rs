@@ -136,6 +136,8 @@ pub struct ObjectReads {
     /// The version read (its ETag), when known: every GET names it (`If-Match`), so a
     /// reader gets bytes of one version or PreconditionFailed, never a mix.
     etag: Option<String>,
+    /// Some bytes were handed to a reader: from then on these reads stay on this version.
+    served: std::sync::atomic::AtomicBool,
     cfg: ReadConfig,
     budget: ReadBudget,
     state: Mutex<State>,
@@ -147,13 +149,23 @@ struct State {
     tick: u64,
 }
 
+impl Drop for ObjectReads {
+    fn drop(&mut self) {
+        self.store.unpin(&self.key);
+    }
+}
+
 impl ObjectReads {
+    /// Reads of `key`, pinned in `store` while they exist ([`ObjectStore::pin`]): an unlink
+    /// meanwhile leaves the object in S3 until the last reader is gone.
     pub fn new(store: Arc<dyn ObjectStore>, key: String, size: u64, cfg: ReadConfig, budget: ReadBudget) -> Self {
+        store.pin(&key);
         ObjectReads {
             store,
             key,
             size,
             etag: None,
+            served: Default::default(),
             cfg,
             budget,
             state: Mutex::new(State::default()),
@@ -174,7 +186,20 @@ impl ObjectReads {
         self.etag.as_deref()
     }
 
+    /// Whether any byte was handed out yet (see [`ObjectReads::read`]).
+    pub fn served(&self) -> bool {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub async fn read(&self, offset: u64, len: usize) -> StoreResult<Bytes> {
+        let r = self.read_range(offset, len).await;
+        if r.as_ref().is_ok_and(|b| !b.is_empty()) {
+            self.served.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        r
+    }
+
+    async fn read_range(&self, offset: u64, len: usize) -> StoreResult<Bytes> {
         let end = offset.saturating_add(len as u64).min(self.size);
         if offset >= end {
             return Ok(Bytes::new());

@@ -110,6 +110,9 @@ impl Core {
             return self.getattr(ino).await;
         }
         let mut new_size = info.size;
+        // The object is a new version now: its ETag when S3 said it, else none (what acts on
+        // it next names no version until a HEAD or a listing says which).
+        let mut etag = None;
         match changes.size {
             Some(size) if size != info.size && info.kind == Kind::File => {
                 if changes.mtime.is_none() {
@@ -118,17 +121,12 @@ impl Core {
                 self.files.truncate_closed(&path, info.size, size, &posix).await?;
                 new_size = size;
             }
-            _ if meta_change => self.ns.set_metadata(&path, &info, &posix).await?,
+            _ if meta_change => etag = self.ns.set_metadata(&path, &info, &posix).await?,
             _ => {}
         }
-        // The object is a new version now, whose ETag this mount was not told: what acts on
-        // it next names no version until a HEAD or a listing says which.
-        let new_info = EntryInfo {
-            size: new_size,
-            etag: None,
-            ..info
-        }
-        .with_posix(posix);
+        let new_info = EntryInfo { size: new_size, ..info }
+            .with_posix(posix)
+            .with_etag(etag.as_deref());
         self.cache.upsert(&path, new_info);
         self.attributes_changed(ino);
         Ok(self.attr(ino, new_info))

@@ -70,10 +70,12 @@ impl Namespace {
     /// (a copy of the object onto itself) or a directory (its marker PUT anew). A file whose
     /// version this mount knows (`info.etag`) is copied only from and onto that version: if
     /// another client replaced it meanwhile, their object stays and this fails (ESTALE).
-    pub async fn set_metadata(&self, path: &RelPath, info: &EntryInfo, posix: &Posix) -> FsResult<()> {
+    /// Returns the new version's ETag when S3 said it.
+    pub async fn set_metadata(&self, path: &RelPath, info: &EntryInfo, posix: &Posix) -> FsResult<Option<String>> {
         let r = if info.kind == Kind::Dir {
             self.set_marker_metadata(&self.layout.dir_marker_key(path)?, posix)
                 .await
+                .map(|()| None)
         } else {
             let key = self.layout.file_key(path)?;
             self.replace_posix_meta(&key, posix, info.version()).await
@@ -94,7 +96,12 @@ impl Namespace {
     /// copy names that version, so a write by someone else in between fails it
     /// (PreconditionFailed) instead of being replaced. `expect`: the version this mount
     /// believes is there, when it knows one: another one fails the same way.
-    pub async fn replace_posix_meta(&self, key: &str, posix: &Posix, expect: Option<&str>) -> StoreResult<()> {
+    pub async fn replace_posix_meta(
+        &self,
+        key: &str,
+        posix: &Posix,
+        expect: Option<&str>,
+    ) -> StoreResult<Option<String>> {
         let head = self.store.head(key).await?;
         let now = head.etag.as_deref();
         if let (Some(want), Some(now)) = (expect, now)
@@ -135,7 +142,7 @@ impl Namespace {
     /// Copies an object inside S3 as `c` says (its versions, its metadata: `c.meta`, else the
     /// source's), `size` bytes as this mount knows it: one CopyObject, or part by part above
     /// CopyObject's limit (5 GiB).
-    pub async fn copy_object(&self, c: &CopySpec<'_>, size: u64) -> StoreResult<()> {
+    pub async fn copy_object(&self, c: &CopySpec<'_>, size: u64) -> StoreResult<Option<String>> {
         crate::store::copy::copy_object(self.store.as_ref(), c, size, &self.cfg.copy).await
     }
 
@@ -257,13 +264,20 @@ impl Namespace {
     /// meanwhile is neither copied nor deleted (ESTALE). With `noreplace` (`mv -n`) the copy
     /// lands only where nothing is (`If-None-Match: *`): a target created elsewhere after
     /// [`Namespace::check_rename`] looked fails it with EEXIST.
-    pub async fn move_object(&self, from: &RelPath, to: &RelPath, src: &EntryInfo, noreplace: bool) -> FsResult<()> {
+    /// Returns the moved object's ETag when S3 said it.
+    pub async fn move_object(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        src: &EntryInfo,
+        noreplace: bool,
+    ) -> FsResult<Option<String>> {
         let (sk, dk) = (self.layout.file_key(from)?, self.layout.file_key(to)?);
         let absent = noreplace.then_some(WriteIf::Absent);
         let copy = CopySpec::new(&sk, &dk)
             .from_version(src.version())
             .only_if(absent.as_ref());
-        match self.copy_object(&copy, src.size).await {
+        let etag = match self.copy_object(&copy, src.size).await {
             Err(StoreError::PreconditionFailed { .. }) => {
                 if noreplace && self.stat_fresh(to).await?.is_some() {
                     return Err(FsError::new(libc::EEXIST, format!("{to}: exists (created elsewhere)")));
@@ -272,9 +286,12 @@ impl Namespace {
                 return Err(replaced_elsewhere(from));
             }
             r => r?,
-        }
+        };
+        // `to` holds the new version from here on: readers that open it now pin that one.
+        self.cache.upsert(to, src.with_etag(etag.as_deref()));
         self.delete_keys(vec![DeleteTarget::version(sk, src.version().map(str::to_string))])
-            .await
+            .await?;
+        Ok(etag)
     }
 
     /// Copies every object below `from` to its key below `to` (in parallel, interleaved
@@ -317,7 +334,7 @@ impl Namespace {
                         .copy_object(&CopySpec::new(src, &dst).from_version(etag), size)
                         .await
                     {
-                        Ok(()) => Ok(dst),
+                        Ok(_) => Ok(dst),
                         Err(e) => Err(e.to_string()),
                     }
                 }

@@ -94,7 +94,8 @@ pub(super) struct OpenFiles {
     staging_dir: PathBuf,
     /// The reads of each file open for reading (shared by its handles), and the mount's
     /// read-ahead budget.
-    reads: Mutex<HashMap<u64, Weak<ObjectReads>>>,
+    /// With what the file was when opened, for `fstat` once its name is gone.
+    reads: Mutex<HashMap<u64, (Weak<ObjectReads>, EntryInfo)>>,
     read_budget: ReadBudget,
 }
 
@@ -241,13 +242,21 @@ impl OpenFiles {
         )
     }
 
+    /// What `ino` was when it was opened for reading, while a reader still has it open.
+    pub(super) fn read_info(&self, ino: u64) -> Option<EntryInfo> {
+        lock(&self.reads)
+            .get(&ino)
+            .filter(|r| r.0.strong_count() > 0)
+            .map(|r| r.1)
+    }
+
     /// The reads of `ino`'s object as it is now: shared with the file's other readers while
     /// they read the same version.
     pub(super) fn object_reads(&self, ino: u64, path: &RelPath, info: &EntryInfo) -> FsResult<Arc<ObjectReads>> {
         let size = info.size;
         let mut reads = lock(&self.reads);
-        reads.retain(|_, r| r.strong_count() > 0);
-        if let Some(r) = reads.get(&ino).and_then(Weak::upgrade)
+        reads.retain(|_, r| r.0.strong_count() > 0);
+        if let Some(r) = reads.get(&ino).and_then(|r| r.0.upgrade())
             && r.size() == size
             && r.etag() == info.version()
         {
@@ -264,7 +273,7 @@ impl OpenFiles {
             )
             .pinned(info.version().map(str::to_string)),
         );
-        reads.insert(ino, Arc::downgrade(&r));
+        reads.insert(ino, (Arc::downgrade(&r), *info));
         Ok(r)
     }
 

@@ -128,14 +128,45 @@ impl Core {
         }
     }
 
+    /// The version `reader` opened was replaced before any of it was read (a rename over
+    /// the name, another client's write between `open` and the first `read`): when the new
+    /// version has the size the kernel was told, this handle reads it instead, whole. Else
+    /// (something was read already, or the size differs and the kernel would cut or pad
+    /// it) None: the read fails ESTALE rather than mix two versions.
+    async fn newer_version(&self, fh: u64, ino: u64, reader: &Arc<ObjectReads>) -> FsResult<Option<Arc<ObjectReads>>> {
+        if reader.served() {
+            return Ok(None);
+        }
+        let path = self.path_of(ino)?;
+        let Some(info) = self.ns.stat_fresh(&path).await? else {
+            return Ok(None);
+        };
+        if info.kind != Kind::File || info.size != reader.size() || info.etag.is_none() {
+            return Ok(None);
+        }
+        self.cache.upsert(&path, info);
+        let newer = self.files.object_reads(ino, &path, &info)?;
+        if let Some(Handle::File { reader: r, .. }) = lock(&self.handles).get_mut(&fh) {
+            *r = Some(newer.clone());
+        }
+        Ok(Some(newer))
+    }
+
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let (ino, reader) = self.handle_file(fh)?;
         if let Some(shared) = self.files.shared(ino) {
             let path = self.path_of(ino)?;
             return self.files.read(&path, &shared, offset, size).await;
         }
-        let reader = reader.ok_or_else(|| FsError::new(libc::EBADF, format!("file handle {fh} cannot read")))?;
-        match reader.read(offset, size as usize).await {
+        let mut reader = reader.ok_or_else(|| FsError::new(libc::EBADF, format!("file handle {fh} cannot read")))?;
+        let mut result = reader.read(offset, size as usize).await;
+        if matches!(result, Err(StoreError::PreconditionFailed { .. }))
+            && let Some(newer) = self.newer_version(fh, ino, &reader).await?
+        {
+            reader = newer;
+            result = reader.read(offset, size as usize).await;
+        }
+        match result {
             Ok(data) => Ok(data),
             // The version this handle reads was replaced by another client: its bytes are
             // gone from S3, and the new version's are not this file's (a torn read).

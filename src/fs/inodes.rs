@@ -164,20 +164,34 @@ impl Inodes {
     }
 
     /// Moves `from` (and everything below it) to `to`. An inode already at `to` loses its path.
-    pub fn rename(&mut self, from: &RelPath, to: &RelPath) {
+    /// `from` moved to `to`. The inode `to` named before is no longer reachable by name;
+    /// with `detach_replaced` (it is open for writing here) it is pointed nowhere, so its
+    /// last close cannot write over what was moved there. Otherwise it keeps `to` as its
+    /// path: a reader whose lookup found it just before the rename opens and reads what
+    /// `to` holds now (S3 keeps no old version to show), never ENOENT: the name shows the
+    /// old or the new file at every instant.
+    pub fn rename(&mut self, from: &RelPath, to: &RelPath, detach_replaced: bool) {
         if let Some(old) = self.by_path.remove(to)
+            && detach_replaced
             && let Some(i) = self.by_ino.get_mut(&old)
         {
-            // Still open perhaps, but no longer reachable by name.
             i.path = RelPath::parse(&format!(".prefixfs-unlinked-{old}")).unwrap_or_default();
         }
-        let moved: Vec<(u64, RelPath)> = self
+        // Only the inode a path names moves the name with it; one replaced earlier that still
+        // keeps the path (see above) follows without claiming it.
+        let moved: Vec<(u64, RelPath, bool)> = self
             .by_ino
             .iter()
             .filter(|(_, i)| i.path.starts_with(from) && !from.is_root())
-            .map(|(ino, i)| (*ino, i.path.rebase(from, to)))
+            .map(|(ino, i)| (*ino, i.path.rebase(from, to), self.by_path.get(&i.path) == Some(ino)))
             .collect();
-        for (ino, new_path) in moved {
+        for (ino, new_path, named) in moved {
+            if !named {
+                if let Some(i) = self.by_ino.get_mut(&ino) {
+                    i.path = new_path;
+                }
+                continue;
+            }
             if let Some(i) = self.by_ino.get_mut(&ino) {
                 self.by_path.remove(&i.path);
                 i.path = new_path.clone();
@@ -223,7 +237,7 @@ mod tests {
         let d = t.lookup(&p("d"), Kind::Dir);
         let f = t.lookup(&p("d/x/f"), Kind::File);
         let other = t.lookup(&p("dd/f"), Kind::File);
-        t.rename(&p("d"), &p("e/d2"));
+        t.rename(&p("d"), &p("e/d2"), true);
         assert_eq!(t.get(d).unwrap().path, p("e/d2"));
         assert_eq!(t.get(f).unwrap().path, p("e/d2/x/f"));
         assert_eq!(t.get(other).unwrap().path, p("dd/f"));

@@ -65,9 +65,21 @@ impl Core {
                 ..attr
             });
         }
-        let path = self.path_of(ino)?;
-        let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
-        Ok(self.attr(ino, info))
+        let unlinked = |ino| {
+            self.files.read_info(ino).map(|info| Attr {
+                nlink: 0,
+                ..self.attr(ino, info)
+            })
+        };
+        let path = match self.path_of(ino) {
+            Ok(p) => p,
+            Err(e) => return unlinked(ino).ok_or(e),
+        };
+        match self.stat(&path).await? {
+            Some(info) => Ok(self.attr(ino, info)),
+            // Unlinked while open for reading: what it was when opened, with no link left.
+            None => unlinked(ino).ok_or_else(|| FsError::not_found(&path)),
+        }
     }
 
     /// Opens a directory. A cached listing fills it at once; otherwise the listing is fetched
@@ -261,15 +273,17 @@ impl Core {
                     Some(ino) => self.files.rename_open_file(ino, &from, &to).await?,
                     None => false,
                 };
-                if !moved_open {
+                let etag = if moved_open {
+                    None
+                } else {
                     self.ns
                         .move_object(&from, &to, &src, flags & libc::RENAME_NOREPLACE != 0)
-                        .await?;
-                }
+                        .await?
+                };
                 self.cache.remove(&from);
                 // S3's LastModified changes with the copy; the POSIX mtime travels with it.
-                // The copy's ETag was not kept (a multipart source's changes).
-                self.cache.upsert(&to, EntryInfo { etag: None, ..src });
+                // The version is the copy's (its ETag, when S3 said it).
+                self.cache.upsert(&to, src.with_etag(etag.as_deref()));
             }
             Kind::Dir => {
                 let open = self.files.flush_open_under(&from).await?;
@@ -279,7 +293,9 @@ impl Core {
                 self.files.reanchor_moved(open, &from, &to).await?;
             }
         }
-        lock(&self.inodes).rename(&from, &to);
+        let replaced = lock(&self.inodes).find(&to);
+        let replaced_open = replaced.is_some_and(|ino| self.files.shared(ino).is_some());
+        lock(&self.inodes).rename(&from, &to, replaced_open);
         self.entry_changed(&from);
         self.entry_changed(&to);
         let moved = lock(&self.inodes).find(&to);

@@ -433,7 +433,7 @@ impl ObjectStore for AwsStore {
         })
     }
 
-    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()> {
+    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<Option<String>> {
         let (src, dst) = (c.src, c.dst);
         let mut req = self
             .client
@@ -462,8 +462,8 @@ impl ObjectStore for AwsStore {
                     .set_storage_class(h.storage_class.as_deref().map(aws_sdk_s3::types::StorageClass::from));
             }
         }
-        req.send().await.map_err(|e| map_err("copy", src, e))?;
-        Ok(())
+        let r = req.send().await.map_err(|e| map_err("copy", src, e))?;
+        Ok(r.copy_object_result().and_then(|c| c.e_tag()).map(str::to_string))
     }
 
     async fn upload_part_copy(

@@ -55,8 +55,14 @@ impl CopyLimits {
 /// `c.meta` is None): copying a stale size would cut the object short; a source that is no
 /// longer the version `c.src_etag` names fails it (PreconditionFailed), as CopyObject would.
 /// A CopyObject refused because the object grew past the limit (another host wrote it) goes
-/// part by part the same way.
-pub async fn copy_object(store: &dyn ObjectStore, c: &CopySpec<'_>, size: u64, limits: &CopyLimits) -> StoreResult<()> {
+/// part by part the same way. Returns the copy's ETag when S3 said it (CopyObject does; a
+/// multipart copy's completion is not asked).
+pub async fn copy_object(
+    store: &dyn ObjectStore,
+    c: &CopySpec<'_>,
+    size: u64,
+    limits: &CopyLimits,
+) -> StoreResult<Option<String>> {
     if size <= limits.object_max {
         match store.copy(c).await {
             Err(e) if e.is_copy_too_large() => {
@@ -79,7 +85,8 @@ pub async fn copy_object(store: &dyn ObjectStore, c: &CopySpec<'_>, size: u64, l
     if head.size <= limits.object_max {
         return store.copy(&c.from_version(etag).with_meta(Some(&meta))).await;
     }
-    copy_parts(store, &c.from_version(etag).with_meta(Some(&meta)), head.size, limits).await
+    copy_parts(store, &c.from_version(etag).with_meta(Some(&meta)), head.size, limits).await?;
+    Ok(None)
 }
 
 /// A multipart copy of the `size` bytes of `c.src` (every part only while the source still

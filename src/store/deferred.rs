@@ -60,6 +60,10 @@ struct Queue {
     /// Deletes held by writes of the key in flight (invariant 2): how many writes, and
     /// whether an unlink came after they started (then the delete goes out after them).
     held: HashMap<String, Held>,
+    /// Keys open for reading here (how many readers), and those of them unlinked meanwhile
+    /// ("parked": acknowledged, journalled and hidden, queued at the last reader's unpin).
+    pins: HashMap<String, u32>,
+    parked: HashSet<String>,
     last_error: Option<String>,
     retry_delay: Option<Duration>,
     retry_scheduled: bool,
@@ -86,7 +90,8 @@ impl Queue {
         let pending = self.queued_set.contains(key)
             || self.in_flight.contains(key)
             || self.failed.contains(key)
-            || self.held.contains_key(key);
+            || self.held.contains_key(key)
+            || self.parked.contains(key);
         if !pending {
             self.versions.remove(key);
             self.retried.remove(key);
@@ -331,7 +336,11 @@ impl DeferredDeletes {
 
     fn hidden(&self, key: &str) -> bool {
         let q = self.s.lock();
-        q.queued_set.contains(key) || q.in_flight.contains(key) || q.failed.contains(key) || q.held.contains_key(key)
+        q.queued_set.contains(key)
+            || q.in_flight.contains(key)
+            || q.failed.contains(key)
+            || q.held.contains_key(key)
+            || q.parked.contains(key)
     }
 
     /// Before writing `key` (invariant 2): its queued (or failed) delete is held, not sent,
@@ -343,7 +352,8 @@ impl DeferredDeletes {
             {
                 let mut q = self.s.lock();
                 if !q.in_flight.contains(key) {
-                    let mut pending = q.failed.remove(key);
+                    // A delete parked for a reader is pending like a queued one.
+                    let mut pending = q.failed.remove(key) | q.parked.remove(key);
                     if q.queued_set.remove(key) {
                         q.queued.retain(|k| k != key);
                         pending = true;
@@ -412,6 +422,18 @@ impl DeferredDeletes {
     /// Before a conditional write that makes the object at `key`: it must be checked against
     /// S3 as this mount has told its programs it is, so a pending delete of ours lands first.
     async fn before_conditional(&self, key: &str) -> StoreResult<()> {
+        // A delete parked for a reader goes out now: the name is being made anew.
+        let unparked = {
+            let mut q = self.s.lock();
+            let p = q.parked.remove(key);
+            if p {
+                q.enqueue(key.to_string());
+            }
+            p
+        };
+        if unparked {
+            self.s.spawn_flusher();
+        }
         if self.hidden(key) {
             self.settle_key(key).await?;
         }
@@ -441,6 +463,7 @@ impl DeferredDeletes {
             .iter()
             .chain(q.in_flight.iter())
             .chain(q.failed.iter())
+            .chain(q.parked.iter())
             .filter(|k| k.starts_with(prefix))
             .cloned()
             .collect()
@@ -512,7 +535,12 @@ impl ObjectStore for DeferredDeletes {
 
     async fn get(&self, key: &str, range: Option<Range<u64>>, version: Option<&str>) -> StoreResult<Bytes> {
         if self.hidden(key) {
-            return Err(gone("get", key));
+            // A reader that held the file open when it was unlinked still reads the version
+            // it opened: the delete waits for its last close (see `pin`).
+            let parked = self.s.lock().parked.contains(key);
+            if !parked {
+                return Err(gone("get", key));
+            }
         }
         self.s.inner.get(key, range, version).await
     }
@@ -543,6 +571,12 @@ impl ObjectStore for DeferredDeletes {
             if let Some(h) = q.held.get_mut(key) {
                 // A write of the key is in flight: this delete goes out after it.
                 h.unlinked_again = true;
+                return Ok(());
+            }
+            if q.pins.contains_key(key) {
+                // Open for reading here: it goes out at the last reader's unpin.
+                q.versions.insert(key.to_string(), version.map(str::to_string));
+                q.parked.insert(key.to_string());
                 return Ok(());
             }
             q.failed.remove(key);
@@ -602,7 +636,7 @@ impl ObjectStore for DeferredDeletes {
         Ok(page)
     }
 
-    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()> {
+    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<Option<String>> {
         if self.hidden(c.src) {
             return Err(gone("copy", c.src));
         }
@@ -676,6 +710,32 @@ impl ObjectStore for DeferredDeletes {
 
     async fn flush(&self) -> StoreResult<()> {
         self.settle().await
+    }
+
+    fn pin(&self, key: &str) {
+        *self.s.lock().pins.entry(key.to_string()).or_default() += 1;
+    }
+
+    fn unpin(&self, key: &str) {
+        let queue = {
+            let mut q = self.s.lock();
+            let Some(n) = q.pins.get_mut(key) else { return };
+            *n -= 1;
+            if *n > 0 {
+                return;
+            }
+            q.pins.remove(key);
+            let parked = q.parked.remove(key);
+            if parked {
+                q.enqueue(key.to_string());
+            }
+            parked
+        };
+        // A reader may go outside the runtime (at teardown): the delete then stays queued
+        // for the next batch or the unmount's settle.
+        if queue && tokio::runtime::Handle::try_current().is_ok() {
+            self.s.spawn_flusher();
+        }
     }
 }
 
@@ -795,5 +855,29 @@ mod tests {
             d.settle().await.unwrap();
             assert_eq!(&mem.get("a/1", None, None).await.unwrap()[..], b"theirs", "{conds:?}");
         }
+    }
+
+    /// Issue 21, 10: a file unlinked while open for reading stays readable (its version)
+    /// until the last reader goes; then the delete is sent. Everyone else sees it gone at once.
+    #[tokio::test]
+    async fn an_unlinked_file_open_for_reading_stays_readable_until_its_last_reader_goes() {
+        let (mem, d) = setup();
+        let etag = mem
+            .put_if("a/1", Bytes::from_static(b"data"), &UserMeta::new(), None)
+            .await
+            .unwrap();
+        d.pin("a/1");
+        d.pin("a/1");
+        d.delete("a/1", etag.as_deref()).await.unwrap();
+        assert!(d.head("a/1").await.unwrap_err().is_not_found(), "gone for lookups");
+        assert!(d.list("a/", None, None, None).await.unwrap().objects.is_empty());
+        d.settle().await.unwrap();
+        assert_eq!(&d.get("a/1", None, etag.as_deref()).await.unwrap()[..], b"data");
+        d.unpin("a/1");
+        d.settle().await.unwrap();
+        assert_eq!(mem.keys(), ["a/1"], "one reader is left");
+        d.unpin("a/1");
+        d.settle().await.unwrap();
+        assert!(mem.keys().is_empty(), "deleted after the last reader");
     }
 }

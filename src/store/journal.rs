@@ -494,7 +494,7 @@ impl ObjectStore for JournalingStore {
         self.inner.list(prefix, delimiter, token, max_keys).await
     }
 
-    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()> {
+    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<Option<String>> {
         self.inner.copy(c).await
     }
 
@@ -569,6 +569,14 @@ impl ObjectStore for JournalingStore {
 
     async fn flush(&self) -> StoreResult<()> {
         self.inner.flush().await
+    }
+
+    fn pin(&self, key: &str) {
+        self.inner.pin(key)
+    }
+
+    fn unpin(&self, key: &str) {
+        self.inner.unpin(key)
     }
 }
 

@@ -425,7 +425,7 @@ impl ObjectStore for MemoryStore {
         Ok(page)
     }
 
-    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()> {
+    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<Option<String>> {
         self.injected(c.dst)?;
         self.gate("copy", c.dst).await?;
         let (body, old) = self
@@ -439,14 +439,14 @@ impl ObjectStore for MemoryStore {
         }
         // A copy keeps the source's ETag (a multipart one too), as S3 does.
         let etag = old.etag.clone().unwrap_or_else(|| hex::encode(Md5::digest(&body)));
-        self.insert_tagged(c.dst, body, c.meta.unwrap_or(&old.user_meta), etag);
+        self.insert_tagged(c.dst, body, c.meta.unwrap_or(&old.user_meta), etag.clone());
         // REPLACE keeps only the headers it sends; COPY keeps the source's.
         let headers = match c.meta {
             Some(_) => c.headers.cloned().unwrap_or_default(),
             None => old.headers,
         };
         self.set_headers(c.dst, headers);
-        Ok(())
+        Ok(Some(format!("\"{}\"", etag.trim_matches('"'))))
     }
 
     async fn upload_part_copy(

@@ -124,7 +124,7 @@ macro_rules! around_each_call {
                     .await
             }
 
-            async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()> {
+            async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<Option<String>> {
                 self.$around(OpKind::Copy, c.dst, || self.inner.copy(c)).await
             }
 
@@ -637,7 +637,7 @@ pub trait ObjectStore: Send + Sync + 'static {
     ) -> StoreResult<ListPage>;
     /// Server-side copy of a whole object (CopyObject) under the conditions `c` names:
     /// metadata copied with it, or replaced by `c.meta`.
-    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()>;
+    async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<Option<String>>;
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String>;
     async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String>;
     /// UploadPartCopy: part `part` is bytes `range` of the object `src`, copied server-side;
@@ -669,6 +669,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn flush(&self) -> StoreResult<()> {
         Ok(())
     }
+    /// A reader holds the object at `key` open: a delete of it (an `unlink`) is acknowledged
+    /// and hidden at once, but reaches S3 only after the last [`ObjectStore::unpin`], so
+    /// reads that name its version keep working, as an unlinked file open on a local disk
+    /// does. Only the layer that defers deletes acts on it.
+    fn pin(&self, _key: &str) {}
+    fn unpin(&self, _key: &str) {}
 }
 
 #[cfg(test)]

@@ -282,7 +282,7 @@ mod tests {
         async fn list(&self, p: &str, d: Option<&str>, t: Option<&str>, m: Option<i32>) -> StoreResult<ListPage> {
             self.inner.list(p, d, t, m).await
         }
-        async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<()> {
+        async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<Option<String>> {
             self.inner.copy(c).await
         }
         async fn create_multipart(&self, k: &str, m: &UserMeta) -> StoreResult<String> {
