@@ -60,7 +60,11 @@ pub fn run_migrate(a: crate::cli::MigrateArgs) -> Result<(), String> {
             // The root's descriptor names the layout being left, unless it already names
             // the one asked for (a migration resumed after its verification wrote it).
             let from_n = match (to_found, a.from_prefix_count) {
-                (Some(n), _) if a.to_prefix_count == Some(n) => a.from_prefix_count.unwrap_or(1),
+                // The descriptor already names the destination (an earlier run verified the
+                // copies and wrote it): the source is the plain (or given) layout.
+                (Some(n), f) if a.to_prefix_count.unwrap_or(crate::layout::DEFAULT_PREFIX_COUNT) == n && f != Some(n) => {
+                    f.unwrap_or(1)
+                }
                 (Some(n), Some(f)) if f != n => {
                     return Err(format!(
                         "--from-prefix-count {f} disagrees with the layout's descriptor at {}: it has {n} prefixes, and its keys would be taken for paths",

@@ -332,6 +332,11 @@ pub fn run(
     let socket = stats_socket(&plan.mountpoint);
     serve_stats(&rt, socket.clone(), core.clone());
     tracing::info!(mountpoint = %plan.mountpoint.display(), "mounted");
+    // The kernel keeps flock/fcntl locks (this filesystem does not take FUSE's lock calls,
+    // so there is no lock request to log when one is taken): say once what they do not do.
+    tracing::info!(
+        "flock and fcntl locks on this mount are this host's only: other hosts mounting the bucket do not see them"
+    );
     notify_ready();
     let mut result = session.run().map_err(MountError::Session);
     if !rt.block_on(core.flush_all()) && result.is_ok() {

@@ -29,6 +29,10 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Mount s3://BUCKET[/ROOT] at MOUNTPOINT; with no bucket, an embedded local S3 store.
+    ///
+    /// Several hosts may mount one bucket: exclusive creates and mkdir are decided by S3, and
+    /// every change names the object version it acts on. flock and fcntl locks are this
+    /// host's only: they do not reach other hosts, so two hosts can both hold one.
     Mount(Box<MountArgs>),
     /// Write the layout descriptor to s3://BUCKET[/ROOT] (once, before the first mount).
     Init(InitArgs),
