@@ -268,6 +268,33 @@ fn a_plain_layout_moves_into_the_layout_in_place(env: Env) {
     assert_eq!(keys_under(&env, "logs/"), expected);
     let descriptor: serde_json::Value = serde_json::from_slice(&env.get("logs/.prefixfs/layout.json")).expect("json");
     assert_eq!(descriptor["prefix_count"], 16);
+
+    // Issue 21, 5: the root now has a descriptor (16 prefixes). Migrating it in place to 4
+    // starts from those 16, not from a plain layout (which would take `9/…` for a path),
+    // and a --from-prefix-count that disagrees with the descriptor is refused.
+    let mut wrong = env.prefixfs();
+    wrong.args([
+        "migrate",
+        &root,
+        &root,
+        "--from-prefix-count",
+        "1",
+        "--to-prefix-count",
+        "4",
+    ]);
+    let out = wrong.args(env.conn_args()).output().expect("prefixfs");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("disagrees"), "{out:?}");
+    let to4 = migrate(&env, &[&root, &root, "--to-prefix-count", "4", "--delete-source"]);
+    // Keys whose 4-prefix key is their 16-prefix key already stay where they are.
+    assert!(figure(&to4, "copied ") > 0);
+    let four = prefixfs::layout::Layout::new("logs", 4).expect("layout");
+    let expected: BTreeSet<String> = paths
+        .iter()
+        .map(|p| four.file_key(&prefixfs::layout::RelPath::parse(p).unwrap()).unwrap())
+        .chain(["logs/.prefixfs/layout.json".to_string()])
+        .collect();
+    assert_eq!(keys_under(&env, "logs/"), expected);
 }
 
 fn fsck_finds_misplaced_and_foreign_keys_and_repairs_the_misplaced(env: Env) {
