@@ -170,6 +170,7 @@ impl Bucket {
             uid: Some(meta.uid()),
             gid: Some(meta.gid()),
             mtime: meta.modified().ok(),
+            ..Default::default()
         };
         let mut up = Upload::new(self.store.clone(), key, posix.to_meta(), CHUNK as usize, FILE_PARALLEL);
         let mut buf = vec![0u8; CHUNK as usize];

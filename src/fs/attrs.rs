@@ -160,6 +160,7 @@ impl Core {
             uid: Some(uid),
             gid: Some(gid),
             mtime: Some(SystemTime::now()),
+            ..Default::default()
         };
         let key = self.ns.layout.file_key(&path)?;
         self.ns

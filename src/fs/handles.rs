@@ -50,6 +50,7 @@ impl Core {
             uid: Some(uid),
             gid: Some(gid),
             mtime: Some(SystemTime::now()),
+            ..Default::default()
         };
         let created = if exclusive && !self.ns.cfg.local_exclusive_creates {
             Some(self.ns.create_exclusive(&path, &posix).await?)

@@ -332,9 +332,10 @@ impl Core {
                 _ => 1,
             },
             size: info.size,
-            atime: times.accessed.unwrap_or(mtime),
+            // This mount's own times first, then what s3fs stored, then the mtime.
+            atime: times.accessed.or(info.posix.atime).unwrap_or(mtime),
             mtime,
-            ctime: times.changed.map_or(mtime, |c| c.max(mtime)),
+            ctime: times.changed.or(info.posix.ctime).map_or(mtime, |c| c.max(mtime)),
             perm: info.posix.mode.map(|m| (m & 0o7777) as u16).unwrap_or(default_perm),
             uid: info.posix.uid.unwrap_or(self.ns.cfg.uid),
             gid: info.posix.gid.unwrap_or(self.ns.cfg.gid),

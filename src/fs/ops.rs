@@ -226,6 +226,7 @@ impl Core {
             uid: Some(uid),
             gid: Some(gid),
             mtime: Some(SystemTime::now()),
+            ..Default::default()
         };
         let info = self.ns.make_dir(&path, posix).await?;
         let ino = lock(&self.inodes).lookup(&path, Kind::Dir);

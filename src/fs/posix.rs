@@ -18,6 +18,12 @@ pub struct Posix {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
     pub mtime: Option<SystemTime>,
+    /// s3fs's `x-amz-meta-atime` and `-ctime` (seconds, or seconds with a fraction), when an
+    /// object has them: shown where this mount has no time of its own. Read, never written
+    /// by [`Posix::to_meta`] (a metadata change of the mount moves an existing `ctime` key,
+    /// see `fs::changes`).
+    pub atime: Option<SystemTime>,
+    pub ctime: Option<SystemTime>,
 }
 
 impl Posix {
@@ -37,6 +43,8 @@ impl Posix {
             uid: num("uid").and_then(|m| u32::try_from(m).ok()),
             gid: num("gid").and_then(|m| u32::try_from(m).ok()),
             mtime,
+            atime: seconds(meta.get("atime")),
+            ctime: seconds(meta.get("ctime")),
         }
     }
 
@@ -72,6 +80,29 @@ impl Posix {
     }
 }
 
+/// A time as s3fs writes it: decimal seconds, perhaps with a fraction; None when it does not
+/// parse or lies past [`MAX_MTIME_SECS`].
+fn seconds(v: Option<&String>) -> Option<SystemTime> {
+    let v = v?.trim();
+    let (s, frac) = v.split_once('.').unwrap_or((v, ""));
+    let s: u64 = s.parse().ok().filter(|s| *s <= MAX_MTIME_SECS)?;
+    let digits: String = frac.chars().take(9).collect();
+    let nanos = if digits.is_empty() {
+        0
+    } else {
+        let n: u32 = digits.parse().ok()?;
+        n * 10u32.pow(9 - digits.len() as u32)
+    };
+    UNIX_EPOCH.checked_add(Duration::new(s, nanos))
+}
+
+/// s3fs's own time keys: a metadata change moves `ctime` where the object has one.
+pub fn touch_ctime(meta: &mut UserMeta, now: SystemTime) {
+    if let Some(c) = meta.get_mut("ctime") {
+        *c = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs().to_string();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -83,8 +114,25 @@ mod tests {
             uid: Some(1000),
             gid: Some(100),
             mtime: Some(UNIX_EPOCH + Duration::new(1_486_512_000, 123_456_789)),
+            ..Default::default()
         };
         assert_eq!(Posix::from_meta(&p.to_meta()), p);
+        // s3fs's atime and ctime, whole seconds or with a fraction; nonsense is ignored.
+        let times: UserMeta = [("atime", "1486512100"), ("ctime", "1486512200.5")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let t = Posix::from_meta(&times);
+        assert_eq!(t.atime, Some(UNIX_EPOCH + Duration::from_secs(1_486_512_100)));
+        assert_eq!(t.ctime, Some(UNIX_EPOCH + Duration::from_millis(1_486_512_200_500)));
+        let bad: UserMeta = [("atime", "99999999999999"), ("ctime", "1.x")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        assert_eq!(
+            (Posix::from_meta(&bad).atime, Posix::from_meta(&bad).ctime),
+            (None, None)
+        );
         // What s3fs-fuse writes: decimal mode with type bits, seconds.
         let s3fs: UserMeta = [("mode", "33188"), ("uid", "0"), ("gid", "0"), ("mtime", "1486512000")]
             .into_iter()

@@ -645,3 +645,34 @@ async fn metadata_changes_keep_what_other_clients_stored() {
     assert_eq!(head.user_meta.get("foreign").map(String::as_str), Some("keepme"));
     assert_eq!(head.user_meta.get("uid").map(String::as_str), Some("1000"));
 }
+
+/// Issue 21, 8: an object s3fs wrote carries its atime and ctime; they are shown (where this
+/// mount has no time of its own), and a metadata change moves the stored ctime.
+#[tokio::test]
+async fn s3fs_atime_and_ctime_are_read_and_ctime_moves_on_chmod() {
+    let r = rig();
+    let key = r.layout.file_key(&RelPath::parse("s3fs.txt").unwrap()).unwrap();
+    let meta = UserMeta::from([
+        ("mode".to_string(), "33188".to_string()),
+        ("mtime".to_string(), "1500000000".to_string()),
+        ("atime".to_string(), "1500000100".to_string()),
+        ("ctime".to_string(), "1500000200".to_string()),
+    ]);
+    r.mem().put(&key, Bytes::from_static(b"x"), &meta).await.unwrap();
+    let ino = r.ino("s3fs.txt").await;
+    let a = r.core.getattr(ino).await.unwrap();
+    let secs = |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    assert_eq!(
+        (secs(a.mtime), secs(a.atime), secs(a.ctime)),
+        (1_500_000_000, 1_500_000_100, 1_500_000_200)
+    );
+    let changes = AttrChanges {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    r.core.setattr(ino, changes).await.unwrap();
+    let stored = r.mem().head(&key).await.unwrap().user_meta;
+    let ctime: u64 = stored["ctime"].parse().unwrap();
+    assert!(ctime > 1_700_000_000, "moved to now: {ctime}");
+    assert_eq!(stored["atime"], "1500000100");
+}
