@@ -378,10 +378,6 @@ fn two_mounts_and_an_outside_writer_under_faults_lose_nothing() {
             ));
         }
     }
-    if !wrong.is_empty() {
-        std::fs::write("/tmp/soak-a.log", a.log_text()).ok();
-        std::fs::write("/tmp/soak-b.log", b.log_text()).ok();
-    }
     assert!(
         wrong.is_empty(),
         "lost, resurrected or overwritten: {wrong:?}\n{}",
