@@ -185,7 +185,7 @@ impl Bucket {
                 .map_err(|e| format!("{}: {e}", show(path)))?;
             offset += n as u64;
         }
-        up.finish().await.map_err(|e| format!("{}: {e}", show(path)))?;
+        up.finish(None).await.map_err(|e| format!("{}: {e}", show(path)))?;
         Ok(offset)
     }
 

@@ -369,6 +369,7 @@ async fn copy(store: &Arc<dyn ObjectStore>, item: &Item, opts: &Options) -> Resu
         .with_meta(Some(&meta));
     copy_parts(store.as_ref(), &c, head.size, &limits)
         .await
+        .map(|_| ())
         .map_err(|e| format!("copying {} to {}: {e}", item.src, item.dst))
 }
 

@@ -180,29 +180,63 @@ fn concurrent_multipart_writers_to_one_path_leave_one_whole_version() {
     concurrent_writers(Env::embedded(), 12_000_000);
 }
 
-/// Two hosts write `size` bytes to one path at once: last close wins, never a mix.
+/// Two hosts write `size` bytes to one path at once. Each upload names the version it
+/// replaces (issue 21: a 412 means someone else wrote, and their object stays), so of two
+/// writers that saw the same version one close fails (EIO) and its bytes go whole to that
+/// host's lost+found. Never a mix, never a silent loss: the object is a writer's whose close
+/// succeeded, and every writer's bytes are in S3 or in its lost+found.
 fn concurrent_writers(env: Env, size: usize) {
     let mut a = env.mount_host("host-a", 16, &["--part-size-mib", "5"]);
     let b = env.mount_host("host-b", 16, &["--part-size-mib", "5"]);
+    let mut failed = [0usize; 2];
     for round in 0..3 {
         let mut pa = start(&a.path, &format!("head -c {size} /dev/zero | tr '\\0' A > shared.bin"));
         let mut pb = start(&b.path, &format!("head -c {size} /dev/zero | tr '\\0' B > shared.bin"));
         let (sa, sb) = (pa.wait().unwrap(), pb.wait().unwrap());
-        assert!(
-            sa.success() && sb.success(),
-            "round {round}: a {sa}, b {sb}\n{}\n{}\n{}",
-            tail(&a.log_text(), 8),
-            tail(&b.log_text(), 8),
-            tail(
-                &std::fs::read_to_string(env.dir.path().join("moto.log")).unwrap_or_default(),
-                30
+        let context = || {
+            format!(
+                "{}\n{}\n{}",
+                tail(&a.log_text(), 8),
+                tail(&b.log_text(), 8),
+                tail(
+                    &std::fs::read_to_string(env.dir.path().join("moto.log")).unwrap_or_default(),
+                    30
+                )
             )
+        };
+        assert!(
+            sa.success() || sb.success(),
+            "round {round}: a {sa}, b {sb}\n{}",
+            context()
         );
         let key = env.layout(16).file_key(&RelPath::parse("shared.bin").unwrap()).unwrap();
         let body = env.get(&key);
         assert_eq!(body.len(), size, "round {round}");
         let first = body[0];
         assert!(body.iter().all(|c| *c == first), "round {round}: a mix of both writers");
+        let winner = if first == b'A' { &sa } else { &sb };
+        assert!(
+            winner.success(),
+            "round {round}: the object is from a writer whose close failed"
+        );
+        for (i, ok) in [sa.success(), sb.success()].into_iter().enumerate() {
+            failed[i] += usize::from(!ok);
+        }
+    }
+    // Each failed close left its bytes, whole, in its host's lost+found.
+    for (i, host) in ["host-a", "host-b"].into_iter().enumerate() {
+        let letter = if i == 0 { 'A' } else { 'B' };
+        let kept = run_sh(
+            env.dir.path(),
+            &format!(
+                "sleep 0.5; for f in {host}/lost+found/*shared.bin; do [ -e \"$f\" ] && tr -d {letter} < \"$f\" | wc -c && wc -c < \"$f\"; done; true"
+            ),
+        );
+        let counts: Vec<usize> = kept.stdout.split_whitespace().map(|n| n.parse().unwrap()).collect();
+        assert_eq!(counts.len(), 2 * failed[i], "{host}: {}", kept.stdout);
+        for pair in counts.chunks(2) {
+            assert_eq!(pair, [0, size], "{host}: a kept copy is whole and its own");
+        }
     }
     a.assert_alive();
 }

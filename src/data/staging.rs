@@ -11,7 +11,7 @@
 //!   failed one everything stays as it was, so nothing written is lost.
 
 use super::kept::Kept;
-use crate::store::{ObjectStore, StoreError, UserMeta};
+use crate::store::{Headers, ObjectStore, StoreError, UserMeta, WriteIf};
 use bytes::Bytes;
 use std::fs::File;
 use std::ops::Range;
@@ -234,25 +234,37 @@ impl StagedFile {
         Ok(())
     }
 
-    /// Uploads the whole file to `key` with `meta`: one PUT when small, else a multipart
-    /// upload that copies clean chunks server-side. Returns the bytes sent over the wire.
-    pub async fn upload(&mut self, store: &Arc<dyn ObjectStore>, key: &str, meta: &UserMeta) -> StagingResult<u64> {
+    /// Uploads the whole file to `key` with `meta`, only if `cond` holds (S3 decides: the
+    /// object it replaces is still the version it names): one PUT when small, else a
+    /// multipart upload that copies clean chunks server-side. Returns the bytes sent over
+    /// the wire and the new object's ETag (when S3 said it).
+    pub async fn upload(
+        &mut self,
+        store: &Arc<dyn ObjectStore>,
+        key: &str,
+        meta: &UserMeta,
+        headers: Option<&Headers>,
+        cond: Option<&WriteIf>,
+    ) -> StagingResult<(u64, Option<String>)> {
         if self.size <= self.chunk {
             let body = self.read(store.as_ref(), 0, self.size as usize).await?;
             let sent = body.len() as u64;
-            store.put(key, body, meta).await?;
-            self.uploaded(key);
-            return Ok(sent);
+            let etag = store.put_with(key, body, meta, headers, cond).await?;
+            self.uploaded(key, etag.clone());
+            return Ok((sent, etag));
         }
-        let id = store.create_multipart(key, meta).await?;
+        let id = store.create_multipart_with(key, meta, headers).await?;
         match self.upload_parts(store, key, &id).await {
             Ok((parts, sent)) => {
-                if let Err(e) = store.complete_multipart(key, &id, &parts).await {
-                    let _ = store.abort_multipart(key, &id).await;
-                    return Err(e.into());
-                }
-                self.uploaded(key);
-                Ok(sent)
+                let etag = match store.complete_multipart_if(key, &id, &parts, cond).await {
+                    Ok(etag) => etag,
+                    Err(e) => {
+                        let _ = store.abort_multipart(key, &id).await;
+                        return Err(e.into());
+                    }
+                };
+                self.uploaded(key, etag.clone());
+                Ok((sent, etag))
             }
             Err(e) => {
                 if let Err(abort) = store.abort_multipart(key, &id).await {
@@ -297,18 +309,18 @@ impl StagedFile {
         Ok((parts, sent))
     }
 
-    /// Records that the object at `key` already holds exactly this content.
-    pub fn mark_uploaded(&mut self, key: &str) {
-        self.uploaded(key);
+    /// Records that the object at `key` (version `etag`) already holds exactly this content.
+    pub fn mark_uploaded(&mut self, key: &str, etag: Option<String>) {
+        self.uploaded(key, etag);
     }
 
-    fn uploaded(&mut self, key: &str) {
+    fn uploaded(&mut self, key: &str, etag: Option<String>) {
         // The local copy now equals the object: clean, and every chunk held locally stays
         // valid; chunks never fetched are fetched from the new object when needed.
         self.base = Some(Base {
             key: key.to_string(),
             size: self.size,
-            etag: None,
+            etag,
         });
         self.dirty.iter_mut().for_each(|d| *d = false);
         self.modified = false;
@@ -391,7 +403,7 @@ mod tests {
         .unwrap();
         s.write(store.as_ref(), 7 * MIB as u64, b"PATCH").await.unwrap();
         s.write(store.as_ref(), body.len() as u64, b"tail").await.unwrap();
-        let sent = s.upload(&store, "k", &UserMeta::new()).await.unwrap();
+        let (sent, _) = s.upload(&store, "k", &UserMeta::new(), None, None).await.unwrap();
         let mut expected = body.clone();
         expected[7 * MIB..7 * MIB + 5].copy_from_slice(b"PATCH");
         expected.extend_from_slice(b"tail");
@@ -419,7 +431,7 @@ mod tests {
         )
         .unwrap();
         s.write(store.as_ref(), 7, b"line 2\n").await.unwrap();
-        s.upload(&store, "k", &UserMeta::new()).await.unwrap();
+        s.upload(&store, "k", &UserMeta::new(), None, None).await.unwrap();
         assert_eq!(&store.get("k", None, None).await.unwrap()[..], b"line 1\nline 2\n");
     }
 
@@ -443,7 +455,7 @@ mod tests {
         s.truncate(store.as_ref(), 5).await.unwrap();
         s.truncate(store.as_ref(), 8).await.unwrap();
         assert_eq!(&s.read(store.as_ref(), 0, 100).await.unwrap()[..], b"hello\0\0\0");
-        s.upload(&store, "k", &UserMeta::new()).await.unwrap();
+        s.upload(&store, "k", &UserMeta::new(), None, None).await.unwrap();
         assert_eq!(&store.get("k", None, None).await.unwrap()[..], b"hello\0\0\0");
         assert!(!s.is_modified());
     }
@@ -462,9 +474,9 @@ mod tests {
             code: "AccessDenied".into(),
             message: String::new(),
         });
-        assert!(s.upload(&store, "k", &UserMeta::new()).await.is_err());
+        assert!(s.upload(&store, "k", &UserMeta::new(), None, None).await.is_err());
         assert!(s.is_modified());
-        s.upload(&store, "k", &UserMeta::new()).await.unwrap();
+        s.upload(&store, "k", &UserMeta::new(), None, None).await.unwrap();
         assert_eq!(&store.get("k", None, None).await.unwrap()[..], b"precious");
     }
 }

@@ -14,7 +14,7 @@
 
 use super::kept::Kept;
 use super::spool::{PartBuf, Spool};
-use crate::store::{ObjectStore, StoreError, StoreResult, UserMeta, WriteIf};
+use crate::store::{Headers, ObjectStore, StoreError, StoreResult, UserMeta, WriteIf};
 use bytes::Bytes;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -46,6 +46,8 @@ pub struct Upload {
     store: Arc<dyn ObjectStore>,
     key: String,
     meta: UserMeta,
+    /// The standard headers the object gets (another client's Content-Type, say), if any.
+    headers: Option<Headers>,
     base_part: usize,
     max_inflight: usize,
     buf: PartBuf,
@@ -58,9 +60,6 @@ pub struct Upload {
     /// A part failed: its bytes are gone from memory, so no later attempt may complete the
     /// upload (S3 would make an object without that part). Every later call fails with this.
     failed: Option<StoreError>,
-    /// The final write happens only if this holds (S3 decides): a file created exclusively
-    /// must not replace an object another host put there meanwhile.
-    cond: Option<WriteIf>,
     /// The ETag of the object the last finish made, when S3 said (a single PUT's): the
     /// version the mount's metadata names, so its reads are pinned to it.
     written: Option<String>,
@@ -79,6 +78,7 @@ impl Upload {
             store,
             key,
             meta,
+            headers: None,
             base_part,
             max_inflight: max_inflight.max(1),
             buf: PartBuf::default(),
@@ -89,17 +89,15 @@ impl Upload {
             done: Vec::new(),
             finished: false,
             failed: None,
-            cond: None,
             written: None,
             spool: Spool::Off,
         }
     }
 
-    /// The object was just created empty with this ETag (an exclusive create): nothing to
-    /// upload until something is written, and the upload then replaces only that object.
-    pub fn created_as(mut self, etag: Option<String>) -> Self {
+    /// The object was just created empty (an exclusive create): nothing to upload until
+    /// something is written.
+    pub fn created(mut self) -> Self {
         self.finished = true;
-        self.cond = etag.map(WriteIf::Matches);
         self
     }
 
@@ -177,13 +175,14 @@ impl Upload {
         &self.meta
     }
 
-    /// Changes the metadata the object will get; false when it is too late (the multipart
-    /// upload was created with the old metadata).
-    pub fn set_meta(&mut self, meta: UserMeta) -> bool {
+    /// Changes the metadata and headers the object will get; false when it is too late (the
+    /// multipart upload was created with other ones).
+    pub fn set_attrs(&mut self, meta: UserMeta, headers: Option<Headers>) -> bool {
         if self.upload_id.is_some() {
-            return meta == self.meta;
+            return meta == self.meta && headers == self.headers;
         }
         self.meta = meta;
+        self.headers = headers;
         true
     }
 
@@ -236,7 +235,10 @@ impl Upload {
         let id = match &self.upload_id {
             Some(id) => id.clone(),
             None => {
-                let id = self.store.create_multipart(&self.key, &self.meta).await?;
+                let id = self
+                    .store
+                    .create_multipart_with(&self.key, &self.meta, self.headers.as_ref())
+                    .await?;
                 self.upload_id = Some(id.clone());
                 id
             }
@@ -288,8 +290,10 @@ impl Upload {
         self.written.as_deref()
     }
 
-    /// Sends what is left and makes the object visible. Idempotent once it succeeded.
-    pub async fn finish(&mut self) -> Result<(), UploadError> {
+    /// Sends what is left and makes the object visible, only if `cond` holds (S3 decides:
+    /// the object this write replaces is still the version it names). Idempotent once it
+    /// succeeded.
+    pub async fn finish(&mut self, cond: Option<&WriteIf>) -> Result<(), UploadError> {
         if self.finished {
             return Ok(());
         }
@@ -299,15 +303,10 @@ impl Upload {
         match self.upload_id.clone() {
             None => {
                 let body = Bytes::copy_from_slice(self.buf.as_slice());
-                let etag = self
+                self.written = self
                     .store
-                    .put_if(&self.key, body, &self.meta, self.cond.as_ref())
+                    .put_with(&self.key, body, &self.meta, self.headers.as_ref(), cond)
                     .await?;
-                if self.cond.is_some() {
-                    // A later flush replaces what this one wrote, and nothing else.
-                    self.cond = etag.clone().map(WriteIf::Matches);
-                }
-                self.written = etag;
                 self.finished = true;
                 return Ok(());
             }
@@ -319,12 +318,9 @@ impl Upload {
                     self.reap_one().await?;
                 }
                 self.done.sort_by_key(|(n, _)| *n);
-                let cond = self.cond.take();
-                // CompleteMultipartUpload's ETag is not passed up: the object's version is
-                // learnt from the next HEAD or listing.
-                self.written = None;
-                self.store
-                    .complete_multipart_if(&self.key, &id, &self.done, cond.as_ref())
+                self.written = self
+                    .store
+                    .complete_multipart_if(&self.key, &id, &self.done, cond)
                     .await?;
                 self.spool.settle().await;
                 self.spool.remove();
@@ -374,7 +370,7 @@ mod tests {
         mem.fail_next(100, |k| {
             StoreError::from_response("complete_multipart", k, 403, "AccessDenied", "")
         });
-        assert!(u.finish().await.is_err());
+        assert!(u.finish(None).await.is_err());
         let kept = u.keep(&t.path().join("lost+found"), "k").await.unwrap();
         assert!(kept.is_complete(), "{kept}");
         assert_eq!(std::fs::read(&kept.path).unwrap(), data);
@@ -391,9 +387,9 @@ mod tests {
         });
         // The second part waits for the first (one in flight), which failed.
         assert!(u.write(1024, &[2u8; 1024]).await.is_err(), "the first part failed");
-        assert!(u.finish().await.is_err());
+        assert!(u.finish(None).await.is_err());
         assert!(
-            u.finish().await.is_err(),
+            u.finish(None).await.is_err(),
             "a second attempt must not complete without part 1"
         );
         assert!(mem.get("k", None, None).await.is_err());
@@ -409,7 +405,7 @@ mod tests {
         mem.fail_next(100, |k| {
             StoreError::from_response("complete_multipart", k, 403, "AccessDenied", "")
         });
-        assert!(u.finish().await.is_err());
+        assert!(u.finish(None).await.is_err());
         let kept = u.keep(&t.path().join("lost+found"), "k").await.unwrap();
         // Parts of 1024 bytes: two fit under 2,500, the third does not.
         assert_eq!(kept.missing, vec![2048..5000], "{kept}");
@@ -424,7 +420,7 @@ mod tests {
             Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2).spool_to(t.path().join("spool"), u64::MAX);
         u.write(0, &[1u8; 3000]).await.unwrap();
         assert!(t.path().join("spool").exists());
-        u.finish().await.unwrap();
+        u.finish(None).await.unwrap();
         assert!(!t.path().join("spool").exists());
     }
 
@@ -443,7 +439,7 @@ mod tests {
         let mut u = Upload::new(mem.clone(), "small".into(), UserMeta::new(), 1024, 2);
         u.write(0, b"hello").await.unwrap();
         assert!(matches!(u.write(2, b"x").await, Err(UploadError::NotSequential { .. })));
-        u.finish().await.unwrap();
+        u.finish(None).await.unwrap();
         assert_eq!(&mem.get("small", None, None).await.unwrap()[..], b"hello");
 
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
@@ -452,7 +448,7 @@ mod tests {
             let off = u.size();
             u.write(off, chunk).await.unwrap();
         }
-        u.finish().await.unwrap();
+        u.finish(None).await.unwrap();
         assert_eq!(&mem.get("big", None, None).await.unwrap()[..], &data[..]);
         assert!(mem.list_uploads("").await.unwrap().is_empty());
     }
@@ -461,10 +457,10 @@ mod tests {
     async fn writes_after_a_flush_of_a_small_file_are_put_again() {
         let mem = Arc::new(MemoryStore::new());
         let mut u = Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2);
-        u.finish().await.unwrap();
+        u.finish(None).await.unwrap();
         assert_eq!(mem.get("k", None, None).await.unwrap().len(), 0);
         u.write(0, b"hello").await.unwrap();
-        u.finish().await.unwrap();
+        u.finish(None).await.unwrap();
         assert_eq!(&mem.get("k", None, None).await.unwrap()[..], b"hello");
     }
 
@@ -480,9 +476,9 @@ mod tests {
         });
         let mut u = Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2);
         u.write(0, b"data").await.unwrap();
-        assert!(u.finish().await.is_err());
+        assert!(u.finish(None).await.is_err());
         assert!(!u.is_finished());
-        u.finish().await.unwrap();
+        u.finish(None).await.unwrap();
         assert_eq!(&mem.get("k", None, None).await.unwrap()[..], b"data");
     }
 }

@@ -118,7 +118,10 @@ impl Core {
                 if changes.mtime.is_none() {
                     posix.mtime = Some(SystemTime::now());
                 }
-                self.files.truncate_closed(&path, info.size, size, &posix).await?;
+                etag = self
+                    .files
+                    .truncate_closed(&path, info.size, size, &posix, info.version())
+                    .await?;
                 new_size = size;
             }
             _ if meta_change => etag = self.ns.set_metadata(&path, &info, &posix).await?,

@@ -37,6 +37,10 @@ pub struct EntryInfo {
     pub checked: Option<SystemTime>,
     /// The version (ETag) these attributes describe, when S3 said (HEAD and listings do).
     pub etag: Option<ETag>,
+    /// A HEAD (or this mount's own upload) showed that the object holds nothing a rewrite
+    /// must keep (no user metadata but the mount's, default headers): opening it for
+    /// writing needs no HEAD. False when not known.
+    pub plain: bool,
 }
 
 impl EntryInfo {
@@ -50,7 +54,13 @@ impl EntryInfo {
             s3_modified: mtime,
             checked: None,
             etag: None,
+            plain: false,
         }
+    }
+
+    pub fn with_plain(mut self, plain: bool) -> Self {
+        self.plain = plain;
+        self
     }
 
     /// The version S3 named for these attributes.

@@ -129,7 +129,9 @@ impl Namespace {
             Ok(head) => {
                 let cond = head.etag.map(WriteIf::Matches);
                 let meta = merged_meta(head.user_meta, posix);
-                self.store.put_if(key, Bytes::new(), &meta, cond.as_ref()).await?;
+                self.store
+                    .put_with(key, Bytes::new(), &meta, Some(&head.headers), cond.as_ref())
+                    .await?;
             }
             Err(e) if e.is_not_found() => {
                 self.store.put(key, Bytes::new(), &posix.to_meta()).await?;

@@ -107,13 +107,15 @@ pub(super) fn staging_err(path: &RelPath, what: &str, e: StagingError) -> FsErro
 }
 
 /// A store failure of an operation on `path`, with what was being done; a refused
-/// conditional write says another host replaced the file.
+/// conditional write says another host or client wrote the file, and that theirs stays.
 pub(super) fn store_err(path: &RelPath, what: &str, e: StoreError) -> FsError {
     let errno = e.errno();
     if matches!(e, StoreError::PreconditionFailed { .. }) {
         return FsError::new(
             errno,
-            format!("{path}: {what} refused: another host replaced the file this mount created exclusively ({e})"),
+            format!(
+                "{path}: {what} refused: another host or S3 client wrote the file since this mount saw it, and their version stays ({e})"
+            ),
         )
         .caused_by(e);
     }

@@ -16,7 +16,7 @@ use crate::data::read::{ObjectReads, ReadBudget};
 use crate::data::staging::{Base, StagedFile};
 use crate::data::upload::{Upload, UploadError};
 use crate::layout::RelPath;
-use crate::store::{CopySpec, DeleteTarget, StoreError};
+use crate::store::{CopySpec, DeleteTarget, Headers, ObjectMeta, StoreError, StoreResult, UserMeta, WriteIf};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -43,7 +43,63 @@ pub(super) struct Shared {
     /// The last handle closed and the state left the open-file table: a change made to it
     /// now would never be uploaded, so setattr treats the file as closed.
     pub(super) detached: AtomicBool,
+    /// The version at the key that the next upload replaces: `Absent` for a file new to
+    /// S3, `Matches` the one opened or last uploaded; None when no version is known. Every
+    /// upload is conditional on it (S3 decides), so a file another client wrote meanwhile
+    /// stays theirs: the upload fails (EIO), and the last close keeps this mount's bytes in
+    /// lost+found.
+    expect: Mutex<Option<WriteIf>>,
+    /// What the object this file rewrites holds that the mount does not own.
+    carried: tokio::sync::Mutex<Carried>,
     pub(super) body: tokio::sync::Mutex<Body>,
+}
+
+/// True when the object `m` describes holds nothing a rewrite must keep ([`Carried`]): no
+/// user metadata but the mount's, and the headers S3 gives an object nobody set them on.
+pub(super) fn nothing_to_carry(m: &ObjectMeta) -> bool {
+    m.user_meta.keys().all(|k| Posix::OWNED_KEYS.contains(&k.as_str())) && default_headers(&m.headers)
+}
+
+/// The headers S3 gives an object nobody set them on.
+fn default_headers(h: &Headers) -> bool {
+    matches!(
+        h.content_type.as_deref(),
+        None | Some("binary/octet-stream" | "application/octet-stream")
+    ) && h.content_encoding.is_none()
+        && h.cache_control.is_none()
+        && h.content_disposition.is_none()
+        && h.content_language.is_none()
+        && matches!(h.storage_class.as_deref(), None | Some("STANDARD"))
+}
+
+/// What a rewrite keeps of the object it replaces: every user metadata key the mount does
+/// not own and the standard headers (Content-Type, Content-Encoding, Cache-Control,
+/// storage class...), which another client put there. Learnt from one HEAD, sent when the
+/// file is opened for writing and awaited by the first upload (or the first write that
+/// could start one); a new file has none.
+pub(super) enum Carried {
+    Nothing,
+    Pending(tokio::task::JoinHandle<StoreResult<ObjectMeta>>),
+    Known(Box<(UserMeta, Headers)>),
+}
+
+impl Carried {
+    /// What a rewrite keeps of the object `m` describes.
+    fn of(m: ObjectMeta) -> (UserMeta, Headers) {
+        let mut meta = m.user_meta;
+        for k in Posix::OWNED_KEYS {
+            meta.remove(*k);
+        }
+        // The content changes: an s3fs `ctime` moves with it.
+        super::posix::touch_ctime(&mut meta, SystemTime::now());
+        (meta, m.headers)
+    }
+
+    /// The HEAD of `key`, started now.
+    pub(super) fn head(store: &Arc<dyn crate::store::ObjectStore>, key: &str) -> Carried {
+        let (store, key) = (store.clone(), key.to_string());
+        Carried::Pending(tokio::spawn(async move { store.head(&key).await }))
+    }
 }
 
 pub(super) struct OpenFile {
@@ -62,6 +118,59 @@ fn stream_meta(posix: &Posix) -> crate::store::UserMeta {
 }
 
 impl Shared {
+    /// The user metadata and headers a rewrite keeps (see [`Carried`]): waits for the HEAD
+    /// the first time. An object gone meanwhile keeps nothing (its upload then fails its
+    /// condition); a HEAD that fails fails the upload, rather than drop what it holds.
+    async fn carried(&self, path: &RelPath) -> FsResult<Option<(UserMeta, Headers)>> {
+        let mut c = self.carried.lock().await;
+        if let Carried::Pending(h) = &mut *c {
+            let head = h.await.unwrap_or_else(|e| {
+                Err(StoreError::Transport {
+                    op: "head",
+                    key: self.key(),
+                    message: format!("HEAD task failed: {e}"),
+                })
+            });
+            *c = match head {
+                Ok(m) => Carried::Known(Box::new(Carried::of(m))),
+                Err(e) if e.is_not_found() => Carried::Nothing,
+                Err(e) => {
+                    *c = Carried::Nothing;
+                    return Err(store_err(path, "HEAD of the object it rewrites", e));
+                }
+            };
+        }
+        Ok(match &*c {
+            Carried::Known(k) => Some((**k).clone()),
+            _ => None,
+        })
+    }
+
+    /// True when the upload of this file carries nothing from an object before it (so the
+    /// object it made holds nothing a later rewrite must keep).
+    fn carries_nothing(&self) -> bool {
+        match self.carried.try_lock() {
+            Ok(c) => match &*c {
+                Carried::Nothing => true,
+                Carried::Known(k) => k.0.is_empty() && default_headers(&k.1),
+                Carried::Pending(_) => false,
+            },
+            Err(_) => false,
+        }
+    }
+
+    /// The metadata and headers an upload of this file sends: `own` (the POSIX keys) over
+    /// what it carries.
+    async fn upload_attrs(&self, path: &RelPath, own: UserMeta) -> FsResult<(UserMeta, Option<Headers>)> {
+        Ok(match self.carried(path).await? {
+            Some((mut meta, headers)) => {
+                meta.extend(own);
+                (meta, Some(headers))
+            }
+            None => (own, None),
+        })
+    }
+
     pub(super) fn info(&self) -> EntryInfo {
         let posix = *lock(&self.posix);
         EntryInfo::new(Kind::File, self.size.load(Ordering::Relaxed), SystemTime::now()).with_posix(posix)
@@ -69,6 +178,23 @@ impl Shared {
 
     fn key(&self) -> String {
         lock(&self.key).clone()
+    }
+
+    fn expect(&self) -> Option<WriteIf> {
+        lock(&self.expect).clone()
+    }
+
+    /// The version this mount just made at the key (its ETag, when S3 said it).
+    fn wrote(&self, etag: Option<&str>) {
+        *lock(&self.expect) = etag.map(|e| WriteIf::Matches(e.to_string()));
+    }
+
+    /// The ETag of the version the next upload replaces, when known.
+    fn version(&self) -> Option<String> {
+        match self.expect() {
+            Some(WriteIf::Matches(e)) => Some(e),
+            _ => None,
+        }
     }
 }
 
@@ -158,44 +284,55 @@ impl OpenFiles {
     }
 
     /// Truncates `path`, a file nobody has open, from `old_size` to `size` in S3, with
-    /// `posix` as its metadata: an empty PUT, or the kept part (ranged GETs) through a
-    /// staging file and uploaded.
+    /// `posix` as its metadata, over the version `etag` only (when known): an empty PUT, or
+    /// the kept part (ranged GETs of that version) through a staging file and uploaded.
+    /// Returns the new version's ETag.
     pub(super) async fn truncate_closed(
         &self,
         path: &RelPath,
         old_size: u64,
         size: u64,
         posix: &Posix,
-    ) -> FsResult<()> {
+        etag: Option<&str>,
+    ) -> FsResult<Option<String>> {
         let key = self.ns.layout.file_key(path)?;
-        let meta = posix.to_meta();
+        // What another client stored with the object stays (one HEAD).
+        let (mut meta, headers) = Carried::of(self.ns.store.head(&key).await?);
+        meta.extend(posix.to_meta());
+        let cond = etag.map(|e| WriteIf::Matches(e.to_string()));
         if size == 0 {
-            self.ns.store.put(&key, Bytes::new(), &meta).await?;
-            return Ok(());
+            return Ok(self
+                .ns
+                .store
+                .put_with(&key, Bytes::new(), &meta, Some(&headers), cond.as_ref())
+                .await?);
         }
         let base = Base {
             key: key.clone(),
             size: old_size,
-            etag: None,
+            etag: etag.map(str::to_string),
         };
         let mut staged = self.staging_file(path, Some(base))?;
         staged
             .truncate(self.ns.store.as_ref(), size)
             .await
             .map_err(|e| staging_err(path, "truncate", e))?;
-        staged
-            .upload(&self.ns.store, &key, &meta)
+        let (_, etag) = staged
+            .upload(&self.ns.store, &key, &meta, Some(&headers), cond.as_ref())
             .await
             .map_err(|e| staging_err(path, "truncate", e))?;
-        Ok(())
+        Ok(etag)
     }
 
-    /// Registers a handle on `ino`'s open state, creating the state with `body` if needed.
+    /// Registers a handle on `ino`'s open state, creating the state with `body` if needed,
+    /// to replace the version `expect` at the key (see [`Shared`]).
     pub(super) fn attach(
         &self,
         ino: u64,
         path: &RelPath,
         posix: Posix,
+        expect: Option<WriteIf>,
+        carry: bool,
         make: impl FnOnce(String) -> FsResult<Body>,
     ) -> FsResult<Arc<Shared>> {
         let mut files = lock(&self.table);
@@ -205,6 +342,11 @@ impl OpenFiles {
         }
         let key = self.ns.layout.file_key(path)?;
         let body = make(key.clone())?;
+        let carried = if carry {
+            Carried::head(&self.ns.store, &key)
+        } else {
+            Carried::Nothing
+        };
         let size = match &body {
             Body::Stream(u) => u.size(),
             Body::Staged(s) => s.size(),
@@ -216,6 +358,8 @@ impl OpenFiles {
             meta_dirty: AtomicBool::new(false),
             unlinked: AtomicBool::new(false),
             detached: AtomicBool::new(false),
+            expect: Mutex::new(expect),
+            carried: tokio::sync::Mutex::new(carried),
             body: tokio::sync::Mutex::new(body),
         });
         files.insert(
@@ -282,11 +426,14 @@ impl OpenFiles {
         if let Body::Stream(up) = body {
             let base = if up.has_multipart() {
                 // Parts are in S3 already: complete what was written, then stage on top of it.
-                up.finish().await.map_err(|e| upload_err(path, e))?;
+                up.finish(shared.expect().as_ref())
+                    .await
+                    .map_err(|e| upload_err(path, e))?;
+                shared.wrote(up.written_etag());
                 Some(Base {
                     key: shared.key(),
                     size: up.size(),
-                    etag: None,
+                    etag: up.written_etag().map(str::to_string),
                 })
             } else {
                 None
@@ -299,7 +446,7 @@ impl OpenFiles {
                     .await
                     .map_err(|e| staging_err(path, "staging", e))?;
                 if up.is_finished() {
-                    staged.mark_uploaded(&shared.key());
+                    staged.mark_uploaded(&shared.key(), up.written_etag().map(str::to_string));
                 }
             }
             self.staging.take(staged.size());
@@ -348,6 +495,12 @@ impl OpenFiles {
             matches!(&*body, Body::Stream(up) if up.size() == offset && !(up.is_finished() && up.has_multipart()));
         if sequential {
             if let Body::Stream(up) = &mut *body {
+                if !up.has_multipart() {
+                    // A multipart upload takes its metadata when it starts.
+                    let posix = *lock(&shared.posix);
+                    let (meta, headers) = shared.upload_attrs(path, stream_meta(&posix)).await?;
+                    up.set_attrs(meta, headers);
+                }
                 up.write(offset, data).await.map_err(|e| upload_err(path, e))?;
                 shared.size.store(up.size(), Ordering::Relaxed);
             }
@@ -431,45 +584,50 @@ impl OpenFiles {
         }
         let key = shared.key();
         let posix = *lock(&shared.posix);
-        let meta = posix.to_meta();
         let meta_dirty = shared.meta_dirty.load(Ordering::Relaxed);
-        // The version now in S3, when known (a single PUT's ETag), for the cache.
-        let mut etag: Option<String> = None;
+        let expect = shared.expect();
         let update_meta = || async {
-            self.ns
-                .replace_posix_meta(&key, &posix, None)
+            let version = shared.version();
+            let etag = self
+                .ns
+                .replace_posix_meta(&key, &posix, version.as_deref())
                 .await
-                .map_err(|e| store_err(path, "metadata update", e))
+                .map_err(|e| store_err(path, "metadata update", e))?;
+            shared.wrote(etag.as_deref());
+            Ok::<_, FsError>(())
         };
         match body {
             Body::Stream(up) => {
-                let late_meta = !up.set_meta(stream_meta(&posix));
-                if !up.is_finished()
-                    && let Err(e) = up.finish().await
-                {
-                    // Another host replaced an exclusively created file: this write must
-                    // never land (the last close keeps it in lost+found instead).
-                    let replaced = matches!(&e, UploadError::Store(StoreError::PreconditionFailed { .. }));
-                    let err = upload_err(path, e);
-                    // Keep the bytes: a small file moves to staging, so the next flush or
-                    // close tries again and nothing is lost.
-                    if !up.has_multipart() && !replaced {
-                        let _ = self.staged(path, shared, body).await;
+                let (meta, headers) = shared.upload_attrs(path, stream_meta(&posix)).await?;
+                let late_meta = !up.set_attrs(meta, headers);
+                if !up.is_finished() {
+                    if let Err(e) = up.finish(expect.as_ref()).await {
+                        // Another host or client wrote the name since this mount saw it: this
+                        // write must never replace theirs (the last close keeps it in
+                        // lost+found instead).
+                        let replaced = matches!(&e, UploadError::Store(StoreError::PreconditionFailed { .. }));
+                        let err = upload_err(path, e);
+                        // Keep the bytes: a small file moves to staging, so the next flush or
+                        // close tries again and nothing is lost.
+                        if !up.has_multipart() && !replaced {
+                            let _ = self.staged(path, shared, body).await;
+                        }
+                        return Err(err);
                     }
-                    return Err(err);
+                    shared.wrote(up.written_etag());
                 }
                 if late_meta || meta_dirty {
                     update_meta().await?;
-                } else {
-                    etag = up.written_etag().map(str::to_string);
                 }
             }
             Body::Staged(staged) => {
                 if staged.is_modified() {
-                    staged
-                        .upload(&self.ns.store, &key, &meta)
+                    let (meta, headers) = shared.upload_attrs(path, posix.to_meta()).await?;
+                    let (_, etag) = staged
+                        .upload(&self.ns.store, &key, &meta, headers.as_ref(), expect.as_ref())
                         .await
                         .map_err(|e| staging_err(path, "upload", e))?;
+                    shared.wrote(etag.as_deref());
                 } else if meta_dirty {
                     update_meta().await?;
                 }
@@ -481,7 +639,8 @@ impl OpenFiles {
             path,
             EntryInfo::new(Kind::File, size, SystemTime::now())
                 .with_posix(posix)
-                .with_etag(etag.as_deref()),
+                .with_etag(shared.version().as_deref())
+                .with_plain(shared.carries_nothing()),
         );
         Ok(())
     }
@@ -496,8 +655,14 @@ impl OpenFiles {
         self.flush_body(from, &shared, &mut body).await?;
         let (src, dst) = (shared.key(), self.ns.layout.file_key(to)?);
         let size = shared.size.load(Ordering::Relaxed);
-        self.ns.copy_object(&CopySpec::new(&src, &dst), size).await?;
-        self.ns.delete_keys(vec![DeleteTarget::any(src)]).await?;
+        // The version just uploaded (or opened) is the one moved, and the one removed.
+        let version = shared.version();
+        let etag = self
+            .ns
+            .copy_object(&CopySpec::new(&src, &dst).from_version(version.as_deref()), size)
+            .await?;
+        self.ns.delete_keys(vec![DeleteTarget::version(src, version)]).await?;
+        shared.wrote(etag.as_deref());
         self.reanchor(ino, &shared, &mut body, to)
     }
 
@@ -510,7 +675,7 @@ impl OpenFiles {
             Some(Base {
                 key: dst.clone(),
                 size,
-                etag: None,
+                etag: shared.version(),
             }),
         )?;
         if let Body::Staged(old) = &*body {
@@ -548,6 +713,9 @@ impl OpenFiles {
         for (ino, path) in moved {
             let Some(shared) = self.shared(ino) else { continue };
             let mut body = shared.body.lock().await;
+            // The copy's ETag is not passed up from the directory rename: the next upload
+            // of this file goes without a condition (README, "Versions named").
+            shared.wrote(None);
             self.reanchor(ino, &shared, &mut body, &path.rebase(from, to))?;
         }
         Ok(())

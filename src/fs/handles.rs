@@ -10,7 +10,7 @@ use super::{Attr, Core, Handle, lock};
 use crate::data::read::ObjectReads;
 use crate::data::staging::Base;
 use crate::layout::RelPath;
-use crate::store::StoreError;
+use crate::store::{StoreError, WriteIf};
 use bytes::Bytes;
 use std::ffi::OsStr;
 use std::sync::Arc;
@@ -38,7 +38,8 @@ impl Core {
     ) -> FsResult<(Attr, u64)> {
         let path = self.child_path(parent, name)?;
         self.check_writable(&path)?;
-        match self.stat(&path).await? {
+        let existing = self.stat(&path).await?;
+        match existing {
             Some(i) if i.kind == Kind::Dir => {
                 return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
             }
@@ -57,11 +58,22 @@ impl Core {
         } else {
             None
         };
+        // The upload replaces only what this create saw: nothing (another host's file
+        // created meanwhile stays theirs), the empty object of an exclusive create, or the
+        // version of the file it truncates.
+        // Truncating an object this mount did not just create keeps what it holds besides
+        // the bytes (another client's metadata and headers): one HEAD.
+        let carry = existing.is_some_and(|i| i.version().is_some() && !i.plain);
+        let expect = match (&created, existing) {
+            (Some(etag), _) => etag.clone().map(WriteIf::Matches),
+            (None, None) => self.write_conditions().then_some(WriteIf::Absent),
+            (None, Some(i)) => i.version().map(|e| WriteIf::Matches(e.to_string())),
+        };
         let ino = lock(&self.inodes).lookup(&path, Kind::File);
-        let shared = self.files.attach(ino, &path, posix, |key| {
+        let shared = self.files.attach(ino, &path, posix, expect, carry, |key| {
             let stream = self.files.new_stream(key, &posix);
-            Ok(match (stream, created) {
-                (Body::Stream(up), Some(etag)) => Body::Stream(up.created_as(etag)),
+            Ok(match (stream, created.is_some()) {
+                (Body::Stream(up), true) => Body::Stream(up.created()),
                 (body, _) => body,
             })
         })?;
@@ -79,6 +91,12 @@ impl Core {
         Ok((self.attr(ino, info), fh))
     }
 
+    /// Whether writes send S3's conditions (not with `--local-exclusive-creates`, for a
+    /// server without conditional writes).
+    fn write_conditions(&self) -> bool {
+        !self.ns.cfg.local_exclusive_creates
+    }
+
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
         let path = self.path_of(ino)?;
         let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
@@ -90,7 +108,11 @@ impl Core {
         let trunc = flags & libc::O_TRUNC != 0;
         if writable {
             self.check_writable(&path)?;
-            let shared = self.files.attach(ino, &path, info.posix, |key| {
+            let expect = info.version().map(|e| WriteIf::Matches(e.to_string()));
+            // A rewrite keeps what the object holds besides the bytes: one HEAD, sent now
+            // and awaited by the first upload. Not for an object S3 does not have yet.
+            let carry = info.version().is_some() && !info.plain;
+            let shared = self.files.attach(ino, &path, info.posix, expect, carry, |key| {
                 if trunc || info.size == 0 {
                     return Ok(self.files.new_stream(key, &info.posix));
                 }

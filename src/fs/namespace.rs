@@ -221,6 +221,7 @@ impl Namespace {
                     EntryInfo::new(kind, size, m.last_modified)
                         .with_posix(posix::Posix::from_meta(&m.user_meta))
                         .with_etag(m.etag.as_deref())
+                        .with_plain(super::files::nothing_to_carry(&m))
                         .checked_now(),
                 ))
             }

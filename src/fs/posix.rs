@@ -48,9 +48,10 @@ impl Posix {
         }
     }
 
-    /// The user metadata keys [`Posix::to_meta`] writes: the mount's own; every other key of
-    /// an object belongs to someone else and is kept.
-    pub const OWNED_KEYS: &[&str] = &["mode", "uid", "gid", "mtime", "mtime-ns"];
+    /// The user metadata keys the mount owns: what [`Posix::to_meta`] writes, and a
+    /// conditional write's nonce (`store::retry::WRITE_NONCE`, meaningful to that write
+    /// alone); every other key of an object belongs to someone else and is kept.
+    pub const OWNED_KEYS: &[&str] = &["mode", "uid", "gid", "mtime", "mtime-ns", "prefixfs-write"];
 
     pub fn to_meta(&self) -> UserMeta {
         let mut m = UserMeta::new();
@@ -106,6 +107,11 @@ pub fn touch_ctime(meta: &mut UserMeta, now: SystemTime) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_write_nonce_is_owned() {
+        assert!(Posix::OWNED_KEYS.contains(&crate::store::retry::WRITE_NONCE));
+    }
 
     #[test]
     fn round_trips_and_reads_s3fs_headers() {

@@ -5,7 +5,8 @@
 //! and their counting live in [`super::retry`].
 
 use super::{
-    CopySpec, DeleteTarget, ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta, WriteIf,
+    CopySpec, DeleteTarget, Headers, ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta,
+    WriteIf,
 };
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -209,6 +210,19 @@ fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
 }
 
 /// Percent-encodes a key for `x-amz-copy-source`, keeping `/`.
+/// Sets the standard headers `$h` (a [`Headers`](super::Headers)) on a PutObject,
+/// CreateMultipartUpload or CopyObject request: three builder types with the same setters.
+macro_rules! with_headers {
+    ($req:expr, $h:expr) => {
+        $req.set_content_type($h.content_type.clone())
+            .set_content_encoding($h.content_encoding.clone())
+            .set_cache_control($h.cache_control.clone())
+            .set_content_disposition($h.content_disposition.clone())
+            .set_content_language($h.content_language.clone())
+            .set_storage_class($h.storage_class.as_deref().map(aws_sdk_s3::types::StorageClass::from))
+    };
+}
+
 fn encode_copy_source(bucket: &str, key: &str) -> String {
     let mut out = format!("{bucket}/");
     for b in key.bytes() {
@@ -289,11 +303,12 @@ impl ObjectStore for AwsStore {
         }
     }
 
-    async fn put_if(
+    async fn put_with(
         &self,
         key: &str,
         body: Bytes,
         meta: &UserMeta,
+        headers: Option<&Headers>,
         cond: Option<&WriteIf>,
     ) -> StoreResult<Option<String>> {
         let mut req = self
@@ -304,6 +319,9 @@ impl ObjectStore for AwsStore {
             .body(ByteStream::from(body));
         for (k, v) in meta {
             req = req.metadata(k, v);
+        }
+        if let Some(h) = headers {
+            req = with_headers!(req, h);
         }
         req = match cond {
             Some(WriteIf::Absent) => req.if_none_match("*"),
@@ -453,14 +471,12 @@ impl ObjectStore for AwsStore {
                 req = req.metadata(k, v);
             }
             if let Some(h) = c.headers {
-                req = req
-                    .set_content_type(h.content_type.clone())
-                    .set_content_encoding(h.content_encoding.clone())
-                    .set_cache_control(h.cache_control.clone())
-                    .set_content_disposition(h.content_disposition.clone())
-                    .set_content_language(h.content_language.clone())
-                    .set_storage_class(h.storage_class.as_deref().map(aws_sdk_s3::types::StorageClass::from));
+                req = with_headers!(req, h);
             }
+        } else if let Some(class) = c.headers.and_then(|h| h.storage_class.as_deref()) {
+            // A copy keeps the metadata and headers, but not the storage class: S3 makes it
+            // STANDARD unless told.
+            req = req.storage_class(aws_sdk_s3::types::StorageClass::from(class));
         }
         let r = req.send().await.map_err(|e| map_err("copy", src, e))?;
         Ok(r.copy_object_result().and_then(|c| c.e_tag()).map(str::to_string))
@@ -491,10 +507,18 @@ impl ObjectStore for AwsStore {
         Ok(r.copy_part_result().and_then(|c| c.e_tag()).unwrap_or("").to_string())
     }
 
-    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
+    async fn create_multipart_with(
+        &self,
+        key: &str,
+        meta: &UserMeta,
+        headers: Option<&Headers>,
+    ) -> StoreResult<String> {
         let mut req = self.client.create_multipart_upload().bucket(&self.bucket).key(key);
         for (k, v) in meta {
             req = req.metadata(k, v);
+        }
+        if let Some(h) = headers {
+            req = with_headers!(req, h);
         }
         let r = req.send().await.map_err(|e| map_err("create_multipart", key, e))?;
         r.upload_id().map(str::to_string).ok_or_else(|| StoreError::Server {
@@ -530,7 +554,7 @@ impl ObjectStore for AwsStore {
         upload_id: &str,
         parts: &[(i32, String)],
         cond: Option<&WriteIf>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Option<String>> {
         let parts = parts
             .iter()
             .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
@@ -547,8 +571,8 @@ impl ObjectStore for AwsStore {
             Some(WriteIf::Matches(etag)) => req.if_match(etag),
             None => req,
         };
-        req.send().await.map_err(|e| map_err("complete_multipart", key, e))?;
-        Ok(())
+        let r = req.send().await.map_err(|e| map_err("complete_multipart", key, e))?;
+        Ok(r.e_tag().map(str::to_string))
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {

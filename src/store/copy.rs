@@ -56,7 +56,7 @@ impl CopyLimits {
 /// longer the version `c.src_etag` names fails it (PreconditionFailed), as CopyObject would.
 /// A CopyObject refused because the object grew past the limit (another host wrote it) goes
 /// part by part the same way. Returns the copy's ETag when S3 said it (CopyObject does; a
-/// multipart copy's completion is not asked).
+/// multipart copy's completion too).
 pub async fn copy_object(
     store: &dyn ObjectStore,
     c: &CopySpec<'_>,
@@ -85,15 +85,19 @@ pub async fn copy_object(
     if head.size <= limits.object_max {
         return store.copy(&c.from_version(etag).with_meta(Some(&meta))).await;
     }
-    copy_parts(store, &c.from_version(etag).with_meta(Some(&meta)), head.size, limits).await?;
-    Ok(None)
+    copy_parts(store, &c.from_version(etag).with_meta(Some(&meta)), head.size, limits).await
 }
 
 /// A multipart copy of the `size` bytes of `c.src` (every part only while the source still
 /// has the ETag `c.src_etag`, so an object replaced midway fails the copy instead of mixing
 /// two versions) to `c.dst` with `c.meta` (else none), completed only if `c.dst_if` holds;
 /// the upload is aborted when a part or the completion fails, so no half copy is left behind.
-pub async fn copy_parts(store: &dyn ObjectStore, c: &CopySpec<'_>, size: u64, limits: &CopyLimits) -> StoreResult<()> {
+pub async fn copy_parts(
+    store: &dyn ObjectStore,
+    c: &CopySpec<'_>,
+    size: u64,
+    limits: &CopyLimits,
+) -> StoreResult<Option<String>> {
     let (src, dst, etag) = (c.src, c.dst, c.src_etag);
     let none = UserMeta::new();
     let id = store.create_multipart(dst, c.meta.unwrap_or(&none)).await?;
@@ -112,13 +116,12 @@ pub async fn copy_parts(store: &dyn ObjectStore, c: &CopySpec<'_>, size: u64, li
         }
         Err(e) => Err(e),
     };
-    if let Err(e) = done {
-        if let Err(a) = store.abort_multipart(dst, &id).await {
-            tracing::warn!(key = %dst, error = %a, "could not abort a failed multipart copy");
-        }
-        return Err(e);
+    if done.is_err()
+        && let Err(a) = store.abort_multipart(dst, &id).await
+    {
+        tracing::warn!(key = %dst, error = %a, "could not abort a failed multipart copy");
     }
-    Ok(())
+    done
 }
 
 #[cfg(test)]

@@ -27,8 +27,8 @@
 use super::delete::DeleteConditions;
 use super::journal::{Journal, Record};
 use super::{
-    CopySpec, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, PrefixFn, StoreError, StoreResult,
-    UploadInfo, UserMeta, WriteIf,
+    CopySpec, DeleteFailure, DeleteTarget, Headers, ListPage, ObjectMeta, ObjectStore, PrefixFn, StoreError,
+    StoreResult, UploadInfo, UserMeta, WriteIf,
 };
 use crate::layout::interleave_by;
 use async_trait::async_trait;
@@ -312,6 +312,11 @@ impl Shared {
     }
 }
 
+/// A write conditional on a version S3 no longer has (412, or 404 for a key now empty).
+fn refused<T>(r: &StoreResult<T>) -> bool {
+    matches!(r, Err(StoreError::PreconditionFailed { .. })) || r.as_ref().is_err_and(|e| e.is_not_found())
+}
+
 impl DeferredDeletes {
     /// Queues deletes in front of `inner`, journalling them in `journal` when given.
     /// `prefix` says which partition a key is on: batches interleave them. `conds`: which
@@ -440,6 +445,49 @@ impl DeferredDeletes {
         Ok(())
     }
 
+    /// The version a held delete of `key` removes, when it names one.
+    fn held_version(&self, key: &str) -> Option<String> {
+        let q = self.s.lock();
+        q.held
+            .contains_key(key)
+            .then(|| q.versions.get(key).cloned().flatten())?
+    }
+
+    /// A create (`If-None-Match: *`) of a key whose delete by this mount is pending and
+    /// names its version: S3 still holds that version, so the create replaces exactly it
+    /// (`If-Match`) with the delete held, and the delete is moot once the create landed. No
+    /// wait for the delete, nor a failure while S3 refuses deletes. When that version is
+    /// gone after all (the delete landed and its answer was lost), the create goes the slow
+    /// way: the delete lands, then `If-None-Match: *`.
+    async fn create_over_pending_delete(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        headers: Option<&Headers>,
+    ) -> StoreResult<Option<String>> {
+        if self.hold(key).await {
+            if let Some(version) = self.held_version(key) {
+                let r = self
+                    .s
+                    .inner
+                    .put_with(key, body.clone(), meta, headers, Some(&WriteIf::Matches(version)))
+                    .await;
+                self.release(key, r.is_ok());
+                if !refused(&r) {
+                    return r;
+                }
+            } else {
+                self.release(key, false);
+            }
+        }
+        self.before_conditional(key).await?;
+        self.s
+            .inner
+            .put_with(key, body, meta, headers, Some(&WriteIf::Absent))
+            .await
+    }
+
     /// A conditional write to a key whose delete is pending: the delete must land first (an
     /// `If-None-Match: *` create after an unlink must see the key gone, and must not be
     /// undone by that delete afterwards). Settles everything; cheap, since it is rare.
@@ -545,18 +593,27 @@ impl ObjectStore for DeferredDeletes {
         self.s.inner.get(key, range, version).await
     }
 
-    async fn put_if(
+    async fn put_with(
         &self,
         key: &str,
         body: Bytes,
         meta: &UserMeta,
+        headers: Option<&Headers>,
         cond: Option<&WriteIf>,
     ) -> StoreResult<Option<String>> {
-        if cond.is_some() {
-            self.before_conditional(key).await?;
-            return self.s.inner.put_if(key, body, meta, cond).await;
+        match cond {
+            Some(WriteIf::Absent) if self.hidden(key) => {
+                self.create_over_pending_delete(key, body, meta, headers).await
+            }
+            Some(_) => {
+                self.before_conditional(key).await?;
+                self.s.inner.put_with(key, body, meta, headers, cond).await
+            }
+            None => {
+                self.write(key, self.s.inner.put_with(key, body, meta, headers, cond))
+                    .await
+            }
         }
-        self.write(key, self.s.inner.put_if(key, body, meta, cond)).await
     }
 
     async fn delete(&self, key: &str, version: Option<&str>) -> StoreResult<()> {
@@ -647,10 +704,15 @@ impl ObjectStore for DeferredDeletes {
         self.write(c.dst, self.s.inner.copy(c)).await
     }
 
-    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
+    async fn create_multipart_with(
+        &self,
+        key: &str,
+        meta: &UserMeta,
+        headers: Option<&Headers>,
+    ) -> StoreResult<String> {
         // The delete stays held from here to the completion (or the abort) of the upload.
         let held = self.hold(key).await;
-        let r = self.s.inner.create_multipart(key, meta).await;
+        let r = self.s.inner.create_multipart_with(key, meta, headers).await;
         if held && r.is_err() {
             self.release(key, false);
         }
@@ -682,7 +744,26 @@ impl ObjectStore for DeferredDeletes {
         upload_id: &str,
         parts: &[(i32, String)],
         cond: Option<&WriteIf>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Option<String>> {
+        // A create over this mount's pending delete of a named version replaces that version
+        // (see `create_over_pending_delete`), with the delete the upload's creation held.
+        let over = match cond {
+            Some(WriteIf::Absent) => self.held_version(key).map(WriteIf::Matches),
+            _ => None,
+        };
+        if over.is_some() {
+            let r = self
+                .s
+                .inner
+                .complete_multipart_if(key, upload_id, parts, over.as_ref())
+                .await;
+            self.release(key, r.is_ok());
+            if !refused(&r) {
+                return r;
+            }
+            self.before_conditional(key).await?;
+            return self.s.inner.complete_multipart_if(key, upload_id, parts, cond).await;
+        }
         if cond.is_some() {
             // A conditional completion is checked against S3 with the delete landed: the
             // delete the upload's creation held goes out first.
@@ -794,6 +875,50 @@ mod tests {
             .unwrap();
         d.settle().await.unwrap();
         assert_eq!(&mem.get("a/1", None, None).await.unwrap()[..], b"new");
+    }
+
+    /// A create (`If-None-Match: *`) of a name this mount unlinked replaces the unlinked
+    /// version at once, without waiting for its delete; another writer's object made
+    /// meanwhile stays theirs and the create fails.
+    #[tokio::test]
+    async fn a_create_over_a_pending_unlink_replaces_only_the_unlinked_version() {
+        let (mem, d) = setup();
+        let old = mem
+            .put_if("a/1", Bytes::from_static(b"old"), &UserMeta::new(), None)
+            .await
+            .unwrap();
+        d.delete("a/1", old.as_deref()).await.unwrap();
+        d.put_if(
+            "a/1",
+            Bytes::from_static(b"new"),
+            &UserMeta::new(),
+            Some(&WriteIf::Absent),
+        )
+        .await
+        .unwrap();
+        d.settle().await.unwrap();
+        assert_eq!(&mem.get("a/1", None, None).await.unwrap()[..], b"new");
+
+        let old = mem
+            .put_if("a/2", Bytes::from_static(b"old"), &UserMeta::new(), None)
+            .await
+            .unwrap();
+        d.delete("a/2", old.as_deref()).await.unwrap();
+        mem.put("a/2", Bytes::from_static(b"theirs"), &UserMeta::new())
+            .await
+            .unwrap();
+        let e = d
+            .put_if(
+                "a/2",
+                Bytes::from_static(b"new"),
+                &UserMeta::new(),
+                Some(&WriteIf::Absent),
+            )
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::PreconditionFailed { .. }), "{e}");
+        d.settle().await.unwrap();
+        assert_eq!(&mem.get("a/2", None, None).await.unwrap()[..], b"theirs");
     }
 
     /// Issue 21, 1: `rm f` was acknowledged; the write that replaces `f` then fails. The

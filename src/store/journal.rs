@@ -22,8 +22,8 @@
 
 use super::delete::DeleteConditions;
 use super::{
-    CopySpec, DeleteTarget, ListPage, ObjectMeta, ObjectStore, PrefixFn, StoreError, StoreResult, UploadInfo, UserMeta,
-    WriteIf,
+    CopySpec, DeleteTarget, Headers, ListPage, ObjectMeta, ObjectStore, PrefixFn, StoreError, StoreResult, UploadInfo,
+    UserMeta, WriteIf,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -466,14 +466,15 @@ impl ObjectStore for JournalingStore {
         self.inner.get(key, range, version).await
     }
 
-    async fn put_if(
+    async fn put_with(
         &self,
         key: &str,
         body: Bytes,
         meta: &UserMeta,
+        headers: Option<&Headers>,
         cond: Option<&WriteIf>,
     ) -> StoreResult<Option<String>> {
-        self.inner.put_if(key, body, meta, cond).await
+        self.inner.put_with(key, body, meta, headers, cond).await
     }
 
     async fn delete(&self, key: &str, version: Option<&str>) -> StoreResult<()> {
@@ -498,12 +499,17 @@ impl ObjectStore for JournalingStore {
         self.inner.copy(c).await
     }
 
-    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
+    async fn create_multipart_with(
+        &self,
+        key: &str,
+        meta: &UserMeta,
+        headers: Option<&Headers>,
+    ) -> StoreResult<String> {
         self.journal.record(&[Record::UploadIntent {
             key: key.to_string(),
             at_ms: now_ms(),
         }]);
-        let id = match self.inner.create_multipart(key, meta).await {
+        let id = match self.inner.create_multipart_with(key, meta, headers).await {
             Ok(id) => id,
             Err(e) => {
                 self.journal
@@ -542,12 +548,12 @@ impl ObjectStore for JournalingStore {
         upload_id: &str,
         parts: &[(i32, String)],
         cond: Option<&WriteIf>,
-    ) -> StoreResult<()> {
-        self.inner.complete_multipart_if(key, upload_id, parts, cond).await?;
+    ) -> StoreResult<Option<String>> {
+        let etag = self.inner.complete_multipart_if(key, upload_id, parts, cond).await?;
         self.journal.record(&[Record::UploadEnded {
             id: upload_id.to_string(),
         }]);
-        Ok(())
+        Ok(etag)
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {

@@ -2,8 +2,8 @@
 //! the layers above. It can be told to fail the next N requests (fault injection).
 
 use super::{
-    CopySpec, DeleteFailure, DeleteTarget, ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo,
-    UserMeta, WriteIf,
+    CopySpec, DeleteFailure, DeleteTarget, Headers, ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult,
+    UploadInfo, UserMeta, WriteIf,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,6 +19,7 @@ type FailFn = Box<dyn Fn(&str) -> StoreError + Send + Sync>;
 struct MemUpload {
     key: String,
     meta: UserMeta,
+    headers: Option<super::Headers>,
     parts: BTreeMap<i32, Bytes>,
 }
 
@@ -323,11 +324,12 @@ impl ObjectStore for MemoryStore {
         Ok(body)
     }
 
-    async fn put_if(
+    async fn put_with(
         &self,
         key: &str,
         body: Bytes,
         meta: &UserMeta,
+        headers: Option<&Headers>,
         cond: Option<&WriteIf>,
     ) -> StoreResult<Option<String>> {
         self.injected(key)?;
@@ -337,6 +339,9 @@ impl ObjectStore for MemoryStore {
         }
         let etag = hex::encode(Md5::digest(&body));
         self.insert_tagged(key, body, meta, etag.clone());
+        if let Some(h) = headers {
+            self.set_headers(key, h.clone());
+        }
         self.answer_lost("put", key)?;
         Ok(Some(format!("\"{etag}\"")))
     }
@@ -462,7 +467,12 @@ impl ObjectStore for MemoryStore {
         self.upload_part(key, upload_id, part, body).await
     }
 
-    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
+    async fn create_multipart_with(
+        &self,
+        key: &str,
+        meta: &UserMeta,
+        headers: Option<&Headers>,
+    ) -> StoreResult<String> {
         self.injected(key)?;
         let id = uuid::Uuid::new_v4().to_string();
         self.uploads.lock().unwrap_or_else(|e| e.into_inner()).insert(
@@ -470,6 +480,7 @@ impl ObjectStore for MemoryStore {
             MemUpload {
                 key: key.to_string(),
                 meta: meta.clone(),
+                headers: headers.cloned(),
                 parts: BTreeMap::new(),
             },
         );
@@ -493,7 +504,7 @@ impl ObjectStore for MemoryStore {
         upload_id: &str,
         parts: &[(i32, String)],
         cond: Option<&WriteIf>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Option<String>> {
         if let Some(cond) = cond {
             self.check(key, cond)?;
         }
@@ -501,6 +512,7 @@ impl ObjectStore for MemoryStore {
         let MemUpload {
             key: k,
             meta,
+            headers,
             parts: stored,
         } = self
             .uploads
@@ -513,8 +525,12 @@ impl ObjectStore for MemoryStore {
             body.extend_from_slice(stored.get(n).ok_or_else(|| not_found("complete_multipart", key))?);
         }
         let etag = super::multipart_etag(parts.iter().map(|(_, e)| e.as_str())).unwrap_or_default();
-        self.insert_tagged(&k, Bytes::from(body), &meta, etag);
-        Ok(())
+        let etag = format!("\"{etag}\"");
+        self.insert_tagged(&k, Bytes::from(body), &meta, etag.clone());
+        if let Some(h) = headers {
+            self.set_headers(&k, h);
+        }
+        Ok(Some(etag))
     }
 
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()> {

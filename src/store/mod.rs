@@ -128,8 +128,13 @@ macro_rules! around_each_call {
                 self.$around(OpKind::Copy, c.dst, || self.inner.copy(c)).await
             }
 
-            async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
-                self.$around(OpKind::CreateMultipart, key, || self.inner.create_multipart(key, meta))
+            async fn create_multipart_with(
+                &self,
+                key: &str,
+                meta: &UserMeta,
+                headers: Option<&Headers>,
+            ) -> StoreResult<String> {
+                self.$around(OpKind::CreateMultipart, key, || self.inner.create_multipart_with(key, meta, headers))
                     .await
             }
 
@@ -606,6 +611,16 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// `version` (an ETag), only of that version (`If-Match`): another one fails with
     /// PreconditionFailed, so a read never mixes two versions.
     async fn get(&self, key: &str, range: Option<Range<u64>>, version: Option<&str>) -> StoreResult<Bytes>;
+    /// PUT with `meta` and the standard `headers` (when given), only if `cond` holds when
+    /// one is given; the new object's ETag (when S3 gives one).
+    async fn put_with(
+        &self,
+        key: &str,
+        body: Bytes,
+        meta: &UserMeta,
+        headers: Option<&Headers>,
+        cond: Option<&WriteIf>,
+    ) -> StoreResult<Option<String>>;
     /// PUT, only if `cond` holds when one is given; the new object's ETag (when S3 gives one).
     async fn put_if(
         &self,
@@ -613,7 +628,9 @@ pub trait ObjectStore: Send + Sync + 'static {
         body: Bytes,
         meta: &UserMeta,
         cond: Option<&WriteIf>,
-    ) -> StoreResult<Option<String>>;
+    ) -> StoreResult<Option<String>> {
+        self.put_with(key, body, meta, None, cond).await
+    }
     async fn put(&self, key: &str, body: Bytes, meta: &UserMeta) -> StoreResult<()> {
         self.put_if(key, body, meta, None).await.map(|_| ())
     }
@@ -638,7 +655,12 @@ pub trait ObjectStore: Send + Sync + 'static {
     /// Server-side copy of a whole object (CopyObject) under the conditions `c` names:
     /// metadata copied with it, or replaced by `c.meta`.
     async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<Option<String>>;
-    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String>;
+    /// CreateMultipartUpload: the object will have `meta` and the standard `headers`.
+    async fn create_multipart_with(&self, key: &str, meta: &UserMeta, headers: Option<&Headers>)
+    -> StoreResult<String>;
+    async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
+        self.create_multipart_with(key, meta, None).await
+    }
     async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String>;
     /// UploadPartCopy: part `part` is bytes `range` of the object `src`, copied server-side;
     /// with `src_etag`, only while `src` still has that ETag (else PreconditionFailed), so
@@ -652,15 +674,21 @@ pub trait ObjectStore: Send + Sync + 'static {
         range: Range<u64>,
         src_etag: Option<&str>,
     ) -> StoreResult<String>;
-    /// CompleteMultipartUpload, only if `cond` holds when one is given.
+    /// CompleteMultipartUpload, only if `cond` holds when one is given; the new object's
+    /// ETag (when S3 gives one).
     async fn complete_multipart_if(
         &self,
         key: &str,
         upload_id: &str,
         parts: &[(i32, String)],
         cond: Option<&WriteIf>,
-    ) -> StoreResult<()>;
-    async fn complete_multipart(&self, key: &str, upload_id: &str, parts: &[(i32, String)]) -> StoreResult<()> {
+    ) -> StoreResult<Option<String>>;
+    async fn complete_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        parts: &[(i32, String)],
+    ) -> StoreResult<Option<String>> {
         self.complete_multipart_if(key, upload_id, parts, None).await
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;

@@ -16,8 +16,8 @@
 
 use super::stats::RequestStats;
 use super::{
-    CopySpec, DeleteTarget, ListPage, ObjectMeta, ObjectStore, OpKind, PrefixFn, StoreResult, UploadInfo, UserMeta,
-    WriteIf,
+    CopySpec, DeleteTarget, Headers, ListPage, ObjectMeta, ObjectStore, OpKind, PrefixFn, StoreResult, UploadInfo,
+    UserMeta, WriteIf,
 };
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -190,14 +190,15 @@ impl<S: ObjectStore> PacedStore<S> {
 }
 
 crate::store::around_each_call!(impl[S: ObjectStore] for PacedStore<S>, paced, {
-    async fn put_if(
+    async fn put_with(
         &self,
         key: &str,
         body: Bytes,
         meta: &UserMeta,
+        headers: Option<&Headers>,
         cond: Option<&WriteIf>,
     ) -> StoreResult<Option<String>> {
-        self.paced(OpKind::Put, key, || self.inner.put_if(key, body, meta, cond))
+        self.paced(OpKind::Put, key, || self.inner.put_with(key, body, meta, headers, cond))
             .await
     }
 
@@ -224,7 +225,7 @@ crate::store::around_each_call!(impl[S: ObjectStore] for PacedStore<S>, paced, {
         upload_id: &str,
         parts: &[(i32, String)],
         cond: Option<&WriteIf>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Option<String>> {
         self.paced(OpKind::CompleteMultipart, key, || {
             self.inner.complete_multipart_if(key, upload_id, parts, cond)
         })
@@ -255,11 +256,12 @@ mod tests {
         async fn get(&self, key: &str, range: Option<Range<u64>>, v: Option<&str>) -> StoreResult<Bytes> {
             self.inner.get(key, range, v).await
         }
-        async fn put_if(
+        async fn put_with(
             &self,
             key: &str,
             body: Bytes,
             meta: &UserMeta,
+            h: Option<&Headers>,
             c: Option<&WriteIf>,
         ) -> StoreResult<Option<String>> {
             if key.starts_with("hot/") {
@@ -271,7 +273,7 @@ mod tests {
                     });
                 }
             }
-            self.inner.put_if(key, body, meta, c).await
+            self.inner.put_with(key, body, meta, h, c).await
         }
         async fn delete(&self, key: &str, v: Option<&str>) -> StoreResult<()> {
             self.inner.delete(key, v).await
@@ -285,8 +287,8 @@ mod tests {
         async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<Option<String>> {
             self.inner.copy(c).await
         }
-        async fn create_multipart(&self, k: &str, m: &UserMeta) -> StoreResult<String> {
-            self.inner.create_multipart(k, m).await
+        async fn create_multipart_with(&self, k: &str, m: &UserMeta, h: Option<&Headers>) -> StoreResult<String> {
+            self.inner.create_multipart_with(k, m, h).await
         }
         async fn upload_part(&self, k: &str, u: &str, p: i32, b: Bytes) -> StoreResult<String> {
             self.inner.upload_part(k, u, p, b).await
@@ -308,7 +310,7 @@ mod tests {
             u: &str,
             p: &[(i32, String)],
             c: Option<&WriteIf>,
-        ) -> StoreResult<()> {
+        ) -> StoreResult<Option<String>> {
             self.inner.complete_multipart_if(k, u, p, c).await
         }
         async fn abort_multipart(&self, k: &str, u: &str) -> StoreResult<()> {

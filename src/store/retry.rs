@@ -8,8 +8,8 @@
 
 use super::stats::RequestStats;
 use super::{
-    CopySpec, DeleteTarget, ListPage, ObjectMeta, ObjectStore, OpKind, PrefixFn, StoreError, StoreResult, UploadInfo,
-    UserMeta, WriteIf,
+    CopySpec, DeleteTarget, Headers, ListPage, ObjectMeta, ObjectStore, OpKind, PrefixFn, StoreError, StoreResult,
+    UploadInfo, UserMeta, WriteIf,
 };
 use bytes::Bytes;
 use std::future::Future;
@@ -123,7 +123,7 @@ impl<S: ObjectStore> RetryingStore<S> {
         key: &str,
         parts: &[(i32, String)],
         err: StoreError,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Option<String>> {
         let meta = match self.run(OpKind::Head, key, || self.inner.head(key)).await {
             Ok(m) => m,
             Err(head) => {
@@ -142,7 +142,7 @@ impl<S: ObjectStore> RetryingStore<S> {
                 etag = got,
                 "a CompleteMultipartUpload answer was lost; the object is whole in S3"
             );
-            Ok(())
+            Ok(meta.etag)
         } else {
             Err(err)
         }
@@ -154,11 +154,12 @@ crate::store::around_each_call!(impl[S: ObjectStore] for RetryingStore<S>, run, 
     /// a retry is refused (412), an earlier attempt may have been applied and its answer
     /// lost, and only the nonce tells that object from another writer's with the same bytes
     /// (every empty create has the same MD5). One HEAD, only in that case.
-    async fn put_if(
+    async fn put_with(
         &self,
         key: &str,
         body: Bytes,
         meta: &UserMeta,
+        headers: Option<&Headers>,
         cond: Option<&WriteIf>,
     ) -> StoreResult<Option<String>> {
         let nonce = cond.map(|_| uuid::Uuid::new_v4().simple().to_string());
@@ -176,7 +177,7 @@ crate::store::around_each_call!(impl[S: ObjectStore] for RetryingStore<S>, run, 
         let result = self
             .run(OpKind::Put, key, || {
                 tries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                self.inner.put_if(key, body.clone(), meta, cond)
+                self.inner.put_with(key, body.clone(), meta, headers, cond)
             })
             .await;
         match (result, nonce) {
@@ -234,7 +235,7 @@ crate::store::around_each_call!(impl[S: ObjectStore] for RetryingStore<S>, run, 
         upload_id: &str,
         parts: &[(i32, String)],
         cond: Option<&WriteIf>,
-    ) -> StoreResult<()> {
+    ) -> StoreResult<Option<String>> {
         let attempts = std::sync::atomic::AtomicU32::new(0);
         let result = self
             .run(OpKind::CompleteMultipart, key, || async {

@@ -646,6 +646,77 @@ async fn metadata_changes_keep_what_other_clients_stored() {
     assert_eq!(head.user_meta.get("uid").map(String::as_str), Some("1000"));
 }
 
+/// Issue 21, 8: rewriting a file's bytes (an append, an `O_TRUNC` rewrite, a truncate of a
+/// closed file) keeps what another client stored with the object besides them: its user
+/// metadata and standard headers. Each upload names the version it replaces: once another
+/// client replaced the object after `open`, the upload is refused and their object stays.
+#[tokio::test]
+async fn rewrites_keep_what_other_clients_stored() {
+    use crate::store::Headers;
+    let r = rig();
+    let foreign = UserMeta::from([("xattr".to_string(), "%7B%7D".to_string())]);
+    let headers = Headers {
+        content_type: Some("text/plain".into()),
+        content_encoding: Some("identity".into()),
+        storage_class: Some("STANDARD_IA".into()),
+        ..Default::default()
+    };
+    let key = |p: &str| r.layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
+    for p in ["append.txt", "trunc.txt", "short.txt", "raced.txt"] {
+        r.mem()
+            .put(&key(p), Bytes::from_static(b"old\n"), &foreign)
+            .await
+            .unwrap();
+        r.mem().set_headers(&key(p), headers.clone());
+    }
+    let fh = r
+        .core
+        .open(r.ino("append.txt").await, libc::O_WRONLY | libc::O_APPEND)
+        .await
+        .unwrap();
+    r.core.write(fh, 4, b"more\n").await.unwrap();
+    r.core.release(fh).await.unwrap();
+    let fh = r
+        .core
+        .open(r.ino("trunc.txt").await, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    r.core.write(fh, 0, b"new\n").await.unwrap();
+    r.core.release(fh).await.unwrap();
+    let changes = AttrChanges {
+        size: Some(2),
+        ..Default::default()
+    };
+    r.core.setattr(r.ino("short.txt").await, changes).await.unwrap();
+    for (p, body) in [
+        ("append.txt", &b"old\nmore\n"[..]),
+        ("trunc.txt", b"new\n"),
+        ("short.txt", b"ol"),
+    ] {
+        assert_eq!(&r.mem().get(&key(p), None, None).await.unwrap()[..], body, "{p}");
+        let head = r.mem().head(&key(p)).await.unwrap();
+        assert_eq!(head.user_meta.get("xattr").map(String::as_str), Some("%7B%7D"), "{p}");
+        assert_eq!(head.headers, headers, "{p}");
+    }
+
+    let fh = r
+        .core
+        .open(r.ino("raced.txt").await, libc::O_WRONLY | libc::O_TRUNC)
+        .await
+        .unwrap();
+    r.core.write(fh, 0, b"mine\n").await.unwrap();
+    r.mem()
+        .put(&key("raced.txt"), Bytes::from_static(b"theirs\n"), &UserMeta::new())
+        .await
+        .unwrap();
+    let e = r.core.release(fh).await.unwrap_err();
+    assert_eq!(e.errno, libc::EIO, "{e}");
+    assert_eq!(
+        &r.mem().get(&key("raced.txt"), None, None).await.unwrap()[..],
+        b"theirs\n"
+    );
+}
+
 /// Issue 21, 8: an object s3fs wrote carries its atime and ctime; they are shown (where this
 /// mount has no time of its own), and a metadata change moves the stored ctime.
 #[tokio::test]
