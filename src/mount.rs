@@ -245,7 +245,14 @@ pub fn check_not_mounted(mountpoint: &std::path::Path) -> Result<(), MountError>
 
 /// The mount points listed in a /proc/self/mountinfo text (octal escapes decoded).
 fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    mounts(mountinfo).map(|(p, _)| p)
+}
+
+/// The mounts listed in a /proc/self/mountinfo text: each mount point (octal escapes
+/// decoded) with its device (`major:minor`).
+fn mounts(mountinfo: &str) -> impl Iterator<Item = (PathBuf, &str)> + '_ {
     mountinfo.lines().filter_map(|line| {
+        let dev = line.split(' ').nth(2)?;
         let field = line.split(' ').nth(4)?;
         let mut out = Vec::with_capacity(field.len());
         let b = field.as_bytes();
@@ -260,8 +267,57 @@ fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
             }
         }
         use std::os::unix::ffi::OsStringExt;
-        Some(PathBuf::from(std::ffi::OsString::from_vec(out)))
+        Some((PathBuf::from(std::ffi::OsString::from_vec(out)), dev))
     })
+}
+
+/// The `/proc/locks` form of the device of the mount at `mountpoint` (`MAJOR:MINOR:` in
+/// hex, as the kernel prints it before the inode number), once it is mounted.
+fn lock_tag(mountinfo: &str, mountpoint: &std::path::Path) -> Option<String> {
+    let (_, dev) = mounts(mountinfo).filter(|(p, _)| p == mountpoint).last()?;
+    let (major, minor) = dev.split_once(':')?;
+    Some(format!(
+        "{:02x}:{:02x}:",
+        major.parse::<u32>().ok()?,
+        minor.parse::<u32>().ok()?
+    ))
+}
+
+/// The first lock in a `/proc/locks` text on the device `tag` names: its kind (FLOCK,
+/// POSIX, OFDLCK) and the pid holding it.
+fn lock_on<'a>(locks: &'a str, tag: &str) -> Option<(&'a str, &'a str)> {
+    locks.lines().find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().filter(|f| *f != "->").collect();
+        f.get(5).filter(|d| d.starts_with(tag))?;
+        Some((*f.get(1)?, *f.get(4)?))
+    })
+}
+
+/// Logs once, the first time a program holds a flock or fcntl lock on the mount at
+/// `mountpoint`, that the lock does not reach other hosts. The kernel keeps these locks
+/// (the filesystem does not take FUSE's lock calls), so /proc/locks is where they show: a
+/// glance at it every two seconds, local and cheap; no request.
+async fn log_first_lock(mountpoint: PathBuf) {
+    let canonical = std::fs::canonicalize(&mountpoint).unwrap_or(mountpoint);
+    let mut tag = None;
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+        if tag.is_none() {
+            tag = lock_tag(
+                &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+                &canonical,
+            );
+        }
+        let Some(tag) = &tag else { continue };
+        if let Some((kind, pid)) = lock_on(&std::fs::read_to_string("/proc/locks").unwrap_or_default(), tag) {
+            tracing::warn!(
+                kind,
+                pid,
+                "a program holds a file lock on this mount: flock and fcntl locks are this host's only, so another host mounting the bucket neither sees nor waits for it (README, \"Many hosts\"); logged once"
+            );
+            return;
+        }
+    }
 }
 
 /// Mounts and serves until unmounted (umount, fusermount3 -u, SIGINT, SIGTERM).
@@ -332,11 +388,12 @@ pub fn run(
     let socket = stats_socket(&plan.mountpoint);
     serve_stats(&rt, socket.clone(), core.clone());
     tracing::info!(mountpoint = %plan.mountpoint.display(), "mounted");
-    // The kernel keeps flock/fcntl locks (this filesystem does not take FUSE's lock calls,
-    // so there is no lock request to log when one is taken): say once what they do not do.
+    // The kernel keeps flock/fcntl locks (this filesystem does not take FUSE's lock calls):
+    // say what they do not do, and again when a program first takes one.
     tracing::info!(
         "flock and fcntl locks on this mount are this host's only: other hosts mounting the bucket do not see them"
     );
+    rt.spawn(log_first_lock(plan.mountpoint.clone()));
     notify_ready();
     let mut result = session.run().map_err(MountError::Session);
     if !rt.block_on(core.flush_all()) && result.is_ok() {
@@ -557,6 +614,20 @@ fn notify_ready() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn locks_on_the_mount_are_found_in_proc_locks() {
+        let mountinfo = "36 35 98:0 / /mnt1 rw - ext4 /dev/root rw\n\
+                         412 36 0:58 / /mnt/my\\040bucket rw - fuse.prefixfs prefixfs rw\n";
+        let tag = lock_tag(mountinfo, std::path::Path::new("/mnt/my bucket")).unwrap();
+        assert_eq!(tag, "00:3a:");
+        let locks = "1: POSIX  ADVISORY  WRITE 100 08:01:1234 0 EOF\n\
+                     2: FLOCK  ADVISORY  WRITE 4242 00:3a:7 0 EOF\n\
+                     2: -> FLOCK  ADVISORY  WRITE 4343 00:3a:7 0 EOF\n";
+        assert_eq!(lock_on(locks, &tag), Some(("FLOCK", "4242")));
+        assert_eq!(lock_on("1: POSIX  ADVISORY  WRITE 100 08:01:1234 0 EOF\n", &tag), None);
+        assert_eq!(lock_tag(mountinfo, std::path::Path::new("/elsewhere")), None);
+    }
 
     #[test]
     fn mount_points_are_read_from_mountinfo_with_escapes() {

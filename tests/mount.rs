@@ -457,6 +457,19 @@ fn sigint_in_foreground_unmounts_cleanly_and_df_works() {
     assert_eq!(env.get(&key), b"kept\n");
 }
 
+/// Issue 21, 12: locks are this host's only; the mount says so in its log the first time a
+/// program holds one (found in /proc/locks: the kernel keeps them), once.
+#[test]
+fn a_lock_taken_on_the_mount_is_logged_once_as_this_hosts_only() {
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    m.ok("echo x > job.lock && flock job.lock -c 'sleep 5' && flock -s job.lock -c 'sleep 3'");
+    let log = m.log_text();
+    let said = log.matches("holds a file lock on this mount").count();
+    assert_eq!(said, 1, "{log}");
+    assert!(log.contains("kind=\"FLOCK\"") || log.contains("kind=FLOCK"), "{log}");
+}
+
 /// `prefixfs mount MNT` on the embedded store, daemonised, as the README's demo runs it.
 fn mount_demo(dir: &std::path::Path, mnt: &std::path::Path) -> Mount {
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_prefixfs"))
