@@ -151,3 +151,53 @@ fn a_mount_absorbs_injected_faults() {
     assert_eq!(run_sh(env.dir.path(), "sha256sum < from-s3.bin").stdout, want_big);
     println!("{fired} faults injected");
 }
+
+/// Issue 21, 1, through a mount: `rm f` is acknowledged while S3 refuses deletes, and the
+/// write that replaces `f` then fails too (its bytes go to lost+found). Once S3 is healthy
+/// the old content never comes back: not when the queued delete is retried, nor after a
+/// remount. (Before, the write cancelled the queued delete before it was tried, and `cat f`
+/// printed the old content.)
+#[test]
+fn an_acknowledged_rm_stays_done_when_the_write_after_it_fails() {
+    use prefixfs::server::faults::FaultPlan;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+    let rules = ["500:1:DeleteObjects", "500:1:DeleteObject", "500:1:PutObject"];
+    let plan = Arc::new(FaultPlan::new(
+        rules.iter().map(|r| r.parse().expect("rule")).collect(),
+        1,
+        Duration::ZERO,
+    ));
+    plan.set_on(false);
+    let env = Env::embedded_config(|c| c.fault_plan = Some(plan.clone()));
+    let f = key(&env, "f");
+    let mut m = env.mount(16, &["--max-attempts", "2"]);
+    m.ok("echo old > f");
+    plan.set_on(true);
+    m.ok("rm f");
+    assert_eq!(
+        env.get(&f),
+        b"old\n",
+        "S3 refused the delete: the object is still there"
+    );
+    // The close fails (EIO; the shell does not report it); the bytes are kept.
+    m.sh("echo new > f");
+    let kept = run_sh(env.dir.path(), "sleep 0.5; cat cache/lost+found/*f");
+    assert_eq!(kept.stdout, "new\n", "{}", m.log_text());
+    assert_eq!(m.sh("cat f").code, 1, "f stays unlinked");
+    plan.set_on(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while env.keys().contains(&f) {
+        assert!(
+            Instant::now() < deadline,
+            "the queued delete never landed\n{}",
+            m.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(m.sh("cat f").code, 1);
+    m.unmount();
+    let mut again = env.mount(16, &[]);
+    assert_eq!(again.sh("cat f").code, 1, "the old file came back after a remount");
+    assert!(!env.keys().contains(&f));
+}
