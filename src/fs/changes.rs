@@ -175,7 +175,10 @@ impl Namespace {
             return Err(FsError::new(libc::ENOTEMPTY, format!("{path}: directory not empty")));
         }
         match below.marker {
-            Some(0) => self.store.delete(&self.layout.dir_marker_key(path)?, None).await?,
+            Some(0) => {
+                let version = below.marker_etag.as_ref().map(|e| e.as_str());
+                self.store.delete(&self.layout.dir_marker_key(path)?, version).await?
+            }
             // Not a marker but somebody's data under a key ending in '/': never deleted.
             Some(bytes) => {
                 tracing::warn!(%path, bytes, "the directory's marker key holds data: not deleting it; the directory is hidden instead")
@@ -326,7 +329,7 @@ impl Namespace {
             .interleave_by_prefix(pairs.iter().map(|(k, _)| k.clone()).collect());
         let dst_of: std::collections::HashMap<String, String> = pairs.into_iter().collect();
         let total = order.len();
-        let results: Vec<Result<String, String>> = stream::iter(order.iter())
+        let results: Vec<Result<(String, Option<String>), String>> = stream::iter(order.iter())
             .map(|src| {
                 let dst = dst_of.get(src).cloned().unwrap_or_default();
                 let t = listed.get(src);
@@ -336,7 +339,7 @@ impl Namespace {
                         .copy_object(&CopySpec::new(src, &dst).from_version(etag), size)
                         .await
                     {
-                        Ok(_) => Ok(dst),
+                        Ok(made) => Ok((dst, made)),
                         Err(e) => Err(e.to_string()),
                     }
                 }
@@ -346,11 +349,21 @@ impl Namespace {
             .await;
         let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
         if let Some(first) = failures.first() {
-            // Take back the copies that did land, so the tree exists under one name only.
-            let copied: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-            let copied = self.layout.interleave_by_prefix(copied);
+            // Take back the copies that did land, each only at the version it made, so the
+            // tree exists under one name only.
+            let made: std::collections::HashMap<String, Option<String>> =
+                results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+            let copied = self.layout.interleave_by_prefix(made.keys().cloned().collect());
             let cleanup = self
-                .delete_keys(copied.into_iter().map(DeleteTarget::any).collect())
+                .delete_keys(
+                    copied
+                        .into_iter()
+                        .map(|k| {
+                            let etag = made.get(&k).cloned().flatten();
+                            DeleteTarget::version(k, etag)
+                        })
+                        .collect(),
+                )
                 .await;
             tracing::error!(
                 %from, %to, failed = failures.len(), total, error = %first, cleanup_ok = cleanup.is_ok(),
@@ -367,9 +380,17 @@ impl Namespace {
                 ),
             ));
         }
-        // An implicit directory becomes an explicit one, so it survives being emptied.
+        // An implicit directory becomes an explicit one, so it survives being emptied; a
+        // marker another host made meanwhile is as good (`If-None-Match: *`).
         if !has_marker {
-            self.store.put(&to_marker, Bytes::new(), &UserMeta::new()).await?;
+            match self
+                .store
+                .put_if(&to_marker, Bytes::new(), &UserMeta::new(), Some(&WriteIf::Absent))
+                .await
+            {
+                Ok(_) | Err(StoreError::PreconditionFailed { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         // Each source goes only at the version copied: one another client wrote meanwhile
         // stays under the old name (logged).

@@ -36,6 +36,8 @@ pub(super) struct Emptiness {
     pub not_empty: bool,
     /// The size of the directory's own marker object, when there is one.
     pub marker: Option<u64>,
+    /// The marker's version, which `rmdir` deletes (and only that one).
+    pub marker_etag: Option<ETag>,
     /// Keys that are not of this namespace lie below it.
     pub foreign: bool,
 }
@@ -79,6 +81,7 @@ impl Namespace {
                     for o in &page.objects {
                         if o.key == marker {
                             e.marker = Some(o.size);
+                            e.marker_etag = ETag::of(o.etag.as_deref());
                         } else if self.ours(&o.key, o.size) {
                             e.not_empty = true;
                         } else {
@@ -94,6 +97,7 @@ impl Namespace {
         Ok(pages.into_iter().fold(Emptiness::default(), |a, b| Emptiness {
             not_empty: a.not_empty || b.not_empty,
             marker: a.marker.or(b.marker),
+            marker_etag: a.marker_etag.or(b.marker_etag),
             foreign: a.foreign || b.foreign,
         }))
     }
