@@ -28,8 +28,8 @@ on_every_backend!(
 
 /// Issue 21, 9 and 10: while `mv f.tmp f` replaces `f` again and again (as editors and
 /// `os.replace` do), a reader of `f` always finds a file, as on a local disk; and a file
-/// unlinked while open for reading is still read and `fstat`ed through its descriptor, and
-/// leaves the bucket at its last close.
+/// unlinked (or renamed away) while open for reading is still read and `fstat`ed through
+/// its descriptor, and its old key leaves the bucket at its last close.
 fn a_replaced_name_always_shows_a_file_and_an_unlinked_open_file_stays_readable(env: Env) {
     let mut m = env.mount(16, &[]);
     // Each read: a whole version (`vN`), or ESTALE when the version it opened was replaced
@@ -57,15 +57,23 @@ fd = os.open('g', os.O_RDONLY)
 os.unlink('g')
 print(os.path.exists('g'), os.fstat(fd).st_size, os.pread(fd, 100, 0).decode().strip())
 os.close(fd)
+with open('h', 'w') as w:
+    w.write('moved data\n')
+fd = os.open('h', os.O_RDONLY)
+os.rename('h', 'h2')
+print(os.pread(fd, 100, 0).decode().strip())
+os.close(fd)
 "#;
     std::fs::write(env.dir.path().join("unlinked.py"), script).unwrap();
     let out = m.ok(&format!(
         "python3 {}; sync .",
         env.dir.path().join("unlinked.py").display()
     ));
-    assert_eq!(out, "False 10 kept data\n");
-    let g = env.layout(16).file_key(&RelPath::parse("g").unwrap()).unwrap();
-    assert!(!env.data_keys().contains(&g), "deleted at the last close");
+    assert_eq!(out, "False 10 kept data\nmoved data\n");
+    let key = |p: &str| env.layout(16).file_key(&RelPath::parse(p).unwrap()).unwrap();
+    let keys = env.data_keys();
+    assert!(!keys.contains(&key("g")), "deleted at the last close");
+    assert!(!keys.contains(&key("h")) && keys.contains(&key("h2")), "{keys:?}");
 }
 
 /// Issue 21, 11: one key with a control character (which XML 1.0 cannot carry) made its

@@ -214,9 +214,14 @@ impl Namespace {
         Ok(())
     }
 
-    /// The checks of `rename(from, to)` with `flags` (renameat2): what `from` is, or None
-    /// when there is nothing to do (`from` is `to`).
-    pub async fn check_rename(&self, from: &RelPath, to: &RelPath, flags: u32) -> FsResult<Option<EntryInfo>> {
+    /// The checks of `rename(from, to)` with `flags` (renameat2): what `from` is and what
+    /// `to` holds, or None when there is nothing to do (`from` is `to`).
+    pub async fn check_rename(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        flags: u32,
+    ) -> FsResult<Option<(EntryInfo, Option<EntryInfo>)>> {
         if flags & libc::RENAME_EXCHANGE != 0 {
             return Err(FsError::new(
                 libc::EINVAL,
@@ -260,7 +265,7 @@ impl Namespace {
                 _ => {}
             }
         }
-        Ok(Some(src))
+        Ok(Some((src, dst)))
     }
 
     /// Moves the object of a file (or symlink) `src` from `from` to `to`: a copy, then the
@@ -268,27 +273,26 @@ impl Namespace {
     /// name the version `src` describes when known: a source another client replaced
     /// meanwhile is neither copied nor deleted (ESTALE). With `noreplace` (`mv -n`) the copy
     /// lands only where nothing is (`If-None-Match: *`): a target created elsewhere after
-    /// [`Namespace::check_rename`] looked fails it with EEXIST.
+    /// [`Namespace::check_rename`] looked fails it with EEXIST. Without it the copy replaces
+    /// only what that check saw at `to` (`dst`: its version, or nothing), so a target another
+    /// client wrote meanwhile stays theirs (ESTALE).
     /// Returns the moved object's ETag when S3 said it.
     pub async fn move_object(
         &self,
         from: &RelPath,
         to: &RelPath,
         src: &EntryInfo,
+        dst: Option<&EntryInfo>,
         noreplace: bool,
     ) -> FsResult<Option<String>> {
         let (sk, dk) = (self.layout.file_key(from)?, self.layout.file_key(to)?);
-        let absent = noreplace.then_some(WriteIf::Absent);
+        let target = self.target_condition(dst, noreplace);
         let copy = CopySpec::new(&sk, &dk)
             .from_version(src.version())
-            .only_if(absent.as_ref());
+            .only_if(target.as_ref());
         let etag = match self.copy_object(&copy, src.size).await {
-            Err(StoreError::PreconditionFailed { .. }) => {
-                if noreplace && self.stat_fresh(to).await?.is_some() {
-                    return Err(FsError::new(libc::EEXIST, format!("{to}: exists (created elsewhere)")));
-                }
-                self.cache.forget(from);
-                return Err(replaced_elsewhere(from));
+            Err(e @ StoreError::PreconditionFailed { .. }) => {
+                return Err(self.refused_move(from, to, src, noreplace, e).await);
             }
             r => r?,
         };
@@ -297,6 +301,52 @@ impl Namespace {
         self.delete_keys(vec![DeleteTarget::version(sk, src.version().map(str::to_string))])
             .await?;
         Ok(etag)
+    }
+
+    /// What a rename's copy onto `to` is conditional on: nothing there (`mv -n`, or a name
+    /// the check found free), else the version the check saw there (when known). None with
+    /// `--local-exclusive-creates` (a server without conditional writes), but for `mv -n`.
+    pub(super) fn target_condition(&self, dst: Option<&EntryInfo>, noreplace: bool) -> Option<WriteIf> {
+        if noreplace {
+            return Some(WriteIf::Absent);
+        }
+        if self.cfg.local_exclusive_creates {
+            return None;
+        }
+        match dst {
+            None => Some(WriteIf::Absent),
+            Some(d) => d.version().map(|e| WriteIf::Matches(e.to_string())),
+        }
+    }
+
+    /// The error of a rename's copy S3 refused (`e`, 412): the target was taken (`mv -n`:
+    /// EEXIST) or written by another client meanwhile, or the source replaced (ESTALE). One
+    /// HEAD of each side tells which.
+    pub(super) async fn refused_move(
+        &self,
+        from: &RelPath,
+        to: &RelPath,
+        src: &EntryInfo,
+        noreplace: bool,
+        e: StoreError,
+    ) -> FsError {
+        let source_kept = match self.stat_fresh(from).await {
+            Ok(Some(now)) => now.version().is_some() && now.version() == src.version(),
+            _ => false,
+        };
+        if source_kept {
+            self.cache.forget(to);
+            if noreplace {
+                return FsError::new(libc::EEXIST, format!("{to}: exists (created elsewhere)")).caused_by(e);
+            }
+            return FsError::new(
+                libc::ESTALE,
+                format!("{to}: written by another client meanwhile; their version stays, and {from} was not moved"),
+            )
+            .caused_by(e);
+        }
+        self.cache.forget(from);
+        replaced_elsewhere(from)
     }
 
     /// Copies every object below `from` to its key below `to` (in parallel, interleaved
@@ -329,14 +379,20 @@ impl Namespace {
             .interleave_by_prefix(pairs.iter().map(|(k, _)| k.clone()).collect());
         let dst_of: std::collections::HashMap<String, String> = pairs.into_iter().collect();
         let total = order.len();
+        // Every key below `to` is new (the check found it empty or absent): a copy lands
+        // only where nothing is, so a file another client wrote there meanwhile stays
+        // theirs and the rename fails. The marker of a directory renamed over excepted.
+        let absent = (!self.cfg.local_exclusive_creates).then_some(WriteIf::Absent);
+        let absent = absent.as_ref();
         let results: Vec<Result<(String, Option<String>), String>> = stream::iter(order.iter())
             .map(|src| {
                 let dst = dst_of.get(src).cloned().unwrap_or_default();
                 let t = listed.get(src);
                 let (size, etag) = t.map_or((0, None), |t| (t.size, t.etag.as_deref()));
+                let cond = if dst == to_marker { None } else { absent };
                 async move {
                     match self
-                        .copy_object(&CopySpec::new(src, &dst).from_version(etag), size)
+                        .copy_object(&CopySpec::new(src, &dst).from_version(etag).only_if(cond), size)
                         .await
                     {
                         Ok(made) => Ok((dst, made)),

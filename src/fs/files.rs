@@ -647,7 +647,16 @@ impl OpenFiles {
 
     /// Renames a file that is open here: its pending data is uploaded first, then the object
     /// moves, and the open state follows it to the new key.
-    pub(super) async fn rename_open_file(&self, ino: u64, from: &RelPath, to: &RelPath) -> FsResult<bool> {
+    /// The copy replaces only what the rename's check saw at `to` (`dst`), as a closed
+    /// file's does (`Namespace::target_condition`).
+    pub(super) async fn rename_open_file(
+        &self,
+        ino: u64,
+        from: &RelPath,
+        to: &RelPath,
+        dst_info: Option<&EntryInfo>,
+        noreplace: bool,
+    ) -> FsResult<bool> {
         let Some(shared) = self.shared(ino) else {
             return Ok(false);
         };
@@ -657,10 +666,21 @@ impl OpenFiles {
         let size = shared.size.load(Ordering::Relaxed);
         // The version just uploaded (or opened) is the one moved, and the one removed.
         let version = shared.version();
-        let etag = self
-            .ns
-            .copy_object(&CopySpec::new(&src, &dst).from_version(version.as_deref()), size)
-            .await?;
+        let target = self.ns.target_condition(dst_info, noreplace);
+        let copy = CopySpec::new(&src, &dst)
+            .from_version(version.as_deref())
+            .only_if(target.as_ref());
+        let etag = match self.ns.copy_object(&copy, size).await {
+            Err(e @ StoreError::PreconditionFailed { .. }) => {
+                let errno = if noreplace { libc::EEXIST } else { libc::ESTALE };
+                return Err(FsError::new(
+                    errno,
+                    format!("rename {from} -> {to}: another client wrote one of them meanwhile; nothing was moved"),
+                )
+                .caused_by(e));
+            }
+            r => r?,
+        };
         self.ns.delete_keys(vec![DeleteTarget::version(src, version)]).await?;
         shared.wrote(etag.as_deref());
         self.reanchor(ino, &shared, &mut body, to)

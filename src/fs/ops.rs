@@ -264,21 +264,26 @@ impl Core {
         let from = self.child_path(parent, name)?;
         let to = self.child_path(newparent, newname)?;
         self.check_writable(&from)?;
-        let Some(src) = self.ns.check_rename(&from, &to, flags).await? else {
+        let Some((src, dst)) = self.ns.check_rename(&from, &to, flags).await? else {
             return Ok(());
         };
         match src.kind {
             Kind::File | Kind::Symlink => {
                 let open_ino = lock(&self.inodes).find(&from);
                 let moved_open = match open_ino {
-                    Some(ino) => self.files.rename_open_file(ino, &from, &to).await?,
+                    Some(ino) => {
+                        let noreplace = flags & libc::RENAME_NOREPLACE != 0;
+                        self.files
+                            .rename_open_file(ino, &from, &to, dst.as_ref(), noreplace)
+                            .await?
+                    }
                     None => false,
                 };
                 let etag = if moved_open {
                     None
                 } else {
                     self.ns
-                        .move_object(&from, &to, &src, flags & libc::RENAME_NOREPLACE != 0)
+                        .move_object(&from, &to, &src, dst.as_ref(), flags & libc::RENAME_NOREPLACE != 0)
                         .await?
                 };
                 self.cache.remove(&from);

@@ -459,20 +459,15 @@ impl DeferredDeletes {
     /// wait for the delete, nor a failure while S3 refuses deletes. When that version is
     /// gone after all (the delete landed and its answer was lost), the create goes the slow
     /// way: the delete lands, then `If-None-Match: *`.
-    async fn create_over_pending_delete(
-        &self,
-        key: &str,
-        body: Bytes,
-        meta: &UserMeta,
-        headers: Option<&Headers>,
-    ) -> StoreResult<Option<String>> {
+    /// `write` sends the request under the condition it is given.
+    async fn create_over_pending_delete<T, F, Fut>(&self, key: &str, write: F) -> StoreResult<T>
+    where
+        F: Fn(WriteIf) -> Fut,
+        Fut: std::future::Future<Output = StoreResult<T>>,
+    {
         if self.hold(key).await {
             if let Some(version) = self.held_version(key) {
-                let r = self
-                    .s
-                    .inner
-                    .put_with(key, body.clone(), meta, headers, Some(&WriteIf::Matches(version)))
-                    .await;
+                let r = write(WriteIf::Matches(version)).await;
                 self.release(key, r.is_ok());
                 if !refused(&r) {
                     return r;
@@ -482,10 +477,7 @@ impl DeferredDeletes {
             }
         }
         self.before_conditional(key).await?;
-        self.s
-            .inner
-            .put_with(key, body, meta, headers, Some(&WriteIf::Absent))
-            .await
+        write(WriteIf::Absent).await
     }
 
     /// A conditional write to a key whose delete is pending: the delete must land first (an
@@ -603,7 +595,11 @@ impl ObjectStore for DeferredDeletes {
     ) -> StoreResult<Option<String>> {
         match cond {
             Some(WriteIf::Absent) if self.hidden(key) => {
-                self.create_over_pending_delete(key, body, meta, headers).await
+                self.create_over_pending_delete(key, |cond| {
+                    let body = body.clone();
+                    async move { self.s.inner.put_with(key, body, meta, headers, Some(&cond)).await }
+                })
+                .await
             }
             Some(_) => {
                 self.before_conditional(key).await?;
@@ -645,14 +641,28 @@ impl ObjectStore for DeferredDeletes {
     }
 
     async fn delete_many(&self, targets: &[DeleteTarget]) -> StoreResult<Vec<DeleteFailure>> {
+        // A key open for reading here (a file renamed away while a program reads it) is
+        // deleted like an unlinked one: journalled and hidden now, sent at its last
+        // reader's unpin, so the reader keeps reading the version it opened.
+        let (pinned, now): (Vec<&DeleteTarget>, Vec<&DeleteTarget>) = {
+            let q = self.s.lock();
+            targets.iter().partition(|t| q.pins.contains_key(&t.key))
+        };
+        for t in pinned {
+            self.delete(&t.key, t.etag.as_deref()).await?;
+        }
+        if now.is_empty() {
+            return Ok(Vec::new());
+        }
         // A bulk delete supersedes what is pending for its keys; it waits for batches
         // deleting them, and releases nothing it did not hold.
-        for t in targets {
+        for t in &now {
             if self.hold(&t.key).await {
                 self.release(&t.key, true);
             }
         }
-        self.s.inner.delete_many(targets).await
+        let now: Vec<DeleteTarget> = now.into_iter().cloned().collect();
+        self.s.inner.delete_many(&now).await
     }
 
     async fn list(
@@ -697,11 +707,19 @@ impl ObjectStore for DeferredDeletes {
         if self.hidden(c.src) {
             return Err(gone("copy", c.src));
         }
-        if c.dst_if.is_some() {
-            self.before_conditional(c.dst).await?;
-            return self.s.inner.copy(c).await;
+        match c.dst_if {
+            Some(WriteIf::Absent) if self.hidden(c.dst) => {
+                self.create_over_pending_delete(c.dst, |cond| async move {
+                    self.s.inner.copy(&c.only_if(Some(&cond))).await
+                })
+                .await
+            }
+            Some(_) => {
+                self.before_conditional(c.dst).await?;
+                self.s.inner.copy(c).await
+            }
+            None => self.write(c.dst, self.s.inner.copy(c)).await,
         }
-        self.write(c.dst, self.s.inner.copy(c)).await
     }
 
     async fn create_multipart_with(
@@ -919,6 +937,30 @@ mod tests {
         assert!(matches!(e, StoreError::PreconditionFailed { .. }), "{e}");
         d.settle().await.unwrap();
         assert_eq!(&mem.get("a/2", None, None).await.unwrap()[..], b"theirs");
+    }
+
+    /// A file renamed away while a program reads it: the source's delete waits for the last
+    /// reader, as an unlink's does (the reader keeps reading the version it opened).
+    #[tokio::test]
+    async fn a_bulk_delete_of_a_key_open_for_reading_waits_for_its_last_reader() {
+        let (mem, d) = setup();
+        for k in ["a/1", "a/2"] {
+            mem.put(k, Bytes::from_static(b"x"), &UserMeta::new()).await.unwrap();
+        }
+        d.pin("a/1");
+        let failed = d
+            .delete_many(&[DeleteTarget::any("a/1"), DeleteTarget::any("a/2")])
+            .await
+            .unwrap();
+        assert!(failed.is_empty());
+        assert_eq!(mem.keys(), ["a/1"], "the read key stays while it is read");
+        assert!(
+            d.head("a/1").await.unwrap_err().is_not_found(),
+            "but is gone for the mount"
+        );
+        d.unpin("a/1");
+        d.settle().await.unwrap();
+        assert!(mem.keys().is_empty());
     }
 
     /// Issue 21, 1: `rm f` was acknowledged; the write that replaces `f` then fails. The

@@ -717,6 +717,49 @@ async fn rewrites_keep_what_other_clients_stored() {
     );
 }
 
+/// A rename replaces only what its check saw at the target: a version another client wrote
+/// there meanwhile (or a file it created at a free name) stays theirs, the rename fails
+/// with ESTALE, and the source is left where it was.
+#[tokio::test]
+async fn a_rename_never_replaces_a_target_another_client_wrote_meanwhile() {
+    let r = rig();
+    let key = |p: &str| r.layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
+    for p in ["a", "b"] {
+        r.mem()
+            .put(&key(p), Bytes::from_static(b"mine\n"), &UserMeta::new())
+            .await
+            .unwrap();
+    }
+    r.ino("a").await;
+    r.ino("b").await;
+    assert!(r.core.lookup(ROOT_INO, OsStr::new("c")).await.is_err(), "c is free");
+    r.mem()
+        .put(&key("b"), Bytes::from_static(b"theirs\n"), &UserMeta::new())
+        .await
+        .unwrap();
+    r.mem()
+        .put(&key("c"), Bytes::from_static(b"theirs\n"), &UserMeta::new())
+        .await
+        .unwrap();
+    for target in ["b", "c"] {
+        let e = r
+            .core
+            .rename(ROOT_INO, OsStr::new("a"), ROOT_INO, OsStr::new(target), 0)
+            .await
+            .unwrap_err();
+        assert_eq!(e.errno, libc::ESTALE, "{target}: {e}");
+        assert_eq!(&r.mem().get(&key(target), None, None).await.unwrap()[..], b"theirs\n");
+        assert_eq!(&r.mem().get(&key("a"), None, None).await.unwrap()[..], b"mine\n");
+    }
+    // The same rename onto what this mount saw succeeds.
+    r.ino("b").await;
+    r.core
+        .rename(ROOT_INO, OsStr::new("a"), ROOT_INO, OsStr::new("b"), 0)
+        .await
+        .unwrap();
+    assert_eq!(&r.mem().get(&key("b"), None, None).await.unwrap()[..], b"mine\n");
+}
+
 /// Issue 21, 8: an object s3fs wrote carries its atime and ctime; they are shown (where this
 /// mount has no time of its own), and a metadata change moves the stored ctime.
 #[tokio::test]
