@@ -41,6 +41,9 @@ pub struct EntryInfo {
     /// must keep (no user metadata but the mount's, default headers): opening it for
     /// writing needs no HEAD. False when not known.
     pub plain: bool,
+    /// The object's storage class (from its listing or HEAD), which a rename's copy asks
+    /// for: S3 makes a copy STANDARD unless told.
+    pub class: crate::store::StorageClass,
 }
 
 impl EntryInfo {
@@ -55,7 +58,13 @@ impl EntryInfo {
             checked: None,
             etag: None,
             plain: false,
+            class: Default::default(),
         }
+    }
+
+    pub fn with_class(mut self, class: Option<&str>) -> Self {
+        self.class = crate::store::StorageClass::of(class);
+        self
     }
 
     pub fn with_plain(mut self, plain: bool) -> Self {

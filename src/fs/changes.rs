@@ -287,9 +287,11 @@ impl Namespace {
     ) -> FsResult<Option<String>> {
         let (sk, dk) = (self.layout.file_key(from)?, self.layout.file_key(to)?);
         let target = self.target_condition(dst, noreplace);
+        let class = src.class.copy_headers();
         let copy = CopySpec::new(&sk, &dk)
             .from_version(src.version())
-            .only_if(target.as_ref());
+            .only_if(target.as_ref())
+            .with_headers(class.as_ref());
         let etag = match self.copy_object(&copy, src.size).await {
             Err(e @ StoreError::PreconditionFailed { .. }) => {
                 return Err(self.refused_move(from, to, src, noreplace, e).await);
@@ -389,12 +391,14 @@ impl Namespace {
                 let dst = dst_of.get(src).cloned().unwrap_or_default();
                 let t = listed.get(src);
                 let (size, etag) = t.map_or((0, None), |t| (t.size, t.etag.as_deref()));
+                let class = t.and_then(|t| t.class.copy_headers());
                 let cond = if dst == to_marker { None } else { absent };
                 async move {
-                    match self
-                        .copy_object(&CopySpec::new(src, &dst).from_version(etag).only_if(cond), size)
-                        .await
-                    {
+                    let copy = CopySpec::new(src, &dst)
+                        .from_version(etag)
+                        .only_if(cond)
+                        .with_headers(class.as_ref());
+                    match self.copy_object(&copy, size).await {
                         Ok(made) => Ok((dst, made)),
                         Err(e) => Err(e.to_string()),
                     }

@@ -16,7 +16,13 @@ use std::sync::Arc;
 const EMPTINESS_PAGE: i32 = 100;
 
 /// A listed file: name, size, LastModified, ETag.
-type Listed = (String, u64, std::time::SystemTime, Option<crate::store::ETag>);
+type Listed = (
+    String,
+    u64,
+    std::time::SystemTime,
+    Option<crate::store::ETag>,
+    crate::store::StorageClass,
+);
 
 /// One prefix's files, subdirectories, and marker.
 type PrefixPage = (Vec<Listed>, Vec<String>, bool);
@@ -27,6 +33,7 @@ pub(super) struct TreeKey {
     pub key: String,
     pub size: u64,
     pub etag: Option<String>,
+    pub class: crate::store::StorageClass,
 }
 
 /// What an emptiness check found below a directory.
@@ -191,9 +198,10 @@ impl Namespace {
                 dirs.extend(subdirs);
                 files
             })
-            .map(|(name, size, mtime, etag)| {
+            .map(|(name, size, mtime, etag, class)| {
                 let mut info = EntryInfo::new(Kind::File, size, mtime);
                 info.etag = etag;
+                info.class = class;
                 (name, self.listed(info))
             })
             .collect();
@@ -221,9 +229,10 @@ impl Namespace {
     fn feed_page(&self, feed: &Feed, dir: &RelPath, files: &[Listed], dirs: &[String]) {
         let certain = |size: u64| self.cfg.trust_listing || size >= SYMLINK_MAX as u64;
         let mut entries = Vec::with_capacity(files.len() + dirs.len());
-        for (name, size, mtime, etag) in files.iter().filter(|f| certain(f.1)) {
+        for (name, size, mtime, etag, class) in files.iter().filter(|f| certain(f.1)) {
             let mut info = EntryInfo::new(Kind::File, *size, *mtime);
             info.etag = *etag;
+            info.class = *class;
             let info = self.listed(info);
             entries.push((name.clone(), Kind::File, info));
         }
@@ -260,9 +269,13 @@ impl Namespace {
                 // Only keys whose prefix matches their hash are files of this layout (what
                 // `key_to_path` checks, without re-parsing the directory part).
                 match dir.join(name) {
-                    Ok(p) if self.layout.prefix_index(&p) == q => {
-                        files.push((name.to_string(), o.size, o.last_modified, ETag::of(o.etag.as_deref())))
-                    }
+                    Ok(p) if self.layout.prefix_index(&p) == q => files.push((
+                        name.to_string(),
+                        o.size,
+                        o.last_modified,
+                        ETag::of(o.etag.as_deref()),
+                        crate::store::StorageClass::of(o.headers.storage_class.as_deref()),
+                    )),
                     _ => tracing::debug!(key = %escape_controls(&o.key), "key outside the layout, not shown"),
                 }
             }
@@ -367,7 +380,11 @@ impl Namespace {
             } else if let Some(p) = &parent {
                 tree.entry(p.clone()).or_default().insert(
                     path.name().to_string(),
-                    listed(EntryInfo::new(Kind::File, o.size, o.last_modified).with_etag(o.etag.as_deref())),
+                    listed(
+                        EntryInfo::new(Kind::File, o.size, o.last_modified)
+                            .with_etag(o.etag.as_deref())
+                            .with_class(o.headers.storage_class.as_deref()),
+                    ),
                 );
                 (child, parent) = (p.clone(), p.parent());
             }
@@ -424,6 +441,7 @@ impl Namespace {
                             .into_iter()
                             .filter(|o| self.ours(&o.key, o.size))
                             .map(|o| TreeKey {
+                                class: crate::store::StorageClass::of(o.headers.storage_class.as_deref()),
                                 key: o.key,
                                 size: o.size,
                                 etag: o.etag,

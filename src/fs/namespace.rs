@@ -222,6 +222,7 @@ impl Namespace {
                         .with_posix(posix::Posix::from_meta(&m.user_meta))
                         .with_etag(m.etag.as_deref())
                         .with_plain(super::files::nothing_to_carry(&m))
+                        .with_class(m.headers.storage_class.as_deref())
                         .checked_now(),
                 ))
             }

@@ -435,7 +435,14 @@ impl ObjectStore for AwsStore {
                     last_modified: to_system_time(o.last_modified()),
                     etag: o.e_tag().map(str::to_string),
                     user_meta: UserMeta::new(),
-                    headers: Default::default(),
+                    // A listing names the storage class (a rename's copy must ask for it).
+                    headers: Headers {
+                        storage_class: o
+                            .storage_class()
+                            .map(|c| c.as_str().to_string())
+                            .filter(|c| c != "STANDARD"),
+                        ..Default::default()
+                    },
                 })
                 .collect(),
             common_prefixes: r

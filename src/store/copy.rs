@@ -80,12 +80,27 @@ pub async fn copy_object(
             key: c.src.to_string(),
         });
     }
-    let meta = c.meta.cloned().unwrap_or(head.user_meta);
+    // Metadata and headers copied (COPY) are the source's, but the storage class: S3 makes a
+    // copy STANDARD unless the request names one.
+    let (meta, headers) = match c.meta {
+        Some(m) => (m.clone(), c.headers.cloned()),
+        None => (
+            head.user_meta,
+            Some(super::Headers {
+                storage_class: c.headers.and_then(|h| h.storage_class.clone()),
+                ..head.headers
+            }),
+        ),
+    };
     let etag = head.etag.as_deref();
+    let c = c
+        .from_version(etag)
+        .with_meta(Some(&meta))
+        .with_headers(headers.as_ref());
     if head.size <= limits.object_max {
-        return store.copy(&c.from_version(etag).with_meta(Some(&meta))).await;
+        return store.copy(&c).await;
     }
-    copy_parts(store, &c.from_version(etag).with_meta(Some(&meta)), head.size, limits).await
+    copy_parts(store, &c, head.size, limits).await
 }
 
 /// A multipart copy of the `size` bytes of `c.src` (every part only while the source still
@@ -100,7 +115,9 @@ pub async fn copy_parts(
 ) -> StoreResult<Option<String>> {
     let (src, dst, etag) = (c.src, c.dst, c.src_etag);
     let none = UserMeta::new();
-    let id = store.create_multipart(dst, c.meta.unwrap_or(&none)).await?;
+    let id = store
+        .create_multipart_with(dst, c.meta.unwrap_or(&none), c.headers)
+        .await?;
     let parts: StoreResult<Vec<(i32, String)>> = stream::iter(limits.ranges(size))
         .map(|(n, r)| {
             let id = &id;

@@ -445,10 +445,14 @@ impl ObjectStore for MemoryStore {
         // A copy keeps the source's ETag (a multipart one too), as S3 does.
         let etag = old.etag.clone().unwrap_or_else(|| hex::encode(Md5::digest(&body)));
         self.insert_tagged(c.dst, body, c.meta.unwrap_or(&old.user_meta), etag.clone());
-        // REPLACE keeps only the headers it sends; COPY keeps the source's.
+        // REPLACE keeps only the headers it sends; COPY keeps the source's but its storage
+        // class, which S3 makes STANDARD unless the request names one.
         let headers = match c.meta {
             Some(_) => c.headers.cloned().unwrap_or_default(),
-            None => old.headers,
+            None => Headers {
+                storage_class: c.headers.and_then(|h| h.storage_class.clone()),
+                ..old.headers
+            },
         };
         self.set_headers(c.dst, headers);
         Ok(Some(format!("\"{}\"", etag.trim_matches('"'))))

@@ -252,6 +252,47 @@ pub struct Headers {
     pub storage_class: Option<String>,
 }
 
+/// An object's storage class, small enough for every cache entry: S3's names, with
+/// STANDARD (which S3 leaves out of its answers) the default. A class this table does not
+/// know is taken for STANDARD.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StorageClass(u8);
+
+impl StorageClass {
+    const NAMES: [&'static str; 11] = [
+        "STANDARD",
+        "REDUCED_REDUNDANCY",
+        "STANDARD_IA",
+        "ONEZONE_IA",
+        "INTELLIGENT_TIERING",
+        "GLACIER",
+        "DEEP_ARCHIVE",
+        "OUTPOSTS",
+        "GLACIER_IR",
+        "SNOW",
+        "EXPRESS_ONEZONE",
+    ];
+
+    pub fn of(name: Option<&str>) -> StorageClass {
+        let i = name.and_then(|n| Self::NAMES.iter().position(|k| *k == n)).unwrap_or(0);
+        StorageClass(i as u8)
+    }
+
+    /// The class to ask for by name; None for STANDARD.
+    pub fn name(self) -> Option<&'static str> {
+        (self.0 != 0).then(|| Self::NAMES[self.0 as usize])
+    }
+
+    /// Headers that ask a copy for this class (S3 makes a copy STANDARD unless told), or
+    /// None for STANDARD.
+    pub fn copy_headers(self) -> Option<Headers> {
+        self.name().map(|n| Headers {
+            storage_class: Some(n.to_string()),
+            ..Default::default()
+        })
+    }
+}
+
 /// A condition S3 checks before a write (conditional writes, 2024): the write fails with
 /// [`StoreError::PreconditionFailed`] when it does not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -299,6 +340,8 @@ pub struct CopySpec<'a> {
     /// Replace the metadata with this (`REPLACE`); else it is copied with the object.
     pub meta: Option<&'a UserMeta>,
     /// With `meta`: the standard headers to keep (S3 drops what a REPLACE does not send).
+    /// Without: only its storage class counts (a copy keeps the other headers, but S3 makes
+    /// it STANDARD unless the request names a class).
     pub headers: Option<&'a Headers>,
 }
 

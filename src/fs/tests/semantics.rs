@@ -760,6 +760,40 @@ async fn a_rename_never_replaces_a_target_another_client_wrote_meanwhile() {
     assert_eq!(&r.mem().get(&key("b"), None, None).await.unwrap()[..], b"mine\n");
 }
 
+/// Issue 21, 8: a rename (a file's, a directory's) keeps the storage class: S3 makes a copy
+/// STANDARD unless the request names the class, which the listing or HEAD told.
+#[tokio::test]
+async fn renames_keep_the_storage_class() {
+    use crate::store::Headers;
+    let r = rig();
+    let key = |p: &str| r.layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
+    let ia = Headers {
+        storage_class: Some("STANDARD_IA".into()),
+        content_type: Some("text/csv".into()),
+        ..Default::default()
+    };
+    for p in ["a.csv", "d/b.csv"] {
+        r.mem()
+            .put(&key(p), Bytes::from_static(b"1,2\n"), &UserMeta::new())
+            .await
+            .unwrap();
+        r.mem().set_headers(&key(p), ia.clone());
+    }
+    r.ino("a.csv").await;
+    r.core
+        .rename(ROOT_INO, OsStr::new("a.csv"), ROOT_INO, OsStr::new("moved.csv"), 0)
+        .await
+        .unwrap();
+    r.ino("d").await;
+    r.core
+        .rename(ROOT_INO, OsStr::new("d"), ROOT_INO, OsStr::new("e"), 0)
+        .await
+        .unwrap();
+    for p in ["moved.csv", "e/b.csv"] {
+        assert_eq!(r.mem().head(&key(p)).await.unwrap().headers, ia, "{p}");
+    }
+}
+
 /// Issue 21, 8: an object s3fs wrote carries its atime and ctime; they are shown (where this
 /// mount has no time of its own), and a metadata change moves the stored ctime.
 #[tokio::test]
