@@ -24,7 +24,56 @@ on_every_backend!(
     ls_l_with_a_trusted_listing_sends_lists_only,
     a_key_with_a_control_character_is_listed_like_any_other,
     a_replaced_name_always_shows_a_file_and_an_unlinked_open_file_stays_readable,
+    rewrites_with_shell_tools_keep_what_another_client_stored,
 );
+
+/// Issue 21, 8: `>>`, `>` and `truncate` on objects another S3 client wrote keep its user
+/// metadata, Content-Type and tags (read back through the S3 API).
+fn rewrites_with_shell_tools_keep_what_another_client_stored(env: Env) {
+    use prefixfs::store::{Headers, UserMeta};
+    let key = |p: &str| env.layout(16).file_key(&RelPath::parse(p).unwrap()).unwrap();
+    let meta = UserMeta::from([("owner-app".to_string(), "ingest".to_string())]);
+    let headers = Headers {
+        content_type: Some("text/csv".into()),
+        tagging: Some("retention=long&team=data".into()),
+        ..Default::default()
+    };
+    for p in ["append.csv", "over.csv", "cut.csv"] {
+        env.rt
+            .block_on(env.s3.put_with(
+                &key(p),
+                bytes::Bytes::from_static(b"a,b\n"),
+                &meta,
+                Some(&headers),
+                None,
+            ))
+            .unwrap();
+    }
+    let mut m = env.mount(16, &[]);
+    m.ok("echo c,d >> append.csv && echo x,y > over.csv && truncate -s 2 cut.csv");
+    for (p, body) in [
+        ("append.csv", &b"a,b\nc,d\n"[..]),
+        ("over.csv", b"x,y\n"),
+        ("cut.csv", b"a,"),
+    ] {
+        assert_eq!(env.get(&key(p)), body, "{p}");
+        let head = env.rt.block_on(env.s3.head(&key(p))).unwrap();
+        assert_eq!(
+            head.user_meta.get("owner-app").map(String::as_str),
+            Some("ingest"),
+            "{p}"
+        );
+        assert_eq!(head.headers.content_type.as_deref(), Some("text/csv"), "{p}");
+        let tags = env
+            .rt
+            .block_on(env.s3.get_tagging(&key(p)))
+            .unwrap()
+            .unwrap_or_default();
+        let mut tags: Vec<&str> = tags.split('&').collect();
+        tags.sort();
+        assert_eq!(tags, ["retention=long", "team=data"], "{p}");
+    }
+}
 
 /// Issue 21, 9 and 10: while `mv f.tmp f` replaces `f` again and again (as editors and
 /// `os.replace` do), a reader of `f` always finds a file, as on a local disk; and a file

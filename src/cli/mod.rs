@@ -136,6 +136,11 @@ pub struct MountArgs {
     /// no longer exclude other hosts. For buckets only this host writes.
     #[arg(long)]
     pub local_exclusive_creates: bool,
+    /// Let a rewrite of an existing object (an append, an edit, `O_TRUNC`) drop the object's
+    /// tags instead of keeping them: saves the GetObjectTagging each such rewrite costs (a
+    /// HEAD cannot tell the tags), for buckets whose objects carry no tags that matter.
+    #[arg(long)]
+    pub drop_tags_on_rewrite: bool,
     /// FUSE worker threads (= requests served at once).
     #[arg(long, default_value_t = 16)]
     pub threads: usize,
@@ -499,6 +504,7 @@ impl MountArgs {
             attr_prefetch: self.attr_prefetch,
             trust_listing: self.trust_listing,
             local_exclusive_creates: self.local_exclusive_creates,
+            keep_tags: !self.drop_tags_on_rewrite,
             part_size: self.part_size_mib * 1024 * 1024,
             upload_inflight: self.upload_parts,
             copy: crate::store::copy::CopyLimits {

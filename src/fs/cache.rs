@@ -41,6 +41,9 @@ pub struct EntryInfo {
     /// must keep (no user metadata but the mount's, default headers): opening it for
     /// writing needs no HEAD. False when not known.
     pub plain: bool,
+    /// This mount made this version with no tags: a rewrite needs no GetObjectTagging (a
+    /// HEAD cannot tell tags, so only the mount's own uploads set this).
+    pub tagless: bool,
     /// The object's storage class (from its listing or HEAD), which a rename's copy asks
     /// for: S3 makes a copy STANDARD unless told.
     pub class: crate::store::StorageClass,
@@ -58,12 +61,18 @@ impl EntryInfo {
             checked: None,
             etag: None,
             plain: false,
+            tagless: false,
             class: Default::default(),
         }
     }
 
     pub fn with_class(mut self, class: Option<&str>) -> Self {
         self.class = crate::store::StorageClass::of(class);
+        self
+    }
+
+    pub fn with_tagless(mut self, tagless: bool) -> Self {
+        self.tagless = tagless;
         self
     }
 

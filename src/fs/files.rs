@@ -51,6 +51,8 @@ pub(super) struct Shared {
     expect: Mutex<Option<WriteIf>>,
     /// What the object this file rewrites holds that the mount does not own.
     carried: tokio::sync::Mutex<Carried>,
+    /// Where `carried` is fetched from again after a failure.
+    store: Arc<dyn crate::store::ObjectStore>,
     pub(super) body: tokio::sync::Mutex<Body>,
 }
 
@@ -70,16 +72,21 @@ fn default_headers(h: &Headers) -> bool {
         && h.content_disposition.is_none()
         && h.content_language.is_none()
         && matches!(h.storage_class.as_deref(), None | Some("STANDARD"))
+        && h.tagging.is_none()
 }
 
 /// What a rewrite keeps of the object it replaces: every user metadata key the mount does
-/// not own and the standard headers (Content-Type, Content-Encoding, Cache-Control,
-/// storage class...), which another client put there. Learnt from one HEAD, sent when the
-/// file is opened for writing and awaited by the first upload (or the first write that
-/// could start one); a new file has none.
+/// not own, the standard headers (Content-Type, Content-Encoding, Cache-Control, storage
+/// class...) and the tags, which another client put there. Learnt from a HEAD and a
+/// GetObjectTagging (each only when the cache cannot tell), sent at once when the file is
+/// opened for writing and awaited by the first upload (or the first write that could start
+/// one); a new file has none.
 pub(super) enum Carried {
     Nothing,
-    Pending(tokio::task::JoinHandle<StoreResult<ObjectMeta>>),
+    /// Being fetched (a HEAD when the first flag says, the tags when the second does).
+    Pending(tokio::task::JoinHandle<StoreResult<(UserMeta, Headers)>>, (bool, bool)),
+    /// A fetch failed: the next upload tries again (it must not go without).
+    Failed((bool, bool)),
     Known(Box<(UserMeta, Headers)>),
 }
 
@@ -95,10 +102,50 @@ impl Carried {
         (meta, m.headers)
     }
 
-    /// The HEAD of `key`, started now.
-    pub(super) fn head(store: &Arc<dyn crate::store::ObjectStore>, key: &str) -> Carried {
+    /// What the object at `key` holds, fetched from now on: its metadata and headers (a
+    /// HEAD) when `head`, its tags (GetObjectTagging, at the same time) when `tags`.
+    pub(super) fn fetch(store: &Arc<dyn crate::store::ObjectStore>, key: &str, head: bool, tags: bool) -> Carried {
+        if !head && !tags {
+            return Carried::Nothing;
+        }
         let (store, key) = (store.clone(), key.to_string());
-        Carried::Pending(tokio::spawn(async move { store.head(&key).await }))
+        let task = tokio::spawn(async move {
+            let (m, t) = tokio::join!(
+                async {
+                    match head {
+                        true => store.head(&key).await.map(Some),
+                        false => Ok(None),
+                    }
+                },
+                async {
+                    match tags {
+                        true => tags_of(store.as_ref(), &key).await,
+                        false => Ok(None),
+                    }
+                }
+            );
+            let (meta, mut headers) = m?.map(Carried::of).unwrap_or_default();
+            headers.tagging = t?;
+            Ok((meta, headers))
+        });
+        Carried::Pending(task, (head, tags))
+    }
+}
+
+/// The tags of `key`; none where the server does not keep tags (NotImplemented: said once
+/// in the log), rather than fail the write.
+async fn tags_of(store: &dyn crate::store::ObjectStore, key: &str) -> StoreResult<Option<String>> {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    match store.get_tagging(key).await {
+        Err(StoreError::Client { code, .. } | StoreError::Server { code, .. }) if code == "NotImplemented" => {
+            SAID.call_once(|| {
+                tracing::warn!(
+                    "this S3 server does not keep object tags (GetObjectTagging: NotImplemented): rewrites carry none"
+                )
+            });
+            Ok(None)
+        }
+        r => r,
     }
 }
 
@@ -118,25 +165,31 @@ fn stream_meta(posix: &Posix) -> crate::store::UserMeta {
 }
 
 impl Shared {
-    /// The user metadata and headers a rewrite keeps (see [`Carried`]): waits for the HEAD
+    /// The user metadata and headers a rewrite keeps (see [`Carried`]): waits for the fetch
     /// the first time. An object gone meanwhile keeps nothing (its upload then fails its
-    /// condition); a HEAD that fails fails the upload, rather than drop what it holds.
+    /// condition); a fetch that fails fails the upload, rather than drop what the object
+    /// holds, and the next upload fetches again.
     async fn carried(&self, path: &RelPath) -> FsResult<Option<(UserMeta, Headers)>> {
         let mut c = self.carried.lock().await;
-        if let Carried::Pending(h) = &mut *c {
-            let head = h.await.unwrap_or_else(|e| {
+        if let Carried::Failed((head, tags)) = &*c {
+            let (store, key) = (self.store.clone(), self.key());
+            *c = Carried::fetch(&store, &key, *head, *tags);
+        }
+        if let Carried::Pending(h, what) = &mut *c {
+            let what = *what;
+            let fetched = h.await.unwrap_or_else(|e| {
                 Err(StoreError::Transport {
                     op: "head",
                     key: self.key(),
-                    message: format!("HEAD task failed: {e}"),
+                    message: format!("task failed: {e}"),
                 })
             });
-            *c = match head {
-                Ok(m) => Carried::Known(Box::new(Carried::of(m))),
+            *c = match fetched {
+                Ok(k) => Carried::Known(Box::new(k)),
                 Err(e) if e.is_not_found() => Carried::Nothing,
                 Err(e) => {
-                    *c = Carried::Nothing;
-                    return Err(store_err(path, "HEAD of the object it rewrites", e));
+                    *c = Carried::Failed(what);
+                    return Err(store_err(path, "reading what the object it rewrites holds", e));
                 }
             };
         }
@@ -153,7 +206,7 @@ impl Shared {
             Ok(c) => match &*c {
                 Carried::Nothing => true,
                 Carried::Known(k) => k.0.is_empty() && default_headers(&k.1),
-                Carried::Pending(_) => false,
+                Carried::Pending(..) | Carried::Failed(_) => false,
             },
             Err(_) => false,
         }
@@ -296,8 +349,16 @@ impl OpenFiles {
         etag: Option<&str>,
     ) -> FsResult<Option<String>> {
         let key = self.ns.layout.file_key(path)?;
-        // What another client stored with the object stays (one HEAD).
-        let (mut meta, headers) = Carried::of(self.ns.store.head(&key).await?);
+        // What another client stored with the object stays (one HEAD, and its tags).
+        let tags = async {
+            match self.ns.cfg.keep_tags {
+                true => tags_of(self.ns.store.as_ref(), &key).await,
+                false => Ok(None),
+            }
+        };
+        let (head, tags) = tokio::join!(self.ns.store.head(&key), tags);
+        let (mut meta, mut headers) = Carried::of(head?);
+        headers.tagging = tags?;
         meta.extend(posix.to_meta());
         let cond = etag.map(|e| WriteIf::Matches(e.to_string()));
         if size == 0 {
@@ -325,14 +386,15 @@ impl OpenFiles {
     }
 
     /// Registers a handle on `ino`'s open state, creating the state with `body` if needed,
-    /// to replace the version `expect` at the key (see [`Shared`]).
+    /// to replace the version `expect` at the key (see [`Shared`]), keeping what `carry`
+    /// says must be fetched of the object there (a HEAD, its tags: see [`Carried`]).
     pub(super) fn attach(
         &self,
         ino: u64,
         path: &RelPath,
         posix: Posix,
         expect: Option<WriteIf>,
-        carry: bool,
+        carry: Option<(bool, bool)>,
         make: impl FnOnce(String) -> FsResult<Body>,
     ) -> FsResult<Arc<Shared>> {
         let mut files = lock(&self.table);
@@ -342,10 +404,9 @@ impl OpenFiles {
         }
         let key = self.ns.layout.file_key(path)?;
         let body = make(key.clone())?;
-        let carried = if carry {
-            Carried::head(&self.ns.store, &key)
-        } else {
-            Carried::Nothing
+        let carried = match carry {
+            Some((head, tags)) => Carried::fetch(&self.ns.store, &key, head, tags && self.ns.cfg.keep_tags),
+            None => Carried::Nothing,
         };
         let size = match &body {
             Body::Stream(u) => u.size(),
@@ -360,6 +421,7 @@ impl OpenFiles {
             detached: AtomicBool::new(false),
             expect: Mutex::new(expect),
             carried: tokio::sync::Mutex::new(carried),
+            store: self.ns.store.clone(),
             body: tokio::sync::Mutex::new(body),
         });
         files.insert(
@@ -640,7 +702,8 @@ impl OpenFiles {
             EntryInfo::new(Kind::File, size, SystemTime::now())
                 .with_posix(posix)
                 .with_etag(shared.version().as_deref())
-                .with_plain(shared.carries_nothing()),
+                .with_plain(shared.carries_nothing())
+                .with_tagless(shared.carries_nothing()),
         );
         Ok(())
     }

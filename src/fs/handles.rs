@@ -63,7 +63,9 @@ impl Core {
         // version of the file it truncates.
         // Truncating an object this mount did not just create keeps what it holds besides
         // the bytes (another client's metadata and headers): one HEAD.
-        let carry = existing.is_some_and(|i| i.version().is_some() && !i.plain);
+        let carry = existing
+            .filter(|i| i.version().is_some())
+            .map(|i| (!i.plain, !i.tagless));
         let expect = match (&created, existing) {
             (Some(etag), _) => etag.clone().map(WriteIf::Matches),
             (None, None) => self.write_conditions().then_some(WriteIf::Absent),
@@ -111,7 +113,7 @@ impl Core {
             let expect = info.version().map(|e| WriteIf::Matches(e.to_string()));
             // A rewrite keeps what the object holds besides the bytes: one HEAD, sent now
             // and awaited by the first upload. Not for an object S3 does not have yet.
-            let carry = info.version().is_some() && !info.plain;
+            let carry = info.version().map(|_| (!info.plain, !info.tagless));
             let shared = self.files.attach(ino, &path, info.posix, expect, carry, |key| {
                 if trunc || info.size == 0 {
                     return Ok(self.files.new_stream(key, &info.posix));

@@ -87,6 +87,9 @@ pub struct FsConfig {
     pub trust_listing: bool,
     /// O_EXCL decided by this mount's view (no conditional create in S3).
     pub local_exclusive_creates: bool,
+    /// A rewrite of an existing object keeps its tags (one GetObjectTagging per rewrite of
+    /// an object this mount did not write tagless itself).
+    pub keep_tags: bool,
     /// Where files being modified are staged; `lost+found/` below it keeps data that could
     /// not be uploaded.
     pub cache_dir: PathBuf,
@@ -113,6 +116,7 @@ impl Default for FsConfig {
             attr_prefetch: defaults::ATTR_PREFETCH,
             trust_listing: false,
             local_exclusive_creates: false,
+            keep_tags: true,
             cache_dir: std::env::temp_dir().join("prefixfs-cache"),
             cache_size: defaults::CACHE_SIZE_MIB << 20,
             uid: 0,

@@ -66,6 +66,17 @@ pub struct Entry {
     pub meta: BTreeMap<String, String>,
     #[serde(default)]
     pub content_type: Option<String>,
+    /// The tags, as `x-amz-tagging` carries them (`k=v&k2=v2`).
+    #[serde(default)]
+    pub tagging: Option<String>,
+}
+
+/// What an object carries besides its bytes: user metadata, Content-Type, tags.
+#[derive(Debug, Clone, Default)]
+pub struct Attrs {
+    pub meta: BTreeMap<String, String>,
+    pub content_type: Option<String>,
+    pub tagging: Option<String>,
 }
 
 impl Entry {
@@ -81,6 +92,8 @@ pub struct Upload {
     pub initiated_ns: u64,
     pub meta: BTreeMap<String, String>,
     pub content_type: Option<String>,
+    #[serde(default)]
+    pub tagging: Option<String>,
 }
 
 pub struct DiskStore {
@@ -328,8 +341,7 @@ impl Bucket {
         mut staged: Staged,
         key: &str,
         etag: Option<String>,
-        meta: BTreeMap<String, String>,
-        content_type: Option<String>,
+        attrs: Attrs,
         cond: &WriteCondition,
     ) -> DiskResult<Entry> {
         let md5 = staged.finish_md5();
@@ -338,8 +350,9 @@ impl Bucket {
             size: staged.size,
             etag: etag.unwrap_or_else(|| hex::encode(md5)),
             mtime_ns: now_ns(),
-            meta,
-            content_type,
+            meta: attrs.meta,
+            content_type: attrs.content_type,
+            tagging: attrs.tagging,
         };
         write_trailer(&mut staged.file, &entry)?;
         let dst = self.object_path(key);

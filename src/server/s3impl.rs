@@ -1,6 +1,6 @@
 //! The `s3s::S3` trait over [`DiskStore`]: request DTOs in, store calls, response DTOs out.
 
-use super::disk::{Bucket, DiskError, DiskStore, Resume, WriteCondition};
+use super::disk::{Attrs, Bucket, DiskError, DiskStore, Resume, WriteCondition};
 use super::partitions::{Access, Emulator};
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
@@ -133,8 +133,11 @@ impl S3 for S3Store {
                 staged,
                 &input.key,
                 None,
-                meta_map(input.metadata),
-                input.content_type.map(|c| c.to_string()),
+                Attrs {
+                    meta: meta_map(input.metadata),
+                    content_type: input.content_type.map(|c| c.to_string()),
+                    tagging: input.tagging,
+                },
                 &cond,
             )
             .map_err(to_s3)?;
@@ -178,6 +181,27 @@ impl S3 for S3Store {
             metadata: to_metadata(&e.meta),
             content_type: e.content_type.as_deref().and_then(|c| c.parse().ok()),
             ..Default::default()
+        }))
+    }
+
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        self.admit(Access::Read, &req.input.key)?;
+        let input = req.input;
+        let b = self.bucket(&input.bucket)?;
+        let e = b.lookup(&input.key).ok_or_else(|| s3_error!(NoSuchKey))?;
+        let tag_set = crate::store::urlenc::decode_tags(e.tagging.as_deref().unwrap_or(""))
+            .into_iter()
+            .map(|(k, v)| Tag {
+                key: Some(k),
+                value: Some(v),
+            })
+            .collect();
+        Ok(S3Response::new(GetObjectTaggingOutput {
+            tag_set,
+            version_id: None,
         }))
     }
 
@@ -290,10 +314,20 @@ impl S3 for S3Store {
             .metadata_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == MetadataDirective::REPLACE);
-        let (meta, ctype) = if replace {
+        let (meta, content_type) = if replace {
             (meta_map(input.metadata), input.content_type.map(|c| c.to_string()))
         } else {
             (src_entry.meta.clone(), src_entry.content_type.clone())
+        };
+        // The tags are the source's unless the tagging directive says REPLACE.
+        let tagging = match input.tagging_directive.as_ref().map(|d| d.as_str()) {
+            Some(d) if d == TaggingDirective::REPLACE => input.tagging,
+            _ => src_entry.tagging.clone(),
+        };
+        let attrs = Attrs {
+            meta,
+            content_type,
+            tagging,
         };
         // A multipart ETag is not the MD5 of the body; a copy keeps it, as S3 does.
         let etag = src_entry.etag.contains('-').then(|| src_entry.etag.clone());
@@ -304,9 +338,7 @@ impl S3 for S3Store {
             if_none_match_any: header("if-none-match") == Some("*"),
             if_match: header("if-match").map(str::to_string),
         };
-        let entry = dst
-            .commit(staged, &input.key, etag, meta, ctype, &cond)
-            .map_err(to_s3)?;
+        let entry = dst.commit(staged, &input.key, etag, attrs, &cond).map_err(to_s3)?;
         Ok(S3Response::new(CopyObjectOutput {
             copy_object_result: Some(CopyObjectResult {
                 e_tag: Some(etag_of(&entry)),
@@ -426,8 +458,11 @@ impl S3 for S3Store {
         let up = b
             .create_upload(
                 &input.key,
-                meta_map(input.metadata),
-                input.content_type.map(|c| c.to_string()),
+                Attrs {
+                    meta: meta_map(input.metadata),
+                    content_type: input.content_type.map(|c| c.to_string()),
+                    tagging: input.tagging,
+                },
             )
             .map_err(to_s3)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {

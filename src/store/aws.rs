@@ -4,6 +4,7 @@
 //! static ones are given (the embedded server). The SDK's own retries are disabled: retries
 //! and their counting live in [`super::retry`].
 
+use super::urlenc;
 use super::{
     CopySpec, DeleteTarget, Headers, ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta,
     WriteIf,
@@ -167,32 +168,6 @@ where
     }
 }
 
-/// Decodes a key of a listing asked for with `encoding-type=url`: `%XX` escapes, and `+` for
-/// a space (S3 writes a space so; a `+` itself comes as `%2B`). Bytes that do not make UTF-8
-/// are replaced (such a key cannot be a path of the layout anyway).
-fn url_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Status of a raw HTTP response, whatever its type.
 trait HasStatus {
     fn status_u16(&self) -> u16;
@@ -209,9 +184,9 @@ fn to_system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
-/// Percent-encodes a key for `x-amz-copy-source`, keeping `/`.
 /// Sets the standard headers `$h` (a [`Headers`](super::Headers)) on a PutObject,
 /// CreateMultipartUpload or CopyObject request: three builder types with the same setters.
+/// Not the tags: a copy keeps the source's (PUT and CreateMultipartUpload add them).
 macro_rules! with_headers {
     ($req:expr, $h:expr) => {
         $req.set_content_type($h.content_type.clone())
@@ -223,16 +198,9 @@ macro_rules! with_headers {
     };
 }
 
+/// Percent-encodes a key for `x-amz-copy-source`, keeping `/`.
 fn encode_copy_source(bucket: &str, key: &str) -> String {
-    let mut out = format!("{bucket}/");
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-_.~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    format!("{bucket}/{}", urlenc::encode(key, b"/"))
 }
 
 #[async_trait]
@@ -256,6 +224,8 @@ impl ObjectStore for AwsStore {
                 content_disposition: r.content_disposition().map(str::to_string),
                 content_language: r.content_language().map(str::to_string),
                 storage_class: r.storage_class().map(|s| s.as_str().to_string()),
+                // A HEAD does not tell the tags (GetObjectTagging does).
+                tagging: None,
             },
         })
     }
@@ -321,7 +291,7 @@ impl ObjectStore for AwsStore {
             req = req.metadata(k, v);
         }
         if let Some(h) = headers {
-            req = with_headers!(req, h);
+            req = with_headers!(req, h).set_tagging(h.tagging.clone());
         }
         req = match cond {
             Some(WriteIf::Absent) => req.if_none_match("*"),
@@ -424,7 +394,7 @@ impl ObjectStore for AwsStore {
             .await
             .map_err(|e| map_err("list", prefix, e))?;
         let url = r.encoding_type().is_some();
-        let decode = |s: &str| if url { url_decode(s) } else { s.to_string() };
+        let decode = |s: &str| if url { urlenc::decode(s) } else { s.to_string() };
         Ok(ListPage {
             objects: r
                 .contents()
@@ -525,7 +495,7 @@ impl ObjectStore for AwsStore {
             req = req.metadata(k, v);
         }
         if let Some(h) = headers {
-            req = with_headers!(req, h);
+            req = with_headers!(req, h).set_tagging(h.tagging.clone());
         }
         let r = req.send().await.map_err(|e| map_err("create_multipart", key, e))?;
         r.upload_id().map(str::to_string).ok_or_else(|| StoreError::Server {
@@ -600,6 +570,19 @@ impl ObjectStore for AwsStore {
         }
     }
 
+    async fn get_tagging(&self, key: &str) -> StoreResult<Option<String>> {
+        let r = self
+            .client
+            .get_object_tagging()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| map_err("get_tagging", key, e))?;
+        let tags = r.tag_set();
+        Ok((!tags.is_empty()).then(|| urlenc::encode_tags(tags.iter().map(|t| (t.key(), t.value())))))
+    }
+
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>> {
         let mut out = Vec::new();
         let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
@@ -652,9 +635,12 @@ mod tests {
 
     #[test]
     fn listed_keys_are_url_decoded() {
-        assert_eq!(url_decode("2017/a%01b+c%2Bd%25%C3%A9.txt"), "2017/a\u{1}b c+d%é.txt");
-        assert_eq!(url_decode("50%"), "50%", "a cut escape stays as it is");
-        assert_eq!(url_decode("%zz%4"), "%zz%4");
+        assert_eq!(
+            urlenc::decode("2017/a%01b+c%2Bd%25%C3%A9.txt"),
+            "2017/a\u{1}b c+d%é.txt"
+        );
+        assert_eq!(urlenc::decode("50%"), "50%", "a cut escape stays as it is");
+        assert_eq!(urlenc::decode("%zz%4"), "%zz%4");
     }
 
     #[test]

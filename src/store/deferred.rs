@@ -807,6 +807,13 @@ impl ObjectStore for DeferredDeletes {
         self.s.inner.list_uploads(prefix).await
     }
 
+    async fn get_tagging(&self, key: &str) -> StoreResult<Option<String>> {
+        if self.hidden(key) {
+            return Err(gone("get_tagging", key));
+        }
+        self.s.inner.get_tagging(key).await
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         self.settle().await
     }

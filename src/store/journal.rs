@@ -573,6 +573,10 @@ impl ObjectStore for JournalingStore {
         self.inner.list_uploads(prefix).await
     }
 
+    async fn get_tagging(&self, key: &str) -> StoreResult<Option<String>> {
+        self.inner.get_tagging(key).await
+    }
+
     async fn flush(&self) -> StoreResult<()> {
         self.inner.flush().await
     }

@@ -286,13 +286,28 @@ fn not_found(op: &'static str, key: &str) -> StoreError {
 impl ObjectStore for MemoryStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         self.injected(key)?;
+        // As S3's: the tags are not in a HEAD's answer.
         let answer = self
             .lock()
             .get(key)
-            .map(|(_, m)| m.clone())
+            .map(|(_, m)| ObjectMeta {
+                headers: super::Headers {
+                    tagging: None,
+                    ..m.headers.clone()
+                },
+                ..m.clone()
+            })
             .ok_or_else(|| not_found("head", key));
         self.gate("head", key).await?;
         answer
+    }
+
+    async fn get_tagging(&self, key: &str) -> StoreResult<Option<String>> {
+        self.injected(key)?;
+        self.lock()
+            .get(key)
+            .map(|(_, m)| m.headers.tagging.clone())
+            .ok_or_else(|| not_found("get_tagging", key))
     }
 
     async fn get(&self, key: &str, range: Option<Range<u64>>, version: Option<&str>) -> StoreResult<Bytes> {
@@ -448,7 +463,11 @@ impl ObjectStore for MemoryStore {
         // REPLACE keeps only the headers it sends; COPY keeps the source's but its storage
         // class, which S3 makes STANDARD unless the request names one.
         let headers = match c.meta {
-            Some(_) => c.headers.cloned().unwrap_or_default(),
+            // The tags are kept either way (the tagging directive is COPY).
+            Some(_) => Headers {
+                tagging: old.headers.tagging.clone(),
+                ..c.headers.cloned().unwrap_or_default()
+            },
             None => Headers {
                 storage_class: c.headers.and_then(|h| h.storage_class.clone()),
                 ..old.headers

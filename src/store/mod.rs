@@ -18,6 +18,7 @@ pub mod memory;
 pub mod pacing;
 pub mod retry;
 pub mod stats;
+pub mod urlenc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -170,6 +171,10 @@ macro_rules! around_each_call {
                     .await
             }
 
+            async fn get_tagging(&self, key: &str) -> StoreResult<Option<String>> {
+                self.$around(OpKind::GetTagging, key, || self.inner.get_tagging(key)).await
+            }
+
             $($own)*
         }
     };
@@ -250,6 +255,10 @@ pub struct Headers {
     pub content_language: Option<String>,
     /// Absent for STANDARD (S3 leaves the header out then).
     pub storage_class: Option<String>,
+    /// The object's tags, URL-encoded as `x-amz-tagging` carries them (`k=v&k2=v2`): sent
+    /// with a PUT or CreateMultipartUpload (a rewrite keeps another client's tags), never
+    /// with a copy (which keeps the source's tags). A HEAD does not tell them.
+    pub tagging: Option<String>,
 }
 
 /// An object's storage class, small enough for every cache entry: S3's names, with
@@ -411,10 +420,11 @@ pub enum OpKind {
     CompleteMultipart,
     AbortMultipart,
     ListUploads,
+    GetTagging,
 }
 
 impl OpKind {
-    pub const ALL: [OpKind; 13] = [
+    pub const ALL: [OpKind; 14] = [
         OpKind::Head,
         OpKind::Get,
         OpKind::Put,
@@ -428,6 +438,7 @@ impl OpKind {
         OpKind::CompleteMultipart,
         OpKind::AbortMultipart,
         OpKind::ListUploads,
+        OpKind::GetTagging,
     ];
 
     pub fn name(self) -> &'static str {
@@ -445,6 +456,7 @@ impl OpKind {
             OpKind::CompleteMultipart => "complete_multipart",
             OpKind::AbortMultipart => "abort_multipart",
             OpKind::ListUploads => "list_uploads",
+            OpKind::GetTagging => "get_tagging",
         }
     }
 
@@ -736,6 +748,9 @@ pub trait ObjectStore: Send + Sync + 'static {
     }
     async fn abort_multipart(&self, key: &str, upload_id: &str) -> StoreResult<()>;
     async fn list_uploads(&self, prefix: &str) -> StoreResult<Vec<UploadInfo>>;
+    /// GetObjectTagging: the object's tags, URL-encoded (`k=v&k2=v2`), or None when it has
+    /// none.
+    async fn get_tagging(&self, key: &str) -> StoreResult<Option<String>>;
     /// A barrier: work a layer deferred (queued deletes) has reached S3 when this returns.
     async fn flush(&self) -> StoreResult<()> {
         Ok(())

@@ -319,6 +319,9 @@ mod tests {
         async fn list_uploads(&self, p: &str) -> StoreResult<Vec<UploadInfo>> {
             self.inner.list_uploads(p).await
         }
+        async fn get_tagging(&self, k: &str) -> StoreResult<Option<String>> {
+            self.inner.get_tagging(k).await
+        }
     }
 
     fn setup(

@@ -339,11 +339,19 @@ async fn overwrite_with_o_trunc_is_one_put_and_unlinks_are_batched() {
     r.list(d).await;
     let f0 = r.core.lookup(d, OsStr::new("f0.txt")).await.unwrap();
     let mut m = r.meter();
-    let fh = r.core.open(f0.ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
-    r.core.flush(fh, false).await.unwrap();
-    r.core.write(fh, 0, b"new").await.unwrap();
-    r.core.flush(fh, false).await.unwrap();
-    r.core.release(fh).await.unwrap();
+    let rewrite = || async {
+        let fh = r.core.open(f0.ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
+        r.core.flush(fh, false).await.unwrap();
+        r.core.write(fh, 0, b"new").await.unwrap();
+        r.core.flush(fh, false).await.unwrap();
+        r.core.release(fh).await.unwrap();
+    };
+    // Another client's object: its tags are asked for (a HEAD cannot tell them; the
+    // lookup's HEAD showed nothing else to keep).
+    rewrite().await;
+    assert_eq!(m.take(), counts(&[(OpKind::Put, 1), (OpKind::GetTagging, 1)]));
+    // This mount's own object, written with nothing to keep: one PUT.
+    rewrite().await;
     assert_eq!(m.take(), counts(&[(OpKind::Put, 1)]));
     // rm d/*: 50 unlinks (the HEADs are the lookups of names the listing knew only by name).
     for i in 0..50 {

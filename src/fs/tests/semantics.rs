@@ -648,7 +648,7 @@ async fn metadata_changes_keep_what_other_clients_stored() {
 
 /// Issue 21, 8: rewriting a file's bytes (an append, an `O_TRUNC` rewrite, a truncate of a
 /// closed file) keeps what another client stored with the object besides them: its user
-/// metadata and standard headers. Each upload names the version it replaces: once another
+/// metadata, standard headers and tags. Each upload names the version it replaces: once another
 /// client replaced the object after `open`, the upload is refused and their object stays.
 #[tokio::test]
 async fn rewrites_keep_what_other_clients_stored() {
@@ -661,13 +661,18 @@ async fn rewrites_keep_what_other_clients_stored() {
         storage_class: Some("STANDARD_IA".into()),
         ..Default::default()
     };
+    let tags = Some("project=a%20b&keep=1".to_string());
     let key = |p: &str| r.layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
     for p in ["append.txt", "trunc.txt", "short.txt", "raced.txt"] {
         r.mem()
             .put(&key(p), Bytes::from_static(b"old\n"), &foreign)
             .await
             .unwrap();
-        r.mem().set_headers(&key(p), headers.clone());
+        let tagged = Headers {
+            tagging: tags.clone(),
+            ..headers.clone()
+        };
+        r.mem().set_headers(&key(p), tagged);
     }
     let fh = r
         .core
@@ -697,6 +702,7 @@ async fn rewrites_keep_what_other_clients_stored() {
         let head = r.mem().head(&key(p)).await.unwrap();
         assert_eq!(head.user_meta.get("xattr").map(String::as_str), Some("%7B%7D"), "{p}");
         assert_eq!(head.headers, headers, "{p}");
+        assert_eq!(r.mem().get_tagging(&key(p)).await.unwrap(), tags, "{p}");
     }
 
     let fh = r

@@ -3,7 +3,7 @@ use super::*;
 fn put(b: &Bucket, key: &str, body: &[u8]) -> Entry {
     let mut s = b.stage().unwrap();
     s.write(body).unwrap();
-    b.commit(s, key, None, BTreeMap::new(), None, &WriteCondition::default())
+    b.commit(s, key, None, Attrs::default(), &WriteCondition::default())
         .unwrap()
 }
 
@@ -75,7 +75,7 @@ fn conditional_writes_and_multipart() {
         if_match: None,
     };
     assert!(matches!(
-        b.commit(s, "k", None, BTreeMap::new(), None, &cond),
+        b.commit(s, "k", None, Attrs::default(), &cond),
         Err(DiskError::PreconditionFailed)
     ));
     assert!(matches!(
@@ -85,7 +85,7 @@ fn conditional_writes_and_multipart() {
     b.delete("k", Some(&e.etag)).unwrap();
     assert!(b.lookup("k").is_none());
 
-    let up = b.create_upload("big", BTreeMap::new(), None).unwrap();
+    let up = b.create_upload("big", Attrs::default()).unwrap();
     let mut p1 = b.stage().unwrap();
     p1.write(&vec![1u8; MIN_PART_SIZE as usize]).unwrap();
     let e1 = b.put_part("big", &up.id, 1, p1).unwrap();

@@ -3,27 +3,22 @@
 //! or aborted; they survive a restart.
 
 use super::{
-    Bucket, DiskError, DiskResult, Entry, MIN_PART_SIZE, Staged, Upload, WriteCondition, etag_eq, lock, now_ns,
+    Attrs, Bucket, DiskError, DiskResult, Entry, MIN_PART_SIZE, Staged, Upload, WriteCondition, etag_eq, lock, now_ns,
 };
 use md5::{Digest, Md5};
-use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io;
 use std::path::PathBuf;
 
 impl Bucket {
-    pub fn create_upload(
-        &self,
-        key: &str,
-        meta: BTreeMap<String, String>,
-        content_type: Option<String>,
-    ) -> DiskResult<Upload> {
+    pub fn create_upload(&self, key: &str, attrs: Attrs) -> DiskResult<Upload> {
         let up = Upload {
             id: uuid::Uuid::new_v4().simple().to_string(),
             key: key.to_string(),
             initiated_ns: now_ns(),
-            meta,
-            content_type,
+            meta: attrs.meta,
+            content_type: attrs.content_type,
+            tagging: attrs.tagging,
         };
         let dir = self.dir.join("uploads").join(&up.id);
         fs::create_dir_all(&dir)?;
@@ -91,7 +86,12 @@ impl Bucket {
             md5s.extend(hex::decode(etag.trim()).map_err(|_| DiskError::InvalidPart("bad etag".into()))?);
         }
         let etag = format!("{}-{}", hex::encode(Md5::digest(&md5s)), parts.len());
-        let entry = self.commit(staged, key, Some(etag), up.meta.clone(), up.content_type.clone(), cond)?;
+        let attrs = Attrs {
+            meta: up.meta.clone(),
+            content_type: up.content_type.clone(),
+            tagging: up.tagging.clone(),
+        };
+        let entry = self.commit(staged, key, Some(etag), attrs, cond)?;
         self.remove_upload(id);
         Ok(entry)
     }
