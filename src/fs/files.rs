@@ -199,6 +199,16 @@ impl Shared {
         })
     }
 
+    /// The storage class the last upload carried from the object before it (a rename's copy
+    /// asks for it), as headers for the copy.
+    fn class_headers(&self) -> Option<Headers> {
+        let c = self.carried.try_lock().ok()?;
+        match &*c {
+            Carried::Known(k) => crate::store::StorageClass::of(k.1.storage_class.as_deref()).copy_headers(),
+            _ => None,
+        }
+    }
+
     /// True when the upload of this file carries nothing from an object before it (so the
     /// object it made holds nothing a later rewrite must keep).
     fn carries_nothing(&self) -> bool {
@@ -730,9 +740,11 @@ impl OpenFiles {
         // The version just uploaded (or opened) is the one moved, and the one removed.
         let version = shared.version();
         let target = self.ns.target_condition(dst_info, noreplace);
+        let class = shared.class_headers();
         let copy = CopySpec::new(&src, &dst)
             .from_version(version.as_deref())
-            .only_if(target.as_ref());
+            .only_if(target.as_ref())
+            .with_headers(class.as_ref());
         let etag = match self.ns.copy_object(&copy, size).await {
             Err(e @ StoreError::PreconditionFailed { .. }) => {
                 let errno = if noreplace { libc::EEXIST } else { libc::ESTALE };
