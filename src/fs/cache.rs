@@ -182,6 +182,21 @@ pub struct MetaCache {
     /// changed below each meanwhile; `None` once the cache was cleared.
     trees: Mutex<HashMap<u64, Watched>>,
     next_tree: std::sync::atomic::AtomicU64,
+    /// Directories being read (`opendir` to `releasedir`): what was fetched for them since
+    /// they were opened (their listing, the attributes prefetched for their entries) stays
+    /// valid while they are open and for one TTL after the last close, however long the
+    /// reader takes (an `ls -l` of 20,000 entries, a slow consumer). Nothing older is
+    /// revived: an answer counts only if it was still valid when the directory was opened.
+    open_dirs: Mutex<HashMap<RelPath, DirUse>>,
+}
+
+/// The readers of one directory (see `MetaCache::open_dirs`).
+struct DirUse {
+    handles: usize,
+    /// When the first of the current readers opened it.
+    since: Instant,
+    /// When the last reader closed it (while `handles` is 0).
+    closed: Instant,
 }
 
 /// A watched subtree's root, and what changed below it (`None`: everything may have).
@@ -300,6 +315,44 @@ impl MetaCache {
             ghosts: Mutex::default(),
             trees: Mutex::default(),
             next_tree: Default::default(),
+            open_dirs: Mutex::default(),
+        }
+    }
+
+    /// A reader opened `dir` (see `MetaCache::open_dirs`).
+    pub fn dir_opened(&self, dir: &RelPath) {
+        let mut open = lock(&self.open_dirs);
+        let now = Instant::now();
+        let ttl = self.ttl;
+        open.retain(|_, u| u.handles > 0 || u.closed.elapsed() < ttl);
+        let u = open.entry(dir.clone()).or_insert(DirUse {
+            handles: 0,
+            since: now,
+            closed: now,
+        });
+        u.handles += 1;
+    }
+
+    /// A reader of `dir` closed it.
+    pub fn dir_closed(&self, dir: &RelPath) {
+        if let Some(u) = lock(&self.open_dirs).get_mut(dir) {
+            u.handles = u.handles.saturating_sub(1);
+            u.closed = Instant::now();
+        }
+    }
+
+    /// True when an answer about `dir` (its listing) or an entry in it, cached at `at`, is
+    /// still valid: younger than the TTL, or fetched while `dir` is being read (see
+    /// `MetaCache::open_dirs`).
+    fn valid(&self, dir: Option<&RelPath>, at: Instant) -> bool {
+        if self.fresh(at) {
+            return true;
+        }
+        let Some(dir) = dir else { return false };
+        match lock(&self.open_dirs).get(dir) {
+            // Valid when the reader opened it, or fetched since.
+            Some(u) => at + self.ttl > u.since && (u.handles > 0 || u.closed.elapsed() < self.ttl),
+            None => false,
         }
     }
 
@@ -407,14 +460,14 @@ impl MetaCache {
 
     /// `Some(None)` is a cached negative entry; `None` means "ask S3".
     pub fn entry(&self, path: &RelPath) -> Option<Option<EntryInfo>> {
-        if let Some(t) = lock(&self.entries).get(path)
-            && self.fresh(t.at)
+        let parent = path.parent();
+        if let Some(t) = lock(&self.entries).get(path).map(|t| (t.value, t.at))
+            && self.valid(parent.as_ref(), t.1)
         {
-            return Some(t.value);
+            return Some(t.0);
         }
         // A fresh listing of the parent answers too.
-        let parent = path.parent()?;
-        let listing = self.listing(&parent)?;
+        let listing = self.listing(&parent?)?;
         Some(listing.get(path.name()).copied())
     }
 
@@ -432,11 +485,8 @@ impl MetaCache {
     }
 
     pub fn listing(&self, dir: &RelPath) -> Option<Listing> {
-        let mut dirs = lock(&self.dirs);
-        match dirs.get(dir) {
-            Some(t) if self.fresh(t.at) => Some(t.value.clone()),
-            _ => None,
-        }
+        let (value, at) = lock(&self.dirs).get(dir).map(|t| (t.value.clone(), t.at))?;
+        self.valid(Some(dir), at).then_some(value)
     }
 
     pub fn put_listing(&self, dir: &RelPath, listing: Listing) {
@@ -493,6 +543,10 @@ impl MetaCache {
         }
         for (_, t) in lock(&self.dirs).iter_mut() {
             t.at = old;
+        }
+        // Directories closed before the pause are closed since longer than a TTL.
+        for u in lock(&self.open_dirs).values_mut() {
+            u.closed = old;
         }
     }
 

@@ -97,16 +97,20 @@ impl Core {
             ino,
             info: None,
         };
+        self.cache.dir_opened(&path);
         let cached = self.cache.listing(&path).is_some();
         let dir = Arc::new(OpenDir::filling(path, vec![dot(".", ino), dot("..", parent_ino)]));
         if cached {
-            self.fill_dir(&dir).await?;
+            if let Err(e) = self.fill_dir(&dir).await {
+                self.cache.dir_closed(&dir.path);
+                return Err(e);
+            }
             dir.finish(Ok(()));
         } else {
-            let me = self
-                .me
-                .upgrade()
-                .ok_or_else(|| FsError::new(libc::EIO, "the filesystem is shutting down"))?;
+            let Some(me) = self.me.upgrade() else {
+                self.cache.dir_closed(&dir.path);
+                return Err(FsError::new(libc::EIO, "the filesystem is shutting down"));
+            };
             let caller = crate::store::stats::CALLER.try_with(|c| *c).unwrap_or("background");
             let filling = dir.clone();
             tokio::spawn(crate::store::stats::CALLER.scope(caller, async move {
@@ -215,7 +219,9 @@ impl Core {
     }
 
     pub fn release_handle(&self, fh: u64) {
-        lock(&self.handles).remove(&fh);
+        if let Some(Handle::Dir(dir)) = lock(&self.handles).remove(&fh) {
+            self.cache.dir_closed(&dir.path);
+        }
     }
 
     pub async fn mkdir(&self, parent: u64, name: &OsStr, mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {

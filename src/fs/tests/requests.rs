@@ -158,6 +158,61 @@ async fn trusting_the_listing_makes_ls_l_cost_its_lists_only() {
     assert_eq!(m.take(), counts(&[(OpKind::List, PREFIXES as u64)]));
 }
 
+/// Issue 22: an `ls -l` that outlasts the TTL (a big directory, a slow consumer) pays each
+/// request once. What was fetched for a directory being read stays valid while it is open
+/// and for one TTL after its close; nothing then lasts past the TTL.
+#[tokio::test]
+async fn an_ls_l_that_outlasts_the_ttl_heads_each_entry_once() {
+    let ttl = Duration::from_millis(1500);
+    let r = rig_with(|c| {
+        c.attr_prefetch = 32;
+        c.metadata_ttl = ttl;
+    });
+    for i in 0..200 {
+        // No extension: a lookup by name alone would try the file key and the marker.
+        r.plant(&format!("d/f{i:03}"), b"x").await;
+    }
+    let d = r.ino("d").await;
+    r.expire();
+    let mut m = r.meter();
+    let fh = r.core.opendir(d).await.unwrap();
+    let names: Vec<String> = r
+        .core
+        .readdir(fh)
+        .unwrap()
+        .all_entries()
+        .await
+        .unwrap()
+        .iter()
+        .skip(2)
+        .map(|e| e.name.clone())
+        .collect();
+    assert_eq!(names.len(), 200);
+    for (i, n) in names.iter().enumerate() {
+        if i == 100 {
+            // The TTL runs out halfway through the stats.
+            r.core.cache.age_all();
+        }
+        r.core.lookup(d, OsStr::new(n)).await.unwrap();
+    }
+    r.core.release_handle(fh);
+    // Within one TTL of the close, what was fetched still answers (all of it older than
+    // the TTL by now).
+    for n in &names {
+        r.core.lookup(d, OsStr::new(n)).await.unwrap();
+    }
+    let sent = m.take();
+    assert_eq!(sent.get("list"), Some(&(PREFIXES as u64)), "{sent:?}");
+    assert!(
+        sent.get("head").is_some_and(|h| *h <= 200),
+        "each entry HEADed once: {sent:?}"
+    );
+    // One TTL after the close, the TTL holds again: a lookup asks S3.
+    tokio::time::sleep(ttl + Duration::from_millis(100)).await;
+    r.core.lookup(d, OsStr::new(&names[0])).await.unwrap();
+    assert!(m.take().get("head").is_some_and(|h| *h >= 1));
+}
+
 #[tokio::test]
 async fn ls_l_heads_every_entry_in_parallel_once_and_then_nothing() {
     let r = rig_with(|c| c.attr_prefetch = 32);
