@@ -489,6 +489,12 @@ impl MetaCache {
         self.valid(Some(dir), at).then_some(value)
     }
 
+    /// A listing of `dir` the cache still holds but no longer vouches for (older than the
+    /// TTL): what a stat storm after the TTL revalidates.
+    pub fn stale_listing(&self, dir: &RelPath) -> Option<Listing> {
+        lock(&self.dirs).peek(dir).map(|t| t.value.clone())
+    }
+
     pub fn put_listing(&self, dir: &RelPath, listing: Listing) {
         if self.ttl.is_zero() {
             return;

@@ -56,7 +56,13 @@ pub struct Namespace {
     prefetch_slots: Arc<tokio::sync::Semaphore>,
     /// Subtrees listed whole (a walk was seen), and when: not again within the TTL.
     pub(super) walked: Mutex<HashMap<RelPath, std::time::Instant>>,
+    /// Directories in which lookups of entries the TTL let expire were seen, when the first
+    /// came, and how many since (see [`Namespace::revalidate`]).
+    storms: Mutex<HashMap<RelPath, (std::time::Instant, u32)>>,
 }
+
+/// What a LIST costs against a HEAD (S3's prices: $0.005 and $0.0004 per 1,000).
+const LIST_PRICE_IN_HEADS: f64 = 12.5;
 
 /// True when a name looks like a file's (`a.txt`, not `2017` or `.git`): which key a lookup
 /// asks for first.
@@ -82,6 +88,7 @@ impl Namespace {
             prefetching: Mutex::new(HashSet::new()),
             prefetch_slots: Arc::new(tokio::sync::Semaphore::new(cfg.attr_prefetch.max(1))),
             walked: Mutex::new(HashMap::new()),
+            storms: Mutex::new(HashMap::new()),
             mount_time: SystemTime::now(),
             pending,
             layout,
@@ -131,9 +138,58 @@ impl Namespace {
             Some(Some(info)) if info.full => return Ok(Some(info)),
             Some(None) => return Ok(None),
             Some(Some(info)) => Some(info.kind),
-            None => None,
+            None => {
+                if self.revalidate(path).await?
+                    && let Some(Some(info)) = self.cache.entry(path)
+                    && info.full
+                {
+                    return Ok(Some(info));
+                }
+                None
+            }
         };
         self.stat_flight.run(path, || self.fetch_stat(path, hint)).await
+    }
+
+    /// A lookup of `path`, whose cached answer the TTL let expire while its parent's listing
+    /// is still held (stale): the second such lookup in one directory within a TTL is a stat
+    /// storm (`git status`, `make`, rsync's second run). A directory big enough that one
+    /// listing costs less than a HEAD of each stale entry (a LIST is 12.5 HEADs; one per
+    /// prefix and page) is listed again, every prefix in parallel: unchanged objects keep
+    /// their attributes and only changed ones are HEADed later. True when that listing was
+    /// fetched. A smaller one is left to the attribute prefetch, which then HEADs the stale
+    /// entries after `path` in parallel instead of one per lookup in series
+    /// ([`Namespace::prefetch_after`]).
+    async fn revalidate(&self, path: &RelPath) -> FsResult<bool> {
+        if self.cfg.metadata_ttl.is_zero() {
+            return Ok(false);
+        }
+        let Some(parent) = path.parent() else { return Ok(false) };
+        let Some(stale) = self.cache.stale_listing(&parent) else {
+            return Ok(false);
+        };
+        if !self.storm_in(&parent) {
+            return Ok(false);
+        }
+        let pages = stale.len().div_ceil(crate::limits::MAX_LIST_PAGE).max(1) as f64;
+        let list_cost = LIST_PRICE_IN_HEADS * f64::from(self.layout.prefix_count()) * pages;
+        if (stale.len() as f64) < list_cost {
+            return Ok(false);
+        }
+        drop(stale);
+        tracing::debug!(dir = %parent, "stat storm after the TTL: the directory is listed again");
+        self.list_dir(&parent).await?;
+        Ok(true)
+    }
+
+    /// Counts a lookup of an expired entry in `dir`; true from the second within a TTL.
+    fn storm_in(&self, dir: &RelPath) -> bool {
+        let ttl = self.cfg.metadata_ttl;
+        let mut storms = lock(&self.storms);
+        storms.retain(|_, (first, _)| first.elapsed() < ttl);
+        let s = storms.entry(dir.clone()).or_insert((std::time::Instant::now(), 0));
+        s.1 += 1;
+        s.1 >= 2
     }
 
     pub(super) async fn fetch_stat(&self, path: &RelPath, hint: Option<Kind>) -> FsResult<Option<EntryInfo>> {
@@ -255,15 +311,24 @@ impl Namespace {
         let (Some(parent), Some(me)) = (path.parent(), self.me.upgrade()) else {
             return;
         };
-        let Some(listing) = self.cache.listing(&parent) else {
-            return;
+        // A fresh listing: the entries it knows by name alone (a HEAD makes them full in
+        // the listing). In a stat storm after the TTL (see `revalidate`), the held stale
+        // listing: the entries whose cached answer expired.
+        let (listing, stale) = match self.cache.listing(&parent) {
+            Some(l) => (l, false),
+            None => match self.cache.stale_listing(&parent) {
+                Some(l) if lock(&self.storms).get(&parent).is_some_and(|s| s.1 >= 2) => (l, true),
+                _ => return,
+            },
         };
         use std::ops::Bound;
-        // Only entries the listing knows by name alone; a HEAD makes them full in the listing.
         let wanted: Vec<String> = listing
             .range::<str, _>((Bound::Excluded(path.name()), Bound::Unbounded))
             .take(window)
-            .filter(|(_, info)| !info.full)
+            .filter(|(name, info)| match stale {
+                false => !info.full,
+                true => parent.join(name).is_ok_and(|p| self.cache.entry(&p).is_none()),
+            })
             .map(|(name, _)| name.clone())
             .collect();
         drop(listing); // a shared listing would be copied by the next edit

@@ -349,6 +349,67 @@ async fn a_relisted_directory_needs_no_head_for_unchanged_objects() {
     assert_eq!(m.take(), counts(&[(OpKind::List, PREFIXES as u64)]));
 }
 
+/// Issue 22: a stat storm after the TTL (`git status`, rsync's second run) over a directory
+/// big enough that one listing costs less than a HEAD per entry (a LIST is 12.5 HEADs; here
+/// 16 prefixes, 250 entries) revalidates by listing it again: unchanged objects keep their
+/// attributes, so the storm costs the first lookup's HEAD and one LIST per prefix.
+#[tokio::test]
+async fn a_stat_storm_after_the_ttl_over_a_big_directory_revalidates_by_listing() {
+    let r = rig();
+    let names: Vec<String> = (0..250).map(|i| format!("f{i:03}.c")).collect();
+    for n in &names {
+        r.plant(&format!("src/{n}"), b"x").await;
+    }
+    let d = r.ino("src").await;
+    r.list(d).await;
+    for n in &names {
+        r.core.lookup(d, OsStr::new(n)).await.unwrap();
+        // Each HEAD came long enough after the object's write to vouch for its version.
+        let path = crate::layout::RelPath::parse(&format!("src/{n}")).unwrap();
+        let mut info = r.core.cache.entry(&path).unwrap().unwrap();
+        info.checked = Some(info.s3_modified + Duration::from_secs(60));
+        r.core.cache.learned(&path, Some(info));
+    }
+    r.core.cache.age_all();
+    let mut m = r.meter();
+    for n in &names {
+        r.core.lookup(d, OsStr::new(n)).await.unwrap();
+    }
+    assert_eq!(m.take(), counts(&[(OpKind::Head, 1), (OpKind::List, PREFIXES as u64)]));
+}
+
+/// Issue 22: a stat storm after the TTL over a small directory (a listing would cost more
+/// than its HEADs) sends the HEADs of the expired entries together, from the second lookup
+/// on, instead of one per lookup in series; each entry is HEADed once.
+#[tokio::test]
+async fn a_stat_storm_after_the_ttl_over_a_small_directory_heads_its_entries_together() {
+    let r = rig();
+    let names: Vec<String> = (0..20).map(|i| format!("f{i:02}.c")).collect();
+    for n in &names {
+        r.plant(&format!("src/{n}"), b"x").await;
+    }
+    let d = r.ino("src").await;
+    r.list(d).await;
+    for n in &names {
+        r.core.lookup(d, OsStr::new(n)).await.unwrap();
+    }
+    r.core.cache.age_all();
+    let mut m = r.meter();
+    for n in &names[..2] {
+        r.core.lookup(d, OsStr::new(n)).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        m.take(),
+        counts(&[(OpKind::Head, 20)]),
+        "after the second lookup, the other 18 expired entries were HEADed at once"
+    );
+    for n in &names[2..] {
+        r.core.lookup(d, OsStr::new(n)).await.unwrap();
+    }
+    assert_eq!(m.take(), counts(&[]), "each entry HEADed once");
+}
+
 #[tokio::test]
 async fn mkdir_is_one_put_and_rmdir_an_emptiness_check_and_one_delete() {
     let r = rig();
