@@ -64,6 +64,10 @@ pub struct Namespace {
 /// What a LIST costs against a HEAD (S3's prices: $0.005 and $0.0004 per 1,000).
 const LIST_PRICE_IN_HEADS: f64 = 12.5;
 
+/// Lookups of expired entries in one directory within a TTL that make a storm worth a
+/// listing (of a directory big enough for it): a few files read now and then are not.
+const RELIST_AFTER: u32 = 8;
+
 /// True when a name looks like a file's (`a.txt`, not `2017` or `.git`): which key a lookup
 /// asks for first.
 fn looks_like_file(name: &str) -> bool {
@@ -152,14 +156,14 @@ impl Namespace {
     }
 
     /// A lookup of `path`, whose cached answer the TTL let expire while its parent's listing
-    /// is still held (stale): the second such lookup in one directory within a TTL is a stat
-    /// storm (`git status`, `make`, rsync's second run). A directory big enough that one
-    /// listing costs less than a HEAD of each stale entry (a LIST is 12.5 HEADs; one per
-    /// prefix and page) is listed again, every prefix in parallel: unchanged objects keep
-    /// their attributes and only changed ones are HEADed later. True when that listing was
-    /// fetched. A smaller one is left to the attribute prefetch, which then HEADs the stale
-    /// entries after `path` in parallel instead of one per lookup in series
-    /// ([`Namespace::prefetch_after`]).
+    /// is still held (stale): lookups of many such siblings within a TTL are a stat storm
+    /// (`git status`, `make`, rsync's second run). A directory big enough that listing it
+    /// again costs less than a HEAD of each stale entry ([`Namespace::worth_listing`]) is
+    /// listed again once [`RELIST_AFTER`] such lookups came, every prefix in parallel:
+    /// unchanged objects keep their attributes and only changed ones are HEADed later. True
+    /// when that listing was fetched. A smaller one is left to the attribute prefetch, which
+    /// from the second such lookup HEADs the stale entries after `path` in parallel instead
+    /// of one per lookup in series ([`Namespace::prefetch_after`]).
     async fn revalidate(&self, path: &RelPath) -> FsResult<bool> {
         if self.cfg.metadata_ttl.is_zero() {
             return Ok(false);
@@ -168,12 +172,7 @@ impl Namespace {
         let Some(stale) = self.cache.stale_listing(&parent) else {
             return Ok(false);
         };
-        if !self.storm_in(&parent) {
-            return Ok(false);
-        }
-        let pages = stale.len().div_ceil(crate::limits::MAX_LIST_PAGE).max(1) as f64;
-        let list_cost = LIST_PRICE_IN_HEADS * f64::from(self.layout.prefix_count()) * pages;
-        if (stale.len() as f64) < list_cost {
+        if self.storm_in(&parent) < RELIST_AFTER || !self.worth_listing(stale.len()) {
             return Ok(false);
         }
         drop(stale);
@@ -182,14 +181,22 @@ impl Namespace {
         Ok(true)
     }
 
-    /// Counts a lookup of an expired entry in `dir`; true from the second within a TTL.
-    fn storm_in(&self, dir: &RelPath) -> bool {
+    /// True when listing a directory of `entries` again costs less than a HEAD of each: a
+    /// LIST is 12.5 HEADs, and the listing takes one per prefix and page.
+    fn worth_listing(&self, entries: usize) -> bool {
+        let prefixes = self.layout.prefix_count().max(1) as usize;
+        let pages = (entries / prefixes).div_ceil(crate::limits::MAX_LIST_PAGE).max(1);
+        entries as f64 >= LIST_PRICE_IN_HEADS * (prefixes * pages) as f64
+    }
+
+    /// Counts a lookup of an expired entry in `dir`: how many came within a TTL.
+    fn storm_in(&self, dir: &RelPath) -> u32 {
         let ttl = self.cfg.metadata_ttl;
         let mut storms = lock(&self.storms);
         storms.retain(|_, (first, _)| first.elapsed() < ttl);
         let s = storms.entry(dir.clone()).or_insert((std::time::Instant::now(), 0));
         s.1 += 1;
-        s.1 >= 2
+        s.1
     }
 
     pub(super) async fn fetch_stat(&self, path: &RelPath, hint: Option<Kind>) -> FsResult<Option<EntryInfo>> {
@@ -317,7 +324,11 @@ impl Namespace {
         let (listing, stale) = match self.cache.listing(&parent) {
             Some(l) => (l, false),
             None => match self.cache.stale_listing(&parent) {
-                Some(l) if lock(&self.storms).get(&parent).is_some_and(|s| s.1 >= 2) => (l, true),
+                Some(l)
+                    if !self.worth_listing(l.len()) && lock(&self.storms).get(&parent).is_some_and(|s| s.1 >= 2) =>
+                {
+                    (l, true)
+                }
                 _ => return,
             },
         };
