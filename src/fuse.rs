@@ -497,16 +497,28 @@ impl fuser::Filesystem for FuseFs {
 
     fn mknod(
         &self,
-        _req: &Request,
-        _parent: INodeNo,
+        req: &Request,
+        parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        tracing::debug!(name = %escape_controls(&name.to_string_lossy()), "special files are not supported on S3: EPERM");
-        reply.error(Errno::EPERM);
+        let kind = mode & libc::S_IFMT;
+        if kind != 0 && kind != libc::S_IFREG {
+            tracing::debug!(name = %escape_controls(&name.to_string_lossy()), "special files are not supported on S3: EPERM");
+            reply.error(Errno::EPERM);
+            return;
+        }
+        let perm = (mode & 0o7777) & !umask;
+        match self.run(
+            "mknod",
+            self.core.mknod_regular(parent.0, name, perm, req.uid(), req.gid()),
+        ) {
+            Ok(a) => reply.entry(&self.ttl, &self.file_attr(a), Generation(0)),
+            Err(e) => reply.error(errno("mknod", e)),
+        }
     }
 }
 

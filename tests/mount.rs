@@ -527,6 +527,27 @@ fn a_lock_taken_on_the_mount_is_logged_once_as_this_hosts_only() {
     assert!(log.contains("kind=\"FLOCK\"") || log.contains("kind=FLOCK"), "{log}");
 }
 
+/// Issue 24: `mknod` of a regular file creates it (ext4 and s3fs do); a FIFO stays EPERM.
+#[test]
+fn mknod_of_a_regular_file_works_and_special_files_are_refused() {
+    let env = Env::embedded();
+    let mut m = env.mount(16, &[]);
+    let script = "import os, stat
+os.mknod('plain', 0o640 | stat.S_IFREG)
+st = os.stat('plain')
+print(stat.S_ISREG(st.st_mode), oct(st.st_mode & 0o777), st.st_size)
+try:
+    os.mkfifo('pipe')
+except PermissionError:
+    print('fifo EPERM')
+";
+    std::fs::write(env.dir.path().join("mknod.py"), script).unwrap();
+    let out = m.ok(&format!("python3 {}", env.dir.path().join("mknod.py").display()));
+    assert_eq!(out, "True 0o640 0\nfifo EPERM\n");
+    let key = env.layout(16).file_key(&RelPath::parse("plain").unwrap()).unwrap();
+    assert!(env.data_keys().contains(&key));
+}
+
 /// `prefixfs mount MNT` on the embedded store, daemonised, as the README's demo runs it.
 fn mount_demo(dir: &std::path::Path, mnt: &std::path::Path) -> Mount {
     let status = std::process::Command::new(env!("CARGO_BIN_EXE_prefixfs"))

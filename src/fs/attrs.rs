@@ -102,6 +102,10 @@ impl Core {
                 // before its upload has updated the cache.
                 let info = shared.info();
                 drop(body);
+                // futimens, fchmod, ftruncate change the ctime as their by-path forms do
+                // (else `touch -d` of an open file would leave a ctime before its mtime
+                // moved back, earlier than the file itself).
+                self.attributes_changed(ino);
                 return Ok(self.attr(ino, info));
             }
         }

@@ -99,6 +99,15 @@ impl Core {
         !self.ns.cfg.local_exclusive_creates
     }
 
+    /// `mknod` of a regular file (`S_IFREG`, or no type: what some programs and pjdfstest
+    /// use instead of `creat`): an empty file, created as an `O_EXCL` create is (EEXIST when
+    /// the name is taken). Special files are the caller's EPERM: S3 has none.
+    pub async fn mknod_regular(&self, parent: u64, name: &OsStr, mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
+        let (attr, fh) = self.create(parent, name, mode, uid, gid, true).await?;
+        self.release(fh).await?;
+        Ok(attr)
+    }
+
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
         let path = self.path_of(ino)?;
         let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;

@@ -800,6 +800,61 @@ async fn renames_keep_the_storage_class() {
     }
 }
 
+/// Issue 24: a change of an open file's times (`futimens`: what `touch -a` and `touch -d`
+/// send) moves its ctime to now, as by path; the ctime never goes back, even when the mtime
+/// is set into the past.
+#[tokio::test]
+async fn times_set_on_an_open_file_move_its_ctime_forward() {
+    let r = rig();
+    let (ino, fh) = {
+        let (attr, fh) = r
+            .core
+            .create(ROOT_INO, OsStr::new("f"), 0o644, 0, 0, false)
+            .await
+            .unwrap();
+        (attr.ino, fh)
+    };
+    r.core.write(fh, 0, b"x\n").await.unwrap();
+    let before = std::time::SystemTime::now();
+    let past = std::time::UNIX_EPOCH + Duration::from_secs(1_200_000_000);
+    let changes = AttrChanges {
+        mtime: Some(past),
+        atime: Some(past),
+        ..Default::default()
+    };
+    let attr = r.core.setattr(ino, changes).await.unwrap();
+    assert_eq!(attr.mtime, past);
+    assert!(attr.ctime >= before, "ctime {:?} went back", attr.ctime);
+    r.core.release(fh).await.unwrap();
+    let attr = r.core.getattr(ino).await.unwrap();
+    assert_eq!(attr.mtime, past);
+    assert!(attr.ctime >= before, "after close: ctime {:?}", attr.ctime);
+}
+
+/// Issue 24: `mknod` of a regular file makes an empty file (as ext4 and s3fs do), in S3 at
+/// once; a taken name is EEXIST.
+#[tokio::test]
+async fn mknod_of_a_regular_file_creates_it() {
+    let r = rig();
+    let attr = r
+        .core
+        .mknod_regular(ROOT_INO, OsStr::new("m"), 0o640, 1000, 1000)
+        .await
+        .unwrap();
+    assert_eq!(
+        (attr.kind, attr.size, attr.perm, attr.uid),
+        (Kind::File, 0, 0o640, 1000)
+    );
+    let key = r.layout.file_key(&RelPath::parse("m").unwrap()).unwrap();
+    assert_eq!(r.mem().get(&key, None, None).await.unwrap().len(), 0);
+    let e = r
+        .core
+        .mknod_regular(ROOT_INO, OsStr::new("m"), 0o640, 1000, 1000)
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EEXIST);
+}
+
 /// Issue 21, 8: an object s3fs wrote carries its atime and ctime; they are shown (where this
 /// mount has no time of its own), and a metadata change moves the stored ctime.
 #[tokio::test]
