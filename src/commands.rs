@@ -284,7 +284,7 @@ pub fn run_cat(a: crate::cli::CatArgs) -> Result<(), String> {
             if info.kind == crate::fs::cache::Kind::Dir {
                 return Err(format!("{}: is a directory", crate::adhoc::show(&path)));
             }
-            b.read_to(&path, &info, &mut std::io::stdout().lock()).await?;
+            b.read_to(&path, &info, &mut stdout()).await?;
         }
         Ok(())
     })
@@ -307,4 +307,33 @@ pub fn run_cp(a: crate::cli::CpArgs) -> Result<(), String> {
         eprintln!("copied {files} files, {bytes} bytes");
         Ok(())
     })
+}
+
+/// Standard output for the bucket commands' results. A reader that went away (`prefixfs
+/// ls -R s3://b | head`) ends the command quietly with status 0, as `ls | head` expects,
+/// instead of an error: nothing the command does after its output matters then.
+pub fn stdout() -> QuietPipe<std::io::StdoutLock<'static>> {
+    QuietPipe(std::io::stdout().lock())
+}
+
+/// A writer whose broken pipe ends the process with status 0 (see [`stdout`]).
+pub struct QuietPipe<W>(pub W);
+
+impl<W: std::io::Write> QuietPipe<W> {
+    fn quiet<T>(r: std::io::Result<T>) -> std::io::Result<T> {
+        match r {
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+            r => r,
+        }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for QuietPipe<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        Self::quiet(self.0.write(buf))
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Self::quiet(self.0.flush())
+    }
 }

@@ -7,6 +7,9 @@ pub const MIN_PART: u64 = 5 << 20;
 pub const MAX_PART: u64 = 5 << 30;
 /// Parts of one multipart upload, numbered 1 to this.
 pub const MAX_PARTS: u64 = 10_000;
+/// The largest object a multipart upload can describe (10,000 parts of 5 GiB); S3 may
+/// refuse less (its documented maximum object size), at the upload.
+pub const MAX_OBJECT: u64 = MAX_PARTS * MAX_PART;
 /// The largest object CopyObject copies in one request (larger: UploadPartCopy).
 pub const MAX_COPY_OBJECT: u64 = 5 << 30;
 /// Keys per DeleteObjects request.

@@ -28,16 +28,16 @@ fn main() -> ExitCode {
         Command::Migrate(a) => commands::run_migrate(a),
         Command::Info(a) => commands::run_info(a),
         Command::Ls(a) => commands::adhoc(&a.target, &a.at, async |b, p| {
-            prefixfs::adhoc::ls(&b, &p, a.long, a.recursive, &mut std::io::stdout().lock()).await
+            prefixfs::adhoc::ls(&b, &p, a.long, a.recursive, &mut commands::stdout()).await
         }),
         Command::Cat(a) => commands::run_cat(a),
         Command::Cp(a) => commands::run_cp(a),
         Command::Du(a) => commands::adhoc(&a.target, &a.at, async |b, p| {
-            prefixfs::adhoc::du(&b, &p, a.summarize, &mut std::io::stdout().lock()).await
+            prefixfs::adhoc::du(&b, &p, a.summarize, &mut commands::stdout()).await
         }),
         Command::Find(a) => commands::adhoc(&a.target, &a.at, async |b, p| {
             let kind = a.kind.as_deref().and_then(|k| k.chars().next());
-            prefixfs::adhoc::find(&b, &p, a.name.as_deref(), kind, &mut std::io::stdout().lock()).await
+            prefixfs::adhoc::find(&b, &p, a.name.as_deref(), kind, &mut commands::stdout()).await
         }),
         Command::Generate(a) => prefixfs::cli::generate(&a.out).map_err(|e| format!("{}: {e}", a.out.display())),
         Command::Fsck(a) => {

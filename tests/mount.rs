@@ -528,8 +528,9 @@ fn a_lock_taken_on_the_mount_is_logged_once_as_this_hosts_only() {
 }
 
 /// Issue 24: `mknod` of a regular file creates it (ext4 and s3fs do); a FIFO stays EPERM.
+/// Issue 23: `fallocate` extends a file; other modes are refused.
 #[test]
-fn mknod_of_a_regular_file_works_and_special_files_are_refused() {
+fn mknod_and_fallocate_of_regular_files_work_and_the_rest_is_refused() {
     let env = Env::embedded();
     let mut m = env.mount(16, &[]);
     let script = "import os, stat
@@ -546,6 +547,10 @@ except PermissionError:
     assert_eq!(out, "True 0o640 0\nfifo EPERM\n");
     let key = env.layout(16).file_key(&RelPath::parse("plain").unwrap()).unwrap();
     assert!(env.data_keys().contains(&key));
+    // Issue 23: fallocate extends a file; punching a hole is refused with a clear errno.
+    let out = m.ok("fallocate -l 1M plain && stat -c %s plain; fallocate -p -o 0 -l 10 plain 2>&1 || true");
+    assert!(out.starts_with("1048576\n") && out.contains("unsupported"), "{out}");
+    assert_eq!(env.get(&key).len(), 1 << 20);
 }
 
 /// `prefixfs mount MNT` on the embedded store, daemonised, as the README's demo runs it.

@@ -437,6 +437,25 @@ fn ls_cat_cp_du_find_without_a_mount_agree_with_the_mount(env: Env) {
         adhoc(&env, &["cat", &url("2017/02/09/a.txt"), &url("2017/02/08/f7.log")]),
         "x\n7\n"
     );
+    // A reader that goes away (`| head`) ends the command quietly, with status 0.
+    let mut child = env
+        .prefixfs()
+        .args(["cat", &url("big.bin")])
+        .args(env.conn_args())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("prefixfs");
+    let mut head = [0u8; 5];
+    std::io::Read::read_exact(child.stdout.as_mut().expect("stdout"), &mut head).expect("5 bytes");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "cat | head: {} {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
     // cp out: the same tree and bytes as cp -r through the mount
     let out = env.subdir("out");
     adhoc(&env, &["cp", "-r", &url("2017"), out.to_str().expect("path")]);

@@ -87,6 +87,8 @@ pub struct ConnArgs {
     /// S3 endpoint, e.g. http://127.0.0.1:9000 for a local store.
     #[arg(long)]
     pub endpoint_url: Option<String>,
+    /// The bucket's AWS region (e.g. eu-west-1); else from AWS_REGION, the profile, or
+    /// us-east-1.
     #[arg(long)]
     pub region: Option<String>,
     /// Address buckets as http://host/bucket instead of http://bucket.host.

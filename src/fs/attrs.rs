@@ -139,6 +139,31 @@ impl Core {
         Ok(self.attr(ino, new_info))
     }
 
+    /// `fallocate`: mode 0 extends the file to `offset + length` as `posix_fallocate` does
+    /// (zeros; never shrinks it); `FALLOC_FL_KEEP_SIZE` has nothing to reserve on S3 (done);
+    /// the other modes (punching holes, collapsing, zeroing ranges) are EOPNOTSUPP.
+    pub async fn fallocate(&self, ino: u64, offset: u64, length: u64, mode: i32) -> FsResult<()> {
+        let path = self.path_of(ino)?;
+        self.check_writable(&path)?;
+        match mode {
+            0 => {
+                let end = offset
+                    .checked_add(length)
+                    .filter(|e| *e <= crate::limits::MAX_OBJECT)
+                    .ok_or_else(|| FsError::new(libc::EFBIG, format!("{path}: past S3's largest object")))?;
+                if end > self.getattr(ino).await?.size {
+                    self.setattr(ino, AttrChanges::truncate(end)).await?;
+                }
+                Ok(())
+            }
+            libc::FALLOC_FL_KEEP_SIZE => Ok(()),
+            _ => Err(FsError::new(
+                libc::EOPNOTSUPP,
+                format!("{path}: fallocate mode {mode:#x} is not supported (only 0 and FALLOC_FL_KEEP_SIZE)"),
+            )),
+        }
+    }
+
     /// `symlink`: a small object holding the target, its POSIX mode saying it is a link.
     pub async fn symlink(
         &self,

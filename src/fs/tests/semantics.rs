@@ -855,6 +855,30 @@ async fn mknod_of_a_regular_file_creates_it() {
     assert_eq!(e.errno, libc::EEXIST);
 }
 
+/// Issue 23: `fallocate` mode 0 extends a file (never shrinks it), `FALLOC_FL_KEEP_SIZE` has
+/// nothing to reserve, the other modes are EOPNOTSUPP.
+#[tokio::test]
+async fn fallocate_extends_or_refuses_clearly() {
+    let r = rig();
+    let key = r.layout.file_key(&RelPath::parse("f").unwrap()).unwrap();
+    r.mem()
+        .put(&key, Bytes::from_static(b"abc"), &UserMeta::new())
+        .await
+        .unwrap();
+    let ino = r.ino("f").await;
+    r.core.fallocate(ino, 0, 10, 0).await.unwrap();
+    assert_eq!(&r.mem().get(&key, None, None).await.unwrap()[..], b"abc\0\0\0\0\0\0\0");
+    r.core.fallocate(ino, 0, 5, 0).await.unwrap();
+    r.core.fallocate(ino, 0, 100, libc::FALLOC_FL_KEEP_SIZE).await.unwrap();
+    assert_eq!(r.core.getattr(ino).await.unwrap().size, 10, "neither shrinks nor grows");
+    let e = r
+        .core
+        .fallocate(ino, 0, 2, libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE)
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EOPNOTSUPP);
+}
+
 /// Issue 21, 8: an object s3fs wrote carries its atime and ctime; they are shown (where this
 /// mount has no time of its own), and a metadata change moves the stored ctime.
 #[tokio::test]
