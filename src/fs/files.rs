@@ -132,16 +132,24 @@ impl Carried {
     }
 }
 
-/// The tags of `key`; none where the server does not keep tags (NotImplemented: said once
-/// in the log), rather than fail the write.
+/// The tags of `key`; none where the server does not keep tags (NotImplemented) or the
+/// credentials may not read them (AccessDenied: a policy without s3:GetObjectTagging),
+/// said once in the log, rather than fail every rewrite.
 async fn tags_of(store: &dyn crate::store::ObjectStore, key: &str) -> StoreResult<Option<String>> {
-    static SAID: std::sync::Once = std::sync::Once::new();
+    static NO_TAGS: std::sync::Once = std::sync::Once::new();
+    static DENIED: std::sync::Once = std::sync::Once::new();
     match store.get_tagging(key).await {
         Err(StoreError::Client { code, .. } | StoreError::Server { code, .. }) if code == "NotImplemented" => {
-            SAID.call_once(|| {
+            NO_TAGS.call_once(|| {
                 tracing::warn!(
                     "this S3 server does not keep object tags (GetObjectTagging: NotImplemented): rewrites carry none"
                 )
+            });
+            Ok(None)
+        }
+        Err(e @ StoreError::Client { status: 403, .. }) => {
+            DENIED.call_once(|| {
+                tracing::warn!(error = %e, "these credentials may not read object tags (s3:GetObjectTagging): a rewrite of a tagged object drops its tags; grant the permission, or pass --drop-tags-on-rewrite to say so")
             });
             Ok(None)
         }

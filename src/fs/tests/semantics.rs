@@ -879,6 +879,26 @@ async fn fallocate_extends_or_refuses_clearly() {
     assert_eq!(e.errno, libc::EOPNOTSUPP);
 }
 
+/// Credentials without s3:GetObjectTagging must not make every rewrite fail: the tags
+/// cannot be kept then (said once in the log), the write goes through.
+#[tokio::test]
+async fn a_rewrite_goes_through_when_the_tags_may_not_be_read() {
+    let r = rig();
+    let key = r.layout.file_key(&RelPath::parse("f").unwrap()).unwrap();
+    r.mem()
+        .put(&key, Bytes::from_static(b"old\n"), &UserMeta::new())
+        .await
+        .unwrap();
+    let ino = r.ino("f").await; // a HEAD: nothing but the tags to fetch at open
+    r.mem().fail_next(1, |k| {
+        crate::store::StoreError::from_response("get_tagging", k, 403, "AccessDenied", "Access Denied")
+    });
+    let fh = r.core.open(ino, libc::O_WRONLY | libc::O_TRUNC).await.unwrap();
+    r.core.write(fh, 0, b"new\n").await.unwrap();
+    r.core.release(fh).await.unwrap();
+    assert_eq!(&r.mem().get(&key, None, None).await.unwrap()[..], b"new\n");
+}
+
 /// Issue 21, 8: an object s3fs wrote carries its atime and ctime; they are shown (where this
 /// mount has no time of its own), and a metadata change moves the stored ctime.
 #[tokio::test]
