@@ -122,10 +122,7 @@ impl Core {
                 if changes.mtime.is_none() {
                     posix.mtime = Some(SystemTime::now());
                 }
-                etag = self
-                    .files
-                    .truncate_closed(&path, info.size, size, &posix, info.version())
-                    .await?;
+                etag = self.files.truncate_closed(&path, &info, size, &posix).await?;
                 new_size = size;
             }
             _ if meta_change => etag = self.ns.set_metadata(&path, &info, &posix).await?,

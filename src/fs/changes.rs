@@ -533,11 +533,8 @@ fn replaced_elsewhere(path: &RelPath) -> FsError {
 
 /// An object's user metadata with the POSIX keys the mount owns replaced by `posix`'s.
 /// An s3fs `ctime` key there moves to now: its metadata changed.
-fn merged_meta(mut meta: UserMeta, posix: &Posix) -> UserMeta {
-    for k in Posix::OWNED_KEYS {
-        meta.remove(*k);
-    }
+fn merged_meta(meta: UserMeta, posix: &Posix) -> UserMeta {
+    let mut meta = super::posix::foreign_meta(meta);
     meta.extend(posix.to_meta());
-    super::posix::touch_ctime(&mut meta, SystemTime::now());
     meta
 }

@@ -51,8 +51,6 @@ pub(super) struct Shared {
     expect: Mutex<Option<WriteIf>>,
     /// What the object this file rewrites holds that the mount does not own.
     carried: tokio::sync::Mutex<Carried>,
-    /// Where `carried` is fetched from again after a failure.
-    store: Arc<dyn crate::store::ObjectStore>,
     pub(super) body: tokio::sync::Mutex<Body>,
 }
 
@@ -91,45 +89,44 @@ pub(super) enum Carried {
 }
 
 impl Carried {
-    /// What a rewrite keeps of the object `m` describes.
-    fn of(m: ObjectMeta) -> (UserMeta, Headers) {
-        let mut meta = m.user_meta;
-        for k in Posix::OWNED_KEYS {
-            meta.remove(*k);
-        }
-        // The content changes: an s3fs `ctime` moves with it.
-        super::posix::touch_ctime(&mut meta, SystemTime::now());
-        (meta, m.headers)
-    }
-
-    /// What the object at `key` holds, fetched from now on: its metadata and headers (a
-    /// HEAD) when `head`, its tags (GetObjectTagging, at the same time) when `tags`.
+    /// What the object at `key` holds, fetched from now on (see [`carried_of`]).
     pub(super) fn fetch(store: &Arc<dyn crate::store::ObjectStore>, key: &str, head: bool, tags: bool) -> Carried {
         if !head && !tags {
             return Carried::Nothing;
         }
         let (store, key) = (store.clone(), key.to_string());
-        let task = tokio::spawn(async move {
-            let (m, t) = tokio::join!(
-                async {
-                    match head {
-                        true => store.head(&key).await.map(Some),
-                        false => Ok(None),
-                    }
-                },
-                async {
-                    match tags {
-                        true => tags_of(store.as_ref(), &key).await,
-                        false => Ok(None),
-                    }
-                }
-            );
-            let (meta, mut headers) = m?.map(Carried::of).unwrap_or_default();
-            headers.tagging = t?;
-            Ok((meta, headers))
-        });
+        let task = tokio::spawn(async move { carried_of(store.as_ref(), &key, head, tags).await });
         Carried::Pending(task, (head, tags))
     }
+}
+
+/// What a rewrite keeps of the object at `key`: its foreign metadata and headers (a HEAD)
+/// when `head`, its tags (GetObjectTagging) when `tags`, both in flight together.
+async fn carried_of(
+    store: &dyn crate::store::ObjectStore,
+    key: &str,
+    head: bool,
+    tags: bool,
+) -> StoreResult<(UserMeta, Headers)> {
+    let (m, t) = tokio::join!(
+        async {
+            match head {
+                true => store.head(key).await.map(Some),
+                false => Ok(None),
+            }
+        },
+        async {
+            match tags {
+                true => tags_of(store, key).await,
+                false => Ok(None),
+            }
+        }
+    );
+    let (meta, mut headers) = m?
+        .map(|m: ObjectMeta| (super::posix::foreign_meta(m.user_meta), m.headers))
+        .unwrap_or_default();
+    headers.tagging = t?;
+    Ok((meta, headers))
 }
 
 /// The tags of `key`; none where the server does not keep tags (NotImplemented) or the
@@ -177,11 +174,14 @@ impl Shared {
     /// the first time. An object gone meanwhile keeps nothing (its upload then fails its
     /// condition); a fetch that fails fails the upload, rather than drop what the object
     /// holds, and the next upload fetches again.
-    async fn carried(&self, path: &RelPath) -> FsResult<Option<(UserMeta, Headers)>> {
+    async fn carried(
+        &self,
+        store: &Arc<dyn crate::store::ObjectStore>,
+        path: &RelPath,
+    ) -> FsResult<Option<(UserMeta, Headers)>> {
         let mut c = self.carried.lock().await;
         if let Carried::Failed((head, tags)) = &*c {
-            let (store, key) = (self.store.clone(), self.key());
-            *c = Carried::fetch(&store, &key, *head, *tags);
+            *c = Carried::fetch(store, &self.key(), *head, *tags);
         }
         if let Carried::Pending(h, what) = &mut *c {
             let what = *what;
@@ -232,8 +232,13 @@ impl Shared {
 
     /// The metadata and headers an upload of this file sends: `own` (the POSIX keys) over
     /// what it carries.
-    async fn upload_attrs(&self, path: &RelPath, own: UserMeta) -> FsResult<(UserMeta, Option<Headers>)> {
-        Ok(match self.carried(path).await? {
+    async fn upload_attrs(
+        &self,
+        store: &Arc<dyn crate::store::ObjectStore>,
+        path: &RelPath,
+        own: UserMeta,
+    ) -> FsResult<(UserMeta, Option<Headers>)> {
+        Ok(match self.carried(store, path).await? {
             Some((mut meta, headers)) => {
                 meta.extend(own);
                 (meta, Some(headers))
@@ -354,29 +359,24 @@ impl OpenFiles {
         self.staging_dir.join(uuid::Uuid::new_v4().simple().to_string())
     }
 
-    /// Truncates `path`, a file nobody has open, from `old_size` to `size` in S3, with
-    /// `posix` as its metadata, over the version `etag` only (when known): an empty PUT, or
-    /// the kept part (ranged GETs of that version) through a staging file and uploaded.
-    /// Returns the new version's ETag.
+    /// Truncates `path`, a file nobody has open and `info` describes, to `size` in S3, with
+    /// `posix` as its metadata, over the version `info` names only (when known): an empty
+    /// PUT, or the kept part (ranged GETs of that version) through a staging file and
+    /// uploaded. Returns the new version's ETag.
     pub(super) async fn truncate_closed(
         &self,
         path: &RelPath,
-        old_size: u64,
+        info: &EntryInfo,
         size: u64,
         posix: &Posix,
-        etag: Option<&str>,
     ) -> FsResult<Option<String>> {
+        let (old_size, etag) = (info.size, info.version());
         let key = self.ns.layout.file_key(path)?;
-        // What another client stored with the object stays (one HEAD, and its tags).
-        let tags = async {
-            match self.ns.cfg.keep_tags {
-                true => tags_of(self.ns.store.as_ref(), &key).await,
-                false => Ok(None),
-            }
-        };
-        let (head, tags) = tokio::join!(self.ns.store.head(&key), tags);
-        let (mut meta, mut headers) = Carried::of(head?);
-        headers.tagging = tags?;
+        // What another client stored with the object stays, by the rule an open for writing
+        // follows: a HEAD unless one showed nothing to keep, the tags unless this mount
+        // wrote the version without any.
+        let (head, tags) = (!info.plain, !info.tagless && self.ns.cfg.keep_tags);
+        let (mut meta, headers) = carried_of(self.ns.store.as_ref(), &key, head, tags).await?;
         meta.extend(posix.to_meta());
         let cond = etag.map(|e| WriteIf::Matches(e.to_string()));
         if size == 0 {
@@ -439,7 +439,6 @@ impl OpenFiles {
             detached: AtomicBool::new(false),
             expect: Mutex::new(expect),
             carried: tokio::sync::Mutex::new(carried),
-            store: self.ns.store.clone(),
             body: tokio::sync::Mutex::new(body),
         });
         files.insert(
@@ -578,7 +577,7 @@ impl OpenFiles {
                 if !up.has_multipart() {
                     // A multipart upload takes its metadata when it starts.
                     let posix = *lock(&shared.posix);
-                    let (meta, headers) = shared.upload_attrs(path, stream_meta(&posix)).await?;
+                    let (meta, headers) = shared.upload_attrs(&self.ns.store, path, stream_meta(&posix)).await?;
                     up.set_attrs(meta, headers);
                 }
                 up.write(offset, data).await.map_err(|e| upload_err(path, e))?;
@@ -678,7 +677,7 @@ impl OpenFiles {
         };
         match body {
             Body::Stream(up) => {
-                let (meta, headers) = shared.upload_attrs(path, stream_meta(&posix)).await?;
+                let (meta, headers) = shared.upload_attrs(&self.ns.store, path, stream_meta(&posix)).await?;
                 let late_meta = !up.set_attrs(meta, headers);
                 if !up.is_finished() {
                     if let Err(e) = up.finish(expect.as_ref()).await {
@@ -702,7 +701,7 @@ impl OpenFiles {
             }
             Body::Staged(staged) => {
                 if staged.is_modified() {
-                    let (meta, headers) = shared.upload_attrs(path, posix.to_meta()).await?;
+                    let (meta, headers) = shared.upload_attrs(&self.ns.store, path, posix.to_meta()).await?;
                     let (_, etag) = staged
                         .upload(&self.ns.store, &key, &meta, headers.as_ref(), expect.as_ref())
                         .await

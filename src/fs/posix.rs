@@ -97,6 +97,17 @@ fn seconds(v: Option<&String>) -> Option<SystemTime> {
     UNIX_EPOCH.checked_add(Duration::new(s, nanos))
 }
 
+/// What an object's user metadata holds that the mount does not own (every key but
+/// [`Posix::OWNED_KEYS`]), as a change of the object keeps it: an s3fs `ctime` key moves to
+/// now.
+pub fn foreign_meta(mut meta: UserMeta) -> UserMeta {
+    for k in Posix::OWNED_KEYS {
+        meta.remove(*k);
+    }
+    touch_ctime(&mut meta, SystemTime::now());
+    meta
+}
+
 /// s3fs's own time keys: a metadata change moves `ctime` where the object has one.
 pub fn touch_ctime(meta: &mut UserMeta, now: SystemTime) {
     if let Some(c) = meta.get_mut("ctime") {

@@ -134,6 +134,12 @@ impl Rig {
         entries
     }
 
+    /// The names an open directory handle lists (without `.` and `..`).
+    async fn handle_names(&self, fh: u64) -> Vec<String> {
+        let entries = self.core.readdir(fh).unwrap().all_entries().await.unwrap();
+        entries.iter().skip(2).map(|e| e.name.clone()).collect()
+    }
+
     async fn ino(&self, path: &str) -> u64 {
         let mut ino = ROOT_INO;
         for name in path.split('/') {

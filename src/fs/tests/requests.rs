@@ -176,17 +176,7 @@ async fn an_ls_l_that_outlasts_the_ttl_heads_each_entry_once() {
     r.expire();
     let mut m = r.meter();
     let fh = r.core.opendir(d).await.unwrap();
-    let names: Vec<String> = r
-        .core
-        .readdir(fh)
-        .unwrap()
-        .all_entries()
-        .await
-        .unwrap()
-        .iter()
-        .skip(2)
-        .map(|e| e.name.clone())
-        .collect();
+    let names = r.handle_names(fh).await;
     assert_eq!(names.len(), 200);
     for (i, n) in names.iter().enumerate() {
         if i == 100 {
@@ -225,17 +215,7 @@ async fn ls_l_heads_every_entry_in_parallel_once_and_then_nothing() {
     // ls -l: opendir/readdir, then a lookup of each name in listing order.
     let ls_l = || async {
         let fh = r.core.opendir(d).await.unwrap();
-        let names: Vec<String> = r
-            .core
-            .readdir(fh)
-            .unwrap()
-            .all_entries()
-            .await
-            .unwrap()
-            .iter()
-            .skip(2)
-            .map(|e| e.name.clone())
-            .collect();
+        let names = r.handle_names(fh).await;
         r.core.release_handle(fh);
         for n in &names {
             let a = r.core.lookup(d, OsStr::new(n)).await.unwrap();
