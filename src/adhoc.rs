@@ -75,7 +75,7 @@ impl Bucket {
             .map(|(name, info)| {
                 Ok(Found {
                     path: dir.join(name).map_err(|e| e.to_string())?,
-                    info: *info,
+                    info: info.clone(),
                 })
             })
             .collect()

@@ -82,11 +82,7 @@ impl FuseFs {
     }
 
     fn file_attr(&self, a: crate::fs::Attr) -> FileAttr {
-        let kind = match a.kind {
-            Kind::Dir => FileType::Directory,
-            Kind::File => FileType::RegularFile,
-            Kind::Symlink => FileType::Symlink,
-        };
+        let kind = file_type(a.kind, a.special);
         FileAttr {
             ino: INodeNo(a.ino),
             size: a.size,
@@ -100,10 +96,20 @@ impl FuseFs {
             nlink: a.nlink,
             uid: a.uid,
             gid: a.gid,
-            rdev: 0,
+            rdev: a.rdev,
             blksize: 4096,
             flags: 0,
         }
+    }
+}
+
+/// A getxattr or listxattr answer: the size when the caller asks for it (`size` 0), the bytes
+/// when they fit, else ERANGE.
+fn xattr_reply(reply: ReplyXattr, value: &[u8], size: u32) {
+    match u32::try_from(value.len()) {
+        Ok(n) if size == 0 => reply.size(n),
+        Ok(n) if n <= size => reply.data(value),
+        _ => reply.error(Errno::ERANGE),
     }
 }
 
@@ -122,11 +128,17 @@ fn errno(op: &str, e: FsError) -> Errno {
     Errno::from_i32(e.errno)
 }
 
-fn file_type(k: Kind) -> FileType {
-    match k {
-        Kind::Dir => FileType::Directory,
-        Kind::File => FileType::RegularFile,
-        Kind::Symlink => FileType::Symlink,
+/// The kernel's file type of an entry of `kind`, a special file's type bits `special` (0 for
+/// none).
+fn file_type(k: Kind, special: u32) -> FileType {
+    match (k, special) {
+        (Kind::Dir, _) => FileType::Directory,
+        (Kind::Symlink, _) => FileType::Symlink,
+        (Kind::File, libc::S_IFIFO) => FileType::NamedPipe,
+        (Kind::File, libc::S_IFSOCK) => FileType::Socket,
+        (Kind::File, libc::S_IFCHR) => FileType::CharDevice,
+        (Kind::File, libc::S_IFBLK) => FileType::BlockDevice,
+        (Kind::File, _) => FileType::RegularFile,
     }
 }
 
@@ -378,7 +390,12 @@ impl fuser::Filesystem for FuseFs {
     fn readdir(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectory) {
         let filled = self.core.readdir(fh.0).and_then(|dir| {
             self.fill_page(&dir, offset, READDIR_CHUNK, |next, e| {
-                reply.add(INodeNo(self.core.entry_ino(&dir, e)), next, file_type(e.kind), &e.name)
+                reply.add(
+                    INodeNo(self.core.entry_ino(&dir, e)),
+                    next,
+                    file_type(e.kind, e.special()),
+                    &e.name,
+                )
             })
         });
         match filled {
@@ -442,14 +459,21 @@ impl fuser::Filesystem for FuseFs {
         );
     }
 
-    // ENOSYS on purpose: the kernel then stops asking, and `ls -l` (two xattrs per file)
-    // costs no round trip per file. Programs see EOPNOTSUPP.
-    fn getxattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    // Extended attributes in s3fs's format (`fs::xattr`). The names the kernel and `ls -l`
+    // ask for on every file (security.capability, system.posix_acl_access) are answered
+    // without a request.
+    fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        match self.run("getxattr", self.core.getxattr(ino.0, name)) {
+            Ok(value) => xattr_reply(reply, &value, size),
+            Err(e) => reply.error(errno("getxattr", e)),
+        }
     }
 
-    fn listxattr(&self, _req: &Request, _ino: INodeNo, _size: u32, reply: ReplyXattr) {
-        reply.error(Errno::ENOSYS);
+    fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        match self.run("listxattr", self.core.listxattr(ino.0)) {
+            Ok(names) => xattr_reply(reply, &names, size),
+            Err(e) => reply.error(errno("listxattr", e)),
+        }
     }
 
     fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &std::path::Path, reply: ReplyEntry) {
@@ -472,21 +496,24 @@ impl fuser::Filesystem for FuseFs {
     fn setxattr(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         name: &OsStr,
-        _value: &[u8],
-        _flags: i32,
+        value: &[u8],
+        flags: i32,
         _position: u32,
         reply: ReplyEmpty,
     ) {
-        // Extended attributes (ACLs included) are not stored: say so, as ext4 without
-        // user_xattr would, and programs like cp -p and rsync -a carry on.
-        tracing::debug!(name = %escape_controls(&name.to_string_lossy()), "extended attributes are not supported");
-        reply.error(Errno::ENOTSUP);
+        match self.run("setxattr", self.core.setxattr(ino.0, name, Some(value), flags)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("setxattr", e)),
+        }
     }
 
-    fn removexattr(&self, _req: &Request, _ino: INodeNo, _name: &OsStr, reply: ReplyEmpty) {
-        reply.error(Errno::ENOTSUP);
+    fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        match self.run("removexattr", self.core.setxattr(ino.0, name, None, 0)) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno("removexattr", e)),
+        }
     }
 
     /// Programs probe descriptors with ioctls (Python's `open` asks TCGETS to see whether it
@@ -511,27 +538,21 @@ impl fuser::Filesystem for FuseFs {
         reply.error(Errno::EPERM);
     }
 
-    fn mknod(
-        &self,
-        req: &Request,
-        parent: INodeNo,
-        name: &OsStr,
-        mode: u32,
-        umask: u32,
-        _rdev: u32,
-        reply: ReplyEntry,
-    ) {
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
         let kind = mode & libc::S_IFMT;
-        if kind != 0 && kind != libc::S_IFREG {
-            tracing::debug!(name = %escape_controls(&name.to_string_lossy()), "special files are not supported on S3: EPERM");
-            reply.error(Errno::EPERM);
-            return;
-        }
         let perm = (mode & 0o7777) & !umask;
-        match self.run(
-            "mknod",
-            self.core.mknod_regular(parent.0, name, perm, req.uid(), req.gid()),
-        ) {
+        let made = match kind {
+            0 | libc::S_IFREG => self.run(
+                "mknod",
+                self.core.mknod_regular(parent.0, name, perm, req.uid(), req.gid()),
+            ),
+            _ => self.run(
+                "mknod",
+                self.core
+                    .mknod_special(parent.0, name, kind | perm, rdev, req.uid(), req.gid()),
+            ),
+        };
+        match made {
             Ok(a) => reply.entry(&self.ttl, &self.file_attr(a), Generation(0)),
             Err(e) => reply.error(errno("mknod", e)),
         }

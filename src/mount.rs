@@ -467,7 +467,9 @@ async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<RequestStats>) -> 
 }
 
 /// The FUSE session's options: the source shown in /proc/mounts, permissions checked by
-/// the kernel, no atime; read-only, other users, worker threads as planned.
+/// the kernel, no atime, `nodev` and `nosuid` (a device node or a set-user-ID program in
+/// the bucket gives nobody a device or a privilege); read-only, other users, worker threads
+/// as planned.
 fn fuse_config(plan: &MountPlan) -> fuser::Config {
     let fsname = match &plan.bucket {
         Some((b, r)) if r.is_empty() => format!("prefixfs:{b}"),
@@ -480,6 +482,8 @@ fn fuse_config(plan: &MountPlan) -> fuser::Config {
         fuser::MountOption::Subtype("prefixfs".into()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoAtime,
+        fuser::MountOption::NoDev,
+        fuser::MountOption::NoSuid,
     ];
     if plan.fs.read_only {
         config.mount_options.push(fuser::MountOption::RO);

@@ -5,6 +5,8 @@ use super::cache::{EntryInfo, Kind, SYMLINK_MAX};
 use super::error::{FsError, FsResult};
 use super::posix::Posix;
 use super::{Attr, Core, lock};
+use crate::layout::RelPath;
+use crate::store::{StoreError, WriteIf};
 use bytes::Bytes;
 use std::ffi::OsStr;
 use std::sync::atomic::Ordering;
@@ -35,11 +37,11 @@ impl AttrChanges {
         self.mode.is_some() || self.uid.is_some() || self.gid.is_some() || self.mtime.is_some()
     }
 
-    /// `posix` with these changes applied, for an object of `kind`.
-    fn apply(&self, kind: Kind, mut posix: Posix) -> Posix {
-        let type_bits = match kind {
+    /// `posix` with these changes applied, for `info`'s object.
+    fn apply(&self, info: &EntryInfo, mut posix: Posix) -> Posix {
+        let type_bits = match info.kind {
             Kind::Dir => libc::S_IFDIR,
-            Kind::File => libc::S_IFREG,
+            Kind::File => info.special().unwrap_or(libc::S_IFREG),
             Kind::Symlink => libc::S_IFLNK,
         };
         if let Some(m) = self.mode {
@@ -82,7 +84,7 @@ impl Core {
         if changes.size.is_some() && info.kind == Kind::Dir {
             return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
         }
-        let mut posix = changes.apply(info.kind, info.posix);
+        let mut posix = changes.apply(&info, info.posix);
         if let Some(shared) = self.files.shared(ino) {
             // Under the body's lock: the last close either uploads what this changes or has
             // detached the state already (then this is a change to a closed file, below).
@@ -131,7 +133,7 @@ impl Core {
         let new_info = EntryInfo { size: new_size, ..info }
             .with_posix(posix)
             .with_etag(etag.as_deref());
-        self.cache.upsert(&path, new_info);
+        self.cache.upsert(&path, new_info.clone());
         self.attributes_changed(ino);
         Ok(self.attr(ino, new_info))
     }
@@ -171,10 +173,6 @@ impl Core {
         gid: u32,
     ) -> FsResult<Attr> {
         let path = self.child_path(parent, name)?;
-        self.check_writable(&path)?;
-        if self.stat(&path).await?.is_some() {
-            return Err(FsError::new(libc::EEXIST, format!("{path}: exists")));
-        }
         let target = target
             .to_str()
             .ok_or_else(|| FsError::new(libc::EINVAL, format!("{path}: symlink target is not valid UTF-8")))?;
@@ -191,15 +189,76 @@ impl Core {
             mtime: Some(SystemTime::now()),
             ..Default::default()
         };
-        let key = self.ns.layout.file_key(&path)?;
-        self.ns
+        self.create_object(&path, Bytes::copy_from_slice(target.as_bytes()), posix)
+            .await
+    }
+
+    /// `mknod` of a FIFO, socket, character or block device: an empty object whose mode says
+    /// which (and `rdev` which device), as s3fs keeps them. The kernel gives them their
+    /// behaviour (a FIFO on the mount connects two local processes); the mount is `nodev`,
+    /// so a device node in the bucket opens nothing.
+    pub async fn mknod_special(
+        &self,
+        parent: u64,
+        name: &OsStr,
+        mode: u32,
+        rdev: u32,
+        uid: u32,
+        gid: u32,
+    ) -> FsResult<Attr> {
+        let path = self.child_path(parent, name)?;
+        let type_bits = mode & libc::S_IFMT;
+        if !super::posix::is_special(type_bits) {
+            return Err(FsError::new(
+                libc::EINVAL,
+                format!("{path}: mknod of file type {type_bits:#o}"),
+            ));
+        }
+        let posix = Posix {
+            mode: Some(mode),
+            uid: Some(uid),
+            gid: Some(gid),
+            mtime: Some(SystemTime::now()),
+            rdev: matches!(type_bits, libc::S_IFCHR | libc::S_IFBLK).then_some(rdev),
+            ..Default::default()
+        };
+        self.create_object(&path, Bytes::new(), posix).await
+    }
+
+    /// Creates `path`, a new name, as an object holding `body` with `posix` as its metadata
+    /// (a symlink, a special file): only where nothing is (`If-None-Match: *`), so a name
+    /// another client took meanwhile stays theirs (EEXIST).
+    async fn create_object(&self, path: &RelPath, body: Bytes, posix: Posix) -> FsResult<Attr> {
+        self.check_writable(path)?;
+        if self.stat(path).await?.is_some() {
+            return Err(FsError::new(libc::EEXIST, format!("{path}: exists")));
+        }
+        let key = self.ns.layout.file_key(path)?;
+        let size = body.len() as u64;
+        let etag = match self
+            .ns
             .store
-            .put(&key, Bytes::copy_from_slice(target.as_bytes()), &posix.to_meta())
-            .await?;
-        let info = EntryInfo::new(Kind::Symlink, target.len() as u64, SystemTime::now()).with_posix(posix);
-        self.cache.upsert(&path, info);
-        let ino = lock(&self.inodes).lookup(&path, Kind::Symlink);
-        self.entry_changed(&path);
+            .put_with(&key, body, &posix.to_meta(), None, Some(&WriteIf::Absent))
+            .await
+        {
+            Err(StoreError::PreconditionFailed { .. }) => {
+                self.cache.forget(path);
+                return Err(FsError::new(
+                    libc::EEXIST,
+                    format!("{path}: created by another client meanwhile"),
+                ));
+            }
+            r => r?,
+        };
+        let info = EntryInfo::new(Kind::File, size, SystemTime::now())
+            .with_posix(posix)
+            .with_etag(etag.as_deref())
+            .with_plain(true)
+            .with_tagless(true)
+            .with_xattrs(None);
+        self.cache.upsert(path, info.clone());
+        let ino = lock(&self.inodes).lookup(path, info.kind);
+        self.entry_changed(path);
         Ok(self.attr(ino, info))
     }
 

@@ -22,7 +22,7 @@ pub enum Kind {
 }
 
 /// What the cache knows of one path.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryInfo {
     pub kind: Kind,
     pub size: u64,
@@ -47,6 +47,9 @@ pub struct EntryInfo {
     /// The object's storage class (from its listing or HEAD), which a rename's copy asks
     /// for: S3 makes a copy STANDARD unless told.
     pub class: crate::store::StorageClass,
+    /// Its extended attributes (s3fs's `xattr` header), when a HEAD or this mount's own
+    /// change said.
+    pub xattrs: super::xattr::Header,
 }
 
 impl EntryInfo {
@@ -63,6 +66,22 @@ impl EntryInfo {
             plain: false,
             tagless: false,
             class: Default::default(),
+            xattrs: Default::default(),
+        }
+    }
+
+    /// The `xattr` header of the object, as a HEAD or this mount's change said.
+    pub fn with_xattrs(mut self, header: Option<&str>) -> Self {
+        self.xattrs = super::xattr::Header::of(header);
+        self
+    }
+
+    /// The type bits of a special file (FIFO, socket, device: an empty object whose mode
+    /// says so, as s3fs keeps them), else None.
+    pub fn special(&self) -> Option<u32> {
+        match (self.kind, self.size) {
+            (Kind::File, 0) => self.posix.special(),
+            _ => None,
         }
     }
 
@@ -256,10 +275,10 @@ impl FetchToken<'_> {
                 let Ok(path) = self.dir.join(name) else { continue };
                 let known = entries
                     .peek(&path)
-                    .and_then(|t| t.value)
-                    .or_else(|| previous.as_ref().and_then(|l| l.get(name).copied()));
+                    .and_then(|t| t.value.clone())
+                    .or_else(|| previous.as_ref().and_then(|l| l.get(name).cloned()));
                 if let Some(known) = known.filter(|k| k.still_describes(listed)) {
-                    *listed = known;
+                    *listed = known.clone();
                     // Keep the path entry as fresh as the listing that confirmed it.
                     entries.put(
                         path,
@@ -432,10 +451,10 @@ impl MetaCache {
     /// Records what S3 answered for `path` (a HEAD). A listing that shows `path` as a
     /// directory keeps it so: a directory shadows a file of the same name.
     pub fn learned(&self, path: &RelPath, info: Option<EntryInfo>) {
-        if info.is_some_and(|i| i.kind == Kind::Dir) {
+        if info.as_ref().is_some_and(|i| i.kind == Kind::Dir) {
             self.unghost(path);
         }
-        self.put_entry(path, info);
+        self.put_entry(path, info.clone());
         self.edit_parent_listing(path, |m| match info {
             Some(info) => {
                 if m.get(path.name())
@@ -461,14 +480,14 @@ impl MetaCache {
     /// `Some(None)` is a cached negative entry; `None` means "ask S3".
     pub fn entry(&self, path: &RelPath) -> Option<Option<EntryInfo>> {
         let parent = path.parent();
-        if let Some(t) = lock(&self.entries).get(path).map(|t| (t.value, t.at))
+        if let Some(t) = lock(&self.entries).get(path).map(|t| (t.value.clone(), t.at))
             && self.valid(parent.as_ref(), t.1)
         {
             return Some(t.0);
         }
         // A fresh listing of the parent answers too.
         let listing = self.listing(&parent?)?;
-        Some(listing.get(path.name()).copied())
+        Some(listing.get(path.name()).cloned())
     }
 
     pub fn put_entry(&self, path: &RelPath, info: Option<EntryInfo>) {
@@ -511,8 +530,8 @@ impl MetaCache {
     /// Records the mount's own creation or update of `path`.
     pub fn upsert(&self, path: &RelPath, info: EntryInfo) {
         self.unghost(path);
-        self.put_entry(path, Some(info));
-        self.record_change(path, Some(info));
+        self.put_entry(path, Some(info.clone()));
+        self.record_change(path, Some(info.clone()));
         self.edit_parent_listing(path, |m| {
             m.insert(path.name().to_string(), info);
         });

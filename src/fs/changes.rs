@@ -39,7 +39,7 @@ impl Namespace {
             Err(e) => return Err(e.into()),
         }
         let info = EntryInfo::new(Kind::Dir, 0, SystemTime::now()).with_posix(posix);
-        self.cache.upsert(path, info);
+        self.cache.upsert(path, info.clone());
         // A directory we just created is empty: its listing needs no request.
         self.cache.put_listing(path, Arc::default());
         Ok(info)
@@ -78,7 +78,7 @@ impl Namespace {
                 .map(|()| None)
         } else {
             let key = self.layout.file_key(path)?;
-            self.replace_posix_meta(&key, posix, info.version()).await
+            self.replace_posix_meta(&key, posix, info.version(), None).await
         };
         match r {
             Err(StoreError::PreconditionFailed { .. }) => {
@@ -95,12 +95,15 @@ impl Namespace {
     /// copied by S3 itself). One HEAD says what they are and which version is there; the
     /// copy names that version, so a write by someone else in between fails it
     /// (PreconditionFailed) instead of being replaced. `expect`: the version this mount
-    /// believes is there, when it knows one: another one fails the same way.
+    /// believes is there, when it knows one: another one fails the same way. `xattr`: the
+    /// extended attributes header to write instead of the object's (an open file's, changed
+    /// since its last upload; see `fs::xattr`).
     pub async fn replace_posix_meta(
         &self,
         key: &str,
         posix: &Posix,
         expect: Option<&str>,
+        xattr: Option<Option<String>>,
     ) -> StoreResult<Option<String>> {
         let head = self.store.head(key).await?;
         let now = head.etag.as_deref();
@@ -112,7 +115,12 @@ impl Namespace {
                 key: key.to_string(),
             });
         }
-        let meta = merged_meta(head.user_meta, posix);
+        let mut meta = merged_meta(head.user_meta, posix);
+        match xattr {
+            Some(Some(h)) => meta.insert(super::xattr::KEY.to_string(), h),
+            Some(None) => meta.remove(super::xattr::KEY),
+            None => None,
+        };
         let same = now.map(|e| WriteIf::Matches(e.to_string()));
         let copy = CopySpec::new(key, key)
             .from_version(now)
@@ -246,7 +254,7 @@ impl Namespace {
         } else {
             self.stat(to).await?
         };
-        if let Some(dst) = dst {
+        if let Some(dst) = &dst {
             if flags & libc::RENAME_NOREPLACE != 0 {
                 return Err(FsError::new(libc::EEXIST, format!("{to}: exists")));
             }
@@ -299,7 +307,7 @@ impl Namespace {
             r => r?,
         };
         // `to` holds the new version from here on: readers that open it now pin that one.
-        self.cache.upsert(to, src.with_etag(etag.as_deref()));
+        self.cache.upsert(to, src.clone().with_etag(etag.as_deref()));
         self.delete_keys(vec![DeleteTarget::version(sk, src.version().map(str::to_string))])
             .await?;
         Ok(etag)
@@ -524,7 +532,7 @@ impl Namespace {
 
 /// A change refused because the object is no longer the version this mount knew: another
 /// client replaced it, and their object stays.
-fn replaced_elsewhere(path: &RelPath) -> FsError {
+pub(super) fn replaced_elsewhere(path: &RelPath) -> FsError {
     FsError::new(
         libc::ESTALE,
         format!("{path}: replaced by another client meanwhile; their version stays"),

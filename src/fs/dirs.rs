@@ -29,8 +29,14 @@ impl DirEntry {
             name,
             kind,
             ino: u64::MAX,
-            info: info.full.then_some(*info),
+            info: info.full.then(|| info.clone()),
         }
+    }
+
+    /// A special file's type bits, when the listing's entry knew its metadata (d_type of a
+    /// FIFO known only by name says regular until a lookup HEADs it).
+    pub fn special(&self) -> u32 {
+        self.info.as_ref().and_then(EntryInfo::special).unwrap_or(0)
     }
 }
 

@@ -207,6 +207,39 @@ impl Shared {
         })
     }
 
+    /// The extended attributes header of this open file (s3fs's `xattr`): what its next
+    /// upload carries.
+    pub(super) async fn xattr_header(
+        &self,
+        store: &Arc<dyn crate::store::ObjectStore>,
+        path: &RelPath,
+    ) -> FsResult<Option<String>> {
+        Ok(self
+            .carried(store, path)
+            .await?
+            .and_then(|(mut m, _)| m.remove(super::xattr::KEY)))
+    }
+
+    /// Applies `change` to this open file's extended attributes: the next upload (the last
+    /// close at the latest) writes them. The caller holds the body's lock.
+    pub(super) async fn change_xattrs(
+        &self,
+        store: &Arc<dyn crate::store::ObjectStore>,
+        path: &RelPath,
+        change: &super::xattr::Change<'_>,
+    ) -> FsResult<()> {
+        let (meta, headers) = self.carried(store, path).await?.unwrap_or_default();
+        let header = change.apply(meta.get(super::xattr::KEY).map(String::as_str), path)?;
+        // Checked with the POSIX keys the upload adds.
+        let mut all = meta.clone();
+        all.extend(lock(&self.posix).to_meta());
+        super::xattr::with_header(all, header.clone(), path)?;
+        let meta = super::xattr::with_header(meta, header, path)?;
+        *self.carried.lock().await = Carried::Known(Box::new((meta, headers)));
+        self.meta_dirty.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// The storage class the last upload carried from the object before it (a rename's copy
     /// asks for it), as headers for the copy.
     fn class_headers(&self) -> Option<Headers> {
@@ -470,7 +503,7 @@ impl OpenFiles {
         lock(&self.reads)
             .get(&ino)
             .filter(|r| r.0.strong_count() > 0)
-            .map(|r| r.1)
+            .map(|r| r.1.clone())
     }
 
     /// The reads of `ino`'s object as it is now: shared with the file's other readers while
@@ -496,7 +529,7 @@ impl OpenFiles {
             )
             .pinned(info.version().map(str::to_string)),
         );
-        reads.insert(ino, (Arc::downgrade(&r), *info));
+        reads.insert(ino, (Arc::downgrade(&r), info.clone()));
         Ok(r)
     }
 
@@ -667,9 +700,10 @@ impl OpenFiles {
         let expect = shared.expect();
         let update_meta = || async {
             let version = shared.version();
+            let xattr = shared.xattr_header(&self.ns.store, path).await?;
             let etag = self
                 .ns
-                .replace_posix_meta(&key, &posix, version.as_deref())
+                .replace_posix_meta(&key, &posix, version.as_deref(), Some(xattr))
                 .await
                 .map_err(|e| store_err(path, "metadata update", e))?;
             shared.wrote(etag.as_deref());
@@ -678,7 +712,10 @@ impl OpenFiles {
         match body {
             Body::Stream(up) => {
                 let (meta, headers) = shared.upload_attrs(&self.ns.store, path, stream_meta(&posix)).await?;
-                let late_meta = !up.set_attrs(meta, headers);
+                // A metadata change reaches S3 with the upload that is still to finish; after
+                // it (an earlier flush sent it), by a copy.
+                let finished_before = up.is_finished();
+                let late_meta = !up.set_attrs(meta, headers) || (meta_dirty && finished_before);
                 if !up.is_finished() {
                     if let Err(e) = up.finish(expect.as_ref()).await {
                         // Another host or client wrote the name since this mount saw it: this
@@ -695,7 +732,7 @@ impl OpenFiles {
                     }
                     shared.wrote(up.written_etag());
                 }
-                if late_meta || meta_dirty {
+                if late_meta {
                     update_meta().await?;
                 }
             }

@@ -64,6 +64,7 @@ impl Core {
         // Truncating an object this mount did not just create keeps what it holds besides
         // the bytes (another client's metadata and headers): one HEAD.
         let carry = existing
+            .clone()
             .filter(|i| i.version().is_some())
             .map(|i| (!i.plain, !i.tagless));
         let expect = match (&created, existing) {
@@ -82,7 +83,7 @@ impl Core {
         // Another handle had it open: creat() truncates.
         self.files.truncate_open(&path, &shared, 0).await?;
         let info = EntryInfo::new(Kind::File, 0, SystemTime::now()).with_posix(posix);
-        self.cache.upsert(&path, info);
+        self.cache.upsert(&path, info.clone());
         let fh = self.new_fh(Handle::File {
             ino,
             reader: None,
@@ -101,7 +102,7 @@ impl Core {
 
     /// `mknod` of a regular file (`S_IFREG`, or no type: what some programs and pjdfstest
     /// use instead of `creat`): an empty file, created as an `O_EXCL` create is (EEXIST when
-    /// the name is taken). Special files are the caller's EPERM: S3 has none.
+    /// the name is taken). Special files: [`Core::mknod_special`].
     pub async fn mknod_regular(&self, parent: u64, name: &OsStr, mode: u32, uid: u32, gid: u32) -> FsResult<Attr> {
         let (attr, fh) = self.create(parent, name, mode, uid, gid, true).await?;
         self.release(fh).await?;
@@ -178,7 +179,7 @@ impl Core {
         if info.kind != Kind::File || info.size != reader.size() || info.etag.is_none() {
             return Ok(None);
         }
-        self.cache.upsert(&path, info);
+        self.cache.upsert(&path, info.clone());
         let newer = self.files.object_reads(ino, &path, &info)?;
         if let Some(Handle::File { reader: r, .. }) = lock(&self.handles).get_mut(&fh) {
             *r = Some(newer.clone());

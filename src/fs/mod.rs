@@ -40,6 +40,7 @@ mod ops;
 pub mod posix;
 #[cfg(test)]
 mod tests;
+pub mod xattr;
 
 use crate::data::read::{ObjectReads, ReadConfig};
 use crate::layout::{Layout, RelPath};
@@ -143,6 +144,11 @@ pub struct Attr {
     pub perm: u16,
     pub uid: u32,
     pub gid: u32,
+    /// A special file's type bits (S_IFIFO, S_IFSOCK, S_IFCHR, S_IFBLK), else 0: `kind` is
+    /// then File.
+    pub special: u32,
+    /// A device's number.
+    pub rdev: u32,
 }
 
 enum Handle {
@@ -343,6 +349,8 @@ impl Core {
             perm: info.posix.mode.map(|m| (m & 0o7777) as u16).unwrap_or(default_perm),
             uid: info.posix.uid.unwrap_or(self.ns.cfg.uid),
             gid: info.posix.gid.unwrap_or(self.ns.cfg.gid),
+            special: info.special().unwrap_or(0),
+            rdev: info.special().and(info.posix.rdev).unwrap_or(0),
         }
     }
 

@@ -212,7 +212,7 @@ impl Namespace {
             let watch = self.cache.watch_tree(path);
             let info = self.ask_s3(path, hint).await?;
             if watch.unchanged(path) {
-                self.cache.learned(path, info);
+                self.cache.learned(path, info.clone());
                 return Ok(info);
             }
             if let Some(now) = self.cache.entry(path) {
@@ -286,6 +286,7 @@ impl Namespace {
                         .with_etag(m.etag.as_deref())
                         .with_plain(super::files::nothing_to_carry(&m))
                         .with_class(m.headers.storage_class.as_deref())
+                        .with_xattrs(m.user_meta.get(super::xattr::KEY).map(String::as_str))
                         .checked_now(),
                 ))
             }

@@ -168,7 +168,7 @@ impl Core {
     /// HEADed already), counted as a lookup by the kernel, with no request: what
     /// readdirplus hands over with each name. None: look it up the usual way.
     pub fn listed_attr(&self, dir: &OpenDir, e: &DirEntry) -> Option<Attr> {
-        let info = e.info?;
+        let info = e.info.clone()?;
         let child = dir.path.join(&e.name).ok()?;
         // One lock per entry: a readdirplus reply holds a couple of hundred.
         let (ino, times) = {

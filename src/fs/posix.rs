@@ -1,6 +1,7 @@
 //! POSIX metadata kept as S3 user metadata, in s3fs-fuse's headers so that buckets are
 //! interchangeable: `x-amz-meta-mode` (st_mode, decimal, type bits included), `-uid`, `-gid`,
-//! `-mtime` (seconds). prefixfs adds `-mtime-ns` (nanoseconds of the same instant) so that
+//! `-mtime` (seconds), and `-rdev` (a device's number) for the special files s3fs keeps as
+//! empty objects (FIFOs, sockets, devices: the type bits of `mode` say which). prefixfs adds `-mtime-ns` (nanoseconds of the same instant) so that
 //! `rsync -a` and `cp -p` round-trip sub-second times; readers that do not know it ignore it.
 //! Objects without these headers get the mount's defaults.
 
@@ -24,6 +25,8 @@ pub struct Posix {
     /// see `fs::changes`).
     pub atime: Option<SystemTime>,
     pub ctime: Option<SystemTime>,
+    /// s3fs's `x-amz-meta-rdev`: a character or block device's number.
+    pub rdev: Option<u32>,
 }
 
 impl Posix {
@@ -45,13 +48,14 @@ impl Posix {
             mtime,
             atime: seconds(meta.get("atime")),
             ctime: seconds(meta.get("ctime")),
+            rdev: num("rdev").and_then(|m| u32::try_from(m).ok()),
         }
     }
 
     /// The user metadata keys the mount owns: what [`Posix::to_meta`] writes, and a
     /// conditional write's nonce (`store::retry::WRITE_NONCE`, meaningful to that write
     /// alone); every other key of an object belongs to someone else and is kept.
-    pub const OWNED_KEYS: &[&str] = &["mode", "uid", "gid", "mtime", "mtime-ns", "prefixfs-write"];
+    pub const OWNED_KEYS: &[&str] = &["mode", "uid", "gid", "mtime", "mtime-ns", "rdev", "prefixfs-write"];
 
     pub fn to_meta(&self) -> UserMeta {
         let mut m = UserMeta::new();
@@ -69,7 +73,16 @@ impl Posix {
             m.insert("mtime".into(), d.as_secs().to_string());
             m.insert("mtime-ns".into(), d.as_nanos().to_string());
         }
+        if let Some(rdev) = self.rdev {
+            m.insert("rdev".into(), rdev.to_string());
+        }
         m
+    }
+
+    /// The type bits of a special file (FIFO, socket, character or block device) when the
+    /// mode says it is one.
+    pub fn special(&self) -> Option<u32> {
+        self.mode.map(|m| m & libc::S_IFMT).filter(|t| is_special(*t))
     }
 
     pub fn is_symlink(&self) -> bool {
@@ -79,6 +92,15 @@ impl Posix {
     pub fn is_dir(&self) -> bool {
         self.mode.is_some_and(|m| m & libc::S_IFMT == libc::S_IFDIR)
     }
+}
+
+/// True for the type bits of the special files: FIFOs, sockets, character and block
+/// devices (kept as empty objects, as s3fs does; the kernel gives them their behaviour).
+pub fn is_special(type_bits: u32) -> bool {
+    matches!(
+        type_bits,
+        libc::S_IFIFO | libc::S_IFSOCK | libc::S_IFCHR | libc::S_IFBLK
+    )
 }
 
 /// A time as s3fs writes it: decimal seconds, perhaps with a fraction; None when it does not
@@ -134,6 +156,14 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(Posix::from_meta(&p.to_meta()), p);
+        // A device as s3fs keeps it: the type in the mode, the number in `rdev`.
+        let dev = Posix {
+            mode: Some(libc::S_IFCHR | 0o600),
+            rdev: Some(0x0501),
+            ..p
+        };
+        assert_eq!(Posix::from_meta(&dev.to_meta()), dev);
+        assert_eq!((dev.special(), p.special()), (Some(libc::S_IFCHR), None));
         // s3fs's atime and ctime, whole seconds or with a fraction; nonsense is ignored.
         let times: UserMeta = [("atime", "1486512100"), ("ctime", "1486512200.5")]
             .into_iter()

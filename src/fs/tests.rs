@@ -23,6 +23,7 @@ mod model;
 mod namespace;
 mod requests;
 mod semantics;
+mod xattrs;
 
 const PREFIXES: u32 = 16;
 

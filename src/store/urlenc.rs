@@ -5,6 +5,15 @@
 /// comes as `%2B`). Bytes that do not make UTF-8 are replaced (such a key cannot be a path
 /// of the layout anyway).
 pub fn decode(s: &str) -> String {
+    decode_with(s, true)
+}
+
+/// Decodes `%XX` escapes only (a `+` stays a `+`), as s3fs decodes its `xattr` header.
+pub fn decode_percent(s: &str) -> String {
+    decode_with(s, false)
+}
+
+fn decode_with(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
@@ -19,7 +28,7 @@ pub fn decode(s: &str) -> String {
                 }
                 _ => out.push(b'%'),
             },
-            b'+' => out.push(b' '),
+            b'+' if plus_is_space => out.push(b' '),
             c => out.push(c),
         }
         i += 1;
