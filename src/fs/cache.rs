@@ -575,7 +575,43 @@ impl MetaCache {
         }
     }
 
-    /// Forgets everything (after a directory rename, which moves whole subtrees).
+    /// After the mount renamed directory `from` to `to` (`info`): what was known at and below
+    /// either is forgotten (whole subtrees moved), `from` leaves its parent's listing and `to`
+    /// joins its own, so the parents' link counts and listings stay right; everything else
+    /// stays cached. Subtree listings in progress over either are void.
+    pub fn moved_tree(&self, from: &RelPath, to: &RelPath, info: EntryInfo) {
+        let overlaps =
+            |p: &RelPath| p.starts_with(from) || from.starts_with(p) || p.starts_with(to) || to.starts_with(p);
+        for (root, changed) in lock(&self.trees).values_mut() {
+            if overlaps(root) {
+                *changed = None;
+            }
+        }
+        let below = |p: &RelPath| p.starts_with(from) || p.starts_with(to);
+        {
+            let mut entries = lock(&self.entries);
+            let gone: Vec<RelPath> = entries
+                .iter()
+                .filter(|(p, _)| below(p))
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in gone {
+                entries.pop(&p);
+            }
+        }
+        {
+            let mut dirs = lock(&self.dirs);
+            let gone: Vec<RelPath> = dirs.iter().filter(|(p, _)| below(p)).map(|(p, _)| p.clone()).collect();
+            for p in gone {
+                dirs.pop(&p);
+            }
+        }
+        self.remove(from);
+        self.upsert(to, info);
+    }
+
+    /// Forgets everything (after a failed directory rename, which may have moved part of a
+    /// subtree).
     pub fn clear(&self) {
         for (_, changed) in lock(&self.trees).values_mut() {
             *changed = None;

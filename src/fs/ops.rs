@@ -299,9 +299,13 @@ impl Core {
             }
             Kind::Dir => {
                 let open = self.files.flush_open_under(&from).await?;
-                let result = self.ns.rename_dir(&from, &to).await;
-                self.cache.clear();
-                result?;
+                match self.ns.rename_dir(&from, &to).await {
+                    Ok(()) => self.cache.moved_tree(&from, &to, src),
+                    Err(e) => {
+                        self.cache.clear();
+                        return Err(e);
+                    }
+                }
                 self.files.reanchor_moved(open, &from, &to).await?;
             }
         }
