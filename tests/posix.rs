@@ -11,6 +11,7 @@ use prefixfs::store::{ObjectStore, UserMeta};
 on_every_backend!(
     fifos_devices_and_xattrs_work_with_real_tools,
     a_bucket_in_s3fs_conventions_reads_back_exactly,
+    legacy_directory_objects_are_directories,
 );
 
 fn meta(pairs: &[(&str, String)]) -> UserMeta {
@@ -128,5 +129,39 @@ fn a_bucket_in_s3fs_conventions_reads_back_exactly(env: Env) {
         "s3fs"
     );
     assert_eq!(m.ok("ls s3fs | tr '\\n' ' '"), "data.txt fifo link sda1 ");
+    m.assert_alive();
+}
+
+/// The directory objects older s3fs versions and other tools made: `NAME_$folder$`, and
+/// `NAME` without the slash with Content-Type `application/x-directory`. Shown as
+/// directories, removed with `rm -r`; `mv` of one copies and removes (the rename is EXDEV).
+fn legacy_directory_objects_are_directories(env: Env) {
+    use prefixfs::store::Headers;
+    let layout = env.layout(16);
+    let key = |p: &str| layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
+    env.put(&key("folder_$folder$"), b"");
+    env.put(&key("folder/in.txt"), b"in folder\n");
+    env.put(&key("empty_$folder$"), b"");
+    let dir_type = Headers {
+        content_type: Some("application/x-directory".into()),
+        ..Default::default()
+    };
+    for k in [key("typed"), key("moved")] {
+        env.rt
+            .block_on(
+                env.s3
+                    .put_with(&k, bytes::Bytes::new(), &UserMeta::new(), Some(&dir_type), None),
+            )
+            .unwrap();
+    }
+    env.put(&key("moved/x"), b"x\n");
+    let mut m = env.mount(16, &[]);
+    assert_eq!(m.ok("ls | tr '\\n' ' '"), "empty folder moved typed ");
+    m.ok("test -d folder && test -d empty && test -d typed && test -d moved && cat folder/in.txt");
+    m.ok("mv moved renamed && test -f renamed/x && test ! -e moved");
+    m.ok("rm -r folder empty typed && sync .");
+    assert_eq!(m.ok("ls | tr '\\n' ' '"), "renamed ");
+    let marker = layout.dir_marker_key(&RelPath::parse("renamed").unwrap()).unwrap();
+    assert_eq!(env.data_keys(), [key("renamed/x"), marker].into_iter().collect());
     m.assert_alive();
 }

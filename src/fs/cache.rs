@@ -50,6 +50,80 @@ pub struct EntryInfo {
     /// Its extended attributes (s3fs's `xattr` header), when a HEAD or this mount's own
     /// change said.
     pub xattrs: super::xattr::Header,
+    /// A directory that older tools marked with an object of its own outside its prefix
+    /// (see [`LegacyDir`]): rmdir removes that too.
+    pub legacy: Option<LegacyDir>,
+}
+
+/// A directory as s3fs-fuse's older versions and other tools mark it: an empty object named
+/// like the directory without the trailing slash (Content-Type `application/x-directory`, or
+/// a directory mode in s3fs's `mode` header), or an empty `NAME_$folder$`. Shown as the
+/// directory; removed with it; a rename of one is EXDEV (`mv` then copies and removes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LegacyDir {
+    /// `NAME_$folder$` (else the object `NAME`).
+    pub folder_suffix: bool,
+    /// That object's version.
+    pub etag: Option<ETag>,
+    /// Known to mark the directory (its name or a HEAD said); else an empty object the
+    /// directory shadows in a listing, which rmdir HEADs before it removes it.
+    pub confirmed: bool,
+}
+
+impl LegacyDir {
+    /// What a directory `dir` shadowing `file` (the same name, in a listing) may be marked
+    /// by: an empty object there might be an older tool's directory object.
+    pub fn shadowed(dir: EntryInfo, file: Option<&EntryInfo>) -> EntryInfo {
+        match file {
+            Some(f) if f.kind == Kind::File && f.size == 0 && dir.legacy.is_none() => EntryInfo {
+                legacy: Some(LegacyDir {
+                    folder_suffix: false,
+                    etag: f.etag,
+                    confirmed: false,
+                }),
+                ..dir
+            },
+            Some(d) if d.kind == Kind::Dir && d.legacy.is_some() && dir.legacy.is_none() => EntryInfo {
+                legacy: d.legacy,
+                ..dir
+            },
+            _ => dir,
+        }
+    }
+}
+
+/// The suffix of the legacy directory objects (see [`LegacyDir`]).
+pub const FOLDER_SUFFIX: &str = "_$folder$";
+
+/// Folds the `NAME_$folder$` objects of a directory's listing into directories `NAME` (see
+/// [`LegacyDir`]).
+pub fn fold_legacy_dirs(listing: &mut BTreeMap<String, EntryInfo>, mount_time: SystemTime) {
+    let folders: Vec<String> = listing
+        .iter()
+        .filter(|(n, i)| {
+            i.kind == Kind::File && i.size == 0 && n.len() > FOLDER_SUFFIX.len() && n.ends_with(FOLDER_SUFFIX)
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    for folder in folders {
+        let Some(marker) = listing.remove(&folder) else {
+            continue;
+        };
+        let name = folder[..folder.len() - FOLDER_SUFFIX.len()].to_string();
+        let legacy = LegacyDir {
+            folder_suffix: true,
+            etag: marker.etag,
+            confirmed: true,
+        };
+        match listing.get_mut(&name) {
+            Some(d) if d.kind == Kind::Dir => d.legacy = d.legacy.or(Some(legacy)),
+            _ => {
+                let mut d = EntryInfo::new(Kind::Dir, 0, mount_time);
+                d.legacy = Some(legacy);
+                listing.insert(name, d);
+            }
+        }
+    }
 }
 
 impl EntryInfo {
@@ -67,6 +141,7 @@ impl EntryInfo {
             tagless: false,
             class: Default::default(),
             xattrs: Default::default(),
+            legacy: None,
         }
     }
 

@@ -159,18 +159,18 @@ impl Namespace {
     /// `rmdir`: fails unless nothing of this namespace (nor a file being written through the
     /// mount) is below `path`; deletes its marker.
     pub async fn remove_dir(&self, path: &RelPath) -> FsResult<()> {
-        if self.cache.is_ghost(path) {
+        if self.cache.is_ghost(path) && self.legacy_of(path).is_none() {
             // Listing it found nothing of this namespace (see docs/LAYOUT.md) and hid it;
             // `rm -r` walked into it before that: removing it is already done.
             return Ok(());
         }
-        match self.stat(path).await? {
+        let legacy = match self.stat(path).await? {
             None => return Err(FsError::not_found(path)),
-            Some(i) if i.kind == Kind::File => {
+            Some(i) if i.kind != Kind::Dir => {
                 return Err(FsError::new(libc::ENOTDIR, format!("{path}: not a directory")));
             }
-            _ => {}
-        }
+            Some(i) => i.legacy,
+        };
         // Deletes queued by the unlinks of an `rm -r` land first, so the check below sees S3
         // as it is.
         self.store.flush().await?;
@@ -193,6 +193,10 @@ impl Namespace {
             }
             None => {}
         }
+        // An older tool's object marking it goes with it (at the version listed or HEADed).
+        if let Some(l) = legacy {
+            self.remove_legacy_marker(path, l).await?;
+        }
         // The deletes of the files that were in it (queued by unlink, to be batched) land
         // before rmdir returns: after `rm -r`, the bucket holds none of the tree.
         self.store.flush().await?;
@@ -201,6 +205,30 @@ impl Namespace {
             // Foreign keys below keep the name in S3 listings: hide it from this mount.
             self.cache.mark_ghost(path);
         }
+        Ok(())
+    }
+
+    /// Deletes the object an older tool marked directory `path` with (see
+    /// [`super::cache::LegacyDir`]), at its version. One only suspected (an empty object the
+    /// directory shadowed) is HEADed first and left alone unless it is one.
+    async fn remove_legacy_marker(&self, path: &RelPath, l: super::cache::LegacyDir) -> FsResult<()> {
+        let key = match l.folder_suffix {
+            true => {
+                let name = format!("{}{}", path.name(), super::cache::FOLDER_SUFFIX);
+                self.layout.file_key(&path.parent().unwrap_or_default().join(&name)?)?
+            }
+            false => self.layout.file_key(path)?,
+        };
+        let mut etag = l.etag.as_ref().map(|e| e.as_str().to_string());
+        if !l.confirmed {
+            match self.store.head(&key).await {
+                Ok(m) if m.size == 0 && super::namespace::legacy_dir_object(&m) => etag = m.etag,
+                Ok(_) => return Ok(()),
+                Err(e) if e.is_not_found() => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.store.delete(&key, etag.as_deref()).await?;
         Ok(())
     }
 

@@ -141,7 +141,12 @@ impl Namespace {
                         // Shown by the parent's listing only because some key starts with
                         // its name, yet nothing of this namespace is in it and it has no
                         // marker: hide it, so it does not stay as a ghost nobody can remove.
-                        if listing.is_empty() && !marked && !dir.is_root() && self.pending_in(dir).is_empty() {
+                        if listing.is_empty()
+                            && !marked
+                            && !dir.is_root()
+                            && self.pending_in(dir).is_empty()
+                            && self.legacy_of(dir).is_none()
+                        {
                             tracing::debug!(%dir, "a directory with nothing of this mount in it (foreign keys only, or emptied): hidden");
                             self.cache.mark_ghost(dir);
                         }
@@ -211,8 +216,11 @@ impl Namespace {
             if dir.join(&name).is_ok_and(|p| self.cache.is_ghost(&p)) {
                 continue;
             }
-            out.insert(name, self.listed(EntryInfo::new(Kind::Dir, 0, self.mount_time)));
+            let d = self.listed(EntryInfo::new(Kind::Dir, 0, self.mount_time));
+            let d = super::cache::LegacyDir::shadowed(d, out.get(&name));
+            out.insert(name, d);
         }
+        super::cache::fold_legacy_dirs(&mut out, self.mount_time);
         Ok((out, marked))
     }
 
@@ -229,7 +237,10 @@ impl Namespace {
     fn feed_page(&self, feed: &Feed, dir: &RelPath, files: &[Listed], dirs: &[String]) {
         let certain = |size: u64| self.cfg.trust_listing || size >= SYMLINK_MAX as u64;
         let mut entries = Vec::with_capacity(files.len() + dirs.len());
-        for (name, size, mtime, etag, class) in files.iter().filter(|f| certain(f.1)) {
+        // An older tool's `NAME_$folder$` is shown as the directory it marks (the listing
+        // folds it), not as a file.
+        let folder = |name: &str| name.ends_with(super::cache::FOLDER_SUFFIX);
+        for (name, size, mtime, etag, class) in files.iter().filter(|f| certain(f.1) && !folder(&f.0)) {
             let mut info = EntryInfo::new(Kind::File, *size, *mtime);
             info.etag = *etag;
             info.class = *class;
@@ -394,7 +405,9 @@ impl Namespace {
                     break;
                 }
                 let dirs = tree.entry(p.clone()).or_default();
-                dirs.insert(child.name().to_string(), EntryInfo::new(Kind::Dir, 0, self.mount_time));
+                let d = EntryInfo::new(Kind::Dir, 0, self.mount_time);
+                let d = super::cache::LegacyDir::shadowed(d, dirs.get(child.name()));
+                dirs.insert(child.name().to_string(), d);
                 (child, parent) = (p.clone(), p.parent());
             }
         }
@@ -407,11 +420,14 @@ impl Namespace {
                 && let Some(m) = tree.get_mut(&parent)
             {
                 let info = EntryInfo::new(Kind::Dir, 0, self.mount_time);
-                m.insert(d.name().to_string(), if partial { listed(info) } else { info });
+                let info = if partial { listed(info) } else { info };
+                let info = super::cache::LegacyDir::shadowed(info, m.get(d.name()));
+                m.insert(d.name().to_string(), info);
             }
         }
         let mut found = None;
-        for (dir, entries) in tree {
+        for (dir, mut entries) in tree {
+            super::cache::fold_legacy_dirs(&mut entries, self.mount_time);
             // `root` too: its own listing could not tell implicit subdirectories from marked ones.
             if !watch.untouched(&dir) {
                 continue;

@@ -227,7 +227,35 @@ impl Namespace {
     }
 
     /// What S3 says `path` is: the HEADs (and the parent's listing) of [`Namespace::stat`].
+    /// A directory keeps what the parent's listing knew of an older tool's object marking
+    /// it (see [`super::cache::LegacyDir`]).
     async fn ask_s3(&self, path: &RelPath, hint: Option<Kind>) -> FsResult<Option<EntryInfo>> {
+        let mut found = self.ask_s3_heads(path, hint).await?;
+        if let Some(info) = found.as_mut().filter(|i| i.kind == Kind::Dir && i.legacy.is_none()) {
+            info.legacy = self.legacy_of(path);
+        }
+        Ok(found)
+    }
+
+    /// What the cache knows (no request) of an older tool's object marking directory
+    /// `path` (see [`super::cache::LegacyDir`]): the parent's listing says, or shows an
+    /// empty object of that name (a suspect, confirmed by a HEAD before anything removes it).
+    pub(super) fn legacy_of(&self, path: &RelPath) -> Option<super::cache::LegacyDir> {
+        let parent = path.parent()?;
+        let listing = self.cache.stale_listing(&parent)?;
+        let e = listing.get(path.name())?;
+        match e.kind {
+            Kind::Dir => e.legacy,
+            Kind::File if e.size == 0 => Some(super::cache::LegacyDir {
+                folder_suffix: false,
+                etag: e.etag,
+                confirmed: false,
+            }),
+            _ => None,
+        }
+    }
+
+    async fn ask_s3_heads(&self, path: &RelPath, hint: Option<Kind>) -> FsResult<Option<EntryInfo>> {
         Ok(match hint {
             // A listing already said what kind it is: one HEAD for the metadata.
             Some(Kind::Dir) => self.head_as(path, true).await?.or(Some(self.implicit_dir())),
@@ -277,6 +305,18 @@ impl Namespace {
             Ok(m) if dir && m.size > 0 => {
                 tracing::debug!(key = %crate::layout::escape_controls(&key), size = m.size, "a directory marker key with a body: ignored");
                 Ok(None)
+            }
+            // An older tool's directory object without the slash (see LegacyDir).
+            Ok(m) if !dir && m.size == 0 && legacy_dir_object(&m) => {
+                let mut info = EntryInfo::new(Kind::Dir, 0, m.last_modified)
+                    .with_posix(posix::Posix::from_meta(&m.user_meta))
+                    .checked_now();
+                info.legacy = Some(super::cache::LegacyDir {
+                    folder_suffix: false,
+                    etag: crate::store::ETag::of(m.etag.as_deref()),
+                    confirmed: true,
+                });
+                Ok(Some(info))
             }
             Ok(m) => {
                 let (kind, size) = if dir { (Kind::Dir, 0) } else { (Kind::File, m.size) };
@@ -360,4 +400,15 @@ impl Namespace {
             }));
         }
     }
+}
+
+/// An empty object that older s3fs-fuse versions (and other tools) made for a directory,
+/// named without the trailing slash: Content-Type `application/x-directory`, or a directory
+/// mode in s3fs's header.
+pub(super) fn legacy_dir_object(m: &crate::store::ObjectMeta) -> bool {
+    m.headers
+        .content_type
+        .as_deref()
+        .is_some_and(|t| t.starts_with("application/x-directory"))
+        || posix::Posix::from_meta(&m.user_meta).is_dir()
 }

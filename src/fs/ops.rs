@@ -273,6 +273,14 @@ impl Core {
         let Some((src, dst)) = self.ns.check_rename(&from, &to, flags).await? else {
             return Ok(());
         };
+        if src.legacy.is_some() {
+            // Its marking object sits under another prefix, outside the tree a directory
+            // rename moves: `mv` copies and removes instead.
+            return Err(FsError::new(
+                libc::EXDEV,
+                format!("{from}: a directory marked in an older tool's way is moved by copy, not renamed"),
+            ));
+        }
         match src.kind {
             Kind::File | Kind::Symlink => {
                 let open_ino = lock(&self.inodes).find(&from);

@@ -262,3 +262,55 @@ async fn xattrs_of_directories_live_in_their_marker() {
     assert_eq!(e.errno, libc::EOPNOTSUPP);
     assert!(r.core.listxattr(ROOT_INO).await.unwrap().is_empty());
 }
+
+/// s3fs's legacy directory objects: `NAME_$folder$`, and `NAME` without the slash
+/// (Content-Type `application/x-directory`, or a directory mode): shown as the directory,
+/// removed with it; a rename of one is EXDEV (`mv` copies and removes).
+#[tokio::test]
+async fn legacy_directory_objects_show_as_directories_and_go_with_rmdir() {
+    let r = rig();
+    let key = |p: &str| r.layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
+    let empty = UserMeta::new();
+    r.mem().put(&key("old_$folder$"), Bytes::new(), &empty).await.unwrap();
+    r.plant("old/f", b"x").await;
+    r.mem().put(&key("gone_$folder$"), Bytes::new(), &empty).await.unwrap();
+    r.mem().put(&key("typed"), Bytes::new(), &empty).await.unwrap();
+    r.mem().set_headers(
+        &key("typed"),
+        crate::store::Headers {
+            content_type: Some("application/x-directory".into()),
+            ..Default::default()
+        },
+    );
+    let dir_mode = (libc::S_IFDIR | 0o750).to_string();
+    r.mem()
+        .put(&key("moded"), Bytes::new(), &meta(&[("mode", &dir_mode)]))
+        .await
+        .unwrap();
+    let mut names: Vec<String> = r.list(ROOT_INO).await.iter().skip(2).map(|e| e.name.clone()).collect();
+    names.sort();
+    assert_eq!(names, ["gone", "moded", "old", "typed"]);
+    for name in ["old", "gone", "typed", "moded"] {
+        let a = r.core.lookup(ROOT_INO, OsStr::new(name)).await.unwrap();
+        assert_eq!(a.kind, Kind::Dir, "{name}");
+    }
+    assert_eq!(r.core.lookup(ROOT_INO, OsStr::new("moded")).await.unwrap().perm, 0o750);
+    let old = r.ino("old").await;
+    let inside: Vec<String> = r.list(old).await.iter().skip(2).map(|e| e.name.clone()).collect();
+    assert_eq!(inside, ["f"]);
+    let e = r.core.rmdir(ROOT_INO, OsStr::new("old")).await.unwrap_err();
+    assert_eq!(e.errno, libc::ENOTEMPTY);
+    let e = r
+        .core
+        .rename(ROOT_INO, OsStr::new("typed"), ROOT_INO, OsStr::new("t2"), 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.errno, libc::EXDEV);
+    r.core.unlink(old, OsStr::new("f")).await.unwrap();
+    for name in ["old", "gone", "typed", "moded"] {
+        r.core.rmdir(ROOT_INO, OsStr::new(name)).await.unwrap();
+    }
+    assert!(r.mem().keys().is_empty(), "{:?}", r.mem().keys());
+    r.expire();
+    assert_eq!(r.list(ROOT_INO).await.len(), 2);
+}
