@@ -88,6 +88,7 @@ impl Core {
             ino,
             reader: None,
             writable: true,
+            exec: false,
         });
         self.entry_changed(&path);
         self.attributes_changed(ino);
@@ -109,6 +110,7 @@ impl Core {
         Ok(attr)
     }
 
+    /// `open(2)` of a file; `flags` as the kernel passes them (FMODE_EXEC included).
     pub async fn open(&self, ino: u64, flags: i32) -> FsResult<u64> {
         let path = self.path_of(ino)?;
         let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
@@ -145,15 +147,41 @@ impl Core {
                 ino,
                 reader: None,
                 writable: true,
+                exec: false,
             }));
         }
+        let info = match trunc {
+            true => self.truncate_on_read_open(ino, &path, info).await?,
+            false => info,
+        };
         // A reader of a file open for writing reads the open state (see `read`).
         let reader = self.files.object_reads(ino, &path, &info)?;
         Ok(self.new_fh(Handle::File {
             ino,
             reader: Some(reader),
             writable: false,
+            exec: flags & FMODE_EXEC != 0,
         }))
+    }
+
+    /// `open(O_RDONLY | O_TRUNC)`: Linux truncates the file, and the kernel (which lets the
+    /// filesystem truncate at open: FUSE_ATOMIC_O_TRUNC) has dropped its cached size
+    /// already when this returns. Its own "text file busy" check comes only after this
+    /// open: a file being executed here is refused now (ETXTBSY), before it is cut under
+    /// the running program, as a local disk refuses it.
+    async fn truncate_on_read_open(&self, ino: u64, path: &RelPath, info: EntryInfo) -> FsResult<EntryInfo> {
+        let executing = lock(&self.handles)
+            .values()
+            .any(|h| matches!(h, Handle::File { ino: i, exec: true, .. } if *i == ino));
+        if executing {
+            return Err(FsError::new(libc::ETXTBSY, format!("{path}: being executed")));
+        }
+        self.check_writable(path)?;
+        if info.size == 0 {
+            return Ok(info);
+        }
+        self.setattr(ino, super::AttrChanges::truncate(0)).await?;
+        self.stat(path).await?.ok_or_else(|| FsError::not_found(path))
     }
 
     fn handle_file(&self, fh: u64) -> FsResult<(u64, Option<Arc<ObjectReads>>)> {
@@ -268,3 +296,6 @@ impl Core {
         all
     }
 }
+
+/// The kernel's `__FMODE_EXEC` in the flags of the open `execve` makes.
+const FMODE_EXEC: i32 = 0x20;

@@ -158,6 +158,9 @@ enum Handle {
         ino: u64,
         reader: Option<Arc<ObjectReads>>,
         writable: bool,
+        /// Opened by `execve` (the kernel's FMODE_EXEC): the file is being executed for as
+        /// long as this handle lives.
+        exec: bool,
     },
     Dir(Arc<OpenDir>),
 }

@@ -314,3 +314,23 @@ async fn legacy_directory_objects_show_as_directories_and_go_with_rmdir() {
     r.expire();
     assert_eq!(r.list(ROOT_INO).await.len(), 2);
 }
+
+/// `open(O_RDONLY | O_TRUNC)` truncates as Linux does (the kernel, with atomic O_TRUNC, has
+/// already dropped its cached size), except a file being executed: ETXTBSY before it is cut
+/// under the running program (pjdfstest `open::etxtbsy`).
+#[tokio::test]
+async fn a_read_only_truncating_open_truncates_unless_the_file_is_being_executed() {
+    let r = rig();
+    r.plant("bin", b"\x7fELF...").await;
+    let ino = r.ino("bin").await;
+    let exec = r.core.open(ino, libc::O_RDONLY | 0x20).await.unwrap();
+    let e = r.core.open(ino, libc::O_RDONLY | libc::O_TRUNC).await.unwrap_err();
+    assert_eq!(e.errno, libc::ETXTBSY);
+    let key = r.layout.file_key(&RelPath::parse("bin").unwrap()).unwrap();
+    assert_eq!(r.mem().get(&key, None, None).await.unwrap().len(), 7, "not cut");
+    r.core.release(exec).await.unwrap();
+    let fh = r.core.open(ino, libc::O_RDONLY | libc::O_TRUNC).await.unwrap();
+    assert_eq!(r.mem().get(&key, None, None).await.unwrap().len(), 0);
+    assert_eq!(r.core.getattr(ino).await.unwrap().size, 0);
+    r.core.release(fh).await.unwrap();
+}
