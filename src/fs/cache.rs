@@ -282,6 +282,19 @@ pub struct MetaCache {
     /// reader takes (an `ls -l` of 20,000 entries, a slow consumer). Nothing older is
     /// revived: an answer counts only if it was still valid when the directory was opened.
     open_dirs: Mutex<HashMap<RelPath, DirUse>>,
+    /// What the fetch of a cached listing saw besides its entries (see [`DirFacts`]), by
+    /// the instant that listing was stored: valid as long as that listing is.
+    facts: Mutex<HashMap<RelPath, (Instant, DirFacts)>>,
+}
+
+/// What a directory's listing saw besides its entries: its own marker (size and version)
+/// and whether keys that are not of this namespace lie below it. With a fresh listing that
+/// shows the directory empty, `rmdir` needs no request but its marker's delete.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct DirFacts {
+    pub marker: Option<u64>,
+    pub marker_etag: Option<ETag>,
+    pub foreign: bool,
 }
 
 /// The readers of one directory (see `MetaCache::open_dirs`).
@@ -338,7 +351,12 @@ pub struct FetchToken<'a> {
 impl FetchToken<'_> {
     /// Stores the fetched listing: attributes of unchanged objects carried over from what
     /// the cache knew (no HEAD needed again), then the mount's own changes made meanwhile.
-    pub fn finish(self, mut listing: BTreeMap<String, EntryInfo>) -> Listing {
+    pub fn finish(self, listing: BTreeMap<String, EntryInfo>) -> Listing {
+        self.finish_with(listing, None)
+    }
+
+    /// [`FetchToken::finish`], with what the fetch saw besides the entries.
+    pub fn finish_with(self, mut listing: BTreeMap<String, EntryInfo>, facts: Option<DirFacts>) -> Listing {
         let c = self.cache;
         let previous = lock(&c.dirs).peek(&self.dir).map(|t| t.value.clone());
         {
@@ -374,7 +392,7 @@ impl FetchToken<'_> {
             }
         }
         let listing = Arc::new(listing);
-        c.put_listing(&self.dir, listing.clone());
+        c.put_listing_with(&self.dir, listing.clone(), facts);
         listing
     }
 }
@@ -410,6 +428,7 @@ impl MetaCache {
             trees: Mutex::default(),
             next_tree: Default::default(),
             open_dirs: Mutex::default(),
+            facts: Mutex::default(),
         }
     }
 
@@ -590,16 +609,43 @@ impl MetaCache {
     }
 
     pub fn put_listing(&self, dir: &RelPath, listing: Listing) {
+        self.put_listing_with(dir, listing, None);
+    }
+
+    /// [`MetaCache::put_listing`], with what its fetch saw besides the entries.
+    pub fn put_listing_with(&self, dir: &RelPath, listing: Listing, facts: Option<DirFacts>) {
         if self.ttl.is_zero() {
             return;
         }
-        lock(&self.dirs).put(
-            dir.clone(),
-            Timed {
-                value: listing,
-                at: Instant::now(),
-            },
-        );
+        let at = Instant::now();
+        let mut dirs = lock(&self.dirs);
+        dirs.put(dir.clone(), Timed { value: listing, at });
+        let mut all = lock(&self.facts);
+        match facts {
+            Some(f) => all.insert(dir.clone(), (at, f)),
+            None => all.remove(dir),
+        };
+        // Bounded by the listings they go with.
+        if all.len() > 2 * dirs.cap().get() {
+            all.retain(|d, (at, _)| dirs.peek(d).is_some_and(|t| t.at == *at));
+        }
+    }
+
+    /// A valid listing of `dir` and what its fetch saw besides the entries, when both are
+    /// known (this mount's own changes since keep them so: they edit the listing).
+    pub fn listing_facts(&self, dir: &RelPath) -> Option<(Listing, DirFacts)> {
+        let (value, at) = lock(&self.dirs).get(dir).map(|t| (t.value.clone(), t.at))?;
+        if !self.valid(Some(dir), at) {
+            return None;
+        }
+        let facts = lock(&self.facts).get(dir).filter(|(a, _)| *a == at).map(|(_, f)| *f)?;
+        Some((value, facts))
+    }
+
+    /// This mount wrote `dir`'s marker anew (chmod, xattrs): its version is not the one
+    /// the listing saw.
+    pub fn forget_facts(&self, dir: &RelPath) {
+        lock(&self.facts).remove(dir);
     }
 
     /// Records the mount's own creation or update of `path`.

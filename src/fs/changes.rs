@@ -23,12 +23,12 @@ impl Namespace {
         let key = self.layout.dir_marker_key(path)?;
         // Conditional (no extra request): of two hosts making one directory at once, exactly
         // one succeeds, as `mkdir` used as a lock expects.
-        match self
+        let etag = match self
             .store
             .put_if(&key, Bytes::new(), &posix.to_meta(), Some(&WriteIf::Absent))
             .await
         {
-            Ok(_) => {}
+            Ok(etag) => etag,
             Err(StoreError::PreconditionFailed { .. }) => {
                 self.cache.forget(path);
                 return Err(FsError::new(
@@ -37,11 +37,17 @@ impl Namespace {
                 ));
             }
             Err(e) => return Err(e.into()),
-        }
+        };
         let info = EntryInfo::new(Kind::Dir, 0, SystemTime::now()).with_posix(posix);
         self.cache.upsert(path, info.clone());
-        // A directory we just created is empty: its listing needs no request.
-        self.cache.put_listing(path, Arc::default());
+        // A directory we just created is empty, with its marker and nothing else: its
+        // listing, and its rmdir's emptiness check, need no request.
+        let facts = super::cache::DirFacts {
+            marker: Some(0),
+            marker_etag: crate::store::ETag::of(etag.as_deref()),
+            foreign: false,
+        };
+        self.cache.put_listing_with(path, Arc::default(), Some(facts));
         Ok(info)
     }
 
@@ -73,6 +79,7 @@ impl Namespace {
     /// Returns the new version's ETag when S3 said it.
     pub async fn set_metadata(&self, path: &RelPath, info: &EntryInfo, posix: &Posix) -> FsResult<Option<String>> {
         let r = if info.kind == Kind::Dir {
+            self.cache.forget_facts(path);
             self.set_marker_metadata(&self.layout.dir_marker_key(path)?, posix)
                 .await
                 .map(|()| None)
@@ -178,7 +185,10 @@ impl Namespace {
         // then either still pending here or already in S3 for the LIST (checked the other
         // way round, it could slip between the two, and a non-empty directory be removed).
         let pending = !self.pending_in(path).is_empty();
-        let below = self.emptiness(path).await?;
+        let below = match self.known_emptiness(path) {
+            Some(known) => known,
+            None => self.emptiness(path).await?,
+        };
         if pending || below.not_empty {
             return Err(FsError::new(libc::ENOTEMPTY, format!("{path}: directory not empty")));
         }

@@ -1,14 +1,14 @@
 //! Listing fan-out: one ListObjectsV2 stream per prefix, in parallel (at most `fanout` at
 //! once), each paginated to the end, merged into one sorted, de-duplicated listing.
 
-use super::cache::{EntryInfo, Kind, Listing, SYMLINK_MAX};
+use super::cache::{DirFacts, EntryInfo, Kind, Listing, SYMLINK_MAX};
 use super::error::FsResult;
 use super::lock;
 use super::namespace::Namespace;
 use crate::layout::{RESERVED_NAME, RelPath, escape_controls, validate_name};
 use crate::store::ETag;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -25,7 +25,7 @@ type Listed = (
 );
 
 /// One prefix's files, subdirectories, and marker.
-type PrefixPage = (Vec<Listed>, Vec<String>, bool);
+type PrefixPage = (Vec<Listed>, Vec<String>, DirFacts);
 
 /// A key of a tree as one listing saw it.
 #[derive(Debug, Clone)]
@@ -109,6 +109,20 @@ impl Namespace {
         }))
     }
 
+    /// What lies below `dir` as this mount knows it without a request: its listing, fetched
+    /// within the TTL and kept up to date with this mount's own changes (a directory it
+    /// created and emptied, or listed and emptied: `rm -r`), and what that fetch saw of its
+    /// marker and of foreign keys. None when not known so (then [`Namespace::emptiness`]).
+    pub(super) fn known_emptiness(&self, dir: &RelPath) -> Option<Emptiness> {
+        let (listing, facts) = self.cache.listing_facts(dir)?;
+        Some(Emptiness {
+            not_empty: !listing.is_empty(),
+            marker: facts.marker,
+            marker_etag: facts.marker_etag,
+            foreign: facts.foreign,
+        })
+    }
+
     /// True when a key of this namespace other than `dir`'s own marker lies below `dir`.
     pub(super) async fn any_under(&self, dir: &RelPath) -> FsResult<bool> {
         Ok(self.emptiness(dir).await?.not_empty)
@@ -136,8 +150,9 @@ impl Namespace {
                             return Ok(listing);
                         }
                         let token = self.cache.begin_fetch(dir);
-                        let (fetched, marked) = self.fetch_listing(dir, feed).await?;
-                        let listing = token.finish(fetched);
+                        let (fetched, facts) = self.fetch_listing(dir, feed).await?;
+                        let marked = facts.marker == Some(0);
+                        let listing = token.finish_with(fetched, Some(facts));
                         // Shown by the parent's listing only because some key starts with
                         // its name, yet nothing of this namespace is in it and it has no
                         // marker: hide it, so it does not stay as a ghost nobody can remove.
@@ -169,7 +184,11 @@ impl Namespace {
     /// The entries of `dir` in S3, and whether it has an (empty) marker. Each prefix's pages
     /// are fetched and parsed in a task of its own, so that parsing (most of the CPU of a big
     /// listing) uses every core, not just the thread that asked.
-    async fn fetch_listing(&self, dir: &RelPath, feed: Option<&Feed>) -> FsResult<(BTreeMap<String, EntryInfo>, bool)> {
+    async fn fetch_listing(
+        &self,
+        dir: &RelPath,
+        feed: Option<&Feed>,
+    ) -> FsResult<(BTreeMap<String, EntryInfo>, DirFacts)> {
         let me = self
             .me
             .upgrade()
@@ -194,7 +213,11 @@ impl Namespace {
             })
             .try_collect()
             .await?;
-        let marked = pages.iter().any(|(_, _, m)| *m);
+        let mut facts = pages.iter().fold(DirFacts::default(), |a, (_, _, b)| DirFacts {
+            marker: a.marker.or(b.marker),
+            marker_etag: a.marker_etag.or(b.marker_etag),
+            foreign: a.foreign || b.foreign,
+        });
         let mut dirs = Vec::new();
         // Built at once from all the files (sorted once, not inserted one by one).
         let mut out: BTreeMap<String, EntryInfo> = pages
@@ -214,6 +237,7 @@ impl Namespace {
         // name this mount found to hold only foreign keys stays hidden.
         for name in dirs {
             if dir.join(&name).is_ok_and(|p| self.cache.is_ghost(&p)) {
+                facts.foreign = true;
                 continue;
             }
             let d = self.listed(EntryInfo::new(Kind::Dir, 0, self.mount_time));
@@ -221,7 +245,7 @@ impl Namespace {
             out.insert(name, d);
         }
         super::cache::fold_legacy_dirs(&mut out, self.mount_time);
-        Ok((out, marked))
+        Ok((out, facts))
     }
 
     /// A listed entry: known by name, kind, size and LastModified only, unless the mount
@@ -263,7 +287,7 @@ impl Namespace {
         let prefix = self.layout.dir_list_prefix(q, dir);
         let mut files = Vec::new();
         let mut dirs = Vec::new();
-        let mut marked = false;
+        let mut facts = DirFacts::default();
         let mut token: Option<String> = None;
         loop {
             let page = self.store.list(&prefix, Some("/"), token.as_deref(), None).await?;
@@ -274,7 +298,11 @@ impl Namespace {
                 };
                 if name.is_empty() {
                     // The directory's own marker; one with a body is foreign.
-                    marked |= !dir.is_root() && self.ours(&o.key, o.size);
+                    if !dir.is_root() {
+                        facts.marker = Some(o.size);
+                        facts.marker_etag = ETag::of(o.etag.as_deref());
+                        facts.foreign |= o.size > 0;
+                    }
                     continue;
                 }
                 // Only keys whose prefix matches their hash are files of this layout (what
@@ -287,7 +315,10 @@ impl Namespace {
                         ETag::of(o.etag.as_deref()),
                         crate::store::StorageClass::of(o.headers.storage_class.as_deref()),
                     )),
-                    _ => tracing::debug!(key = %escape_controls(&o.key), "key outside the layout, not shown"),
+                    _ => {
+                        facts.foreign = true;
+                        tracing::debug!(key = %escape_controls(&o.key), "key outside the layout, not shown")
+                    }
                 }
             }
             for cp in page.common_prefixes {
@@ -296,6 +327,8 @@ impl Namespace {
                 };
                 if validate_name(name).is_ok() && !(dir.is_root() && name == RESERVED_NAME) {
                     dirs.push(name.to_string());
+                } else {
+                    facts.foreign = true;
                 }
             }
             if let Some(feed) = feed {
@@ -303,7 +336,7 @@ impl Namespace {
             }
             match page.next_token {
                 Some(t) => token = Some(t),
-                None => return Ok((files, dirs, marked)),
+                None => return Ok((files, dirs, facts)),
             }
         }
     }
@@ -344,9 +377,11 @@ impl Namespace {
         let watch = self.cache.watch_tree(root);
         let limit = self.cfg.cache_capacity;
         let seen = std::sync::atomic::AtomicUsize::new(0);
+        // A foreign key anywhere in it: every directory's rmdir asks S3 (see DirFacts).
+        let foreign = std::sync::atomic::AtomicBool::new(false);
         let per_prefix = self
             .fan_out(|q| {
-                let seen = &seen;
+                let (seen, foreign) = (&seen, &foreign);
                 async move {
                     let prefix = self.layout.dir_list_prefix(q, root);
                     let mut objects = Vec::new();
@@ -354,7 +389,11 @@ impl Namespace {
                     loop {
                         let page = self.store.list(&prefix, None, token.as_deref(), None).await?;
                         let n = page.objects.len();
+                        let before = objects.len();
                         objects.extend(page.objects.into_iter().filter(|o| self.ours(&o.key, o.size)));
+                        if objects.len() - before < n {
+                            foreign.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
                         if seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n > limit {
                             return Ok(None);
                         }
@@ -372,12 +411,16 @@ impl Namespace {
         };
         let listed = |info: EntryInfo| self.listed(info);
         let mut tree: BTreeMap<RelPath, BTreeMap<String, EntryInfo>> = BTreeMap::new();
-        let mut marked: HashSet<RelPath> = HashSet::new();
+        let mut marked: HashMap<RelPath, Option<ETag>> = HashMap::new();
         tree.insert(root.clone(), BTreeMap::new());
         for o in per_prefix.into_iter().flatten() {
             let Some((path, is_dir)) = self.layout.key_to_path(&o.key) else {
                 continue;
             };
+            if is_dir && path == *root {
+                // The walk root's own marker (what its rmdir deletes).
+                marked.insert(path.clone(), ETag::of(o.etag.as_deref()));
+            }
             if !path.starts_with(root) || path == *root {
                 continue;
             }
@@ -386,7 +429,7 @@ impl Namespace {
             }
             let (mut child, mut parent) = (path.clone(), path.parent());
             if is_dir {
-                marked.insert(path.clone());
+                marked.insert(path.clone(), ETag::of(o.etag.as_deref()));
                 tree.entry(path.clone()).or_default();
             } else if let Some(p) = &parent {
                 tree.entry(p.clone()).or_default().insert(
@@ -415,7 +458,7 @@ impl Namespace {
         // may carry POSIX metadata (its HEAD tells), an implicit one has none to fetch.
         let dirs: Vec<RelPath> = tree.keys().cloned().collect();
         for d in &dirs {
-            let partial = marked.contains(d);
+            let partial = marked.contains_key(d);
             if let (Some(parent), false) = (d.parent(), d == root)
                 && let Some(m) = tree.get_mut(&parent)
             {
@@ -433,7 +476,13 @@ impl Namespace {
                 continue;
             }
             let is_want = dir == *want;
-            let listing = self.cache.begin_fetch(&dir).finish(entries);
+            let marker = marked.get(&dir);
+            let facts = DirFacts {
+                marker: marker.map(|_| 0),
+                marker_etag: marker.copied().flatten(),
+                foreign: foreign.load(std::sync::atomic::Ordering::Relaxed),
+            };
+            let listing = self.cache.begin_fetch(&dir).finish_with(entries, Some(facts));
             if is_want {
                 found = Some(listing);
             }

@@ -317,6 +317,8 @@ impl Namespace {
             Ok((meta, header))
         };
         if info.kind == Kind::Dir {
+            // Its marker changes version: the listing's word on it no longer holds.
+            self.cache.forget_facts(path);
             let key = self.layout.dir_marker_key(path)?;
             return match self.store.head(&key).await {
                 Ok(head) => {

@@ -400,13 +400,67 @@ async fn mkdir_is_one_put_and_rmdir_an_emptiness_check_and_one_delete() {
     r.core.lookup(top, OsStr::new("sub")).await.unwrap_err();
     r.core.mkdir(top, OsStr::new("sub"), 0o755, 0, 0).await.unwrap();
     assert_eq!(m.take(), counts(&[(OpKind::Put, 1)]));
+    // A directory this mount created (and has kept the listing of) is known empty: no
+    // LIST; the marker's delete is queued and sent by rmdir's barrier as one DeleteObjects.
     r.core.rmdir(top, OsStr::new("sub")).await.unwrap();
-    // The emptiness check asks every prefix for one page; the marker's delete is queued
-    // and sent by rmdir's barrier as one DeleteObjects.
-    assert_eq!(
-        m.take(),
-        counts(&[(OpKind::List, PREFIXES as u64), (OpKind::DeleteMany, 1)])
+    assert_eq!(m.take(), counts(&[(OpKind::DeleteMany, 1)]));
+    // Past the TTL nothing is known: the emptiness check asks every prefix for one page.
+    r.core.mkdir(top, OsStr::new("sub2"), 0o755, 0, 0).await.unwrap();
+    r.expire();
+    m.take();
+    r.core.rmdir(top, OsStr::new("sub2")).await.unwrap();
+    let sent = m.take();
+    assert_eq!(sent.get(OpKind::List.name()), Some(&(PREFIXES as u64)), "{sent:?}");
+    assert_eq!(sent.get(OpKind::DeleteMany.name()), Some(&1), "{sent:?}");
+}
+
+/// Issue 22: `rm -r` of a directory it has just listed (a fresh listing, emptied by its own
+/// unlinks) costs no LIST for the rmdir, only the deletes; the marker goes at the version
+/// the listing saw; foreign keys the listing saw below stay, and the name is hidden.
+#[tokio::test]
+async fn rmdir_after_rm_of_a_listed_directory_sends_no_list() {
+    let r = rig();
+    r.plant_dir("top/d").await;
+    for i in 0..5 {
+        r.plant(&format!("top/d/f{i}"), b"x").await;
+    }
+    let top = r.ino("top").await;
+    let d = r.ino("top/d").await;
+    r.list(d).await;
+    let mut m = r.meter();
+    for i in 0..5 {
+        r.core.unlink(d, OsStr::new(&format!("f{i}"))).await.unwrap();
+    }
+    r.core.rmdir(top, OsStr::new("d")).await.unwrap();
+    let sent = m.take();
+    assert_eq!(sent.get(OpKind::List.name()), None, "{sent:?}");
+    assert!(
+        !r.mem().keys().iter().any(|k| k.contains("top/d")),
+        "{:?}",
+        r.mem().keys()
     );
+    // A foreign key below (a prefix that does not match its hash): the listing saw it, so
+    // the rmdir leaves it and hides the name.
+    r.plant_dir("top/e").await;
+    let right = r.layout.prefix_index(&RelPath::parse("top/e/alien").unwrap());
+    let wrong = (right + 1) % PREFIXES as u32;
+    let alien = format!(
+        "{}alien",
+        r.layout.dir_list_prefix(wrong, &RelPath::parse("top/e").unwrap())
+    );
+    r.mem()
+        .put(&alien, Bytes::from_static(b"x"), &UserMeta::new())
+        .await
+        .unwrap();
+    let e = r.ino("top/e").await;
+    r.list(e).await;
+    m.take();
+    r.core.rmdir(top, OsStr::new("e")).await.unwrap();
+    let sent = m.take();
+    assert_eq!(sent.get(OpKind::List.name()), None, "{sent:?}");
+    assert!(r.mem().keys().contains(&alien));
+    let names: Vec<String> = r.list(top).await.iter().skip(2).map(|e| e.name.clone()).collect();
+    assert!(names.is_empty(), "hidden, not shown again: {names:?}");
 }
 
 #[tokio::test]

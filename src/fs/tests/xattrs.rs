@@ -6,6 +6,15 @@ fn meta(pairs: &[(&str, &str)]) -> UserMeta {
     pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
+/// `chmod 600` of `ino`.
+async fn chmod_600(r: &Rig, ino: u64) -> super::super::Attr {
+    let mode = AttrChanges {
+        mode: Some(0o600),
+        ..Default::default()
+    };
+    r.core.setattr(ino, mode).await.unwrap()
+}
+
 /// A FIFO, a socket and a device are empty objects whose mode says which (and `rdev` which
 /// device): one conditional PUT each; they stat, chmod and list as such.
 #[tokio::test]
@@ -44,17 +53,7 @@ async fn special_files_are_empty_objects_with_their_mode() {
     assert_eq!(e.errno, libc::EEXIST);
     // chmod keeps the type.
     let ino = fifo.ino;
-    let attr = r
-        .core
-        .setattr(
-            ino,
-            AttrChanges {
-                mode: Some(0o600),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    let attr = chmod_600(&r, ino).await;
     assert_eq!((attr.special, attr.perm), (libc::S_IFIFO, 0o600));
     r.expire();
     let again = r.core.lookup(ROOT_INO, OsStr::new("p")).await.unwrap();
@@ -179,16 +178,7 @@ async fn xattrs_written_by_s3fs_read_back_and_follow_renames() {
         .unwrap();
     let ino = r.ino("a").await;
     assert_eq!(r.core.getxattr(ino, OsStr::new("user.foo")).await.unwrap(), b"bar");
-    r.core
-        .setattr(
-            ino,
-            AttrChanges {
-                mode: Some(0o600),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
+    chmod_600(&r, ino).await;
     r.core
         .rename(ROOT_INO, OsStr::new("a"), ROOT_INO, OsStr::new("b"), 0)
         .await
