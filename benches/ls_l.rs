@@ -1,9 +1,14 @@
-//! `ls -l` of a 10,000-file directory on an S3 that answers after 20 ms, against one raw LIST
-//! walk of the same keys (every prefix in parallel, as prefixfs lists) measured in the same
-//! run: cold (nothing cached) and warm (right after).
+//! `ls -l` of one directory on an S3 that answers after 20 ms, cold (a fresh mount; the
+//! parent listed) and warm, against baselines measured in the same run with a raw S3 client:
+//! one LIST walk of the directory (every prefix in parallel, as prefixfs lists) and that walk
+//! plus a HEAD of every key at the mount's in-flight bound (`--attr-prefetch`), which is what
+//! `ls -l` must fetch when the objects carry POSIX metadata. Directories of several sizes,
+//! names with an extension (`f000001.log`) and without (`f000001`).
 //!
-//! Run: `cargo bench --bench ls_l` (as root: it mounts FUSE). Knobs (environment): FILES
-//! (10000), LATENCY_MS (20), PREFIXES (16).
+//! Run: `cargo bench --bench ls_l` (as root: it mounts FUSE). Knobs (environment): SIZES
+//! (500,2000,10000,20000), LATENCY_MS (20), PREFIXES (16), READ_RATE (per-partition reads a
+//! second of the S3 emulator; 0: no emulator), PREFETCH_SWEEP (a list of `--attr-prefetch`
+//! values to time at the largest size, for choosing the default).
 
 use futures::StreamExt;
 use prefixfs::layout::{Layout, RelPath};
@@ -20,6 +25,45 @@ const SECRET: &str = "bench-secret-key";
 
 fn knob(name: &str, default: f64) -> f64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn list_knob(name: &str, default: &str) -> Vec<usize> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
+
+/// The walk, then a HEAD of every key it found, `bound` in flight: the raw work of `ls -l`.
+async fn walk_and_heads(s3: &AwsStore, layout: &Layout, dir: &RelPath, bound: usize) -> usize {
+    let keys: Vec<String> = futures::stream::iter(0..layout.prefix_count())
+        .map(|q| async move {
+            let prefix = layout.dir_list_prefix(q, dir);
+            let mut keys = Vec::new();
+            let mut token: Option<String> = None;
+            loop {
+                let page = s3.list(&prefix, Some("/"), token.as_deref(), None).await.expect("list");
+                keys.extend(page.objects.into_iter().map(|o| o.key));
+                match page.next_token {
+                    Some(t) => token = Some(t),
+                    None => return keys,
+                }
+            }
+        })
+        .buffer_unordered(16)
+        .concat()
+        .await;
+    futures::stream::iter(keys)
+        .map(|k| async move { s3.head(&k).await.expect("head") })
+        .buffer_unordered(bound.max(1))
+        .count()
+        .await
+}
+
+/// The best (lowest) of `runs` timings of `f`.
+fn best_of(runs: usize, mut f: impl FnMut() -> f64) -> f64 {
+    (0..runs).map(|_| f()).fold(f64::MAX, f64::min)
 }
 
 /// One LIST walk of `dir` over every prefix, in parallel; returns the keys seen.
@@ -83,10 +127,6 @@ fn mount(endpoint: &str, base: &Path, name: &str, extra: &[&str]) -> (std::path:
     (path, child)
 }
 
-fn target_in(mnt: &Path) -> std::path::PathBuf {
-    mnt.join("2017/02/08")
-}
-
 fn ls_l(dir: &Path, files: usize) -> f64 {
     let start = Instant::now();
     let out = Command::new("ls").arg("-l").arg(dir).output().expect("ls");
@@ -101,9 +141,12 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    let files = knob("FILES", 10_000.0) as usize;
+    let sizes = list_knob("SIZES", "500,2000,10000,20000");
+    let sweep = list_knob("PREFETCH_SWEEP", "");
     let latency = Duration::from_millis(knob("LATENCY_MS", 20.0) as u64);
     let prefixes = knob("PREFIXES", 16.0) as u32;
+    let read_rate = knob("READ_RATE", 0.0);
+    let bound = prefixfs::fs::defaults::ATTR_PREFETCH;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cfg = ServerConfig::local(dir.path().join("s3"));
@@ -113,6 +156,12 @@ fn main() {
         secret_key: SECRET.into(),
     });
     cfg.latency = latency;
+    if read_rate > 0.0 {
+        cfg.emulator = Some(server::partitions::EmulatorConfig {
+            read_rate,
+            ..Default::default()
+        });
+    }
     let srv = rt.block_on(server::start(cfg)).expect("server");
     let endpoint = srv.endpoint();
     let s3 = rt.block_on(AwsStore::connect(&AwsConfig {
@@ -124,121 +173,93 @@ fn main() {
         static_credentials: Some((ACCESS.into(), SECRET.into())),
     }));
     let layout = Layout::new("data", prefixes).expect("layout");
-    let day = RelPath::parse("2017/02/08").expect("path");
-    // The bucket: a descriptor and FILES small objects in one directory, written by another
-    // S3 client (no POSIX metadata).
+    // The bucket: a descriptor, and per size and naming one directory of small objects
+    // written by another S3 client (no POSIX metadata).
+    let namings = [("with extension", ".log"), ("no extension", "")];
     rt.block_on(async {
         let desc = serde_json::to_vec(&layout.descriptor()).expect("json");
         s3.put(&layout.descriptor_key(), desc.into(), &Default::default())
             .await
             .expect("descriptor");
-        futures::stream::iter(0..files)
-            .map(|i| {
-                let key = layout
-                    .file_key(&day.join(&format!("{i:06}.log")).expect("name"))
-                    .expect("key");
-                let s3 = &s3;
-                async move {
-                    s3.put(&key, bytes::Bytes::from_static(b"line\n"), &Default::default())
-                        .await
-                }
-            })
-            .buffer_unordered(256)
-            .for_each(|r| async move { r.expect("put") })
-            .await;
     });
-    // The best of three walks: the baseline is given every advantage.
-    let mut walk = f64::MAX;
-    for _ in 0..3 {
-        let start = Instant::now();
-        let seen = rt.block_on(list_walk(&s3, &layout, &day));
-        walk = walk.min(start.elapsed().as_secs_f64());
-        assert_eq!(seen, files);
+    for &files in &sizes {
+        for (_, ext) in namings {
+            let d = RelPath::parse(&format!("d{files}{}", ext.replace('.', "-"))).expect("path");
+            rt.block_on(
+                futures::stream::iter(0..files)
+                    .map(|i| {
+                        let key = layout
+                            .file_key(&d.join(&format!("f{i:06}{ext}")).expect("name"))
+                            .expect("key");
+                        let s3 = &s3;
+                        async move {
+                            s3.put(&key, bytes::Bytes::from_static(b"line\n"), &Default::default())
+                                .await
+                        }
+                    })
+                    .buffer_unordered(256)
+                    .for_each(|r| async move { r.expect("put") }),
+            );
+        }
     }
     println!(
-        "ls_l: {files} files in one directory, {prefixes} prefixes, {} ms added to every S3 answer",
-        latency.as_millis()
+        "ls_l: {prefixes} prefixes, {} ms added to every S3 answer{}; baselines with a raw S3 client, HEADs {bound} in flight (the default --attr-prefetch)",
+        latency.as_millis(),
+        if read_rate > 0.0 {
+            format!(", partitions serving {read_rate} reads/s")
+        } else {
+            String::new()
+        }
     );
-    println!("  raw LIST walk (all prefixes in parallel, best of 3): {walk:.3} s (1.00x)");
-    let local = tempfile::tempdir().expect("tempdir");
-    for i in 0..files {
-        std::fs::write(local.path().join(format!("{i:06}.log")), b"line\n").expect("local file");
-    }
-    ls_l(local.path(), files);
-    let on_disk = ls_l(local.path(), files);
-    println!(
-        "  ls -l of the same names on the local disk: {on_disk:.3} s ({:.2}x)",
-        on_disk / walk
-    );
-    for (name, extra) in [
-        ("prefixfs (POSIX metadata: HEADs)", &[][..]),
-        ("prefixfs --trust-listing", &["--trust-listing"][..]),
-    ] {
-        // Fresh mount: the path's three implicit directories are looked up first (each a
-        // marker HEAD, a file HEAD and the parent's listing, in series).
-        let base = tempfile::tempdir().expect("tempdir");
-        let (path, mut child) = mount(&endpoint, base.path(), "mnt", extra);
-        let target = target_in(&path);
-        let fresh = ls_l(&target, files);
-        let warm = ls_l(&target, files);
-        // `ls -l`'s own work on the mount: the kernel's dentries and inodes dropped, the
-        // listing still cached in the daemon (no request). What a cold run adds to the walk
-        // when nothing of it overlaps the walk.
-        let _ = std::fs::write("/proc/sys/vm/drop_caches", "2");
-        let kernel_cold = ls_l(&target, files);
-        let stats = prefixfs::read_stats(&path).unwrap_or_default();
-        let requests: Vec<&str> = stats
-            .lines()
-            .filter(|l| l.starts_with("requests_") && !l.ends_with(" 0"))
-            .collect();
+    let base = tempfile::tempdir().expect("tempdir");
+    let mut n = 0;
+    let mut cold_ls = |files: usize, sub: &str, extra: &[&str]| -> f64 {
+        n += 1;
+        let (path, mut child) = mount(&endpoint, base.path(), &format!("m{n}"), extra);
+        let listed = Command::new("ls").arg(&path).output().expect("ls");
+        assert!(listed.status.success());
+        let cold = ls_l(&path.join(sub), files);
+        let warm = ls_l(&path.join(sub), files);
         let _ = Command::new("umount").arg(&path).status();
         let _ = child.wait();
-        // The directory cold: its parent was listed (`ls 2017/02`), nothing of it is cached.
-        // Each run on a mount of its own; the best of three, as for the walk.
-        let mut colds = Vec::new();
-        for run in 0..3 {
-            let (path, mut child) = mount(&endpoint, base.path(), &format!("cold{run}"), extra);
-            let listed = Command::new("ls").arg(path.join("2017/02")).output().expect("ls");
-            assert!(listed.status.success());
-            // PERF=FILE: profile the daemon during the first run (perf record -g).
-            let perf = std::env::var("PERF").ok().filter(|_| run == 0).map(|out| {
-                let p = Command::new("perf")
-                    .args([
-                        "record",
-                        "-g",
-                        "-F",
-                        "4000",
-                        "-o",
-                        &format!("{out}-{}", extra.len()),
-                        "-p",
-                        &child.id().to_string(),
-                    ])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .expect("perf");
-                std::thread::sleep(Duration::from_millis(500));
-                p
+        println!("      (warm right after: {warm:.3} s)");
+        cold
+    };
+    for &files in &sizes {
+        for (naming, ext) in namings {
+            let sub = format!("d{files}{}", ext.replace('.', "-"));
+            let d = RelPath::parse(&sub).expect("path");
+            let walk = best_of(3, || {
+                let start = Instant::now();
+                assert_eq!(rt.block_on(list_walk(&s3, &layout, &d)), files);
+                start.elapsed().as_secs_f64()
             });
-            colds.push(ls_l(&target_in(&path), files));
-            if let Some(mut p) = perf {
-                // SAFETY: signalling our own child.
-                unsafe { libc::kill(p.id() as i32, libc::SIGINT) };
-                let _ = p.wait();
-            }
-            let _ = Command::new("umount").arg(&path).status();
-            let _ = child.wait();
+            let raw = best_of(2, || {
+                let start = Instant::now();
+                assert_eq!(rt.block_on(walk_and_heads(&s3, &layout, &d, bound)), files);
+                start.elapsed().as_secs_f64()
+            });
+            println!("  {files} files, {naming}: raw walk {walk:.3} s, raw walk + HEADs {raw:.3} s");
+            let cold = best_of(2, || cold_ls(files, &sub, &[]));
+            println!(
+                "    prefixfs ls -l cold {cold:.3} s = {:.2}x walk + HEADs (target <= 1.3x)",
+                cold / raw
+            );
+            let trusted = best_of(2, || cold_ls(files, &sub, &["--trust-listing"]));
+            println!(
+                "    prefixfs --trust-listing ls -l cold {trusted:.3} s = {:.2}x the walk (target <= 2.5x)",
+                trusted / walk
+            );
         }
-        colds.sort_by(f64::total_cmp);
-        let (cold, median) = (colds[0], colds[1]);
-        println!(
-            "  {name}: directory cold {cold:.3} s ({:.2}x the walk; best of 3, median {median:.3} s = {:.2}x), fresh mount {fresh:.3} s ({:.2}x), warm {warm:.3} s, kernel cold with the listing cached {kernel_cold:.3} s ({:.2}x); requests of the fresh run: {}",
-            cold / walk,
-            median / walk,
-            fresh / walk,
-            kernel_cold / walk,
-            requests.join(", ")
-        );
+    }
+    if let (Some(&files), false) = (sizes.iter().max(), sweep.is_empty()) {
+        let sub = format!("d{files}");
+        println!("  --attr-prefetch sweep, {files} files, no extension (best of 2 cold runs):");
+        for b in sweep {
+            let arg = b.to_string();
+            let cold = best_of(2, || cold_ls(files, &sub, &["--attr-prefetch", &arg]));
+            println!("    --attr-prefetch {b}: {cold:.3} s");
+        }
     }
     rt.block_on(srv.shutdown());
 }

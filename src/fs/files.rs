@@ -39,6 +39,9 @@ pub(super) struct Shared {
     pub(super) posix: Mutex<Posix>,
     /// Metadata changed since the last upload (chmod, utimens... on the open file).
     pub(super) meta_dirty: AtomicBool,
+    /// Extended attributes changed since the last upload: they travel in what the upload
+    /// carries, so only an upload already made needs the metadata update for them.
+    xattrs_dirty: AtomicBool,
     unlinked: AtomicBool,
     /// The last handle closed and the state left the open-file table: a change made to it
     /// now would never be uploaded, so setattr treats the file as closed.
@@ -236,7 +239,7 @@ impl Shared {
         super::xattr::with_header(all, header.clone(), path)?;
         let meta = super::xattr::with_header(meta, header, path)?;
         *self.carried.lock().await = Carried::Known(Box::new((meta, headers)));
-        self.meta_dirty.store(true, Ordering::Relaxed);
+        self.xattrs_dirty.store(true, Ordering::Relaxed);
         Ok(())
     }
 
@@ -468,6 +471,7 @@ impl OpenFiles {
             size: AtomicU64::new(size),
             posix: Mutex::new(posix),
             meta_dirty: AtomicBool::new(false),
+            xattrs_dirty: AtomicBool::new(false),
             unlinked: AtomicBool::new(false),
             detached: AtomicBool::new(false),
             expect: Mutex::new(expect),
@@ -697,6 +701,7 @@ impl OpenFiles {
         let key = shared.key();
         let posix = *lock(&shared.posix);
         let meta_dirty = shared.meta_dirty.load(Ordering::Relaxed);
+        let xattrs_dirty = shared.xattrs_dirty.load(Ordering::Relaxed);
         let expect = shared.expect();
         let update_meta = || async {
             let version = shared.version();
@@ -712,10 +717,11 @@ impl OpenFiles {
         match body {
             Body::Stream(up) => {
                 let (meta, headers) = shared.upload_attrs(&self.ns.store, path, stream_meta(&posix)).await?;
-                // A metadata change reaches S3 with the upload that is still to finish; after
-                // it (an earlier flush sent it), by a copy.
+                // Changed extended attributes reach S3 with the upload still to finish; after
+                // it (an earlier flush sent it), by the metadata update. So does a POSIX
+                // change: the stream's metadata leaves the mtime to LastModified.
                 let finished_before = up.is_finished();
-                let late_meta = !up.set_attrs(meta, headers) || (meta_dirty && finished_before);
+                let late_meta = !up.set_attrs(meta, headers) || meta_dirty || (xattrs_dirty && finished_before);
                 if !up.is_finished() {
                     if let Err(e) = up.finish(expect.as_ref()).await {
                         // Another host or client wrote the name since this mount saw it: this
@@ -744,12 +750,13 @@ impl OpenFiles {
                         .await
                         .map_err(|e| staging_err(path, "upload", e))?;
                     shared.wrote(etag.as_deref());
-                } else if meta_dirty {
+                } else if meta_dirty || xattrs_dirty {
                     update_meta().await?;
                 }
             }
         }
         shared.meta_dirty.store(false, Ordering::Relaxed);
+        shared.xattrs_dirty.store(false, Ordering::Relaxed);
         let size = shared.size.load(Ordering::Relaxed);
         self.ns.cache.upsert(
             path,
@@ -889,6 +896,7 @@ impl OpenFiles {
         // upload above and now (the kernel sends `release` after `close` returned): upload
         // that too, or it would be silently undone.
         let changed = shared.meta_dirty.load(Ordering::Relaxed)
+            || shared.xattrs_dirty.load(Ordering::Relaxed)
             || match &*body {
                 Body::Staged(s) => s.is_modified(),
                 Body::Stream(up) => !up.is_finished(),
