@@ -443,7 +443,7 @@ async fn rmdir_after_rm_of_a_listed_directory_sends_no_list() {
     // the rmdir leaves it and hides the name.
     r.plant_dir("top/e").await;
     let right = r.layout.prefix_index(&RelPath::parse("top/e/alien").unwrap());
-    let wrong = (right + 1) % PREFIXES as u32;
+    let wrong = (right + 1) % PREFIXES;
     let alien = format!(
         "{}alien",
         r.layout.dir_list_prefix(wrong, &RelPath::parse("top/e").unwrap())
