@@ -25,12 +25,15 @@ pub struct FuseFs {
     core: Arc<Core>,
     rt: tokio::runtime::Handle,
     ttl: Duration,
+    /// `--xattr`: extended attributes answered; else getxattr and listxattr are ENOSYS, so
+    /// the kernel stops asking (no round trip per file of `ls -l`).
+    xattr: bool,
 }
 
 impl FuseFs {
-    pub fn new(core: Arc<Core>, rt: tokio::runtime::Handle) -> Self {
+    pub fn new(core: Arc<Core>, rt: tokio::runtime::Handle, xattr: bool) -> Self {
         let ttl = core.config().metadata_ttl;
-        FuseFs { core, rt, ttl }
+        FuseFs { core, rt, ttl, xattr }
     }
 
     /// Hands `add` the entries of an open directory from `offset` on (with the offset of the
@@ -463,6 +466,9 @@ impl fuser::Filesystem for FuseFs {
     // ask for on every file (security.capability, system.posix_acl_access) are answered
     // without a request.
     fn getxattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, size: u32, reply: ReplyXattr) {
+        if !self.xattr {
+            return reply.error(Errno::ENOSYS);
+        }
         // The names asked for on every write and by `ls -l` for every entry: answered here,
         // without the filesystem core or a log line (three per file of an `ls -l`).
         if name
@@ -478,6 +484,9 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn listxattr(&self, _req: &Request, ino: INodeNo, size: u32, reply: ReplyXattr) {
+        if !self.xattr {
+            return reply.error(Errno::ENOSYS);
+        }
         match self.run("listxattr", self.core.listxattr(ino.0)) {
             Ok(names) => xattr_reply(reply, &names, size),
             Err(e) => reply.error(errno("listxattr", e)),
@@ -511,6 +520,10 @@ impl fuser::Filesystem for FuseFs {
         _position: u32,
         reply: ReplyEmpty,
     ) {
+        if !self.xattr {
+            tracing::debug!(name = %escape_controls(&name.to_string_lossy()), "extended attributes need --xattr");
+            return reply.error(Errno::ENOTSUP);
+        }
         match self.run("setxattr", self.core.setxattr(ino.0, name, Some(value), flags)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("setxattr", e)),
@@ -518,6 +531,9 @@ impl fuser::Filesystem for FuseFs {
     }
 
     fn removexattr(&self, _req: &Request, ino: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        if !self.xattr {
+            return reply.error(Errno::ENOTSUP);
+        }
         match self.run("removexattr", self.core.setxattr(ino.0, name, None, 0)) {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(errno("removexattr", e)),
@@ -589,7 +605,7 @@ mod tests {
             Arc::new(RequestStats::default()),
             cfg,
         );
-        let fs = FuseFs::new(core, rt.handle().clone());
+        let fs = FuseFs::new(core, rt.handle().clone(), false);
         let hurt: FsResult<()> = fs.run("lookup", async { panic!("hostile input") });
         assert_eq!(hurt.unwrap_err().errno, libc::EIO);
         let fine: FsResult<u32> = fs.run("lookup", async { Ok(7) });

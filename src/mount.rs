@@ -365,7 +365,7 @@ pub fn run(
     );
     let core = Core::new(layout, store, connected.stats.clone(), plan.fs.clone());
     let config = fuse_config(&plan);
-    let fs = FuseFs::new(core.clone(), rt.handle().clone());
+    let fs = FuseFs::new(core.clone(), rt.handle().clone(), plan.xattr);
     let mut session = fuser::Session::new(fs, &plan.mountpoint, &config).map_err(|source| MountError::Fuse {
         mountpoint: plan.mountpoint.clone(),
         source,

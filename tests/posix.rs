@@ -20,7 +20,7 @@ fn meta(pairs: &[(&str, String)]) -> UserMeta {
 
 fn fifos_devices_and_xattrs_work_with_real_tools(env: Env) {
     let key = |p: &str| env.layout(16).file_key(&RelPath::parse(p).unwrap()).unwrap();
-    let mut m = env.mount(16, &[]);
+    let mut m = env.mount(16, &["--xattr"]);
     // A FIFO between two local processes; a device node that opens nothing (nodev).
     m.ok("mkdir d && mkfifo d/pipe && (echo through > d/pipe &) && timeout 10 cat d/pipe > got && test \"$(cat got)\" = through");
     m.ok("mknod d/null c 1 3 && test -c d/null && test -p d/pipe");
@@ -74,7 +74,7 @@ fn fifos_devices_and_xattrs_work_with_real_tools(env: Env) {
     assert!(t[2] > now - 60, "ctime {} moved back", t[2]);
     // A fresh mount (nothing cached) sees the same.
     m.unmount();
-    let mut m = env.mount(16, &[]);
+    let mut m = env.mount(16, &["--xattr"]);
     m.ok("test -p d/pipe2 && test \"$(getfattr --absolute-names --only-values -n user.color g)\" = blue");
     m.assert_alive();
 }
@@ -112,7 +112,7 @@ fn a_bucket_in_s3fs_conventions_reads_back_exactly(env: Env) {
         b"",
         meta(&posix(libc::S_IFDIR | 0o750, 1000)),
     );
-    let mut m = env.mount(16, &[]);
+    let mut m = env.mount(16, &["--xattr"]);
     let out = m.ok("cd s3fs && stat -c '%n %F %a %u %g %Y' data.txt link fifo sda1 . && readlink link && cat link");
     assert_eq!(
         out,
@@ -156,7 +156,10 @@ fn legacy_directory_objects_are_directories(env: Env) {
             .unwrap();
     }
     env.put(&key("moved/x"), b"x\n");
+    // Without --xattr (the default, as s3fs's use_xattr): extended attributes are refused.
     let mut m = env.mount(16, &[]);
+    let refused = m.sh("setfattr -n user.a -v 1 folder/in.txt");
+    assert!(refused.stderr.contains("Operation not supported"), "{}", refused.stderr);
     assert_eq!(m.ok("ls | tr '\\n' ' '"), "empty folder moved typed ");
     m.ok("test -d folder && test -d empty && test -d typed && test -d moved && cat folder/in.txt");
     m.ok("mv moved renamed && test -f renamed/x && test ! -e moved");

@@ -172,6 +172,12 @@ pub struct MountArgs {
     /// Let other users access the mount (needs user_allow_other for non-root).
     #[arg(long)]
     pub allow_other: bool,
+    /// Extended attributes (user.* and trusted.*), kept in s3fs's `x-amz-meta-xattr` as
+    /// s3fs's `-o use_xattr` does. Off by default, as in s3fs: with them the kernel asks
+    /// the daemon for two attributes of every file `ls -l` shows (no S3 request, but a
+    /// round trip each: a warm `ls -l` of 10,000 files takes 0.4 s instead of 0.08 s).
+    #[arg(long)]
+    pub xattr: bool,
     #[arg(long)]
     pub uid: Option<u32>,
     #[arg(long)]
@@ -442,6 +448,8 @@ pub struct MountPlan {
     pub prefix_count: Option<u32>,
     pub threads: usize,
     pub allow_other: bool,
+    /// Extended attributes answered (else ENOSYS: the kernel stops asking).
+    pub xattr: bool,
     pub abort_uploads_older_than: Option<Duration>,
     pub metrics_addr: Option<std::net::SocketAddr>,
     pub pacing: crate::store::pacing::PacingConfig,
@@ -533,6 +541,7 @@ impl MountArgs {
             prefix_count: self.prefix_count,
             threads: self.threads,
             allow_other,
+            xattr: self.xattr,
             abort_uploads_older_than,
             metrics_addr: self.metrics_addr,
             pacing: crate::store::pacing::PacingConfig::default(),
