@@ -112,7 +112,15 @@ impl Core {
             }
         }
         if path.is_root() {
-            // The root has no object to keep metadata in.
+            // The root has no object to keep metadata in: a change of its mode, owner or
+            // mtime is refused (logged), never a success that changes nothing. An atime
+            // lives in this mount's view (`setattr`).
+            if meta_change {
+                return Err(FsError::new(
+                    libc::EPERM,
+                    "the mount root has no object to keep a mode, owner or mtime in (use --dir-mode, --uid, --gid)",
+                ));
+            }
             return self.getattr(ino).await;
         }
         let mut new_size = info.size;

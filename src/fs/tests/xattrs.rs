@@ -324,3 +324,34 @@ async fn a_read_only_truncating_open_truncates_unless_the_file_is_being_executed
     assert_eq!(r.core.getattr(ino).await.unwrap().size, 0);
     r.core.release(fh).await.unwrap();
 }
+
+/// Issue 23: the mount root has no object: chmod, chown or an mtime of it is refused (EPERM,
+/// logged), never a silent success; its atime lives in the mount's view.
+#[tokio::test]
+async fn the_mount_root_refuses_what_it_cannot_keep() {
+    let r = rig();
+    let mut m = r.meter();
+    for changes in [
+        AttrChanges {
+            mode: Some(0o700),
+            ..Default::default()
+        },
+        AttrChanges {
+            uid: Some(1000),
+            ..Default::default()
+        },
+        AttrChanges {
+            mtime: Some(std::time::SystemTime::UNIX_EPOCH),
+            ..Default::default()
+        },
+    ] {
+        assert_eq!(r.core.setattr(ROOT_INO, changes).await.unwrap_err().errno, libc::EPERM);
+    }
+    let t = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_300_000_000);
+    let atime = AttrChanges {
+        atime: Some(t),
+        ..Default::default()
+    };
+    assert_eq!(r.core.setattr(ROOT_INO, atime).await.unwrap().atime, t);
+    assert_eq!(m.take(), counts(&[]));
+}
