@@ -157,11 +157,11 @@ impl fuser::Filesystem for FuseFs {
         let _ = config.add_capabilities(fuser::InitFlags::FUSE_ATOMIC_O_TRUNC);
         let _ = config.set_max_write(1024 * 1024);
         let _ = config.set_max_readahead(1024 * 1024);
-        // With a trusted listing every entry's attributes are known without a request:
-        // hand them to the kernel with the names, and `ls -l` sends no lookup per file.
-        if self.core.trusts_listing() {
-            let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
-        }
+        // Hand the kernel each entry's attributes with its name (readdirplus, always, not
+        // the kernel's "auto" mode, which asks for them on the first page only): the
+        // attributes the listing or opendir's HEADs brought, so `ls -l` sends no lookup
+        // per file for them.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DO_READDIRPLUS);
         Ok(())
     }
 
@@ -407,28 +407,33 @@ impl fuser::Filesystem for FuseFs {
         }
     }
 
-    fn readdirplus(&self, _req: &Request, ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
+    fn readdirplus(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, offset: u64, mut reply: ReplyDirectoryPlus) {
         let dir = match self.core.readdir(fh.0) {
             Ok(d) => d,
             Err(e) => return reply.error(errno("readdirplus", e)),
         };
         let filled = self.fill_page(&dir, offset, READDIRPLUS_CHUNK, |next, e| {
-            // Every entry but `.` and `..` counts as a lookup of it by the kernel.
+            // Every entry but `.` and `..` counts as a lookup of it by the kernel. No entry
+            // sends a request: one the mount knows only by name goes with no validity, and
+            // the kernel looks it up when a program uses it (`ls` alone never does).
             let dot = e.name == "." || e.name == "..";
-            let attr = if dot {
-                self.run("readdirplus", self.core.getattr(e.ino))
+            let (attr, ttl) = if dot {
+                match self.run("readdirplus", self.core.getattr(e.ino)) {
+                    Ok(a) => (a, self.ttl),
+                    Err(_) => return false,
+                }
             } else {
                 match self.core.listed_attr(&dir, e) {
-                    Some(a) => Ok(a),
-                    None => self.run("readdirplus", self.core.lookup(ino.0, OsStr::new(&e.name))),
+                    Some((a, true)) => (a, self.ttl),
+                    Some((a, false)) => (a, Duration::ZERO),
+                    None => return false,
                 }
             };
-            let Ok(attr) = attr else { return false };
             let full = reply.add(
                 INodeNo(attr.ino),
                 next,
                 &e.name,
-                &self.ttl,
+                &ttl,
                 &self.file_attr(attr),
                 Generation(0),
             );

@@ -328,8 +328,11 @@ pub fn run(
     data_dir: Option<PathBuf>,
 ) -> Result<(), MountError> {
     check_not_mounted(&plan.mountpoint)?;
+    // A worker per core: more only add context switches to every request (a cold `ls -l` of
+    // 10,000 files took 1.6–2.0 s with 4 workers on 2 cores, 1.3–1.5 s with 2).
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
     let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(4)
+        .worker_threads(workers)
         .enable_all()
         .thread_name("prefixfs-rt")
         .build()

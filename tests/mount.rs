@@ -22,6 +22,7 @@ on_every_backend!(
     echo_into_a_directory_costs_one_put_per_file,
     cp_r_of_a_tree_sends_no_listing_per_file,
     ls_l_with_a_trusted_listing_sends_lists_only,
+    ls_l_gets_the_attributes_with_the_names,
     a_key_with_a_control_character_is_listed_like_any_other,
     a_replaced_name_always_shows_a_file_and_an_unlinked_open_file_stays_readable,
     rewrites_with_shell_tools_keep_what_another_client_stored,
@@ -170,6 +171,42 @@ fn ls_l_with_a_trusted_listing_sends_lists_only(env: Env) {
     // Written through this mount, read back.
     m.ok("echo hello > day/new.txt");
     assert_eq!(m.ok("cat day/new.txt"), "hello\n");
+}
+
+/// Issue 22, the cold `ls -l` target: the small objects another client wrote are HEADed once
+/// each while `opendir` types the listing (a symlink is such an object), and readdirplus
+/// hands the kernel what those HEADs found with the names, so `ls -l` sends no lookup per
+/// file. An entry known by its listing only (too big to be a symlink, never HEADed) goes
+/// with no validity: the kernel looks it up when `ls` stats it, and that lookup HEADs it.
+fn ls_l_gets_the_attributes_with_the_names(env: Env) {
+    let layout = env.layout(16);
+    let key = |p: &str| layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
+    for i in 0..100 {
+        env.put(&key(&format!("day/f{i:03}")), format!("line {i}\n").as_bytes());
+    }
+    env.put(&key("day/big.bin"), &[7u8; 5000]);
+    let mut m = env.mount(16, &["--metadata-ttl", "600"]);
+    m.ok("ls > /dev/null"); // the root is listed
+    let (before, calls_before) = (m.stats(), lookups(&m));
+    let ls = m.ok("ls -l day");
+    assert_eq!(ls.lines().filter(|l| l.starts_with("-rw-r--r--")).count(), 101, "{ls}");
+    assert!(ls.contains(" 5000 ") && ls.contains(" 7 "), "{ls}");
+    let sent = sent(&before, &m.stats());
+    // day's marker, each small file, big.bin's lookup; day's LIST per prefix.
+    assert_eq!(sent, [("head".to_string(), 102), ("list".to_string(), 16)], "{sent:?}");
+    assert_eq!(lookups(&m) - calls_before, 2, "day and big.bin only");
+    // What the kernel holds is right: sizes, and a stat needs nothing more.
+    assert_eq!(m.ok("stat -c %s day/f007 day/big.bin"), "7\n5000\n");
+    assert_eq!(lookups(&m) - calls_before, 2);
+}
+
+/// How many lookups the kernel has sent the mount (its `op lookup: calls=N` counter).
+fn lookups(m: &common::Mount) -> u64 {
+    let text = prefixfs::read_stats(&m.path).expect("stats");
+    text.lines()
+        .find_map(|l| l.strip_prefix("op lookup: calls="))
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Requests by kind (`requests_put`...) sent between two snapshots of the counters.

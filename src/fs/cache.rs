@@ -579,9 +579,15 @@ impl MetaCache {
         {
             return Some(t.0);
         }
-        // A fresh listing of the parent answers too.
-        let listing = self.listing(&parent?)?;
-        Some(listing.get(path.name()).cloned())
+        // A fresh listing of the parent answers too. Looked up in place: a copy of the
+        // listing held meanwhile would make the next edit of it copy the whole map.
+        let parent = parent?;
+        let (found, at) = {
+            let mut dirs = lock(&self.dirs);
+            let t = dirs.get(&parent)?;
+            (t.value.get(path.name()).cloned(), t.at)
+        };
+        self.valid(Some(&parent), at).then_some(found)
     }
 
     pub fn put_entry(&self, path: &RelPath, info: Option<EntryInfo>) {

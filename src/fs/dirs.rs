@@ -18,25 +18,29 @@ pub struct DirEntry {
     /// The inode of `.` and `..`; `u64::MAX` for a listed entry (readdir asks the inode table
     /// when it replies: [`Core::entry_ino`](super::Core::entry_ino)).
     pub ino: u64,
-    /// Everything about it, when the listing knew that much.
+    /// What the listing (or the HEAD that typed it) said; complete when `info.full`.
     pub(super) info: Option<EntryInfo>,
 }
 
 impl DirEntry {
-    /// A name from the directory's listing, of `kind`; `info` is kept when it is complete.
-    pub(super) fn listed(name: String, kind: Kind, info: &EntryInfo) -> Self {
+    /// A name from the directory's listing, of `kind`, with what the listing said of it.
+    pub(super) fn listed(name: String, kind: Kind, info: EntryInfo) -> Self {
         DirEntry {
             name,
             kind,
             ino: u64::MAX,
-            info: info.full.then(|| info.clone()),
+            info: Some(info),
         }
     }
 
     /// A special file's type bits, when the listing's entry knew its metadata (d_type of a
     /// FIFO known only by name says regular until a lookup HEADs it).
     pub fn special(&self) -> u32 {
-        self.info.as_ref().and_then(EntryInfo::special).unwrap_or(0)
+        self.info
+            .as_ref()
+            .filter(|i| i.full)
+            .and_then(EntryInfo::special)
+            .unwrap_or(0)
     }
 }
 

@@ -267,11 +267,6 @@ impl Core {
         }
     }
 
-    /// Listed entries are taken as the listing shows them (`--trust-listing`).
-    pub fn trusts_listing(&self) -> bool {
-        self.ns.cfg.trust_listing
-    }
-
     /// Removes this mount's staging directory (at unmount, after `flush_all`).
     pub fn clean_staging(&self) {
         self.files.clean_staging();

@@ -131,20 +131,27 @@ impl Core {
         let feed: super::listing::Feed = Arc::new(move |page: Vec<(String, Kind, EntryInfo)>| {
             filling.push(
                 page.into_iter()
-                    .map(|(name, kind, info)| DirEntry::listed(name, kind, &info))
+                    .map(|(name, kind, info)| DirEntry::listed(name, kind, info))
                     .collect(),
             );
         });
         let listing = self.ns.list_dir_feeding(&dir.path, Some(&feed)).await?;
-        let typed = self.type_untyped(&dir.path, &listing).await;
-        let rest = listing
+        let held: Vec<(String, EntryInfo)> = listing
             .iter()
             .filter(|(name, _)| !dir.has(name))
+            .map(|(name, info)| (name.clone(), info.clone()))
+            .collect();
+        // The cache's copy is edited by every HEAD below (each makes its entry full): a
+        // listing still shared with this function would be copied whole by each edit.
+        drop(listing);
+        let mut typed = self.type_untyped(&dir.path, &held).await;
+        let rest = held
+            .into_iter()
             .map(|(name, info)| {
-                // A listing cannot tell a symlink from a file; a HEAD can (and updates the
-                // listing, so a full entry is typed).
-                let kind = typed.get(name).copied().unwrap_or(info.kind);
-                DirEntry::listed(name.clone(), kind, info)
+                // A listing cannot tell a symlink from a file; a HEAD can, and what it
+                // found goes to readdirplus with the name.
+                let info = typed.remove(&name).unwrap_or(info);
+                DirEntry::listed(name, info.kind, info)
             })
             .collect();
         dir.push(rest);
@@ -164,31 +171,43 @@ impl Core {
         lock(&self.inodes).find(&child).unwrap_or(u64::MAX)
     }
 
-    /// The attributes of a listed entry whose listing says everything (`--trust-listing`, or
-    /// HEADed already), counted as a lookup by the kernel, with no request: what
-    /// readdirplus hands over with each name. None: look it up the usual way.
-    pub fn listed_attr(&self, dir: &OpenDir, e: &DirEntry) -> Option<Attr> {
-        let info = e.info.clone()?;
+    /// What readdirplus hands the kernel with a listed name, with no request, counted as a
+    /// lookup by the kernel: the attributes this mount knows now (an open file's, a fresher
+    /// cached answer, the HEAD or trusted listing behind the open directory), and whether
+    /// they are complete. Incomplete ones (a listing's size and time, no POSIX metadata yet)
+    /// go with no validity, so the kernel looks the name up before using them, as after a
+    /// plain readdir. None: the name is gone since the directory was opened (this mount
+    /// removed it), or cannot be a path.
+    pub fn listed_attr(&self, dir: &OpenDir, e: &DirEntry) -> Option<(Attr, bool)> {
         let child = dir.path.join(&e.name).ok()?;
+        let info = match self.cache.entry(&child) {
+            Some(None) => return None,
+            Some(Some(now)) if now.full || e.info.as_ref().is_none_or(|i| !i.full) => now,
+            _ => e.info.clone()?,
+        };
         // One lock per entry: a readdirplus reply holds a couple of hundred.
         let (ino, times) = {
             let mut inodes = lock(&self.inodes);
             let ino = inodes.lookup(&child, info.kind);
             (ino, inodes.times(ino))
         };
-        Some(self.attr_with(ino, info, times))
+        if let Some((open, _)) = self.files.open_info_of(ino) {
+            return Some((self.attr_with(ino, open, times), true));
+        }
+        let full = info.full;
+        Some((self.attr_with(ino, info, times), full))
     }
 
     /// A listing cannot tell a symlink from a file, and readdir must give each entry's type
     /// (`find -type l` trusts it; fuser cannot answer DT_UNKNOWN). Symlinks are objects under
     /// [`SYMLINK_MAX`] bytes, so the listed entries that small and not typed yet are HEADed,
     /// `--attr-prefetch` at a time; those HEADs are the ones `ls -l` would send anyway.
-    /// Returns the kinds found, by name.
-    async fn type_untyped(&self, dir: &RelPath, listing: &super::cache::Listing) -> HashMap<String, Kind> {
+    /// Returns what the HEADs found, by name.
+    async fn type_untyped(&self, dir: &RelPath, listed: &[(String, EntryInfo)]) -> HashMap<String, EntryInfo> {
         if self.ns.cfg.trust_listing {
             return HashMap::new();
         }
-        let untyped: Vec<(String, RelPath)> = listing
+        let untyped: Vec<(String, RelPath)> = listed
             .iter()
             .filter(|(_, i)| !i.full && i.kind == Kind::File && i.size < SYMLINK_MAX as u64)
             .filter_map(|(name, _)| Some((name.clone(), dir.join(name).ok()?)))
@@ -196,7 +215,7 @@ impl Core {
         stream::iter(untyped)
             .map(|(name, p)| async move {
                 match self.stat(&p).await {
-                    Ok(Some(info)) => Some((name, info.kind)),
+                    Ok(Some(info)) => Some((name, info)),
                     Ok(None) => None,
                     Err(e) => {
                         tracing::debug!(path = %p, error = %e, "could not type a listed entry; shown as a file");
