@@ -5,6 +5,7 @@
 //! [`data`] (reads, uploads) → [`store`] (S3 trait, retries, counters) → the wire.
 
 pub mod adhoc;
+pub mod bucket;
 pub mod check;
 pub mod cli;
 pub mod commands;

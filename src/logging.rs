@@ -99,11 +99,16 @@ impl tracing::field::Visit for ReplyFailure {
 /// `umount` or `fusermount3 -u` (the kernel has ended the mount already when fuser tries), and
 /// a warning at every normal unmount would teach people to ignore warnings.
 fn quiet_unmount(spec: &str) -> String {
-    if spec.contains("fuser") {
-        spec.to_string()
-    } else {
-        format!("{spec},fuser::session=error")
+    let mut spec = spec.to_string();
+    if !spec.contains("fuser") {
+        spec.push_str(",fuser::session=error");
     }
+    // The SDK's warnings (a credential source that found nothing, each a page of Debug
+    // output) only when asked for: the failure they lead to is said in one line.
+    if !spec.contains("aws") && !spec.contains("debug") && !spec.contains("trace") {
+        spec.push_str(",aws_config=error,aws_smithy_runtime=error");
+    }
+    spec
 }
 
 /// Whether standard error is the journal's stream: systemd sets JOURNAL_STREAM to its
@@ -227,8 +232,12 @@ mod tests {
     }
 
     #[test]
-    fn fusers_session_is_quiet_unless_named() {
-        assert_eq!(quiet_unmount("info"), "info,fuser::session=error");
+    fn fusers_session_and_the_sdks_warnings_are_quiet_unless_asked_for() {
+        assert_eq!(
+            quiet_unmount("info"),
+            "info,fuser::session=error,aws_config=error,aws_smithy_runtime=error"
+        );
         assert_eq!(quiet_unmount("debug,fuser=trace"), "debug,fuser=trace");
+        assert_eq!(quiet_unmount("warn,aws_config=warn"), "warn,aws_config=warn,fuser::session=error");
     }
 }

@@ -5,6 +5,7 @@ use prefixfs::cli::{Cli, Command, MountArgs};
 use prefixfs::layout::{Layout, RelPath};
 use prefixfs::{commands, mount};
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::process::CommandExt;
 use std::process::ExitCode;
 
@@ -69,11 +70,27 @@ fn run_mount(m: MountArgs) -> Result<(), String> {
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 1);
     }
+    // `--foreground --log-file F` run by a person: why the mount could not start goes to
+    // their terminal as well as to F. (A daemon started by `daemonize` has the log file as
+    // its standard error already; its parent shows the failure.)
+    let terminal = match &m.log_file {
+        Some(_) if std::env::var_os(mount::READY_FD_ENV).is_none() => std::io::stderr()
+            .as_fd()
+            .try_clone_to_owned()
+            .ok()
+            .map(std::fs::File::from),
+        _ => None,
+    };
     if let Some(path) = &m.log_file {
         prefixfs::logging::log_to(path).map_err(|e| format!("--log-file {}: {e}", path.display()))?;
     }
     let plan = m.plan()?;
-    Ok(mount::run(plan, &m.conn, m.init, m.data_dir.clone())?)
+    let result = mount::run(plan, &m.conn, m.init, m.data_dir.clone());
+    if let (Err(e), Some(mut term)) = (&result, terminal) {
+        use std::io::Write;
+        let _ = writeln!(term, "prefixfs: {e}");
+    }
+    Ok(result?)
 }
 
 /// Re-runs this command in the foreground as a detached child, and returns once it has

@@ -33,7 +33,7 @@ pub enum LayoutCheck {
     Unreadable { key: String, message: String },
     #[error("layout descriptor {key} has format {format} / hash {hash:?}, which this prefixfs does not know")]
     Unknown { key: String, format: u32, hash: String },
-    #[error("layout descriptor {key}: {source}")]
+    #[error("{}", crate::bucket::explain(.source).unwrap_or_else(|| format!("layout descriptor {key}: {source}")))]
     Store {
         key: String,
         #[source]
@@ -66,6 +66,10 @@ pub enum MountError {
     EmbeddedStore { dir: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Layout(#[from] LayoutCheck),
+    /// The bucket cannot be used as set up (no credentials...): one line, from
+    /// [`crate::bucket::explain`].
+    #[error("{0}")]
+    Unusable(String),
     /// The cache directory (staging, lost+found, the upload journal) cannot be made private
     /// to this user, or the journal cannot be created in it.
     #[error("--cache-dir {}: {source}", .path.display())]
@@ -211,6 +215,11 @@ pub async fn connect(
         }
     };
     let aws = AwsStore::connect(&cfg).await;
+    if let Err(e) = aws.check_credentials().await {
+        return Err(MountError::Unusable(
+            crate::bucket::explain(&e).unwrap_or_else(|| e.to_string()),
+        ));
+    }
     let store = Arc::new(RetryingStore::new(
         aws.clone(),
         retry.clone(),

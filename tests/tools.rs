@@ -490,3 +490,158 @@ on_every_backend!(
     a_plain_bucket_moves_into_the_layout_resumes_after_a_kill_and_leaves,
     objects_too_large_for_copy_object_are_copied_in_parts_and_recognised_on_rerun,
 );
+
+/// Issue 23, the first five minutes: each set-up error a user meets at the first contact is
+/// said in one line that names the cause, within 2 s, and never as the SDK's Debug output —
+/// on the terminal also when the log goes to a file.
+#[test]
+fn first_contact_failures_are_one_line_within_two_seconds() {
+    let env = Env::embedded();
+    let home = env.subdir("home"); // no ~/.aws
+    // Some other web server: 404 and an HTML page for everything.
+    let web = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let web_url = format!("http://{}", web.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        for conn in web.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 4096];
+            let _ = std::io::Read::read(&mut conn, &mut buf);
+            let page = "<html><body>Not Found</body></html>";
+            let _ = std::io::Write::write_all(
+                &mut conn,
+                format!(
+                    "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    let refused = format!("http://127.0.0.1:{}", common::free_port());
+    let tls = env.endpoint.replace("http://", "https://");
+    let plain = env.endpoint.trim_start_matches("http://").to_string();
+    let mnt = env.subdir("mnt");
+    let log = env.dir.path().join("mount.log");
+    let mnt_s = mnt.to_str().expect("path").to_string();
+    let log_s = log.to_str().expect("path").to_string();
+    let ls = |endpoint: &str| -> Vec<String> {
+        [
+            "ls",
+            "s3://test/",
+            "--endpoint-url",
+            endpoint,
+            "--force-path-style",
+            "--region",
+            "us-east-1",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mount_args = |bucket: &str, endpoint: &str, extra: &[&str]| -> Vec<String> {
+        let mut a: Vec<String> = ["mount", &format!("s3://{bucket}/data"), &mnt_s, "--foreground"]
+            .map(String::from)
+            .to_vec();
+        a.extend(
+            [
+                "--endpoint-url",
+                endpoint,
+                "--force-path-style",
+                "--region",
+                "us-east-1",
+            ]
+            .map(String::from),
+        );
+        a.extend(extra.iter().map(|s| s.to_string()));
+        a
+    };
+    struct Case {
+        what: &'static str,
+        args: Vec<String>,
+        creds: bool,
+        says: &'static str,
+    }
+    let cases = [
+        Case {
+            what: "no credentials anywhere",
+            args: ls(&env.endpoint),
+            creds: false,
+            says: "no AWS credentials found; tried the environment",
+        },
+        Case {
+            what: "nothing listening",
+            args: ls(&refused),
+            creds: true,
+            says: "connection refused by http://127.0.0.1:",
+        },
+        Case {
+            what: "an unresolvable host",
+            args: ls("http://no-such-host.invalid:9000"),
+            creds: true,
+            says: "cannot resolve the host of http://no-such-host.invalid:9000",
+        },
+        Case {
+            what: "https:// to an http port",
+            args: ls(&tls),
+            creds: true,
+            says: "TLS handshake with https://",
+        },
+        Case {
+            what: "an endpoint without a scheme",
+            args: ls(&plain),
+            creds: true,
+            says: "no scheme: did you mean http://127.0.0.1:",
+        },
+        Case {
+            what: "some other web server",
+            args: ls(&web_url),
+            creds: true,
+            says: "it is not an S3 endpoint",
+        },
+        Case {
+            what: "some other web server, mount --init",
+            args: mount_args("test", &web_url, &["--init"]),
+            creds: true,
+            says: "it is not an S3 endpoint",
+        },
+        Case {
+            what: "a wrong bucket, --foreground --log-file",
+            args: mount_args("no-such-bucket", &env.endpoint, &["--log-file", &log_s]),
+            creds: true,
+            says: "the bucket does not exist",
+        },
+    ];
+    for case in cases {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_prefixfs"));
+        cmd.args(&case.args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", &home)
+            .stdin(Stdio::null());
+        if case.creds {
+            cmd.env("AWS_ACCESS_KEY_ID", common::ACCESS_KEY)
+                .env("AWS_SECRET_ACCESS_KEY", common::SECRET_KEY);
+        }
+        let start = Instant::now();
+        let out = cmd.output().expect("prefixfs");
+        let took = start.elapsed();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let first = stderr.lines().next().unwrap_or_default();
+        assert!(!out.status.success(), "{}: {stderr}", case.what);
+        assert!(took < Duration::from_secs(2), "{}: {took:?}\n{stderr}", case.what);
+        assert!(first.contains(case.says), "{}: {stderr}", case.what);
+        assert!(
+            !stderr.contains("DispatchFailure") && !stderr.contains("ConnectorError") && !stderr.contains("{ "),
+            "{}: no SDK Debug output: {stderr}",
+            case.what
+        );
+        // One line (clap adds a pointer to --help after its own).
+        if !case.says.starts_with("no scheme") {
+            assert_eq!(stderr.trim_end().lines().count(), 1, "{}: {stderr}", case.what);
+        }
+    }
+    let logged = std::fs::read_to_string(&log).expect("the log file");
+    assert!(
+        logged.contains("the bucket does not exist"),
+        "the log has it too: {logged}"
+    );
+}

@@ -85,7 +85,7 @@ pub struct RmArgs {
 #[derive(Debug, Args, Clone, Default)]
 pub struct ConnArgs {
     /// S3 endpoint, e.g. http://127.0.0.1:9000 for a local store.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_endpoint)]
     pub endpoint_url: Option<String>,
     /// The bucket's AWS region (e.g. eu-west-1); else from AWS_REGION, the profile, or
     /// us-east-1.
@@ -393,6 +393,20 @@ pub struct StatsArgs {
 }
 
 /// `s3://bucket/root/` → ("bucket", "root").
+/// `--endpoint-url`: an http:// or https:// URL with a host, refused at once otherwise
+/// (without a scheme, every request would fail the same way, ten times).
+pub fn parse_endpoint(s: &str) -> Result<String, String> {
+    let uri: http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
+    match (uri.scheme_str(), uri.host()) {
+        (Some("http" | "https"), Some(h)) if !h.is_empty() => Ok(s.to_string()),
+        (None, _) => Err(format!("no scheme: did you mean http://{s} (or https://{s})?")),
+        (Some(other), Some(_)) if other != "http" && other != "https" => {
+            Err(format!("scheme {other}: S3 speaks http:// or https://"))
+        }
+        _ => Err("no host in the URL".into()),
+    }
+}
+
 pub fn parse_s3_url(s: &str) -> Result<(String, String), String> {
     let rest = s
         .strip_prefix("s3://")

@@ -6,8 +6,8 @@
 
 use super::urlenc;
 use super::{
-    CopySpec, DeleteTarget, Headers, ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, UserMeta,
-    WriteIf,
+    CopySpec, DeleteTarget, Headers, ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, Unreachable,
+    UploadInfo, UserMeta, WriteIf,
 };
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
@@ -16,6 +16,7 @@ use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
 use bytes::{Bytes, BytesMut};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 /// How to reach S3.
@@ -34,6 +35,10 @@ pub struct AwsConfig {
 pub struct AwsStore {
     client: Client,
     bucket: String,
+    /// Where requests go, for the errors a person reads (`S3` for AWS's own).
+    endpoint: Arc<str>,
+    /// The credentials the client signs with (None: anonymous).
+    credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
     /// Whether request bodies are part of the signature (SHA-256 of every byte sent).
     sign_payloads: bool,
 }
@@ -85,8 +90,26 @@ impl AwsStore {
         }
         if let Some((ak, sk)) = &cfg.static_credentials {
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(ak, sk, None, None, "prefixfs"));
+        } else {
+            // The SDK's chain, with instance metadata asked once and briefly: off EC2 its
+            // default (4 attempts, 1 s timeouts) kept a user without credentials waiting 4–10 s.
+            let imds = aws_config::imds::Client::builder()
+                .connect_timeout(Duration::from_millis(500))
+                .read_timeout(Duration::from_millis(500))
+                .max_attempts(1)
+                .build();
+            let mut chain =
+                aws_config::default_provider::credentials::DefaultCredentialsChain::builder().imds_client(imds);
+            if let Some(p) = &cfg.profile {
+                chain = chain.profile_name(p);
+            }
+            if let Some(r) = &cfg.region {
+                chain = chain.region(aws_config::Region::new(r.clone()));
+            }
+            loader = loader.credentials_provider(chain.build().await);
         }
         let shared = loader.load().await;
+        let credentials = shared.credentials_provider();
         let mut b = aws_sdk_s3::config::Builder::from(&shared)
             .force_path_style(cfg.force_path_style)
             // Checksums only where S3 requires them: keeps every S3-compatible store working.
@@ -99,7 +122,31 @@ impl AwsStore {
             client: Client::from_conf(b.build()),
             bucket: cfg.bucket.clone(),
             sign_payloads: payload_signing_needed(cfg.endpoint_url.as_deref()),
+            endpoint: cfg.endpoint_url.as_deref().unwrap_or("S3").into(),
+            credentials,
         }
+    }
+
+    /// Whether credentials can be had, asked of the provider chain once, within
+    /// [`CREDENTIALS_WAIT`]: before the first request, so that a user without any hears so at
+    /// once, in one line, instead of after every request's retries.
+    pub async fn check_credentials(&self) -> Result<(), StoreError> {
+        use aws_sdk_s3::config::ProvideCredentials;
+        let Some(provider) = &self.credentials else {
+            return Ok(());
+        };
+        let failed = match tokio::time::timeout(CREDENTIALS_WAIT, provider.provide_credentials()).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(e)) => aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
+            Err(_) => format!("no source answered within {CREDENTIALS_WAIT:?}"),
+        };
+        tracing::debug!(error = %failed, "no credentials");
+        Err(StoreError::Unreachable {
+            op: "credentials",
+            key: String::new(),
+            why: Unreachable::NoCredentials,
+            endpoint: self.endpoint.to_string(),
+        })
     }
 
     pub fn client(&self) -> &Client {
@@ -111,13 +158,69 @@ impl AwsStore {
         match self.client.create_bucket().bucket(&self.bucket).send().await {
             Ok(_) => Ok(()),
             Err(e) => {
-                let err = map_err("create_bucket", &self.bucket, e);
+                let err = self.fail("create_bucket", &self.bucket, e);
                 match &err {
                     StoreError::Client { code, .. } if code.starts_with("BucketAlready") => Ok(()),
                     _ => Err(err),
                 }
             }
         }
+    }
+}
+
+impl AwsStore {
+    /// [`map_err`], with the endpoint for the failures a person has to fix.
+    fn fail<E, R>(&self, op: &'static str, key: &str, e: SdkError<E, R>) -> StoreError
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: std::fmt::Debug + HasStatus,
+    {
+        match map_err(op, key, e) {
+            StoreError::Unreachable { op, key, why, .. } => StoreError::Unreachable {
+                op,
+                key,
+                why,
+                endpoint: self.endpoint.to_string(),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Why a request that got no answer got none, when a person can tell from it what to fix;
+/// None for the rest (a dropped connection, a timeout: transient).
+fn unreachable(e: &(dyn std::error::Error + 'static)) -> Option<Unreachable> {
+    let mut text = String::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return Some(Unreachable::Refused);
+        }
+        text.push_str(&err.to_string().to_ascii_lowercase());
+        text.push('\n');
+        cur = err.source();
+    }
+    if text.contains("credentials") && (text.contains("load") || text.contains("provide")) {
+        Some(Unreachable::NoCredentials)
+    } else if text.contains("connection refused") {
+        Some(Unreachable::Refused)
+    } else if text.contains("dns error") || text.contains("failed to lookup address") {
+        Some(Unreachable::Dns)
+    } else if [
+        "tls",
+        "certificate",
+        "invalidcontenttype",
+        "corrupt message",
+        "handshake",
+    ]
+    .iter()
+    .any(|w| text.contains(w))
+    {
+        Some(Unreachable::Tls)
+    } else {
+        None
     }
 }
 
@@ -129,6 +232,50 @@ where
     let status = e.raw_response().map(|r| r.status_u16());
     let code = e.code().unwrap_or("").to_string();
     let message = e.message().unwrap_or("").to_string();
+    if let Some(region) = region_of_answer(
+        status,
+        &code,
+        &message,
+        e.raw_response().and_then(|r| r.header("x-amz-bucket-region")),
+    ) {
+        return StoreError::Client {
+            op,
+            key: key.to_string(),
+            status: status.unwrap_or(0),
+            code: WRONG_REGION.into(),
+            message: if region.is_empty() {
+                "the bucket is in another region".into()
+            } else {
+                format!("the bucket is in region {region}")
+            },
+        };
+    }
+    // An answer without S3's error document, where S3 always sends one (every request but
+    // a HEAD): the endpoint is some other web server.
+    if let Some(s) = status
+        && code.is_empty()
+        && !op.starts_with("head")
+        && ((400..500).contains(&s) || s == 501)
+    {
+        return StoreError::Client {
+            op,
+            key: key.to_string(),
+            status: s,
+            code: NOT_S3.into(),
+            message: format!("HTTP {s} without an S3 error document"),
+        };
+    }
+    if let SdkError::DispatchFailure(df) = &e
+        && let Some(why) = df.as_connector_error().and_then(|c| unreachable(c))
+    {
+        tracing::debug!(op, key, error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "no answer");
+        return StoreError::Unreachable {
+            op,
+            key: key.to_string(),
+            why,
+            endpoint: String::new(),
+        };
+    }
     match (status, &e) {
         (Some(s), SdkError::ServiceError(_)) => StoreError::from_response(op, key, s, &code, &message),
         // A successful answer the SDK cannot parse (a listing with a key XML cannot carry, a
@@ -168,14 +315,46 @@ where
     }
 }
 
-/// Status of a raw HTTP response, whatever its type.
+/// How long [`AwsStore::check_credentials`] waits for the provider chain.
+pub const CREDENTIALS_WAIT: Duration = Duration::from_millis(1500);
+
+/// The code of [`StoreError::Client`] for an answer that is not S3's (see [`map_err`]).
+pub const NOT_S3: &str = "NotS3";
+
+/// The code of [`StoreError::Client`] for a bucket in another region than the client's; its
+/// message ends with the bucket's region when S3 said it.
+pub const WRONG_REGION: &str = "WrongRegion";
+
+/// Status and headers of a raw HTTP response, whatever its type.
 trait HasStatus {
     fn status_u16(&self) -> u16;
+    fn header(&self, name: &str) -> Option<String>;
 }
 
 impl HasStatus for aws_sdk_s3::config::http::HttpResponse {
     fn status_u16(&self) -> u16 {
         self.status().as_u16()
+    }
+
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers().get(name).map(str::to_string)
+    }
+}
+
+/// The region a wrong-region answer names: S3's `x-amz-bucket-region` header (a 301
+/// PermanentRedirect), or the message of an AuthorizationHeaderMalformed ("... expecting
+/// 'eu-west-1'").
+fn region_of_answer(status: Option<u16>, code: &str, message: &str, header: Option<String>) -> Option<String> {
+    let from_message = || {
+        let rest = message.split("expecting '").nth(1)?;
+        Some(rest.split('\'').next()?.to_string())
+    };
+    match (status, code) {
+        (Some(301), _) | (_, "PermanentRedirect") | (_, "IllegalLocationConstraintException") => {
+            Some(header.or_else(from_message).unwrap_or_default())
+        }
+        (_, "AuthorizationHeaderMalformed") => from_message(),
+        _ => None,
     }
 }
 
@@ -207,7 +386,7 @@ fn encode_copy_source(bucket: &str, key: &str) -> String {
 impl ObjectStore for AwsStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
         let r = self.client.head_object().bucket(&self.bucket).key(key).send().await;
-        let r = r.map_err(|e| map_err("head", key, e))?;
+        let r = r.map_err(|e| self.fail("head", key, e))?;
         Ok(ObjectMeta {
             key: key.to_string(),
             size: r.content_length().unwrap_or(0).max(0) as u64,
@@ -246,7 +425,7 @@ impl ObjectStore for AwsStore {
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => {
-                let err = map_err("get", key, e);
+                let err = self.fail("get", key, e);
                 // A range starting at or past the end: nothing to read.
                 if let StoreError::Client { status: 416, .. } = err {
                     return Ok(Bytes::new());
@@ -303,7 +482,7 @@ impl ObjectStore for AwsStore {
         } else {
             req.customize().disable_payload_signing().send().await
         };
-        let out = out.map_err(|e| map_err("put", key, e))?;
+        let out = out.map_err(|e| self.fail("put", key, e))?;
         Ok(out.e_tag().map(str::to_string))
     }
 
@@ -316,7 +495,7 @@ impl ObjectStore for AwsStore {
             .set_if_match(version.map(str::to_string))
             .send()
             .await;
-        match r.map_err(|e| map_err("delete", key, e)) {
+        match r.map_err(|e| self.fail("delete", key, e)) {
             Ok(_) => Ok(()),
             Err(e) if e.is_not_found() => Ok(()),
             Err(e) => Err(e),
@@ -359,7 +538,7 @@ impl ObjectStore for AwsStore {
             .delete(delete)
             .send()
             .await;
-        let r = r.map_err(|e| map_err("delete_objects", &first, e))?;
+        let r = r.map_err(|e| self.fail("delete_objects", &first, e))?;
         Ok(r.errors()
             .iter()
             .map(|e| {
@@ -392,7 +571,7 @@ impl ObjectStore for AwsStore {
             .encoding_type(aws_sdk_s3::types::EncodingType::Url)
             .send()
             .await
-            .map_err(|e| map_err("list", prefix, e))?;
+            .map_err(|e| self.fail("list", prefix, e))?;
         let url = r.encoding_type().is_some();
         let decode = |s: &str| if url { urlenc::decode(s) } else { s.to_string() };
         Ok(ListPage {
@@ -455,7 +634,7 @@ impl ObjectStore for AwsStore {
             // STANDARD unless told.
             req = req.storage_class(aws_sdk_s3::types::StorageClass::from(class));
         }
-        let r = req.send().await.map_err(|e| map_err("copy", src, e))?;
+        let r = req.send().await.map_err(|e| self.fail("copy", src, e))?;
         Ok(r.copy_object_result().and_then(|c| c.e_tag()).map(str::to_string))
     }
 
@@ -480,7 +659,7 @@ impl ObjectStore for AwsStore {
             .set_copy_source_if_match(src_etag.map(str::to_string))
             .send()
             .await
-            .map_err(|e| map_err("upload_part_copy", src, e))?;
+            .map_err(|e| self.fail("upload_part_copy", src, e))?;
         Ok(r.copy_part_result().and_then(|c| c.e_tag()).unwrap_or("").to_string())
     }
 
@@ -497,7 +676,7 @@ impl ObjectStore for AwsStore {
         if let Some(h) = headers {
             req = with_headers!(req, h).set_tagging(h.tagging.clone());
         }
-        let r = req.send().await.map_err(|e| map_err("create_multipart", key, e))?;
+        let r = req.send().await.map_err(|e| self.fail("create_multipart", key, e))?;
         r.upload_id().map(str::to_string).ok_or_else(|| StoreError::Server {
             op: "create_multipart",
             key: key.to_string(),
@@ -521,7 +700,7 @@ impl ObjectStore for AwsStore {
         } else {
             req.customize().disable_payload_signing().send().await
         };
-        let r = r.map_err(|e| map_err("upload_part", key, e))?;
+        let r = r.map_err(|e| self.fail("upload_part", key, e))?;
         Ok(r.e_tag().unwrap_or("").to_string())
     }
 
@@ -548,7 +727,7 @@ impl ObjectStore for AwsStore {
             Some(WriteIf::Matches(etag)) => req.if_match(etag),
             None => req,
         };
-        let r = req.send().await.map_err(|e| map_err("complete_multipart", key, e))?;
+        let r = req.send().await.map_err(|e| self.fail("complete_multipart", key, e))?;
         Ok(r.e_tag().map(str::to_string))
     }
 
@@ -561,7 +740,7 @@ impl ObjectStore for AwsStore {
             .upload_id(upload_id)
             .send()
             .await;
-        match r.map_err(|e| map_err("abort_multipart", key, e)) {
+        match r.map_err(|e| self.fail("abort_multipart", key, e)) {
             Ok(_) => Ok(()),
             // Already completed or aborted: nothing left to clean up.
             Err(StoreError::Client { code, .. }) if code == "NoSuchUpload" => Ok(()),
@@ -578,7 +757,7 @@ impl ObjectStore for AwsStore {
             .key(key)
             .send()
             .await
-            .map_err(|e| map_err("get_tagging", key, e))?;
+            .map_err(|e| self.fail("get_tagging", key, e))?;
         let tags = r.tag_set();
         Ok((!tags.is_empty()).then(|| urlenc::encode_tags(tags.iter().map(|t| (t.key(), t.value())))))
     }
@@ -596,7 +775,7 @@ impl ObjectStore for AwsStore {
                 .set_upload_id_marker(id_marker.clone())
                 .send()
                 .await
-                .map_err(|e| map_err("list_uploads", prefix, e))?;
+                .map_err(|e| self.fail("list_uploads", prefix, e))?;
             for u in r.uploads() {
                 out.push(UploadInfo {
                     key: u.key().unwrap_or("").to_string(),
@@ -618,6 +797,21 @@ impl ObjectStore for AwsStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_wrong_region_answer_names_the_bucket_s_region() {
+        use super::region_of_answer as r;
+        assert_eq!(r(Some(301), "", "", Some("eu-west-1".into())), Some("eu-west-1".into()));
+        assert_eq!(r(Some(301), "PermanentRedirect", "", None), Some(String::new()));
+        let malformed =
+            "The authorization header is malformed; the region 'us-east-1' is wrong; expecting 'ap-south-1'";
+        assert_eq!(
+            r(Some(400), "AuthorizationHeaderMalformed", malformed, None),
+            Some("ap-south-1".into())
+        );
+        assert_eq!(r(Some(400), "AuthorizationHeaderMalformed", "other", None), None);
+        assert_eq!(r(Some(404), "NoSuchKey", "", None), None);
+    }
+
     #[test]
     fn payloads_are_signed_only_where_nothing_else_protects_them() {
         use super::payload_signing_needed as signed;

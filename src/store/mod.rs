@@ -500,6 +500,15 @@ pub enum StoreError {
         "{count} deletes not confirmed by S3 (first: {key}): {message}; they stay deleted in this mount and are tried again"
     )]
     DeletesUnconfirmed { key: String, count: usize, message: String },
+    /// No answer at all, for a reason a person has to fix before any request can work
+    /// (see [`Unreachable`]); `endpoint` is where the requests went.
+    #[error("{op} {key}: {why} ({endpoint})")]
+    Unreachable {
+        op: &'static str,
+        key: String,
+        why: Unreachable,
+        endpoint: String,
+    },
     #[error("{op} {key}: gave up after {attempts} attempts: {last}")]
     RetriesExhausted {
         op: &'static str,
@@ -509,13 +518,50 @@ pub enum StoreError {
     },
 }
 
+/// Why a request got no answer, when the cause is one a person fixes (the SDK's own
+/// description, a page of Debug output, goes to the debug log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unreachable {
+    /// No credential source gave credentials.
+    NoCredentials,
+    /// Nothing listens at the endpoint's address and port.
+    Refused,
+    /// The endpoint's host name does not resolve.
+    Dns,
+    /// The TLS handshake failed (an `https://` URL on a plain-HTTP port, or a certificate
+    /// this host does not trust).
+    Tls,
+}
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unreachable::NoCredentials => "no AWS credentials",
+            Unreachable::Refused => "connection refused",
+            Unreachable::Dns => "the host name does not resolve",
+            Unreachable::Tls => "TLS handshake failed",
+        })
+    }
+}
+
 impl StoreError {
-    /// Errors worth another attempt: throttling, 5xx, broken connections.
+    /// Errors worth another attempt: throttling, 5xx, broken connections. An endpoint that
+    /// cannot be reached may come back (a restarted server), so that is one too, but see
+    /// [`StoreError::is_unreachable`].
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            StoreError::Throttled { .. } | StoreError::Server { .. } | StoreError::Transport { .. }
+            StoreError::Throttled { .. }
+                | StoreError::Server { .. }
+                | StoreError::Transport { .. }
+                | StoreError::Unreachable { .. }
         )
+    }
+
+    /// No answer, for a reason a person has to fix: worth a long wait only once the
+    /// endpoint has answered before (see [`retry`]).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, StoreError::Unreachable { .. })
     }
 
     pub fn is_not_found(&self) -> bool {

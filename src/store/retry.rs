@@ -58,6 +58,9 @@ pub struct RetryingStore<S> {
     prefix: PrefixFn,
 }
 
+/// Attempts at a request that finds the endpoint unreachable before it ever answered.
+pub const FIRST_CONTACT_ATTEMPTS: u32 = 2;
+
 impl<S: ObjectStore> RetryingStore<S> {
     /// `prefix` labels each key's retries in the per-prefix counters.
     pub fn new(inner: S, config: RetryConfig, stats: Arc<RequestStats>, prefix: PrefixFn) -> Self {
@@ -86,13 +89,25 @@ impl<S: ObjectStore> RetryingStore<S> {
         loop {
             self.stats.record_request(kind);
             let err = match f().await {
-                Ok(v) => return Ok(v),
+                Ok(v) => {
+                    self.stats.record_answer();
+                    return Ok(v);
+                }
                 Err(e) => e,
             };
+            if !err.is_unreachable() {
+                self.stats.record_answer();
+            }
             if err.is_throttle() {
                 self.stats.record_throttle();
             }
             if !err.is_retryable() {
+                return Err(err);
+            }
+            // An endpoint that has never answered and cannot be reached (nothing listens, no
+            // such host, no credentials): said at once, not after minutes of backoff.
+            if err.is_unreachable() && !self.stats.answered() && attempt >= FIRST_CONTACT_ATTEMPTS {
+                self.stats.record_failure();
                 return Err(err);
             }
             if attempt >= self.config.max_attempts {

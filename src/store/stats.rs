@@ -44,6 +44,8 @@ pub struct RequestStats {
     throttles: AtomicU64,
     retries: AtomicU64,
     failures: AtomicU64,
+    /// The store has answered at least once (anything, an error included).
+    answered: std::sync::atomic::AtomicBool,
     per_prefix: Mutex<BTreeMap<String, PrefixCounters>>,
     per_caller: Mutex<BTreeMap<&'static str, CallerCounters>>,
 }
@@ -221,6 +223,17 @@ impl RequestStats {
 
     pub fn record_failure(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The store answered a request (a success or an error it sent).
+    pub fn record_answer(&self) {
+        self.answered.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the store has ever answered: before that, an endpoint that cannot be reached
+    /// is a set-up error to report at once, not an outage to wait out.
+    pub fn answered(&self) -> bool {
+        self.answered.load(Ordering::Relaxed)
     }
 
     pub fn snapshot(&self) -> StatsSnapshot {
