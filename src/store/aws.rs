@@ -173,7 +173,7 @@ impl AwsStore {
     fn fail<E, R>(&self, op: &'static str, key: &str, e: SdkError<E, R>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-        R: std::fmt::Debug + HasStatus,
+        R: std::fmt::Debug + HasStatus + 'static,
     {
         match map_err(op, key, e) {
             StoreError::Unreachable { op, key, why, .. } => StoreError::Unreachable {
@@ -224,10 +224,25 @@ fn unreachable(e: &(dyn std::error::Error + 'static)) -> Option<Unreachable> {
     }
 }
 
+/// An error and its causes, each by its Display, in one line: what a log line at info or
+/// warn shows (the SDK's Debug output of the same goes to the debug log).
+fn causes(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let text = err.to_string();
+        if !text.is_empty() && parts.last().is_none_or(|last| !last.contains(&text)) {
+            parts.push(text);
+        }
+        cur = err.source();
+    }
+    parts.join(": ")
+}
+
 fn map_err<E, R>(op: &'static str, key: &str, e: SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-    R: std::fmt::Debug + HasStatus,
+    R: std::fmt::Debug + HasStatus + 'static,
 {
     let status = e.raw_response().map(|r| r.status_u16());
     let code = e.code().unwrap_or("").to_string();
@@ -307,11 +322,14 @@ where
             code: "ConstructionFailure".into(),
             message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
         },
-        _ => StoreError::Transport {
-            op,
-            key: key.to_string(),
-            message: aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
-        },
+        _ => {
+            tracing::debug!(op, key, error = %aws_smithy_types::error::display::DisplayErrorContext(&e), "transport error");
+            StoreError::Transport {
+                op,
+                key: key.to_string(),
+                message: causes(&e),
+            }
+        }
     }
 }
 
