@@ -238,6 +238,9 @@ mod tests {
             "info,fuser::session=error,aws_config=error,aws_smithy_runtime=error"
         );
         assert_eq!(quiet_unmount("debug,fuser=trace"), "debug,fuser=trace");
-        assert_eq!(quiet_unmount("warn,aws_config=warn"), "warn,aws_config=warn,fuser::session=error");
+        assert_eq!(
+            quiet_unmount("warn,aws_config=warn"),
+            "warn,aws_config=warn,fuser::session=error"
+        );
     }
 }

@@ -237,7 +237,38 @@ pub async fn connect(
 
 /// Refuses a mountpoint that is already a mount point: mounting over it would stack a
 /// second filesystem there, and a later `umount` would take the wrong one down.
+/// The descriptor of a mount point given as `/dev/fd/N` (see [`MountPlan::fuse_fd`]): Ok(None)
+/// for a path; an error when N is not an open /dev/fuse descriptor.
+pub fn passed_fuse_fd(mountpoint: &std::path::Path) -> Result<Option<i32>, String> {
+    let Some(n) = mountpoint.to_str().and_then(|p| p.strip_prefix("/dev/fd/")) else {
+        return Ok(None);
+    };
+    let fd: i32 = n
+        .parse()
+        .map_err(|_| format!("{}: not a descriptor number", mountpoint.display()))?;
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat writes into the buffer we own; an fd that is not open fails with EBADF.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
+        return Err(format!(
+            "{}: {} (pass an open /dev/fuse descriptor)",
+            mountpoint.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fstat succeeded, so it filled the buffer.
+    let st = unsafe { st.assume_init() };
+    // /dev/fuse is character device 10:229.
+    if st.st_mode & libc::S_IFMT != libc::S_IFCHR || (libc::major(st.st_rdev), libc::minor(st.st_rdev)) != (10, 229) {
+        return Err(format!("{}: not a /dev/fuse descriptor", mountpoint.display()));
+    }
+    Ok(Some(fd))
+}
+
 pub fn check_not_mounted(mountpoint: &std::path::Path) -> Result<(), MountError> {
+    // A passed descriptor is mounted already, by whoever passed it.
+    if passed_fuse_fd(mountpoint).is_ok_and(|fd| fd.is_some()) {
+        return Ok(());
+    }
     let canonical = std::fs::canonicalize(mountpoint).map_err(|source| MountError::Mountpoint {
         path: mountpoint.to_path_buf(),
         source,
@@ -378,7 +409,17 @@ pub fn run(
     let core = Core::new(layout, store, connected.stats.clone(), plan.fs.clone());
     let config = fuse_config(&plan);
     let fs = FuseFs::new(core.clone(), rt.handle().clone(), plan.xattr);
-    let mut session = fuser::Session::new(fs, &plan.mountpoint, &config).map_err(|source| MountError::Fuse {
+    let session = match plan.fuse_fd {
+        Some(fd) => {
+            // SAFETY: the descriptor was checked to be an open /dev/fuse (`passed_fuse_fd`)
+            // and is handed to this process to own; nothing else here uses it.
+            let owned = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+            let acl = config.acl;
+            fuser::Session::from_fd(fs, owned, acl, config)
+        }
+        None => fuser::Session::new(fs, &plan.mountpoint, &config),
+    };
+    let mut session = session.map_err(|source| MountError::Fuse {
         mountpoint: plan.mountpoint.clone(),
         source,
     })?;
@@ -386,10 +427,20 @@ pub fn run(
     let mountpoint = plan.mountpoint.clone();
     rt.spawn(crate::logging::reopen_on_sighup(plan.log_file.clone()));
     let signal_core = core.clone();
+    let passed_fd = plan.fuse_fd.is_some();
+    let signal_socket = stats_socket(&plan.mountpoint);
     rt.spawn(async move {
         wait_for_signal().await;
         tracing::info!(mountpoint = %mountpoint.display(), "signal received: uploading open files and unmounting");
-        let _ = signal_core.flush_all().await;
+        let saved = signal_core.flush_all().await;
+        if passed_fd {
+            // Whoever passed the descriptor mounted it and unmounts it; this process ends
+            // once its work is in S3 (the kernel then fails requests until the unmount).
+            signal_core.clean_staging();
+            let _ = std::fs::remove_file(&signal_socket);
+            tracing::info!("exiting; the mount's owner unmounts it");
+            std::process::exit(if saved { 0 } else { 1 });
+        }
         if let Err(e) = tokio::task::spawn_blocking(move || unmounter.unmount())
             .await
             .unwrap_or_else(|e| Err(std::io::Error::other(e)))

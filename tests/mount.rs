@@ -732,3 +732,115 @@ fn files_too_large_for_one_copy_are_moved_and_changed_part_by_part() {
     m.ok("mv e/grown.bin e/moved-grown.bin");
     assert_eq!(env.get(&key("e/moved-grown.bin")), body);
 }
+
+/// Issue 23: `prefixfs mount s3://b /dev/fd/N` serves a /dev/fuse descriptor that another
+/// process opened and mounted (what a container runtime or a CSI driver's privileged helper
+/// does); the helper unmounts, and the daemon ends.
+#[test]
+fn a_mount_from_a_passed_fuse_descriptor() {
+    use std::os::fd::AsRawFd;
+    /// Unmounts the helper's mount and stops the daemon, also when the test fails.
+    struct Helper {
+        dir: std::path::PathBuf,
+        child: Option<std::process::Child>,
+    }
+    impl Drop for Helper {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg("-l").arg(&self.dir).status();
+            if let Some(mut c) = self.child.take() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+    }
+    let env = Env::embedded();
+    let dir = env.subdir("passed");
+    let fuse = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .expect("/dev/fuse");
+    let fd = fuse.as_raw_fd();
+    let target = std::ffi::CString::new(dir.to_str().expect("path")).expect("path");
+    let data = std::ffi::CString::new(format!(
+        "fd={fd},rootmode=40000,user_id=0,group_id=0,default_permissions"
+    ))
+    .expect("options");
+    // SAFETY: plain mount(2) with NUL-terminated strings that outlive the call.
+    let mounted = unsafe {
+        libc::mount(
+            c"prefixfs-helper".as_ptr(),
+            target.as_ptr(),
+            c"fuse.prefixfs".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    assert_eq!(mounted, 0, "mount(2): {}", std::io::Error::last_os_error());
+    let mut helper = Helper {
+        dir: dir.clone(),
+        child: None,
+    };
+    // The daemon inherits the descriptor.
+    // SAFETY: clears close-on-exec on a descriptor this test owns.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+    let log = env.dir.path().join("passed.log");
+    let child = env
+        .prefixfs()
+        .args([
+            "mount",
+            "s3://test/data",
+            &format!("/dev/fd/{fd}"),
+            "--foreground",
+            "--init",
+        ])
+        .arg("--cache-dir")
+        .arg(env.dir.path().join("cache-passed"))
+        .args(env.conn_args())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log"))
+        .spawn()
+        .expect("prefixfs");
+    helper.child = Some(child);
+    drop(fuse); // the helper's copy: the daemon holds the connection now
+    let out = common::run_sh(
+        &dir,
+        "echo hello > hello.txt && mkdir -p d && cp hello.txt d/ && cat d/hello.txt",
+    );
+    assert_eq!(
+        out.stdout,
+        "hello\n",
+        "{} {}",
+        out.stderr,
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let layout = env.layout(16);
+    let keys = env.data_keys();
+    for p in ["hello.txt", "d/hello.txt"] {
+        let key = layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
+        assert!(keys.contains(&key), "{p}: {keys:?}");
+    }
+    // The helper unmounts; the session ends and the daemon exits cleanly.
+    assert!(
+        std::process::Command::new("umount")
+            .arg(&dir)
+            .status()
+            .expect("umount")
+            .success()
+    );
+    let mut child = helper.child.take().expect("child");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "the daemon outlived its mount");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        status.success(),
+        "{status}: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+}

@@ -105,6 +105,8 @@ pub struct ConnArgs {
 #[derive(Debug, Args, Clone)]
 pub struct MountArgs {
     /// s3://BUCKET[/ROOT] then MOUNTPOINT; MOUNTPOINT alone mounts the embedded store.
+    /// MOUNTPOINT may be /dev/fd/N: a /dev/fuse descriptor another process opened and
+    /// mounted (with default_permissions); it unmounts, and SIGTERM ends this process.
     #[arg(num_args = 1..=2, required = true)]
     pub targets: Vec<String>,
     #[command(flatten)]
@@ -458,6 +460,9 @@ pub struct MountPlan {
     /// `None`: the embedded store.
     pub bucket: Option<(String, String)>,
     pub mountpoint: PathBuf,
+    /// `/dev/fd/N` as the mount point: a /dev/fuse descriptor a privileged helper (a
+    /// container runtime, a CSI driver) opened and mounted; this process only serves it.
+    pub fuse_fd: Option<i32>,
     pub fs: FsConfig,
     pub prefix_count: Option<u32>,
     pub threads: usize,
@@ -479,7 +484,8 @@ impl MountArgs {
             _ => return Err("usage: prefixfs mount [s3://BUCKET[/ROOT]] MOUNTPOINT".into()),
         };
         let mountpoint = PathBuf::from(mountpoint);
-        if !mountpoint.is_dir() {
+        let fuse_fd = crate::mount::passed_fuse_fd(&mountpoint)?;
+        if fuse_fd.is_none() && !mountpoint.is_dir() {
             return Err(format!("mount point {} is not a directory", mountpoint.display()));
         }
         if let Some(n) = self.prefix_count
@@ -551,6 +557,7 @@ impl MountArgs {
         Ok(MountPlan {
             bucket,
             mountpoint,
+            fuse_fd,
             fs,
             prefix_count: self.prefix_count,
             threads: self.threads,
