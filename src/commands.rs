@@ -337,3 +337,50 @@ impl<W: std::io::Write> std::io::Write for QuietPipe<W> {
         Self::quiet(self.0.flush())
     }
 }
+
+/// `prefixfs doctor`: the table on standard output; 0 when a mount would work, 1 when not,
+/// 8 when the check itself could not run.
+pub fn run_doctor(a: crate::cli::DoctorArgs) -> ExitCode {
+    use crate::doctor::{Verdict, examine, render, unusable};
+    let run = || -> Result<Vec<crate::doctor::Row>, String> {
+        let (bucket, root) = crate::cli::parse_s3_url(&a.target)?;
+        let endpoint = a.conn.endpoint_url.clone().unwrap_or_else(|| "AWS S3".into());
+        let region = a
+            .conn
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "from the profile, or us-east-1".into());
+        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
+        rt.block_on(async {
+            let retry = a.conn.retry_config()?;
+            match mount::connect(Some(&bucket), a.conn.aws_config(&bucket), retry, None).await {
+                Err(mount::MountError::Unusable(line)) => Ok(unusable(&endpoint, &region, line)),
+                Err(e) => Err(e.to_string()),
+                Ok(c) => {
+                    let source = c
+                        .aws()
+                        .credentials_source()
+                        .await
+                        .unwrap_or_else(|| "none: requests go unsigned".into());
+                    Ok(examine(c.store.as_ref(), &root, &endpoint, &region, source).await)
+                }
+            }
+        })
+    };
+    match run() {
+        Ok(rows) => {
+            print!("{}", render(&rows));
+            if rows.iter().any(|r| r.verdict == Verdict::Fail) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(msg) => {
+            eprintln!("prefixfs: {msg}");
+            ExitCode::from(8)
+        }
+    }
+}

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
         Command::Rm(a) => commands::run_rm(a),
         Command::Migrate(a) => commands::run_migrate(a),
         Command::Info(a) => commands::run_info(a),
+        Command::Doctor(a) => return commands::run_doctor(a),
         Command::Ls(a) => commands::adhoc(&a.target, &a.at, async |b, p| {
             prefixfs::adhoc::ls(&b, &p, a.long, a.recursive, &mut commands::stdout()).await
         }),

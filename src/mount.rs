@@ -170,6 +170,11 @@ pub struct Connected {
 }
 
 impl Connected {
+    /// The SDK client under the stack (for `prefixfs doctor`).
+    pub fn aws(&self) -> &AwsStore {
+        &self.aws
+    }
+
     /// The store for `layout` ([`crate::store::stack`]): paced, retried and counted by the
     /// layout's prefixes.
     pub fn stack(&self, layout: &Layout, pacing: PacingConfig, deletes: Deletes) -> Arc<dyn ObjectStore> {
@@ -571,23 +576,12 @@ async fn wait_for_signal() {
     }
 }
 
-/// Says at start which of S3's conditions the server enforces: `If-None-Match: *` on PUT,
-/// on which exclusive creates (`O_EXCL`, `set -C`) and `mkdir` races across hosts rely (two
-/// conditional PUTs of one probe key: the second must be refused), and the ETag conditions of
-/// deletes ([`crate::store::delete::probe_delete_conditions`]), on which an unlink removing
-/// only the version it saw relies. Costs 3 PUTs, 1 DeleteObjects and 3 DELETEs per mount.
-async fn probe_conditions(store: &dyn ObjectStore, layout: &Layout) -> DeleteConditions {
+/// Whether the server refuses a second `If-None-Match: *` PUT of `key` (Some(true)), takes
+/// it (Some(false)), or could not be asked (None). Removes `key` after.
+pub async fn probe_exclusive_create(store: &dyn ObjectStore, key: &str) -> Option<bool> {
     use crate::store::{StoreError, WriteIf};
-    let key = |what: &str| {
-        format!(
-            "{}.prefixfs/probe-{what}-{}",
-            layout.root_slash(),
-            uuid::Uuid::new_v4().simple()
-        )
-    };
-    let create = key("create");
     let meta = UserMeta::new();
-    let put = || store.put_if(&create, bytes::Bytes::new(), &meta, Some(&WriteIf::Absent));
+    let put = || store.put_if(key, bytes::Bytes::new(), &meta, Some(&WriteIf::Absent));
     let verdict = match put().await {
         Ok(_) => match put().await {
             Err(StoreError::PreconditionFailed { .. }) => Some(true),
@@ -596,8 +590,24 @@ async fn probe_conditions(store: &dyn ObjectStore, layout: &Layout) -> DeleteCon
         },
         Err(_) => None,
     };
-    let _ = store.delete(&create, None).await;
-    match verdict {
+    let _ = store.delete(key, None).await;
+    verdict
+}
+
+/// Says at start which of S3's conditions the server enforces: `If-None-Match: *` on PUT,
+/// on which exclusive creates (`O_EXCL`, `set -C`) and `mkdir` races across hosts rely (two
+/// conditional PUTs of one probe key: the second must be refused), and the ETag conditions of
+/// deletes ([`crate::store::delete::probe_delete_conditions`]), on which an unlink removing
+/// only the version it saw relies. Costs 3 PUTs, 1 DeleteObjects and 3 DELETEs per mount.
+async fn probe_conditions(store: &dyn ObjectStore, layout: &Layout) -> DeleteConditions {
+    let key = |what: &str| {
+        format!(
+            "{}.prefixfs/probe-{what}-{}",
+            layout.root_slash(),
+            uuid::Uuid::new_v4().simple()
+        )
+    };
+    match probe_exclusive_create(store, &key("create")).await {
         Some(true) => tracing::info!("exclusive creates are enforced: the server honours If-None-Match"),
         Some(false) => tracing::warn!(
             "this S3 server ignores If-None-Match: exclusive creates (O_EXCL, set -C) and mkdir are decided by each mount's own view, so two hosts can both win"

@@ -645,3 +645,85 @@ fn first_contact_failures_are_one_line_within_two_seconds() {
         "the log has it too: {logged}"
     );
 }
+
+/// Issue 23: `prefixfs doctor` on a working set-up (every check ok, exit 0, nothing left
+/// behind) and on broken ones (exit 1, the failing check says why in one line).
+#[test]
+fn doctor_says_what_works_and_what_does_not() {
+    let env = Env::embedded();
+    let doctor = |endpoint: &str, creds: Option<(&str, &str)>, target: &str| -> (i32, String) {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_prefixfs"));
+        cmd.args([
+            "doctor",
+            target,
+            "--endpoint-url",
+            endpoint,
+            "--force-path-style",
+            "--region",
+            "us-east-1",
+        ])
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", env.subdir("home"))
+        .env("AWS_EC2_METADATA_DISABLED", "true");
+        if let Some((a, s)) = creds {
+            cmd.env("AWS_ACCESS_KEY_ID", a).env("AWS_SECRET_ACCESS_KEY", s);
+        }
+        let out = cmd.output().expect("doctor");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let good = Some((common::ACCESS_KEY, common::SECRET_KEY));
+    let init = env
+        .prefixfs()
+        .args(["init", "s3://test/data"])
+        .args(env.conn_args())
+        .output()
+        .expect("init");
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    let before = env.keys();
+    let (code, table) = doctor(&env.endpoint, good, "s3://test/data");
+    assert_eq!(code, 0, "{table}");
+    for check in [
+        "credentials",
+        "descriptor",
+        "list",
+        "put",
+        "get",
+        "copy",
+        "multipart",
+        "delete",
+        "conditional writes",
+        "conditional deletes",
+        "latency",
+        "throughput",
+    ] {
+        let line = table.lines().find(|l| l.starts_with(check)).unwrap_or_default();
+        assert!(line.contains(" ok "), "{check}: {table}");
+    }
+    assert!(table.contains("data/.prefixfs/layout.json: 16 prefixes"), "{table}");
+    assert_eq!(env.keys(), before, "doctor cleans up after itself");
+    assert!(
+        env.rt
+            .block_on(env.s3.list_uploads("data/"))
+            .expect("uploads")
+            .is_empty()
+    );
+
+    let fails = |code: i32, table: &str, check: &str, says: &str| {
+        assert_eq!(code, 1, "{table}");
+        let line = table.lines().find(|l| l.starts_with(check)).unwrap_or_default();
+        assert!(line.contains("FAIL") && line.contains(says), "{check}: {table}");
+    };
+    let refused = format!("http://127.0.0.1:{}", common::free_port());
+    let (code, table) = doctor(&refused, good, "s3://test/data");
+    fails(code, &table, "descriptor", "connection refused by");
+    let (code, table) = doctor(&env.endpoint, Some((common::ACCESS_KEY, "wrong")), "s3://test/data");
+    fails(code, &table, "descriptor", "refused the credentials");
+    let (code, table) = doctor(&env.endpoint, None, "s3://test/data");
+    fails(code, &table, "credentials", "no AWS credentials found");
+    let (code, table) = doctor(&env.endpoint, good, "s3://test/elsewhere");
+    fails(code, &table, "descriptor", "run `prefixfs init`");
+}

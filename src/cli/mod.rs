@@ -54,6 +54,10 @@ pub enum Command {
     Fsck(FsckArgs),
     /// The layout of s3://BUCKET[/ROOT]: its descriptor, objects and bytes per prefix, skew.
     Info(InfoArgs),
+    /// Check everything a mount of s3://BUCKET[/ROOT] needs (credentials, region, the
+    /// descriptor, each permission on scratch keys, conditional writes and deletes, latency,
+    /// throughput): a table; exit 0 only when a mount would work. Cleans up after itself.
+    Doctor(DoctorArgs),
     /// List s3://BUCKET/ROOT/PATH as the mount would show it, without mounting.
     Ls(LsArgs),
     /// Print files of s3://BUCKET/ROOT/PATH, without mounting.

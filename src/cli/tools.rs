@@ -66,6 +66,14 @@ pub struct InfoArgs {
     pub conn: ConnArgs,
 }
 
+#[derive(Debug, Args, Clone)]
+pub struct DoctorArgs {
+    /// s3://BUCKET[/ROOT]
+    pub target: String,
+    #[command(flatten)]
+    pub conn: ConnArgs,
+}
+
 /// Where an ad hoc command's s3:// target has its layout.
 #[derive(Debug, Args, Clone, Default)]
 pub struct AdhocConn {

@@ -127,6 +127,35 @@ impl AwsStore {
         }
     }
 
+    /// Where the credentials come from and which access key (masked), as `prefixfs doctor`
+    /// reports them; None when the client signs nothing or none can be had.
+    pub async fn credentials_source(&self) -> Option<String> {
+        use aws_sdk_s3::config::ProvideCredentials;
+        let provider = self.credentials.as_ref()?;
+        let creds = tokio::time::timeout(CREDENTIALS_WAIT, provider.provide_credentials())
+            .await
+            .ok()?
+            .ok()?;
+        // The provider's name is only in the Debug form (the secret is redacted there).
+        let debug = format!("{creds:?}");
+        let source = debug
+            .split("provider_name: \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap_or("a provider");
+        let id = creds.access_key_id();
+        let shown = match id.len() {
+            n if n > 8 => format!("{}…{}", &id[..4], &id[n - 4..]),
+            _ => "…".to_string(),
+        };
+        Some(format!("{source}, access key {shown}"))
+    }
+
+    /// Where the requests go (`S3` for AWS's own endpoints).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
     /// Whether credentials can be had, asked of the provider chain once, within
     /// [`CREDENTIALS_WAIT`]: before the first request, so that a user without any hears so at
     /// once, in one line, instead of after every request's retries.
