@@ -184,6 +184,7 @@ async fn connect(endpoint: &str) -> Raw {
         force_path_style: true,
         profile: None,
         static_credentials: Some((ACCESS.into(), SECRET.into())),
+        content_type_auto: false,
     })
     .await;
     let stats = std::sync::Arc::new(RequestStats::default());

@@ -77,6 +77,7 @@ impl Server {
             force_path_style: true,
             profile: None,
             static_credentials: Some((BENCH_ACCESS_KEY.into(), BENCH_SECRET_KEY.into())),
+            content_type_auto: false,
         };
         let stats = Arc::new(RequestStats::default());
         let aws = self.rt.block_on(AwsStore::connect(&cfg));

@@ -483,6 +483,7 @@ fn main() {
         force_path_style: true,
         profile: None,
         static_credentials: Some((ACCESS.into(), SECRET.into())),
+        content_type_auto: false,
     })));
     let layout = Layout::new("data", 16).expect("layout");
     rt.block_on(fixtures(&s3, &layout, &plan));

@@ -166,6 +166,7 @@ fn main() {
             force_path_style: true,
             profile: None,
             static_credentials: Some((ACCESS.into(), SECRET.into())),
+            content_type_auto: false,
         })
         .await;
         let layout = Layout::new("data", 16).expect("layout");

@@ -215,6 +215,7 @@ pub async fn connect(
                 force_path_style: true,
                 profile: None,
                 static_credentials: Some((srv.credentials.access_key.clone(), srv.credentials.secret_key.clone())),
+                content_type_auto: aws.content_type_auto,
             };
             (cfg, Some(srv))
         }

@@ -23,6 +23,7 @@ on_every_backend!(
     cp_r_of_a_tree_sends_no_listing_per_file,
     ls_l_with_a_trusted_listing_sends_lists_only,
     ls_l_gets_the_attributes_with_the_names,
+    new_objects_get_the_content_type_of_their_name,
     a_key_with_a_control_character_is_listed_like_any_other,
     a_replaced_name_always_shows_a_file_and_an_unlinked_open_file_stays_readable,
     rewrites_with_shell_tools_keep_what_another_client_stored,
@@ -843,4 +844,37 @@ fn a_mount_from_a_passed_fuse_descriptor() {
         "{status}: {}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+}
+
+/// Issue 23: objects written through the mount get the Content-Type their name says (as
+/// s3fs does), one PUT or one multipart upload as before; a rename keeps the object's own;
+/// `--content-type none` leaves S3's default.
+fn new_objects_get_the_content_type_of_their_name(env: Env) {
+    let layout = env.layout(16);
+    let key = |p: &str| layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
+    let content_type = |p: &str| {
+        env.rt
+            .block_on(env.s3.head(&key(p)))
+            .expect("head")
+            .headers
+            .content_type
+            .unwrap_or_default()
+    };
+    let mut m = env.mount(16, &[]);
+    m.ok("echo '<p>hi</p>' > page.html && echo '{}' > data.json && echo x > README");
+    m.ok("head -c 20000000 /dev/zero > big.mp4"); // a multipart upload
+    assert_eq!(content_type("page.html"), "text/html");
+    assert_eq!(content_type("data.json"), "application/json");
+    assert_eq!(content_type("big.mp4"), "video/mp4");
+    assert_ne!(content_type("README"), "text/html");
+    m.ok("mv page.html renamed.txt && chmod 600 renamed.txt");
+    assert_eq!(
+        content_type("renamed.txt"),
+        "text/html",
+        "a rename keeps the object's own"
+    );
+    drop(m);
+    let mut m = env.mount(16, &["--content-type", "none"]);
+    m.ok("echo '<p>plain</p>' > other.html");
+    assert_ne!(content_type("other.html"), "text/html");
 }

@@ -86,6 +86,13 @@ pub struct RmArgs {
     pub conn: ConnArgs,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ContentTypeMode {
+    #[default]
+    Auto,
+    None,
+}
+
 #[derive(Debug, Args, Clone, Default)]
 pub struct ConnArgs {
     /// S3 endpoint, e.g. http://127.0.0.1:9000 for a local store.
@@ -101,6 +108,11 @@ pub struct ConnArgs {
     /// Profile in ~/.aws/config to take credentials and region from.
     #[arg(long)]
     pub profile: Option<String>,
+    /// Content-Type of new objects: `auto`, from the name's extension (a.html: text/html),
+    /// as s3fs does; `none`, S3's default (binary/octet-stream). Renames and copies keep
+    /// the object's own.
+    #[arg(long, value_enum, default_value_t = ContentTypeMode::Auto)]
+    pub content_type: ContentTypeMode,
     /// Attempts per request before an operation fails with EIO.
     #[arg(long, default_value_t = 10)]
     pub max_attempts: u32,
@@ -444,6 +456,7 @@ impl ConnArgs {
             force_path_style: self.force_path_style,
             profile: self.profile.clone(),
             static_credentials: None,
+            content_type_auto: self.content_type == ContentTypeMode::Auto,
         }
     }
 

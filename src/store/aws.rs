@@ -29,6 +29,9 @@ pub struct AwsConfig {
     pub profile: Option<String>,
     /// Static (access key, secret key); otherwise the default credential chain.
     pub static_credentials: Option<(String, String)>,
+    /// New objects (PutObject, CreateMultipartUpload) without a Content-Type get the one
+    /// their name's extension says (`--content-type auto`); copies keep their source's.
+    pub content_type_auto: bool,
 }
 
 #[derive(Clone)]
@@ -37,6 +40,9 @@ pub struct AwsStore {
     bucket: String,
     /// Where requests go, for the errors a person reads (`S3` for AWS's own).
     endpoint: Arc<str>,
+    /// `--content-type auto`: a new object (PutObject, CreateMultipartUpload) that is given
+    /// no Content-Type gets its name's (see [`content_type_of`]); copies keep their source's.
+    content_type_auto: bool,
     /// The credentials the client signs with (None: anonymous).
     credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
     /// Whether request bodies are part of the signature (SHA-256 of every byte sent).
@@ -124,7 +130,16 @@ impl AwsStore {
             sign_payloads: payload_signing_needed(cfg.endpoint_url.as_deref()),
             endpoint: cfg.endpoint_url.as_deref().unwrap_or("S3").into(),
             credentials,
+            content_type_auto: cfg.content_type_auto,
         }
+    }
+
+    /// The Content-Type a new object at `key` is given when `headers` name none.
+    fn default_content_type(&self, key: &str, headers: Option<&Headers>) -> Option<&'static str> {
+        if !self.content_type_auto || headers.is_some_and(|h| h.content_type.is_some()) {
+            return None;
+        }
+        content_type_of(key)
     }
 
     /// Where the credentials come from and which access key (masked), as `prefixfs doctor`
@@ -362,6 +377,16 @@ where
     }
 }
 
+/// The Content-Type a key's extension says, if it says one (`--content-type auto`).
+fn content_type_of(key: &str) -> Option<&'static str> {
+    let name = key.rsplit('/').next()?;
+    let ext = name.rsplit_once('.')?.1;
+    if ext.is_empty() {
+        return None;
+    }
+    mime_guess::from_ext(ext).first_raw()
+}
+
 /// How long [`AwsStore::check_credentials`] waits for the provider chain.
 pub const CREDENTIALS_WAIT: Duration = Duration::from_millis(1500);
 
@@ -518,6 +543,9 @@ impl ObjectStore for AwsStore {
         }
         if let Some(h) = headers {
             req = with_headers!(req, h).set_tagging(h.tagging.clone());
+        }
+        if let Some(t) = self.default_content_type(key, headers) {
+            req = req.content_type(t);
         }
         req = match cond {
             Some(WriteIf::Absent) => req.if_none_match("*"),
@@ -723,6 +751,9 @@ impl ObjectStore for AwsStore {
         if let Some(h) = headers {
             req = with_headers!(req, h).set_tagging(h.tagging.clone());
         }
+        if let Some(t) = self.default_content_type(key, headers) {
+            req = req.content_type(t);
+        }
         let r = req.send().await.map_err(|e| self.fail("create_multipart", key, e))?;
         r.upload_id().map(str::to_string).ok_or_else(|| StoreError::Server {
             op: "create_multipart",
@@ -844,6 +875,17 @@ impl ObjectStore for AwsStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_name_s_extension_says_its_content_type() {
+        use super::content_type_of as ct;
+        assert_eq!(ct("root/3/site/index.html"), Some("text/html"));
+        assert_eq!(ct("a.b.JSON"), Some("application/json"));
+        assert_eq!(ct("photo.jpg"), Some("image/jpeg"));
+        assert_eq!(ct("README"), None);
+        assert_eq!(ct("trailing."), None);
+        assert_eq!(ct("x.unknownext"), None);
+    }
+
     #[test]
     fn a_wrong_region_answer_names_the_bucket_s_region() {
         use super::region_of_answer as r;

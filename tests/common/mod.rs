@@ -268,6 +268,7 @@ pub fn client_config(endpoint: &str) -> AwsConfig {
         force_path_style: true,
         profile: None,
         static_credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
+        content_type_auto: false,
     }
 }
 
