@@ -18,22 +18,18 @@
 
 use futures::StreamExt;
 use prefixfs::layout::{Layout, RelPath};
-use prefixfs::server::{self, ServerConfig};
+use prefixfs::server;
 use prefixfs::store::ObjectStore;
-use prefixfs::store::aws::{AwsConfig, AwsStore};
+use prefixfs::store::aws::AwsStore;
 use prefixfs::store::retry::{RetryConfig, RetryingStore};
 use prefixfs::store::stats::RequestStats;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const BUCKET: &str = "bench";
-const ACCESS: &str = "bench-access-key";
-const SECRET: &str = "bench-secret-key";
+mod common;
 
-fn knob(name: &str, default: f64) -> f64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use common::knob;
 
 fn list_knob(name: &str, default: &str) -> Vec<usize> {
     std::env::var(name)
@@ -95,46 +91,6 @@ async fn list_walk(s3: &Raw, layout: &Layout, dir: &RelPath) -> usize {
         .await
 }
 
-fn mount(endpoint: &str, base: &Path, name: &str, extra: &[&str]) -> (std::path::PathBuf, std::process::Child) {
-    let path = base.join(name);
-    std::fs::create_dir_all(&path).expect("mkdir");
-    let child = Command::new(env!("CARGO_BIN_EXE_prefixfs"))
-        .args([
-            "mount",
-            &format!("s3://{BUCKET}/data"),
-            path.to_str().unwrap_or_default(),
-            "--foreground",
-        ])
-        .args([
-            "--endpoint-url",
-            endpoint,
-            "--force-path-style",
-            "--region",
-            "us-east-1",
-        ])
-        .arg("--cache-dir")
-        .arg(base.join(format!("cache-{name}")))
-        .args(extra)
-        .env("AWS_ACCESS_KEY_ID", ACCESS)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn prefixfs");
-    let want = path.to_string_lossy().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(&want))
-    {
-        assert!(Instant::now() < deadline, "mount did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (path, child)
-}
-
 fn ls_l(dir: &Path, files: usize) -> f64 {
     let start = Instant::now();
     let out = Command::new("ls").arg("-l").arg(dir).output().expect("ls");
@@ -177,16 +133,7 @@ fn raw_child(spec: &str) {
 type Raw = RetryingStore<AwsStore>;
 
 async fn connect(endpoint: &str) -> Raw {
-    let aws = AwsStore::connect(&AwsConfig {
-        bucket: BUCKET.into(),
-        endpoint_url: Some(endpoint.to_string()),
-        region: Some("us-east-1".into()),
-        force_path_style: true,
-        profile: None,
-        static_credentials: Some((ACCESS.into(), SECRET.into())),
-        content_type_auto: false,
-    })
-    .await;
+    let aws = common::connect(endpoint).await;
     let stats = std::sync::Arc::new(RequestStats::default());
     RetryingStore::new(aws, RetryConfig::default(), stats, prefixfs::store::one_prefix())
 }
@@ -223,32 +170,21 @@ fn main() {
     let bound = prefixfs::fs::defaults::ATTR_PREFETCH;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = ServerConfig::local(dir.path().join("s3"));
-    cfg.buckets.push(BUCKET.into());
-    cfg.credentials = Some(server::Credentials {
-        access_key: ACCESS.into(),
-        secret_key: SECRET.into(),
+    let srv = common::start_server(&rt, &dir.path().join("s3"), latency, |cfg| {
+        if read_rate > 0.0 {
+            cfg.emulator = Some(server::partitions::EmulatorConfig {
+                read_rate,
+                ..Default::default()
+            });
+        }
     });
-    cfg.latency = latency;
-    if read_rate > 0.0 {
-        cfg.emulator = Some(server::partitions::EmulatorConfig {
-            read_rate,
-            ..Default::default()
-        });
-    }
-    let srv = rt.block_on(server::start(cfg)).expect("server");
     let endpoint = srv.endpoint();
     let s3 = rt.block_on(connect(&endpoint));
     let layout = Layout::new("data", prefixes).expect("layout");
     // The bucket: a descriptor, and per size and naming one directory of small objects
     // written by another S3 client (no POSIX metadata).
     let namings = [("with extension", ".log"), ("no extension", "")];
-    rt.block_on(async {
-        let desc = serde_json::to_vec(&layout.descriptor()).expect("json");
-        s3.put(&layout.descriptor_key(), desc.into(), &Default::default())
-            .await
-            .expect("descriptor");
-    });
+    rt.block_on(common::write_descriptor(&s3, &layout));
     for &files in &sizes {
         for (_, ext) in namings {
             let d = RelPath::parse(&format!("d{files}{}", ext.replace('.', "-"))).expect("path");
@@ -282,13 +218,13 @@ fn main() {
     let mut n = 0;
     let mut cold_ls = |files: usize, sub: &str, extra: &[&str]| -> f64 {
         n += 1;
-        let (path, mut child) = mount(&endpoint, base.path(), &format!("m{n}"), extra);
+        let path = base.path().join(format!("m{n}"));
+        let child = common::mount(&endpoint, &path, &base.path().join(format!("cache-m{n}")), extra);
         let listed = Command::new("ls").arg(&path).output().expect("ls");
         assert!(listed.status.success());
         let cold = ls_l(&path.join(sub), files);
         let warm = ls_l(&path.join(sub), files);
-        let _ = Command::new("umount").arg(&path).status();
-        let _ = child.wait();
+        common::unmount(&path, child);
         println!("      (warm right after: {warm:.3} s)");
         cold
     };

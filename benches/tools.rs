@@ -9,21 +9,14 @@
 //! default).
 
 use prefixfs::layout::Layout;
-use prefixfs::server::{self, ServerConfig};
-use prefixfs::store::ObjectStore;
-use prefixfs::store::aws::{AwsConfig, AwsStore};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-const BUCKET: &str = "bench";
-const ACCESS: &str = "bench-access-key";
-const SECRET: &str = "bench-secret-key";
+mod common;
 
-fn knob(name: &str, default: f64) -> f64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
+use common::knob;
 
 /// Runs `script` with `sh -c` in `dir`; panics with its output when it fails.
 fn sh(dir: &Path, script: &str) {
@@ -59,39 +52,6 @@ fn make_source(base: &Path, files: usize) -> (PathBuf, PathBuf) {
     let tar = base.join("src.tar");
     sh(base, &format!("tar cf {} --exclude=.git src", tar.display()));
     (src, tar)
-}
-
-fn mount(endpoint: &str, base: &Path, ttl: f64) -> (PathBuf, Child) {
-    let path = base.join("mnt");
-    std::fs::create_dir_all(&path).expect("mkdir");
-    let child = Command::new(env!("CARGO_BIN_EXE_prefixfs"))
-        .args([
-            "mount",
-            &format!("s3://{BUCKET}/data"),
-            path.to_str().unwrap_or_default(),
-        ])
-        .args(["--foreground", "--endpoint-url", endpoint, "--force-path-style"])
-        .args(["--region", "us-east-1", "--metadata-ttl", &ttl.to_string()])
-        .arg("--cache-dir")
-        .arg(base.join("cache"))
-        .env("AWS_ACCESS_KEY_ID", ACCESS)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET)
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawn prefixfs");
-    let want = path.to_string_lossy().to_string();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !std::fs::read_to_string("/proc/self/mounts")
-        .unwrap_or_default()
-        .lines()
-        .any(|l| l.split(' ').nth(1) == Some(&want))
-    {
-        assert!(Instant::now() < deadline, "mount did not come up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    (path, child)
 }
 
 /// The mount's request counters by kind (`put`, `head`, ...).
@@ -149,36 +109,22 @@ fn main() {
     let (src, tar) = make_source(base.path(), files);
 
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let mut cfg = ServerConfig::local(base.path().join("s3"));
-    cfg.buckets.push(BUCKET.into());
-    cfg.credentials = Some(server::Credentials {
-        access_key: ACCESS.into(),
-        secret_key: SECRET.into(),
-    });
-    cfg.latency = latency;
-    let srv = rt.block_on(server::start(cfg)).expect("server");
+    let srv = common::start_server(&rt, &base.path().join("s3"), latency, |_| {});
     let endpoint = srv.endpoint();
     rt.block_on(async {
-        let s3 = AwsStore::connect(&AwsConfig {
-            bucket: BUCKET.into(),
-            endpoint_url: Some(endpoint.clone()),
-            region: Some("us-east-1".into()),
-            force_path_style: true,
-            profile: None,
-            static_credentials: Some((ACCESS.into(), SECRET.into())),
-            content_type_auto: false,
-        })
-        .await;
-        let layout = Layout::new("data", 16).expect("layout");
-        let desc = serde_json::to_vec(&layout.descriptor()).expect("json");
-        s3.put(&layout.descriptor_key(), desc.into(), &Default::default())
-            .await
-            .expect("descriptor");
+        let s3 = common::connect(&endpoint).await;
+        common::write_descriptor(&s3, &Layout::new("data", 16).expect("layout")).await;
     });
 
     let local = base.path().join("local");
     std::fs::create_dir_all(&local).expect("mkdir");
-    let (mnt, mut child) = mount(&endpoint, base.path(), ttl);
+    let mnt = base.path().join("mnt");
+    let child = common::mount(
+        &endpoint,
+        &mnt,
+        &base.path().join("cache"),
+        &["--metadata-ttl", &ttl.to_string()],
+    );
     println!(
         "tools: {files} files, {} ms added to every S3 answer, --metadata-ttl {ttl}",
         latency.as_millis()
@@ -203,7 +149,6 @@ fn main() {
             on_mount / on_disk.max(1e-3)
         );
     }
-    let _ = Command::new("umount").arg(&mnt).status();
-    let _ = child.wait();
+    common::unmount(&mnt, child);
     rt.block_on(srv.shutdown());
 }
