@@ -56,6 +56,7 @@ fn every_mount_flag_is_a_mount_option() {
             "cache-dir" | "data-dir" | "log-file" => "/tmp/x",
             "region" | "profile" => "p",
             "abort-uploads-older-than" => "2.5",
+            "content-type" => "none",
             _ => "3",
         };
         let name = long.replace('-', "_");
