@@ -78,6 +78,7 @@ impl Server {
             profile: None,
             static_credentials: Some((BENCH_ACCESS_KEY.into(), BENCH_SECRET_KEY.into())),
             content_type_auto: false,
+            storage_class: None,
         };
         let stats = Arc::new(RequestStats::default());
         let aws = self.rt.block_on(AwsStore::connect(&cfg));

@@ -484,6 +484,7 @@ fn main() {
         profile: None,
         static_credentials: Some((ACCESS.into(), SECRET.into())),
         content_type_auto: false,
+        storage_class: None,
     })));
     let layout = Layout::new("data", 16).expect("layout");
     rt.block_on(fixtures(&s3, &layout, &plan));

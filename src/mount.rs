@@ -216,6 +216,7 @@ pub async fn connect(
                 profile: None,
                 static_credentials: Some((srv.credentials.access_key.clone(), srv.credentials.secret_key.clone())),
                 content_type_auto: aws.content_type_auto,
+                storage_class: aws.storage_class.clone(),
             };
             (cfg, Some(srv))
         }

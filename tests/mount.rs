@@ -24,6 +24,7 @@ on_every_backend!(
     ls_l_with_a_trusted_listing_sends_lists_only,
     ls_l_gets_the_attributes_with_the_names,
     new_objects_get_the_content_type_of_their_name,
+    new_objects_get_the_storage_class_asked_for,
     a_key_with_a_control_character_is_listed_like_any_other,
     a_replaced_name_always_shows_a_file_and_an_unlinked_open_file_stays_readable,
     rewrites_with_shell_tools_keep_what_another_client_stored,
@@ -877,4 +878,30 @@ fn new_objects_get_the_content_type_of_their_name(env: Env) {
     let mut m = env.mount(16, &["--content-type", "none"]);
     m.ok("echo '<p>plain</p>' > other.html");
     assert_ne!(content_type("other.html"), "text/html");
+}
+
+/// Issue 23: `--storage-class` puts every new object (one PUT, a multipart upload) in that
+/// class; a rename keeps the object's own (CopyObject names it: S3 makes a copy STANDARD
+/// otherwise); the server stores and answers it.
+fn new_objects_get_the_storage_class_asked_for(env: Env) {
+    let layout = env.layout(16);
+    let key = |p: &str| layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
+    let class = |p: &str| {
+        env.rt
+            .block_on(env.s3.head(&key(p)))
+            .expect("head")
+            .headers
+            .storage_class
+            .unwrap_or_else(|| "STANDARD".into())
+    };
+    let mut m = env.mount(16, &["--storage-class", "STANDARD_IA"]);
+    m.ok("echo small > small.txt && head -c 20000000 /dev/zero > big.bin");
+    assert_eq!(class("small.txt"), "STANDARD_IA");
+    assert_eq!(class("big.bin"), "STANDARD_IA");
+    drop(m);
+    let mut m = env.mount(16, &[]);
+    m.ok("echo plain > plain.txt && mv small.txt moved.txt && chmod 600 big.bin");
+    assert_eq!(class("plain.txt"), "STANDARD", "without the flag: the bucket's default");
+    assert_eq!(class("moved.txt"), "STANDARD_IA", "a rename keeps the object's class");
+    assert_eq!(class("big.bin"), "STANDARD_IA", "so does a change of mode");
 }

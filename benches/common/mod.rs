@@ -47,6 +47,7 @@ pub async fn connect(endpoint: &str) -> AwsStore {
         profile: None,
         static_credentials: Some((ACCESS.into(), SECRET.into())),
         content_type_auto: false,
+        storage_class: None,
     })
     .await
 }

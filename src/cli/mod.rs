@@ -113,6 +113,13 @@ pub struct ConnArgs {
     /// the object's own.
     #[arg(long, value_enum, default_value_t = ContentTypeMode::Auto)]
     pub content_type: ContentTypeMode,
+    /// Storage class of new objects (PUT, multipart uploads); renames and copies keep each
+    /// object's own. Only classes read without a restore.
+    #[arg(long, value_parser = [
+        "STANDARD", "STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR",
+        "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE",
+    ])]
+    pub storage_class: Option<String>,
     /// Attempts per request before an operation fails with EIO.
     #[arg(long, default_value_t = 10)]
     pub max_attempts: u32,
@@ -457,6 +464,7 @@ impl ConnArgs {
             profile: self.profile.clone(),
             static_credentials: None,
             content_type_auto: self.content_type == ContentTypeMode::Auto,
+            storage_class: self.storage_class.clone(),
         }
     }
 

@@ -57,6 +57,7 @@ fn every_mount_flag_is_a_mount_option() {
             "region" | "profile" => "p",
             "abort-uploads-older-than" => "2.5",
             "content-type" => "none",
+            "storage-class" => "STANDARD_IA",
             _ => "3",
         };
         let name = long.replace('-', "_");

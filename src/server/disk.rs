@@ -69,6 +69,9 @@ pub struct Entry {
     /// The tags, as `x-amz-tagging` carries them (`k=v&k2=v2`).
     #[serde(default)]
     pub tagging: Option<String>,
+    /// The storage class the write named (None: STANDARD).
+    #[serde(default)]
+    pub storage_class: Option<String>,
 }
 
 /// What an object carries besides its bytes: user metadata, Content-Type, tags.
@@ -77,6 +80,7 @@ pub struct Attrs {
     pub meta: BTreeMap<String, String>,
     pub content_type: Option<String>,
     pub tagging: Option<String>,
+    pub storage_class: Option<String>,
 }
 
 impl Entry {
@@ -94,6 +98,8 @@ pub struct Upload {
     pub content_type: Option<String>,
     #[serde(default)]
     pub tagging: Option<String>,
+    #[serde(default)]
+    pub storage_class: Option<String>,
 }
 
 pub struct DiskStore {
@@ -353,6 +359,7 @@ impl Bucket {
             meta: attrs.meta,
             content_type: attrs.content_type,
             tagging: attrs.tagging,
+            storage_class: attrs.storage_class,
         };
         write_trailer(&mut staged.file, &entry)?;
         let dst = self.object_path(key);

@@ -137,6 +137,7 @@ impl S3 for S3Store {
                     meta: meta_map(input.metadata),
                     content_type: input.content_type.map(|c| c.to_string()),
                     tagging: input.tagging,
+                    storage_class: class_named(input.storage_class.as_ref()),
                 },
                 &cond,
             )
@@ -180,6 +181,7 @@ impl S3 for S3Store {
             e_tag: Some(etag_of(&e)),
             metadata: to_metadata(&e.meta),
             content_type: e.content_type.as_deref().and_then(|c| c.parse().ok()),
+            storage_class: e.storage_class.clone().map(StorageClass::from),
             ..Default::default()
         }))
     }
@@ -224,6 +226,7 @@ impl S3 for S3Store {
             e_tag: Some(etag_of(&e)),
             metadata: to_metadata(&e.meta),
             content_type: e.content_type.as_deref().and_then(|c| c.parse().ok()),
+            storage_class: e.storage_class.clone().map(StorageClass::from),
             ..Default::default()
         }))
     }
@@ -324,10 +327,12 @@ impl S3 for S3Store {
             Some(d) if d == TaggingDirective::REPLACE => input.tagging,
             _ => src_entry.tagging.clone(),
         };
+        // A copy is STANDARD unless the request names a class, as on S3.
         let attrs = Attrs {
             meta,
             content_type,
             tagging,
+            storage_class: class_named(input.storage_class.as_ref()),
         };
         // A multipart ETag is not the MD5 of the body; a copy keeps it, as S3 does.
         let etag = src_entry.etag.contains('-').then(|| src_entry.etag.clone());
@@ -381,7 +386,12 @@ impl S3 for S3Store {
                 size: Some(e.size as i64),
                 e_tag: Some(etag_of(e)),
                 last_modified: Some(Timestamp::from(e.modified())),
-                storage_class: Some(ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+                storage_class: Some(
+                    e.storage_class
+                        .clone()
+                        .map(ObjectStorageClass::from)
+                        .unwrap_or_else(|| ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
+                ),
                 ..Default::default()
             })
             .collect();
@@ -462,6 +472,7 @@ impl S3 for S3Store {
                     meta: meta_map(input.metadata),
                     content_type: input.content_type.map(|c| c.to_string()),
                     tagging: input.tagging,
+                    storage_class: class_named(input.storage_class.as_ref()),
                 },
             )
             .map_err(to_s3)?;
@@ -611,3 +622,11 @@ impl S3 for S3Store {
 }
 
 type Bucket_ = s3s::dto::Bucket;
+
+/// The storage class a write names, STANDARD as none (S3 answers no `x-amz-storage-class`
+/// for a STANDARD object).
+fn class_named(class: Option<&StorageClass>) -> Option<String> {
+    class
+        .map(|c| c.as_str().to_string())
+        .filter(|c| c != StorageClass::STANDARD)
+}

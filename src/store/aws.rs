@@ -32,6 +32,8 @@ pub struct AwsConfig {
     /// New objects (PutObject, CreateMultipartUpload) without a Content-Type get the one
     /// their name's extension says (`--content-type auto`); copies keep their source's.
     pub content_type_auto: bool,
+    /// The storage class of new objects (`--storage-class`); None: the bucket's default.
+    pub storage_class: Option<String>,
 }
 
 #[derive(Clone)]
@@ -43,6 +45,8 @@ pub struct AwsStore {
     /// `--content-type auto`: a new object (PutObject, CreateMultipartUpload) that is given
     /// no Content-Type gets its name's (see [`content_type_of`]); copies keep their source's.
     content_type_auto: bool,
+    /// `--storage-class`: the class of a new object whose headers name none.
+    storage_class: Option<String>,
     /// The credentials the client signs with (None: anonymous).
     credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
     /// Whether request bodies are part of the signature (SHA-256 of every byte sent).
@@ -131,7 +135,16 @@ impl AwsStore {
             endpoint: cfg.endpoint_url.as_deref().unwrap_or("S3").into(),
             credentials,
             content_type_auto: cfg.content_type_auto,
+            storage_class: cfg.storage_class.clone(),
         }
+    }
+
+    /// The storage class a new object is given when `headers` name none.
+    fn default_class(&self, headers: Option<&Headers>) -> Option<aws_sdk_s3::types::StorageClass> {
+        if headers.is_some_and(|h| h.storage_class.is_some()) {
+            return None;
+        }
+        self.storage_class.as_deref().map(aws_sdk_s3::types::StorageClass::from)
     }
 
     /// The Content-Type a new object at `key` is given when `headers` name none.
@@ -547,6 +560,9 @@ impl ObjectStore for AwsStore {
         if let Some(t) = self.default_content_type(key, headers) {
             req = req.content_type(t);
         }
+        if let Some(c) = self.default_class(headers) {
+            req = req.storage_class(c);
+        }
         req = match cond {
             Some(WriteIf::Absent) => req.if_none_match("*"),
             Some(WriteIf::Matches(etag)) => req.if_match(etag),
@@ -753,6 +769,9 @@ impl ObjectStore for AwsStore {
         }
         if let Some(t) = self.default_content_type(key, headers) {
             req = req.content_type(t);
+        }
+        if let Some(c) = self.default_class(headers) {
+            req = req.storage_class(c);
         }
         let r = req.send().await.map_err(|e| self.fail("create_multipart", key, e))?;
         r.upload_id().map(str::to_string).ok_or_else(|| StoreError::Server {

@@ -19,6 +19,7 @@ impl Bucket {
             meta: attrs.meta,
             content_type: attrs.content_type,
             tagging: attrs.tagging,
+            storage_class: attrs.storage_class,
         };
         let dir = self.dir.join("uploads").join(&up.id);
         fs::create_dir_all(&dir)?;
@@ -90,6 +91,7 @@ impl Bucket {
             meta: up.meta.clone(),
             content_type: up.content_type.clone(),
             tagging: up.tagging.clone(),
+            storage_class: up.storage_class.clone(),
         };
         let entry = self.commit(staged, key, Some(etag), attrs, cond)?;
         self.remove_upload(id);
