@@ -176,14 +176,16 @@ impl Core {
     /// cached answer, the HEAD or trusted listing behind the open directory), and whether
     /// they are complete. Incomplete ones (a listing's size and time, no POSIX metadata yet)
     /// go with no validity, so the kernel looks the name up before using them, as after a
-    /// plain readdir. None: the name is gone since the directory was opened (this mount
-    /// removed it), or cannot be a path.
+    /// plain readdir: so do the attributes of a name the cache now says is gone (removed by
+    /// this mount since, or a negative answer older than the listing), which the kernel's
+    /// lookup then settles. None: a name that cannot be a path.
     pub fn listed_attr(&self, dir: &OpenDir, e: &DirEntry) -> Option<(Attr, bool)> {
         let child = dir.path.join(&e.name).ok()?;
-        let info = match self.cache.entry(&child) {
-            Some(None) => return None,
-            Some(Some(now)) if now.full || e.info.as_ref().is_none_or(|i| !i.full) => now,
-            _ => e.info.clone()?,
+        let snapshot = e.info.clone()?;
+        let (info, vouched) = match self.cache.entry(&child) {
+            Some(None) => (snapshot, false),
+            Some(Some(now)) if now.full || !snapshot.full => (now, true),
+            _ => (snapshot, true),
         };
         // One lock per entry: a readdirplus reply holds a couple of hundred.
         let (ino, times) = {
@@ -194,7 +196,7 @@ impl Core {
         if let Some((open, _)) = self.files.open_info_of(ino) {
             return Some((self.attr_with(ino, open, times), true));
         }
-        let full = info.full;
+        let full = info.full && vouched;
         Some((self.attr_with(ino, info, times), full))
     }
 
