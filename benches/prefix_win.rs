@@ -10,11 +10,13 @@
 //! partition, 20), READ_RATE (40), SPLIT_AFTER_MS (demand policy, 1000), DELETE_FILES (4000),
 //! PARTS (which parts to run: policies,hot,delete).
 
+mod common;
+
+use common::{ACCESS as BENCH_ACCESS_KEY, BUCKET, SECRET as BENCH_SECRET_KEY, knob};
 use prefixfs::layout::{Layout, RelPath};
 use prefixfs::server::partitions::{EmulatorConfig, EmulatorSnapshot, SplitPolicy};
 use prefixfs::server::{self, RunningServer, ServerConfig};
 use prefixfs::store::ObjectStore;
-use prefixfs::store::aws::{AwsConfig, AwsStore};
 use prefixfs::store::retry::{RetryConfig, RetryingStore};
 use prefixfs::store::stats::RequestStats;
 use std::path::{Path, PathBuf};
@@ -23,14 +25,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-const BUCKET: &str = "bench";
-
-fn knob(name: &str, default: f64) -> f64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-const BENCH_ACCESS_KEY: &str = "bench-access-key";
-const BENCH_SECRET_KEY: &str = "bench-secret-key";
 struct Server {
     rt: tokio::runtime::Runtime,
     srv: Option<RunningServer>,
@@ -70,18 +64,8 @@ impl Server {
 
     /// A raw client: the SDK with prefixfs's retries (backoff, full jitter), no layout.
     fn client(&self) -> (Arc<dyn ObjectStore>, Arc<RequestStats>) {
-        let cfg = AwsConfig {
-            bucket: BUCKET.into(),
-            endpoint_url: Some(self.endpoint()),
-            region: Some("us-east-1".into()),
-            force_path_style: true,
-            profile: None,
-            static_credentials: Some((BENCH_ACCESS_KEY.into(), BENCH_SECRET_KEY.into())),
-            content_type_auto: false,
-            storage_class: None,
-        };
         let stats = Arc::new(RequestStats::default());
-        let aws = self.rt.block_on(AwsStore::connect(&cfg));
+        let aws = self.rt.block_on(common::connect(&self.endpoint()));
         let retry = RetryConfig {
             max_attempts: 40,
             ..RetryConfig::default()

@@ -12,29 +12,25 @@
 //! RUNS (3: the sequential write and read run this often, each filesystem and the raw
 //! client alike, and the best counts).
 
+mod common;
+
+use common::{ACCESS, BUCKET, SECRET, knob};
 use futures::StreamExt;
 use prefixfs::layout::{Layout, RelPath};
 use prefixfs::server::{self, ServerConfig};
 use prefixfs::store::ObjectStore;
-use prefixfs::store::aws::{AwsConfig, AwsStore};
+use prefixfs::store::aws::AwsStore;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const BUCKET: &str = "bench";
-const ACCESS: &str = "bench-access-key";
-const SECRET: &str = "bench-secret-key";
 const MIB: u64 = 1024 * 1024;
 const PART: u64 = 8 * MIB;
 
 /// Whether workload `name` runs (the ONLY knob).
 fn wanted(name: &str) -> bool {
     std::env::var("ONLY").map_or(true, |only| only.split(',').any(|w| w.trim() == name))
-}
-
-fn knob(name: &str, default: f64) -> f64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 /// Which filesystem runs a workload.
@@ -476,16 +472,7 @@ fn main() {
         endpoint: srv.endpoint(),
         tree,
     };
-    let s3 = Arc::new(rt.block_on(AwsStore::connect(&AwsConfig {
-        bucket: BUCKET.into(),
-        endpoint_url: Some(plan.endpoint.clone()),
-        region: Some("us-east-1".into()),
-        force_path_style: true,
-        profile: None,
-        static_credentials: Some((ACCESS.into(), SECRET.into())),
-        content_type_auto: false,
-        storage_class: None,
-    })));
+    let s3 = Arc::new(rt.block_on(common::connect(&plan.endpoint)));
     let layout = Layout::new("data", 16).expect("layout");
     rt.block_on(fixtures(&s3, &layout, &plan));
     let raw = rt.block_on(run_raw(&s3, &layout, &plan));

@@ -345,26 +345,21 @@ pub fn run_doctor(a: crate::cli::DoctorArgs) -> ExitCode {
     let run = || -> Result<Vec<crate::doctor::Row>, String> {
         let (bucket, root) = crate::cli::parse_s3_url(&a.target)?;
         let endpoint = a.conn.endpoint_url.clone().unwrap_or_else(|| "AWS S3".into());
-        let region = a
-            .conn
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .unwrap_or_else(|| "from the profile, or us-east-1".into());
         let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
         rt.block_on(async {
             let retry = a.conn.retry_config()?;
             match mount::connect(Some(&bucket), a.conn.aws_config(&bucket), retry, None).await {
-                Err(mount::MountError::Unusable(line)) => Ok(unusable(&endpoint, &region, line)),
+                Err(mount::MountError::Unusable(line)) => {
+                    let region = a.conn.region.as_deref().unwrap_or("not resolved");
+                    Ok(unusable(&endpoint, region, line))
+                }
                 Err(e) => Err(e.to_string()),
                 Ok(c) => {
                     let source = c
-                        .aws()
-                        .credentials_source()
-                        .await
+                        .credentials
+                        .clone()
                         .unwrap_or_else(|| "none: requests go unsigned".into());
-                    Ok(examine(c.store.as_ref(), &root, &endpoint, &region, source).await)
+                    Ok(examine(c.store.as_ref(), &root, &endpoint, &c.aws().region(), source).await)
                 }
             }
         })

@@ -129,46 +129,61 @@ pub async fn examine(
         Ok(_) => row("put", Verdict::Ok, format!("PutObject of {a}")),
         Err(e) => row("put", Verdict::Fail, why(e)),
     });
-    if wrote {
-        rows.push(match store.get(&a, None, None).await {
-            Ok(body) if body.as_ref() == b"doctor\n" => row("get", Verdict::Ok, "GetObject"),
-            Ok(_) => row("get", Verdict::Fail, "GetObject answered other bytes than were put"),
-            Err(e) => row("get", Verdict::Fail, why(&e)),
-        });
-        let copied = store
-            .copy(&CopySpec {
+    match put {
+        // The rest needs an object: each step on its own keys, all in flight together; every
+        // read, copy and delete names the version it acts on.
+        Ok(etag) => {
+            let etag = etag.as_deref();
+            let get = async {
+                match store.get(&a, None, etag).await {
+                    Ok(body) if body.as_ref() == b"doctor\n" => row("get", Verdict::Ok, "GetObject"),
+                    Ok(_) => row("get", Verdict::Fail, "GetObject answered other bytes than were put"),
+                    Err(e) => row("get", Verdict::Fail, why(&e)),
+                }
+            };
+            let spec = CopySpec {
                 src: &a,
                 dst: &b,
-                src_etag: None,
-                dst_if: None,
+                src_etag: etag,
+                dst_if: Some(&WriteIf::Absent),
                 meta: None,
                 headers: None,
-            })
+            };
+            let copy = store.copy(&spec);
+            let (multipart_key, create_key, delete_key) = (scratch("multipart"), scratch("create"), scratch("delete"));
+            let (got, copied, multipart, create, deletes) = futures::join!(
+                get,
+                copy,
+                multipart(store, &multipart_key),
+                crate::mount::probe_exclusive_create(store, &create_key),
+                crate::store::delete::probe_delete_conditions(store, &delete_key),
+            );
+            rows.push(got);
+            let copied = match copied {
+                Ok(copy_etag) => {
+                    rows.push(row("copy", Verdict::Ok, "CopyObject (renames)"));
+                    Some(copy_etag)
+                }
+                Err(e) => {
+                    rows.push(row("copy", Verdict::Fail, why(&e)));
+                    None
+                }
+            };
+            rows.push(multipart);
+            let deleted = async {
+                store.delete(&a, etag).await?;
+                match &copied {
+                    Some(copy_etag) => store.delete(&b, copy_etag.as_deref()).await,
+                    None => Ok(()),
+                }
+            }
             .await;
-        rows.push(match copied {
-            Ok(_) => row("copy", Verdict::Ok, "CopyObject (renames)"),
-            Err(e) => row("copy", Verdict::Fail, why(&e)),
-        });
-        rows.push(multipart(store, &scratch("multipart")).await);
-        let deleted = async {
-            store.delete(&a, None).await?;
-            store.delete(&b, None).await
-        }
-        .await;
-        rows.push(match deleted {
-            Ok(()) => row("delete", Verdict::Ok, "DeleteObject"),
-            Err(e) => row("delete", Verdict::Fail, why(&e)),
-        });
-    } else {
-        for check in ["get", "copy", "multipart", "delete"] {
-            rows.push(row(check, Verdict::Skipped, "needs put"));
-        }
-    }
-
-    // The conditions a mount relies on across hosts.
-    if wrote {
-        rows.push(
-            match crate::mount::probe_exclusive_create(store, &scratch("create")).await {
+            rows.push(match deleted {
+                Ok(()) => row("delete", Verdict::Ok, "DeleteObject, at the version written"),
+                Err(e) => row("delete", Verdict::Fail, why(&e)),
+            });
+            // The conditions a mount relies on across hosts.
+            rows.push(match create {
                 Some(true) => row(
                     "conditional writes",
                     Verdict::Ok,
@@ -180,10 +195,8 @@ pub async fn examine(
                     "If-None-Match ignored: two hosts can both create one name (O_EXCL, mkdir)",
                 ),
                 None => row("conditional writes", Verdict::Warn, "could not be tried"),
-            },
-        );
-        rows.push(
-            match crate::store::delete::probe_delete_conditions(store, &scratch("delete")).await {
+            });
+            rows.push(match deletes {
                 Some(c) if c.batch => row(
                     "conditional deletes",
                     Verdict::Ok,
@@ -200,8 +213,13 @@ pub async fn examine(
                     "If-Match ignored: a delete may remove a version another host wrote meanwhile",
                 ),
                 None => row("conditional deletes", Verdict::Warn, "could not be tried"),
-            },
-        );
+            });
+        }
+        Err(_) => {
+            for check in ["get", "copy", "multipart", "delete"] {
+                rows.push(row(check, Verdict::Skipped, "needs put"));
+            }
+        }
     }
 
     // Latency: the median of a few HEADs of the descriptor (404 or not, one round trip each).
@@ -245,8 +263,8 @@ async fn multipart(store: &dyn ObjectStore, key: &str) -> Row {
     }
     .await;
     match done {
-        Ok(_) => {
-            let _ = store.delete(key, None).await;
+        Ok(etag) => {
+            let _ = store.delete(key, etag.as_deref()).await;
             row("multipart", Verdict::Ok, "CreateMultipartUpload, UploadPart, Complete")
         }
         Err(e) => {
@@ -261,14 +279,15 @@ async fn throughput(store: &dyn ObjectStore, key: &str) -> Row {
     let body = Bytes::from(vec![0x5a; PROBE_BYTES]);
     let mib = PROBE_BYTES as f64 / (1 << 20) as f64;
     let start = Instant::now();
-    if let Err(e) = store.put(key, body, &UserMeta::new()).await {
-        return row("throughput", Verdict::Fail, why(&e));
-    }
+    let etag = match store.put_if(key, body, &UserMeta::new(), Some(&WriteIf::Absent)).await {
+        Ok(etag) => etag,
+        Err(e) => return row("throughput", Verdict::Fail, why(&e)),
+    };
     let up = start.elapsed();
     let start = Instant::now();
-    let got = store.get(key, None, None).await;
+    let got = store.get(key, None, etag.as_deref()).await;
     let down = start.elapsed();
-    let _ = store.delete(key, None).await;
+    let _ = store.delete(key, etag.as_deref()).await;
     match got {
         Ok(b) if b.len() == PROBE_BYTES => row(
             "throughput",

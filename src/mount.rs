@@ -165,6 +165,9 @@ pub struct Connected {
     pub store: Arc<RetryingStore<AwsStore>>,
     pub stats: Arc<RequestStats>,
     pub server: Option<RunningServer>,
+    /// Where the credentials came from (the provider, the access key masked); None when
+    /// requests go unsigned.
+    pub credentials: Option<String>,
     aws: AwsStore,
     retry: RetryConfig,
 }
@@ -222,11 +225,10 @@ pub async fn connect(
         }
     };
     let aws = AwsStore::connect(&cfg).await;
-    if let Err(e) = aws.check_credentials().await {
-        return Err(MountError::Unusable(
-            crate::bucket::explain(&e).unwrap_or_else(|| e.to_string()),
-        ));
-    }
+    let credentials = aws
+        .check_credentials()
+        .await
+        .map_err(|e| MountError::Unusable(crate::bucket::explain(&e).unwrap_or_else(|| e.to_string())))?;
     let store = Arc::new(RetryingStore::new(
         aws.clone(),
         retry.clone(),
@@ -237,6 +239,7 @@ pub async fn connect(
         store,
         stats,
         server,
+        credentials,
         aws,
         retry,
     })
@@ -584,15 +587,17 @@ pub async fn probe_exclusive_create(store: &dyn ObjectStore, key: &str) -> Optio
     use crate::store::{StoreError, WriteIf};
     let meta = UserMeta::new();
     let put = || store.put_if(key, bytes::Bytes::new(), &meta, Some(&WriteIf::Absent));
-    let verdict = match put().await {
-        Ok(_) => match put().await {
-            Err(StoreError::PreconditionFailed { .. }) => Some(true),
-            Ok(_) => Some(false),
-            Err(_) => None,
-        },
-        Err(_) => None,
+    let first = match put().await {
+        Ok(etag) => etag,
+        Err(_) => return None,
     };
-    let _ = store.delete(key, None).await;
+    let (verdict, now) = match put().await {
+        Err(StoreError::PreconditionFailed { .. }) => (Some(true), first),
+        Ok(etag) => (Some(false), etag),
+        Err(_) => (None, first),
+    };
+    // The version this probe wrote last, by its ETag.
+    let _ = store.delete(key, now.as_deref()).await;
     verdict
 }
 

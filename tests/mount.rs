@@ -847,20 +847,17 @@ fn a_mount_from_a_passed_fuse_descriptor() {
     );
 }
 
+/// The standard headers of the object behind `path` (16 prefixes), as S3 answers a HEAD.
+fn headers_of(env: &Env, path: &str) -> prefixfs::store::Headers {
+    let key = env.layout(16).file_key(&RelPath::parse(path).unwrap()).unwrap();
+    env.rt.block_on(env.s3.head(&key)).expect("head").headers
+}
+
 /// Issue 23: objects written through the mount get the Content-Type their name says (as
 /// s3fs does), one PUT or one multipart upload as before; a rename keeps the object's own;
 /// `--content-type none` leaves S3's default.
 fn new_objects_get_the_content_type_of_their_name(env: Env) {
-    let layout = env.layout(16);
-    let key = |p: &str| layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
-    let content_type = |p: &str| {
-        env.rt
-            .block_on(env.s3.head(&key(p)))
-            .expect("head")
-            .headers
-            .content_type
-            .unwrap_or_default()
-    };
+    let content_type = |p: &str| headers_of(&env, p).content_type.unwrap_or_default();
     let mut m = env.mount(16, &[]);
     m.ok("echo '<p>hi</p>' > page.html && echo '{}' > data.json && echo x > README");
     m.ok("head -c 20000000 /dev/zero > big.mp4"); // a multipart upload
@@ -884,16 +881,7 @@ fn new_objects_get_the_content_type_of_their_name(env: Env) {
 /// class; a rename keeps the object's own (CopyObject names it: S3 makes a copy STANDARD
 /// otherwise); the server stores and answers it.
 fn new_objects_get_the_storage_class_asked_for(env: Env) {
-    let layout = env.layout(16);
-    let key = |p: &str| layout.file_key(&RelPath::parse(p).unwrap()).unwrap();
-    let class = |p: &str| {
-        env.rt
-            .block_on(env.s3.head(&key(p)))
-            .expect("head")
-            .headers
-            .storage_class
-            .unwrap_or_else(|| "STANDARD".into())
-    };
+    let class = |p: &str| headers_of(&env, p).storage_class.unwrap_or_else(|| "STANDARD".into());
     let mut m = env.mount(16, &["--storage-class", "STANDARD_IA"]);
     m.ok("echo small > small.txt && head -c 20000000 /dev/zero > big.bin");
     assert_eq!(class("small.txt"), "STANDARD_IA");

@@ -139,44 +139,22 @@ impl AwsStore {
         }
     }
 
-    /// The storage class a new object is given when `headers` name none.
+    /// The storage class of a new object: one that carries no object's headers (`headers`
+    /// from a HEAD describe an object being copied or rewritten, whose class stays, STANDARD
+    /// included: S3 names no class for those).
     fn default_class(&self, headers: Option<&Headers>) -> Option<aws_sdk_s3::types::StorageClass> {
-        if headers.is_some_and(|h| h.storage_class.is_some()) {
+        if headers.is_some() {
             return None;
         }
         self.storage_class.as_deref().map(aws_sdk_s3::types::StorageClass::from)
     }
 
-    /// The Content-Type a new object at `key` is given when `headers` name none.
+    /// The Content-Type of a new object at `key` (see [`AwsStore::default_class`]).
     fn default_content_type(&self, key: &str, headers: Option<&Headers>) -> Option<&'static str> {
-        if !self.content_type_auto || headers.is_some_and(|h| h.content_type.is_some()) {
+        if !self.content_type_auto || headers.is_some() {
             return None;
         }
         content_type_of(key)
-    }
-
-    /// Where the credentials come from and which access key (masked), as `prefixfs doctor`
-    /// reports them; None when the client signs nothing or none can be had.
-    pub async fn credentials_source(&self) -> Option<String> {
-        use aws_sdk_s3::config::ProvideCredentials;
-        let provider = self.credentials.as_ref()?;
-        let creds = tokio::time::timeout(CREDENTIALS_WAIT, provider.provide_credentials())
-            .await
-            .ok()?
-            .ok()?;
-        // The provider's name is only in the Debug form (the secret is redacted there).
-        let debug = format!("{creds:?}");
-        let source = debug
-            .split("provider_name: \"")
-            .nth(1)
-            .and_then(|r| r.split('"').next())
-            .unwrap_or("a provider");
-        let id = creds.access_key_id();
-        let shown = match id.len() {
-            n if n > 8 => format!("{}…{}", &id[..4], &id[n - 4..]),
-            _ => "…".to_string(),
-        };
-        Some(format!("{source}, access key {shown}"))
     }
 
     /// Where the requests go (`S3` for AWS's own endpoints).
@@ -184,16 +162,17 @@ impl AwsStore {
         &self.endpoint
     }
 
-    /// Whether credentials can be had, asked of the provider chain once, within
-    /// [`CREDENTIALS_WAIT`]: before the first request, so that a user without any hears so at
-    /// once, in one line, instead of after every request's retries.
-    pub async fn check_credentials(&self) -> Result<(), StoreError> {
+    /// The credentials, asked of the provider chain once, within [`CREDENTIALS_WAIT`]:
+    /// before the first request, so that a user without any hears so at once, in one line,
+    /// instead of after every request's retries. Ok: where they come from and which access
+    /// key (masked), as `prefixfs doctor` reports them; None when the client signs nothing.
+    pub async fn check_credentials(&self) -> Result<Option<String>, StoreError> {
         use aws_sdk_s3::config::ProvideCredentials;
         let Some(provider) = &self.credentials else {
-            return Ok(());
+            return Ok(None);
         };
         let failed = match tokio::time::timeout(CREDENTIALS_WAIT, provider.provide_credentials()).await {
-            Ok(Ok(_)) => return Ok(()),
+            Ok(Ok(creds)) => return Ok(Some(describe(&creds))),
             Ok(Err(e)) => aws_smithy_types::error::display::DisplayErrorContext(&e).to_string(),
             Err(_) => format!("no source answered within {CREDENTIALS_WAIT:?}"),
         };
@@ -204,6 +183,14 @@ impl AwsStore {
             why: Unreachable::NoCredentials,
             endpoint: self.endpoint.to_string(),
         })
+    }
+
+    /// The region requests are signed for.
+    pub fn region(&self) -> String {
+        self.client
+            .config()
+            .region()
+            .map_or_else(|| "us-east-1".to_string(), |r| r.to_string())
     }
 
     pub fn client(&self) -> &Client {
@@ -226,22 +213,31 @@ impl AwsStore {
 }
 
 impl AwsStore {
-    /// [`map_err`], with the endpoint for the failures a person has to fix.
+    /// [`map_err`] for this store's endpoint.
     fn fail<E, R>(&self, op: &'static str, key: &str, e: SdkError<E, R>) -> StoreError
     where
         E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
         R: std::fmt::Debug + HasStatus + 'static,
     {
-        match map_err(op, key, e) {
-            StoreError::Unreachable { op, key, why, .. } => StoreError::Unreachable {
-                op,
-                key,
-                why,
-                endpoint: self.endpoint.to_string(),
-            },
-            other => other,
-        }
+        map_err(op, key, &self.endpoint, e)
     }
+}
+
+/// Credentials as a person may see them: the provider's name (only in their Debug form,
+/// where the secret is redacted) and the access key, masked.
+fn describe(creds: &aws_sdk_s3::config::Credentials) -> String {
+    let debug = format!("{creds:?}");
+    let source = debug
+        .split("provider_name: \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap_or("a provider");
+    let id = creds.access_key_id();
+    let shown = match id.len() {
+        n if n > 8 => format!("{}…{}", &id[..4], &id[n - 4..]),
+        _ => "…".to_string(),
+    };
+    format!("{source}, access key {shown}")
 }
 
 /// Why a request that got no answer got none, when a person can tell from it what to fix;
@@ -296,7 +292,7 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
-fn map_err<E, R>(op: &'static str, key: &str, e: SdkError<E, R>) -> StoreError
+fn map_err<E, R>(op: &'static str, key: &str, endpoint: &str, e: SdkError<E, R>) -> StoreError
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
     R: std::fmt::Debug + HasStatus + 'static,
@@ -345,7 +341,7 @@ where
             op,
             key: key.to_string(),
             why,
-            endpoint: String::new(),
+            endpoint: endpoint.to_string(),
         };
     }
     match (status, &e) {

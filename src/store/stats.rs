@@ -227,7 +227,11 @@ impl RequestStats {
 
     /// The store answered a request (a success or an error it sent).
     pub fn record_answer(&self) {
-        self.answered.store(true, Ordering::Relaxed);
+        // Read first: every request passes here, and a store would bounce the cache line
+        // between the threads sending them.
+        if !self.answered.load(Ordering::Relaxed) {
+            self.answered.store(true, Ordering::Relaxed);
+        }
     }
 
     /// Whether the store has ever answered: before that, an endpoint that cannot be reached
