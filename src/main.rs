@@ -229,6 +229,7 @@ fn run_serve(a: prefixfs::cli::ServeArgs) -> Result<(), String> {
         cfg.connection_rate = a.connection_mibps.map(|m| m * 1024.0 * 1024.0);
         cfg.copy_object_max = a.copy_object_max_mib << 20;
         cfg.fault_plan = a.fault_plan();
+        cfg.policy = a.policy();
         if cfg.fault_plan.is_some() {
             tracing::warn!(rules = ?a.faults, seed = a.fault_seed, "injecting faults (--fault)");
         }

@@ -220,6 +220,8 @@ pub async fn connect(
                 static_credentials: Some((srv.credentials.access_key.clone(), srv.credentials.secret_key.clone())),
                 content_type_auto: aws.content_type_auto,
                 storage_class: aws.storage_class.clone(),
+                options: aws.options.clone(),
+                no_sign_request: false,
             };
             (cfg, Some(srv))
         }
@@ -372,7 +374,7 @@ async fn log_first_lock(mountpoint: PathBuf) {
 
 /// Mounts and serves until unmounted (umount, fusermount3 -u, SIGINT, SIGTERM).
 pub fn run(
-    plan: MountPlan,
+    mut plan: MountPlan,
     conn: &crate::cli::ConnArgs,
     init: bool,
     data_dir: Option<PathBuf>,
@@ -402,6 +404,10 @@ pub fn run(
         init || embedded,
     ))?;
     tracing::info!(prefixes = layout.prefix_count(), root = layout.root(), "layout");
+    if conn.no_sign_request && !plan.fs.read_only && !rt.block_on(anonymous_writes(connected.store.as_ref(), &layout)) {
+        tracing::warn!("--no-sign-request: the bucket refuses anonymous writes, so the mount is read-only");
+        plan.fs.read_only = true;
+    }
     let conds = if plan.fs.read_only {
         DeleteConditions::S3
     } else {
@@ -513,7 +519,8 @@ async fn open_journal(
         );
     }
     let journal = Arc::new(crate::store::journal::Journal::create(&journal_dir).map_err(cache_dir(&journal_dir))?);
-    if let Some(age) = plan.abort_uploads_older_than {
+    // A read-only mount (anonymous, or `--read-only`) aborts nothing of anyone's.
+    if let Some(age) = plan.abort_uploads_older_than.filter(|_| !plan.fs.read_only) {
         let stale =
             crate::store::journal::abort_stale(store, &layout.root_slash(), age, |k| layout.key_to_path(k).is_some())
                 .await;
@@ -578,6 +585,28 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+/// Whether the bucket takes an anonymous write (`--no-sign-request`): one exclusive PUT of
+/// a probe key, deleted by its version after.
+async fn anonymous_writes(store: &dyn ObjectStore, layout: &Layout) -> bool {
+    let key = format!(
+        "{}.prefixfs/probe-anonymous-{}",
+        layout.root_slash(),
+        uuid::Uuid::new_v4().simple()
+    );
+    let meta = UserMeta::new();
+    let put = store.put_if(&key, bytes::Bytes::new(), &meta, Some(&crate::store::WriteIf::Absent));
+    match put.await {
+        Ok(etag) => {
+            let _ = store.delete(&key, etag.as_deref()).await;
+            true
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "anonymous write refused");
+            false
+        }
     }
 }
 

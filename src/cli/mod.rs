@@ -3,7 +3,7 @@
 use crate::fs::FsConfig;
 use crate::fs::defaults;
 use crate::layout::{DEFAULT_PREFIX_COUNT, MAX_PREFIX_COUNT};
-use crate::store::aws::AwsConfig;
+use crate::store::aws::{AwsConfig, BucketOptions, Checksum, Encryption};
 use crate::store::retry::RetryConfig;
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -93,6 +93,14 @@ pub enum ContentTypeMode {
     None,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum UploadChecksum {
+    #[default]
+    Crc32c,
+    Crc64nvme,
+    Off,
+}
+
 #[derive(Debug, Args, Clone, Default)]
 pub struct ConnArgs {
     /// S3 endpoint, e.g. http://127.0.0.1:9000 for a local store.
@@ -120,6 +128,36 @@ pub struct ConnArgs {
         "REDUCED_REDUNDANCY", "EXPRESS_ONEZONE",
     ])]
     pub storage_class: Option<String>,
+    /// Server-side encryption of new objects and of copies (renames, chmod): `aws:kms`
+    /// (SSE-KMS), `aws:kms:dsse` (DSSE-KMS) or `AES256` (SSE-S3). Unset: the bucket's default.
+    #[arg(long, value_parser = crate::store::aws::SSE_ALGORITHMS)]
+    pub sse: Option<String>,
+    /// The KMS key (id, ARN or alias) of `--sse aws:kms` (which it implies) or
+    /// `aws:kms:dsse`; unset: the account's AWS-managed key.
+    #[arg(long, conflicts_with = "sse_c_key_file")]
+    pub sse_kms_key_id: Option<String>,
+    /// SSE-C: encrypt every object with this key (a file of 32 bytes, or their base64, that
+    /// only its owner can read), sent with every write, read and copy. Objects written with
+    /// another key (or none) cannot be read.
+    #[arg(long, conflicts_with = "sse", value_parser = parse_sse_c_key)]
+    pub sse_c_key_file: Option<crate::store::aws::CustomerKey>,
+    /// The bucket is requester pays: every request says the requester pays
+    /// (`x-amz-request-payer`), as S3 demands of anyone but the owner.
+    #[arg(long)]
+    pub requester_pays: bool,
+    /// The account id that must own the bucket (`x-amz-expected-bucket-owner` on every
+    /// request): S3 refuses the request if someone else does.
+    #[arg(long, value_parser = parse_account_id)]
+    pub expected_bucket_owner: Option<String>,
+    /// Anonymous requests, for public buckets: no credentials looked up. The mount is
+    /// read-only unless the bucket takes anonymous writes.
+    #[arg(long, conflicts_with = "profile")]
+    pub no_sign_request: bool,
+    /// The checksum every upload carries (each PUT and part), which S3 checks and keeps:
+    /// whole-object reads are checked against it. `off` for S3-compatible stores that
+    /// refuse the headers.
+    #[arg(long, value_enum, default_value_t = UploadChecksum::Crc32c)]
+    pub upload_checksum: UploadChecksum,
     /// Attempts per request before an operation fails with EIO.
     #[arg(long, default_value_t = 10)]
     pub max_attempts: u32,
@@ -375,9 +413,38 @@ pub struct ServeArgs {
     /// How late a `stall` fault answers, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     pub fault_stall_ms: u64,
+    /// Refuse (403 AccessDenied) every write that makes an object (PUT, multipart upload,
+    /// copy) without this encryption, as a bucket policy on `s3:x-amz-server-side-encryption`
+    /// does. `SSE-C`: a customer key.
+    #[arg(long, value_parser = ["aws:kms", "aws:kms:dsse", "AES256", "SSE-C"])]
+    pub require_sse: Option<String>,
+    /// Refuse (400) every PUT and part that carries no checksum.
+    #[arg(long)]
+    pub require_checksum: bool,
+    /// A requester-pays bucket: refuse (403) every request without `x-amz-request-payer`.
+    #[arg(long)]
+    pub requester_pays: bool,
+    /// The account that owns the buckets: refuse (403) every request that does not name it
+    /// in `x-amz-expected-bucket-owner`.
+    #[arg(long, value_parser = parse_account_id)]
+    pub bucket_owner: Option<String>,
+    /// Public buckets: unsigned requests may read (GET, HEAD, list) and nothing else.
+    #[arg(long)]
+    pub public_read: bool,
 }
 
 impl ServeArgs {
+    /// What the flags say the bucket's policy demands.
+    pub fn policy(&self) -> crate::server::Policy {
+        crate::server::Policy {
+            require_sse: self.require_sse.clone(),
+            require_checksum: self.require_checksum,
+            requester_pays: self.requester_pays,
+            bucket_owner: self.bucket_owner.clone(),
+            public_read: self.public_read,
+        }
+    }
+
     /// The fault plan of the flags, if any rule is given.
     pub fn fault_plan(&self) -> Option<std::sync::Arc<crate::server::faults::FaultPlan>> {
         (!self.faults.is_empty()).then(|| {
@@ -432,6 +499,19 @@ pub fn parse_endpoint(s: &str) -> Result<String, String> {
     }
 }
 
+fn parse_sse_c_key(path: &str) -> Result<crate::store::aws::CustomerKey, String> {
+    crate::store::aws::CustomerKey::load(std::path::Path::new(path))
+}
+
+/// An AWS account id: twelve digits.
+fn parse_account_id(s: &str) -> Result<String, String> {
+    if s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!("{s:?} is not an account id (twelve digits)"))
+    }
+}
+
 pub fn parse_s3_url(s: &str) -> Result<(String, String), String> {
     let rest = s
         .strip_prefix("s3://")
@@ -465,6 +545,32 @@ impl ConnArgs {
             static_credentials: None,
             content_type_auto: self.content_type == ContentTypeMode::Auto,
             storage_class: self.storage_class.clone(),
+            options: self.bucket_options(),
+            no_sign_request: self.no_sign_request,
+        }
+    }
+
+    fn bucket_options(&self) -> BucketOptions {
+        let encryption = match (&self.sse, &self.sse_c_key_file) {
+            (_, Some(key)) => Some(Encryption::Customer(key.clone())),
+            (Some(algorithm), None) => Some(Encryption::Managed {
+                algorithm: algorithm.clone(),
+                kms_key_id: self.sse_kms_key_id.clone(),
+            }),
+            (None, None) => self.sse_kms_key_id.as_ref().map(|key| Encryption::Managed {
+                algorithm: "aws:kms".into(),
+                kms_key_id: Some(key.clone()),
+            }),
+        };
+        BucketOptions {
+            encryption,
+            requester_pays: self.requester_pays,
+            expected_owner: self.expected_bucket_owner.clone(),
+            checksum: match self.upload_checksum {
+                UploadChecksum::Crc32c => Some(Checksum::Crc32c),
+                UploadChecksum::Crc64nvme => Some(Checksum::Crc64Nvme),
+                UploadChecksum::Off => None,
+            },
         }
     }
 

@@ -41,6 +41,10 @@ fn every_mount_flag_is_a_mount_option() {
     let cli = Cli::command();
     let mount = cli.find_subcommand("mount").expect("mount subcommand");
     let mut checked = 0;
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, [5u8; 32]).unwrap();
+    let key_file = key_file.to_str().unwrap();
     for arg in mount.get_arguments() {
         let Some(long) = arg.get_long() else { continue };
         if matches!(long, "help" | "version") {
@@ -58,6 +62,11 @@ fn every_mount_flag_is_a_mount_option() {
             "abort-uploads-older-than" => "2.5",
             "content-type" => "none",
             "storage-class" => "STANDARD_IA",
+            "sse" => "aws:kms",
+            "sse-kms-key-id" => "alias/k",
+            "sse-c-key-file" => key_file,
+            "expected-bucket-owner" => "123456789012",
+            "upload-checksum" => "off",
             _ => "3",
         };
         let name = long.replace('-', "_");

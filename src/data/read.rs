@@ -279,8 +279,11 @@ impl ObjectReads {
     }
 
     fn fetch(&self, range: Range<u64>, permit: Option<OwnedSemaphorePermit>) -> Part {
-        let (store, key, r, etag) = (self.store.clone(), self.key.clone(), range.clone(), self.etag.clone());
-        let task = tokio::spawn(async move { store.get(&key, Some(r), etag.as_deref()).await });
+        let (store, key, etag) = (self.store.clone(), self.key.clone(), self.etag.clone());
+        // The whole object in one GET goes without a range: S3 then answers the object's
+        // checksum, and the client checks the bytes against it.
+        let r = (range.start > 0 || range.end < self.size).then(|| range.clone());
+        let task = tokio::spawn(async move { store.get(&key, r, etag.as_deref()).await });
         let abort = task.abort_handle();
         let key = self.key.clone();
         let data = async move {

@@ -49,6 +49,9 @@ pub enum DiskError {
     /// in one request.
     #[error("copy source larger than {0} bytes")]
     CopyTooLarge(u64),
+    /// A checksum that does not match the bytes it was sent with.
+    #[error("the checksum does not match the data")]
+    BadDigest,
     #[error("i/o: {0}")]
     Io(#[from] io::Error),
 }
@@ -72,15 +75,45 @@ pub struct Entry {
     /// The storage class the write named (None: STANDARD).
     #[serde(default)]
     pub storage_class: Option<String>,
+    #[serde(default)]
+    pub sse: Option<Sse>,
+    #[serde(default)]
+    pub checksum: Option<ObjectChecksum>,
 }
 
-/// What an object carries besides its bytes: user metadata, Content-Type, tags.
+/// What an object carries besides its bytes: user metadata, Content-Type, tags, its
+/// encryption and checksum.
 #[derive(Debug, Clone, Default)]
 pub struct Attrs {
     pub meta: BTreeMap<String, String>,
     pub content_type: Option<String>,
     pub tagging: Option<String>,
     pub storage_class: Option<String>,
+    pub sse: Option<Sse>,
+    pub checksum: Option<ObjectChecksum>,
+}
+
+/// How the write said to encrypt an object: S3 answers it on every GET and HEAD, and an
+/// SSE-C object is read only with its key (kept, as S3 keeps it, by its MD5 alone). The
+/// bytes on this disk are not encrypted: the store is private to its user.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Sse {
+    /// `aws:kms`, `aws:kms:dsse`, `AES256`; for SSE-C, the customer algorithm (`AES256`).
+    pub algorithm: String,
+    #[serde(default)]
+    pub kms_key_id: Option<String>,
+    /// SSE-C: the base64 MD5 of the customer's key.
+    #[serde(default)]
+    pub customer_key_md5: Option<String>,
+}
+
+/// An object's checksum, as S3 keeps it: the algorithm's name (`CRC32C`, ...), the base64
+/// value (`…-N` for a composite one), and whether it covers the whole object.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ObjectChecksum {
+    pub algorithm: String,
+    pub value: String,
+    pub full_object: bool,
 }
 
 impl Entry {
@@ -100,6 +133,12 @@ pub struct Upload {
     pub tagging: Option<String>,
     #[serde(default)]
     pub storage_class: Option<String>,
+    #[serde(default)]
+    pub sse: Option<Sse>,
+    /// The checksum algorithm the upload was created with, and whether its object's checksum
+    /// is a full-object one (else composite).
+    #[serde(default)]
+    pub checksum: Option<(String, bool)>,
 }
 
 pub struct DiskStore {
@@ -258,9 +297,51 @@ impl Staged {
         Ok(())
     }
 
+    /// The base64 checksum of the bytes written so far by `algorithm` (S3's name), read
+    /// back from the file; None for an algorithm this store does not know.
+    pub fn checksum(&self, algorithm: &str) -> io::Result<Option<String>> {
+        let Some(mut hasher) = hasher(algorithm) else {
+            return Ok(None);
+        };
+        let mut f = File::open(&self.path)?;
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            match f.read(&mut buf)? {
+                0 => break,
+                n => hasher.update(&buf[..n]),
+            }
+        }
+        let sum = hasher.finalize();
+        Ok([
+            sum.checksum_crc32,
+            sum.checksum_crc32c,
+            sum.checksum_crc64nvme,
+            sum.checksum_sha1,
+            sum.checksum_sha256,
+        ]
+        .into_iter()
+        .flatten()
+        .next())
+    }
+
     fn finish_md5(&mut self) -> [u8; 16] {
         std::mem::take(&mut self.md5).finalize().into()
     }
+}
+
+/// A hasher for one of S3's checksum algorithms, by its name.
+pub fn hasher(algorithm: &str) -> Option<s3s::checksum::ChecksumHasher> {
+    use s3s::crypto::{Checksum as _, Crc32, Crc32c, Crc64Nvme, Sha1, Sha256};
+    let mut h = s3s::checksum::ChecksumHasher::default();
+    match algorithm.to_ascii_uppercase().as_str() {
+        "CRC32" => h.crc32 = Some(Crc32::new()),
+        "CRC32C" => h.crc32c = Some(Crc32c::new()),
+        "CRC64NVME" => h.crc64nvme = Some(Crc64Nvme::new()),
+        "SHA1" => h.sha1 = Some(Sha1::new()),
+        "SHA256" => h.sha256 = Some(Sha256::new()),
+        _ => return None,
+    }
+    Some(h)
 }
 
 impl Drop for Staged {
@@ -360,6 +441,8 @@ impl Bucket {
             content_type: attrs.content_type,
             tagging: attrs.tagging,
             storage_class: attrs.storage_class,
+            sse: attrs.sse,
+            checksum: attrs.checksum,
         };
         write_trailer(&mut staged.file, &entry)?;
         let dst = self.object_path(key);
@@ -571,3 +654,4 @@ fn read_trailer(f: &mut File) -> io::Result<Entry> {
 #[cfg(test)]
 mod tests;
 mod uploads;
+pub use uploads::CompletedPartInfo;

@@ -155,12 +155,17 @@ pub fn operation(method: &http::Method, path: &str, query: &str, copy: bool) -> 
 
 /// The answer S3 gives for a fault of `kind` (500 or 503), as S3 words it.
 pub fn error_response(kind: FaultKind) -> http::Response<s3s::Body> {
-    let (status, code) = match kind {
-        FaultKind::SlowDown => (503, "SlowDown"),
-        _ => (500, "InternalError"),
-    };
+    match kind {
+        FaultKind::SlowDown => s3_error_response(503, "SlowDown", "injected fault (prefixfs serve --fault)"),
+        _ => s3_error_response(500, "InternalError", "injected fault (prefixfs serve --fault)"),
+    }
+}
+
+/// An S3 error answer: `status`, and the error document with `code` and `message`.
+pub fn s3_error_response(status: u16, code: &str, message: &str) -> http::Response<s3s::Body> {
+    let escaped = message.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
     let body = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected fault (prefixfs serve --fault)</Message></Error>"
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{escaped}</Message></Error>"
     );
     let mut resp = http::Response::new(s3s::Body::from(body));
     *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);

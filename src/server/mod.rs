@@ -10,6 +10,9 @@ pub mod partitions;
 mod s3impl;
 pub mod wan;
 
+pub use s3impl::Policy;
+use s3impl::Signed;
+
 use disk::DiskStore;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder as ConnBuilder;
@@ -166,6 +169,8 @@ pub struct ServerConfig {
     pub fault_plan: Option<Arc<faults::FaultPlan>>,
     /// Bytes one CopyObject (or UploadPartCopy part) copies at most; S3's limit is 5 GiB.
     pub copy_object_max: u64,
+    /// What the bucket's policy demands of requests ([`Policy`]).
+    pub policy: Policy,
 }
 
 impl ServerConfig {
@@ -181,6 +186,7 @@ impl ServerConfig {
             connection_rate: None,
             fault_plan: None,
             copy_object_max: crate::limits::MAX_COPY_OBJECT,
+            policy: Policy::default(),
         }
     }
 }
@@ -270,21 +276,32 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
             cfg.faults.clone(),
             emulator.clone(),
             cfg.copy_object_max,
+            cfg.policy.clone(),
         ));
         b.set_auth(SimpleAuth::from_single(
             credentials.access_key.clone(),
             credentials.secret_key.clone(),
         ));
+        b.set_access(Signed {
+            public_read: cfg.policy.public_read,
+        });
         b.build()
     };
     let latency = cfg.latency;
     let plan = cfg.fault_plan.clone();
+    let policy = Arc::new(cfg.policy.clone());
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let service = service.clone();
         let plan = plan.clone();
+        let policy = policy.clone();
         async move {
             if !latency.is_zero() {
                 tokio::time::sleep(latency).await;
+            }
+            // Headers every operation must carry (requester pays, the bucket owner): checked
+            // before the request reaches S3's routing, as S3's front end does.
+            if let Some((status, code, message)) = policy.refusal(req.headers()) {
+                return Ok(faults::s3_error_response(status, code, &message));
             }
             let fault = plan.as_ref().and_then(|p| {
                 let copy = req.headers().contains_key("x-amz-copy-source");

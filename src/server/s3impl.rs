@@ -1,6 +1,6 @@
 //! The `s3s::S3` trait over [`DiskStore`]: request DTOs in, store calls, response DTOs out.
 
-use super::disk::{Attrs, Bucket, DiskError, DiskStore, Resume, WriteCondition};
+use super::disk::{Attrs, Bucket, CompletedPartInfo, DiskError, DiskStore, Resume, WriteCondition};
 use super::partitions::{Access, Emulator};
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
@@ -9,7 +9,42 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 mod convert;
+mod protect;
 use convert::*;
+pub use protect::{Policy, Signed};
+use protect::{CustomerKey, checked, checksum_answer, checksum_fields, given, sse_answer, sse_of};
+
+/// The checksum fields of an input DTO, as one [`Checksum`].
+macro_rules! sums {
+    ($i:expr) => {
+        Checksum {
+            checksum_crc32: $i.checksum_crc32.clone(),
+            checksum_crc32c: $i.checksum_crc32c.clone(),
+            checksum_crc64nvme: $i.checksum_crc64nvme.clone(),
+            checksum_sha1: $i.checksum_sha1.clone(),
+            checksum_sha256: $i.checksum_sha256.clone(),
+            checksum_type: None,
+        }
+    };
+}
+
+/// The SSE-C key headers of an input DTO (`copy_source_…` with `source`).
+macro_rules! customer_key {
+    ($i:expr) => {
+        CustomerKey {
+            algorithm: $i.sse_customer_algorithm.as_ref(),
+            key: $i.sse_customer_key.as_ref(),
+            md5: $i.sse_customer_key_md5.as_ref(),
+        }
+    };
+    (source $i:expr) => {
+        CustomerKey {
+            algorithm: $i.copy_source_sse_customer_algorithm.as_ref(),
+            key: $i.copy_source_sse_customer_key.as_ref(),
+            md5: $i.copy_source_sse_customer_key_md5.as_ref(),
+        }
+    };
+}
 
 /// Keys per ListObjectsV2 page and uploads per ListMultipartUploads page, at most.
 const MAX_PAGE: i32 = crate::limits::MAX_LIST_PAGE as i32;
@@ -20,6 +55,7 @@ pub struct S3Store {
     emulator: Option<Arc<Emulator>>,
     /// Bytes one CopyObject or UploadPartCopy copies at most (S3: 5 GiB).
     copy_max: u64,
+    policy: Policy,
 }
 
 impl S3Store {
@@ -28,12 +64,14 @@ impl S3Store {
         faults: Arc<super::Faults>,
         emulator: Option<Arc<Emulator>>,
         copy_max: u64,
+        policy: Policy,
     ) -> Self {
         S3Store {
             store,
             faults,
             emulator,
             copy_max,
+            policy,
         }
     }
 
@@ -119,6 +157,14 @@ impl S3 for S3Store {
         self.check_write_allowed()?;
         self.admit(Access::Write, &req.input.key)?;
         let input = req.input;
+        let sse = sse_of(
+            input.server_side_encryption.as_ref(),
+            input.ssekms_key_id.as_ref(),
+            customer_key!(input),
+        )?;
+        self.policy.check_sse(sse.as_ref())?;
+        let sums = sums!(input);
+        self.policy.check_checksum(given(&sums))?;
         let b = self.bucket(&input.bucket)?;
         let staged = stage_body(&b, input.body).await?;
         if let Some(len) = input.content_length
@@ -127,6 +173,7 @@ impl S3 for S3Store {
         {
             return Err(s3_error!(IncompleteBody));
         }
+        let checksum = checked(&staged, given(&sums), None)?;
         let cond = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref());
         let entry = b
             .commit(
@@ -138,12 +185,27 @@ impl S3 for S3Store {
                     content_type: input.content_type.map(|c| c.to_string()),
                     tagging: input.tagging,
                     storage_class: class_named(input.storage_class.as_ref()),
+                    sse,
+                    checksum,
                 },
                 &cond,
             )
             .map_err(to_s3)?;
+        let (server_side_encryption, ssekms_key_id, sse_customer_algorithm, sse_customer_key_md5) =
+            sse_answer(&entry);
+        let (sums, checksum_type) = checksum_answer(&entry, true);
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag_of(&entry)),
+            server_side_encryption,
+            ssekms_key_id,
+            sse_customer_algorithm,
+            sse_customer_key_md5,
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
+            checksum_type,
             ..Default::default()
         }))
     }
@@ -153,6 +215,7 @@ impl S3 for S3Store {
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let (mut file, e) = b.open(&input.key).map_err(to_s3)?;
+        customer_key!(input).opens(e.sse.as_ref())?;
         check_read_conditions(
             &e,
             input.if_match.as_ref(),
@@ -172,7 +235,21 @@ impl S3 for S3Store {
         let len = range.end - range.start;
         let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
         let stream = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024);
+        // The checksum describes the whole object: S3 answers it to a whole-object GET only.
+        let asked = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+        let (sums, checksum_type) = checksum_answer(&e, asked && content_range.is_none());
+        let (server_side_encryption, ssekms_key_id, sse_customer_algorithm, sse_customer_key_md5) = sse_answer(&e);
         Ok(S3Response::new(GetObjectOutput {
+            server_side_encryption,
+            ssekms_key_id,
+            sse_customer_algorithm,
+            sse_customer_key_md5,
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
+            checksum_type,
             body: Some(StreamingBlob::wrap(stream)),
             content_length: Some(len as i64),
             content_range,
@@ -212,6 +289,7 @@ impl S3 for S3Store {
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
         let e = b.lookup(&input.key).ok_or_else(|| s3_error!(NoSuchKey))?;
+        customer_key!(input).opens(e.sse.as_ref())?;
         check_read_conditions(
             &e,
             input.if_match.as_ref(),
@@ -219,7 +297,20 @@ impl S3 for S3Store {
             input.if_modified_since.as_ref(),
             input.if_unmodified_since.as_ref(),
         )?;
+        let asked = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+        let (sums, checksum_type) = checksum_answer(&e, asked);
+        let (server_side_encryption, ssekms_key_id, sse_customer_algorithm, sse_customer_key_md5) = sse_answer(&e);
         Ok(S3Response::new(HeadObjectOutput {
+            server_side_encryption,
+            ssekms_key_id,
+            sse_customer_algorithm,
+            sse_customer_key_md5,
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
+            checksum_type,
             content_length: Some(e.size as i64),
             accept_ranges: Some("bytes".into()),
             last_modified: Some(Timestamp::from(e.modified())),
@@ -307,7 +398,22 @@ impl S3 for S3Store {
         let (src_bucket, src_key) = source(&input.copy_source)?;
         let src = self.bucket(src_bucket)?;
         let dst = self.bucket(&input.bucket)?;
+        // A copy is encrypted as it says, not as its source was.
+        let sse = sse_of(
+            input.server_side_encryption.as_ref(),
+            input.ssekms_key_id.as_ref(),
+            customer_key!(input),
+        )?;
+        self.policy.check_sse(sse.as_ref())?;
         let (staged, src_entry) = src.stage_copy(src_key, None, self.copy_max).map_err(to_s3)?;
+        customer_key!(source input).opens(src_entry.sse.as_ref())?;
+        // The checksum algorithm the copy asks for, else its source's.
+        let algorithm = input
+            .checksum_algorithm
+            .as_ref()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| src_entry.checksum.as_ref().map(|c| c.algorithm.clone()));
+        let checksum = checked(&staged, None, algorithm.as_deref())?;
         check_copy_source(
             &input.copy_source_if_match,
             &input.copy_source_if_none_match,
@@ -333,6 +439,8 @@ impl S3 for S3Store {
             content_type,
             tagging,
             storage_class: class_named(input.storage_class.as_ref()),
+            sse,
+            checksum,
         };
         // A multipart ETag is not the MD5 of the body; a copy keeps it, as S3 does.
         let etag = src_entry.etag.contains('-').then(|| src_entry.etag.clone());
@@ -464,6 +572,23 @@ impl S3 for S3Store {
         self.check_write_allowed()?;
         self.admit(Access::Write, &req.input.key)?;
         let input = req.input;
+        let sse = sse_of(
+            input.server_side_encryption.as_ref(),
+            input.ssekms_key_id.as_ref(),
+            customer_key!(input),
+        )?;
+        self.policy.check_sse(sse.as_ref())?;
+        // S3: CRC64NVME is always a full-object checksum; the others are composite unless
+        // the upload says FULL_OBJECT.
+        let checksum = input.checksum_algorithm.as_ref().map(|a| {
+            let a = a.as_str().to_ascii_uppercase();
+            let full = a == "CRC64NVME"
+                || input
+                    .checksum_type
+                    .as_ref()
+                    .is_some_and(|t| t.as_str() == ChecksumType::FULL_OBJECT);
+            (a, full)
+        });
         let b = self.bucket(&input.bucket)?;
         let up = b
             .create_upload(
@@ -473,7 +598,10 @@ impl S3 for S3Store {
                     content_type: input.content_type.map(|c| c.to_string()),
                     tagging: input.tagging,
                     storage_class: class_named(input.storage_class.as_ref()),
+                    sse,
+                    checksum: None,
                 },
+                checksum,
             )
             .map_err(to_s3)?;
         Ok(S3Response::new(CreateMultipartUploadOutput {
@@ -489,12 +617,38 @@ impl S3 for S3Store {
         self.admit(Access::Write, &req.input.key)?;
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
+        let up = b.upload(&input.key, &input.upload_id).map_err(to_s3)?;
+        customer_key!(input).opens(up.sse.as_ref())?;
+        let sums = sums!(input);
+        let given = given(&sums);
+        self.policy.check_checksum(given)?;
         let staged = stage_body(&b, input.body).await?;
-        let etag = b
-            .put_part(&input.key, &input.upload_id, input.part_number, staged)
+        // A checksum by another algorithm than the upload's is still checked.
+        if let Some((name, _)) = given
+            && up.checksum.as_ref().is_none_or(|(a, _)| a != name)
+        {
+            checked(&staged, given, None)?;
+        }
+        let (etag, crc) = b
+            .put_part(
+                &input.key,
+                &input.upload_id,
+                input.part_number,
+                staged,
+                given.map(|(_, v)| v),
+            )
             .map_err(to_s3)?;
+        let sums = match (&up.checksum, crc) {
+            (Some((a, _)), Some(c)) => checksum_fields(a, Some(c)),
+            _ => Checksum::default(),
+        };
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(ETag::Strong(etag)),
+            checksum_crc32: sums.checksum_crc32,
+            checksum_crc32c: sums.checksum_crc32c,
+            checksum_crc64nvme: sums.checksum_crc64nvme,
+            checksum_sha1: sums.checksum_sha1,
+            checksum_sha256: sums.checksum_sha256,
             ..Default::default()
         }))
     }
@@ -510,20 +664,31 @@ impl S3 for S3Store {
         let src = self.bucket(src_bucket)?;
         let dst = self.bucket(&input.bucket)?;
         let range = input.copy_source_range.as_deref().map(parse_copy_range).transpose()?;
+        let up = dst.upload(&input.key, &input.upload_id).map_err(to_s3)?;
+        customer_key!(input).opens(up.sse.as_ref())?;
         let (staged, src_entry) = src.stage_copy(src_key, range, self.copy_max).map_err(to_s3)?;
+        customer_key!(source input).opens(src_entry.sse.as_ref())?;
         check_copy_source(
             &input.copy_source_if_match,
             &input.copy_source_if_none_match,
             &src_entry,
         )?;
-        let etag = dst
-            .put_part(&input.key, &input.upload_id, input.part_number, staged)
+        let (etag, crc) = dst
+            .put_part(&input.key, &input.upload_id, input.part_number, staged, None)
             .map_err(to_s3)?;
+        let sums = match (&up.checksum, crc) {
+            (Some((a, _)), Some(c)) => checksum_fields(a, Some(c)),
+            _ => Checksum::default(),
+        };
         Ok(S3Response::new(UploadPartCopyOutput {
             copy_part_result: Some(CopyPartResult {
                 e_tag: Some(ETag::Strong(etag)),
                 last_modified: Some(Timestamp::from(SystemTime::now())),
-                ..Default::default()
+                checksum_crc32: sums.checksum_crc32,
+                checksum_crc32c: sums.checksum_crc32c,
+                checksum_crc64nvme: sums.checksum_crc64nvme,
+                checksum_sha1: sums.checksum_sha1,
+                checksum_sha256: sums.checksum_sha256,
             }),
             ..Default::default()
         }))
@@ -544,17 +709,29 @@ impl S3 for S3Store {
         }
         let input = req.input;
         let b = self.bucket(&input.bucket)?;
+        // The key, needed with every part, is optional here; a wrong one is refused.
+        let up = b.upload(&input.key, &input.upload_id).map_err(to_s3)?;
+        if input.sse_customer_key.is_some() {
+            customer_key!(input).opens(up.sse.as_ref())?;
+        }
         let mut parts = Vec::new();
         for p in input.multipart_upload.and_then(|m| m.parts).unwrap_or_default() {
             let n = p
                 .part_number
                 .ok_or_else(|| s3_error!(InvalidPart, "part without number"))?;
+            let checksum = given(&sums!(p)).map(|(_, v)| v.to_string());
             let etag = p.e_tag.map(|e| e.value().to_string()).unwrap_or_default();
-            parts.push((n, etag));
+            parts.push(CompletedPartInfo {
+                number: n,
+                etag,
+                checksum,
+            });
         }
+        // A whole object's checksum the completion gives must be the one the parts make.
+        let whole = given(&sums!(input)).map(|(a, v)| (a.to_string(), v.to_string()));
         let cond = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref());
         let entry = b
-            .complete_upload(&input.key, &input.upload_id, &parts, &cond)
+            .complete_upload(&input.key, &input.upload_id, &parts, &cond, whole.as_ref())
             .map_err(to_s3)?;
         if self.faults.take_lost_completion() {
             return Err(S3Error::with_message(
@@ -622,6 +799,7 @@ impl S3 for S3Store {
 }
 
 type Bucket_ = s3s::dto::Bucket;
+
 
 /// The storage class a write names, STANDARD as none (S3 answers no `x-amz-storage-class`
 /// for a STANDARD object).

@@ -4,6 +4,10 @@
 //! static ones are given (the embedded server). The SDK's own retries are disabled: retries
 //! and their counting live in [`super::retry`].
 
+mod options;
+pub use options::{BucketOptions, Checksum, CustomerKey, Encryption, SSE_ALGORITHMS};
+use options::{encrypted, keyed, part_receipt, read_receipt, source_keyed};
+
 use super::urlenc;
 use super::{
     CopySpec, DeleteTarget, Headers, ListPage, ObjectMeta, ObjectStore, StoreError, StoreResult, Unreachable,
@@ -34,6 +38,10 @@ pub struct AwsConfig {
     pub content_type_auto: bool,
     /// The storage class of new objects (`--storage-class`); None: the bucket's default.
     pub storage_class: Option<String>,
+    /// Encryption, requester pays, the expected owner, upload checksums.
+    pub options: BucketOptions,
+    /// Anonymous requests (`--no-sign-request`), for public buckets: no credentials looked up.
+    pub no_sign_request: bool,
 }
 
 #[derive(Clone)]
@@ -51,6 +59,7 @@ pub struct AwsStore {
     credentials: Option<aws_sdk_s3::config::SharedCredentialsProvider>,
     /// Whether request bodies are part of the signature (SHA-256 of every byte sent).
     sign_payloads: bool,
+    opts: BucketOptions,
 }
 
 /// Bodies need the signature's SHA-256 only where nothing else protects them in transit:
@@ -98,7 +107,9 @@ impl AwsStore {
         if let Some(e) = &cfg.endpoint_url {
             loader = loader.endpoint_url(e);
         }
-        if let Some((ak, sk)) = &cfg.static_credentials {
+        if cfg.no_sign_request {
+            loader = loader.no_credentials();
+        } else if let Some((ak, sk)) = &cfg.static_credentials {
             loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(ak, sk, None, None, "prefixfs"));
         } else {
             // The SDK's chain, with instance metadata asked once and briefly: off EC2 its
@@ -128,6 +139,12 @@ impl AwsStore {
         if shared.region().is_none() {
             b = b.region(aws_config::Region::new("us-east-1"));
         }
+        match options::BucketHeaders::of(&cfg.options) {
+            Ok(Some(h)) => b = b.interceptor(h),
+            Ok(None) => {}
+            // Checked when the options were parsed.
+            Err(e) => tracing::warn!(error = %e, "bucket headers left out"),
+        }
         AwsStore {
             client: Client::from_conf(b.build()),
             bucket: cfg.bucket.clone(),
@@ -136,6 +153,7 @@ impl AwsStore {
             credentials,
             content_type_auto: cfg.content_type_auto,
             storage_class: cfg.storage_class.clone(),
+            opts: cfg.options.clone(),
         }
     }
 
@@ -399,6 +417,10 @@ fn content_type_of(key: &str) -> Option<&'static str> {
 /// How long [`AwsStore::check_credentials`] waits for the provider chain.
 pub const CREDENTIALS_WAIT: Duration = Duration::from_millis(1500);
 
+/// The code of [`StoreError::Client`] for a GET whose bytes do not match the checksum S3
+/// answered with them.
+pub const CHECKSUM_MISMATCH: &str = "ChecksumMismatch";
+
 /// The code of [`StoreError::Client`] for an answer that is not S3's (see [`map_err`]).
 pub const NOT_S3: &str = "NotS3";
 
@@ -466,7 +488,8 @@ fn encode_copy_source(bucket: &str, key: &str) -> String {
 #[async_trait]
 impl ObjectStore for AwsStore {
     async fn head(&self, key: &str) -> StoreResult<ObjectMeta> {
-        let r = self.client.head_object().bucket(&self.bucket).key(key).send().await;
+        let req = self.client.head_object().bucket(&self.bucket).key(key);
+        let r = keyed!(req, self.opts).send().await;
         let r = r.map_err(|e| self.fail("head", key, e))?;
         Ok(ObjectMeta {
             key: key.to_string(),
@@ -497,11 +520,14 @@ impl ObjectStore for AwsStore {
             .bucket(&self.bucket)
             .key(key)
             .set_if_match(version.map(str::to_string));
-        if let Some(r) = &range {
-            if r.start >= r.end {
-                return Ok(Bytes::new());
-            }
-            req = req.range(format!("bytes={}-{}", r.start, r.end - 1));
+        req = keyed!(req, self.opts);
+        match &range {
+            Some(r) if r.start >= r.end => return Ok(Bytes::new()),
+            Some(r) => req = req.range(format!("bytes={}-{}", r.start, r.end - 1)),
+            // S3 answers the object's checksum to a whole-object GET only, and only when
+            // asked; the SDK then checks the bytes against it (a multipart object's
+            // composite checksum it cannot, and skips).
+            None => req = req.checksum_mode(aws_sdk_s3::types::ChecksumMode::Enabled),
         }
         let resp = match req.send().await {
             Ok(r) => r,
@@ -523,10 +549,22 @@ impl ObjectStore for AwsStore {
                 Ok(Some(chunk)) => out.extend_from_slice(&chunk),
                 Ok(None) => return Ok(out.freeze()),
                 Err(e) => {
+                    let message = causes(&e);
+                    // The bytes are not the object S3 holds a checksum of: corrupt where they
+                    // are kept, or on the way; either way not worth ten more GETs.
+                    if message.to_ascii_lowercase().contains("checksum mismatch") {
+                        return Err(StoreError::Client {
+                            op: "get",
+                            key: key.to_string(),
+                            status: 200,
+                            code: CHECKSUM_MISMATCH.into(),
+                            message,
+                        });
+                    }
                     return Err(StoreError::Transport {
                         op: "get",
                         key: key.to_string(),
-                        message: e.to_string(),
+                        message,
                     });
                 }
             }
@@ -546,7 +584,8 @@ impl ObjectStore for AwsStore {
             .put_object()
             .bucket(&self.bucket)
             .key(key)
-            .body(ByteStream::from(body));
+            .body(ByteStream::from(body.clone()));
+        let body_for_crc = body;
         for (k, v) in meta {
             req = req.metadata(k, v);
         }
@@ -559,6 +598,12 @@ impl ObjectStore for AwsStore {
         if let Some(c) = self.default_class(headers) {
             req = req.storage_class(c);
         }
+        req = encrypted!(req, self.opts);
+        req = match self.opts.checksum {
+            Some(c @ Checksum::Crc32c) => req.checksum_crc32_c(c.of(&body_for_crc)),
+            Some(c @ Checksum::Crc64Nvme) => req.checksum_crc64_nvme(c.of(&body_for_crc)),
+            None => req,
+        };
         req = match cond {
             Some(WriteIf::Absent) => req.if_none_match("*"),
             Some(WriteIf::Matches(etag)) => req.if_match(etag),
@@ -721,6 +766,8 @@ impl ObjectStore for AwsStore {
             // STANDARD unless told.
             req = req.storage_class(aws_sdk_s3::types::StorageClass::from(class));
         }
+        req = source_keyed!(encrypted!(req, self.opts), self.opts)
+            .set_checksum_algorithm(self.opts.checksum.map(Checksum::algorithm));
         let r = req.send().await.map_err(|e| self.fail("copy", src, e))?;
         Ok(r.copy_object_result().and_then(|c| c.e_tag()).map(str::to_string))
     }
@@ -734,7 +781,7 @@ impl ObjectStore for AwsStore {
         range: Range<u64>,
         src_etag: Option<&str>,
     ) -> StoreResult<String> {
-        let r = self
+        let req = self
             .client
             .upload_part_copy()
             .bucket(&self.bucket)
@@ -743,11 +790,17 @@ impl ObjectStore for AwsStore {
             .part_number(part)
             .copy_source(encode_copy_source(&self.bucket, src))
             .copy_source_range(format!("bytes={}-{}", range.start, range.end.saturating_sub(1)))
-            .set_copy_source_if_match(src_etag.map(str::to_string))
+            .set_copy_source_if_match(src_etag.map(str::to_string));
+        let r = source_keyed!(keyed!(req, self.opts), self.opts)
             .send()
             .await
             .map_err(|e| self.fail("upload_part_copy", src, e))?;
-        Ok(r.copy_part_result().and_then(|c| c.e_tag()).unwrap_or("").to_string())
+        let result = r.copy_part_result();
+        let crc = result.and_then(|c| match self.opts.checksum? {
+            Checksum::Crc32c => c.checksum_crc32_c(),
+            Checksum::Crc64Nvme => c.checksum_crc64_nvme(),
+        });
+        Ok(part_receipt(result.and_then(|c| c.e_tag()).unwrap_or(""), crc))
     }
 
     async fn create_multipart_with(
@@ -769,6 +822,12 @@ impl ObjectStore for AwsStore {
         if let Some(c) = self.default_class(headers) {
             req = req.storage_class(c);
         }
+        req = encrypted!(req, self.opts);
+        if let Some(c) = self.opts.checksum {
+            req = req
+                .checksum_algorithm(c.algorithm())
+                .checksum_type(aws_sdk_s3::types::ChecksumType::FullObject);
+        }
         let r = req.send().await.map_err(|e| self.fail("create_multipart", key, e))?;
         r.upload_id().map(str::to_string).ok_or_else(|| StoreError::Server {
             op: "create_multipart",
@@ -787,14 +846,21 @@ impl ObjectStore for AwsStore {
             .key(key)
             .upload_id(upload_id)
             .part_number(part)
-            .body(ByteStream::from(body));
+            .body(ByteStream::from(body.clone()));
+        let req = keyed!(req, self.opts);
+        let crc = self.opts.checksum.map(|c| c.of(&body));
+        let req = match self.opts.checksum {
+            Some(Checksum::Crc32c) => req.set_checksum_crc32_c(crc.clone()),
+            Some(Checksum::Crc64Nvme) => req.set_checksum_crc64_nvme(crc.clone()),
+            None => req,
+        };
         let r = if self.sign_payloads {
             req.send().await
         } else {
             req.customize().disable_payload_signing().send().await
         };
         let r = r.map_err(|e| self.fail("upload_part", key, e))?;
-        Ok(r.e_tag().unwrap_or("").to_string())
+        Ok(part_receipt(r.e_tag().unwrap_or(""), crc.as_deref()))
     }
 
     async fn complete_multipart_if(
@@ -806,15 +872,28 @@ impl ObjectStore for AwsStore {
     ) -> StoreResult<Option<String>> {
         let parts = parts
             .iter()
-            .map(|(n, etag)| CompletedPart::builder().part_number(*n).e_tag(etag).build())
+            .map(|(n, receipt)| {
+                let (etag, crc) = read_receipt(receipt);
+                let part = CompletedPart::builder().part_number(*n).e_tag(etag);
+                match (self.opts.checksum, crc) {
+                    (Some(Checksum::Crc32c), Some(c)) => part.checksum_crc32_c(c),
+                    (Some(Checksum::Crc64Nvme), Some(c)) => part.checksum_crc64_nvme(c),
+                    _ => part,
+                }
+                .build()
+            })
             .collect::<Vec<_>>();
-        let req = self
+        let mut req = self
             .client
             .complete_multipart_upload()
             .bucket(&self.bucket)
             .key(key)
             .upload_id(upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
+        req = keyed!(req, self.opts);
+        if self.opts.checksum.is_some() {
+            req = req.checksum_type(aws_sdk_s3::types::ChecksumType::FullObject);
+        }
         let req = match cond {
             Some(WriteIf::Absent) => req.if_none_match("*"),
             Some(WriteIf::Matches(etag)) => req.if_match(etag),

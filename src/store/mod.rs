@@ -762,8 +762,10 @@ pub trait ObjectStore: Send + Sync + 'static {
     async fn create_multipart(&self, key: &str, meta: &UserMeta) -> StoreResult<String> {
         self.create_multipart_with(key, meta, None).await
     }
+    /// UploadPart: the part's receipt, which the completion is handed back as it is (its
+    /// ETag, and whatever else the store needs to name the part: the part's checksum).
     async fn upload_part(&self, key: &str, upload_id: &str, part: i32, body: Bytes) -> StoreResult<String>;
-    /// UploadPartCopy: part `part` is bytes `range` of the object `src`, copied server-side;
+    /// UploadPartCopy (its receipt, as [`ObjectStore::upload_part`]): part `part` is bytes `range` of the object `src`, copied server-side;
     /// with `src_etag`, only while `src` still has that ETag (else PreconditionFailed), so
     /// that the parts of one copy all come from one version of the source.
     async fn upload_part_copy(

@@ -269,7 +269,7 @@ pub fn client_config(endpoint: &str) -> AwsConfig {
         profile: None,
         static_credentials: Some((ACCESS_KEY.into(), SECRET_KEY.into())),
         content_type_auto: false,
-        storage_class: None,
+        ..AwsConfig::default()
     }
 }
 

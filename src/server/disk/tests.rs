@@ -85,16 +85,25 @@ fn conditional_writes_and_multipart() {
     b.delete("k", Some(&e.etag)).unwrap();
     assert!(b.lookup("k").is_none());
 
-    let up = b.create_upload("big", Attrs::default()).unwrap();
+    let up = b.create_upload("big", Attrs::default(), None).unwrap();
     let mut p1 = b.stage().unwrap();
     p1.write(&vec![1u8; MIN_PART_SIZE as usize]).unwrap();
-    let e1 = b.put_part("big", &up.id, 1, p1).unwrap();
+    let e1 = b.put_part("big", &up.id, 1, p1, None).unwrap().0;
     let mut p2 = b.stage().unwrap();
     p2.write(b"tail").unwrap();
-    let e2 = b.put_part("big", &up.id, 2, p2).unwrap();
+    let e2 = b.put_part("big", &up.id, 2, p2, None).unwrap().0;
     assert_eq!(b.uploads("").len(), 1);
     let entry = b
-        .complete_upload("big", &up.id, &[(1, e1), (2, e2)], &WriteCondition::default())
+        .complete_upload(
+            "big",
+            &up.id,
+            &[
+                CompletedPartInfo { number: 1, etag: e1, checksum: None },
+                CompletedPartInfo { number: 2, etag: e2, checksum: None },
+            ],
+            &WriteCondition::default(),
+            None,
+        )
         .unwrap();
     assert_eq!(entry.size, MIN_PART_SIZE + 4);
     assert!(entry.etag.ends_with("-2"));

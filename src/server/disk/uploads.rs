@@ -3,15 +3,27 @@
 //! or aborted; they survive a restart.
 
 use super::{
-    Attrs, Bucket, DiskError, DiskResult, Entry, MIN_PART_SIZE, Staged, Upload, WriteCondition, etag_eq, lock, now_ns,
+    Attrs, Bucket, DiskError, DiskResult, Entry, MIN_PART_SIZE, ObjectChecksum, Staged, Upload, WriteCondition,
+    etag_eq, lock, now_ns,
 };
+
+/// A part as a completion lists it.
+#[derive(Debug, Clone, Default)]
+pub struct CompletedPartInfo {
+    pub number: i32,
+    pub etag: String,
+    /// The part's checksum by the upload's algorithm, when the request gives one.
+    pub checksum: Option<String>,
+}
 use md5::{Digest, Md5};
 use std::fs::{self, File};
 use std::io;
 use std::path::PathBuf;
 
 impl Bucket {
-    pub fn create_upload(&self, key: &str, attrs: Attrs) -> DiskResult<Upload> {
+    /// A new upload of `key`; with `checksum` (algorithm, full object), every part's checksum
+    /// is kept and the object gets one.
+    pub fn create_upload(&self, key: &str, attrs: Attrs, checksum: Option<(String, bool)>) -> DiskResult<Upload> {
         let up = Upload {
             id: uuid::Uuid::new_v4().simple().to_string(),
             key: key.to_string(),
@@ -20,6 +32,8 @@ impl Bucket {
             content_type: attrs.content_type,
             tagging: attrs.tagging,
             storage_class: attrs.storage_class,
+            sse: attrs.sse,
+            checksum,
         };
         let dir = self.dir.join("uploads").join(&up.id);
         fs::create_dir_all(&dir)?;
@@ -29,7 +43,7 @@ impl Bucket {
         Ok(up)
     }
 
-    fn upload(&self, key: &str, id: &str) -> DiskResult<Upload> {
+    pub fn upload(&self, key: &str, id: &str) -> DiskResult<Upload> {
         match lock(&self.uploads).get(id) {
             Some(u) if u.key == key => Ok(u.clone()),
             _ => Err(DiskError::NoSuchUpload),
@@ -40,34 +54,59 @@ impl Bucket {
         self.dir.join("uploads").join(id).join(format!("part-{part:05}"))
     }
 
-    /// Stores a staged body as part `part` of an upload; returns its ETag.
-    pub fn put_part(&self, key: &str, id: &str, part: i32, mut staged: Staged) -> DiskResult<String> {
-        self.upload(key, id)?;
+    /// Stores a staged body as part `part` of an upload; returns its ETag and, when the
+    /// upload keeps checksums, the part's (which must be `given`, when one is given).
+    pub fn put_part(
+        &self,
+        key: &str,
+        id: &str,
+        part: i32,
+        mut staged: Staged,
+        given: Option<&str>,
+    ) -> DiskResult<(String, Option<String>)> {
+        let up = self.upload(key, id)?;
         if !(1..=crate::limits::MAX_PARTS as i32).contains(&part) {
             return Err(DiskError::InvalidPart(format!("part number {part} outside 1..=10000")));
+        }
+        let crc = match &up.checksum {
+            Some((algorithm, _)) => staged.checksum(algorithm)?,
+            None => None,
+        };
+        if let (Some(want), Some(got)) = (given, &crc)
+            && want != got
+        {
+            return Err(DiskError::BadDigest);
         }
         let etag = hex::encode(staged.finish_md5());
         let path = self.part_path(id, part);
         fs::write(path.with_extension("etag"), &etag)?;
+        match &crc {
+            Some(c) => fs::write(path.with_extension("crc"), c)?,
+            None => {
+                let _ = fs::remove_file(path.with_extension("crc"));
+            }
+        }
         fs::rename(&staged.path, &path)?;
-        Ok(etag)
+        Ok((etag, crc))
     }
 
     pub fn complete_upload(
         &self,
         key: &str,
         id: &str,
-        parts: &[(i32, String)],
+        parts: &[CompletedPartInfo],
         cond: &WriteCondition,
+        whole: Option<&(String, String)>,
     ) -> DiskResult<Entry> {
         let up = self.upload(key, id)?;
+        let mut crcs = Vec::new();
         if parts.is_empty() {
             return Err(DiskError::InvalidPart("no parts".into()));
         }
         let mut staged = self.stage()?;
         let mut md5s = Vec::new();
         let mut last = 0;
-        for (i, (n, want)) in parts.iter().enumerate() {
+        for (i, CompletedPartInfo { number: n, etag: want, checksum }) in parts.iter().enumerate() {
             if *n <= last {
                 return Err(DiskError::InvalidPart("parts not in ascending order".into()));
             }
@@ -78,6 +117,20 @@ impl Bucket {
             if !etag_eq(&etag, want) {
                 return Err(DiskError::InvalidPart(format!("part {n} etag mismatch")));
             }
+            if let Some((_, full_object)) = &up.checksum {
+                let kept = fs::read_to_string(path.with_extension("crc")).ok();
+                match (checksum, &kept) {
+                    (Some(c), Some(k)) if c != k => {
+                        return Err(DiskError::InvalidPart(format!("part {n}: checksum does not match")));
+                    }
+                    // S3 wants every part's checksum in a composite upload's completion.
+                    (None, _) if !full_object => {
+                        return Err(DiskError::InvalidPart(format!("part {n}: no checksum")));
+                    }
+                    _ => {}
+                }
+                crcs.push(kept.unwrap_or_default());
+            }
             let mut f = File::open(&path)?;
             let len = f.metadata()?.len();
             if len < MIN_PART_SIZE && i + 1 < parts.len() {
@@ -87,11 +140,46 @@ impl Bucket {
             md5s.extend(hex::decode(etag.trim()).map_err(|_| DiskError::InvalidPart("bad etag".into()))?);
         }
         let etag = format!("{}-{}", hex::encode(Md5::digest(&md5s)), parts.len());
+        let checksum = match &up.checksum {
+            Some((algorithm, true)) => staged.checksum(algorithm)?.map(|value| ObjectChecksum {
+                algorithm: algorithm.clone(),
+                value,
+                full_object: true,
+            }),
+            // S3's composite checksum: the checksum of the parts' checksums, and their count.
+            Some((algorithm, false)) => {
+                let mut h = super::hasher(algorithm).ok_or(DiskError::BadDigest)?;
+                for c in &crcs {
+                    h.update(&aws_smithy_types::base64::decode(c).map_err(|_| DiskError::BadDigest)?);
+                }
+                let sum = h.finalize();
+                [sum.checksum_crc32, sum.checksum_crc32c, sum.checksum_sha1, sum.checksum_sha256]
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .map(|v| ObjectChecksum {
+                        algorithm: algorithm.clone(),
+                        value: format!("{v}-{}", parts.len()),
+                        full_object: false,
+                    })
+            }
+            None => None,
+        };
+        // The whole object's checksum, when the completion gives one, must be the parts'.
+        if let Some((algorithm, value)) = whole
+            && checksum
+                .as_ref()
+                .is_none_or(|c| c.algorithm != *algorithm || c.value != *value)
+        {
+            return Err(DiskError::BadDigest);
+        }
         let attrs = Attrs {
             meta: up.meta.clone(),
             content_type: up.content_type.clone(),
             tagging: up.tagging.clone(),
             storage_class: up.storage_class.clone(),
+            sse: up.sse.clone(),
+            checksum,
         };
         let entry = self.commit(staged, key, Some(etag), attrs, cond)?;
         self.remove_upload(id);

@@ -17,6 +17,7 @@ pub(super) fn to_s3(e: DiskError) -> S3Error {
         DiskError::PreconditionFailed => s3_error!(PreconditionFailed),
         DiskError::InvalidPart(m) => S3Error::with_message(S3ErrorCode::InvalidPart, m),
         DiskError::EntityTooSmall => s3_error!(EntityTooSmall),
+        DiskError::BadDigest => s3_error!(BadDigest),
         // S3's words, which clients may go by.
         DiskError::CopyTooLarge(max) => S3Error::with_message(
             S3ErrorCode::InvalidRequest,
