@@ -46,8 +46,7 @@ pub async fn connect(endpoint: &str) -> AwsStore {
         force_path_style: true,
         profile: None,
         static_credentials: Some((ACCESS.into(), SECRET.into())),
-        content_type_auto: false,
-        storage_class: None,
+        ..AwsConfig::default()
     })
     .await
 }

@@ -11,8 +11,8 @@ use std::time::SystemTime;
 mod convert;
 mod protect;
 use convert::*;
-pub use protect::{Policy, Signed};
 use protect::{CustomerKey, checked, checksum_answer, checksum_fields, given, sse_answer, sse_of};
+pub use protect::{Policy, Signed};
 
 /// The checksum fields of an input DTO, as one [`Checksum`].
 macro_rules! sums {
@@ -191,8 +191,7 @@ impl S3 for S3Store {
                 &cond,
             )
             .map_err(to_s3)?;
-        let (server_side_encryption, ssekms_key_id, sse_customer_algorithm, sse_customer_key_md5) =
-            sse_answer(&entry);
+        let (server_side_encryption, ssekms_key_id, sse_customer_algorithm, sse_customer_key_md5) = sse_answer(&entry);
         let (sums, checksum_type) = checksum_answer(&entry, true);
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(etag_of(&entry)),
@@ -236,7 +235,10 @@ impl S3 for S3Store {
         let reader = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
         let stream = tokio_util::io::ReaderStream::with_capacity(reader, 256 * 1024);
         // The checksum describes the whole object: S3 answers it to a whole-object GET only.
-        let asked = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+        let asked = input
+            .checksum_mode
+            .as_ref()
+            .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
         let (sums, checksum_type) = checksum_answer(&e, asked && content_range.is_none());
         let (server_side_encryption, ssekms_key_id, sse_customer_algorithm, sse_customer_key_md5) = sse_answer(&e);
         Ok(S3Response::new(GetObjectOutput {
@@ -297,7 +299,10 @@ impl S3 for S3Store {
             input.if_modified_since.as_ref(),
             input.if_unmodified_since.as_ref(),
         )?;
-        let asked = input.checksum_mode.as_ref().is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
+        let asked = input
+            .checksum_mode
+            .as_ref()
+            .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
         let (sums, checksum_type) = checksum_answer(&e, asked);
         let (server_side_encryption, ssekms_key_id, sse_customer_algorithm, sse_customer_key_md5) = sse_answer(&e);
         Ok(S3Response::new(HeadObjectOutput {
@@ -799,7 +804,6 @@ impl S3 for S3Store {
 }
 
 type Bucket_ = s3s::dto::Bucket;
-
 
 /// The storage class a write names, STANDARD as none (S3 answers no `x-amz-storage-class`
 /// for a STANDARD object).

@@ -697,11 +697,19 @@ pub fn multipart_etag<'a>(part_etags: impl IntoIterator<Item = &'a str>) -> Opti
     let mut md5s = Vec::new();
     let mut n = 0;
     for e in part_etags {
-        let raw = hex::decode(e.trim_matches('"')).ok().filter(|b| b.len() == 16)?;
+        let raw = hex::decode(receipt_etag(e).trim_matches('"'))
+            .ok()
+            .filter(|b| b.len() == 16)?;
         md5s.extend(raw);
         n += 1;
     }
     Some(format!("{}-{n}", hex::encode(Md5::digest(&md5s))))
+}
+
+/// The ETag of a part's receipt ([`ObjectStore::upload_part`]): a store may add what else
+/// names the part (its checksum) after a newline, which no ETag holds.
+pub fn receipt_etag(receipt: &str) -> &str {
+    receipt.split('\n').next().unwrap_or(receipt)
 }
 
 /// The S3 operations the filesystem needs. Keys are full keys (the layout applied already).

@@ -404,6 +404,7 @@ impl Drop for Mount {
     }
 }
 
+#[derive(Debug)]
 pub struct Output {
     pub code: i32,
     pub stdout: String,

@@ -98,8 +98,16 @@ fn conditional_writes_and_multipart() {
             "big",
             &up.id,
             &[
-                CompletedPartInfo { number: 1, etag: e1, checksum: None },
-                CompletedPartInfo { number: 2, etag: e2, checksum: None },
+                CompletedPartInfo {
+                    number: 1,
+                    etag: e1,
+                    checksum: None,
+                },
+                CompletedPartInfo {
+                    number: 2,
+                    etag: e2,
+                    checksum: None,
+                },
             ],
             &WriteCondition::default(),
             None,

@@ -106,7 +106,15 @@ impl Bucket {
         let mut staged = self.stage()?;
         let mut md5s = Vec::new();
         let mut last = 0;
-        for (i, CompletedPartInfo { number: n, etag: want, checksum }) in parts.iter().enumerate() {
+        for (
+            i,
+            CompletedPartInfo {
+                number: n,
+                etag: want,
+                checksum,
+            },
+        ) in parts.iter().enumerate()
+        {
             if *n <= last {
                 return Err(DiskError::InvalidPart("parts not in ascending order".into()));
             }
@@ -153,15 +161,20 @@ impl Bucket {
                     h.update(&aws_smithy_types::base64::decode(c).map_err(|_| DiskError::BadDigest)?);
                 }
                 let sum = h.finalize();
-                [sum.checksum_crc32, sum.checksum_crc32c, sum.checksum_sha1, sum.checksum_sha256]
-                    .into_iter()
-                    .flatten()
-                    .next()
-                    .map(|v| ObjectChecksum {
-                        algorithm: algorithm.clone(),
-                        value: format!("{v}-{}", parts.len()),
-                        full_object: false,
-                    })
+                [
+                    sum.checksum_crc32,
+                    sum.checksum_crc32c,
+                    sum.checksum_sha1,
+                    sum.checksum_sha256,
+                ]
+                .into_iter()
+                .flatten()
+                .next()
+                .map(|v| ObjectChecksum {
+                    algorithm: algorithm.clone(),
+                    value: format!("{v}-{}", parts.len()),
+                    full_object: false,
+                })
             }
             None => None,
         };

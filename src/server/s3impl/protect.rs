@@ -52,7 +52,10 @@ impl s3s::access::S3Access for Signed {
         if cx.credentials().is_some() || (self.public_read && READS.contains(&cx.s3_op().name())) {
             return Ok(());
         }
-        Err(S3Error::with_message(S3ErrorCode::AccessDenied, "Signature is required"))
+        Err(S3Error::with_message(
+            S3ErrorCode::AccessDenied,
+            "Signature is required",
+        ))
     }
 }
 
@@ -183,7 +186,13 @@ pub fn sse_of(
         return Ok(None);
     };
     let a = a.as_str();
-    if ![ServerSideEncryption::AES256, ServerSideEncryption::AWS_KMS, "aws:kms:dsse"].contains(&a) {
+    if ![
+        ServerSideEncryption::AES256,
+        ServerSideEncryption::AWS_KMS,
+        "aws:kms:dsse",
+    ]
+    .contains(&a)
+    {
         return Err(S3Error::with_message(
             S3ErrorCode::InvalidArgument,
             format!("unknown server-side encryption {a}"),
@@ -198,7 +207,12 @@ pub fn sse_of(
 
 /// The answer headers of an object's encryption: SSE algorithm, KMS key, SSE-C algorithm,
 /// SSE-C key MD5.
-pub type SseAnswer = (Option<ServerSideEncryption>, Option<String>, Option<String>, Option<String>);
+pub type SseAnswer = (
+    Option<ServerSideEncryption>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+);
 
 pub fn sse_answer(e: &Entry) -> SseAnswer {
     match &e.sse {
@@ -250,7 +264,12 @@ pub fn checksum_answer(e: &Entry, asked: bool) -> (Checksum, Option<ChecksumType
         (Some(c), true) => (
             checksum_fields(&c.algorithm, Some(c.value.clone())),
             Some(ChecksumType::from(
-                if c.full_object { ChecksumType::FULL_OBJECT } else { ChecksumType::COMPOSITE }.to_string(),
+                if c.full_object {
+                    ChecksumType::FULL_OBJECT
+                } else {
+                    ChecksumType::COMPOSITE
+                }
+                .to_string(),
             )),
         ),
         _ => (Checksum::default(), None),
@@ -259,7 +278,11 @@ pub fn checksum_answer(e: &Entry, asked: bool) -> (Checksum, Option<ChecksumType
 
 /// The checksum a staged body keeps: the one the request gave, checked against the bytes
 /// (400 BadDigest when they differ), or `algorithm`'s, computed (a copy that asks for one).
-pub fn checked(staged: &Staged, given: Option<(&str, &str)>, algorithm: Option<&str>) -> S3Result<Option<ObjectChecksum>> {
+pub fn checked(
+    staged: &Staged,
+    given: Option<(&str, &str)>,
+    algorithm: Option<&str>,
+) -> S3Result<Option<ObjectChecksum>> {
     let io = |e: std::io::Error| S3Error::with_message(S3ErrorCode::InternalError, e.to_string());
     if let Some((name, want)) = given {
         let got = staged.checksum(name).map_err(io)?;

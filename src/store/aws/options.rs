@@ -10,8 +10,9 @@
 //! 3. Requester pays and the expected bucket owner: on every request ([`BucketHeaders`]).
 //! 4. Upload checksums (`--upload-checksum`): each PUT and part carries its CRC, computed
 //!    here from the bytes sent; a multipart upload is a FULL_OBJECT one (S3 combines the
-//!    parts' CRCs into the whole object's) whose completion lists every part's CRC; copies ask
-//!    S3 for the algorithm. A whole-object GET asks for the checksum and the SDK checks it.
+//!    parts' CRCs into the whole object's) whose completion lists every part's CRC; a copy
+//!    gets its source's algorithm from S3. A whole-object GET asks for the checksum and the
+//!    SDK checks it.
 
 use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -239,7 +240,8 @@ impl BucketHeaders {
     pub(super) fn of(opts: &BucketOptions) -> Result<Option<BucketHeaders>, String> {
         let owner = match &opts.expected_owner {
             Some(o) => Some(
-                http::HeaderValue::from_str(o).map_err(|_| format!("--expected-bucket-owner {o:?} is not a header value"))?,
+                http::HeaderValue::from_str(o)
+                    .map_err(|_| format!("--expected-bucket-owner {o:?} is not a header value"))?,
             ),
             None => None,
         };
@@ -311,12 +313,18 @@ mod tests {
         let crc32c = Checksum::Crc32c.of(b"123456789");
         assert_eq!(crc32c, aws_smithy_types::base64::encode(0xe306_9283u32.to_be_bytes()));
         let crc64 = Checksum::Crc64Nvme.of(b"123456789");
-        assert_eq!(crc64, aws_smithy_types::base64::encode(0xae8b_1486_0a79_9888u64.to_be_bytes()));
+        assert_eq!(
+            crc64,
+            aws_smithy_types::base64::encode(0xae8b_1486_0a79_9888u64.to_be_bytes())
+        );
     }
 
     #[test]
     fn a_part_receipt_carries_its_crc() {
-        assert_eq!(read_receipt(&part_receipt("\"e\"", Some("abc="))), ("\"e\"", Some("abc=")));
+        assert_eq!(
+            read_receipt(&part_receipt("\"e\"", Some("abc="))),
+            ("\"e\"", Some("abc="))
+        );
         assert_eq!(read_receipt(&part_receipt("\"e\"", None)), ("\"e\"", None));
     }
 }
