@@ -287,6 +287,36 @@ fn sse_c_goes_with_every_write_read_and_copy() {
         &["--sse-c-key-file", other.to_str().expect("path")],
     );
     assert!(!out.status.success(), "another key reads nothing: {out:?}");
+    let out = prefixfs(&env, &["ls", &format!("s3://{BUCKET}/data")], &[]);
+    assert!(!out.status.success(), "no key reads nothing: {out:?}");
+}
+
+/// The other two managed encryptions name themselves on the PUT, the multipart upload and
+/// the copy alike, and a server demanding one refuses the other.
+#[test]
+fn dsse_and_sse_s3_are_named_on_every_write() {
+    for algorithm in ["aws:kms:dsse", "AES256"] {
+        let env = Env::embedded_config(|c| c.policy.require_sse = Some(algorithm.into()));
+        let opts = BucketOptions {
+            encryption: Some(Encryption::Managed {
+                algorithm: algorithm.into(),
+                kms_key_id: None,
+            }),
+            ..BucketOptions::default()
+        };
+        let env = with_client_options(env, opts);
+        let flags = ["--sse", algorithm, "--part-size-mib", "5", "--copy-object-max-mib", "5"];
+        let mut m = env.mount(16, &flags);
+        m.ok("echo a > a.txt && head -c 11000000 /dev/zero > big && mkdir d && mv a.txt d/ && mv big d/ && chmod 600 d/a.txt");
+        drop(m);
+        for (k, sse, ..) in describe(&env, None, None) {
+            assert_eq!(sse.as_deref(), Some(algorithm), "{k}");
+        }
+        let other = if algorithm == "AES256" { "aws:kms" } else { "AES256" };
+        let mut m = env.mount(16, &["--sse", other]);
+        let out = m.sh("printf x | dd of=x.txt conv=fsync status=none");
+        assert!(out.code != 0, "{other} where {algorithm} is demanded: {}", out.stderr);
+    }
 }
 
 /// A whole-object read is checked against the checksum S3 keeps: bytes corrupted at rest

@@ -193,6 +193,17 @@ fn concurrent_writers(env: Env, size: usize) {
         let mut pa = start(&a.path, &format!("head -c {size} /dev/zero | tr '\\0' A > shared.bin"));
         let mut pb = start(&b.path, &format!("head -c {size} /dev/zero | tr '\\0' B > shared.bin"));
         let (sa, sb) = (pa.wait().unwrap(), pb.wait().unwrap());
+        // The kernel sends the release after close returned: the next round's open must not
+        // find this round's file still open (it would take over its state, failed upload
+        // and all, instead of the release keeping it in lost+found).
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while [&a, &b].iter().any(|m| m.stats().get("open_files") != Some(&0)) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: a release never ended"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let context = || {
             format!(
                 "{}\n{}\n{}",

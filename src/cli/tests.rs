@@ -44,6 +44,7 @@ fn every_mount_flag_is_a_mount_option() {
     let dir = tempfile::tempdir().unwrap();
     let key_file = dir.path().join("key");
     std::fs::write(&key_file, [5u8; 32]).unwrap();
+    std::fs::set_permissions(&key_file, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let key_file = key_file.to_str().unwrap();
     for arg in mount.get_arguments() {
         let Some(long) = arg.get_long() else { continue };

@@ -825,9 +825,7 @@ impl ObjectStore for AwsStore {
         }
         req = encrypted!(req, self.opts);
         if let Some(c) = self.opts.checksum {
-            req = req
-                .checksum_algorithm(c.algorithm())
-                .checksum_type(aws_sdk_s3::types::ChecksumType::FullObject);
+            req = req.checksum_algorithm(c.algorithm()).checksum_type(c.multipart_type());
         }
         let r = req.send().await.map_err(|e| self.fail("create_multipart", key, e))?;
         r.upload_id().map(str::to_string).ok_or_else(|| StoreError::Server {
@@ -892,8 +890,8 @@ impl ObjectStore for AwsStore {
             .upload_id(upload_id)
             .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build());
         req = keyed!(req, self.opts);
-        if self.opts.checksum.is_some() {
-            req = req.checksum_type(aws_sdk_s3::types::ChecksumType::FullObject);
+        if let Some(c) = self.opts.checksum {
+            req = req.checksum_type(c.multipart_type());
         }
         let req = match cond {
             Some(WriteIf::Absent) => req.if_none_match("*"),

@@ -9,10 +9,12 @@
 //!    (source and destination). S3 keeps only the key's MD5.
 //! 3. Requester pays and the expected bucket owner: on every request ([`BucketHeaders`]).
 //! 4. Upload checksums (`--upload-checksum`): each PUT and part carries its CRC, computed
-//!    here from the bytes sent; a multipart upload is a FULL_OBJECT one (S3 combines the
-//!    parts' CRCs into the whole object's) whose completion lists every part's CRC; a copy
-//!    gets its source's algorithm from S3. A whole-object GET asks for the checksum and the
-//!    SDK checks it.
+//!    here from the bytes sent, and the completion lists every part's CRC. A CRC32C
+//!    multipart object gets a composite checksum (the CRC of the parts' CRCs, `…-N`), which
+//!    every S3-compatible store with checksums supports (moto 5.2 computes FULL_OBJECT ones
+//!    wrongly for copied parts); CRC64NVME is FULL_OBJECT only, by S3's rule. A copy gets
+//!    its source's algorithm from S3. A whole-object GET asks for the checksum and the SDK
+//!    checks it (a composite one it cannot, and skips).
 
 use aws_sdk_s3::config::interceptors::BeforeTransmitInterceptorContextMut;
 use aws_sdk_s3::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -116,6 +118,14 @@ impl Checksum {
         match self {
             Checksum::Crc32c => ChecksumAlgorithm::Crc32C,
             Checksum::Crc64Nvme => ChecksumAlgorithm::Crc64Nvme,
+        }
+    }
+
+    /// The checksum type of a multipart upload (see the module doc).
+    pub fn multipart_type(self) -> aws_sdk_s3::types::ChecksumType {
+        match self {
+            Checksum::Crc32c => aws_sdk_s3::types::ChecksumType::Composite,
+            Checksum::Crc64Nvme => aws_sdk_s3::types::ChecksumType::FullObject,
         }
     }
 
