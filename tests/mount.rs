@@ -588,6 +588,21 @@ print(stat.S_ISFIFO(os.stat('pipe').st_mode))
     let out = m.ok("fallocate -l 1M plain && stat -c %s plain; fallocate -p -o 0 -l 10 plain 2>&1 || true");
     assert!(out.starts_with("1048576\n") && out.contains("unsupported"), "{out}");
     assert_eq!(env.get(&key).len(), 1 << 20);
+    // Issue 23: the mount root has no object to keep a mode, owner or mtime in: refused
+    // with EPERM and a log line, never a success that changes nothing.
+    for change in ["chmod 700 .", "chown 1000 .", "touch -m -d 2001-01-01 ."] {
+        let out = m.sh(change);
+        assert!(
+            out.code != 0 && out.stderr.contains("Operation not permitted"),
+            "{change}: {}",
+            out.stderr
+        );
+    }
+    assert!(
+        m.log_text().contains("mount root"),
+        "{}",
+        common::tail(&m.log_text(), 5)
+    );
 }
 
 /// `prefixfs mount MNT` on the embedded store, daemonised, as the README's demo runs it.

@@ -230,6 +230,7 @@ pub struct MountArgs {
     /// what they ask for until others consume theirs.
     #[arg(long, default_value_t = defaults::READ_MEMORY_MIB)]
     pub read_memory_mib: u64,
+    /// Mount read-only: no request that writes is ever sent.
     #[arg(long)]
     pub read_only: bool,
     /// Let other users access the mount (needs user_allow_other for non-root).
@@ -241,8 +242,12 @@ pub struct MountArgs {
     /// round trip each: a warm `ls -l` of 10,000 files takes 0.4 s instead of 0.08 s).
     #[arg(long)]
     pub xattr: bool,
+    /// Owner of files and directories whose objects name none (and of the mount root);
+    /// default: the user who mounts.
     #[arg(long)]
     pub uid: Option<u32>,
+    /// Group of files and directories whose objects name none (and of the mount root);
+    /// default: the group of the user who mounts.
     #[arg(long)]
     pub gid: Option<u32>,
     /// Permission bits of files, octal.
@@ -336,6 +341,7 @@ pub struct InitArgs {
     pub target: String,
     #[command(flatten)]
     pub conn: ConnArgs,
+    /// Number of hash prefixes of the new layout (1 to 4096).
     #[arg(long, default_value_t = DEFAULT_PREFIX_COUNT)]
     pub prefix_count: u32,
 }
@@ -344,6 +350,7 @@ pub struct InitArgs {
 pub struct KeyArgs {
     /// Path inside the mount, e.g. 2017/02/08/a.txt
     pub path: String,
+    /// Number of hash prefixes of the layout.
     #[arg(long, default_value_t = DEFAULT_PREFIX_COUNT)]
     pub prefix_count: u32,
     /// The mount's ROOT inside the bucket.
@@ -353,8 +360,10 @@ pub struct KeyArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    /// Where the objects are kept (made private to this user; one directory per bucket).
     #[arg(long)]
     pub data_dir: PathBuf,
+    /// Address to listen on (beyond loopback only with care: plain HTTP).
     #[arg(long, default_value = "127.0.0.1:9000")]
     pub addr: std::net::SocketAddr,
     /// Buckets to create at start.
@@ -376,6 +385,7 @@ pub struct ServeArgs {
     /// Under the demand policy: a partition running hot this long splits.
     #[arg(long, default_value_t = 2000)]
     pub split_after_ms: u64,
+    /// Partitions the emulator splits a bucket into at most.
     #[arg(long, default_value_t = 256)]
     pub max_partitions: usize,
     /// Initial partition boundaries (start keys), besides the empty key.
@@ -388,6 +398,7 @@ pub struct ServeArgs {
     /// DATA_DIR/credentials.json (mode 0600), made on first start.
     #[arg(long, env = "PREFIXFS_ACCESS_KEY", requires = "secret_key", hide_env_values = true)]
     pub access_key: Option<String>,
+    /// Secret key clients must sign with (with --access-key).
     #[arg(long, env = "PREFIXFS_SECRET_KEY", requires = "access_key", hide_env_values = true)]
     pub secret_key: Option<String>,
     /// Milliseconds added before every answer, to try a workload at S3's latency (20–60 ms).

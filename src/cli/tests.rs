@@ -92,6 +92,25 @@ fn every_mount_flag_is_a_mount_option() {
     assert!(checked >= 25, "only {checked} flags");
 }
 
+/// Issue 23: every flag of every command says what it does in `--help`.
+#[test]
+fn every_flag_has_help() {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let mut missing = Vec::new();
+    for sub in cli.get_subcommands() {
+        for arg in sub.get_arguments() {
+            if arg.is_hide_set() || arg.get_long().is_none() || matches!(arg.get_long(), Some("help" | "version")) {
+                continue;
+            }
+            if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                missing.push(format!("{} --{}", sub.get_name(), arg.get_long().unwrap_or_default()));
+            }
+        }
+    }
+    assert!(missing.is_empty(), "flags without help: {missing:?}");
+}
+
 #[test]
 fn modes() {
     assert_eq!(parse_mode("644", "m").unwrap(), 0o644);
