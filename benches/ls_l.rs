@@ -111,7 +111,7 @@ fn raw_child(spec: &str) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let layout = Layout::new("data", prefixes).expect("layout");
     let d = RelPath::parse(dir).expect("path");
-    let bound = prefixfs::fs::defaults::ATTR_PREFETCH;
+    let bound = prefixfs::defaults::ATTR_PREFETCH;
     // A new client per run, as the mount is cold: its connections are opened by the run.
     let walk = best_of(3, || {
         let s3 = rt.block_on(connect(endpoint));
@@ -167,7 +167,7 @@ fn main() {
     let latency = Duration::from_millis(knob("LATENCY_MS", 20.0) as u64);
     let prefixes = knob("PREFIXES", 16.0) as u32;
     let read_rate = knob("READ_RATE", 0.0);
-    let bound = prefixfs::fs::defaults::ATTR_PREFETCH;
+    let bound = prefixfs::defaults::ATTR_PREFETCH;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let srv = common::start_server(&rt, &dir.path().join("s3"), latency, |cfg| {

@@ -104,7 +104,7 @@ fn main() {
     }
     let files = knob("FILES", 300.0) as usize;
     let latency = Duration::from_millis(knob("LATENCY_MS", 20.0) as u64);
-    let ttl = knob("TTL", prefixfs::fs::defaults::METADATA_TTL_SECS);
+    let ttl = knob("TTL", prefixfs::defaults::METADATA_TTL_SECS);
     let base = tempfile::tempdir().expect("tempdir");
     let (src, tar) = make_source(base.path(), files);
 

@@ -10,6 +10,7 @@ pub mod check;
 pub mod cli;
 pub mod commands;
 pub mod data;
+pub mod defaults;
 pub mod doctor;
 pub mod fs;
 pub mod fuse;

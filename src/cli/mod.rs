@@ -1,7 +1,7 @@
 //! Command-line flags and their validation into the library's config structs.
 
+use crate::defaults;
 use crate::fs::FsConfig;
-use crate::fs::defaults;
 use crate::layout::{DEFAULT_PREFIX_COUNT, MAX_PREFIX_COUNT};
 use crate::store::aws::{AwsConfig, BucketOptions, Checksum, Encryption};
 use crate::store::retry::RetryConfig;

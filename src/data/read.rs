@@ -57,7 +57,7 @@ impl Default for ReadConfig {
         ReadConfig {
             first_request: 256 * 1024,
             max_request: 4 * 1024 * 1024,
-            window: crate::fs::defaults::READ_AHEAD_MIB << 20,
+            window: crate::defaults::READ_AHEAD_MIB << 20,
         }
     }
 }

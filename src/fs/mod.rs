@@ -13,25 +13,8 @@
 
 mod attrs;
 mod budget;
-mod changes;
-/// The defaults of the mount's bounds, in one place: [`FsConfig::default`] and the
-/// command line's `default_value_t`s both read them.
-pub mod defaults {
-    pub const METADATA_TTL_SECS: f64 = 5.0;
-    pub const CACHE_ENTRIES: usize = 100_000;
-    pub const FANOUT: usize = 16;
-    /// Measured (`PREFETCH_SWEEP=64,128,256,512 cargo bench --bench ls_l`, 20,000 entries at
-    /// 20 ms per answer, 2026-12-05): cold `ls -l` 8.45 / 5.37 / 4.43 / 4.33 s. 256 takes
-    /// most of the gain; S3 serves 5,500 HEADs a second per partition, so 256 in flight
-    /// over 16 prefixes at 20 to 60 ms stays well inside what the prefixes can take.
-    pub const ATTR_PREFETCH: usize = 256;
-    pub const PART_SIZE_MIB: usize = 8;
-    pub const UPLOAD_PARTS: usize = 8;
-    pub const READ_AHEAD_MIB: u64 = 64;
-    pub const READ_MEMORY_MIB: u64 = 128;
-    pub const CACHE_SIZE_MIB: u64 = 10 * 1024;
-}
 pub mod cache;
+mod changes;
 mod dirs;
 pub mod error;
 mod files;
@@ -47,6 +30,7 @@ mod tests;
 pub mod xattr;
 
 use crate::data::read::{ObjectReads, ReadConfig};
+use crate::defaults;
 use crate::layout::{Layout, RelPath};
 use crate::store::ObjectStore;
 use crate::store::stats::RequestStats;
@@ -122,7 +106,9 @@ impl Default for FsConfig {
             trust_listing: false,
             local_exclusive_creates: false,
             keep_tags: true,
-            cache_dir: std::env::temp_dir().join("prefixfs-cache"),
+            // The user's private cache directory, as the mount's `--cache-dir` defaults to:
+            // never a shared temporary one (private.rs).
+            cache_dir: crate::private::default_dir(crate::private::Place::Cache),
             cache_size: defaults::CACHE_SIZE_MIB << 20,
             uid: 0,
             gid: 0,
