@@ -416,6 +416,7 @@ mod tests {
     async fn a_finished_upload_leaves_no_spool() {
         let t = tempfile::tempdir().unwrap();
         let mem = Arc::new(MemoryStore::new());
+        mem.allow_small_parts();
         let mut u =
             Upload::new(mem.clone(), "k".into(), UserMeta::new(), 1024, 2).spool_to(t.path().join("spool"), u64::MAX);
         u.write(0, &[1u8; 3000]).await.unwrap();
@@ -436,6 +437,7 @@ mod tests {
     #[tokio::test]
     async fn small_file_is_one_put_and_large_file_is_multipart() {
         let mem = Arc::new(MemoryStore::new());
+        mem.allow_small_parts();
         let mut u = Upload::new(mem.clone(), "small".into(), UserMeta::new(), 1024, 2);
         u.write(0, b"hello").await.unwrap();
         assert!(matches!(u.write(2, b"x").await, Err(UploadError::NotSequential { .. })));

@@ -34,6 +34,8 @@ pub struct MemoryStore {
     gates: Mutex<Vec<Hold>>,
     /// Writes applied whose answer is then lost (a 500 after the fact), counted down.
     lost_answers: AtomicUsize,
+    /// Completions take parts below S3's 5 MiB minimum (tests of tiny parts).
+    small_parts: std::sync::atomic::AtomicBool,
 }
 
 /// Requests of one kind (`"list"`, `"head"`) for keys starting with a prefix, held until
@@ -112,6 +114,12 @@ impl GetGauge {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Lets completions take parts of any size: for tests that try multipart logic with tiny
+    /// parts (S3 refuses a part below 5 MiB that is not the last with EntityTooSmall).
+    pub fn allow_small_parts(&self) {
+        self.small_parts.store(true, Ordering::Relaxed);
     }
 
     /// The next `n` requests fail with `make(key)`.
@@ -532,21 +540,36 @@ impl ObjectStore for MemoryStore {
             self.check(key, cond)?;
         }
         self.injected(key)?;
+        // A completion that fails leaves the upload, as on S3 (to be aborted or retried).
+        let mut uploads = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
         let MemUpload {
             key: k,
             meta,
             headers,
             parts: stored,
-        } = self
-            .uploads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(upload_id)
+        } = uploads
+            .get(upload_id)
             .ok_or_else(|| no_such_upload("complete_multipart", key))?;
+        let (k, meta, headers) = (k.clone(), meta.clone(), headers.clone());
         let mut body = Vec::new();
-        for (n, _) in parts {
-            body.extend_from_slice(stored.get(n).ok_or_else(|| not_found("complete_multipart", key))?);
+        for (i, (n, _)) in parts.iter().enumerate() {
+            let part = stored.get(n).ok_or_else(|| not_found("complete_multipart", key))?;
+            if i + 1 < parts.len()
+                && (part.len() as u64) < crate::limits::MIN_PART
+                && !self.small_parts.load(Ordering::Relaxed)
+            {
+                return Err(StoreError::from_response(
+                    "complete_multipart",
+                    key,
+                    400,
+                    "EntityTooSmall",
+                    "Your proposed upload is smaller than the minimum allowed object size.",
+                ));
+            }
+            body.extend_from_slice(part);
         }
+        uploads.remove(upload_id);
+        drop(uploads);
         let etag = super::multipart_etag(parts.iter().map(|(_, e)| e.as_str())).unwrap_or_default();
         let etag = format!("\"{etag}\"");
         self.insert_tagged(&k, Bytes::from(body), &meta, etag.clone());

@@ -324,6 +324,7 @@ mod tests {
     #[tokio::test]
     async fn a_completion_applied_before_its_answer_was_lost_is_a_success() {
         let mem = MemoryStore::new();
+        mem.allow_small_parts();
         let id = mem.create_multipart("k", &UserMeta::new()).await.unwrap();
         let e1 = mem.upload_part("k", &id, 1, Bytes::from_static(b"one")).await.unwrap();
         let e2 = mem.upload_part("k", &id, 2, Bytes::from_static(b"two")).await.unwrap();
