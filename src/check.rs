@@ -134,20 +134,7 @@ async fn list_all(
     prefix: &str,
     delimiter: Option<&str>,
 ) -> Result<(Vec<ObjectMeta>, Vec<String>), String> {
-    let (mut objects, mut dirs) = (Vec::new(), Vec::new());
-    let mut token: Option<String> = None;
-    loop {
-        let page = store
-            .list(prefix, delimiter, token.as_deref(), None)
-            .await
-            .map_err(|e| e.to_string())?;
-        objects.extend(page.objects);
-        dirs.extend(page.common_prefixes);
-        match page.next_token {
-            Some(t) => token = Some(t),
-            None => return Ok((objects, dirs)),
-        }
-    }
+    store.list_all(prefix, delimiter).await.map_err(|e| e.to_string())
 }
 
 /// What `--repair` did.

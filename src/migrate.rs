@@ -250,19 +250,8 @@ async fn scan(store: &dyn ObjectStore, layout: &Layout) -> Result<HashMap<String
         .map(|q| {
             let prefix = layout.dir_list_prefix(q, &root);
             async move {
-                let mut out = Vec::new();
-                let mut token: Option<String> = None;
-                loop {
-                    let page = store
-                        .list(&prefix, None, token.as_deref(), None)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    out.extend(page.objects);
-                    match page.next_token {
-                        Some(t) => token = Some(t),
-                        None => return Ok::<_, String>(out),
-                    }
-                }
+                let (objects, _) = store.list_all(&prefix, None).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(objects)
             }
         })
         .buffer_unordered(layout.prefix_count().min(64) as usize)

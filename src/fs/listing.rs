@@ -288,9 +288,8 @@ impl Namespace {
         let mut files = Vec::new();
         let mut dirs = Vec::new();
         let mut facts = DirFacts::default();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self.store.list(&prefix, Some("/"), token.as_deref(), None).await?;
+        let mut pages = self.store.list_pages(&prefix, Some("/"));
+        while let Some(page) = pages.try_next().await? {
             let (files_before, dirs_before) = (files.len(), dirs.len());
             for o in page.objects {
                 let Some(name) = o.key.strip_prefix(&prefix) else {
@@ -334,11 +333,8 @@ impl Namespace {
             if let Some(feed) = feed {
                 self.feed_page(feed, dir, &files[files_before..], &dirs[dirs_before..]);
             }
-            match page.next_token {
-                Some(t) => token = Some(t),
-                None => return Ok((files, dirs, facts)),
-            }
         }
+        Ok((files, dirs, facts))
     }
 
     /// The directory being walked when `dir` is listed as part of a walk (`find`, `du`,
@@ -385,9 +381,8 @@ impl Namespace {
                 async move {
                     let prefix = self.layout.dir_list_prefix(q, root);
                     let mut objects = Vec::new();
-                    let mut token: Option<String> = None;
-                    loop {
-                        let page = self.store.list(&prefix, None, token.as_deref(), None).await?;
+                    let mut pages = self.store.list_pages(&prefix, None);
+                    while let Some(page) = pages.try_next().await? {
                         let n = page.objects.len();
                         let before = objects.len();
                         objects.extend(page.objects.into_iter().filter(|o| self.ours(&o.key, o.size)));
@@ -397,11 +392,8 @@ impl Namespace {
                         if seen.fetch_add(n, std::sync::atomic::Ordering::Relaxed) + n > limit {
                             return Ok(None);
                         }
-                        match page.next_token {
-                            Some(t) => token = Some(t),
-                            None => return Ok(Some(objects)),
-                        }
                     }
+                    Ok(Some(objects))
                 }
             })
             .await?;
@@ -498,9 +490,8 @@ impl Namespace {
             .fan_out(|q| async move {
                 let prefix = self.layout.dir_list_prefix(q, dir);
                 let mut keys = Vec::new();
-                let mut token: Option<String> = None;
-                loop {
-                    let page = self.store.list(&prefix, None, token.as_deref(), None).await?;
+                let mut pages = self.store.list_pages(&prefix, None);
+                while let Some(page) = pages.try_next().await? {
                     keys.extend(
                         page.objects
                             .into_iter()
@@ -512,11 +503,8 @@ impl Namespace {
                                 etag: o.etag,
                             }),
                     );
-                    match page.next_token {
-                        Some(t) => token = Some(t),
-                        None => return Ok(keys),
-                    }
                 }
+                Ok(keys)
             })
             .await?;
         Ok(per_prefix.into_iter().flatten().collect())

@@ -512,9 +512,9 @@ impl DeferredDeletes {
     /// Whether a key below `prefix` exists besides `hidden` (and those hidden meanwhile): LIST
     /// pages until one does. Sent only for a subdirectory with deletes pending under it.
     async fn holds_more(&self, prefix: &str, hidden: &HashSet<String>) -> StoreResult<bool> {
-        let mut token: Option<String> = None;
-        loop {
-            let page = self.s.inner.list(prefix, None, token.as_deref(), None).await?;
+        use futures::TryStreamExt;
+        let mut pages = self.s.inner.list_pages(prefix, None);
+        while let Some(page) = pages.try_next().await? {
             let now = self.hidden_below(prefix);
             if page
                 .objects
@@ -523,11 +523,8 @@ impl DeferredDeletes {
             {
                 return Ok(true);
             }
-            match page.next_token {
-                Some(t) => token = Some(t),
-                None => return Ok(false),
-            }
         }
+        Ok(false)
     }
 
     /// Sends every queued delete, failed ones included, and waits for all batches to finish

@@ -761,6 +761,34 @@ pub trait ObjectStore: Send + Sync + 'static {
         token: Option<&str>,
         max_keys: Option<i32>,
     ) -> StoreResult<ListPage>;
+    /// The pages of the listing of `prefix`, one LIST each, in order, until the last: the
+    /// continuation loop, written once. Stops at the first error.
+    fn list_pages<'a>(
+        &'a self,
+        prefix: &'a str,
+        delimiter: Option<&'a str>,
+    ) -> futures::stream::BoxStream<'a, StoreResult<ListPage>> {
+        use futures::StreamExt;
+        // The state: the token of the next page (None for the first), or None when done.
+        futures::stream::try_unfold(Some(None::<String>), move |next| async move {
+            let Some(token) = next else { return Ok(None) };
+            let page = self.list(prefix, delimiter, token.as_deref(), None).await?;
+            let after = page.next_token.clone().map(Some);
+            Ok(Some((page, after)))
+        })
+        .boxed()
+    }
+    /// Every object (and, with a delimiter, common prefix) under `prefix`, all pages.
+    async fn list_all(&self, prefix: &str, delimiter: Option<&str>) -> StoreResult<(Vec<ObjectMeta>, Vec<String>)> {
+        use futures::TryStreamExt;
+        let (mut objects, mut dirs) = (Vec::new(), Vec::new());
+        let mut pages = self.list_pages(prefix, delimiter);
+        while let Some(page) = pages.try_next().await? {
+            objects.extend(page.objects);
+            dirs.extend(page.common_prefixes);
+        }
+        Ok((objects, dirs))
+    }
     /// Server-side copy of a whole object (CopyObject) under the conditions `c` names:
     /// metadata copied with it, or replaced by `c.meta`.
     async fn copy(&self, c: &CopySpec<'_>) -> StoreResult<Option<String>>;
