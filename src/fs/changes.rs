@@ -530,34 +530,25 @@ impl Namespace {
             ));
         }
         let n = keys.len();
-        let keys = crate::layout::interleave_by(keys, |t| self.layout.prefix_label(&t.key));
         self.delete_keys(keys).await?;
         self.cache.clear();
         Ok(n)
     }
 
     /// DeleteObjects in batches of 1000, keys interleaved across prefixes, each only at the
-    /// version it names: a key another client wrote since stays (logged), and is no failure.
+    /// version it names ([`crate::store::delete::delete_versions`]): a key another client
+    /// wrote since stays (logged), and is no failure. One batch at a time: the stack below
+    /// retries a failed key by the server's own conditions (deferred deletes).
     pub(super) async fn delete_keys(&self, keys: Vec<DeleteTarget>) -> FsResult<()> {
-        for batch in keys.chunks(crate::limits::MAX_DELETE_BATCH) {
-            let failed: Vec<_> = self
-                .store
-                .delete_many(batch)
-                .await?
-                .into_iter()
-                .filter(|f| {
-                    if f.is_precondition() {
-                        tracing::warn!(key = %crate::layout::escape_controls(&f.key), "not deleted: another client wrote it since this mount listed it, and their object stays");
-                    }
-                    !f.is_gone() && !f.is_precondition()
-                })
-                .collect();
-            if let Some(f) = failed.first() {
-                return Err(FsError::new(
-                    libc::EIO,
-                    format!("deleting {f} ({} keys failed)", failed.len()),
-                ));
-            }
+        let layout = self.layout.clone();
+        let prefix: crate::store::PrefixFn = Arc::new(move |k: &str| layout.prefix_label(k));
+        let conds = crate::store::delete::DeleteConditions::S3;
+        let removed = crate::store::delete::delete_versions(self.store.as_ref(), keys, conds, &prefix, 1).await?;
+        if let Some(f) = removed.failed.first() {
+            return Err(FsError::new(
+                libc::EIO,
+                format!("deleting {f} ({} keys failed)", removed.failed.len()),
+            ));
         }
         Ok(())
     }

@@ -66,12 +66,11 @@ impl Removed {
     pub fn into_result(self) -> StoreResult<Removed> {
         match self.failed.first() {
             None => Ok(self),
-            Some(f) => Err(StoreError::Server {
-                op: "delete_objects",
+            Some(f) => Err(StoreError::DeletesFailed {
                 key: f.key.clone(),
-                status: 0,
+                count: self.failed.len(),
                 code: f.code.clone(),
-                message: format!("{} ({} keys not deleted)", f.message, self.failed.len()),
+                message: f.message.clone(),
             }),
         }
     }

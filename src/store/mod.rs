@@ -500,6 +500,15 @@ pub enum StoreError {
         "{count} deletes not confirmed by S3 (first: {key}): {message}; they stay deleted in this mount and are tried again"
     )]
     DeletesUnconfirmed { key: String, count: usize, message: String },
+    /// Keys of a bulk delete that S3 answered with an error of their own (DeleteObjects
+    /// answers 200 and lists them): the first one's code and message.
+    #[error("{count} keys not deleted (first: {key}: {code} {message})")]
+    DeletesFailed {
+        key: String,
+        count: usize,
+        code: String,
+        message: String,
+    },
     /// No answer at all, for a reason a person has to fix before any request can work
     /// (see [`Unreachable`]); `endpoint` is where the requests went.
     #[error("{op} {key}: {why} ({endpoint})")]
