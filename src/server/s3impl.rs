@@ -1,17 +1,16 @@
 //! The `s3s::S3` trait over [`DiskStore`]: request DTOs in, store calls, response DTOs out.
 
-use super::disk::{Attrs, Bucket, CompletedPartInfo, DiskError, DiskStore, Resume, WriteCondition};
+use super::disk::{Attrs, Bucket, DiskError, DiskStore, WriteCondition};
 use super::partitions::{Access, Emulator};
 use s3s::dto::*;
 use s3s::{S3, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, s3_error};
 use std::io::{Seek, SeekFrom};
 use std::sync::Arc;
-use std::time::SystemTime;
 
 mod convert;
 mod protect;
 use convert::*;
-use protect::{CustomerKey, checked, checksum_answer, checksum_fields, given, sse_answer, sse_of};
+use protect::{CustomerKey, checked, checksum_answer, given, sse_answer, sse_of};
 pub use protect::{Policy, Signed};
 
 /// The checksum fields of an input DTO, as one [`Checksum`].
@@ -45,6 +44,10 @@ macro_rules! customer_key {
         }
     };
 }
+
+mod listing;
+// After the macros, which it uses.
+mod multipart;
 
 /// Keys per ListObjectsV2 page and uploads per ListMultipartUploads page, at most.
 const MAX_PAGE: i32 = crate::limits::MAX_LIST_PAGE as i32;
@@ -468,338 +471,50 @@ impl S3 for S3Store {
     }
 
     async fn list_objects_v2(&self, req: S3Request<ListObjectsV2Input>) -> S3Result<S3Response<ListObjectsV2Output>> {
-        self.admit(Access::Read, req.input.prefix.as_deref().unwrap_or(""))?;
-        let input = req.input;
-        let b = self.bucket(&input.bucket)?;
-        let prefix = input.prefix.clone().unwrap_or_default();
-        let max = input.max_keys.unwrap_or(MAX_PAGE).clamp(0, MAX_PAGE) as usize;
-        let resume = match (&input.continuation_token, &input.start_after) {
-            (Some(t), _) => {
-                Some(Resume::decode(t).ok_or_else(|| s3_error!(InvalidArgument, "bad continuation token"))?)
-            }
-            (None, Some(sa)) => Some(Resume::AfterKey(sa.clone())),
-            (None, None) => None,
-        };
-        let url = input
-            .encoding_type
-            .as_ref()
-            .is_some_and(|e| e.as_str() == EncodingType::URL);
-        let enc = |s: &str| if url { url_encode(s) } else { s.to_string() };
-        let page = if max == 0 {
-            Default::default()
-        } else {
-            b.list(&prefix, input.delimiter.as_deref(), resume, max)
-        };
-        let key_count = (page.objects.len() + page.prefixes.len()) as i32;
-        let contents = page
-            .objects
-            .iter()
-            .map(|e| Object {
-                key: Some(enc(&e.key)),
-                size: Some(e.size as i64),
-                e_tag: Some(etag_of(e)),
-                last_modified: Some(Timestamp::from(e.modified())),
-                storage_class: Some(
-                    e.storage_class
-                        .clone()
-                        .map(ObjectStorageClass::from)
-                        .unwrap_or_else(|| ObjectStorageClass::from_static(ObjectStorageClass::STANDARD)),
-                ),
-                ..Default::default()
-            })
-            .collect();
-        let common_prefixes = page
-            .prefixes
-            .iter()
-            .map(|p| CommonPrefix { prefix: Some(enc(p)) })
-            .collect();
-        Ok(S3Response::new(ListObjectsV2Output {
-            name: Some(input.bucket),
-            prefix: Some(enc(&prefix)),
-            delimiter: input.delimiter.map(|d| enc(&d)),
-            max_keys: Some(max as i32),
-            key_count: Some(key_count),
-            continuation_token: input.continuation_token,
-            start_after: input.start_after.map(|s| enc(&s)),
-            is_truncated: Some(page.next.is_some()),
-            next_continuation_token: page.next.map(|r| r.encode()),
-            contents: Some(contents),
-            common_prefixes: Some(common_prefixes),
-            encoding_type: input.encoding_type,
-            ..Default::default()
-        }))
+        self.listing_list_objects_v2(req).await
     }
 
     async fn list_objects(&self, req: S3Request<ListObjectsInput>) -> S3Result<S3Response<ListObjectsOutput>> {
-        let marker = req.input.marker.clone();
-        let v2 = req.map_input(|i| ListObjectsV2Input {
-            bucket: i.bucket,
-            delimiter: i.delimiter,
-            encoding_type: i.encoding_type,
-            max_keys: i.max_keys,
-            prefix: i.prefix,
-            start_after: i.marker,
-            ..Default::default()
-        });
-        let out = self.list_objects_v2(v2).await?;
-        Ok(out.map_output(|o| {
-            let next_marker = if o.is_truncated == Some(true) {
-                let last_obj = o.contents.as_ref().and_then(|c| c.last()).and_then(|c| c.key.clone());
-                let last_cp = o
-                    .common_prefixes
-                    .as_ref()
-                    .and_then(|c| c.last())
-                    .and_then(|c| c.prefix.clone());
-                last_obj.max(last_cp)
-            } else {
-                None
-            };
-            ListObjectsOutput {
-                name: o.name,
-                prefix: o.prefix,
-                delimiter: o.delimiter,
-                max_keys: o.max_keys,
-                is_truncated: o.is_truncated,
-                contents: o.contents,
-                common_prefixes: o.common_prefixes,
-                encoding_type: o.encoding_type,
-                marker,
-                next_marker,
-                ..Default::default()
-            }
-        }))
+        self.listing_list_objects(req).await
     }
 
     async fn create_multipart_upload(
         &self,
         req: S3Request<CreateMultipartUploadInput>,
     ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
-        self.check_write_allowed()?;
-        self.admit(Access::Write, &req.input.key)?;
-        let input = req.input;
-        let sse = sse_of(
-            input.server_side_encryption.as_ref(),
-            input.ssekms_key_id.as_ref(),
-            customer_key!(input),
-        )?;
-        self.policy.check_sse(sse.as_ref())?;
-        // S3: CRC64NVME is always a full-object checksum; the others are composite unless
-        // the upload says FULL_OBJECT.
-        let checksum = input.checksum_algorithm.as_ref().map(|a| {
-            let a = a.as_str().to_ascii_uppercase();
-            let full = a == "CRC64NVME"
-                || input
-                    .checksum_type
-                    .as_ref()
-                    .is_some_and(|t| t.as_str() == ChecksumType::FULL_OBJECT);
-            (a, full)
-        });
-        let b = self.bucket(&input.bucket)?;
-        let up = b
-            .create_upload(
-                &input.key,
-                Attrs {
-                    meta: meta_map(input.metadata),
-                    content_type: input.content_type.map(|c| c.to_string()),
-                    tagging: input.tagging,
-                    storage_class: class_named(input.storage_class.as_ref()),
-                    sse,
-                    checksum: None,
-                },
-                checksum,
-            )
-            .map_err(to_s3)?;
-        Ok(S3Response::new(CreateMultipartUploadOutput {
-            bucket: Some(input.bucket),
-            key: Some(input.key),
-            upload_id: Some(up.id),
-            ..Default::default()
-        }))
+        self.multipart_create_multipart_upload(req).await
     }
 
     async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
-        self.check_write_allowed()?;
-        self.admit(Access::Write, &req.input.key)?;
-        let input = req.input;
-        let b = self.bucket(&input.bucket)?;
-        let up = b.upload(&input.key, &input.upload_id).map_err(to_s3)?;
-        customer_key!(input).opens(up.sse.as_ref())?;
-        let sums = sums!(input);
-        let given = given(&sums);
-        self.policy.check_checksum(given)?;
-        let staged = stage_body(&b, input.body).await?;
-        // A checksum by another algorithm than the upload's is still checked.
-        if let Some((name, _)) = given
-            && up.checksum.as_ref().is_none_or(|(a, _)| a != name)
-        {
-            checked(&staged, given, None)?;
-        }
-        let (etag, crc) = b
-            .put_part(
-                &input.key,
-                &input.upload_id,
-                input.part_number,
-                staged,
-                given.map(|(_, v)| v),
-            )
-            .map_err(to_s3)?;
-        let sums = match (&up.checksum, crc) {
-            (Some((a, _)), Some(c)) => checksum_fields(a, Some(c)),
-            _ => Checksum::default(),
-        };
-        Ok(S3Response::new(UploadPartOutput {
-            e_tag: Some(ETag::Strong(etag)),
-            checksum_crc32: sums.checksum_crc32,
-            checksum_crc32c: sums.checksum_crc32c,
-            checksum_crc64nvme: sums.checksum_crc64nvme,
-            checksum_sha1: sums.checksum_sha1,
-            checksum_sha256: sums.checksum_sha256,
-            ..Default::default()
-        }))
+        self.multipart_upload_part(req).await
     }
 
     async fn upload_part_copy(
         &self,
         req: S3Request<UploadPartCopyInput>,
     ) -> S3Result<S3Response<UploadPartCopyOutput>> {
-        self.check_write_allowed()?;
-        self.admit(Access::Write, &req.input.key)?;
-        let input = req.input;
-        let (src_bucket, src_key) = source(&input.copy_source)?;
-        let src = self.bucket(src_bucket)?;
-        let dst = self.bucket(&input.bucket)?;
-        let range = input.copy_source_range.as_deref().map(parse_copy_range).transpose()?;
-        let up = dst.upload(&input.key, &input.upload_id).map_err(to_s3)?;
-        customer_key!(input).opens(up.sse.as_ref())?;
-        let (staged, src_entry) = src.stage_copy(src_key, range, self.copy_max).map_err(to_s3)?;
-        customer_key!(source input).opens(src_entry.sse.as_ref())?;
-        check_copy_source(
-            &input.copy_source_if_match,
-            &input.copy_source_if_none_match,
-            &src_entry,
-        )?;
-        let (etag, crc) = dst
-            .put_part(&input.key, &input.upload_id, input.part_number, staged, None)
-            .map_err(to_s3)?;
-        let sums = match (&up.checksum, crc) {
-            (Some((a, _)), Some(c)) => checksum_fields(a, Some(c)),
-            _ => Checksum::default(),
-        };
-        Ok(S3Response::new(UploadPartCopyOutput {
-            copy_part_result: Some(CopyPartResult {
-                e_tag: Some(ETag::Strong(etag)),
-                last_modified: Some(Timestamp::from(SystemTime::now())),
-                checksum_crc32: sums.checksum_crc32,
-                checksum_crc32c: sums.checksum_crc32c,
-                checksum_crc64nvme: sums.checksum_crc64nvme,
-                checksum_sha1: sums.checksum_sha1,
-                checksum_sha256: sums.checksum_sha256,
-            }),
-            ..Default::default()
-        }))
+        self.multipart_upload_part_copy(req).await
     }
 
     async fn complete_multipart_upload(
         &self,
         req: S3Request<CompleteMultipartUploadInput>,
     ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
-        self.check_write_allowed()?;
-        if let Err(slow_down) = self.admit(Access::Write, &req.input.key) {
-            // As S3 does for a completion: 200 OK, then the error in the body.
-            let future = async move { Err(slow_down) };
-            return Ok(S3Response::new(CompleteMultipartUploadOutput {
-                future: Some(Box::pin(future)),
-                ..Default::default()
-            }));
-        }
-        let input = req.input;
-        let b = self.bucket(&input.bucket)?;
-        // The key, needed with every part, is optional here; a wrong one is refused.
-        let up = b.upload(&input.key, &input.upload_id).map_err(to_s3)?;
-        if input.sse_customer_key.is_some() {
-            customer_key!(input).opens(up.sse.as_ref())?;
-        }
-        let mut parts = Vec::new();
-        for p in input.multipart_upload.and_then(|m| m.parts).unwrap_or_default() {
-            let n = p
-                .part_number
-                .ok_or_else(|| s3_error!(InvalidPart, "part without number"))?;
-            let checksum = given(&sums!(p)).map(|(_, v)| v.to_string());
-            let etag = p.e_tag.map(|e| e.value().to_string()).unwrap_or_default();
-            parts.push(CompletedPartInfo {
-                number: n,
-                etag,
-                checksum,
-            });
-        }
-        // A whole object's checksum the completion gives must be the one the parts make.
-        let whole = given(&sums!(input)).map(|(a, v)| (a.to_string(), v.to_string()));
-        let cond = write_condition(input.if_none_match.as_ref(), input.if_match.as_ref());
-        let entry = b
-            .complete_upload(&input.key, &input.upload_id, &parts, &cond, whole.as_ref())
-            .map_err(to_s3)?;
-        if self.faults.take_lost_completion() {
-            return Err(S3Error::with_message(
-                S3ErrorCode::InternalError,
-                "the upload was completed and this answer lost (fault injection)",
-            ));
-        }
-        Ok(S3Response::new(CompleteMultipartUploadOutput {
-            bucket: Some(input.bucket),
-            key: Some(input.key),
-            e_tag: Some(etag_of(&entry)),
-            ..Default::default()
-        }))
+        self.multipart_complete_multipart_upload(req).await
     }
 
     async fn abort_multipart_upload(
         &self,
         req: S3Request<AbortMultipartUploadInput>,
     ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
-        self.admit(Access::Write, &req.input.key)?;
-        let input = req.input;
-        let b = self.bucket(&input.bucket)?;
-        b.abort_upload(&input.key, &input.upload_id).map_err(to_s3)?;
-        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+        self.multipart_abort_multipart_upload(req).await
     }
 
     async fn list_multipart_uploads(
         &self,
         req: S3Request<ListMultipartUploadsInput>,
     ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
-        self.admit(Access::Read, req.input.prefix.as_deref().unwrap_or(""))?;
-        let input = req.input;
-        let b = self.bucket(&input.bucket)?;
-        let prefix = input.prefix.clone().unwrap_or_default();
-        let max = input.max_uploads.unwrap_or(MAX_PAGE).clamp(1, MAX_PAGE) as usize;
-        let after = input.key_marker.clone();
-        let mut all: Vec<_> = b
-            .uploads(&prefix)
-            .into_iter()
-            .filter(|u| after.as_ref().is_none_or(|m| u.key > *m))
-            .collect();
-        let truncated = all.len() > max;
-        all.truncate(max);
-        let next_key_marker = truncated.then(|| all.last().map(|u| u.key.clone())).flatten();
-        let uploads = all
-            .into_iter()
-            .map(|u| MultipartUpload {
-                key: Some(u.key),
-                upload_id: Some(u.id),
-                initiated: Some(Timestamp::from(
-                    std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u.initiated_ns),
-                )),
-                ..Default::default()
-            })
-            .collect();
-        Ok(S3Response::new(ListMultipartUploadsOutput {
-            bucket: Some(input.bucket),
-            prefix: input.prefix,
-            is_truncated: Some(truncated),
-            next_key_marker,
-            uploads: Some(uploads),
-            ..Default::default()
-        }))
+        self.multipart_list_multipart_uploads(req).await
     }
 }
 
