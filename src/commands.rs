@@ -341,7 +341,7 @@ impl<W: std::io::Write> std::io::Write for QuietPipe<W> {
 /// `prefixfs doctor`: the table on standard output; 0 when a mount would work, 1 when not,
 /// 8 when the check itself could not run.
 pub fn run_doctor(a: crate::cli::DoctorArgs) -> ExitCode {
-    use crate::doctor::{Verdict, examine, render, unusable};
+    use crate::doctor::{Verdict, examine, render, unusable, with_options};
     let run = || -> Result<Vec<crate::doctor::Row>, String> {
         let (bucket, root) = crate::cli::parse_s3_url(&a.target)?;
         let endpoint = a.conn.endpoint_url.clone().unwrap_or_else(|| "AWS S3".into());
@@ -359,7 +359,8 @@ pub fn run_doctor(a: crate::cli::DoctorArgs) -> ExitCode {
                         .credentials
                         .clone()
                         .unwrap_or_else(|| "none: requests go unsigned".into());
-                    Ok(examine(c.store.as_ref(), &root, &endpoint, &c.aws().region(), source).await)
+                    let rows = examine(c.store.as_ref(), &root, &endpoint, &c.aws().region(), source).await;
+                    Ok(with_options(rows, a.conn.aws_config(&bucket).options.describe()))
                 }
             }
         })

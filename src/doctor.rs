@@ -61,6 +61,14 @@ fn why(e: &crate::store::StoreError) -> String {
 /// Size of the throughput probe (one PUT, one GET, on one connection).
 const PROBE_BYTES: usize = 8 << 20;
 
+/// `rows` with the bucket options the requests carry (`--sse`, `--upload-checksum`, ...)
+/// after the credentials.
+pub fn with_options(mut rows: Vec<Row>, options: String) -> Vec<Row> {
+    let at = rows.len().min(2);
+    rows.insert(at, row("options", Verdict::Ok, options));
+    rows
+}
+
 /// The table when the bucket cannot even be opened (no credentials): why, in one line.
 pub fn unusable(endpoint: &str, region: &str, line: String) -> Vec<Row> {
     vec![

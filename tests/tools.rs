@@ -704,6 +704,12 @@ fn doctor_says_what_works_and_what_does_not() {
         assert!(line.contains(" ok "), "{check}: {table}");
     }
     assert!(table.contains("data/.prefixfs/layout.json: 16 prefixes"), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("options") && l.contains("checksums CRC32C")),
+        "the bucket options the requests carry: {table}"
+    );
     assert_eq!(env.keys(), before, "doctor cleans up after itself");
     assert!(
         env.rt

@@ -33,6 +33,33 @@ pub struct BucketOptions {
     pub checksum: Option<Checksum>,
 }
 
+impl BucketOptions {
+    /// What the requests carry, for a person (`prefixfs doctor`): "none" when nothing.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        match &self.encryption {
+            Some(Encryption::Managed { algorithm, kms_key_id }) => parts.push(match kms_key_id {
+                Some(k) => format!("SSE {algorithm} (key {k})"),
+                None => format!("SSE {algorithm}"),
+            }),
+            Some(Encryption::Customer(k)) => parts.push(format!("SSE-C (key MD5 {})", k.md5())),
+            None => {}
+        }
+        match self.checksum {
+            Some(Checksum::Crc32c) => parts.push("checksums CRC32C".into()),
+            Some(Checksum::Crc64Nvme) => parts.push("checksums CRC64NVME".into()),
+            None => parts.push("no checksums".into()),
+        }
+        if self.requester_pays {
+            parts.push("requester pays".into());
+        }
+        if let Some(o) = &self.expected_owner {
+            parts.push(format!("bucket owner {o}"));
+        }
+        parts.join(", ")
+    }
+}
+
 /// How new objects are encrypted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Encryption {
