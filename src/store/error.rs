@@ -296,4 +296,3 @@ impl StoreError {
         matches!(self, StoreError::Client { code, .. } if code == "NoSuchUpload")
     }
 }
-
