@@ -28,7 +28,26 @@ on_every_backend!(
     a_key_with_a_control_character_is_listed_like_any_other,
     a_replaced_name_always_shows_a_file_and_an_unlinked_open_file_stays_readable,
     rewrites_with_shell_tools_keep_what_another_client_stored,
+    the_start_up_probes_name_the_conditions_a_server_ignores,
 );
+
+/// A mount says at start which of S3's conditions the server ignores: moto 5.2 copies an
+/// object whose `x-amz-copy-source-if-match` names another version (tests/s3_contract.rs)
+/// and ignores the ETags of DeleteObjects; the embedded server honours both. One CopyObject
+/// is what asking costs.
+fn the_start_up_probes_name_the_conditions_a_server_ignores(env: Env) {
+    let m = env.mount(16, &[]);
+    let log = m.log_text();
+    let moto = env.dir.path().join("moto.log").exists();
+    let copy_warned = log.contains("ignores x-amz-copy-source-if-match");
+    assert_eq!(copy_warned, moto, "{}", common::tail(&log, 8));
+    assert_eq!(
+        m.stats().get("requests_copy").copied(),
+        Some(1),
+        "one CopyObject asks: {:?}",
+        m.stats()
+    );
+}
 
 /// Issue 21, 8: `>>`, `>` and `truncate` on objects another S3 client wrote keep its user
 /// metadata, Content-Type and tags (read back through the S3 API).
