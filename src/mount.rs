@@ -295,83 +295,6 @@ pub fn check_not_mounted(mountpoint: &std::path::Path) -> Result<(), MountError>
     Ok(())
 }
 
-/// The mount points listed in a /proc/self/mountinfo text (octal escapes decoded).
-fn mount_points(mountinfo: &str) -> impl Iterator<Item = PathBuf> + '_ {
-    mounts(mountinfo).map(|(p, _)| p)
-}
-
-/// The mounts listed in a /proc/self/mountinfo text: each mount point (octal escapes
-/// decoded) with its device (`major:minor`).
-fn mounts(mountinfo: &str) -> impl Iterator<Item = (PathBuf, &str)> + '_ {
-    mountinfo.lines().filter_map(|line| {
-        let dev = line.split(' ').nth(2)?;
-        let field = line.split(' ').nth(4)?;
-        let mut out = Vec::with_capacity(field.len());
-        let b = field.as_bytes();
-        let mut i = 0;
-        while i < b.len() {
-            if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
-                out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-                i += 4;
-            } else {
-                out.push(b[i]);
-                i += 1;
-            }
-        }
-        use std::os::unix::ffi::OsStringExt;
-        Some((PathBuf::from(std::ffi::OsString::from_vec(out)), dev))
-    })
-}
-
-/// The `/proc/locks` form of the device of the mount at `mountpoint` (`MAJOR:MINOR:` in
-/// hex, as the kernel prints it before the inode number), once it is mounted.
-fn lock_tag(mountinfo: &str, mountpoint: &std::path::Path) -> Option<String> {
-    let (_, dev) = mounts(mountinfo).filter(|(p, _)| p == mountpoint).last()?;
-    let (major, minor) = dev.split_once(':')?;
-    Some(format!(
-        "{:02x}:{:02x}:",
-        major.parse::<u32>().ok()?,
-        minor.parse::<u32>().ok()?
-    ))
-}
-
-/// The first lock in a `/proc/locks` text on the device `tag` names: its kind (FLOCK,
-/// POSIX, OFDLCK) and the pid holding it.
-fn lock_on<'a>(locks: &'a str, tag: &str) -> Option<(&'a str, &'a str)> {
-    locks.lines().find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().filter(|f| *f != "->").collect();
-        f.get(5).filter(|d| d.starts_with(tag))?;
-        Some((*f.get(1)?, *f.get(4)?))
-    })
-}
-
-/// Logs once, the first time a program holds a flock or fcntl lock on the mount at
-/// `mountpoint`, that the lock does not reach other hosts. The kernel keeps these locks
-/// (the filesystem does not take FUSE's lock calls), so /proc/locks is where they show: a
-/// glance at it every two seconds, local and cheap; no request.
-async fn log_first_lock(mountpoint: PathBuf) {
-    let canonical = std::fs::canonicalize(&mountpoint).unwrap_or(mountpoint);
-    let mut tag = None;
-    loop {
-        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-        if tag.is_none() {
-            tag = lock_tag(
-                &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
-                &canonical,
-            );
-        }
-        let Some(tag) = &tag else { continue };
-        if let Some((kind, pid)) = lock_on(&std::fs::read_to_string("/proc/locks").unwrap_or_default(), tag) {
-            tracing::warn!(
-                kind,
-                pid,
-                "a program holds a file lock on this mount: flock and fcntl locks are this host's only, so another host mounting the bucket neither sees nor waits for it (README, \"Many hosts\"); logged once"
-            );
-            return;
-        }
-    }
-}
-
 /// Mounts and serves until unmounted (umount, fusermount3 -u, SIGINT, SIGTERM).
 pub fn run(
     mut plan: MountPlan,
@@ -588,137 +511,6 @@ async fn wait_for_signal() {
     }
 }
 
-/// Whether the bucket takes an anonymous write (`--no-sign-request`): one exclusive PUT of
-/// a probe key, deleted by its version after.
-async fn anonymous_writes(store: &dyn ObjectStore, layout: &Layout) -> bool {
-    let key = format!(
-        "{}.prefixfs/probe-anonymous-{}",
-        layout.root_slash(),
-        uuid::Uuid::new_v4().simple()
-    );
-    let meta = UserMeta::new();
-    let put = store.put_if(&key, bytes::Bytes::new(), &meta, Some(&crate::store::WriteIf::Absent));
-    match put.await {
-        Ok(etag) => {
-            let _ = store.delete(&key, etag.as_deref()).await;
-            true
-        }
-        Err(e) => {
-            tracing::debug!(error = %e, "anonymous write refused");
-            false
-        }
-    }
-}
-
-/// Whether the server refuses a second `If-None-Match: *` PUT of `key` (Some(true)), takes
-/// it (Some(false)), or could not be asked (None). Removes `key` after.
-pub async fn probe_exclusive_create(store: &dyn ObjectStore, key: &str) -> Option<bool> {
-    probe_writes(store, key, false).await.create
-}
-
-/// What [`probe_writes`] found: Some(true) where the server enforces the condition, Some(false)
-/// where it ignores it, None where it could not be asked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct WriteProbe {
-    /// `If-None-Match: *` on PUT.
-    pub create: Option<bool>,
-    /// `x-amz-copy-source-if-match` on CopyObject (asked only when `copies` was).
-    pub copy: Option<bool>,
-}
-
-/// Two conditional PUTs of `key` (the second must be refused), and with `copies`, between
-/// them and the delete, a CopyObject of `key` naming another version of it than it holds
-/// (it must be refused: 1 COPY more; where it is not, its copy is deleted too). Removes
-/// `key` after, at the version written last.
-pub async fn probe_writes(store: &dyn ObjectStore, key: &str, copies: bool) -> WriteProbe {
-    use crate::store::{CopySpec, StoreError, WriteIf};
-    let meta = UserMeta::new();
-    let put = || store.put_if(key, bytes::Bytes::new(), &meta, Some(&WriteIf::Absent));
-    let first = match put().await {
-        Ok(etag) => etag,
-        Err(_) => {
-            return WriteProbe {
-                create: None,
-                copy: None,
-            };
-        }
-    };
-    let (create, now) = match put().await {
-        Err(StoreError::PreconditionFailed { .. }) => (Some(true), first),
-        Ok(etag) => (Some(false), etag),
-        Err(_) => (None, first),
-    };
-    let copy = if copies {
-        let dst = format!("{key}-copy");
-        let other = "\"00000000000000000000000000000000\"";
-        match store
-            .copy(&CopySpec {
-                src_etag: Some(other),
-                ..CopySpec::new(key, &dst)
-            })
-            .await
-        {
-            Err(StoreError::PreconditionFailed { .. }) => Some(true),
-            Ok(made) => {
-                let _ = store.delete(&dst, made.as_deref()).await;
-                Some(false)
-            }
-            Err(_) => None,
-        }
-    } else {
-        None
-    };
-    // The version this probe wrote last, by its ETag.
-    let _ = store.delete(key, now.as_deref()).await;
-    WriteProbe { create, copy }
-}
-
-/// Says at start which of S3's conditions the server enforces: `If-None-Match: *` on PUT,
-/// on which exclusive creates (`O_EXCL`, `set -C`) and `mkdir` races across hosts rely (two
-/// conditional PUTs of one probe key: the second must be refused), and the ETag conditions of
-/// deletes ([`crate::store::delete::probe_delete_conditions`]), on which an unlink removing
-/// only the version it saw relies. Costs 3 PUTs, 1 DeleteObjects and 3 DELETEs per mount.
-async fn probe_conditions(store: &dyn ObjectStore, layout: &Layout) -> DeleteConditions {
-    let key = |what: &str| {
-        format!(
-            "{}.prefixfs/probe-{what}-{}",
-            layout.root_slash(),
-            uuid::Uuid::new_v4().simple()
-        )
-    };
-    let probed = probe_writes(store, &key("create"), true).await;
-    match probed.copy {
-        Some(true) | None => {}
-        Some(false) => tracing::warn!(
-            "this S3 server ignores x-amz-copy-source-if-match: a rename or chmod copies what the object holds when the copy lands, so an object another client replaced a moment before is copied in its new version (README, \"Many hosts\")"
-        ),
-    }
-    match probed.create {
-        Some(true) => tracing::info!("exclusive creates are enforced: the server honours If-None-Match"),
-        Some(false) => tracing::warn!(
-            "this S3 server ignores If-None-Match: exclusive creates (O_EXCL, set -C) and mkdir are decided by each mount's own view, so two hosts can both win"
-        ),
-        None => tracing::warn!("could not probe whether the server honours If-None-Match"),
-    }
-    let probed = crate::store::delete::probe_delete_conditions(store, &key("delete")).await;
-    match probed {
-        Some(DeleteConditions { batch: true, .. }) => {
-            tracing::info!("deletes name their version: the server honours ETags in DeleteObjects")
-        }
-        Some(DeleteConditions { single: true, .. }) => tracing::warn!(
-            "this S3 server ignores the ETags of DeleteObjects (DeleteObject's If-Match it honours): a delete retried after a failure goes alone, with If-Match; a first attempt removes what the key holds when it lands"
-        ),
-        Some(_) => tracing::warn!(
-            "this S3 server ignores If-Match on deletes: a delete retried after a failure checks the version with a HEAD first, and an object written between that HEAD and the delete is lost"
-        ),
-        None => tracing::warn!("could not probe whether the server honours If-Match on deletes"),
-    }
-    probed.unwrap_or(DeleteConditions {
-        single: false,
-        batch: false,
-    })
-}
-
 /// Where the mount at `mountpoint` serves its request counters: a Unix socket in this user's
 /// private runtime directory, named by a hash of the canonical mount point. (Not an xattr:
 /// `ls -l` asks every file for two xattrs, and only a filesystem that answers getxattr with
@@ -773,6 +565,14 @@ fn notify_ready() {
     let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
     let _ = f.write_all(b"ready\n");
 }
+
+mod mountinfo;
+mod probes;
+#[cfg(test)]
+use mountinfo::{lock_on, lock_tag};
+use mountinfo::{log_first_lock, mount_points};
+pub use probes::{WriteProbe, probe_exclusive_create, probe_writes};
+use probes::{anonymous_writes, probe_conditions};
 
 #[cfg(test)]
 mod tests;
