@@ -10,7 +10,7 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
@@ -36,79 +36,6 @@ pub struct MemoryStore {
     lost_answers: AtomicUsize,
     /// Completions take parts below S3's 5 MiB minimum (tests of tiny parts).
     small_parts: std::sync::atomic::AtomicBool,
-}
-
-/// Requests of one kind (`"list"`, `"head"`) for keys starting with a prefix, held until
-/// the test lets them go (see [`MemoryStore::hold`]).
-struct Hold {
-    op: &'static str,
-    prefix: String,
-    gate: Arc<Gate>,
-}
-
-/// What a test holds requests with: each request waits for one permit.
-pub struct Gate {
-    permits: tokio::sync::Semaphore,
-    arrived: AtomicUsize,
-}
-
-impl Gate {
-    fn new() -> Self {
-        Gate {
-            permits: tokio::sync::Semaphore::new(0),
-            arrived: AtomicUsize::new(0),
-        }
-    }
-
-    /// Lets `n` more held requests go.
-    pub fn release(&self, n: usize) {
-        self.permits.add_permits(n);
-    }
-
-    /// Waits until `n` requests in all have reached the gate.
-    pub async fn arrivals(&self, n: usize) {
-        while self.arrived.load(Ordering::SeqCst) < n {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
-    }
-
-    async fn pass(&self, op: &'static str, key: &str) -> StoreResult<()> {
-        self.arrived.fetch_add(1, Ordering::SeqCst);
-        let permit = self.permits.acquire().await.map_err(|e| StoreError::Transport {
-            op,
-            key: key.to_string(),
-            message: e.to_string(),
-        })?;
-        permit.forget();
-        Ok(())
-    }
-}
-
-/// What GETs cost, for tests of the read path: an added delay, the most in flight at once,
-/// the bytes returned.
-#[derive(Default)]
-pub struct GetGauge {
-    delay: Mutex<std::time::Duration>,
-    in_flight: AtomicUsize,
-    max_in_flight: AtomicUsize,
-    bytes: AtomicU64,
-}
-
-impl GetGauge {
-    /// Every GET answers after `delay`.
-    pub fn set_delay(&self, delay: std::time::Duration) {
-        *self.delay.lock().unwrap_or_else(|e| e.into_inner()) = delay;
-    }
-
-    /// The most GETs that were in flight at once.
-    pub fn max_in_flight(&self) -> usize {
-        self.max_in_flight.load(Ordering::Relaxed)
-    }
-
-    /// Body bytes returned by GETs.
-    pub fn bytes(&self) -> u64 {
-        self.bytes.load(Ordering::Relaxed)
-    }
 }
 
 impl MemoryStore {
@@ -601,6 +528,10 @@ impl ObjectStore for MemoryStore {
             .collect())
     }
 }
+
+mod gates;
+use gates::Hold;
+pub use gates::{Gate, GetGauge};
 
 #[cfg(test)]
 mod tests;
