@@ -21,6 +21,7 @@ use std::time::Duration;
 
 mod model;
 mod namespace;
+mod others;
 mod requests;
 mod semantics;
 mod xattrs;
