@@ -54,8 +54,7 @@ impl Bucket {
             layout.clone(),
             store.clone(),
             stats,
-            crate::fs::FsConfig::default(),
-            None,
+            crate::fs::NamespaceConfig::default(),
         );
         Ok(Bucket { ns, store, layout })
     }
@@ -427,7 +426,7 @@ pub async fn split_target(
     };
     for n in 0..=segments.len() {
         let root = segments[..n].join("/");
-        if crate::mount::read_descriptor(store, &root).await?.is_some() {
+        if crate::bucket::read_descriptor(store, &root).await?.is_some() {
             return Ok((root.clone(), path_below(&root)?));
         }
     }

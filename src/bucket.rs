@@ -1,145 +1,168 @@
-//! Opening a bucket, as a person sees it: the store's failures at the first contact said in
-//! one line that names the cause and what to do about it, classified once here at the edge
-//! (the SDK's own description, a page of Debug output, only at `--log-level debug`).
+//! Opening a bucket, one way for the mount and every bucket tool: connect (or start the
+//! embedded store) and check the credentials ([`connect`]); read, check or write the
+//! layout's descriptor ([`descriptor`]); build the store stack for that layout
+//! ([`Connected::stack`]); and for the tools, all of it from an `s3://BUCKET/ROOT` target
+//! ([`open`]). Failures a person has to fix are said in one line ([`explain`]).
 
-use crate::store::{StoreError, Unreachable};
+mod descriptor;
+mod explain;
 
-/// The one line for a failure a person has to fix before the bucket can be used: no
-/// credentials, nothing listening, a host that does not resolve, a TLS mismatch, an endpoint
-/// that is not S3, a bucket that does not exist or lives in another region, access denied.
-/// None for the rest (their own message says enough).
-pub fn explain(err: &StoreError) -> Option<String> {
-    match err {
-        StoreError::RetriesExhausted { last, .. } => explain(last),
-        StoreError::Unreachable { why, endpoint, .. } => Some(match why {
-            Unreachable::NoCredentials => {
-                let profile = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
-                format!(
-                    "no AWS credentials found; tried the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY), \
-                     the shared files ~/.aws/credentials and ~/.aws/config (profile {profile}), web identity \
-                     (AWS_WEB_IDENTITY_TOKEN_FILE), the ECS container endpoint and EC2 instance metadata; \
-                     set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, run `aws configure`, or pass --profile NAME"
-                )
-            }
-            Unreachable::Refused => {
-                format!(
-                    "connection refused by {endpoint}: nothing listens there (is the server running? is the port right?)"
-                )
-            }
-            Unreachable::Dns => {
-                format!("cannot resolve the host of {endpoint}: check the name in --endpoint-url, or this host's DNS")
-            }
-            Unreachable::Tls => format!(
-                "TLS handshake with {endpoint} failed: an https:// URL for a plain-HTTP port (use http://), \
-                 or a certificate this host does not trust"
-            ),
-        }),
-        StoreError::Client {
-            op,
-            key,
-            status,
-            code,
-            message,
-        } => match code.as_str() {
-            crate::store::aws::NOT_S3 => Some(format!(
-                "the endpoint answered HTTP {status} to a {op} of {key} without an S3 error document: it is not an \
-                 S3 endpoint (check --endpoint-url)"
-            )),
-            "NoSuchBucket" => {
-                Some("the bucket does not exist (S3 answered NoSuchBucket): check the name in s3://BUCKET".into())
-            }
-            crate::store::aws::WRONG_REGION => Some(match message.strip_prefix("the bucket is in region ") {
-                Some(region) => format!("{message}: mount with --region {region}"),
-                None => format!("{message}: mount with --region set to the bucket's region"),
-            }),
-            "AccessDenied" | "AllAccessDisabled" => Some(format!(
-                "access denied: {} on {key} (S3 answered {code}); the credentials' policy (or the bucket's) must allow it",
-                action(op)
-            )),
-            "InvalidAccessKeyId" | "SignatureDoesNotMatch" | "InvalidToken" | "ExpiredToken" => Some(format!(
-                "the server refused the credentials ({code}): check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, \
-                 or the profile"
-            )),
-            _ => None,
-        },
-        _ => None,
+pub use descriptor::{LayoutCheck, read_descriptor, resolve_layout, write_descriptor};
+pub use explain::explain;
+
+use crate::layout::Layout;
+use crate::server::{self, RunningServer, ServerConfig};
+use crate::store::aws::{AwsConfig, AwsStore};
+use crate::store::pacing::PacingConfig;
+use crate::store::retry::{RetryConfig, RetryingStore};
+use crate::store::stats::RequestStats;
+use crate::store::{Deletes, ObjectStore, StackConfig, one_prefix};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The bucket name the embedded store serves.
+pub const EMBEDDED_BUCKET: &str = "prefixfs";
+
+/// Why a bucket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("starting the embedded S3 store in {}: {source}", .dir.display())]
+    EmbeddedStore { dir: PathBuf, source: std::io::Error },
+    /// The bucket cannot be used as set up (no credentials...): one line, from [`explain`].
+    #[error("{0}")]
+    Unusable(String),
+    /// A connection option is wrong (the message names it).
+    #[error("{0}")]
+    Option(String),
+    #[error(transparent)]
+    Layout(#[from] LayoutCheck),
+}
+
+impl From<OpenError> for String {
+    fn from(e: OpenError) -> String {
+        e.to_string()
     }
 }
 
-/// The IAM action a store operation needs (what a policy has to allow).
-fn action(op: &str) -> &'static str {
-    match op {
-        "head" | "get" => "s3:GetObject",
-        "list" => "s3:ListBucket",
-        "put" | "copy" | "create_multipart" | "upload_part" | "upload_part_copy" | "complete_multipart" => {
-            "s3:PutObject"
-        }
-        "delete" | "delete_objects" => "s3:DeleteObject",
-        "list_uploads" => "s3:ListBucketMultipartUploads",
-        "abort_multipart" => "s3:AbortMultipartUpload",
-        "get_tagging" => "s3:GetObjectTagging",
-        _ => "the request",
+/// The default data directory of the embedded store.
+pub fn default_data_dir() -> PathBuf {
+    crate::private::default_dir(crate::private::Place::Data)
+}
+
+pub struct Connected {
+    /// Retries only: for set-up requests made before the layout is known.
+    pub store: Arc<RetryingStore<AwsStore>>,
+    pub stats: Arc<RequestStats>,
+    pub server: Option<RunningServer>,
+    /// Where the credentials came from (the provider, the access key masked); None when
+    /// requests go unsigned.
+    pub credentials: Option<String>,
+    aws: AwsStore,
+    retry: RetryConfig,
+}
+
+impl Connected {
+    /// The SDK client under the stack (for `prefixfs doctor`).
+    pub fn aws(&self) -> &AwsStore {
+        &self.aws
+    }
+
+    /// The store for `layout` ([`crate::store::stack`]): paced, retried and counted by the
+    /// layout's prefixes.
+    pub fn stack(&self, layout: &Layout, pacing: PacingConfig, deletes: Deletes) -> Arc<dyn ObjectStore> {
+        let l = layout.clone();
+        let cfg = StackConfig {
+            prefix: Arc::new(move |k: &str| l.prefix_label(k)),
+            pacing,
+            retry: self.retry.clone(),
+            deletes,
+        };
+        crate::store::stack(self.aws.clone(), &self.stats, cfg)
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn client(op: &'static str, status: u16, code: &str, message: &str) -> StoreError {
-        StoreError::Client {
-            op,
-            key: "r/.prefixfs/layout.json".into(),
-            status,
-            code: code.into(),
-            message: message.into(),
+/// Connects to the bucket, or starts the embedded server and connects to it.
+pub async fn connect(
+    bucket: Option<&str>,
+    aws: AwsConfig,
+    retry: RetryConfig,
+    data_dir: Option<PathBuf>,
+) -> Result<Connected, OpenError> {
+    let stats = Arc::new(RequestStats::default());
+    let (cfg, server) = match bucket {
+        Some(_) => (aws, None),
+        None => {
+            let dir = data_dir.unwrap_or_else(default_data_dir);
+            let mut sc = ServerConfig::local(dir.clone());
+            sc.buckets.push(EMBEDDED_BUCKET.into());
+            let srv = server::start(sc).await.map_err(|source| OpenError::EmbeddedStore {
+                dir: dir.clone(),
+                source,
+            })?;
+            tracing::info!(endpoint = %srv.endpoint(), data = %dir.display(), "no bucket given: using the embedded S3 store");
+            let cfg = AwsConfig {
+                bucket: EMBEDDED_BUCKET.into(),
+                endpoint_url: Some(srv.endpoint()),
+                region: Some("us-east-1".into()),
+                force_path_style: true,
+                profile: None,
+                static_credentials: Some((srv.credentials.access_key.clone(), srv.credentials.secret_key.clone())),
+                content_type_auto: aws.content_type_auto,
+                storage_class: aws.storage_class.clone(),
+                options: aws.options.clone(),
+                no_sign_request: false,
+            };
+            (cfg, Some(srv))
         }
-    }
+    };
+    let aws = AwsStore::connect(&cfg).await;
+    let credentials = aws
+        .check_credentials()
+        .await
+        .map_err(|e| OpenError::Unusable(explain(&e).unwrap_or_else(|| e.to_string())))?;
+    let store = Arc::new(RetryingStore::new(
+        aws.clone(),
+        retry.clone(),
+        stats.clone(),
+        one_prefix(),
+    ));
+    Ok(Connected {
+        store,
+        stats,
+        server,
+        credentials,
+        aws,
+        retry,
+    })
+}
 
-    #[test]
-    fn each_cause_gets_one_line_that_says_what_to_do() {
-        let unreachable = |why| StoreError::Unreachable {
-            op: "get",
-            key: "k".into(),
-            why,
-            endpoint: "http://127.0.0.1:1".into(),
-        };
-        let line = |e: &StoreError| explain(e).expect("explained");
-        assert!(line(&unreachable(Unreachable::NoCredentials)).contains("set AWS_ACCESS_KEY_ID"));
-        assert!(line(&unreachable(Unreachable::Refused)).starts_with("connection refused by http://127.0.0.1:1"));
-        assert!(line(&unreachable(Unreachable::Dns)).contains("cannot resolve"));
-        assert!(line(&unreachable(Unreachable::Tls)).contains("use http://"));
-        let wrapped = StoreError::RetriesExhausted {
-            op: "get",
-            key: "k".into(),
-            attempts: 2,
-            last: Box::new(unreachable(Unreachable::Refused)),
-        };
-        assert!(line(&wrapped).starts_with("connection refused"));
-        assert!(line(&client("get", 404, crate::store::aws::NOT_S3, "")).contains("not an S3 endpoint"));
-        assert!(line(&client("get", 404, "NoSuchBucket", "")).contains("does not exist"));
-        assert_eq!(
-            line(&client("list", 403, "AccessDenied", "")),
-            "access denied: s3:ListBucket on r/.prefixfs/layout.json (S3 answered AccessDenied); the credentials' \
-             policy (or the bucket's) must allow it"
-        );
-        assert!(line(&client("get", 403, "SignatureDoesNotMatch", "")).contains("refused the credentials"));
-        assert_eq!(
-            line(&client(
-                "get",
-                301,
-                crate::store::aws::WRONG_REGION,
-                "the bucket is in region eu-west-1"
-            )),
-            "the bucket is in region eu-west-1: mount with --region eu-west-1"
-        );
-        assert_eq!(explain(&client("get", 400, "InvalidArgument", "x")), None);
-        assert_eq!(
-            explain(&StoreError::NotFound {
-                op: "get",
-                key: "k".into()
-            }),
-            None
-        );
-    }
+/// Connects a bucket tool to `bucket` with its connection flags.
+pub async fn connect_to(bucket: &str, conn: &crate::cli::ConnArgs) -> Result<Connected, OpenError> {
+    let retry = conn.retry_config().map_err(OpenError::Option)?;
+    connect(Some(bucket), conn.aws_config(bucket), retry, None).await
+}
+
+/// A bucket tool's layout, opened: connected, the layout at the root its descriptor
+/// records, and the store stack for it (deletes sent at once).
+pub struct Opened {
+    pub connected: Connected,
+    pub layout: Layout,
+    pub store: Arc<dyn ObjectStore>,
+}
+
+/// Opens the layout at `root` in `bucket` (its descriptor must be there).
+pub async fn open(bucket: &str, root: &str, conn: &crate::cli::ConnArgs) -> Result<Opened, OpenError> {
+    let connected = connect_to(bucket, conn).await?;
+    open_layout(connected, root).await
+}
+
+/// Opens the layout at `root` over a connection already made.
+pub async fn open_layout(connected: Connected, root: &str) -> Result<Opened, OpenError> {
+    let layout = resolve_layout(connected.store.as_ref(), root, None, false).await?;
+    let store = connected.stack(&layout, Default::default(), Deletes::Direct);
+    Ok(Opened {
+        connected,
+        layout,
+        store,
+    })
 }

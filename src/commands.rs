@@ -1,9 +1,9 @@
-//! The bucket tools behind the subcommands that do not mount: `rm`, `migrate`, `info`,
-//! `fsck`, and the ad hoc `ls`, `cat`, `cp`, `du`, `find`. Each connects, finds its layout,
-//! builds the paced store and prints its outcome.
+//! The runners of the subcommands that do not mount: the bucket tools (`rm`, `migrate`,
+//! `info`, `fsck`, `doctor`, `init`, and the ad hoc `ls`, `cat`, `cp`, `du`, `find`), each
+//! opening its bucket through [`crate::bucket`] and printing its outcome; `key`, `serve` and
+//! `stats`. (`mount`, which daemonises, is run by the binary through [`crate::mount::run`].)
 
 use crate::layout::{Layout, RelPath};
-use crate::mount;
 use crate::store::Deletes;
 use std::process::ExitCode;
 
@@ -42,9 +42,8 @@ pub fn run_migrate(a: crate::cli::MigrateArgs) -> Result<(), String> {
             a.from, a.to
         ));
     }
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let c = mount::connect(Some(&bucket), a.conn.aws_config(&bucket), a.conn.retry_config()?, None).await?;
+    block_on(async {
+        let c = crate::bucket::connect_to(&bucket, &a.conn).await?;
         // Each side's descriptor says its layout; a flag only stands in where there is none.
         // In place (one root), the descriptor is the layout being left until the migration
         // is verified, and then the new one.
@@ -55,14 +54,16 @@ pub fn run_migrate(a: crate::cli::MigrateArgs) -> Result<(), String> {
             (Some(n), _) => Ok(n),
             (None, f) => Ok(f.unwrap_or(default)),
         };
-        let to_found = mount::read_descriptor(c.store.as_ref(), &to_root).await?;
+        let to_found = crate::bucket::read_descriptor(c.store.as_ref(), &to_root).await?;
         let (from_n, to_n) = if from_root == to_root {
             // The root's descriptor names the layout being left, unless it already names
             // the one asked for (a migration resumed after its verification wrote it).
             let from_n = match (to_found, a.from_prefix_count) {
                 // The descriptor already names the destination (an earlier run verified the
                 // copies and wrote it): the source is the plain (or given) layout.
-                (Some(n), f) if a.to_prefix_count.unwrap_or(crate::layout::DEFAULT_PREFIX_COUNT) == n && f != Some(n) => {
+                (Some(n), f)
+                    if a.to_prefix_count.unwrap_or(crate::layout::DEFAULT_PREFIX_COUNT) == n && f != Some(n) =>
+                {
                     f.unwrap_or(1)
                 }
                 (Some(n), Some(f)) if f != n => {
@@ -81,7 +82,7 @@ pub fn run_migrate(a: crate::cli::MigrateArgs) -> Result<(), String> {
             };
             (from_n, to_n)
         } else {
-            let from_found = mount::read_descriptor(c.store.as_ref(), &from_root).await?;
+            let from_found = crate::bucket::read_descriptor(c.store.as_ref(), &from_root).await?;
             (
                 side(from_found, a.from_prefix_count, 1, "from")?,
                 side(to_found, a.to_prefix_count, crate::layout::DEFAULT_PREFIX_COUNT, "to")?,
@@ -142,13 +143,16 @@ pub fn with_layout<T>(
     f: impl AsyncFnOnce(std::sync::Arc<dyn crate::store::ObjectStore>, Layout) -> Result<T, String>,
 ) -> Result<T, String> {
     let (bucket, root) = crate::cli::parse_s3_url(target)?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let c = mount::connect(Some(&bucket), conn.aws_config(&bucket), conn.retry_config()?, None).await?;
-        let layout = mount::resolve_layout(c.store.as_ref(), &root, None, false).await?;
-        let store = c.stack(&layout, Default::default(), Deletes::Direct);
-        f(store, layout).await
+    block_on(async {
+        let o = crate::bucket::open(&bucket, &root, conn).await?;
+        f(o.store, o.layout).await
     })
+}
+
+/// Runs a tool's work on a runtime of its own (one per command).
+pub fn block_on<T>(work: impl Future<Output = Result<T, String>>) -> Result<T, String> {
+    let rt = tokio::runtime::Runtime::new().map_err(|e| format!("starting the runtime: {e}"))?;
+    rt.block_on(work)
 }
 
 pub fn run_info(a: crate::cli::InfoArgs) -> Result<(), String> {
@@ -251,19 +255,11 @@ pub fn adhoc<T>(
     f: impl AsyncFnOnce(crate::adhoc::Bucket, RelPath) -> Result<T, String>,
 ) -> Result<T, String> {
     let (bucket, rest) = crate::cli::parse_s3_url(target)?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let c = mount::connect(
-            Some(&bucket),
-            at.conn.aws_config(&bucket),
-            at.conn.retry_config()?,
-            None,
-        )
-        .await?;
+    block_on(async {
+        let c = crate::bucket::connect_to(&bucket, &at.conn).await?;
         let (root, path) = crate::adhoc::split_target(c.store.as_ref(), &rest, at.root.as_deref()).await?;
-        let layout = mount::resolve_layout(c.store.as_ref(), &root, None, false).await?;
-        let store = c.stack(&layout, Default::default(), Deletes::Direct);
-        let b = crate::adhoc::Bucket::open(store, layout, c.stats.clone())?;
+        let o = crate::bucket::open_layout(c, &root).await?;
+        let b = crate::adhoc::Bucket::open(o.store, o.layout, o.connected.stats.clone())?;
         f(b, path).await
     })
 }
@@ -345,11 +341,9 @@ pub fn run_doctor(a: crate::cli::DoctorArgs) -> ExitCode {
     let run = || -> Result<Vec<crate::doctor::Row>, String> {
         let (bucket, root) = crate::cli::parse_s3_url(&a.target)?;
         let endpoint = a.conn.endpoint_url.clone().unwrap_or_else(|| "AWS S3".into());
-        let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-        rt.block_on(async {
-            let retry = a.conn.retry_config()?;
-            match mount::connect(Some(&bucket), a.conn.aws_config(&bucket), retry, None).await {
-                Err(mount::MountError::Unusable(line)) => {
+        block_on(async {
+            match crate::bucket::connect_to(&bucket, &a.conn).await {
+                Err(crate::bucket::OpenError::Unusable(line)) => {
                     let region = a.conn.region.as_deref().unwrap_or("not resolved");
                     Ok(unusable(&endpoint, region, line))
                 }
@@ -379,4 +373,94 @@ pub fn run_doctor(a: crate::cli::DoctorArgs) -> ExitCode {
             ExitCode::from(8)
         }
     }
+}
+
+pub fn run_init(a: crate::cli::InitArgs) -> Result<(), String> {
+    let (bucket, root) = crate::cli::parse_s3_url(&a.target)?;
+    let layout = Layout::new(&root, a.prefix_count).map_err(|e| e.to_string())?;
+    block_on(async {
+        let c = crate::bucket::connect_to(&bucket, &a.conn).await?;
+        match crate::bucket::read_descriptor(c.store.as_ref(), &root).await? {
+            Some(n) if n == a.prefix_count => {
+                println!("s3://{bucket}/{root} already has this layout ({n} prefixes)");
+                Ok(())
+            }
+            Some(n) => Err(format!(
+                "--prefix-count {} disagrees with the bucket's layout ({n} prefixes, in {})",
+                a.prefix_count,
+                layout.descriptor_key()
+            )),
+            None => {
+                crate::bucket::write_descriptor(c.store.as_ref(), &layout).await?;
+                println!("wrote {} ({} prefixes)", layout.descriptor_key(), a.prefix_count);
+                Ok(())
+            }
+        }
+    })
+}
+
+pub fn run_key(a: crate::cli::KeyArgs) -> Result<(), String> {
+    let layout = Layout::new(&a.root, a.prefix_count).map_err(|e| e.to_string())?;
+    let path = RelPath::parse(&a.path).map_err(|e| e.to_string())?;
+    if path.is_root() {
+        return Err("the mount root has no key".into());
+    }
+    let key = if a.path.ends_with('/') {
+        layout.dir_marker_key(&path)
+    } else {
+        layout.file_key(&path)
+    };
+    println!("{}", key.map_err(|e| e.to_string())?);
+    Ok(())
+}
+
+pub fn run_serve(a: crate::cli::ServeArgs) -> Result<(), String> {
+    block_on(async {
+        let mut cfg = crate::server::ServerConfig::local(a.data_dir.clone());
+        cfg.addr = a.addr;
+        cfg.buckets = a.bucket.clone();
+        cfg.emulator = a.emulator();
+        cfg.credentials = a.credentials();
+        cfg.latency = std::time::Duration::from_millis(a.latency_ms);
+        cfg.connection_rate = a.connection_mibps.map(|m| m * 1024.0 * 1024.0);
+        cfg.copy_object_max = a.copy_object_max_mib << 20;
+        cfg.fault_plan = a.fault_plan();
+        cfg.policy = a.policy();
+        if cfg.fault_plan.is_some() {
+            tracing::warn!(rules = ?a.faults, seed = a.fault_seed, "injecting faults (--fault)");
+        }
+        let srv = crate::server::start(cfg).await.map_err(|e| e.to_string())?;
+        if let (Some(addr), Some(emu)) = (a.stats_addr, srv.emulator.clone()) {
+            let render: crate::metrics::Render = std::sync::Arc::new(move |path| {
+                (path == "/partitions").then(|| ("application/json", emu.snapshot_json()))
+            });
+            let bound = crate::metrics::serve(addr, render)
+                .await
+                .map_err(|e| format!("--stats-addr {addr}: {e}"))?;
+            println!("partition counters at http://{bound}/partitions");
+        }
+        match &srv.credentials_file {
+            Some(f) => println!(
+                "serving S3 at {} (access key {}; both keys are in {}); Ctrl-C stops",
+                srv.endpoint(),
+                srv.credentials.access_key,
+                f.display()
+            ),
+            None => println!(
+                "serving S3 at {} (access key {}, the secret key you gave); Ctrl-C stops",
+                srv.endpoint(),
+                srv.credentials.access_key
+            ),
+        }
+        let _ = tokio::signal::ctrl_c().await;
+        srv.shutdown().await;
+        Ok(())
+    })
+}
+
+pub fn run_stats(a: crate::cli::StatsArgs) -> Result<(), String> {
+    let text = crate::read_stats(&a.mountpoint)
+        .map_err(|e| format!("{}: {e} (is it a prefixfs mount?)", a.mountpoint.display()))?;
+    print!("{text}");
+    Ok(())
 }

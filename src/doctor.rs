@@ -97,14 +97,14 @@ pub async fn examine(
     let desc_key = layout.descriptor_key();
     // The descriptor: the first request, as at every mount; its time is one round trip.
     let start = Instant::now();
-    match crate::mount::read_descriptor(store, root).await {
+    match crate::bucket::read_descriptor(store, root).await {
         Ok(Some(n)) => rows.push(row("descriptor", Verdict::Ok, format!("{desc_key}: {n} prefixes"))),
         Ok(None) => rows.push(row(
             "descriptor",
             Verdict::Fail,
             format!("no layout at {desc_key}: run `prefixfs init`, or mount with --init"),
         )),
-        Err(crate::mount::LayoutCheck::Store { source, .. }) => {
+        Err(crate::bucket::LayoutCheck::Store { source, .. }) => {
             rows.push(row("descriptor", Verdict::Fail, why(&source)));
             return rows;
         }

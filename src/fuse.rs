@@ -32,7 +32,7 @@ pub struct FuseFs {
 
 impl FuseFs {
     pub fn new(core: Arc<Core>, rt: tokio::runtime::Handle, xattr: bool) -> Self {
-        let ttl = core.config().metadata_ttl;
+        let ttl = core.config().names.metadata_ttl;
         FuseFs { core, rt, ttl, xattr }
     }
 

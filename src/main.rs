@@ -2,7 +2,6 @@
 
 use clap::Parser;
 use prefixfs::cli::{Cli, Command, MountArgs};
-use prefixfs::layout::{Layout, RelPath};
 use prefixfs::{commands, mount};
 use std::io::Read;
 use std::os::fd::AsFd;
@@ -21,10 +20,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Mount(m) if !m.foreground => daemonize(&m),
         Command::Mount(m) => run_mount(*m),
-        Command::Init(a) => run_init(a),
-        Command::Key(a) => run_key(a),
-        Command::Serve(a) => run_serve(a),
-        Command::Stats(a) => run_stats(a),
+        Command::Init(a) => commands::run_init(a),
+        Command::Key(a) => commands::run_key(a),
+        Command::Serve(a) => commands::run_serve(a),
+        Command::Stats(a) => commands::run_stats(a),
         Command::Rm(a) => commands::run_rm(a),
         Command::Migrate(a) => commands::run_migrate(a),
         Command::Info(a) => commands::run_info(a),
@@ -175,96 +174,4 @@ fn daemonize(m: &MountArgs) -> Result<(), String> {
         log.display(),
         last.join("\n")
     ))
-}
-
-fn run_init(a: prefixfs::cli::InitArgs) -> Result<(), String> {
-    let (bucket, root) = prefixfs::cli::parse_s3_url(&a.target)?;
-    let layout = Layout::new(&root, a.prefix_count).map_err(|e| e.to_string())?;
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let c = mount::connect(Some(&bucket), a.conn.aws_config(&bucket), a.conn.retry_config()?, None).await?;
-        match mount::read_descriptor(c.store.as_ref(), &root).await? {
-            Some(n) if n == a.prefix_count => {
-                println!("s3://{bucket}/{root} already has this layout ({n} prefixes)");
-                Ok(())
-            }
-            Some(n) => Err(format!(
-                "--prefix-count {} disagrees with the bucket's layout ({n} prefixes, in {})",
-                a.prefix_count,
-                layout.descriptor_key()
-            )),
-            None => {
-                mount::write_descriptor(c.store.as_ref(), &layout).await?;
-                println!("wrote {} ({} prefixes)", layout.descriptor_key(), a.prefix_count);
-                Ok(())
-            }
-        }
-    })
-}
-
-fn run_key(a: prefixfs::cli::KeyArgs) -> Result<(), String> {
-    let layout = Layout::new(&a.root, a.prefix_count).map_err(|e| e.to_string())?;
-    let path = RelPath::parse(&a.path).map_err(|e| e.to_string())?;
-    if path.is_root() {
-        return Err("the mount root has no key".into());
-    }
-    let key = if a.path.ends_with('/') {
-        layout.dir_marker_key(&path)
-    } else {
-        layout.file_key(&path)
-    };
-    println!("{}", key.map_err(|e| e.to_string())?);
-    Ok(())
-}
-
-fn run_serve(a: prefixfs::cli::ServeArgs) -> Result<(), String> {
-    let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
-    rt.block_on(async {
-        let mut cfg = prefixfs::server::ServerConfig::local(a.data_dir.clone());
-        cfg.addr = a.addr;
-        cfg.buckets = a.bucket.clone();
-        cfg.emulator = a.emulator();
-        cfg.credentials = a.credentials();
-        cfg.latency = std::time::Duration::from_millis(a.latency_ms);
-        cfg.connection_rate = a.connection_mibps.map(|m| m * 1024.0 * 1024.0);
-        cfg.copy_object_max = a.copy_object_max_mib << 20;
-        cfg.fault_plan = a.fault_plan();
-        cfg.policy = a.policy();
-        if cfg.fault_plan.is_some() {
-            tracing::warn!(rules = ?a.faults, seed = a.fault_seed, "injecting faults (--fault)");
-        }
-        let srv = prefixfs::server::start(cfg).await.map_err(|e| e.to_string())?;
-        if let (Some(addr), Some(emu)) = (a.stats_addr, srv.emulator.clone()) {
-            let render: prefixfs::metrics::Render = std::sync::Arc::new(move |path| {
-                (path == "/partitions").then(|| ("application/json", emu.snapshot_json()))
-            });
-            let bound = prefixfs::metrics::serve(addr, render)
-                .await
-                .map_err(|e| format!("--stats-addr {addr}: {e}"))?;
-            println!("partition counters at http://{bound}/partitions");
-        }
-        match &srv.credentials_file {
-            Some(f) => println!(
-                "serving S3 at {} (access key {}; both keys are in {}); Ctrl-C stops",
-                srv.endpoint(),
-                srv.credentials.access_key,
-                f.display()
-            ),
-            None => println!(
-                "serving S3 at {} (access key {}, the secret key you gave); Ctrl-C stops",
-                srv.endpoint(),
-                srv.credentials.access_key
-            ),
-        }
-        let _ = tokio::signal::ctrl_c().await;
-        srv.shutdown().await;
-        Ok(())
-    })
-}
-
-fn run_stats(a: prefixfs::cli::StatsArgs) -> Result<(), String> {
-    let text = prefixfs::read_stats(&a.mountpoint)
-        .map_err(|e| format!("{}: {e} (is it a prefixfs mount?)", a.mountpoint.display()))?;
-    print!("{text}");
-    Ok(())
 }

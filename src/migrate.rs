@@ -147,7 +147,7 @@ pub async fn migrate(
         ));
     }
     if opts.write_descriptor {
-        crate::mount::write_descriptor(store.as_ref(), to).await?;
+        crate::bucket::write_descriptor(store.as_ref(), to).await?;
     }
     if opts.delete_source {
         let items = interleave(items, to.prefix_count());

@@ -1,53 +1,16 @@
 //! Putting a mount together: connect to S3 (or start the embedded store), check the layout
 //! descriptor, build the core, run the FUSE session until unmount or a signal.
 
+use crate::bucket::{EMBEDDED_BUCKET, connect, resolve_layout};
 use crate::cli::MountPlan;
 use crate::fs::Core;
 use crate::fuse::FuseFs;
-use crate::layout::{Descriptor, Layout};
-use crate::server::{self, RunningServer, ServerConfig};
-use crate::store::aws::{AwsConfig, AwsStore};
+use crate::layout::Layout;
 use crate::store::delete::DeleteConditions;
-use crate::store::pacing::PacingConfig;
-use crate::store::retry::{RetryConfig, RetryingStore};
 use crate::store::stats::RequestStats;
-use crate::store::{Deletes, ObjectStore, StackConfig, UserMeta, one_prefix};
-use bytes::Bytes;
+use crate::store::{Deletes, ObjectStore};
 use std::path::PathBuf;
 use std::sync::Arc;
-
-/// The bucket name the embedded store serves.
-pub const EMBEDDED_BUCKET: &str = "prefixfs";
-
-/// Why the layout at a root cannot be used as asked: each case is one a caller may want to
-/// handle (`init` writes a missing descriptor; the bucket tools probe for one).
-#[derive(Debug, thiserror::Error)]
-pub enum LayoutCheck {
-    #[error("no prefixfs layout at {key}: run `prefixfs init` first, or mount with --init to create one")]
-    Missing { key: String },
-    #[error(
-        "--prefix-count {requested} disagrees with the bucket's layout ({found} prefixes, in {key}); refusing to mount"
-    )]
-    Disagrees { key: String, requested: u32, found: u32 },
-    #[error("layout descriptor {key} is unreadable: {message}")]
-    Unreadable { key: String, message: String },
-    #[error("layout descriptor {key} has format {format} / hash {hash:?}, which this prefixfs does not know")]
-    Unknown { key: String, format: u32, hash: String },
-    #[error("{}", crate::bucket::explain(.source).unwrap_or_else(|| format!("layout descriptor {key}: {source}")))]
-    Store {
-        key: String,
-        #[source]
-        source: crate::store::StoreError,
-    },
-    #[error(transparent)]
-    Invalid(#[from] crate::layout::LayoutError),
-}
-
-impl From<LayoutCheck> for String {
-    fn from(e: LayoutCheck) -> String {
-        e.to_string()
-    }
-}
 
 /// Why a mount could not start, or ended with work not done: what `prefixfs mount` prints
 /// (and `mount -t prefixfs` shows) before it exits non-zero.
@@ -62,14 +25,10 @@ pub enum MountError {
     Option(String),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
-    #[error("starting the embedded S3 store in {}: {source}", .dir.display())]
-    EmbeddedStore { dir: PathBuf, source: std::io::Error },
     #[error(transparent)]
-    Layout(#[from] LayoutCheck),
-    /// The bucket cannot be used as set up (no credentials...): one line, from
-    /// [`crate::bucket::explain`].
-    #[error("{0}")]
-    Unusable(String),
+    Open(#[from] crate::bucket::OpenError),
+    #[error(transparent)]
+    Layout(#[from] crate::bucket::LayoutCheck),
     /// The cache directory (staging, lost+found, the upload journal) cannot be made private
     /// to this user, or the journal cannot be created in it.
     #[error("--cache-dir {}: {source}", .path.display())]
@@ -95,156 +54,6 @@ impl From<MountError> for String {
     fn from(e: MountError) -> String {
         e.to_string()
     }
-}
-
-/// Reads the descriptor and checks it against the requested prefix count; writes it when
-/// `init` is set and there is none.
-pub async fn resolve_layout(
-    store: &dyn ObjectStore,
-    root: &str,
-    requested: Option<u32>,
-    init: bool,
-) -> Result<Layout, LayoutCheck> {
-    let key = Layout::new(root, 1)?.descriptor_key();
-    match read_descriptor(store, root).await? {
-        Some(found) => match requested {
-            Some(requested) if requested != found => Err(LayoutCheck::Disagrees { key, requested, found }),
-            _ => Ok(Layout::new(root, found)?),
-        },
-        None if !init => Err(LayoutCheck::Missing { key }),
-        None => {
-            let layout = Layout::new(root, requested.unwrap_or(crate::layout::DEFAULT_PREFIX_COUNT))?;
-            write_descriptor(store, &layout).await?;
-            Ok(layout)
-        }
-    }
-}
-
-/// The prefix count the layout descriptor at `root` records; None when there is none.
-pub async fn read_descriptor(store: &dyn ObjectStore, root: &str) -> Result<Option<u32>, LayoutCheck> {
-    let key = Layout::new(root, 1)?.descriptor_key();
-    match store.get(&key, None, None).await {
-        Ok(body) => {
-            let d: Descriptor = serde_json::from_slice(&body).map_err(|e| LayoutCheck::Unreadable {
-                key: key.clone(),
-                message: e.to_string(),
-            })?;
-            if d.format != crate::layout::FORMAT_VERSION || d.hash != crate::layout::HASH_NAME {
-                return Err(LayoutCheck::Unknown {
-                    key,
-                    format: d.format,
-                    hash: d.hash,
-                });
-            }
-            Ok(Some(d.prefix_count))
-        }
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(source) => Err(LayoutCheck::Store { key, source }),
-    }
-}
-
-pub async fn write_descriptor(store: &dyn ObjectStore, layout: &Layout) -> Result<(), LayoutCheck> {
-    let key = layout.descriptor_key();
-    let body = serde_json::to_vec_pretty(&layout.descriptor()).map_err(|e| LayoutCheck::Unreadable {
-        key: key.clone(),
-        message: e.to_string(),
-    })?;
-    store
-        .put(&key, Bytes::from(body), &UserMeta::new())
-        .await
-        .map_err(|source| LayoutCheck::Store { key, source })
-}
-
-/// The default data directory of the embedded store.
-pub fn default_data_dir() -> PathBuf {
-    crate::private::default_dir(crate::private::Place::Data)
-}
-
-pub struct Connected {
-    /// Retries only: for set-up requests made before the layout is known.
-    pub store: Arc<RetryingStore<AwsStore>>,
-    pub stats: Arc<RequestStats>,
-    pub server: Option<RunningServer>,
-    /// Where the credentials came from (the provider, the access key masked); None when
-    /// requests go unsigned.
-    pub credentials: Option<String>,
-    aws: AwsStore,
-    retry: RetryConfig,
-}
-
-impl Connected {
-    /// The SDK client under the stack (for `prefixfs doctor`).
-    pub fn aws(&self) -> &AwsStore {
-        &self.aws
-    }
-
-    /// The store for `layout` ([`crate::store::stack`]): paced, retried and counted by the
-    /// layout's prefixes.
-    pub fn stack(&self, layout: &Layout, pacing: PacingConfig, deletes: Deletes) -> Arc<dyn ObjectStore> {
-        let l = layout.clone();
-        let cfg = StackConfig {
-            prefix: Arc::new(move |k: &str| l.prefix_label(k)),
-            pacing,
-            retry: self.retry.clone(),
-            deletes,
-        };
-        crate::store::stack(self.aws.clone(), &self.stats, cfg)
-    }
-}
-
-/// Connects to the bucket, or starts the embedded server and connects to it.
-pub async fn connect(
-    bucket: Option<&str>,
-    aws: AwsConfig,
-    retry: RetryConfig,
-    data_dir: Option<PathBuf>,
-) -> Result<Connected, MountError> {
-    let stats = Arc::new(RequestStats::default());
-    let (cfg, server) = match bucket {
-        Some(_) => (aws, None),
-        None => {
-            let dir = data_dir.unwrap_or_else(default_data_dir);
-            let mut sc = ServerConfig::local(dir.clone());
-            sc.buckets.push(EMBEDDED_BUCKET.into());
-            let srv = server::start(sc).await.map_err(|source| MountError::EmbeddedStore {
-                dir: dir.clone(),
-                source,
-            })?;
-            tracing::info!(endpoint = %srv.endpoint(), data = %dir.display(), "no bucket given: using the embedded S3 store");
-            let cfg = AwsConfig {
-                bucket: EMBEDDED_BUCKET.into(),
-                endpoint_url: Some(srv.endpoint()),
-                region: Some("us-east-1".into()),
-                force_path_style: true,
-                profile: None,
-                static_credentials: Some((srv.credentials.access_key.clone(), srv.credentials.secret_key.clone())),
-                content_type_auto: aws.content_type_auto,
-                storage_class: aws.storage_class.clone(),
-                options: aws.options.clone(),
-                no_sign_request: false,
-            };
-            (cfg, Some(srv))
-        }
-    };
-    let aws = AwsStore::connect(&cfg).await;
-    let credentials = aws
-        .check_credentials()
-        .await
-        .map_err(|e| MountError::Unusable(crate::bucket::explain(&e).unwrap_or_else(|| e.to_string())))?;
-    let store = Arc::new(RetryingStore::new(
-        aws.clone(),
-        retry.clone(),
-        stats.clone(),
-        one_prefix(),
-    ));
-    Ok(Connected {
-        store,
-        stats,
-        server,
-        credentials,
-        aws,
-        retry,
-    })
 }
 
 /// Refuses a mountpoint that is already a mount point: mounting over it would stack a
@@ -400,7 +209,7 @@ pub fn run(
     let mut result = session.run().map_err(MountError::Session);
     if !rt.block_on(core.flush_all()) && result.is_ok() {
         result = Err(MountError::Unsaved {
-            cache_dir: plan.fs.cache_dir.clone(),
+            cache_dir: plan.fs.files.cache_dir.clone(),
         });
     }
     core.clean_staging();
@@ -427,8 +236,8 @@ async fn open_journal(
         let path = path.to_path_buf();
         move |source| MountError::CacheDir { path, source }
     };
-    crate::private::ensure_dir(&plan.fs.cache_dir).map_err(cache_dir(&plan.fs.cache_dir))?;
-    let journal_dir = plan.fs.cache_dir.join("uploads");
+    crate::private::ensure_dir(&plan.fs.files.cache_dir).map_err(cache_dir(&plan.fs.files.cache_dir))?;
+    let journal_dir = plan.fs.files.cache_dir.join("uploads");
     crate::private::ensure_dir(&journal_dir).map_err(cache_dir(&journal_dir))?;
     let l = layout.clone();
     let prefix: crate::store::PrefixFn = Arc::new(move |k: &str| l.prefix_label(k));

@@ -1,7 +1,7 @@
 //! Command-line flags and their validation into the library's config structs.
 
 use crate::defaults;
-use crate::fs::FsConfig;
+use crate::fs::{FilesConfig, FsConfig, NamespaceConfig};
 use crate::layout::{DEFAULT_PREFIX_COUNT, MAX_PREFIX_COUNT};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -515,28 +515,32 @@ impl MountArgs {
         // SAFETY: getuid/getgid cannot fail.
         let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
         let fs = FsConfig {
-            metadata_ttl: Duration::from_secs_f64(self.metadata_ttl),
-            cache_capacity: self.cache_entries.max(1),
-            fanout: self.fanout,
-            attr_prefetch: self.attr_prefetch,
-            trust_listing: self.trust_listing,
-            local_exclusive_creates: self.local_exclusive_creates,
-            keep_tags: !self.drop_tags_on_rewrite,
-            part_size: self.part_size_mib * 1024 * 1024,
-            upload_inflight: self.upload_parts,
-            copy: crate::store::copy::CopyLimits {
-                object_max: self.copy_object_max_mib << 20,
-                ..Default::default()
+            names: NamespaceConfig {
+                metadata_ttl: Duration::from_secs_f64(self.metadata_ttl),
+                cache_capacity: self.cache_entries.max(1),
+                fanout: self.fanout,
+                attr_prefetch: self.attr_prefetch,
+                trust_listing: self.trust_listing,
+                local_exclusive_creates: self.local_exclusive_creates,
+                copy: crate::store::copy::CopyLimits {
+                    object_max: self.copy_object_max_mib << 20,
+                    ..Default::default()
+                },
             },
-            read,
-            read_budget: self.read_memory_mib.saturating_mul(mib),
+            files: FilesConfig {
+                keep_tags: !self.drop_tags_on_rewrite,
+                part_size: self.part_size_mib * 1024 * 1024,
+                upload_inflight: self.upload_parts,
+                read,
+                read_budget: self.read_memory_mib.saturating_mul(mib),
+                cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
+                cache_size: self.cache_size_mib.saturating_mul(1024 * 1024),
+            },
             uid: self.uid.unwrap_or(uid),
             gid: self.gid.unwrap_or(gid),
             file_mode: parse_mode(&self.file_mode, "file-mode")?,
             dir_mode: parse_mode(&self.dir_mode, "dir-mode")?,
             read_only,
-            cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
-            cache_size: self.cache_size_mib.saturating_mul(1024 * 1024),
         };
         let abort_uploads_older_than = (self.abort_uploads_older_than >= 0.0
             && self.abort_uploads_older_than.is_finite())

@@ -9,7 +9,6 @@ use crate::layout::RelPath;
 use crate::store::{StoreError, WriteIf};
 use bytes::Bytes;
 use std::ffi::OsStr;
-use std::sync::atomic::Ordering;
 use std::time::SystemTime;
 
 /// What a setattr asks to change (chmod, chown, truncate, utimens); None leaves it alone.
@@ -85,31 +84,24 @@ impl Core {
             return Err(FsError::new(libc::EISDIR, format!("{path}: is a directory")));
         }
         let mut posix = changes.apply(&info, info.posix);
-        if let Some(shared) = self.files.shared(ino) {
-            // Under the body's lock: the last close either uploads what this changes or has
-            // detached the state already (then this is a change to a closed file, below).
-            let mut body = shared.body.lock().await;
-            if !shared.detached.load(Ordering::Relaxed) {
-                if let Some(size) = changes.size {
-                    self.files.truncate_body(&path, &shared, &mut body, size).await?;
-                    if changes.mtime.is_none() {
-                        posix.mtime = Some(SystemTime::now());
-                    }
-                }
-                *lock(&shared.posix) = posix;
-                if meta_change {
-                    shared.meta_dirty.store(true, Ordering::Relaxed);
-                }
-                // From the state itself: the last close may take it out of the table now,
-                // before its upload has updated the cache.
-                let info = shared.info();
-                drop(body);
-                // futimens, fchmod, ftruncate change the ctime as their by-path forms do
-                // (else `touch -d` of an open file would leave a ctime before its mtime
-                // moved back, earlier than the file itself).
-                self.attributes_changed(ino);
-                return Ok(self.attr(ino, info));
-            }
+        // A resize moves the mtime, unless the same call sets it.
+        let open_posix = match (changes.size, changes.mtime) {
+            (Some(_), None) => Posix {
+                mtime: Some(SystemTime::now()),
+                ..posix
+            },
+            _ => posix,
+        };
+        if let Some(info) = self
+            .files
+            .setattr(ino, &path, changes.size, open_posix, meta_change)
+            .await?
+        {
+            // futimens, fchmod, ftruncate change the ctime as their by-path forms do (else
+            // `touch -d` of an open file would leave a ctime before its mtime moved back,
+            // earlier than the file itself).
+            self.attributes_changed(ino);
+            return Ok(self.attr(ino, info));
         }
         if path.is_root() {
             // The root has no object to keep metadata in: a change of its mode, owner or
@@ -141,7 +133,7 @@ impl Core {
         let new_info = EntryInfo { size: new_size, ..info }
             .with_posix(posix)
             .with_etag(etag.as_deref());
-        self.cache.upsert(&path, new_info.clone());
+        self.ns.learned(&path, new_info.clone());
         self.attributes_changed(ino);
         Ok(self.attr(ino, new_info))
     }
@@ -241,16 +233,16 @@ impl Core {
         if self.stat(path).await?.is_some() {
             return Err(FsError::new(libc::EEXIST, format!("{path}: exists")));
         }
-        let key = self.ns.layout.file_key(path)?;
+        let key = self.ns.layout().file_key(path)?;
         let size = body.len() as u64;
         let etag = match self
             .ns
-            .store
+            .store()
             .put_with(&key, body, &posix.to_meta(), None, Some(&WriteIf::Absent))
             .await
         {
             Err(StoreError::PreconditionFailed { .. }) => {
-                self.cache.forget(path);
+                self.ns.forget(path);
                 return Err(FsError::new(
                     libc::EEXIST,
                     format!("{path}: created by another client meanwhile"),
@@ -264,7 +256,7 @@ impl Core {
             .with_plain(true)
             .with_tagless(true)
             .with_xattrs(None);
-        self.cache.upsert(path, info.clone());
+        self.ns.learned(path, info.clone());
         let ino = lock(&self.inodes).lookup(path, info.kind);
         self.entry_changed(path);
         Ok(self.attr(ino, info))
@@ -279,8 +271,8 @@ impl Core {
             Some(_) => return Err(FsError::new(libc::EINVAL, format!("{path}: not a symlink"))),
             None => return Err(FsError::not_found(&path)),
         }
-        let key = self.ns.layout.file_key(&path)?;
-        let target = self.ns.store.get(&key, Some(0..SYMLINK_MAX as u64), None).await?;
+        let key = self.ns.layout().file_key(&path)?;
+        let target = self.ns.store().get(&key, Some(0..SYMLINK_MAX as u64), None).await?;
         if target.len() >= SYMLINK_MAX {
             return Err(FsError::new(libc::EIO, format!("{path}: symlink target too long")));
         }

@@ -4,11 +4,10 @@
 
 use super::cache::{EntryInfo, Kind};
 use super::error::{FsError, FsResult};
-use super::files::Body;
+use super::files::Start;
 use super::posix::Posix;
 use super::{Attr, Core, Handle, lock};
 use crate::data::read::ObjectReads;
-use crate::data::staging::Base;
 use crate::layout::RelPath;
 use crate::store::{StoreError, WriteIf};
 use bytes::Bytes;
@@ -17,12 +16,6 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 impl Core {
-    /// The file being written at `path` (not one unlinked while open).
-    pub(super) fn open_file_info(&self, path: &RelPath) -> Option<EntryInfo> {
-        let ino = lock(&self.inodes).find(path)?;
-        self.files.linked_info(ino)
-    }
-
     /// `creat`/`open(O_CREAT)`. With `exclusive` (`O_EXCL`: lock files, `set -C`) S3 decides,
     /// not this mount's view: the object is created empty with `If-None-Match: *` before this
     /// returns (one more PUT than an ordinary create), a 412 is EEXIST, and the file's
@@ -53,7 +46,7 @@ impl Core {
             mtime: Some(SystemTime::now()),
             ..Default::default()
         };
-        let created = if exclusive && !self.ns.cfg.local_exclusive_creates {
+        let created = if exclusive && !self.cfg.names.local_exclusive_creates {
             Some(self.ns.create_exclusive(&path, &posix).await?)
         } else {
             None
@@ -73,17 +66,13 @@ impl Core {
             (None, Some(i)) => i.version().map(|e| WriteIf::Matches(e.to_string())),
         };
         let ino = lock(&self.inodes).lookup(&path, Kind::File);
-        let shared = self.files.attach(ino, &path, posix, expect, carry, |key| {
-            let stream = self.files.new_stream(key, &posix);
-            Ok(match (stream, created.is_some()) {
-                (Body::Stream(up), true) => Body::Stream(up.created()),
-                (body, _) => body,
-            })
-        })?;
         // Another handle had it open: creat() truncates.
-        self.files.truncate_open(&path, &shared, 0).await?;
+        let start = Start::New {
+            created: created.is_some(),
+        };
+        self.files.attach(ino, &path, posix, expect, carry, start, true).await?;
         let info = EntryInfo::new(Kind::File, 0, SystemTime::now()).with_posix(posix);
-        self.cache.upsert(&path, info.clone());
+        self.ns.learned(&path, info.clone());
         let fh = self.new_fh(Handle::File {
             ino,
             reader: None,
@@ -98,7 +87,7 @@ impl Core {
     /// Whether writes send S3's conditions (not with `--local-exclusive-creates`, for a
     /// server without conditional writes).
     fn write_conditions(&self) -> bool {
-        !self.ns.cfg.local_exclusive_creates
+        !self.cfg.names.local_exclusive_creates
     }
 
     /// `mknod` of a regular file (`S_IFREG`, or no type: what some programs and pjdfstest
@@ -126,21 +115,17 @@ impl Core {
             // A rewrite keeps what the object holds besides the bytes: one HEAD, sent now
             // and awaited by the first upload. Not for an object S3 does not have yet.
             let carry = info.version().map(|_| (!info.plain, !info.tagless));
-            let shared = self.files.attach(ino, &path, info.posix, expect, carry, |key| {
-                if trunc || info.size == 0 {
-                    return Ok(self.files.new_stream(key, &info.posix));
-                }
-                self.files.staged_body(
-                    &path,
-                    Base {
-                        key,
-                        size: info.size,
-                        etag: info.version().map(str::to_string),
-                    },
-                )
-            })?;
+            let start = match trunc || info.size == 0 {
+                true => Start::New { created: false },
+                false => Start::Over {
+                    size: info.size,
+                    etag: info.version().map(str::to_string),
+                },
+            };
+            self.files
+                .attach(ino, &path, info.posix, expect, carry, start, trunc)
+                .await?;
             if trunc {
-                self.files.truncate_open(&path, &shared, 0).await?;
                 self.attributes_changed(ino);
             }
             return Ok(self.new_fh(Handle::File {
@@ -207,7 +192,7 @@ impl Core {
         if info.kind != Kind::File || info.size != reader.size() || info.etag.is_none() {
             return Ok(None);
         }
-        self.cache.upsert(&path, info.clone());
+        self.ns.learned(&path, info.clone());
         let newer = self.files.object_reads(ino, &path, &info)?;
         if let Some(Handle::File { reader: r, .. }) = lock(&self.handles).get_mut(&fh) {
             *r = Some(newer.clone());
@@ -217,9 +202,11 @@ impl Core {
 
     pub async fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Bytes> {
         let (ino, reader) = self.handle_file(fh)?;
-        if let Some(shared) = self.files.shared(ino) {
+        if self.files.is_open(ino) {
             let path = self.path_of(ino)?;
-            return self.files.read(&path, &shared, offset, size).await;
+            if let Some(data) = self.files.read(ino, &path, offset, size).await? {
+                return Ok(data);
+            }
         }
         let mut reader = reader.ok_or_else(|| FsError::new(libc::EBADF, format!("file handle {fh} cannot read")))?;
         let mut result = reader.read(offset, size as usize).await;
@@ -235,7 +222,7 @@ impl Core {
             // gone from S3, and the new version's are not this file's (a torn read).
             Err(e @ StoreError::PreconditionFailed { .. }) => {
                 let path = self.path_of(ino)?;
-                self.cache.forget(&path);
+                self.ns.forget(&path);
                 Err(FsError::new(
                     libc::ESTALE,
                     format!("{path}: replaced by another client while open for reading; reopen it for the new version"),
@@ -265,13 +252,7 @@ impl Core {
             _ => return Ok(()),
         }
         let (ino, _) = self.handle_file(fh)?;
-        if !sync && let Some(shared) = self.files.shared(ino) {
-            let body = shared.body.lock().await;
-            if matches!(&*body, Body::Stream(up) if up.size() == 0 && !up.is_finished() && !up.has_multipart()) {
-                return Ok(());
-            }
-        }
-        self.files.flush_ino(ino).await
+        self.files.flush(ino, sync).await
     }
 
     pub async fn release(&self, fh: u64) -> FsResult<()> {
@@ -289,7 +270,7 @@ impl Core {
     /// something did not reach S3 (each failure is logged).
     pub async fn flush_all(&self) -> bool {
         let mut all = self.files.flush_open_files().await;
-        if let Err(e) = self.ns.store.flush().await {
+        if let Err(e) = self.ns.store().flush().await {
             all = false;
             tracing::error!(error = %e, "deletes acknowledged to programs did not reach S3 before unmount; they are kept in the journal and the next mount of this cache directory sends them");
         }

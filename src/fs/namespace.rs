@@ -1,22 +1,30 @@
 //! The namespace: what a path is and what a directory holds, over every prefix, behind the
-//! metadata cache; and the changes of paths in S3 ([`changes`](super::changes)). It knows
+//! metadata cache; and the changes of paths in S3 ([`changes`]). It knows
 //! no inodes, handles or open-file state, so the bucket commands (`prefixfs rm`, `ls`,
 //! `find`...) use it without a mount. A mount's files being written reach it through the
-//! [`Pending`] view its [`Core`](super::Core) gives it.
+//! [`OpenTable`] its [`Core`](super::Core) shares with it.
 //!
 //! Requirements and where they live:
 //! 1. A path maps to one key (`layout`); a directory exists through its marker or any key
 //!    below it in any prefix ([`Namespace::stat`], [`Namespace::any_under`]).
 //! 2. A listing asks every prefix in parallel, bounded by `fanout`, paginates, and merges into
 //!    one sorted, de-duplicated map; a directory shadows a file of the same name
-//!    ([`listing`](super::listing)).
+//!    ([`listing`]).
 //! 3. Metadata answers come from the cache within the TTL; the mount's own changes update it
 //!    ([`cache`](super::cache)).
 
+mod changes;
+mod listing;
+mod xattrs;
+
+use changes::replaced_elsewhere;
+pub(super) use listing::Feed;
+
 use super::cache::{self, EntryInfo, Kind, MetaCache};
 use super::error::FsResult;
+use super::files::OpenTable;
 use super::flight::SingleFlight;
-use super::{FsConfig, lock, posix};
+use super::{NamespaceConfig, lock, posix};
 use crate::layout::{Layout, RelPath};
 use crate::store::ObjectStore;
 use crate::store::stats::RequestStats;
@@ -27,35 +35,27 @@ use std::time::SystemTime;
 /// Rounds of HEADs a stat sends at most while this mount keeps changing the path under it.
 const STAT_ROUNDS: u32 = 3;
 
-/// Files being written through a mount that S3 may not have yet: the namespace shows them
-/// as they are here (their size so far, their metadata), and counts them in emptiness
-/// checks.
-pub trait Pending: Send + Sync {
-    /// The file being written at `path`, if any (not one unlinked while open).
-    fn pending_at(&self, path: &RelPath) -> Option<EntryInfo>;
-    /// The files being written directly in `dir`, by name.
-    fn pending_in(&self, dir: &RelPath) -> Vec<(String, EntryInfo)>;
-}
-
 pub struct Namespace {
     /// Itself, for the background tasks it spawns (listing pages, attribute prefetch).
-    pub(super) me: Weak<Namespace>,
-    pub(super) layout: Layout,
-    pub(super) store: Arc<dyn ObjectStore>,
-    pub(super) stats: Arc<RequestStats>,
-    pub(super) cfg: FsConfig,
-    pub(super) cache: Arc<MetaCache>,
-    /// The mount's files being written (none for the bucket commands).
-    pending: Option<Weak<dyn Pending>>,
+    me: Weak<Namespace>,
+    layout: Layout,
+    store: Arc<dyn ObjectStore>,
+    stats: Arc<RequestStats>,
+    cfg: NamespaceConfig,
+    cache: Arc<MetaCache>,
+    /// The mount's files being written, which S3 may not have yet: the namespace shows them
+    /// as they are here (their size so far, their metadata), and counts them in emptiness
+    /// checks. None for the bucket commands.
+    open: Option<Arc<OpenTable>>,
     /// The time implicit directories (no object of their own) report.
-    pub(super) mount_time: SystemTime,
+    mount_time: SystemTime,
     stat_flight: SingleFlight<RelPath, Option<EntryInfo>>,
-    pub(super) list_flight: SingleFlight<RelPath, cache::Listing>,
+    list_flight: SingleFlight<RelPath, cache::Listing>,
     /// Paths whose attribute prefetch is queued or running.
     prefetching: Mutex<HashSet<RelPath>>,
     prefetch_slots: Arc<tokio::sync::Semaphore>,
     /// Subtrees listed whole (a walk was seen), and when: not again within the TTL.
-    pub(super) walked: Mutex<HashMap<RelPath, std::time::Instant>>,
+    walked: Mutex<HashMap<RelPath, std::time::Instant>>,
     /// Directories in which lookups of entries the TTL let expire were seen, when the first
     /// came, and how many since (see [`Namespace::revalidate`]).
     storms: Mutex<HashMap<RelPath, (std::time::Instant, u32)>>,
@@ -81,8 +81,18 @@ impl Namespace {
         layout: Layout,
         store: Arc<dyn ObjectStore>,
         stats: Arc<RequestStats>,
-        cfg: FsConfig,
-        pending: Option<Weak<dyn Pending>>,
+        cfg: NamespaceConfig,
+    ) -> Arc<Self> {
+        Self::with_open_files(layout, store, stats, cfg, None)
+    }
+
+    /// A mount's namespace: it shows the files open in `open` as they are here.
+    pub(super) fn with_open_files(
+        layout: Layout,
+        store: Arc<dyn ObjectStore>,
+        stats: Arc<RequestStats>,
+        cfg: NamespaceConfig,
+        open: Option<Arc<OpenTable>>,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Namespace {
             me: me.clone(),
@@ -94,7 +104,7 @@ impl Namespace {
             walked: Mutex::new(HashMap::new()),
             storms: Mutex::new(HashMap::new()),
             mount_time: SystemTime::now(),
-            pending,
+            open,
             layout,
             store,
             stats,
@@ -111,15 +121,47 @@ impl Namespace {
         &self.layout
     }
 
+    pub(super) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    pub fn config(&self) -> &NamespaceConfig {
+        &self.cfg
+    }
+
+    /// The metadata cache, to read (and pin listings with). Path changes reach it through
+    /// the namespace only: [`Namespace::learned`], [`Namespace::forget`], and the changes.
+    pub(super) fn cache(&self) -> &MetaCache {
+        &self.cache
+    }
+
+    /// What this mount made `path` now (a file uploaded or created, its attributes changed),
+    /// as S3 says it: the cache takes it as fresh.
+    pub(super) fn learned(&self, path: &RelPath, info: EntryInfo) {
+        self.cache.upsert(path, info);
+    }
+
+    /// S3 holds something at `path` this mount cannot describe (another client wrote it, an
+    /// upload failed): the next stat asks.
+    pub(super) fn forget(&self, path: &RelPath) {
+        self.cache.forget(path);
+    }
+
+    /// A file (or symlink) `info` describes moved from `from` to `to`.
+    pub(super) fn file_moved(&self, from: &RelPath, to: &RelPath, info: EntryInfo) {
+        self.cache.remove(from);
+        self.cache.upsert(to, info);
+    }
+
     /// The file being written at `path` through the mount, if any.
     fn pending_at(&self, path: &RelPath) -> Option<EntryInfo> {
-        self.pending.as_ref()?.upgrade()?.pending_at(path)
+        self.open.as_ref()?.at(path)
     }
 
     /// Files being written through the mount directly in `dir`, that S3 may not have yet.
     pub(super) fn pending_in(&self, dir: &RelPath) -> Vec<(String, EntryInfo)> {
-        match self.pending.as_ref().and_then(Weak::upgrade) {
-            Some(p) => p.pending_in(dir),
+        match &self.open {
+            Some(open) => open.in_dir(dir),
             None => Vec::new(),
         }
     }

@@ -29,7 +29,7 @@ pub struct StatFs {
 
 impl Core {
     pub(super) fn check_writable(&self, path: &RelPath) -> FsResult<()> {
-        if self.ns.cfg.read_only {
+        if self.cfg.read_only {
             return Err(FsError::new(libc::EROFS, format!("{path}: mounted read-only")));
         }
         Ok(())
@@ -97,18 +97,18 @@ impl Core {
             ino,
             info: None,
         };
-        self.cache.dir_opened(&path);
-        let cached = self.cache.listing(&path).is_some();
+        self.ns.cache().dir_opened(&path);
+        let cached = self.ns.cache().listing(&path).is_some();
         let dir = Arc::new(OpenDir::filling(path, vec![dot(".", ino), dot("..", parent_ino)]));
         if cached {
             if let Err(e) = self.fill_dir(&dir).await {
-                self.cache.dir_closed(&dir.path);
+                self.ns.cache().dir_closed(&dir.path);
                 return Err(e);
             }
             dir.finish(Ok(()));
         } else {
             let Some(me) = self.me.upgrade() else {
-                self.cache.dir_closed(&dir.path);
+                self.ns.cache().dir_closed(&dir.path);
                 return Err(FsError::new(libc::EIO, "the filesystem is shutting down"));
             };
             let caller = crate::store::stats::CALLER.try_with(|c| *c).unwrap_or("background");
@@ -128,7 +128,7 @@ impl Core {
     /// fetched), then the entries that needed the whole listing or a HEAD to be typed.
     async fn fill_dir(&self, dir: &Arc<OpenDir>) -> FsResult<()> {
         let filling = dir.clone();
-        let feed: super::listing::Feed = Arc::new(move |page: Vec<(String, Kind, EntryInfo)>| {
+        let feed: super::namespace::Feed = Arc::new(move |page: Vec<(String, Kind, EntryInfo)>| {
             filling.push(
                 page.into_iter()
                     .map(|(name, kind, info)| DirEntry::listed(name, kind, info))
@@ -182,7 +182,7 @@ impl Core {
     pub fn listed_attr(&self, dir: &OpenDir, e: &DirEntry) -> Option<(Attr, bool)> {
         let child = dir.path.join(&e.name).ok()?;
         let snapshot = e.info.clone()?;
-        let (info, vouched) = match self.cache.entry(&child) {
+        let (info, vouched) = match self.ns.cache().entry(&child) {
             Some(None) => (snapshot, false),
             Some(Some(now)) if now.full || !snapshot.full => (now, true),
             _ => (snapshot, true),
@@ -206,7 +206,7 @@ impl Core {
     /// `--attr-prefetch` at a time; those HEADs are the ones `ls -l` would send anyway.
     /// Returns what the HEADs found, by name.
     async fn type_untyped(&self, dir: &RelPath, listed: &[(String, EntryInfo)]) -> HashMap<String, EntryInfo> {
-        if self.ns.cfg.trust_listing {
+        if self.cfg.names.trust_listing {
             return HashMap::new();
         }
         let untyped: Vec<(String, RelPath)> = listed
@@ -225,7 +225,7 @@ impl Core {
                     }
                 }
             })
-            .buffer_unordered(self.ns.cfg.attr_prefetch.max(1))
+            .buffer_unordered(self.cfg.names.attr_prefetch.max(1))
             .filter_map(|x| async move { x })
             .collect()
             .await
@@ -241,7 +241,7 @@ impl Core {
 
     pub fn release_handle(&self, fh: u64) {
         if let Some(Handle::Dir(dir)) = lock(&self.handles).remove(&fh) {
-            self.cache.dir_closed(&dir.path);
+            self.ns.cache().dir_closed(&dir.path);
         }
     }
 
@@ -276,8 +276,7 @@ impl Core {
         // A file open here is unlinked first, and an upload of it in progress (the last
         // close's, which the kernel sends after `close` returned) lands before the delete is
         // queued: the delete then reaches S3 after it, and nothing brings the file back.
-        let open = lock(&self.inodes).find(&path);
-        if let Some(ino) = open {
+        if let Some(ino) = self.files.open_at(&path) {
             self.files.unlink(ino).await;
         }
         // The version the check saw is the one removed: if another client writes the name
@@ -304,8 +303,7 @@ impl Core {
         }
         match src.kind {
             Kind::File | Kind::Symlink => {
-                let open_ino = lock(&self.inodes).find(&from);
-                let moved_open = match open_ino {
+                let moved_open = match self.files.open_at(&from) {
                     Some(ino) => {
                         let noreplace = flags & libc::RENAME_NOREPLACE != 0;
                         self.files
@@ -321,25 +319,18 @@ impl Core {
                         .move_object(&from, &to, &src, dst.as_ref(), flags & libc::RENAME_NOREPLACE != 0)
                         .await?
                 };
-                self.cache.remove(&from);
                 // S3's LastModified changes with the copy; the POSIX mtime travels with it.
                 // The version is the copy's (its ETag, when S3 said it).
-                self.cache.upsert(&to, src.with_etag(etag.as_deref()));
+                self.ns.file_moved(&from, &to, src.with_etag(etag.as_deref()));
             }
             Kind::Dir => {
                 let open = self.files.flush_open_under(&from).await?;
-                match self.ns.rename_dir(&from, &to).await {
-                    Ok(()) => self.cache.moved_tree(&from, &to, src),
-                    Err(e) => {
-                        self.cache.clear();
-                        return Err(e);
-                    }
-                }
+                self.ns.rename_dir(&from, &to, src).await?;
                 self.files.reanchor_moved(open, &from, &to).await?;
             }
         }
         let replaced = lock(&self.inodes).find(&to);
-        let replaced_open = replaced.is_some_and(|ino| self.files.shared(ino).is_some());
+        let replaced_open = replaced.is_some_and(|ino| self.files.is_open(ino));
         lock(&self.inodes).rename(&from, &to, replaced_open);
         self.entry_changed(&from);
         self.entry_changed(&to);

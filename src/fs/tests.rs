@@ -77,11 +77,9 @@ fn rig_with(cfg: impl FnOnce(&mut FsConfig)) -> Rig {
         prefix,
         crate::store::delete::DeleteConditions::S3,
     ));
-    let mut fs = FsConfig {
-        metadata_ttl: Duration::from_secs(60),
-        cache_dir: dir.path().to_path_buf(),
-        ..FsConfig::default()
-    };
+    let mut fs = FsConfig::default();
+    fs.names.metadata_ttl = Duration::from_secs(60);
+    fs.files.cache_dir = dir.path().to_path_buf();
     cfg(&mut fs);
     let core = Core::new(layout.clone(), store, stats.clone(), fs);
     Rig {
@@ -188,6 +186,6 @@ impl Rig {
 
     /// Forgets every cached answer, as if the TTL had run out.
     fn expire(&self) {
-        self.core.cache.clear();
+        self.core.ns.cache().clear();
     }
 }

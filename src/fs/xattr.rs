@@ -15,16 +15,14 @@
 //! S3 allows 2 KiB of user metadata per object (keys and values): a change that would pass it
 //! fails with ENOSPC and a log line, as a full ext4 inode's xattr space does.
 
+use super::Core;
 use super::cache::{EntryInfo, Kind};
 use super::error::{FsError, FsResult};
-use super::{Core, Namespace};
 use crate::layout::RelPath;
-use crate::store::{CopySpec, StoreError, UserMeta, WriteIf};
-use bytes::Bytes;
+use crate::store::UserMeta;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// The user metadata key (`x-amz-meta-xattr`).
 pub const KEY: &str = "xattr";
@@ -207,10 +205,8 @@ impl Core {
     /// The `xattr` header of `path` (`ino`): an open file's own, else the cached one, else a
     /// HEAD's.
     async fn xattr_header(&self, ino: u64, path: &RelPath) -> FsResult<Option<String>> {
-        if let Some(shared) = self.files.shared(ino)
-            && !shared.detached.load(Ordering::Relaxed)
-        {
-            return shared.xattr_header(&self.ns.store, path).await;
+        if let Some(header) = self.files.xattr_header(ino, path).await? {
+            return Ok(header);
         }
         if path.is_root() {
             return Ok(None);
@@ -257,14 +253,9 @@ impl Core {
         }
         self.check_writable(&path)?;
         let change = Change { name, value, flags };
-        if let Some(shared) = self.files.shared(ino) {
-            let body = shared.body.lock().await;
-            if !shared.detached.load(Ordering::Relaxed) {
-                shared.change_xattrs(&self.ns.store, &path, &change).await?;
-                drop(body);
-                self.attributes_changed(ino);
-                return Ok(());
-            }
+        if self.files.change_xattrs(ino, &path, &change).await? {
+            self.attributes_changed(ino);
+            return Ok(());
         }
         let info = self.stat(&path).await?.ok_or_else(|| FsError::not_found(&path))?;
         let (etag, header) = self.ns.change_xattrs(&path, &info, &change).await?;
@@ -273,96 +264,9 @@ impl Core {
         if new.kind != Kind::Dir {
             new = new.with_etag(etag.as_deref());
         }
-        self.cache.upsert(&path, new);
+        self.ns.learned(&path, new);
         self.attributes_changed(ino);
         Ok(())
-    }
-}
-
-impl Namespace {
-    /// Applies `change` to the extended attributes of `path` in S3 (see [`Core::setxattr`]):
-    /// the new version's ETag and header. Another client's write in between stays theirs:
-    /// this fails (ESTALE).
-    async fn change_xattrs(
-        &self,
-        path: &RelPath,
-        info: &EntryInfo,
-        change: &Change<'_>,
-    ) -> FsResult<(Option<String>, Option<String>)> {
-        let r = self.change_xattrs_in_s3(path, info, change).await;
-        if r.as_ref()
-            .err()
-            .and_then(FsError::store_error)
-            .is_some_and(|e| matches!(e, StoreError::PreconditionFailed { .. }))
-        {
-            self.cache.forget(path);
-            return Err(super::changes::replaced_elsewhere(path));
-        }
-        r
-    }
-
-    async fn change_xattrs_in_s3(
-        &self,
-        path: &RelPath,
-        info: &EntryInfo,
-        change: &Change<'_>,
-    ) -> FsResult<(Option<String>, Option<String>)> {
-        // The object's metadata with the new header; the nonce of the write that made it
-        // means nothing to this one, an s3fs `ctime` moves to now.
-        let edit = |meta: UserMeta| -> FsResult<(UserMeta, Option<String>)> {
-            let header = change.apply(meta.get(KEY).map(String::as_str), path)?;
-            let mut meta = with_header(meta, header.clone(), path)?;
-            meta.remove(crate::store::retry::WRITE_NONCE);
-            super::posix::touch_ctime(&mut meta, std::time::SystemTime::now());
-            Ok((meta, header))
-        };
-        if info.kind == Kind::Dir {
-            // Its marker changes version: the listing's word on it no longer holds.
-            self.cache.forget_facts(path);
-            let key = self.layout.dir_marker_key(path)?;
-            return match self.store.head(&key).await {
-                Ok(head) => {
-                    let (meta, header) = edit(head.user_meta)?;
-                    let cond = head.etag.map(WriteIf::Matches);
-                    let etag = self
-                        .store
-                        .put_with(&key, Bytes::new(), &meta, Some(&head.headers), cond.as_ref())
-                        .await?;
-                    Ok((etag, header))
-                }
-                // A directory without a marker gets one, to hold them.
-                Err(e) if e.is_not_found() => {
-                    let (meta, header) = edit(info.posix.to_meta())?;
-                    let etag = self
-                        .store
-                        .put_with(&key, Bytes::new(), &meta, None, Some(&WriteIf::Absent))
-                        .await?;
-                    Ok((etag, header))
-                }
-                Err(e) => Err(e.into()),
-            };
-        }
-        let key = self.layout.file_key(path)?;
-        let head = self.store.head(&key).await?;
-        let now = head.etag.as_deref();
-        if let (Some(want), Some(now)) = (info.version(), now)
-            && want.trim_matches('"') != now.trim_matches('"')
-        {
-            return Err(StoreError::PreconditionFailed {
-                op: "copy",
-                key: key.clone(),
-            }
-            .into());
-        }
-        let (meta, header) = edit(head.user_meta.clone())?;
-        let same = now.map(|e| WriteIf::Matches(e.to_string()));
-        let copy = CopySpec::new(&key, &key)
-            .from_version(now)
-            .only_if(same.as_ref())
-            .with_meta(Some(&meta))
-            .with_headers(Some(&head.headers));
-        let etag = self.copy_object(&copy, head.size).await?;
-        Ok((etag, header))
     }
 }
 

@@ -9,7 +9,10 @@ fn a_panicking_handler_answers_eio_and_the_next_request_is_served() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let cfg = FsConfig {
-        cache_dir: dir.path().to_path_buf(),
+        files: crate::fs::FilesConfig {
+            cache_dir: dir.path().to_path_buf(),
+            ..Default::default()
+        },
         ..FsConfig::default()
     };
     let core = Core::new(

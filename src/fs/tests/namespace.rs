@@ -12,11 +12,8 @@ async fn a_namespace_without_a_mount_lists_stats_and_removes_a_tree() {
     r.plant_dir("2017/02").await;
     r.plant("2018/c.txt", b"f").await;
     let store: Arc<dyn ObjectStore> = r.s3.clone();
-    let cfg = FsConfig {
-        cache_dir: "/nonexistent/never-used".into(),
-        ..FsConfig::default()
-    };
-    let ns = Namespace::new(r.layout.clone(), store, r.stats.clone(), cfg, None);
+    let cfg = crate::fs::NamespaceConfig::default();
+    let ns = Namespace::new(r.layout.clone(), store, r.stats.clone(), cfg);
     let mut m = r.meter();
 
     let root = ns.list_dir(&RelPath::root()).await.unwrap();

@@ -142,7 +142,7 @@ async fn readdir_knows_symlinks_and_types_only_entries_small_enough_to_be_one() 
 
 #[tokio::test]
 async fn trusting_the_listing_makes_ls_l_cost_its_lists_only() {
-    let r = rig_with(|c| c.trust_listing = true);
+    let r = rig_with(|c| c.names.trust_listing = true);
     for i in 0..50 {
         r.plant(&format!("d/f{i:02}.txt"), b"x").await;
     }
@@ -165,8 +165,8 @@ async fn trusting_the_listing_makes_ls_l_cost_its_lists_only() {
 async fn an_ls_l_that_outlasts_the_ttl_heads_each_entry_once() {
     let ttl = Duration::from_millis(1500);
     let r = rig_with(|c| {
-        c.attr_prefetch = 32;
-        c.metadata_ttl = ttl;
+        c.names.attr_prefetch = 32;
+        c.names.metadata_ttl = ttl;
     });
     for i in 0..200 {
         // No extension: a lookup by name alone would try the file key and the marker.
@@ -181,7 +181,7 @@ async fn an_ls_l_that_outlasts_the_ttl_heads_each_entry_once() {
     for (i, n) in names.iter().enumerate() {
         if i == 100 {
             // The TTL runs out halfway through the stats.
-            r.core.cache.age_all();
+            r.core.ns.cache().age_all();
         }
         r.core.lookup(d, OsStr::new(n)).await.unwrap();
     }
@@ -205,7 +205,7 @@ async fn an_ls_l_that_outlasts_the_ttl_heads_each_entry_once() {
 
 #[tokio::test]
 async fn ls_l_heads_every_entry_in_parallel_once_and_then_nothing() {
-    let r = rig_with(|c| c.attr_prefetch = 32);
+    let r = rig_with(|c| c.names.attr_prefetch = 32);
     for i in 0..200 {
         r.plant(&format!("d/f{i:03}.txt"), b"x").await;
     }
@@ -234,7 +234,7 @@ async fn ls_l_heads_every_entry_in_parallel_once_and_then_nothing() {
 
 #[tokio::test]
 async fn readdir_hands_out_entries_before_the_slowest_prefix_answers() {
-    let r = rig_with(|c| c.trust_listing = true);
+    let r = rig_with(|c| c.names.trust_listing = true);
     for i in 0..40 {
         r.plant(&format!("d/f{i:02}.txt"), b"x").await;
     }
@@ -318,11 +318,11 @@ async fn a_relisted_directory_needs_no_head_for_unchanged_objects() {
     let path = crate::layout::RelPath::parse("d/a.txt").unwrap();
     r.list(d).await;
     r.core.lookup(d, OsStr::new("a.txt")).await.unwrap();
-    let mut info = r.core.cache.entry(&path).unwrap().unwrap();
+    let mut info = r.core.ns.cache().entry(&path).unwrap().unwrap();
     info.checked = Some(info.s3_modified + Duration::from_secs(60));
-    r.core.cache.learned(&path, Some(info));
+    r.core.ns.cache().learned(&path, Some(info));
     // The listing's TTL runs out (the entry's too); the listing is fetched again.
-    r.core.cache.age_all();
+    r.core.ns.cache().age_all();
     let mut m = r.meter();
     r.list(d).await;
     r.core.lookup(d, OsStr::new("a.txt")).await.unwrap();
@@ -346,11 +346,11 @@ async fn a_stat_storm_after_the_ttl_over_a_big_directory_revalidates_by_listing(
         r.core.lookup(d, OsStr::new(n)).await.unwrap();
         // Each HEAD came long enough after the object's write to vouch for its version.
         let path = crate::layout::RelPath::parse(&format!("src/{n}")).unwrap();
-        let mut info = r.core.cache.entry(&path).unwrap().unwrap();
+        let mut info = r.core.ns.cache().entry(&path).unwrap().unwrap();
         info.checked = Some(info.s3_modified + Duration::from_secs(60));
-        r.core.cache.learned(&path, Some(info));
+        r.core.ns.cache().learned(&path, Some(info));
     }
-    r.core.cache.age_all();
+    r.core.ns.cache().age_all();
     let mut m = r.meter();
     for n in &names {
         r.core.lookup(d, OsStr::new(n)).await.unwrap();
@@ -373,7 +373,7 @@ async fn a_stat_storm_after_the_ttl_over_a_small_directory_heads_its_entries_tog
     for n in &names {
         r.core.lookup(d, OsStr::new(n)).await.unwrap();
     }
-    r.core.cache.age_all();
+    r.core.ns.cache().age_all();
     let mut m = r.meter();
     for n in &names[..2] {
         r.core.lookup(d, OsStr::new(n)).await.unwrap();

@@ -205,7 +205,7 @@ async fn a_walk_lists_the_subtree_whole_once_it_sees_two_siblings() {
         r.core.list_dir(&RelPath::parse(d).unwrap()).await.unwrap();
     }
     let root = RelPath::parse("2018/02").unwrap();
-    let watch = r.core.cache.watch_tree(&root);
+    let watch = r.core.ns.cache().watch_tree(&root);
     let day3 = r.ino("2018/02/03").await;
     r.echo_into(day3, "new.log", b"y").await;
     assert!(!watch.untouched(&RelPath::parse("2018/02/03").unwrap()));
@@ -305,7 +305,7 @@ async fn atime_is_kept_in_the_mounts_view() {
 
 #[tokio::test]
 async fn staging_past_the_cache_size_is_enospc_and_every_byte_comes_back() {
-    let r = rig_with(|c| c.cache_size = 100);
+    let r = rig_with(|c| c.files.cache_size = 100);
     r.plant("d/a.txt", &[b'a'; 50]).await;
     let d = r.ino("d").await;
     let a = r.core.lookup(d, OsStr::new("a.txt")).await.unwrap();
@@ -496,7 +496,7 @@ async fn an_unlink_racing_the_second_upload_of_the_last_close_is_not_undone() {
 
 #[tokio::test]
 async fn a_file_unlinked_while_being_written_leaves_no_incomplete_upload() {
-    let r = rig_with(|c| c.part_size = 1024);
+    let r = rig_with(|c| c.files.part_size = 1024);
     let day = r.ino_after_mkdir("day").await;
     let fh = r.create(day, "big.bin").await;
     r.core.write(fh, 0, &[7u8; 3000]).await.unwrap();
@@ -522,7 +522,7 @@ async fn a_file_unlinked_while_being_written_leaves_no_incomplete_upload() {
 async fn a_stat_that_joins_a_head_sent_before_the_mounts_change_gets_the_change() {
     // Nothing cached (TTL 0): a stat after `rm` must not take the answer of a HEAD sent
     // before it, which is still on the wire saying the file is there.
-    let r = rig_with(|c| c.metadata_ttl = Duration::ZERO);
+    let r = rig_with(|c| c.names.metadata_ttl = Duration::ZERO);
     r.plant("day/f.txt", b"x").await;
     let path = RelPath::parse("day/f.txt").unwrap();
     let key = r.layout.file_key(&path).unwrap();
@@ -532,7 +532,7 @@ async fn a_stat_that_joins_a_head_sent_before_the_mounts_change_gets_the_change(
     gate.arrivals(1).await;
     // What the mount's unlink does: the key goes, the cache records the removal.
     r.mem().delete(&key, None).await.unwrap();
-    r.core.cache.remove(&path);
+    r.core.ns.cache().remove(&path);
     let (ns, p) = (r.core.ns.clone(), path.clone());
     let after = tokio::spawn(async move { ns.stat(&p).await });
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -574,7 +574,7 @@ async fn a_directory_whose_keys_are_all_being_deleted_is_not_listed() {
     r.plant("e/g.txt", b"y").await;
     let d = r.ino("d").await;
     r.core.unlink(d, OsStr::new("f.txt")).await.unwrap();
-    r.core.cache.clear();
+    r.core.ns.cache().clear();
     let names: Vec<String> = r.list(ROOT_INO).await.into_iter().map(|e| e.name).collect();
     assert_eq!(names, [".", "..", "e"]);
 }

@@ -1,10 +1,10 @@
 //! Listing fan-out: one ListObjectsV2 stream per prefix, in parallel (at most `fanout` at
 //! once), each paginated to the end, merged into one sorted, de-duplicated listing.
 
-use super::cache::{DirFacts, EntryInfo, Kind, Listing, SYMLINK_MAX};
-use super::error::FsResult;
-use super::lock;
-use super::namespace::Namespace;
+use super::Namespace;
+use crate::fs::cache::{DirFacts, EntryInfo, Kind, Listing, SYMLINK_MAX};
+use crate::fs::error::FsResult;
+use crate::fs::lock;
 use crate::layout::{RESERVED_NAME, RelPath, escape_controls, validate_name};
 use crate::store::ETag;
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -29,7 +29,7 @@ type PrefixPage = (Vec<Listed>, Vec<String>, DirFacts);
 
 /// A key of a tree as one listing saw it.
 #[derive(Debug, Clone)]
-pub(super) struct TreeKey {
+pub(in crate::fs) struct TreeKey {
     pub key: String,
     pub size: u64,
     pub etag: Option<String>,
@@ -38,7 +38,7 @@ pub(super) struct TreeKey {
 
 /// What an emptiness check found below a directory.
 #[derive(Debug, Default, Clone, Copy)]
-pub(super) struct Emptiness {
+pub(in crate::fs) struct Emptiness {
     /// A key of this namespace (not the directory's own marker) lies below it.
     pub not_empty: bool,
     /// The size of the directory's own marker object, when there is one.
@@ -55,7 +55,7 @@ pub type Feed = Arc<dyn Fn(Vec<(String, Kind, EntryInfo)>) + Send + Sync>;
 
 impl Namespace {
     /// Runs `f` for every prefix index, at most `fanout` at once.
-    pub(super) async fn fan_out<T, F, Fut>(&self, f: F) -> FsResult<Vec<T>>
+    pub(in crate::fs) async fn fan_out<T, F, Fut>(&self, f: F) -> FsResult<Vec<T>>
     where
         F: Fn(u32) -> Fut,
         Fut: Future<Output = FsResult<T>>,
@@ -71,12 +71,12 @@ impl Namespace {
     /// of the layout, or an empty directory marker. Anything else under the prefixes (a
     /// prefix that does not match the hash, `.`/`..`/empty segments, a "marker" with a body)
     /// is foreign: never shown, never counted, never deleted or moved.
-    pub(super) fn ours(&self, key: &str, size: u64) -> bool {
+    pub(in crate::fs) fn ours(&self, key: &str, size: u64) -> bool {
         matches!(self.layout.key_to_path(key), Some((_, is_dir)) if !is_dir || size == 0)
     }
 
     /// What lies below `dir`, in any prefix: one LIST page per prefix.
-    pub(super) async fn emptiness(&self, dir: &RelPath) -> FsResult<Emptiness> {
+    pub(in crate::fs) async fn emptiness(&self, dir: &RelPath) -> FsResult<Emptiness> {
         let marker = self.layout.dir_marker_key(dir)?;
         let pages = self
             .fan_out(|q| {
@@ -113,7 +113,7 @@ impl Namespace {
     /// within the TTL and kept up to date with this mount's own changes (a directory it
     /// created and emptied, or listed and emptied: `rm -r`), and what that fetch saw of its
     /// marker and of foreign keys. None when not known so (then [`Namespace::emptiness`]).
-    pub(super) fn known_emptiness(&self, dir: &RelPath) -> Option<Emptiness> {
+    pub(in crate::fs) fn known_emptiness(&self, dir: &RelPath) -> Option<Emptiness> {
         let (listing, facts) = self.cache.listing_facts(dir)?;
         Some(Emptiness {
             not_empty: !listing.is_empty(),
@@ -124,7 +124,7 @@ impl Namespace {
     }
 
     /// True when a key of this namespace other than `dir`'s own marker lies below `dir`.
-    pub(super) async fn any_under(&self, dir: &RelPath) -> FsResult<bool> {
+    pub(in crate::fs) async fn any_under(&self, dir: &RelPath) -> FsResult<bool> {
         Ok(self.emptiness(dir).await?.not_empty)
     }
 
@@ -138,7 +138,7 @@ impl Namespace {
     /// call is the one that fetches them. Only entries whose type the listing settles go
     /// early (without `--trust-listing`, a small object may be a symlink: it waits for its
     /// HEAD); the caller adds the rest from the listing returned.
-    pub(super) async fn list_dir_feeding(&self, dir: &RelPath, feed: Option<&Feed>) -> FsResult<Listing> {
+    pub(in crate::fs) async fn list_dir_feeding(&self, dir: &RelPath, feed: Option<&Feed>) -> FsResult<Listing> {
         let listing = match self.cache.listing(dir) {
             Some(l) => l,
             None => {
@@ -165,7 +165,7 @@ impl Namespace {
                             tracing::debug!(%dir, "a directory with nothing of this mount in it (foreign keys only, or emptied): hidden");
                             self.cache.mark_ghost(dir);
                         }
-                        Ok::<_, super::error::FsError>(listing)
+                        Ok::<_, crate::fs::error::FsError>(listing)
                     })
                     .await?
             }
@@ -192,7 +192,7 @@ impl Namespace {
         let me = self
             .me
             .upgrade()
-            .ok_or_else(|| super::error::FsError::new(libc::EIO, "the filesystem is shutting down"))?;
+            .ok_or_else(|| crate::fs::error::FsError::new(libc::EIO, "the filesystem is shutting down"))?;
         let caller = crate::store::stats::CALLER.try_with(|c| *c).unwrap_or("background");
         let pages: Vec<PrefixPage> = stream::iter(0..self.layout.prefix_count())
             .map(|q| {
@@ -205,7 +205,7 @@ impl Namespace {
             .buffer_unordered(self.cfg.fanout.max(1))
             .map(|joined| {
                 joined.unwrap_or_else(|e| {
-                    Err(super::error::FsError::new(
+                    Err(crate::fs::error::FsError::new(
                         libc::EIO,
                         format!("listing task failed: {e}"),
                     ))
@@ -241,10 +241,10 @@ impl Namespace {
                 continue;
             }
             let d = self.listed(EntryInfo::new(Kind::Dir, 0, self.mount_time));
-            let d = super::cache::LegacyDir::shadowed(d, out.get(&name));
+            let d = crate::fs::cache::LegacyDir::shadowed(d, out.get(&name));
             out.insert(name, d);
         }
-        super::cache::fold_legacy_dirs(&mut out, self.mount_time);
+        crate::fs::cache::fold_legacy_dirs(&mut out, self.mount_time);
         Ok((out, facts))
     }
 
@@ -263,7 +263,7 @@ impl Namespace {
         let mut entries = Vec::with_capacity(files.len() + dirs.len());
         // An older tool's `NAME_$folder$` is shown as the directory it marks (the listing
         // folds it), not as a file.
-        let folder = |name: &str| name.ends_with(super::cache::FOLDER_SUFFIX);
+        let folder = |name: &str| name.ends_with(crate::fs::cache::FOLDER_SUFFIX);
         for (name, size, mtime, etag, class) in files.iter().filter(|f| certain(f.1) && !folder(&f.0)) {
             let mut info = EntryInfo::new(Kind::File, *size, *mtime);
             info.etag = *etag;
@@ -441,7 +441,7 @@ impl Namespace {
                 }
                 let dirs = tree.entry(p.clone()).or_default();
                 let d = EntryInfo::new(Kind::Dir, 0, self.mount_time);
-                let d = super::cache::LegacyDir::shadowed(d, dirs.get(child.name()));
+                let d = crate::fs::cache::LegacyDir::shadowed(d, dirs.get(child.name()));
                 dirs.insert(child.name().to_string(), d);
                 (child, parent) = (p.clone(), p.parent());
             }
@@ -456,13 +456,13 @@ impl Namespace {
             {
                 let info = EntryInfo::new(Kind::Dir, 0, self.mount_time);
                 let info = if partial { listed(info) } else { info };
-                let info = super::cache::LegacyDir::shadowed(info, m.get(d.name()));
+                let info = crate::fs::cache::LegacyDir::shadowed(info, m.get(d.name()));
                 m.insert(d.name().to_string(), info);
             }
         }
         let mut found = None;
         for (dir, mut entries) in tree {
-            super::cache::fold_legacy_dirs(&mut entries, self.mount_time);
+            crate::fs::cache::fold_legacy_dirs(&mut entries, self.mount_time);
             // `root` too: its own listing could not tell implicit subdirectories from marked ones.
             if !watch.untouched(&dir) {
                 continue;
@@ -485,7 +485,7 @@ impl Namespace {
     /// Every key below `dir` (its marker included) that belongs to this namespace, with
     /// its size and the version listed (its ETag: what a rename copies and a delete removes),
     /// across all prefixes; foreign keys are left out (see [`Namespace::ours`]).
-    pub(super) async fn list_tree(&self, dir: &RelPath) -> FsResult<Vec<TreeKey>> {
+    pub(in crate::fs) async fn list_tree(&self, dir: &RelPath) -> FsResult<Vec<TreeKey>> {
         let per_prefix = self
             .fan_out(|q| async move {
                 let prefix = self.layout.dir_list_prefix(q, dir);

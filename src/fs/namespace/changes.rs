@@ -1,12 +1,12 @@
 //! Changes of the namespace in S3, on paths: directories made and removed, files removed
 //! and moved, trees renamed and deleted. Each updates the metadata cache before it returns;
-//! what a mount keeps per inode (open files, times) is its [`Core`](super::Core)'s part.
+//! what a mount keeps per inode (open files, times) is its [`Core`](crate::fs::Core)'s part.
 
-use super::cache::{EntryInfo, Kind};
-use super::error::{FsError, FsResult};
+use super::Namespace;
 use super::listing::TreeKey;
-use super::namespace::Namespace;
-use super::posix::Posix;
+use crate::fs::cache::{EntryInfo, Kind};
+use crate::fs::error::{FsError, FsResult};
+use crate::fs::posix::Posix;
 use crate::layout::RelPath;
 use crate::store::{CopySpec, DeleteTarget, StoreError, StoreResult, UserMeta, WriteIf};
 use bytes::Bytes;
@@ -42,7 +42,7 @@ impl Namespace {
         self.cache.upsert(path, info.clone());
         // A directory we just created is empty, with its marker and nothing else: its
         // listing, and its rmdir's emptiness check, need no request.
-        let facts = super::cache::DirFacts {
+        let facts = crate::fs::cache::DirFacts {
             marker: Some(0),
             marker_etag: crate::store::ETag::of(etag.as_deref()),
             foreign: false,
@@ -52,7 +52,7 @@ impl Namespace {
     }
 
     /// Creates `path` empty, only if no object is there; returns its ETag.
-    pub(super) async fn create_exclusive(&self, path: &RelPath, posix: &Posix) -> FsResult<Option<String>> {
+    pub(in crate::fs) async fn create_exclusive(&self, path: &RelPath, posix: &Posix) -> FsResult<Option<String>> {
         let key = self.layout.file_key(path)?;
         match self
             .store
@@ -124,8 +124,8 @@ impl Namespace {
         }
         let mut meta = merged_meta(head.user_meta, posix);
         match xattr {
-            Some(Some(h)) => meta.insert(super::xattr::KEY.to_string(), h),
-            Some(None) => meta.remove(super::xattr::KEY),
+            Some(Some(h)) => meta.insert(crate::fs::xattr::KEY.to_string(), h),
+            Some(None) => meta.remove(crate::fs::xattr::KEY),
             None => None,
         };
         let same = now.map(|e| WriteIf::Matches(e.to_string()));
@@ -219,12 +219,12 @@ impl Namespace {
     }
 
     /// Deletes the object an older tool marked directory `path` with (see
-    /// [`super::cache::LegacyDir`]), at its version. One only suspected (an empty object the
+    /// [`crate::fs::cache::LegacyDir`]), at its version. One only suspected (an empty object the
     /// directory shadowed) is HEADed first and left alone unless it is one.
-    async fn remove_legacy_marker(&self, path: &RelPath, l: super::cache::LegacyDir) -> FsResult<()> {
+    async fn remove_legacy_marker(&self, path: &RelPath, l: crate::fs::cache::LegacyDir) -> FsResult<()> {
         let key = match l.folder_suffix {
             true => {
-                let name = format!("{}{}", path.name(), super::cache::FOLDER_SUFFIX);
+                let name = format!("{}{}", path.name(), crate::fs::cache::FOLDER_SUFFIX);
                 self.layout.file_key(&path.parent().unwrap_or_default().join(&name)?)?
             }
             false => self.layout.file_key(path)?,
@@ -232,7 +232,7 @@ impl Namespace {
         let mut etag = l.etag.as_ref().map(|e| e.as_str().to_string());
         if !l.confirmed {
             match self.store.head(&key).await {
-                Ok(m) if m.size == 0 && super::namespace::legacy_dir_object(&m) => etag = m.etag,
+                Ok(m) if m.size == 0 && super::legacy_dir_object(&m) => etag = m.etag,
                 Ok(_) => return Ok(()),
                 Err(e) if e.is_not_found() => return Ok(()),
                 Err(e) => return Err(e.into()),
@@ -354,7 +354,7 @@ impl Namespace {
     /// What a rename's copy onto `to` is conditional on: nothing there (`mv -n`, or a name
     /// the check found free), else the version the check saw there (when known). None with
     /// `--local-exclusive-creates` (a server without conditional writes), but for `mv -n`.
-    pub(super) fn target_condition(&self, dst: Option<&EntryInfo>, noreplace: bool) -> Option<WriteIf> {
+    pub(in crate::fs) fn target_condition(&self, dst: Option<&EntryInfo>, noreplace: bool) -> Option<WriteIf> {
         if noreplace {
             return Some(WriteIf::Absent);
         }
@@ -370,7 +370,7 @@ impl Namespace {
     /// The error of a rename's copy S3 refused (`e`, 412): the target was taken (`mv -n`:
     /// EEXIST) or written by another client meanwhile, or the source replaced (ESTALE). One
     /// HEAD of each side tells which.
-    pub(super) async fn refused_move(
+    pub(in crate::fs) async fn refused_move(
         &self,
         from: &RelPath,
         to: &RelPath,
@@ -397,9 +397,24 @@ impl Namespace {
         replaced_elsewhere(from)
     }
 
+    /// Renames the directory `from` (`src` describes it) to `to` ([`Namespace::copy_tree`]),
+    /// and the cache follows: the tree moved, or (a rename that failed midway) forgotten.
+    pub async fn rename_dir(&self, from: &RelPath, to: &RelPath, src: EntryInfo) -> FsResult<()> {
+        match self.copy_tree(from, to).await {
+            Ok(()) => {
+                self.cache.moved_tree(from, to, src);
+                Ok(())
+            }
+            Err(e) => {
+                self.cache.clear();
+                Err(e)
+            }
+        }
+    }
+
     /// Copies every object below `from` to its key below `to` (in parallel, interleaved
     /// across prefixes), and deletes the old keys only once every copy succeeded.
-    pub async fn rename_dir(&self, from: &RelPath, to: &RelPath) -> FsResult<()> {
+    async fn copy_tree(&self, from: &RelPath, to: &RelPath) -> FsResult<()> {
         let mut pairs = Vec::new();
         let to_marker = self.layout.dir_marker_key(to)?;
         let mut has_marker = false;
@@ -539,7 +554,7 @@ impl Namespace {
     /// version it names ([`crate::store::delete::delete_versions`]): a key another client
     /// wrote since stays (logged), and is no failure. One batch at a time: the stack below
     /// retries a failed key by the server's own conditions (deferred deletes).
-    pub(super) async fn delete_keys(&self, keys: Vec<DeleteTarget>) -> FsResult<()> {
+    pub(in crate::fs) async fn delete_keys(&self, keys: Vec<DeleteTarget>) -> FsResult<()> {
         let layout = self.layout.clone();
         let prefix: crate::store::PrefixFn = Arc::new(move |k: &str| layout.prefix_label(k));
         let conds = crate::store::delete::DeleteConditions::S3;
@@ -561,7 +576,7 @@ impl Namespace {
 
 /// A change refused because the object is no longer the version this mount knew: another
 /// client replaced it, and their object stays.
-pub(super) fn replaced_elsewhere(path: &RelPath) -> FsError {
+pub(in crate::fs) fn replaced_elsewhere(path: &RelPath) -> FsError {
     FsError::new(
         libc::ESTALE,
         format!("{path}: replaced by another client meanwhile; their version stays"),
@@ -571,7 +586,7 @@ pub(super) fn replaced_elsewhere(path: &RelPath) -> FsError {
 /// An object's user metadata with the POSIX keys the mount owns replaced by `posix`'s.
 /// An s3fs `ctime` key there moves to now: its metadata changed.
 fn merged_meta(meta: UserMeta, posix: &Posix) -> UserMeta {
-    let mut meta = super::posix::foreign_meta(meta);
+    let mut meta = crate::fs::posix::foreign_meta(meta);
     meta.extend(posix.to_meta());
     meta
 }
