@@ -8,6 +8,7 @@
 //! as the mount's `ls -l` sends), many in flight.
 
 use crate::data::upload::Upload;
+use crate::error::{During, PathProblem, ToolError, ToolResult};
 use crate::fs::Namespace;
 use crate::fs::cache::{EntryInfo, Kind};
 use crate::fs::posix::Posix;
@@ -45,35 +46,31 @@ pub struct Found {
 impl Bucket {
     /// The namespace of `layout` in `store`, as a mount shows it, without one: nothing is
     /// staged locally (ad hoc writes go straight to S3).
-    pub fn open(
-        store: Arc<dyn ObjectStore>,
-        layout: Layout,
-        stats: Arc<crate::store::stats::RequestStats>,
-    ) -> Result<Bucket, String> {
+    pub fn open(store: Arc<dyn ObjectStore>, layout: Layout, stats: Arc<crate::store::stats::RequestStats>) -> Bucket {
         let ns = Namespace::new(
             layout.clone(),
             store.clone(),
             stats,
             crate::fs::NamespaceConfig::default(),
         );
-        Ok(Bucket { ns, store, layout })
+        Bucket { ns, store, layout }
     }
 
-    pub async fn stat(&self, path: &RelPath) -> Result<EntryInfo, String> {
-        match self.ns.stat(path).await.map_err(|e| format!("{path}: {e}"))? {
+    pub async fn stat(&self, path: &RelPath) -> ToolResult<EntryInfo> {
+        match self.ns.stat(path).await.during(path)? {
             Some(info) => Ok(info),
-            None => Err(format!("{}: no such file or directory", show(path))),
+            None => Err(ToolError::path(show(path), PathProblem::NotFound)),
         }
     }
 
     /// The entries of directory `dir`, by name.
-    pub async fn list(&self, dir: &RelPath) -> Result<Vec<Found>, String> {
-        let listing = self.ns.list_dir(dir).await.map_err(|e| format!("{}: {e}", show(dir)))?;
+    pub async fn list(&self, dir: &RelPath) -> ToolResult<Vec<Found>> {
+        let listing = self.ns.list_dir(dir).await.during(show(dir))?;
         listing
             .iter()
             .map(|(name, info)| {
                 Ok(Found {
-                    path: dir.join(name).map_err(|e| e.to_string())?,
+                    path: dir.join(name)?,
                     info: info.clone(),
                 })
             })
@@ -82,7 +79,7 @@ impl Bucket {
 
     /// The entries with their POSIX metadata (mode, owner, mtime): a HEAD for each entry the
     /// listing could not describe, `HEADS_PARALLEL` at once.
-    pub async fn described(&self, found: Vec<Found>) -> Result<Vec<Found>, String> {
+    pub async fn described(&self, found: Vec<Found>) -> ToolResult<Vec<Found>> {
         stream::iter(found)
             .map(|f| async move {
                 if f.info.full {
@@ -98,7 +95,7 @@ impl Bucket {
 
     /// `path` and everything below it, depth first, each directory's entries in name order.
     /// The namespace lists a whole subtree at once once it sees a walk (one LIST per prefix).
-    pub async fn walk(&self, path: &RelPath) -> Result<Vec<Found>, String> {
+    pub async fn walk(&self, path: &RelPath) -> ToolResult<Vec<Found>> {
         let info = self.stat(path).await?;
         let mut out = vec![Found {
             path: path.clone(),
@@ -118,9 +115,9 @@ impl Bucket {
     /// Writes file `path` (as `info` describes it) to `out`: ranged GETs, several in flight,
     /// written in order, each only of the version `info` names (a file replaced meanwhile
     /// fails the read instead of mixing two versions).
-    pub async fn read_to(&self, path: &RelPath, info: &EntryInfo, out: &mut dyn Write) -> Result<(), String> {
+    pub async fn read_to(&self, path: &RelPath, info: &EntryInfo, out: &mut dyn Write) -> ToolResult<()> {
         let (size, version) = (info.size, info.version());
-        let key = self.layout.file_key(path).map_err(|e| e.to_string())?;
+        let key = self.layout.file_key(path)?;
         let ranges: Vec<std::ops::Range<u64>> = (0..size.div_ceil(CHUNK).max(1))
             .map(|i| i * CHUNK..((i + 1) * CHUNK).min(size))
             .collect();
@@ -129,41 +126,39 @@ impl Bucket {
                 let (store, key) = (&self.store, &key);
                 async move {
                     let range = (size > 0).then_some(r);
-                    store
-                        .get(key, range, version)
-                        .await
-                        .map_err(|e| format!("{}: {e}", show(path)))
+                    store.get(key, range, version).await.during(show(path))
                 }
             })
             .buffered(FILE_PARALLEL);
         while let Some(chunk) = chunks.next().await {
             let chunk = chunk?;
-            local_io(|| out.write_all(&chunk)).map_err(|e| format!("writing {}: {e}", show(path)))?;
+            local_io(|| out.write_all(&chunk))
+                .map_err(ToolError::Output)
+                .during(show(path))?;
         }
         Ok(())
     }
 
     /// Copies bucket file `path` to local `dest`, with its mode and mtime when stored.
-    async fn download(&self, path: &RelPath, info: &EntryInfo, dest: &Path) -> Result<(), String> {
-        let mut file = std::fs::File::create(dest).map_err(|e| format!("{}: {e}", dest.display()))?;
+    async fn download(&self, path: &RelPath, info: &EntryInfo, dest: &Path) -> ToolResult<()> {
+        let mut file = std::fs::File::create(dest).map_err(ToolError::local(dest))?;
         self.read_to(path, info, &mut file).await?;
         if let Some(mode) = info.posix.mode {
             use std::os::unix::fs::PermissionsExt;
             let _ = file.set_permissions(std::fs::Permissions::from_mode(mode & 0o7777));
         }
-        file.set_modified(info.mtime)
-            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        file.set_modified(info.mtime).map_err(ToolError::local(dest))?;
         Ok(())
     }
 
     /// Copies local file `src` to bucket path `path` (one PUT, or a multipart upload with
     /// parts in parallel), with its mode and mtime as POSIX metadata.
-    async fn upload(&self, src: &Path, path: &RelPath) -> Result<u64, String> {
+    async fn upload(&self, src: &Path, path: &RelPath) -> ToolResult<u64> {
         use std::io::Read;
         use std::os::unix::fs::MetadataExt;
-        let key = self.layout.file_key(path).map_err(|e| e.to_string())?;
-        let mut file = std::fs::File::open(src).map_err(|e| format!("{}: {e}", src.display()))?;
-        let meta = file.metadata().map_err(|e| format!("{}: {e}", src.display()))?;
+        let key = self.layout.file_key(path)?;
+        let mut file = std::fs::File::open(src).map_err(ToolError::local(src))?;
+        let meta = file.metadata().map_err(ToolError::local(src))?;
         let posix = Posix {
             mode: Some(meta.mode()),
             uid: Some(meta.uid()),
@@ -175,22 +170,20 @@ impl Bucket {
         let mut buf = vec![0u8; CHUNK as usize];
         let mut offset = 0u64;
         loop {
-            let n = local_io(|| file.read(&mut buf)).map_err(|e| format!("{}: {e}", src.display()))?;
+            let n = local_io(|| file.read(&mut buf)).map_err(ToolError::local(src))?;
             if n == 0 {
                 break;
             }
-            up.write(offset, &buf[..n])
-                .await
-                .map_err(|e| format!("{}: {e}", show(path)))?;
+            up.write(offset, &buf[..n]).await.during(show(path))?;
             offset += n as u64;
         }
-        up.finish(None).await.map_err(|e| format!("{}: {e}", show(path)))?;
+        up.finish(None).await.during(show(path))?;
         Ok(offset)
     }
 
     /// An empty directory marker at `path`, as `mkdir` through a mount writes it.
-    async fn mkdir(&self, path: &RelPath, mode: u32) -> Result<(), String> {
-        let key = self.layout.dir_marker_key(path).map_err(|e| e.to_string())?;
+    async fn mkdir(&self, path: &RelPath, mode: u32) -> ToolResult<()> {
+        let key = self.layout.dir_marker_key(path)?;
         let posix = Posix {
             mode: Some(libc::S_IFDIR | (mode & 0o7777)),
             ..Default::default()
@@ -198,7 +191,7 @@ impl Bucket {
         self.store
             .put(&key, bytes::Bytes::new(), &posix.to_meta())
             .await
-            .map_err(|e| format!("{}: {e}", show(path)))
+            .during(show(path))
     }
 
     /// `cp [-r] s3://.../PATH LOCAL`: returns the files and bytes copied.
@@ -208,7 +201,7 @@ impl Bucket {
         dest: &Path,
         recursive: bool,
         progress: &dyn Progress,
-    ) -> Result<(u64, u64), String> {
+    ) -> ToolResult<(u64, u64)> {
         let info = self.stat(path).await?;
         let dest = if dest.is_dir() {
             dest.join(if path.is_root() { "." } else { path.name() })
@@ -223,7 +216,7 @@ impl Bucket {
             return Ok((1, info.size));
         }
         if !recursive {
-            return Err(format!("{}: is a directory (use -r)", show(path)));
+            return Err(ToolError::path(show(path), PathProblem::IsDir { hint: " (use -r)" }));
         }
         let tree = self.walk(path).await?;
         let base = path.as_str().len();
@@ -232,7 +225,7 @@ impl Bucket {
             if rel.is_empty() { dest.clone() } else { dest.join(rel) }
         };
         for d in tree.iter().filter(|f| f.info.kind == Kind::Dir) {
-            std::fs::create_dir_all(local(&d.path)).map_err(|e| format!("{}: {e}", local(&d.path).display()))?;
+            std::fs::create_dir_all(local(&d.path)).map_err(ToolError::local(local(&d.path)))?;
         }
         let files = self
             .described(tree.into_iter().filter(|f| f.info.kind != Kind::Dir).collect())
@@ -243,7 +236,7 @@ impl Bucket {
             .map(|f| async move {
                 self.download(&f.path, &f.info, &local(&f.path)).await?;
                 progress.advance(1, f.info.size);
-                Ok::<_, String>(())
+                Ok::<_, ToolError>(())
             })
             .buffer_unordered(FILES_PARALLEL)
             .try_collect::<()>()
@@ -259,16 +252,16 @@ impl Bucket {
         path: &RelPath,
         recursive: bool,
         progress: &dyn Progress,
-    ) -> Result<(u64, u64), String> {
+    ) -> ToolResult<(u64, u64)> {
         let name = src
             .file_name()
             .and_then(|n| n.to_str())
-            .ok_or_else(|| format!("{}: no file name", src.display()))?;
-        let target = match self.ns.stat(path).await.map_err(|e| e.to_string())? {
-            Some(i) if i.kind == Kind::Dir => path.join(name).map_err(|e| e.to_string())?,
+            .ok_or_else(|| ToolError::path(src.display(), PathProblem::NoName))?;
+        let target = match self.ns.stat(path).await? {
+            Some(i) if i.kind == Kind::Dir => path.join(name)?,
             _ => path.clone(),
         };
-        let meta = std::fs::metadata(src).map_err(|e| format!("{}: {e}", src.display()))?;
+        let meta = std::fs::metadata(src).map_err(ToolError::local(src))?;
         if !meta.is_dir() {
             progress.phase("copying", 1, meta.len());
             let n = self.upload(src, &target).await?;
@@ -277,7 +270,7 @@ impl Bucket {
             return Ok((1, n));
         }
         if !recursive {
-            return Err(format!("{}: is a directory (use -r)", src.display()));
+            return Err(ToolError::path(src.display(), PathProblem::IsDir { hint: " (use -r)" }));
         }
         let mut dirs = Vec::new();
         let mut files = Vec::new();
@@ -303,7 +296,7 @@ impl Bucket {
             .map(|(local, p)| async move {
                 let n = self.upload(local, p).await?;
                 progress.advance(1, n);
-                Ok::<_, String>(n)
+                Ok::<_, ToolError>(n)
             })
             .buffer_unordered(FILES_PARALLEL)
             .try_fold(0, |a, n| async move { Ok(a + n) })
@@ -319,20 +312,20 @@ fn local_tree(
     at: &RelPath,
     dirs: &mut Vec<(PathBuf, RelPath)>,
     files: &mut Vec<(PathBuf, RelPath)>,
-) -> Result<(), String> {
+) -> ToolResult<()> {
     dirs.push((dir.to_path_buf(), at.clone()));
     let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| format!("{}: {e}", dir.display()))?
+        .map_err(ToolError::local(dir))?
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+        .map_err(ToolError::local(dir))?;
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name();
         let name = name
             .to_str()
-            .ok_or_else(|| format!("{}: not UTF-8, S3 keys are", e.path().display()))?;
-        let p = at.join(name).map_err(|err| format!("{}: {err}", e.path().display()))?;
-        let kind = e.file_type().map_err(|err| err.to_string())?;
+            .ok_or_else(|| ToolError::path(e.path().display(), PathProblem::NotUtf8))?;
+        let p = at.join(name).during(e.path().display())?;
+        let kind = e.file_type().map_err(ToolError::local(e.path()))?;
         if kind.is_dir() {
             local_tree(&e.path(), &p, dirs, files)?;
         } else if kind.is_file() {
@@ -398,13 +391,9 @@ fn local_io<T>(f: impl FnOnce() -> T) -> T {
 /// Finds the layout a `s3://BUCKET/REST` target lies in: the shallowest prefix of REST that
 /// holds a layout descriptor (one GET per level tried), or `root` when given. Returns the
 /// layout's root and the path below it.
-pub async fn split_target(
-    store: &dyn ObjectStore,
-    rest: &str,
-    root: Option<&str>,
-) -> Result<(String, RelPath), String> {
+pub async fn split_target(store: &dyn ObjectStore, rest: &str, root: Option<&str>) -> ToolResult<(String, RelPath)> {
     let rest = rest.trim_matches('/');
-    let path_below = |root: &str| -> Result<RelPath, String> {
+    let path_below = |root: &str| -> ToolResult<RelPath> {
         let below = if root.is_empty() {
             Some(rest)
         } else if rest == root {
@@ -412,8 +401,8 @@ pub async fn split_target(
         } else {
             rest.strip_prefix(root).and_then(|r| r.strip_prefix('/'))
         };
-        let below = below.ok_or_else(|| format!("{rest} is not below the root {root}"))?;
-        RelPath::parse(below).map_err(|e| e.to_string())
+        let below = below.ok_or_else(|| ToolError::path(rest, PathProblem::NotBelow { root: root.into() }))?;
+        Ok(RelPath::parse(below)?)
     };
     if let Some(root) = root {
         let root = root.trim_matches('/');
@@ -430,16 +419,14 @@ pub async fn split_target(
             return Ok((root.clone(), path_below(&root)?));
         }
     }
-    Err(format!(
-        "no prefixfs layout descriptor at or above s3://…/{rest} (give --root, or run prefixfs init)"
-    ))
+    Err(ToolError::path(format!("s3://…/{rest}"), PathProblem::NoLayout))
 }
 
 /// `ls [-l] [-R]`.
-pub async fn ls(b: &Bucket, path: &RelPath, long: bool, recursive: bool, out: &mut dyn Write) -> Result<(), String> {
+pub async fn ls(b: &Bucket, path: &RelPath, long: bool, recursive: bool, out: &mut dyn Write) -> ToolResult<()> {
     let info = b.stat(path).await?;
     let line = |f: &Found, name: &str| if long { long_line(f, name) } else { name.to_string() };
-    let io = |e: std::io::Error| e.to_string();
+    let io = ToolError::Output;
     if info.kind != Kind::Dir {
         let f = Found {
             path: path.clone(),
@@ -477,7 +464,7 @@ pub async fn ls(b: &Bucket, path: &RelPath, long: bool, recursive: bool, out: &m
 
 /// `du [-s]`: apparent bytes of every directory below `path` (children first), or only the
 /// total.
-pub async fn du(b: &Bucket, path: &RelPath, summarize: bool, out: &mut dyn Write) -> Result<(), String> {
+pub async fn du(b: &Bucket, path: &RelPath, summarize: bool, out: &mut dyn Write) -> ToolResult<()> {
     let tree = b.walk(path).await?;
     let mut totals: std::collections::BTreeMap<RelPath, u64> = std::collections::BTreeMap::new();
     for f in &tree {
@@ -497,7 +484,7 @@ pub async fn du(b: &Bucket, path: &RelPath, summarize: bool, out: &mut dyn Write
             p = d.parent();
         }
     }
-    let io = |e: std::io::Error| e.to_string();
+    let io = ToolError::Output;
     if tree.len() == 1 && tree[0].info.kind != Kind::Dir {
         return writeln!(out, "{}\t{}", tree[0].info.size, show(path)).map_err(io);
     }
@@ -525,7 +512,7 @@ pub async fn find(
     name: Option<&str>,
     kind: Option<char>,
     out: &mut dyn Write,
-) -> Result<(), String> {
+) -> ToolResult<()> {
     for f in b.walk(path).await? {
         let fname = if f.path.is_root() { "." } else { f.path.name() };
         let type_ok = match kind {
@@ -535,7 +522,7 @@ pub async fn find(
             _ => true,
         };
         if type_ok && name.is_none_or(|p| name_matches(p, fname)) {
-            writeln!(out, "{}", show(&f.path)).map_err(|e| e.to_string())?;
+            writeln!(out, "{}", show(&f.path)).map_err(ToolError::Output)?;
         }
     }
     Ok(())

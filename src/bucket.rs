@@ -31,9 +31,9 @@ pub enum OpenError {
     /// The bucket cannot be used as set up (no credentials...): one line, from [`explain`].
     #[error("{0}")]
     Unusable(String),
-    /// A connection option is wrong (the message names it).
-    #[error("{0}")]
-    Option(String),
+    /// A connection option is wrong.
+    #[error(transparent)]
+    Option(#[from] crate::invalid::Invalid),
     #[error(transparent)]
     Layout(#[from] LayoutCheck),
 }

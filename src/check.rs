@@ -7,7 +7,7 @@
 //! never shows and fsck never touches. Incomplete multipart uploads are reported too.
 
 use crate::layout::{Layout, RESERVED_NAME, RelPath, escape_controls};
-use crate::store::{CopySpec, ObjectMeta, ObjectStore, StoreError, UploadInfo, WriteIf};
+use crate::store::{CopySpec, ObjectMeta, ObjectStore, StoreError, StoreResult, UploadInfo, WriteIf};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use std::collections::BTreeMap;
 
@@ -51,7 +51,7 @@ impl Inventory {
 
 /// Lists every key under the layout's root (the top level with a delimiter, then each
 /// top-level name whole, `jobs` at once) and sorts them out.
-pub async fn scan(store: &dyn ObjectStore, layout: &Layout, jobs: usize) -> Result<Inventory, String> {
+pub async fn scan(store: &dyn ObjectStore, layout: &Layout, jobs: usize) -> StoreResult<Inventory> {
     let root = layout.root_slash();
     let top = list_all(store, &root, Some("/")).await?;
     let reserved = format!("{root}{RESERVED_NAME}/");
@@ -68,7 +68,7 @@ pub async fn scan(store: &dyn ObjectStore, layout: &Layout, jobs: usize) -> Resu
     for o in objects.iter().chain(below.iter().flatten()) {
         classify(layout, o, &mut inv);
     }
-    inv.uploads = store.list_uploads(&root).await.map_err(|e| e.to_string())?;
+    inv.uploads = store.list_uploads(&root).await?;
     inv.misplaced.sort();
     inv.foreign.sort();
     Ok(inv)
@@ -133,8 +133,8 @@ async fn list_all(
     store: &dyn ObjectStore,
     prefix: &str,
     delimiter: Option<&str>,
-) -> Result<(Vec<ObjectMeta>, Vec<String>), String> {
-    store.list_all(prefix, delimiter).await.map_err(|e| e.to_string())
+) -> StoreResult<(Vec<ObjectMeta>, Vec<String>)> {
+    store.list_all(prefix, delimiter).await
 }
 
 /// What `--repair` did.
@@ -151,7 +151,7 @@ pub struct Repair {
 /// only from the version listed and only where the right key is still free
 /// (`If-None-Match: *`, so a file a mount writes there after the HEAD stays), and the old
 /// key is deleted only at that version.
-pub async fn repair(store: &dyn ObjectStore, layout: &Layout, inv: &Inventory, jobs: usize) -> Result<Repair, String> {
+pub async fn repair(store: &dyn ObjectStore, layout: &Layout, inv: &Inventory, jobs: usize) -> StoreResult<Repair> {
     // One move per right key: a second key that belongs there is a conflict from the start.
     let mut by_right: BTreeMap<&str, &str> = BTreeMap::new();
     let mut out = Repair::default();
@@ -161,14 +161,15 @@ pub async fn repair(store: &dyn ObjectStore, layout: &Layout, inv: &Inventory, j
         }
     }
     let order = layout.interleave_by_prefix(by_right.keys().map(|r| r.to_string()).collect());
-    let results: Vec<Result<(), String>> = stream::iter(order)
+    // Per key moved: None, or Some(the misplaced key) when it was left where it is.
+    let results: Vec<Option<String>> = stream::iter(order)
         .map(|right| {
             let wrong = by_right.get(right.as_str()).copied().unwrap_or_default().to_string();
             async move {
                 match store.head(&right).await {
-                    Ok(_) => return Ok(Err(wrong)),
+                    Ok(_) => return Ok(Some(wrong)),
                     Err(e) if e.is_not_found() => {}
-                    Err(e) => return Err(e.to_string()),
+                    Err(e) => return Err(e),
                 }
                 let etag = inv.listed_etags.get(&wrong).map(String::as_str);
                 let copy = CopySpec::new(&wrong, &right)
@@ -178,16 +179,16 @@ pub async fn repair(store: &dyn ObjectStore, layout: &Layout, inv: &Inventory, j
                     Ok(_) => {}
                     // The right key was written meanwhile, or the misplaced key changed: both
                     // stay, reported.
-                    Err(StoreError::PreconditionFailed { .. }) => return Ok(Err(wrong)),
-                    Err(e) => return Err(e.to_string()),
+                    Err(StoreError::PreconditionFailed { .. }) => return Ok(Some(wrong)),
+                    Err(e) => return Err(e),
                 }
                 match store.delete(&wrong, etag).await {
-                    Ok(()) => Ok(Ok(())),
+                    Ok(()) => Ok(None),
                     Err(StoreError::PreconditionFailed { .. }) => {
                         tracing::warn!(key = %wrong, "written again while it was being moved: the new object stays as well");
-                        Ok(Ok(()))
+                        Ok(None)
                     }
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(e),
                 }
             }
         })
@@ -196,8 +197,8 @@ pub async fn repair(store: &dyn ObjectStore, layout: &Layout, inv: &Inventory, j
         .await?;
     for r in results {
         match r {
-            Ok(()) => out.moved += 1,
-            Err(wrong) => out.conflicts.push(wrong),
+            None => out.moved += 1,
+            Some(wrong) => out.conflicts.push(wrong),
         }
     }
     out.conflicts.sort();

@@ -92,15 +92,59 @@ pub trait Progress: Send + Sync {
 
 /// Runs the migration from `from` to `to` (same bucket). `store` is the paced, retrying
 /// stack; its prefix labels should be `to`'s, so copies are paced per destination prefix.
+/// Why a migration stopped; what it wrote before is said in each case.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("the source and the destination are the same layout: nothing to migrate")]
+    SameLayout,
+    #[error(
+        "{count} objects would be copied onto keys that other source objects hold (first: {} would overwrite {}); nothing was written. Migrate to another root instead",
+        crate::layout::escape_controls(.src),
+        crate::layout::escape_controls(.dst)
+    )]
+    Collisions { count: usize, src: String, dst: String },
+    #[error(
+        "verification failed: {missing} of {total} objects are not in the destination as in the source (first: {first}); the source is left as it is"
+    )]
+    Unverified {
+        missing: usize,
+        total: usize,
+        first: String,
+    },
+    #[error("{count} source keys not deleted (first: {first})")]
+    NotDeleted { count: usize, first: String },
+    #[error("{path}: {source}")]
+    Path {
+        path: crate::layout::RelPath,
+        #[source]
+        source: crate::layout::LayoutError,
+    },
+    #[error("{context}: {source}")]
+    Store {
+        context: String,
+        #[source]
+        source: crate::store::StoreError,
+    },
+    #[error(transparent)]
+    Descriptor(#[from] crate::bucket::LayoutCheck),
+}
+
+impl MigrateError {
+    fn store(context: impl Into<String>) -> impl FnOnce(crate::store::StoreError) -> MigrateError {
+        let context = context.into();
+        move |source| MigrateError::Store { context, source }
+    }
+}
+
 pub async fn migrate(
     store: Arc<dyn ObjectStore>,
     from: &Layout,
     to: &Layout,
     opts: &Options,
     progress: &dyn Progress,
-) -> Result<Report, String> {
+) -> Result<Report, MigrateError> {
     if from.root() == to.root() && from.prefix_count() == to.prefix_count() {
-        return Err("the source and the destination are the same layout: nothing to migrate".into());
+        return Err(MigrateError::SameLayout);
     }
     let mut report = Report::default();
     let ((items, foreign), present) = survey(store.as_ref(), from, to).await?;
@@ -125,7 +169,7 @@ pub async fn migrate(
             async move {
                 copy(&store, item, opts).await?;
                 progress.advance(1, item.size);
-                Ok::<_, String>(())
+                Ok::<_, MigrateError>(())
             }
         })
         .buffer_unordered(opts.jobs.max(1))
@@ -139,12 +183,11 @@ pub async fn migrate(
     let ((items, _), present) = survey(store.as_ref(), from, to).await?;
     let (items, missing) = sort_out(store.as_ref(), &present, items, opts).await?;
     if let Some(first) = missing.first() {
-        return Err(format!(
-            "verification failed: {} of {} objects are not in the destination as in the source (first: {}); the source is left as it is",
-            missing.len(),
-            items.len() + missing.len(),
-            first.src
-        ));
+        return Err(MigrateError::Unverified {
+            missing: missing.len(),
+            total: items.len() + missing.len(),
+            first: first.src.clone(),
+        });
     }
     if opts.write_descriptor {
         crate::bucket::write_descriptor(store.as_ref(), to).await?;
@@ -179,7 +222,7 @@ pub async fn migrate(
 /// shape is taken for an earlier run's copy, so one that holds something else than its
 /// source (`todo` with its key `present`) is such a clash. Refused before anything is
 /// written: move that object aside first.
-fn refuse_collisions(todo: &[Item], present: &HashMap<String, ObjectMeta>, in_place: bool) -> Result<(), String> {
+fn refuse_collisions(todo: &[Item], present: &HashMap<String, ObjectMeta>, in_place: bool) -> Result<(), MigrateError> {
     let sources: std::collections::HashSet<&str> = todo.iter().map(|i| i.src.as_str()).collect();
     let clashes: Vec<&Item> = todo
         .iter()
@@ -187,12 +230,11 @@ fn refuse_collisions(todo: &[Item], present: &HashMap<String, ObjectMeta>, in_pl
         .collect();
     match clashes.first() {
         None => Ok(()),
-        Some(first) => Err(format!(
-            "{} objects would be copied onto keys that other source objects hold (first: {} would overwrite {}); nothing was written. Migrate to another root instead",
-            clashes.len(),
-            crate::layout::escape_controls(&first.src),
-            crate::layout::escape_controls(&first.dst)
-        )),
+        Some(first) => Err(MigrateError::Collisions {
+            count: clashes.len(),
+            src: first.src.clone(),
+            dst: first.dst.clone(),
+        }),
     }
 }
 
@@ -201,12 +243,12 @@ async fn survey(
     store: &dyn ObjectStore,
     from: &Layout,
     to: &Layout,
-) -> Result<((Vec<Item>, u64), HashMap<String, ObjectMeta>), String> {
+) -> Result<((Vec<Item>, u64), HashMap<String, ObjectMeta>), MigrateError> {
     futures::try_join!(plan(store, from, to), scan(store, to))
 }
 
 /// The source's objects with their destination keys, and the count of foreign keys.
-async fn plan(store: &dyn ObjectStore, from: &Layout, to: &Layout) -> Result<(Vec<Item>, u64), String> {
+async fn plan(store: &dyn ObjectStore, from: &Layout, to: &Layout) -> Result<(Vec<Item>, u64), MigrateError> {
     let objects = scan(store, from).await?;
     let reserved = format!("{}{}/", from.root_slash(), crate::layout::RESERVED_NAME);
     let nested = !to.root().is_empty() && to.root() != from.root();
@@ -231,7 +273,10 @@ async fn plan(store: &dyn ObjectStore, from: &Layout, to: &Layout) -> Result<(Ve
         } else {
             to.file_key(&path)
         }
-        .map_err(|e| format!("{path}: {e}"))?;
+        .map_err(|source| MigrateError::Path {
+            path: path.clone(),
+            source,
+        })?;
         items.push(Item {
             src: key,
             dst,
@@ -244,14 +289,18 @@ async fn plan(store: &dyn ObjectStore, from: &Layout, to: &Layout) -> Result<(Ve
 }
 
 /// Every key under a layout's root, by key: one paginated LIST per prefix, in parallel.
-async fn scan(store: &dyn ObjectStore, layout: &Layout) -> Result<HashMap<String, ObjectMeta>, String> {
+async fn scan(store: &dyn ObjectStore, layout: &Layout) -> Result<HashMap<String, ObjectMeta>, MigrateError> {
     let root = RelPath::root();
     let pages: Vec<Vec<ObjectMeta>> = stream::iter(0..layout.prefix_count())
         .map(|q| {
             let prefix = layout.dir_list_prefix(q, &root);
             async move {
-                let (objects, _) = store.list_all(&prefix, None).await.map_err(|e| e.to_string())?;
-                Ok::<_, String>(objects)
+                let listing = format!("listing {}", crate::layout::escape_controls(&prefix));
+                let (objects, _) = store
+                    .list_all(&prefix, None)
+                    .await
+                    .map_err(MigrateError::store(listing))?;
+                Ok::<_, MigrateError>(objects)
             }
         })
         .buffer_unordered(layout.prefix_count().min(64) as usize)
@@ -268,11 +317,11 @@ async fn sort_out(
     present: &HashMap<String, ObjectMeta>,
     items: Vec<Item>,
     opts: &Options,
-) -> Result<(Vec<Item>, Vec<Item>), String> {
+) -> Result<(Vec<Item>, Vec<Item>), MigrateError> {
     let checked: Vec<(Item, bool)> = stream::iter(items)
         .map(|item| async move {
             let done = copied_already(store, &item, present.get(&item.dst), opts).await?;
-            Ok::<_, String>((item, done))
+            Ok::<_, MigrateError>((item, done))
         })
         .buffered(opts.jobs.max(1))
         .try_collect()
@@ -291,7 +340,7 @@ async fn copied_already(
     item: &Item,
     dst: Option<&ObjectMeta>,
     opts: &Options,
-) -> Result<bool, String> {
+) -> Result<bool, MigrateError> {
     let Some(dst) = dst else { return Ok(false) };
     if dst.size != item.size {
         return Ok(false);
@@ -305,7 +354,7 @@ async fn copied_already(
     let head = match store.head(&item.dst).await {
         Ok(h) => h,
         Err(e) if e.is_not_found() => return Ok(false),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(MigrateError::store(format!("checking the copy {}", item.dst))(e)),
     };
     Ok(item.etag.as_deref().map(strip_quotes) == head.user_meta.get(SOURCE_ETAG_META).map(|s| strip_quotes(s)))
 }
@@ -338,12 +387,13 @@ fn interleave(items: Vec<Item>, prefixes: u32) -> Vec<Item> {
 
 /// One object: CopyObject (metadata with it), or UploadPartCopy parts in parallel above
 /// `copy_object_max`, with the source's metadata and ETag.
-async fn copy(store: &Arc<dyn ObjectStore>, item: &Item, opts: &Options) -> Result<(), String> {
+async fn copy(store: &Arc<dyn ObjectStore>, item: &Item, opts: &Options) -> Result<(), MigrateError> {
+    let context = || format!("copying {} to {}", item.src, item.dst);
     if item.size <= opts.copy_object_max {
         let c = CopySpec::new(&item.src, &item.dst).from_version(item.etag.as_deref());
-        return store.copy(&c).await.map(|_| ()).map_err(|e| e.to_string());
+        return store.copy(&c).await.map(|_| ()).map_err(MigrateError::store(context()));
     }
-    let head = store.head(&item.src).await.map_err(|e| e.to_string())?;
+    let head = store.head(&item.src).await.map_err(MigrateError::store(context()))?;
     let mut meta: UserMeta = head.user_meta.clone();
     if let Some(etag) = &head.etag {
         meta.insert(SOURCE_ETAG_META.into(), strip_quotes(etag).to_string());
@@ -359,7 +409,7 @@ async fn copy(store: &Arc<dyn ObjectStore>, item: &Item, opts: &Options) -> Resu
     copy_parts(store.as_ref(), &c, head.size, &limits)
         .await
         .map(|_| ())
-        .map_err(|e| format!("copying {} to {}: {e}", item.src, item.dst))
+        .map_err(MigrateError::store(context()))
 }
 
 /// Deletes `targets` (interleaved already) in DeleteObjects batches, `jobs` at once, each
@@ -370,7 +420,7 @@ async fn delete_all(
     conds: DeleteConditions,
     jobs: usize,
     progress: &dyn Progress,
-) -> Result<Removed, String> {
+) -> Result<Removed, MigrateError> {
     let mut all = Removed::default();
     // In slices, for progress; each slice goes out `jobs` batches at once.
     let slice = DELETE_BATCH * jobs.clamp(1, 16);
@@ -378,14 +428,17 @@ async fn delete_all(
     for chunk in targets.chunks(slice) {
         let r = crate::store::delete::delete_versions(store, chunk.to_vec(), conds, &one_prefix, jobs)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(MigrateError::store("deleting the source"))?;
         progress.advance(chunk.len() as u64, 0);
         all.deleted += r.deleted;
         all.kept.extend(r.kept);
         all.failed.extend(r.failed);
     }
     if let Some(f) = all.failed.first() {
-        return Err(format!("{} source keys not deleted (first: {f})", all.failed.len()));
+        return Err(MigrateError::NotDeleted {
+            count: all.failed.len(),
+            first: f.to_string(),
+        });
     }
     Ok(all)
 }

@@ -20,9 +20,9 @@ pub enum MountError {
     AlreadyMounted { mountpoint: PathBuf, canonical: PathBuf },
     #[error("mountpoint {}: {source}", .path.display())]
     Mountpoint { path: PathBuf, source: std::io::Error },
-    /// A bad option value (the message names the option).
-    #[error("{0}")]
-    Option(String),
+    /// A bad option value.
+    #[error(transparent)]
+    Option(#[from] crate::invalid::Invalid),
     #[error("starting the runtime: {0}")]
     Runtime(std::io::Error),
     #[error(transparent)]
@@ -60,27 +60,25 @@ impl From<MountError> for String {
 /// second filesystem there, and a later `umount` would take the wrong one down.
 /// The descriptor of a mount point given as `/dev/fd/N` (see [`MountPlan::fuse_fd`]): Ok(None)
 /// for a path; an error when N is not an open /dev/fuse descriptor.
-pub fn passed_fuse_fd(mountpoint: &std::path::Path) -> Result<Option<i32>, String> {
+pub fn passed_fuse_fd(mountpoint: &std::path::Path) -> Result<Option<i32>, crate::invalid::Invalid> {
+    let bad = |why: String| crate::invalid::Invalid::new(mountpoint.display().to_string(), why);
     let Some(n) = mountpoint.to_str().and_then(|p| p.strip_prefix("/dev/fd/")) else {
         return Ok(None);
     };
-    let fd: i32 = n
-        .parse()
-        .map_err(|_| format!("{}: not a descriptor number", mountpoint.display()))?;
+    let fd: i32 = n.parse().map_err(|_| bad("not a descriptor number".into()))?;
     let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
     // SAFETY: fstat writes into the buffer we own; an fd that is not open fails with EBADF.
     if unsafe { libc::fstat(fd, st.as_mut_ptr()) } != 0 {
-        return Err(format!(
-            "{}: {} (pass an open /dev/fuse descriptor)",
-            mountpoint.display(),
+        return Err(bad(format!(
+            "{} (pass an open /dev/fuse descriptor)",
             std::io::Error::last_os_error()
-        ));
+        )));
     }
     // SAFETY: fstat succeeded, so it filled the buffer.
     let st = unsafe { st.assume_init() };
     // /dev/fuse is character device 10:229.
     if st.st_mode & libc::S_IFMT != libc::S_IFCHR || (libc::major(st.st_rdev), libc::minor(st.st_rdev)) != (10, 229) {
-        return Err(format!("{}: not a /dev/fuse descriptor", mountpoint.display()));
+        return Err(bad("not a /dev/fuse descriptor".into()));
     }
     Ok(Some(fd))
 }

@@ -2,6 +2,7 @@
 //! credentials, the bucket options (encryption, requester pays, owner, checksums, anonymous
 //! access, Content-Type, storage class), and retries.
 
+use crate::invalid::Invalid;
 use crate::store::aws::{AwsConfig, BucketOptions, Checksum, Encryption};
 use crate::store::retry::RetryConfig;
 use clap::Args;
@@ -86,28 +87,32 @@ pub struct ConnArgs {
 /// `s3://bucket/root/` → ("bucket", "root").
 /// `--endpoint-url`: an http:// or https:// URL with a host, refused at once otherwise
 /// (without a scheme, every request would fail the same way, ten times).
-pub fn parse_endpoint(s: &str) -> Result<String, String> {
-    let uri: http::Uri = s.parse().map_err(|e| format!("not a URL ({e})"))?;
+pub fn parse_endpoint(s: &str) -> Result<String, Invalid> {
+    let uri: http::Uri = s.parse().map_err(|e| Invalid::new(s, format!("not a URL ({e})")))?;
     match (uri.scheme_str(), uri.host()) {
         (Some("http" | "https"), Some(h)) if !h.is_empty() => Ok(s.to_string()),
-        (None, _) => Err(format!("no scheme: did you mean http://{s} (or https://{s})?")),
-        (Some(other), Some(_)) if other != "http" && other != "https" => {
-            Err(format!("scheme {other}: S3 speaks http:// or https://"))
-        }
-        _ => Err("no host in the URL".into()),
+        (None, _) => Err(Invalid::new(
+            s,
+            format!("no scheme: did you mean http://{s} (or https://{s})?"),
+        )),
+        (Some(other), Some(_)) if other != "http" && other != "https" => Err(Invalid::new(
+            s,
+            format!("scheme {other}: S3 speaks http:// or https://"),
+        )),
+        _ => Err(Invalid::new(s, "no host in the URL")),
     }
 }
 
-pub(super) fn parse_sse_c_key(path: &str) -> Result<crate::store::aws::CustomerKey, String> {
+pub(super) fn parse_sse_c_key(path: &str) -> Result<crate::store::aws::CustomerKey, Invalid> {
     crate::store::aws::CustomerKey::load(std::path::Path::new(path))
 }
 
 /// An AWS account id: twelve digits.
-pub(super) fn parse_account_id(s: &str) -> Result<String, String> {
+pub(super) fn parse_account_id(s: &str) -> Result<String, Invalid> {
     if s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit()) {
         Ok(s.to_string())
     } else {
-        Err(format!("{s:?} is not an account id (twelve digits)"))
+        Err(Invalid::new(format!("{s:?}"), "not an account id (twelve digits)"))
     }
 }
 
@@ -151,9 +156,9 @@ impl ConnArgs {
         }
     }
 
-    pub fn retry_config(&self) -> Result<RetryConfig, String> {
+    pub fn retry_config(&self) -> Result<RetryConfig, Invalid> {
         if self.max_attempts == 0 {
-            return Err("--max-attempts must be at least 1".into());
+            return Err(Invalid::new("--max-attempts 0", "must be at least 1"));
         }
         Ok(RetryConfig {
             max_attempts: self.max_attempts,

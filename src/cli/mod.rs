@@ -2,6 +2,7 @@
 
 use crate::defaults;
 use crate::fs::{FilesConfig, FsConfig, NamespaceConfig};
+use crate::invalid::Invalid;
 use crate::layout::{DEFAULT_PREFIX_COUNT, MAX_PREFIX_COUNT};
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
@@ -419,13 +420,13 @@ pub struct StatsArgs {
     pub mountpoint: PathBuf,
 }
 
-pub fn parse_s3_url(s: &str) -> Result<(String, String), String> {
+pub fn parse_s3_url(s: &str) -> Result<(String, String), Invalid> {
     let rest = s
         .strip_prefix("s3://")
-        .ok_or_else(|| format!("{s:?} is not an s3://BUCKET[/ROOT] URL"))?;
+        .ok_or_else(|| Invalid::new(format!("{s:?}"), "not an s3://BUCKET[/ROOT] URL"))?;
     let (bucket, root) = rest.split_once('/').unwrap_or((rest, ""));
     if bucket.is_empty() {
-        return Err(format!("{s:?} names no bucket"));
+        return Err(Invalid::new(format!("{s:?}"), "names no bucket"));
     }
     Ok((bucket.to_string(), root.trim_matches('/').to_string()))
 }
@@ -434,11 +435,11 @@ fn default_cache_dir() -> PathBuf {
     crate::private::default_dir(crate::private::Place::Cache)
 }
 
-fn parse_mode(s: &str, what: &str) -> Result<u16, String> {
+fn parse_mode(s: &str, what: &str) -> Result<u16, Invalid> {
     u16::from_str_radix(s, 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("--{what} {s:?} is not an octal mode"))
+        .ok_or_else(|| Invalid::new(format!("--{what} {s:?}"), "not an octal mode"))
 }
 
 /// A validated mount request.
@@ -464,46 +465,57 @@ pub struct MountPlan {
 }
 
 impl MountArgs {
-    pub fn plan(&self) -> Result<MountPlan, String> {
+    pub fn plan(&self) -> Result<MountPlan, Invalid> {
         let (bucket, mountpoint) = match self.targets.as_slice() {
             [m] => (None, m),
             [b, m] => (Some(parse_s3_url(b)?), m),
-            _ => return Err("usage: prefixfs mount [s3://BUCKET[/ROOT]] MOUNTPOINT".into()),
+            _ => {
+                return Err(Invalid::new(
+                    "the arguments",
+                    "usage: prefixfs mount [s3://BUCKET[/ROOT]] MOUNTPOINT",
+                ));
+            }
         };
         let mountpoint = PathBuf::from(mountpoint);
         let fuse_fd = crate::mount::passed_fuse_fd(&mountpoint)?;
         if fuse_fd.is_none() && !mountpoint.is_dir() {
-            return Err(format!("mount point {} is not a directory", mountpoint.display()));
+            return Err(Invalid::new(
+                format!("mount point {}", mountpoint.display()),
+                "not a directory",
+            ));
         }
         if let Some(n) = self.prefix_count
             && (n == 0 || n > MAX_PREFIX_COUNT)
         {
-            return Err(format!("--prefix-count {n} is outside 1..={MAX_PREFIX_COUNT}"));
+            return Err(Invalid::new(
+                format!("--prefix-count {n}"),
+                format!("outside 1..={MAX_PREFIX_COUNT}"),
+            ));
         }
         if !(self.metadata_ttl >= 0.0 && self.metadata_ttl.is_finite()) {
-            return Err(format!(
-                "--metadata-ttl {} must be a number of seconds >= 0",
-                self.metadata_ttl
+            return Err(Invalid::new(
+                format!("--metadata-ttl {}", self.metadata_ttl),
+                "must be a number of seconds >= 0",
             ));
         }
         if self.fanout == 0 || self.threads == 0 {
-            return Err("--fanout and --threads must be at least 1".into());
+            return Err(Invalid::new("--fanout and --threads", "must be at least 1"));
         }
         if !(5..=5 * 1024).contains(&self.part_size_mib) {
-            return Err(format!(
-                "--part-size-mib {} is outside S3's 5..=5120",
-                self.part_size_mib
+            return Err(Invalid::new(
+                format!("--part-size-mib {}", self.part_size_mib),
+                "outside S3's 5..=5120",
             ));
         }
         if self.upload_parts == 0 {
-            return Err("--upload-parts must be at least 1".into());
+            return Err(Invalid::new("--upload-parts 0", "must be at least 1"));
         }
         if !((crate::limits::MIN_PART >> 20)..=(crate::limits::MAX_COPY_OBJECT >> 20))
             .contains(&self.copy_object_max_mib)
         {
-            return Err(format!(
-                "--copy-object-max-mib {} is outside S3's 5..=5120",
-                self.copy_object_max_mib
+            return Err(Invalid::new(
+                format!("--copy-object-max-mib {}", self.copy_object_max_mib),
+                "outside S3's 5..=5120",
             ));
         }
         let mib = 1024 * 1024;

@@ -8,11 +8,11 @@ fn s3_urls() {
     assert!(parse_s3_url("s3:///x").is_err());
 }
 
-fn parse_mount(args: &[&str]) -> Result<MountArgs, String> {
+fn parse_mount(args: &[&str]) -> Result<MountArgs, clap::Error> {
     let argv = expand_mount_options(args.iter().map(std::ffi::OsString::from));
-    match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.command {
+    match Cli::try_parse_from(argv)?.command {
         Command::Mount(m) => Ok(*m),
-        _ => Err("not mount".into()),
+        _ => panic!("not a mount command: {args:?}"),
     }
 }
 
@@ -27,7 +27,9 @@ fn fstab_options_become_flags() {
     assert_eq!(m.conn.endpoint_url.as_deref(), Some("http://127.0.0.1:9000"));
     assert_eq!(m.prefix_count, Some(256));
     assert_eq!(m.metadata_ttl, 2.5);
-    let err = parse_mount(&["prefixfs", "mount", "s3://b/r", "/tmp", "-obogus=1"]).unwrap_err();
+    let err = parse_mount(&["prefixfs", "mount", "s3://b/r", "/tmp", "-obogus=1"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("bogus"), "{err}");
 }
 

@@ -75,16 +75,27 @@ pub fn classify(name: &str) -> Name<'_> {
 /// The attributes an `xattr` header holds, by name.
 pub type Attrs = BTreeMap<String, Vec<u8>>;
 
+/// Why an `xattr` header another tool wrote cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum HeaderError {
+    #[error("the xattr header is not s3fs's JSON: {0}")]
+    NotJson(serde_json::Error),
+    #[error("xattr {name}: bad base64: {why}")]
+    BadValue { name: String, why: String },
+}
+
 /// Parses a header as s3fs writes it. Anything in the bucket may be hostile: a header that
 /// does not parse is an error (the caller says so and leaves it alone), never a panic.
-pub fn parse(header: &str) -> Result<Attrs, String> {
+pub fn parse(header: &str) -> Result<Attrs, HeaderError> {
     let json = crate::store::urlenc::decode_percent(header);
-    let map: BTreeMap<String, String> =
-        serde_json::from_str(json.trim()).map_err(|e| format!("the xattr header is not s3fs's JSON: {e}"))?;
+    let map: BTreeMap<String, String> = serde_json::from_str(json.trim()).map_err(HeaderError::NotJson)?;
     map.into_iter()
-        .map(|(k, v)| {
-            let value = aws_smithy_types::base64::decode(&v).map_err(|e| format!("xattr {k}: bad base64: {e}"))?;
-            Ok((k, value))
+        .map(|(name, v)| match aws_smithy_types::base64::decode(&v) {
+            Ok(value) => Ok((name, value)),
+            Err(e) => Err(HeaderError::BadValue {
+                name,
+                why: e.to_string(),
+            }),
         })
         .collect()
 }

@@ -10,6 +10,7 @@
 //! to every request. Each request rolls once per rule, in order; the first rule that fires
 //! decides.
 
+use crate::invalid::Invalid;
 use std::str::FromStr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -34,9 +35,9 @@ pub struct FaultRule {
 }
 
 impl FromStr for FaultRule {
-    type Err = String;
+    type Err = Invalid;
 
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Invalid> {
         let mut parts = s.split(':');
         let kind = match parts.next().unwrap_or_default() {
             "500" => FaultKind::InternalError,
@@ -44,13 +45,18 @@ impl FromStr for FaultRule {
             "reset" => FaultKind::Reset,
             "stall" => FaultKind::Stall,
             "truncate" => FaultKind::Truncate,
-            k => return Err(format!("fault kind {k:?}: one of 500, 503, reset, stall, truncate")),
+            k => {
+                return Err(Invalid::new(
+                    format!("fault kind {k:?}"),
+                    "one of 500, 503, reset, stall, truncate",
+                ));
+            }
         };
         let rate: f64 = parts
             .next()
             .and_then(|r| r.parse().ok())
             .filter(|r: &f64| (0.0..=1.0).contains(r))
-            .ok_or_else(|| format!("{s}: the rate must be a number in 0..=1 (KIND:RATE[:OPERATION][:after])"))?;
+            .ok_or_else(|| Invalid::new(s, "the rate must be a number in 0..=1 (KIND:RATE[:OPERATION][:after])"))?;
         let mut rule = FaultRule {
             kind,
             rate,
@@ -63,7 +69,12 @@ impl FromStr for FaultRule {
                 op if !op.is_empty() && op.chars().all(|c| c.is_ascii_alphabetic()) && rule.operation.is_none() => {
                     rule.operation = Some(op.to_string())
                 }
-                other => return Err(format!("{s}: {other:?} is neither an operation name nor `after`")),
+                other => {
+                    return Err(Invalid::new(
+                        s,
+                        format!("{other:?} is neither an operation name nor `after`"),
+                    ));
+                }
             }
         }
         Ok(rule)

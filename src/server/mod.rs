@@ -379,7 +379,7 @@ pub async fn start(cfg: ServerConfig) -> std::io::Result<RunningServer> {
 /// S3's bucket naming rules (3–63 characters of lower-case letters, digits, `.` and `-`,
 /// starting and ending with a letter or digit, not an IP address): a name every request
 /// would reject is refused at start.
-pub fn validate_bucket_name(name: &str) -> Result<(), String> {
+pub fn validate_bucket_name(name: &str) -> Result<(), crate::invalid::Invalid> {
     let ok_chars = name
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
@@ -391,8 +391,9 @@ pub fn validate_bucket_name(name: &str) -> Result<(), String> {
         || name.contains("..")
         || name.parse::<std::net::Ipv4Addr>().is_ok()
     {
-        return Err(format!(
-            "invalid bucket name {name:?}: 3 to 63 lower-case letters, digits, '.' and '-', starting and ending with a letter or digit"
+        return Err(crate::invalid::Invalid::new(
+            format!("invalid bucket name {name:?}"),
+            "3 to 63 lower-case letters, digits, '.' and '-', starting and ending with a letter or digit",
         ));
     }
     Ok(())

@@ -41,10 +41,10 @@ pub enum SplitPolicy {
 }
 
 impl std::str::FromStr for SplitPolicy {
-    type Err = String;
+    type Err = crate::invalid::Invalid;
 
     /// `demand`, or `throttles` / `throttles:K/WINDOW_SECS` (default 3 seconds in 10).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.split_once(':') {
             None if s == "demand" => Ok(SplitPolicy::Demand),
             None if s == "throttles" => Ok(SplitPolicy::Throttles {
@@ -52,7 +52,12 @@ impl std::str::FromStr for SplitPolicy {
                 window: Duration::from_secs(10),
             }),
             Some(("throttles", spec)) => {
-                let bad = || format!("bad split policy {s:?}: throttles:K/WINDOW_SECS, e.g. throttles:3/10");
+                let bad = || {
+                    crate::invalid::Invalid::new(
+                        format!("bad split policy {s:?}"),
+                        "throttles:K/WINDOW_SECS, e.g. throttles:3/10",
+                    )
+                };
                 let (k, w) = spec.split_once('/').ok_or_else(bad)?;
                 let seconds: u32 = k.parse().map_err(|_| bad())?;
                 let window: u64 = w.parse().map_err(|_| bad())?;
@@ -64,8 +69,9 @@ impl std::str::FromStr for SplitPolicy {
                     window: Duration::from_secs(window),
                 })
             }
-            _ => Err(format!(
-                "unknown split policy {s:?}: demand or throttles[:K/WINDOW_SECS]"
+            _ => Err(crate::invalid::Invalid::new(
+                format!("unknown split policy {s:?}"),
+                "demand or throttles[:K/WINDOW_SECS]",
             )),
         }
     }

@@ -12,7 +12,7 @@ mod tests;
 pub use connect::CREDENTIALS_WAIT;
 use errors::causes;
 pub use errors::{CHECKSUM_MISMATCH, NOT_S3, WRONG_REGION};
-pub use options::{BucketOptions, Checksum, CustomerKey, Encryption, SSE_ALGORITHMS};
+pub use options::{BucketOptions, Checksum, CustomerKey, Encryption, KeyError, SSE_ALGORITHMS};
 use options::{encrypted, keyed, part_receipt, read_receipt, source_keyed};
 
 use super::urlenc;

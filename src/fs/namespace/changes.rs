@@ -447,7 +447,7 @@ impl Namespace {
         // theirs and the rename fails. The marker of a directory renamed over excepted.
         let absent = (!self.cfg.local_exclusive_creates).then_some(WriteIf::Absent);
         let absent = absent.as_ref();
-        let results: Vec<Result<(String, Option<String>), String>> = stream::iter(order.iter())
+        let results: Vec<StoreResult<(String, Option<String>)>> = stream::iter(order.iter())
             .map(|src| {
                 let dst = dst_of.get(src).cloned().unwrap_or_default();
                 let t = listed.get(src);
@@ -459,16 +459,13 @@ impl Namespace {
                         .from_version(etag)
                         .only_if(cond)
                         .with_headers(class.as_ref());
-                    match self.copy_object(&copy, size).await {
-                        Ok(made) => Ok((dst, made)),
-                        Err(e) => Err(e.to_string()),
-                    }
+                    self.copy_object(&copy, size).await.map(|made| (dst, made))
                 }
             })
             .buffer_unordered(self.cfg.fanout.max(1))
             .collect()
             .await;
-        let failures: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+        let failures: Vec<&StoreError> = results.iter().filter_map(|r| r.as_ref().err()).collect();
         if let Some(first) = failures.first() {
             // Take back the copies that did land, each only at the version it made, so the
             // tree exists under one name only.

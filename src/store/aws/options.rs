@@ -84,6 +84,15 @@ pub struct CustomerKey {
     md5: String,
 }
 
+/// Why the bytes of a key file are not an SSE-C key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("neither 32 bytes nor base64 text")]
+    NotAKey,
+    #[error("an SSE-C key is 32 bytes (AES-256), this one is {0}")]
+    Length(usize),
+}
+
 impl std::fmt::Debug for CustomerKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "CustomerKey(md5 {})", self.md5)
@@ -93,16 +102,16 @@ impl std::fmt::Debug for CustomerKey {
 impl CustomerKey {
     /// A key from a file's bytes: 32 raw bytes, or their base64 (surrounding white space
     /// ignored).
-    pub fn from_bytes(raw: &[u8]) -> Result<CustomerKey, String> {
+    pub fn from_bytes(raw: &[u8]) -> Result<CustomerKey, KeyError> {
         use md5::{Digest, Md5};
         let key = if raw.len() == 32 {
             raw.to_vec()
         } else {
-            let text = std::str::from_utf8(raw).map_err(|_| "neither 32 bytes nor base64 text".to_string())?;
-            aws_smithy_types::base64::decode(text.trim()).map_err(|_| "neither 32 bytes nor base64 text".to_string())?
+            let text = std::str::from_utf8(raw).map_err(|_| KeyError::NotAKey)?;
+            aws_smithy_types::base64::decode(text.trim()).map_err(|_| KeyError::NotAKey)?
         };
         if key.len() != 32 {
-            return Err(format!("an SSE-C key is 32 bytes (AES-256), this one is {}", key.len()));
+            return Err(KeyError::Length(key.len()));
         }
         Ok(CustomerKey {
             key: aws_smithy_types::base64::encode(&key),
@@ -112,19 +121,19 @@ impl CustomerKey {
 
     /// The key in `path`, a file only its owner may read (as ssh asks of a private key): a
     /// key others can read is no secret, and one someone else owns could be theirs.
-    pub fn load(path: &std::path::Path) -> Result<CustomerKey, String> {
+    pub fn load(path: &std::path::Path) -> Result<CustomerKey, crate::invalid::Invalid> {
         use std::os::unix::fs::MetadataExt;
-        let shown = path.display();
-        let m = std::fs::metadata(path).map_err(|e| format!("{shown}: {e}"))?;
+        let bad = |why: String| crate::invalid::Invalid::new(path.display().to_string(), why);
+        let m = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
         // SAFETY: geteuid has no preconditions.
         let me = unsafe { libc::geteuid() };
         if !m.is_file() || m.uid() != me || m.mode() & 0o077 != 0 {
-            return Err(format!(
-                "{shown} must be a regular file owned by uid {me} that only its owner can read (chmod 600)"
-            ));
+            return Err(bad(format!(
+                "must be a regular file owned by uid {me} that only its owner can read (chmod 600)"
+            )));
         }
-        let raw = std::fs::read(path).map_err(|e| format!("{shown}: {e}"))?;
-        CustomerKey::from_bytes(&raw).map_err(|e| format!("{shown}: {e}"))
+        let raw = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        CustomerKey::from_bytes(&raw).map_err(|e| bad(e.to_string()))
     }
 
     /// The base64 of the key's MD5, as S3 keeps and answers it.
@@ -274,12 +283,11 @@ pub(super) struct BucketHeaders {
 
 impl BucketHeaders {
     /// None when the options add no header.
-    pub(super) fn of(opts: &BucketOptions) -> Result<Option<BucketHeaders>, String> {
+    pub(super) fn of(opts: &BucketOptions) -> Result<Option<BucketHeaders>, crate::invalid::Invalid> {
         let owner = match &opts.expected_owner {
-            Some(o) => Some(
-                http::HeaderValue::from_str(o)
-                    .map_err(|_| format!("--expected-bucket-owner {o:?} is not a header value"))?,
-            ),
+            Some(o) => Some(http::HeaderValue::from_str(o).map_err(|_| {
+                crate::invalid::Invalid::new(format!("--expected-bucket-owner {o:?}"), "not a header value")
+            })?),
             None => None,
         };
         Ok((opts.requester_pays || owner.is_some()).then_some(BucketHeaders {
@@ -338,7 +346,7 @@ mod tests {
         let path = dir.path().join("key");
         std::fs::write(&path, [9u8; 32]).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        assert!(CustomerKey::load(&path).unwrap_err().contains("chmod 600"));
+        assert!(CustomerKey::load(&path).unwrap_err().to_string().contains("chmod 600"));
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert!(CustomerKey::load(&path).is_ok());
     }
