@@ -14,3 +14,5 @@ pub const UPLOAD_PARTS: usize = 8;
 pub const READ_AHEAD_MIB: u64 = 64;
 pub const READ_MEMORY_MIB: u64 = 128;
 pub const CACHE_SIZE_MIB: u64 = 10 * 1024;
+/// The data cache's size (`--data-cache-size-mib`): blocks kept across remounts.
+pub const DATA_CACHE_MIB: u64 = 4 * 1024;

@@ -33,6 +33,9 @@ pub enum MountError {
     /// to this user, or the journal cannot be created in it.
     #[error("--cache-dir {}: {source}", .path.display())]
     CacheDir { path: PathBuf, source: std::io::Error },
+    /// The data cache directory cannot be made private to this user, or read.
+    #[error("--data-cache {}: {source}", .path.display())]
+    DataCache { path: PathBuf, source: std::io::Error },
     #[error("--metrics-addr {addr}: {source}")]
     Metrics {
         addr: std::net::SocketAddr,
@@ -152,6 +155,14 @@ pub fn run(
         plan.pacing.clone(),
         Deletes::Deferred(Some(journal.clone()), conds),
     );
+    if let Some((dir, size)) = &plan.data_cache {
+        let cache = crate::data::cache::BlockCache::open(dir, *size).map_err(|source| MountError::DataCache {
+            path: dir.clone(),
+            source,
+        })?;
+        tracing::info!(dir = %dir.display(), bytes = cache.used(), limit = size, "data cache");
+        plan.fs.files.data_cache = Some(Arc::new(cache));
+    }
     let core = Core::new(layout, store, connected.stats.clone(), plan.fs.clone());
     let config = fuse_config(&plan);
     let fs = FuseFs::new(core.clone(), rt.handle().clone(), plan.xattr);

@@ -664,9 +664,18 @@ fn embedded_store_demo_mounts_in_the_background_with_no_bucket() {
     assert!(status.success());
     drop(guard);
     assert!(!is_mounted(&mnt));
-    // The data outlives the mount: mount again and read it.
-    let _guard = mount_demo(dir.path(), &mnt);
+    // The data outlives the mount: mount again and read it, from the data cache the demo
+    // mount keeps (the first mount's read filled it): no GET.
+    let guard = mount_demo(dir.path(), &mnt);
+    let stat = |name: &str| {
+        let text = prefixfs::read_stats(&mnt).unwrap();
+        let line = text.lines().find_map(|l| l.strip_prefix(name)).expect(name);
+        line.trim().parse::<u64>().unwrap()
+    };
+    let before = stat("requests_get ");
     assert_eq!(run_sh(&mnt, "cat 2017/02/08/file.txt").stdout, "hi\n");
+    assert_eq!(stat("requests_get "), before, "{}", common::tail(&guard.log_text(), 10));
+    assert!(stat("data_cache_hits ") >= 1);
 }
 
 #[test]

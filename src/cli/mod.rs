@@ -190,6 +190,16 @@ pub struct MountArgs {
     /// Staged bytes at most, in MiB; writes beyond fail with ENOSPC.
     #[arg(long, default_value_t = defaults::CACHE_SIZE_MIB)]
     pub cache_size_mib: u64,
+    /// Keep what is read in 1 MiB blocks on local disk in this directory (private to this
+    /// user), across remounts and restarts: a block is used only for the object version the
+    /// mount's metadata names. Off by default (on for the embedded store, in the cache
+    /// directory).
+    #[arg(long)]
+    pub data_cache: Option<PathBuf>,
+    /// Bytes of the data cache at most, in MiB (least recently used blocks go first; 5% of
+    /// the disk always stays free).
+    #[arg(long, default_value_t = defaults::DATA_CACHE_MIB)]
+    pub data_cache_size_mib: u64,
     /// At mount, abort incomplete multipart uploads in this layout older than this many
     /// hours (uploads a crash of this host left are aborted regardless); negative: never.
     #[arg(long, default_value_t = 24.0, allow_negative_numbers = true)]
@@ -462,6 +472,8 @@ pub struct MountPlan {
     pub pacing: crate::store::pacing::PacingConfig,
     /// Reopened on SIGHUP.
     pub log_file: Option<PathBuf>,
+    /// The data cache's directory and size, opened when the mount starts.
+    pub data_cache: Option<(PathBuf, u64)>,
 }
 
 impl MountArgs {
@@ -547,6 +559,8 @@ impl MountArgs {
                 read_budget: self.read_memory_mib.saturating_mul(mib),
                 cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
                 cache_size: self.cache_size_mib.saturating_mul(1024 * 1024),
+                // Opened when the mount starts (MountPlan::data_cache).
+                data_cache: None,
             },
             uid: self.uid.unwrap_or(uid),
             gid: self.gid.unwrap_or(gid),
@@ -557,6 +571,13 @@ impl MountArgs {
         let abort_uploads_older_than = (self.abort_uploads_older_than >= 0.0
             && self.abort_uploads_older_than.is_finite())
         .then(|| Duration::from_secs_f64(self.abort_uploads_older_than * 3600.0));
+        let data_cache = match (&self.data_cache, &bucket) {
+            (Some(dir), _) => Some(dir.clone()),
+            // The demo mount (the embedded store) caches in the cache directory.
+            (None, None) => Some(self.cache_dir.clone().unwrap_or_else(default_cache_dir).join("data")),
+            (None, Some(_)) => None,
+        }
+        .map(|d| (d, self.data_cache_size_mib.saturating_mul(mib)));
         Ok(MountPlan {
             bucket,
             mountpoint,
@@ -570,6 +591,7 @@ impl MountArgs {
             metrics_addr: self.metrics_addr,
             pacing: crate::store::pacing::PacingConfig::default(),
             log_file: self.log_file.clone(),
+            data_cache,
         })
     }
 }

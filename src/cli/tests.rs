@@ -60,7 +60,7 @@ fn every_mount_flag_is_a_mount_option() {
             "file-mode" => "600",
             "dir-mode" => "700",
             "log-level" => "debug",
-            "cache-dir" | "data-dir" | "log-file" => "/tmp/x",
+            "cache-dir" | "data-dir" | "log-file" | "data-cache" => "/tmp/x",
             "region" | "profile" => "p",
             "abort-uploads-older-than" => "2.5",
             "content-type" => "none",

@@ -1,8 +1,9 @@
 //! The data path: reading object bodies with a growing prefetch window, and uploading new
 //! bodies (one PUT for small files, a streamed multipart upload for large ones), and keeping
-//! what could not be uploaded.
+//! what could not be uploaded; the data cache on local disk ([`cache`]).
 //! Knows keys and bytes; nothing of directories.
 
+pub mod cache;
 pub mod kept;
 pub mod read;
 pub mod spool;

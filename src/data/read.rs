@@ -25,6 +25,7 @@
 //!    Parts behind the read position are dropped, except the last one consumed (the kernel's
 //!    concurrent readahead may deliver reads slightly out of order).
 
+use super::cache::{BLOCK, BlockCache, BlockId};
 use crate::store::{ObjectStore, StoreResult};
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
@@ -140,6 +141,8 @@ pub struct ObjectReads {
     served: std::sync::atomic::AtomicBool,
     cfg: ReadConfig,
     budget: ReadBudget,
+    /// The data cache on disk, when the mount has one: reads of a known version go through it.
+    cache: Option<Arc<BlockCache>>,
     state: Mutex<State>,
 }
 
@@ -168,6 +171,7 @@ impl ObjectReads {
             served: Default::default(),
             cfg,
             budget,
+            cache: None,
             state: Mutex::new(State::default()),
         }
     }
@@ -175,6 +179,12 @@ impl ObjectReads {
     /// Reads only the version with this ETag.
     pub fn pinned(mut self, etag: Option<String>) -> Self {
         self.etag = etag;
+        self
+    }
+
+    /// Reads through the data cache `cache` (a version known only: see [`cached_get`]).
+    pub fn cached(mut self, cache: Option<Arc<BlockCache>>) -> Self {
+        self.cache = cache;
         self
     }
 
@@ -231,7 +241,8 @@ impl ObjectReads {
             }
             // Exactly what was asked for, kept in the new stream: a second reader starting
             // at the same place (two `cat`s of one file) finds it there.
-            let part = self.fetch(offset..end, self.budget.try_take(end - offset));
+            let range = self.aligned(offset..end);
+            let part = self.fetch(range.clone(), self.budget.try_take(range.end - range.start));
             let fetch = (part.range.clone(), part.data.clone());
             st.streams.push(Stream {
                 parts: VecDeque::from([part]),
@@ -262,13 +273,17 @@ impl ObjectReads {
                 break;
             }
             let piece = (s.ahead / 4).clamp(self.cfg.first_request, self.cfg.max_request);
-            let stop = (start + piece).min(self.size);
+            let stop = self.aligned(start..(start + piece).min(self.size)).end;
             let permit = match self.budget.try_take(stop - start) {
                 Some(p) => Some(p),
                 None if start < end => None,
                 None => break,
             };
-            let stop = if permit.is_none() { end } else { stop };
+            let stop = if permit.is_none() {
+                self.aligned(start..end).end
+            } else {
+                stop
+            };
             s.parts.push_back(self.fetch(start..stop, permit));
         }
         s.parts
@@ -278,12 +293,29 @@ impl ObjectReads {
             .collect()
     }
 
+    /// `range` widened to whole data cache blocks when reads go through the cache (so each
+    /// block is fetched by one part, not by the two parts around its middle), else as is.
+    fn aligned(&self, range: Range<u64>) -> Range<u64> {
+        match (&self.cache, &self.etag) {
+            (Some(_), Some(_)) => {
+                range.start / BLOCK * BLOCK..range.end.div_ceil(BLOCK).saturating_mul(BLOCK).min(self.size)
+            }
+            _ => range,
+        }
+    }
+
     fn fetch(&self, range: Range<u64>, permit: Option<OwnedSemaphorePermit>) -> Part {
         let (store, key, etag) = (self.store.clone(), self.key.clone(), self.etag.clone());
         // The whole object in one GET goes without a range: S3 then answers the object's
         // checksum, and the client checks the bytes against it.
         let r = (range.start > 0 || range.end < self.size).then(|| range.clone());
-        let task = tokio::spawn(async move { store.get(&key, r, etag.as_deref()).await });
+        let task = match (&self.cache, etag) {
+            (Some(cache), Some(etag)) => {
+                let (cache, range, size) = (cache.clone(), range.clone(), self.size);
+                tokio::spawn(async move { cached_get(store.as_ref(), &cache, &key, &etag, range, size).await })
+            }
+            (_, etag) => tokio::spawn(async move { store.get(&key, r, etag.as_deref()).await }),
+        };
         let abort = task.abort_handle();
         let key = self.key.clone();
         let data = async move {
@@ -304,6 +336,65 @@ impl ObjectReads {
             _permit: permit,
         }
     }
+}
+
+/// `range` (not empty) of version `etag` of the object `key` (`size` bytes) through the
+/// data cache: from disk when every block it touches is there (no request); else one GET
+/// of those blocks' span, whose blocks are kept (a complete answer only) before the read
+/// returns. A random read of a few bytes so fetches one block (1 MiB): the price of
+/// finding it on disk next time.
+async fn cached_get(
+    store: &dyn ObjectStore,
+    cache: &Arc<BlockCache>,
+    key: &str,
+    etag: &str,
+    range: Range<u64>,
+    size: u64,
+) -> StoreResult<Bytes> {
+    let (first, last) = (range.start / BLOCK, (range.end - 1) / BLOCK);
+    let ids: Vec<BlockId> = (first..=last).map(|i| BlockId::new(key, etag, i)).collect();
+    let span = first * BLOCK..((last + 1) * BLOCK).min(size);
+    let disk: Vec<Option<Bytes>> = {
+        let n = ids.len();
+        let (cache, ids) = (cache.clone(), ids.clone());
+        tokio::task::spawn_blocking(move || ids.iter().map(|id| cache.get(id)).collect())
+            .await
+            .unwrap_or_else(|_| vec![None; n])
+    };
+    let missing: Vec<usize> = (0..ids.len()).filter(|&i| disk[i].is_none()).collect();
+    let fetched = match (missing.first(), missing.last()) {
+        (Some(&a), Some(&b)) => {
+            // One GET from the first missing block to the last (blocks between them that are
+            // on disk come again: rare, and cheaper than a second request).
+            let want = (first + a as u64) * BLOCK..((first + b as u64 + 1) * BLOCK).min(size);
+            let r = (want.start > 0 || want.end < size).then(|| want.clone());
+            let data = store.get(key, r, Some(etag)).await?;
+            if data.len() as u64 == want.end - want.start {
+                let (cache, kept, ids) = (cache.clone(), data.clone(), ids[a..=b].to_vec());
+                let _ = tokio::task::spawn_blocking(move || {
+                    for (id, block) in ids.iter().zip(kept.chunks(BLOCK as usize)) {
+                        cache.put(id, block);
+                    }
+                })
+                .await;
+            }
+            Some((a, data))
+        }
+        _ => None,
+    };
+    let mut all = BytesMut::with_capacity((span.end - span.start) as usize);
+    for (i, block) in disk.iter().enumerate() {
+        match (block, &fetched) {
+            (Some(b), _) => all.extend_from_slice(b),
+            (None, Some((a, data))) => {
+                let at = (i - a) * BLOCK as usize;
+                all.extend_from_slice(&data[at.min(data.len())..(at + BLOCK as usize).min(data.len())]);
+            }
+            (None, None) => {}
+        }
+    }
+    let data = all.freeze();
+    Ok(slice(&data, span.start, range))
 }
 
 /// `want` out of `data`, which holds the bytes from `start` on (S3 may return fewer).

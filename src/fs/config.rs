@@ -64,6 +64,8 @@ pub struct FilesConfig {
     pub cache_dir: PathBuf,
     /// Bytes of staged files at most; writes past it fail with ENOSPC.
     pub cache_size: u64,
+    /// The data cache on disk (`--data-cache`): reads of a known version go through it.
+    pub data_cache: Option<std::sync::Arc<crate::data::cache::BlockCache>>,
 }
 
 impl Default for FsConfig {
@@ -106,6 +108,7 @@ impl Default for FilesConfig {
             // never a shared temporary one (private.rs).
             cache_dir: crate::private::default_dir(crate::private::Place::Cache),
             cache_size: defaults::CACHE_SIZE_MIB << 20,
+            data_cache: None,
         }
     }
 }

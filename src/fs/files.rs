@@ -128,6 +128,11 @@ impl OpenFiles {
         self.files().len()
     }
 
+    /// The data cache on disk, when the mount has one.
+    pub(super) fn data_cache(&self) -> Option<&crate::data::cache::BlockCache> {
+        self.cfg.data_cache.as_deref()
+    }
+
     /// Bytes of files staged locally at present.
     pub(super) fn staged_bytes(&self) -> u64 {
         self.staging.used()
@@ -308,7 +313,8 @@ impl OpenFiles {
                 self.cfg.read,
                 self.read_budget.clone(),
             )
-            .pinned(info.version().map(str::to_string)),
+            .pinned(info.version().map(str::to_string))
+            .cached(self.cfg.data_cache.clone()),
         );
         reads.insert(ino, (Arc::downgrade(&r), info.clone()));
         Ok(r)

@@ -206,6 +206,18 @@ impl Core {
             self.files.len(),
             self.files.staged_bytes()
         ));
+        if let Some(c) = self.files.data_cache() {
+            let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            s.push_str(&format!(
+                "data_cache_bytes {}\ndata_cache_limit {}\ndata_cache_hits {}\ndata_cache_misses {}\ndata_cache_discarded {}\ndata_cache_evicted {}\n",
+                c.used(),
+                c.limit(),
+                n(&c.counters.hits),
+                n(&c.counters.misses),
+                n(&c.counters.discarded),
+                n(&c.counters.evicted)
+            ));
+        }
         s
     }
 
