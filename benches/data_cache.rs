@@ -4,7 +4,9 @@
 //! LATENCY_MS to every answer and holds each connection to MIBPS, as S3 would.
 //!
 //! Run: `cargo bench --bench data_cache` (as root: it mounts FUSE and drops the page cache
-//! before each timed read, so the local disk is read, not memory). Knobs: SIZE_MIB (1024),
+//! before each timed read, so the local disk is read, not memory). With bindfs installed,
+//! the local file read through it, a FUSE passthrough, shows what any FUSE filesystem can
+//! reach on this machine. Knobs: SIZE_MIB (1024),
 //! LATENCY_MS (20), MIBPS (90), CACHE_DIR (where the cache and the local copy go: a
 //! temporary directory on the disk of /var/tmp).
 
@@ -68,6 +70,22 @@ fn main() {
     drop(body);
     drop_page_cache();
     let local_secs = timed(&format!("cat {} > /dev/null", local.display()));
+    // The floor of any FUSE filesystem here: the same local file through bindfs, a FUSE
+    // passthrough (`apt install bindfs`), when installed.
+    let bind = work.path().join("bind");
+    std::fs::create_dir_all(&bind).expect("mkdir");
+    let bindfs_secs = Command::new("bindfs")
+        .arg(work.path())
+        .arg(&bind)
+        .status()
+        .is_ok_and(|s| s.success())
+        .then(|| {
+            drop_page_cache();
+            let secs = timed(&format!("cat {} > /dev/null", bind.join("local.bin").display()));
+            let _ = Command::new("umount").arg(&bind).status();
+            secs
+        })
+        .flatten();
     let cache = work.path().join("blocks");
     let c = cache.to_str().unwrap_or_default();
     let mnt = work.path().join("mnt");
@@ -96,6 +114,10 @@ fn main() {
         println!("{label:<44}{:>12.1}{pct:>9.0}%{gets:>10}", speed(secs));
     };
     row("local disk (cat of a file on the cache's disk)", local_secs, None);
+    match bindfs_secs {
+        Some(_) => row("bindfs: that file through FUSE (the floor)", bindfs_secs, None),
+        None => println!("bindfs: not installed (apt install bindfs), no FUSE floor measured"),
+    }
     row("prefixfs, first read (from S3)", cold, Some(cold_gets));
     row("prefixfs, second read after a remount", warm, Some(warm_gets));
     rt.block_on(srv.shutdown());

@@ -174,3 +174,40 @@ fn unlinks_acknowledged_before_a_kill_are_sent_by_the_next_mount() {
     }
     assert_eq!(env.data_keys().len(), before - 30);
 }
+
+/// The data cache (`--data-cache`) killed while it fills: a block is renamed into place only
+/// once whole, so the next mount finds whole blocks (each checked against its CRC32C) and
+/// the block being written in `tmp/`, which it removes; the file reads right, the blocks
+/// found cost no GET.
+#[test]
+fn a_data_cache_killed_while_it_fills_keeps_only_whole_blocks() {
+    use sha2::{Digest, Sha256};
+    let env = slow_env();
+    let cache = env.subdir("blocks");
+    let c = cache.to_str().unwrap();
+    let data: Vec<u8> = (0..64 << 20).map(|i| (i % 253) as u8).collect();
+    let want = format!("{}  -\n", hex::encode(Sha256::digest(&data)));
+    env.put(&key(&env, "big.bin"), &data);
+    let blocks = || -> usize {
+        std::fs::read_dir(&cache)
+            .map(|d| {
+                d.flatten()
+                    .filter(|s| s.file_name().len() == 2)
+                    .map(|s| std::fs::read_dir(s.path()).map_or(0, |b| b.count()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let mut m = env.mount(16, &["--data-cache", c]);
+    crash_during(&env, &mut m, "cat big.bin > /dev/null", || blocks() >= 8);
+    let kept = blocks();
+    assert!((8..64).contains(&kept), "{kept} blocks when killed");
+    let mut m = env.mount(16, &["--data-cache", c]);
+    assert_eq!(std::fs::read_dir(cache.join("tmp")).unwrap().count(), 0);
+    assert_eq!(sha(&m.path, "big.bin"), want);
+    let s = m.stats();
+    assert_eq!(s["data_cache_discarded"], 0, "{s:?}");
+    assert!(s["data_cache_hits"] >= kept as u64, "{s:?}");
+    assert_eq!(blocks(), 64);
+    m.assert_alive();
+}

@@ -185,3 +185,23 @@ fn two_mounts_share_one_cache_directory() {
     assert_eq!(b.ok(&script("0 1 2 3 4 5")), want);
     assert_eq!((a.stats()["requests_get"], b.stats()["requests_get"]), before);
 }
+
+#[test]
+fn a_file_written_through_the_mount_is_read_back_from_the_cache() {
+    let env = Env::embedded();
+    let cache = env.subdir("blocks");
+    let c = cache.to_str().unwrap();
+    {
+        let mut m = env.mount(16, &["--data-cache", c]);
+        m.ok("mkdir -p logs && seq 1 300000 > logs/app.log");
+        m.unmount();
+    }
+    let data = env.get(&key(&env, "logs/app.log"));
+    assert!(data.len() > MIB, "two blocks at least");
+    let mut m = env.mount(16, &["--data-cache", c]);
+    let gets = m.stats()["requests_get"];
+    assert_eq!(m.ok("sha256sum < logs/app.log"), sha256(&data));
+    let s = m.stats();
+    assert_eq!(s["requests_get"], gets, "{s:?}");
+    assert!(s["data_cache_hits"] >= 2, "{s:?}");
+}

@@ -211,6 +211,14 @@ impl BlockCache {
         }
     }
 
+    /// Keeps all of `data`, the whole object `key` at version `etag` (a file this mount just
+    /// wrote), block by block.
+    pub fn put_object(&self, key: &str, etag: &str, data: &[u8]) {
+        for (i, block) in data.chunks(BLOCK as usize).enumerate() {
+            self.put(&BlockId::new(key, etag, i as u64), block);
+        }
+    }
+
     fn write(&self, id: &BlockId, data: &[u8]) -> io::Result<()> {
         let final_path = self.path(id);
         if let Some(shard) = final_path.parent() {

@@ -70,7 +70,17 @@ impl OpenFiles {
                         return Err(err);
                     }
                     let etag = up.written_etag().map(str::to_string);
+                    // A file written in one PUT is in memory whole: the data cache keeps it as
+                    // the new version, so reading it back (after a remount too) costs no GET.
+                    let whole = match (&self.cfg.data_cache, up.has_multipart()) {
+                        (Some(_), false) => Some(bytes::Bytes::copy_from_slice(up.buffered())),
+                        _ => None,
+                    };
                     st.wrote(etag.as_deref());
+                    if let (Some(cache), Some(etag), Some(data)) = (&self.cfg.data_cache, &etag, whole) {
+                        let (cache, key, etag) = (cache.clone(), key.clone(), etag.clone());
+                        let _ = tokio::task::spawn_blocking(move || cache.put_object(&key, &etag, &data)).await;
+                    }
                 }
                 if late_meta {
                     self.update_meta(path, st, &key, &posix).await?;
