@@ -165,6 +165,12 @@ impl BlockCache {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether this mount knows block `id` to be on disk (no disk access; another mount's
+    /// blocks are found by [`BlockCache::get`] only).
+    pub fn contains(&self, id: &BlockId) -> bool {
+        self.index().contains(id)
+    }
+
     /// The block `id`, when it is on disk whole. A damaged one is deleted (a miss).
     pub fn get(&self, id: &BlockId) -> Option<Bytes> {
         let path = self.path(id);

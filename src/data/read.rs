@@ -273,6 +273,12 @@ impl ObjectReads {
                 break;
             }
             let piece = (s.ahead / 4).clamp(self.cfg.first_request, self.cfg.max_request);
+            // A block the data cache holds is a part of its own, read from disk without a
+            // copy; what it lacks is fetched in parts as large as ever (one GET per 4 MiB).
+            let piece = match (&self.cache, &self.etag) {
+                (Some(c), Some(etag)) if c.contains(&BlockId::new(&self.key, etag, start / BLOCK)) => BLOCK,
+                _ => piece,
+            };
             let stop = self.aligned(start..(start + piece).min(self.size)).end;
             let permit = match self.budget.try_take(stop - start) {
                 Some(p) => Some(p),
@@ -296,12 +302,15 @@ impl ObjectReads {
     /// `range` widened to whole data cache blocks when reads go through the cache (so each
     /// block is fetched by one part, not by the two parts around its middle), else as is.
     fn aligned(&self, range: Range<u64>) -> Range<u64> {
-        match (&self.cache, &self.etag) {
-            (Some(_), Some(_)) => {
-                range.start / BLOCK * BLOCK..range.end.div_ceil(BLOCK).saturating_mul(BLOCK).min(self.size)
-            }
-            _ => range,
+        match self.through_cache() {
+            true => range.start / BLOCK * BLOCK..range.end.div_ceil(BLOCK).saturating_mul(BLOCK).min(self.size),
+            false => range,
         }
+    }
+
+    /// Reads go through the data cache (it is on, and the version is known).
+    fn through_cache(&self) -> bool {
+        self.cache.is_some() && self.etag.is_some()
     }
 
     fn fetch(&self, range: Range<u64>, permit: Option<OwnedSemaphorePermit>) -> Part {
@@ -382,6 +391,12 @@ async fn cached_get(
         }
         _ => None,
     };
+    // One part, one block (see `ObjectReads::aligned`): handed out as it is, no copy.
+    match (&disk[..], &fetched) {
+        ([Some(b)], _) => return Ok(slice(b, span.start, range)),
+        (_, Some((0, data))) if missing.len() == disk.len() => return Ok(slice(data, span.start, range)),
+        _ => {}
+    }
     let mut all = BytesMut::with_capacity((span.end - span.start) as usize);
     for (i, block) in disk.iter().enumerate() {
         match (block, &fetched) {
@@ -513,6 +528,74 @@ mod tests {
         assert!(peak >= 8 * MIB, "the readers used the budget ({peak} bytes)");
         drop(files);
         assert_eq!(budget.in_use(), 0, "closing the files returns their read-ahead");
+    }
+
+    /// docs/REQUESTS.md, the data cache row: a first sequential read through the cache
+    /// fetches every byte once, in parts as large as without it; a second (another
+    /// `ObjectReads`, as after a remount) sends no GET; another version sends GETs again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_read_through_the_data_cache_sends_no_get() {
+        let (mem, store, stats, body) = object(20 * MIB as usize + 12345, Duration::from_millis(1)).await;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Arc::new(BlockCache::open(dir.path(), 64 * MIB).unwrap());
+        let etag = store.head("k").await.unwrap().etag.unwrap();
+        let read_all = |etag: String| {
+            let reads = ObjectReads::new(
+                store.clone(),
+                "k".into(),
+                body.len() as u64,
+                ReadConfig::default(),
+                ReadBudget::new(128 * MIB),
+            )
+            .pinned(Some(etag))
+            .cached(Some(cache.clone()));
+            async move {
+                let (mut off, mut got) = (0u64, Vec::new());
+                loop {
+                    let b = reads.read(off, 128 * 1024).await.unwrap();
+                    if b.is_empty() {
+                        break got;
+                    }
+                    off += b.len() as u64;
+                    got.extend_from_slice(&b);
+                }
+            }
+        };
+        assert!(read_all(etag.clone()).await == body);
+        let first = stats.snapshot().get(OpKind::Get);
+        // Parts grow to 4 MiB as without the cache (1 MiB blocks, whole): ~size/4 MiB + the ramp.
+        assert!(first <= 16, "{first} GETs for 20 MiB");
+        assert_eq!(mem.bytes(), body.len() as u64, "every byte fetched once");
+        assert!(read_all(etag.clone()).await == body);
+        assert_eq!(
+            stats.snapshot().get(OpKind::Get),
+            first,
+            "the second read is all on disk"
+        );
+        // A version the cache does not hold is fetched, and the GET names it (If-Match): here
+        // S3 has another, so the read fails rather than serve the blocks it has.
+        let wrong = "\"not-this-version\"".to_string();
+        assert!(reads_fail_or_fetch(&store, &cache, &body, wrong).await);
+    }
+
+    /// A read pinned to a version S3 does not have fails its If-Match: nothing is served
+    /// from blocks of another version.
+    async fn reads_fail_or_fetch(
+        store: &Arc<dyn ObjectStore>,
+        cache: &Arc<BlockCache>,
+        body: &[u8],
+        etag: String,
+    ) -> bool {
+        let reads = ObjectReads::new(
+            store.clone(),
+            "k".into(),
+            body.len() as u64,
+            ReadConfig::default(),
+            ReadBudget::new(128 * MIB),
+        )
+        .pinned(Some(etag))
+        .cached(Some(cache.clone()));
+        reads.read(0, 4096).await.is_err()
     }
 
     #[tokio::test]
