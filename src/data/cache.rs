@@ -19,12 +19,17 @@
 //!    (fetched again), a block it added is found on disk. Renames are atomic, so neither
 //!    ever reads a partial block.
 
+use super::read::slice;
 use crate::private;
+use crate::store::{ObjectStore, StoreResult};
 use bytes::Bytes;
+use bytes::BytesMut;
 use lru::LruCache;
 use sha2::{Digest, Sha256};
 use std::io::{self, Read, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -299,6 +304,71 @@ impl BlockCache {
         let free = st.f_bavail * frsize;
         free.saturating_sub(incoming) as f64 >= total as f64 * FREE_FLOOR
     }
+}
+
+/// `range` (not empty) of version `etag` of the object `key` (`size` bytes) through the
+/// data cache: from disk when every block it touches is there (no request); else one GET
+/// of those blocks' span, whose blocks are kept (a complete answer only) before the read
+/// returns. A random read of a few bytes so fetches one block (1 MiB): the price of
+/// finding it on disk next time.
+pub(super) async fn cached_get(
+    store: &dyn ObjectStore,
+    cache: &Arc<BlockCache>,
+    key: &str,
+    etag: &str,
+    range: Range<u64>,
+    size: u64,
+) -> StoreResult<Bytes> {
+    let (first, last) = (range.start / BLOCK, (range.end - 1) / BLOCK);
+    let ids: Vec<BlockId> = (first..=last).map(|i| BlockId::new(key, etag, i)).collect();
+    let span = first * BLOCK..((last + 1) * BLOCK).min(size);
+    let disk: Vec<Option<Bytes>> = {
+        let n = ids.len();
+        let (cache, ids) = (cache.clone(), ids.clone());
+        tokio::task::spawn_blocking(move || ids.iter().map(|id| cache.get(id)).collect())
+            .await
+            .unwrap_or_else(|_| vec![None; n])
+    };
+    let missing: Vec<usize> = (0..ids.len()).filter(|&i| disk[i].is_none()).collect();
+    let fetched = match (missing.first(), missing.last()) {
+        (Some(&a), Some(&b)) => {
+            // One GET from the first missing block to the last (blocks between them that are
+            // on disk come again: rare, and cheaper than a second request).
+            let want = (first + a as u64) * BLOCK..((first + b as u64 + 1) * BLOCK).min(size);
+            let r = (want.start > 0 || want.end < size).then(|| want.clone());
+            let data = store.get(key, r, Some(etag)).await?;
+            if data.len() as u64 == want.end - want.start {
+                let (cache, kept, ids) = (cache.clone(), data.clone(), ids[a..=b].to_vec());
+                let _ = tokio::task::spawn_blocking(move || {
+                    for (id, block) in ids.iter().zip(kept.chunks(BLOCK as usize)) {
+                        cache.put(id, block);
+                    }
+                })
+                .await;
+            }
+            Some((a, data))
+        }
+        _ => None,
+    };
+    // One part, one block (see `ObjectReads::aligned`): handed out as it is, no copy.
+    match (&disk[..], &fetched) {
+        ([Some(b)], _) => return Ok(slice(b, span.start, range)),
+        (_, Some((0, data))) if missing.len() == disk.len() => return Ok(slice(data, span.start, range)),
+        _ => {}
+    }
+    let mut all = BytesMut::with_capacity((span.end - span.start) as usize);
+    for (i, block) in disk.iter().enumerate() {
+        match (block, &fetched) {
+            (Some(b), _) => all.extend_from_slice(b),
+            (None, Some((a, data))) => {
+                let at = (i - a) * BLOCK as usize;
+                all.extend_from_slice(&data[at.min(data.len())..(at + BLOCK as usize).min(data.len())]);
+            }
+            (None, None) => {}
+        }
+    }
+    let data = all.freeze();
+    Ok(slice(&data, span.start, range))
 }
 
 /// Why a block file cannot be used.

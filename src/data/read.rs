@@ -25,7 +25,7 @@
 //!    Parts behind the read position are dropped, except the last one consumed (the kernel's
 //!    concurrent readahead may deliver reads slightly out of order).
 
-use super::cache::{BLOCK, BlockCache, BlockId};
+use super::cache::{BLOCK, BlockCache, BlockId, cached_get};
 use crate::store::{ObjectStore, StoreResult};
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
@@ -347,73 +347,8 @@ impl ObjectReads {
     }
 }
 
-/// `range` (not empty) of version `etag` of the object `key` (`size` bytes) through the
-/// data cache: from disk when every block it touches is there (no request); else one GET
-/// of those blocks' span, whose blocks are kept (a complete answer only) before the read
-/// returns. A random read of a few bytes so fetches one block (1 MiB): the price of
-/// finding it on disk next time.
-async fn cached_get(
-    store: &dyn ObjectStore,
-    cache: &Arc<BlockCache>,
-    key: &str,
-    etag: &str,
-    range: Range<u64>,
-    size: u64,
-) -> StoreResult<Bytes> {
-    let (first, last) = (range.start / BLOCK, (range.end - 1) / BLOCK);
-    let ids: Vec<BlockId> = (first..=last).map(|i| BlockId::new(key, etag, i)).collect();
-    let span = first * BLOCK..((last + 1) * BLOCK).min(size);
-    let disk: Vec<Option<Bytes>> = {
-        let n = ids.len();
-        let (cache, ids) = (cache.clone(), ids.clone());
-        tokio::task::spawn_blocking(move || ids.iter().map(|id| cache.get(id)).collect())
-            .await
-            .unwrap_or_else(|_| vec![None; n])
-    };
-    let missing: Vec<usize> = (0..ids.len()).filter(|&i| disk[i].is_none()).collect();
-    let fetched = match (missing.first(), missing.last()) {
-        (Some(&a), Some(&b)) => {
-            // One GET from the first missing block to the last (blocks between them that are
-            // on disk come again: rare, and cheaper than a second request).
-            let want = (first + a as u64) * BLOCK..((first + b as u64 + 1) * BLOCK).min(size);
-            let r = (want.start > 0 || want.end < size).then(|| want.clone());
-            let data = store.get(key, r, Some(etag)).await?;
-            if data.len() as u64 == want.end - want.start {
-                let (cache, kept, ids) = (cache.clone(), data.clone(), ids[a..=b].to_vec());
-                let _ = tokio::task::spawn_blocking(move || {
-                    for (id, block) in ids.iter().zip(kept.chunks(BLOCK as usize)) {
-                        cache.put(id, block);
-                    }
-                })
-                .await;
-            }
-            Some((a, data))
-        }
-        _ => None,
-    };
-    // One part, one block (see `ObjectReads::aligned`): handed out as it is, no copy.
-    match (&disk[..], &fetched) {
-        ([Some(b)], _) => return Ok(slice(b, span.start, range)),
-        (_, Some((0, data))) if missing.len() == disk.len() => return Ok(slice(data, span.start, range)),
-        _ => {}
-    }
-    let mut all = BytesMut::with_capacity((span.end - span.start) as usize);
-    for (i, block) in disk.iter().enumerate() {
-        match (block, &fetched) {
-            (Some(b), _) => all.extend_from_slice(b),
-            (None, Some((a, data))) => {
-                let at = (i - a) * BLOCK as usize;
-                all.extend_from_slice(&data[at.min(data.len())..(at + BLOCK as usize).min(data.len())]);
-            }
-            (None, None) => {}
-        }
-    }
-    let data = all.freeze();
-    Ok(slice(&data, span.start, range))
-}
-
 /// `want` out of `data`, which holds the bytes from `start` on (S3 may return fewer).
-fn slice(data: &Bytes, start: u64, want: Range<u64>) -> Bytes {
+pub(super) fn slice(data: &Bytes, start: u64, want: Range<u64>) -> Bytes {
     let s = ((want.start - start) as usize).min(data.len());
     let e = ((want.end - start) as usize).min(data.len());
     data.slice(s..e)
