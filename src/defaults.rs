@@ -16,3 +16,5 @@ pub const READ_MEMORY_MIB: u64 = 128;
 pub const CACHE_SIZE_MIB: u64 = 10 * 1024;
 /// The data cache's size (`--data-cache-size-mib`): blocks kept across remounts.
 pub const DATA_CACHE_MIB: u64 = 4 * 1024;
+/// How long a settled directory is trusted (`--settled-ttl`): an hour.
+pub const SETTLED_TTL_SECS: f64 = 3600.0;

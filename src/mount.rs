@@ -126,6 +126,13 @@ pub fn run(
         Some((b, r)) => (Some(b.clone()), r.clone()),
         None => (None, String::new()),
     };
+    // What the settled listings are kept for (this endpoint, bucket and store).
+    let scope = format!(
+        "{}\n{}\n{}",
+        conn.endpoint_url.as_deref().unwrap_or("aws"),
+        bucket_name.as_deref().unwrap_or(EMBEDDED_BUCKET),
+        data_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_default()
+    );
     let retry = conn.retry_config().map_err(MountError::Option)?;
     let aws = conn.aws_config(bucket_name.as_deref().unwrap_or(EMBEDDED_BUCKET));
     let connected = rt.block_on(connect(bucket_name.as_deref(), aws, retry, data_dir))?;
@@ -163,7 +170,18 @@ pub fn run(
         tracing::info!(dir = %dir.display(), bytes = cache.used(), limit = size, "data cache");
         plan.fs.files.data_cache = Some(Arc::new(cache));
     }
+    if let Some(settled) = plan.fs.names.settled.as_mut() {
+        let dir = plan.fs.files.cache_dir.join("settled");
+        crate::private::ensure_dir(&dir).map_err(|source| MountError::CacheDir {
+            path: dir.clone(),
+            source,
+        })?;
+        settled.file = Some(dir.join(settled_scope(&scope, &layout)));
+    }
     let core = Core::new(layout, store, connected.stats.clone(), plan.fs.clone());
+    if plan.fs.names.settled.is_some() {
+        rt.spawn(flush_settled_every(core.clone(), SETTLED_FLUSH_EVERY));
+    }
     let config = fuse_config(&plan);
     let fs = FuseFs::new(core.clone(), rt.handle().clone(), plan.xattr);
     let session = match plan.fuse_fd {
@@ -221,6 +239,7 @@ pub fn run(
             cache_dir: plan.fs.files.cache_dir.clone(),
         });
     }
+    core.flush_settled();
     core.clean_staging();
     let _ = std::fs::remove_file(&socket);
     tracing::info!("unmounted");
@@ -274,6 +293,26 @@ async fn open_journal(
         }
     }
     Ok(journal)
+}
+
+/// How often the settled listings are written to disk when they changed (and at unmount):
+/// a crash costs at most this much of what HEADs added to them.
+const SETTLED_FLUSH_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The file name of the settled listings of one bucket, store and layout (`scope` names
+/// the endpoint, the bucket and the embedded store's directory).
+fn settled_scope(scope: &str, layout: &Layout) -> String {
+    use sha2::{Digest, Sha256};
+    let id = format!("{scope}\n{}\n{}", layout.root(), layout.prefix_count());
+    hex::encode(&Sha256::digest(id.as_bytes())[..12])
+}
+
+async fn flush_settled_every(core: Arc<Core>, every: std::time::Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        let core = core.clone();
+        let _ = tokio::task::spawn_blocking(move || core.flush_settled()).await;
+    }
 }
 
 /// Serves the request counters as Prometheus metrics at `addr` (`--metrics-addr`).

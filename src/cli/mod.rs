@@ -200,6 +200,15 @@ pub struct MountArgs {
     /// the disk always stays free).
     #[arg(long, default_value_t = defaults::DATA_CACHE_MIB)]
     pub data_cache_size_mib: u64,
+    /// Settle directories whose newest object, at any depth, is older than this many hours
+    /// and that this mount has not changed: trusted for --settled-ttl instead of
+    /// --metadata-ttl, their listings and attributes kept in the cache directory across
+    /// remounts. Another host's change there shows within --settled-ttl. Off by default.
+    #[arg(long)]
+    pub settled_after: Option<f64>,
+    /// Seconds a settled directory is trusted before it is listed again.
+    #[arg(long, default_value_t = defaults::SETTLED_TTL_SECS)]
+    pub settled_ttl: f64,
     /// At mount, abort incomplete multipart uploads in this layout older than this many
     /// hours (uploads a crash of this host left are aborted regardless); negative: never.
     #[arg(long, default_value_t = 24.0, allow_negative_numbers = true)]
@@ -510,6 +519,13 @@ impl MountArgs {
                 "must be a number of seconds >= 0",
             ));
         }
+        let hours = self.settled_after.unwrap_or(0.0);
+        if !(hours >= 0.0 && hours.is_finite() && self.settled_ttl >= 0.0 && self.settled_ttl.is_finite()) {
+            return Err(Invalid::new(
+                format!("--settled-after {hours} --settled-ttl {}", self.settled_ttl),
+                "must be numbers >= 0 (hours, seconds)",
+            ));
+        }
         if self.fanout == 0 || self.threads == 0 {
             return Err(Invalid::new("--fanout and --threads", "must be at least 1"));
         }
@@ -546,6 +562,12 @@ impl MountArgs {
                 attr_prefetch: self.attr_prefetch,
                 trust_listing: self.trust_listing,
                 local_exclusive_creates: self.local_exclusive_creates,
+                // Kept on disk where the mount starts (it knows the bucket).
+                settled: self.settled_after.map(|h| crate::fs::cache::SettledConfig {
+                    after: Duration::from_secs_f64(h * 3600.0),
+                    ttl: Duration::from_secs_f64(self.settled_ttl),
+                    file: None,
+                }),
                 copy: crate::store::copy::CopyLimits {
                     object_max: self.copy_object_max_mib << 20,
                     ..Default::default()

@@ -62,7 +62,7 @@ fn every_mount_flag_is_a_mount_option() {
             "log-level" => "debug",
             "cache-dir" | "data-dir" | "log-file" | "data-cache" => "/tmp/x",
             "region" | "profile" => "p",
-            "abort-uploads-older-than" => "2.5",
+            "abort-uploads-older-than" | "settled-after" => "2.5",
             "content-type" => "none",
             "storage-class" => "STANDARD_IA",
             "sse" => "aws:kms",

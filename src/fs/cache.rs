@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
 mod entry;
+mod settled;
 pub use entry::*;
+pub use settled::SettledConfig;
 
 /// A directory's children by name, sorted.
 pub type Listing = Arc<BTreeMap<String, EntryInfo>>;
@@ -23,6 +25,17 @@ pub type Listing = Arc<BTreeMap<String, EntryInfo>>;
 struct Timed<T> {
     value: T,
     at: Instant,
+}
+
+/// A cached listing: when it was fetched (by the clock for the metadata TTL, by the
+/// calendar for `--settled-ttl`), the newest object at or below the directory when known,
+/// and whether it is settled (see [`settled`]).
+struct TimedListing {
+    value: Listing,
+    at: Instant,
+    validated: SystemTime,
+    newest: Option<SystemTime>,
+    settled: bool,
 }
 
 /// The mount's own changes in a directory while a listing of it is being fetched: the
@@ -36,7 +49,7 @@ struct Fetching {
 pub struct MetaCache {
     ttl: Duration,
     entries: Mutex<LruCache<RelPath, Timed<Option<EntryInfo>>>>,
-    dirs: Mutex<LruCache<RelPath, Timed<Listing>>>,
+    dirs: Mutex<LruCache<RelPath, TimedListing>>,
     fetching: Mutex<HashMap<RelPath, Fetching>>,
     /// Directories shown by a listing only because foreign keys start with their name
     /// (nothing of this namespace below them, no marker), and when they were found so:
@@ -56,6 +69,8 @@ pub struct MetaCache {
     /// What the fetch of a cached listing saw besides its entries (see [`DirFacts`]), by
     /// the instant that listing was stored: valid as long as that listing is.
     facts: Mutex<HashMap<RelPath, (Instant, DirFacts)>>,
+    /// Settled directories (`--settled-after`), when on.
+    settled: Option<settled::SettledState>,
 }
 
 /// What a directory's listing saw besides its entries: its own marker (size and version)
@@ -200,6 +215,7 @@ impl MetaCache {
             next_tree: Default::default(),
             open_dirs: Mutex::default(),
             facts: Mutex::default(),
+            settled: None,
         }
     }
 
@@ -353,12 +369,10 @@ impl MetaCache {
         // A fresh listing of the parent answers too. Looked up in place: a copy of the
         // listing held meanwhile would make the next edit of it copy the whole map.
         let parent = parent?;
-        let (found, at) = {
-            let mut dirs = lock(&self.dirs);
-            let t = dirs.get(&parent)?;
-            (t.value.get(path.name()).cloned(), t.at)
-        };
-        self.valid(Some(&parent), at).then_some(found)
+        let mut dirs = lock(&self.dirs);
+        let t = dirs.get(&parent)?;
+        let valid = self.settled_trusted(t) || self.valid(Some(&parent), t.at);
+        valid.then(|| t.value.get(path.name()).cloned())
     }
 
     pub fn put_entry(&self, path: &RelPath, info: Option<EntryInfo>) {
@@ -375,8 +389,9 @@ impl MetaCache {
     }
 
     pub fn listing(&self, dir: &RelPath) -> Option<Listing> {
-        let (value, at) = lock(&self.dirs).get(dir).map(|t| (t.value.clone(), t.at))?;
-        self.valid(Some(dir), at).then_some(value)
+        let mut dirs = lock(&self.dirs);
+        let t = dirs.get(dir)?;
+        (self.settled_trusted(t) || self.valid(Some(dir), t.at)).then(|| t.value.clone())
     }
 
     /// A listing of `dir` the cache still holds but no longer vouches for (older than the
@@ -396,7 +411,24 @@ impl MetaCache {
         }
         let at = Instant::now();
         let mut dirs = lock(&self.dirs);
-        dirs.put(dir.clone(), Timed { value: listing, at });
+        let newest = self.newest_of(dir, &listing, &dirs);
+        let settled = self.settles(dir, newest);
+        if settled {
+            self.settled_edited();
+        }
+        dirs.put(
+            dir.clone(),
+            TimedListing {
+                value: listing,
+                at,
+                validated: SystemTime::now(),
+                newest,
+                settled,
+            },
+        );
+        if newest.is_some() {
+            self.settle_up(&mut dirs, dir);
+        }
         let mut all = lock(&self.facts);
         match facts {
             Some(f) => all.insert(dir.clone(), (at, f)),
@@ -411,10 +443,14 @@ impl MetaCache {
     /// A valid listing of `dir` and what its fetch saw besides the entries, when both are
     /// known (this mount's own changes since keep them so: they edit the listing).
     pub fn listing_facts(&self, dir: &RelPath) -> Option<(Listing, DirFacts)> {
-        let (value, at) = lock(&self.dirs).get(dir).map(|t| (t.value.clone(), t.at))?;
-        if !self.valid(Some(dir), at) {
-            return None;
-        }
+        let (value, at) = {
+            let mut dirs = lock(&self.dirs);
+            let t = dirs.get(dir)?;
+            if !(self.settled_trusted(t) || self.valid(Some(dir), t.at)) {
+                return None;
+            }
+            (t.value.clone(), t.at)
+        };
         let facts = lock(&self.facts).get(dir).filter(|(a, _)| *a == at).map(|(_, f)| *f)?;
         Some((value, facts))
     }
@@ -427,6 +463,7 @@ impl MetaCache {
 
     /// Records the mount's own creation or update of `path`.
     pub fn upsert(&self, path: &RelPath, info: EntryInfo) {
+        self.unsettle(path, info.kind == Kind::Dir, false);
         self.unghost(path);
         self.put_entry(path, Some(info.clone()));
         self.record_change(path, Some(info.clone()));
@@ -441,14 +478,18 @@ impl MetaCache {
         lock(&self.entries).pop(path);
         if let Some(parent) = path.parent() {
             lock(&self.dirs).pop(&parent);
+            self.forget_settled(&parent);
         }
     }
 
     /// Records the mount's own removal of `path`.
     pub fn remove(&self, path: &RelPath) {
+        // A directory's own listing goes with it (and its subtree's, on disk).
+        let listed = lock(&self.dirs).pop(path).is_some();
+        let was_dir = listed || self.entry(path).flatten().is_some_and(|i| i.kind == Kind::Dir);
+        self.unsettle(path, false, was_dir);
         self.put_entry(path, None);
         self.record_change(path, None);
-        lock(&self.dirs).pop(path);
         self.edit_parent_listing(path, |m| {
             m.remove(path.name());
         });
@@ -466,6 +507,7 @@ impl MetaCache {
         }
         for (_, t) in lock(&self.dirs).iter_mut() {
             t.at = old;
+            t.validated = SystemTime::UNIX_EPOCH;
         }
         // Directories closed before the pause are closed since longer than a TTL.
         for u in lock(&self.open_dirs).values_mut() {
@@ -504,6 +546,8 @@ impl MetaCache {
                 dirs.pop(&p);
             }
         }
+        self.unsettle(from, false, true);
+        self.unsettle(to, true, true);
         self.remove(from);
         self.upsert(to, info);
     }
@@ -516,6 +560,7 @@ impl MetaCache {
         }
         lock(&self.entries).clear();
         lock(&self.dirs).clear();
+        self.unsettle(&RelPath::root(), true, true);
     }
 
     fn edit_parent_listing(&self, path: &RelPath, f: impl FnOnce(&mut BTreeMap<String, EntryInfo>)) {
@@ -523,6 +568,17 @@ impl MetaCache {
         let mut dirs = lock(&self.dirs);
         if let Some(t) = dirs.get_mut(&parent) {
             f(Arc::make_mut(&mut t.value));
+            if t.settled {
+                // A HEAD may show a version newer than the listing saw (another host's).
+                if let Some(i) = t.value.get(path.name())
+                    && i.kind != Kind::Dir
+                    && t.newest.is_some_and(|n| i.s3_modified > n)
+                {
+                    t.newest = Some(i.s3_modified);
+                    t.settled = self.settles(&parent, t.newest);
+                }
+                self.settled_edited();
+            }
         }
     }
 }

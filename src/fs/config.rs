@@ -43,6 +43,8 @@ pub struct NamespaceConfig {
     pub trust_listing: bool,
     /// O_EXCL decided by this mount's view (no conditional create in S3).
     pub local_exclusive_creates: bool,
+    /// Settled directories (`--settled-after`): trusted for longer, kept on disk.
+    pub settled: Option<crate::fs::cache::SettledConfig>,
 }
 
 /// How open files are uploaded, staged and read.
@@ -92,6 +94,7 @@ impl Default for NamespaceConfig {
             attr_prefetch: defaults::ATTR_PREFETCH,
             trust_listing: false,
             local_exclusive_creates: false,
+            settled: None,
         }
     }
 }

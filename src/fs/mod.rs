@@ -185,6 +185,11 @@ impl Core {
     }
 
     /// Counters and cache facts, as text (`user.prefixfs.stats` on the mount root).
+    /// Writes the settled listings to disk when they changed (see `fs::cache::settled`).
+    pub fn flush_settled(&self) -> usize {
+        self.ns.cache().flush_settled()
+    }
+
     pub fn stats_text(&self) -> String {
         let mut s = self.ns.stats().snapshot().to_text();
         for (p, c) in self.ns.stats().prefix_snapshot() {
@@ -206,6 +211,9 @@ impl Core {
             self.files.len(),
             self.files.staged_bytes()
         ));
+        if self.ns.config().settled.is_some() {
+            s.push_str(&format!("settled_dirs {}\n", self.ns.cache().settled_count()));
+        }
         if let Some(c) = self.files.data_cache() {
             let n = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
             s.push_str(&format!(

@@ -96,7 +96,10 @@ impl Namespace {
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Namespace {
             me: me.clone(),
-            cache: Arc::new(MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity)),
+            cache: Arc::new(match &cfg.settled {
+                Some(s) => MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity).with_settled(s.clone()),
+                None => MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity),
+            }),
             stat_flight: SingleFlight::default(),
             list_flight: SingleFlight::default(),
             prefetching: Mutex::new(HashSet::new()),

@@ -461,7 +461,8 @@ impl Namespace {
             }
         }
         let mut found = None;
-        for (dir, mut entries) in tree {
+        // Deepest first: a directory's newest object is known once its subdirectories' are.
+        for (dir, mut entries) in tree.into_iter().rev() {
             crate::fs::cache::fold_legacy_dirs(&mut entries, self.mount_time);
             // `root` too: its own listing could not tell implicit subdirectories from marked ones.
             if !watch.untouched(&dir) {
