@@ -7,7 +7,6 @@ use crate::fs::Core;
 use crate::fuse::FuseFs;
 use crate::layout::Layout;
 use crate::store::delete::DeleteConditions;
-use crate::store::stats::RequestStats;
 use crate::store::{Deletes, ObjectStore};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -154,9 +153,6 @@ pub fn run(
         rt.block_on(probe_conditions(connected.store.as_ref(), &layout))
     };
     let journal = rt.block_on(open_journal(&plan, connected.store.as_ref(), &layout, conds))?;
-    if let Some(addr) = plan.metrics_addr {
-        rt.block_on(serve_metrics(addr, connected.stats.clone()))?;
-    }
     let store = connected.stack(
         &layout,
         plan.pacing.clone(),
@@ -179,6 +175,9 @@ pub fn run(
         settled.file = Some(dir.join(settled_scope(&scope, &layout)));
     }
     let core = Core::new(layout, store, connected.stats.clone(), plan.fs.clone());
+    if let Some(addr) = plan.metrics_addr {
+        rt.block_on(serve_metrics(addr, core.clone()))?;
+    }
     if plan.fs.names.settled.is_some() {
         rt.spawn(flush_settled_every(core.clone(), SETTLED_FLUSH_EVERY));
     }
@@ -316,9 +315,9 @@ async fn flush_settled_every(core: Arc<Core>, every: std::time::Duration) {
 }
 
 /// Serves the request counters as Prometheus metrics at `addr` (`--metrics-addr`).
-async fn serve_metrics(addr: std::net::SocketAddr, stats: Arc<RequestStats>) -> Result<(), MountError> {
+async fn serve_metrics(addr: std::net::SocketAddr, core: Arc<Core>) -> Result<(), MountError> {
     let render: crate::metrics::Render =
-        Arc::new(move |path| (path == "/metrics").then(|| ("text/plain; version=0.0.4", stats.prometheus())));
+        Arc::new(move |path| (path == "/metrics").then(|| ("text/plain; version=0.0.4", core.prometheus())));
     let bound = crate::metrics::serve(addr, render)
         .await
         .map_err(|source| MountError::Metrics { addr, source })?;

@@ -155,6 +155,12 @@ pub struct MountArgs {
     /// what they ask for until others consume theirs.
     #[arg(long, default_value_t = defaults::READ_MEMORY_MIB)]
     pub read_memory_mib: u64,
+    /// The memory the whole mount aims to stay within, in MiB (default: 95% of the
+    /// machine's memory, or of the cgroup's limit when lower). A quarter bounds the metadata
+    /// caches; read-ahead and the part buffers of every writer draw from the rest, and a
+    /// writer waits for memory rather than grow the process.
+    #[arg(long, visible_alias = "memory-target")]
+    pub memory_target_mib: Option<u64>,
     /// Mount read-only: no request that writes is ever sent.
     #[arg(long)]
     pub read_only: bool,
@@ -547,6 +553,12 @@ impl MountArgs {
             ));
         }
         let mib = 1024 * 1024;
+        let target = self
+            .memory_target_mib
+            .map_or_else(crate::data::memory::default_target, |m| m.saturating_mul(mib));
+        // The metadata caches' share, half for path entries, half for names in listings.
+        let meta = target / crate::data::memory::METADATA_SHARE;
+        let meta_entries = (meta / 2 / crate::data::memory::ENTRY_BYTES).max(1000) as usize;
         let read = crate::data::read::ReadConfig {
             window: self.read_ahead_mib.saturating_mul(mib),
             ..Default::default()
@@ -557,7 +569,8 @@ impl MountArgs {
         let fs = FsConfig {
             names: NamespaceConfig {
                 metadata_ttl: Duration::from_secs_f64(self.metadata_ttl),
-                cache_capacity: self.cache_entries.max(1),
+                cache_capacity: self.cache_entries.clamp(1, meta_entries),
+                listed_entries: meta_entries,
                 fanout: self.fanout,
                 attr_prefetch: self.attr_prefetch,
                 trust_listing: self.trust_listing,
@@ -579,6 +592,7 @@ impl MountArgs {
                 upload_inflight: self.upload_parts,
                 read,
                 read_budget: self.read_memory_mib.saturating_mul(mib),
+                memory_target: Some((target, target - meta)),
                 cache_dir: self.cache_dir.clone().unwrap_or_else(default_cache_dir),
                 cache_size: self.cache_size_mib.saturating_mul(1024 * 1024),
                 // Opened when the mount starts (MountPlan::data_cache).

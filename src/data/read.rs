@@ -26,6 +26,7 @@
 //!    concurrent readahead may deliver reads slightly out of order).
 
 use super::cache::{BLOCK, BlockCache, BlockId, cached_get};
+use crate::data::memory::{Lease, MemoryTarget, Use};
 use crate::store::{ObjectStore, StoreResult};
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
@@ -63,11 +64,19 @@ impl Default for ReadConfig {
     }
 }
 
-/// Bytes the whole mount may hold read ahead (requested or fetched, not yet consumed).
+/// Bytes the whole mount may hold read ahead (requested or fetched, not yet consumed), also
+/// drawn from the mount's memory target when it has one.
 #[derive(Clone)]
 pub struct ReadBudget {
     sem: Arc<Semaphore>,
     units: u64,
+    target: Option<MemoryTarget>,
+}
+
+/// Read-ahead of one part: its share of the budget and of the memory target.
+struct ReadPermit {
+    _budget: OwnedSemaphorePermit,
+    _memory: Option<Lease>,
 }
 
 impl ReadBudget {
@@ -76,12 +85,27 @@ impl ReadBudget {
         ReadBudget {
             sem: Arc::new(Semaphore::new(units as usize)),
             units,
+            target: None,
         }
     }
 
-    fn try_take(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+    /// Read-ahead also draws from `target` (see [`crate::data::memory`]).
+    pub fn within(mut self, target: MemoryTarget) -> Self {
+        self.target = Some(target);
+        self
+    }
+
+    fn try_take(&self, bytes: u64) -> Option<ReadPermit> {
         let n = bytes.div_ceil(UNIT).min(self.units) as u32;
-        self.sem.clone().try_acquire_many_owned(n).ok()
+        let budget = self.sem.clone().try_acquire_many_owned(n).ok()?;
+        let memory = match &self.target {
+            Some(t) => Some(t.try_lease(bytes, Use::ReadAhead)?),
+            None => None,
+        };
+        Some(ReadPermit {
+            _budget: budget,
+            _memory: memory,
+        })
     }
 
     /// Bytes held by read-ahead now.
@@ -97,7 +121,7 @@ struct Part {
     range: Range<u64>,
     data: Fetch,
     abort: AbortHandle,
-    _permit: Option<OwnedSemaphorePermit>,
+    _permit: Option<ReadPermit>,
 }
 
 impl Drop for Part {
@@ -313,7 +337,7 @@ impl ObjectReads {
         self.cache.is_some() && self.etag.is_some()
     }
 
-    fn fetch(&self, range: Range<u64>, permit: Option<OwnedSemaphorePermit>) -> Part {
+    fn fetch(&self, range: Range<u64>, permit: Option<ReadPermit>) -> Part {
         let (store, key, etag) = (self.store.clone(), self.key.clone(), self.etag.clone());
         // The whole object in one GET goes without a range: S3 then answers the object's
         // checksum, and the client checks the bytes against it.

@@ -40,6 +40,15 @@ impl PartBuf {
         self.v.len() - self.off
     }
 
+    /// Bytes allocated once `extra` more are appended (what the allocation costs).
+    pub fn allocated_after(&self, extra: usize) -> usize {
+        if self.v.len() + extra > self.v.capacity() {
+            (self.len() + extra).max(2 * self.len()) + ALIGN
+        } else {
+            self.v.capacity()
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -42,6 +42,9 @@ pub struct StagedFile {
     fetched: Vec<bool>,
     dirty: Vec<bool>,
     modified: bool,
+    /// The mount's memory target, which the buffer of each part read back for its upload
+    /// draws from.
+    memory: Option<crate::data::memory::MemoryTarget>,
 }
 
 /// Why an operation on a staged file failed: the local disk under it (ENOSPC, EDQUOT, EIO
@@ -105,7 +108,21 @@ impl StagedFile {
             fetched: vec![false; n],
             dirty: vec![false; n],
             modified: false,
+            memory: None,
         })
+    }
+
+    /// Part buffers of its uploads draw from `target` (see [`crate::data::memory`]).
+    pub fn within(mut self, target: Option<crate::data::memory::MemoryTarget>) -> Self {
+        self.memory = target;
+        self
+    }
+
+    /// Waits until the memory target covers a buffer of `bytes` (held until dropped).
+    async fn hold(&self, bytes: u64) -> Option<crate::data::memory::Lease> {
+        let mut lease = self.memory.as_ref()?.lease(crate::data::memory::Use::Write);
+        lease.grow(bytes).await;
+        Some(lease)
     }
 
     pub fn path(&self) -> &Path {
@@ -247,6 +264,7 @@ impl StagedFile {
         cond: Option<&WriteIf>,
     ) -> StagingResult<(u64, Option<String>)> {
         if self.size <= self.chunk {
+            let _memory = self.hold(self.size).await;
             let body = self.read(store.as_ref(), 0, self.size as usize).await?;
             let sent = body.len() as u64;
             let etag = store.put_with(key, body, meta, headers, cond).await?;
@@ -299,6 +317,7 @@ impl StagedFile {
                         .await?
                 }
                 _ => {
+                    let _memory = self.hold(c1 - c0).await;
                     let body = self.read(store.as_ref(), c0, (c1 - c0) as usize).await?;
                     sent += body.len() as u64;
                     store.upload_part(key, id, part, body).await?

@@ -13,6 +13,7 @@
 //! written (disk full) stops there, and `keep` says which bytes it lacks.
 
 use super::kept::Kept;
+use super::memory::{Lease, MemoryTarget, Use};
 use super::spool::{PartBuf, Spool};
 use crate::store::{Headers, ObjectStore, StoreError, StoreResult, UserMeta, WriteIf};
 use bytes::Bytes;
@@ -64,6 +65,10 @@ pub struct Upload {
     /// version the mount's metadata names, so its reads are pinned to it.
     written: Option<String>,
     spool: Spool,
+    /// The mount's memory target, which part buffers draw from (waiting when it is spent),
+    /// and what the buffer being filled holds of it.
+    memory: Option<MemoryTarget>,
+    lease: Option<Lease>,
 }
 
 impl Upload {
@@ -91,6 +96,22 @@ impl Upload {
             failed: None,
             written: None,
             spool: Spool::Off,
+            memory: None,
+            lease: None,
+        }
+    }
+
+    /// Part buffers draw from `target` (see [`crate::data::memory`]).
+    pub fn within(mut self, target: MemoryTarget) -> Self {
+        self.memory = Some(target);
+        self
+    }
+
+    /// Waits until the memory target covers `bytes` of buffer being filled.
+    async fn hold(&mut self, bytes: usize) {
+        if let Some(t) = &self.memory {
+            let lease = self.lease.get_or_insert_with(|| t.lease(Use::Write));
+            lease.grow(bytes as u64).await;
         }
     }
 
@@ -221,6 +242,7 @@ impl Upload {
         while !rest.is_empty() {
             let want = part_size(self.base_part, self.next_part);
             let take = (want - self.buf.len()).min(rest.len());
+            self.hold(self.buf.allocated_after(take)).await;
             self.buf.extend_from_slice(&rest[..take]);
             rest = &rest[take..];
             self.size += take as u64;
@@ -248,16 +270,24 @@ impl Upload {
         }
         let n = self.next_part;
         self.next_part += 1;
-        // The next part's buffer is allocated once, at its full size: growing it by doubling
-        // churns the allocator and inflates the resident set.
-        let next = PartBuf::with_capacity(part_size(self.base_part, self.next_part));
-        let body: Bytes = std::mem::replace(&mut self.buf, next).freeze();
+        // The part's memory goes onto the wire with it, and comes back when S3 answered.
+        let sent = self.lease.take();
+        let body: Bytes = std::mem::take(&mut self.buf).freeze();
         self.spool.append(body.clone(), &self.key).await;
         let (store, key) = (self.store.clone(), self.key.clone());
         self.inflight.push((
             n,
-            tokio::spawn(async move { store.upload_part(&key, &id, n, body).await }),
+            tokio::spawn(async move {
+                let done = store.upload_part(&key, &id, n, body).await;
+                drop(sent);
+                done
+            }),
         ));
+        // The next part's buffer is allocated once, at its full size (growing it by doubling
+        // churns the allocator and inflates the resident set), once the target has room.
+        let size = part_size(self.base_part, self.next_part);
+        self.hold(PartBuf::default().allocated_after(size)).await;
+        self.buf = PartBuf::with_capacity(size);
         Ok(())
     }
 
@@ -327,6 +357,7 @@ impl Upload {
             }
         }
         self.buf = PartBuf::default();
+        self.lease = None;
         self.finished = true;
         Ok(())
     }

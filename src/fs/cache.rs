@@ -71,6 +71,8 @@ pub struct MetaCache {
     facts: Mutex<HashMap<RelPath, (Instant, DirFacts)>>,
     /// Settled directories (`--settled-after`), when on.
     settled: Option<settled::SettledState>,
+    /// Names in all cached listings together at most (see [`MetaCache::with_listed_max`]).
+    listed_max: usize,
 }
 
 /// What a directory's listing saw besides its entries: its own marker (size and version)
@@ -216,7 +218,15 @@ impl MetaCache {
             open_dirs: Mutex::default(),
             facts: Mutex::default(),
             settled: None,
+            listed_max: usize::MAX,
         }
+    }
+
+    /// Holds at most `names` names in all cached listings together (their share of the
+    /// memory target).
+    pub fn with_listed_max(mut self, names: usize) -> Self {
+        self.listed_max = names;
+        self
     }
 
     /// A reader opened `dir` (see `MetaCache::open_dirs`).
@@ -428,6 +438,17 @@ impl MetaCache {
         );
         if newest.is_some() {
             self.settle_up(&mut dirs, dir);
+        }
+        // Names in all listings within their share of the memory target: the least recently
+        // used listings go (the one just stored stays, however large).
+        if self.listed_max < usize::MAX {
+            let mut listed: usize = dirs.iter().map(|(_, t)| t.value.len()).sum();
+            while listed > self.listed_max && dirs.len() > 1 {
+                match dirs.pop_lru() {
+                    Some((_, t)) => listed -= t.value.len(),
+                    None => break,
+                }
+            }
         }
         let mut all = lock(&self.facts);
         match facts {

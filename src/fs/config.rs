@@ -29,6 +29,9 @@ pub struct NamespaceConfig {
     pub metadata_ttl: Duration,
     /// Cached path entries at most (listings: a tenth of this).
     pub cache_capacity: usize,
+    /// Names in all cached listings together at most (the least recently used listings go
+    /// first; the one just fetched always stays): their share of the memory target.
+    pub listed_entries: usize,
     /// Concurrent requests of one fan-out (listing, emptiness check, directory rename).
     pub fanout: usize,
     /// How server-side copies (rename, chmod of a closed file) are sent: CopyObject up to
@@ -58,6 +61,9 @@ pub struct FilesConfig {
     pub read: ReadConfig,
     /// Bytes read ahead by the whole mount at most (requested or fetched, not yet read).
     pub read_budget: u64,
+    /// The mount's memory target and the pool of it that read-ahead and part buffers draw
+    /// from (the rest bounds the metadata caches), in bytes; None: no target.
+    pub memory_target: Option<(u64, u64)>,
     /// A rewrite of an existing object keeps its tags (one GetObjectTagging per rewrite of
     /// an object this mount did not write tagless itself).
     pub keep_tags: bool,
@@ -89,6 +95,7 @@ impl Default for NamespaceConfig {
         NamespaceConfig {
             metadata_ttl: Duration::from_secs_f64(defaults::METADATA_TTL_SECS),
             cache_capacity: defaults::CACHE_ENTRIES,
+            listed_entries: usize::MAX,
             fanout: defaults::FANOUT,
             copy: crate::store::copy::CopyLimits::default(),
             attr_prefetch: defaults::ATTR_PREFETCH,
@@ -106,6 +113,7 @@ impl Default for FilesConfig {
             upload_inflight: defaults::UPLOAD_PARTS,
             read: ReadConfig::default(),
             read_budget: defaults::READ_MEMORY_MIB << 20,
+            memory_target: None,
             keep_tags: true,
             // The user's private cache directory, as the mount's `--cache-dir` defaults to:
             // never a shared temporary one (private.rs).

@@ -24,6 +24,7 @@ use super::error::{FsError, FsResult, staging_err, upload_err};
 use super::namespace::Namespace;
 use super::posix::Posix;
 use super::{FilesConfig, lock};
+use crate::data::memory::{MemoryTarget, MemoryUsage};
 use crate::data::read::{ObjectReads, ReadBudget};
 use crate::data::staging::{Base, StagedFile};
 use crate::data::upload::Upload;
@@ -99,20 +100,33 @@ pub(super) struct OpenFiles {
     reads: Mutex<HashMap<u64, (Weak<ObjectReads>, EntryInfo)>>,
     /// The mount's read-ahead budget.
     read_budget: ReadBudget,
+    /// The mount's memory target (read-ahead and part buffers draw from it).
+    memory: Option<MemoryTarget>,
     cfg: FilesConfig,
 }
 
 impl OpenFiles {
     pub(super) fn new(ns: Arc<Namespace>, table: Arc<OpenTable>, cfg: FilesConfig, staging_dir: PathBuf) -> Self {
+        let memory = cfg.memory_target.map(|(target, pool)| MemoryTarget::new(target, pool));
+        let read_budget = ReadBudget::new(cfg.read_budget);
         OpenFiles {
             staging: StagingBudget::new(cfg.cache_size),
-            read_budget: ReadBudget::new(cfg.read_budget),
+            read_budget: match &memory {
+                Some(m) => read_budget.within(m.clone()),
+                None => read_budget,
+            },
+            memory,
             reads: Mutex::new(HashMap::new()),
             table,
             staging_dir,
             ns,
             cfg,
         }
+    }
+
+    /// What the memory target holds now, when the mount has one.
+    pub fn memory_usage(&self) -> Option<MemoryUsage> {
+        self.memory.as_ref().map(MemoryTarget::usage)
     }
 
     fn files(&self) -> std::sync::MutexGuard<'_, HashMap<u64, OpenFile>> {
@@ -201,6 +215,10 @@ impl OpenFiles {
                                 self.cfg.upload_inflight,
                             )
                             .spool_to(self.staging_path(), self.cfg.cache_size);
+                            let up = match &self.memory {
+                                Some(m) => up.within(m.clone()),
+                                None => up,
+                            };
                             Body::Stream(if created { up.created() } else { up })
                         }
                         Start::Over { size, etag } => {
@@ -361,6 +379,7 @@ impl OpenFiles {
     /// touched), or empty.
     fn staging_file(&self, path: &RelPath, base: Option<Base>) -> FsResult<StagedFile> {
         StagedFile::create(self.staging_path(), base, self.cfg.part_size as u64)
+            .map(|f| f.within(self.memory.clone()))
             .map_err(|e| FsError::new(libc::EIO, format!("{path}: cannot create a staging file: {e}")))
     }
 

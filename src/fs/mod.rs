@@ -190,6 +190,29 @@ impl Core {
         self.ns.cache().flush_settled()
     }
 
+    /// The request counters and the memory target's use, as Prometheus metrics.
+    pub fn prometheus(&self) -> String {
+        let mut s = self.ns.stats().prometheus();
+        if let Some(m) = self.files.memory_usage() {
+            let metadata = self.ns.cache().names_held() as u64 * crate::data::memory::ENTRY_BYTES;
+            s.push_str("# HELP prefixfs_memory_bytes Memory the mount holds against its target, by use.\n# TYPE prefixfs_memory_bytes gauge\n");
+            for (what, v) in [
+                ("target", m.target),
+                ("read_ahead", m.read_ahead),
+                ("writes", m.writes),
+                ("metadata", metadata),
+                ("over", m.over),
+            ] {
+                s.push_str(&format!("prefixfs_memory_bytes{{use=\"{what}\"}} {v}\n"));
+            }
+            s.push_str(&format!(
+                "# HELP prefixfs_memory_waits_total Writers that waited for memory.\n# TYPE prefixfs_memory_waits_total counter\nprefixfs_memory_waits_total {}\n",
+                m.waits
+            ));
+        }
+        s
+    }
+
     pub fn stats_text(&self) -> String {
         let mut s = self.ns.stats().snapshot().to_text();
         for (p, c) in self.ns.stats().prefix_snapshot() {
@@ -211,6 +234,20 @@ impl Core {
             self.files.len(),
             self.files.staged_bytes()
         ));
+        if let Some(m) = self.files.memory_usage() {
+            let cache = self.ns.cache();
+            s.push_str(&format!(
+                "memory_target {}\nmemory_pool {}\nmemory_read_ahead {}\nmemory_writes {}\nmemory_metadata {}\nmemory_waits {}\nmemory_overcommits {}\nmemory_over {}\n",
+                m.target,
+                m.pool,
+                m.read_ahead,
+                m.writes,
+                cache.names_held() as u64 * crate::data::memory::ENTRY_BYTES,
+                m.waits,
+                m.overcommits,
+                m.over
+            ));
+        }
         if self.ns.config().settled.is_some() {
             s.push_str(&format!("settled_dirs {}\n", self.ns.cache().settled_count()));
         }

@@ -96,9 +96,12 @@ impl Namespace {
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| Namespace {
             me: me.clone(),
-            cache: Arc::new(match &cfg.settled {
-                Some(s) => MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity).with_settled(s.clone()),
-                None => MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity),
+            cache: Arc::new({
+                let cache = MetaCache::new(cfg.metadata_ttl, cfg.cache_capacity).with_listed_max(cfg.listed_entries);
+                match &cfg.settled {
+                    Some(s) => cache.with_settled(s.clone()),
+                    None => cache,
+                }
             }),
             stat_flight: SingleFlight::default(),
             list_flight: SingleFlight::default(),
