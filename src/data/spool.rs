@@ -40,6 +40,11 @@ impl PartBuf {
         self.v.len() - self.off
     }
 
+    /// Nothing allocated yet.
+    pub fn unallocated(&self) -> bool {
+        self.v.capacity() == 0
+    }
+
     /// Bytes allocated once `extra` more are appended (what the allocation costs).
     pub fn allocated_after(&self, extra: usize) -> usize {
         if self.v.len() + extra > self.v.capacity() {

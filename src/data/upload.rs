@@ -241,6 +241,13 @@ impl Upload {
         let mut rest = data;
         while !rest.is_empty() {
             let want = part_size(self.base_part, self.next_part);
+            if self.upload_id.is_some() && self.buf.unallocated() {
+                // A later part's buffer is allocated once, at its full size (growing it by
+                // doubling churns the allocator and inflates the resident set), once the
+                // memory target has room for it.
+                self.hold(PartBuf::default().allocated_after(want)).await;
+                self.buf = PartBuf::with_capacity(want);
+            }
             let take = (want - self.buf.len()).min(rest.len());
             self.hold(self.buf.allocated_after(take)).await;
             self.buf.extend_from_slice(&rest[..take]);
@@ -283,11 +290,6 @@ impl Upload {
                 done
             }),
         ));
-        // The next part's buffer is allocated once, at its full size (growing it by doubling
-        // churns the allocator and inflates the resident set), once the target has room.
-        let size = part_size(self.base_part, self.next_part);
-        self.hold(PartBuf::default().allocated_after(size)).await;
-        self.buf = PartBuf::with_capacity(size);
         Ok(())
     }
 
