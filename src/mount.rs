@@ -183,6 +183,9 @@ pub fn run(
     }
     let config = fuse_config(&plan);
     let fs = FuseFs::new(core.clone(), rt.handle().clone(), plan.xattr);
+    // Answering before the mount shows up: whoever sees it mounted can ask at once.
+    let socket = stats_socket(&plan.mountpoint);
+    serve_stats(&rt, socket.clone(), core.clone());
     let session = match plan.fuse_fd {
         Some(fd) => {
             // SAFETY: the descriptor was checked to be an open /dev/fuse (`passed_fuse_fd`)
@@ -193,9 +196,12 @@ pub fn run(
         }
         None => fuser::Session::new(fs, &plan.mountpoint, &config),
     };
-    let mut session = session.map_err(|source| MountError::Fuse {
-        mountpoint: plan.mountpoint.clone(),
-        source,
+    let mut session = session.map_err(|source| {
+        let _ = std::fs::remove_file(&socket);
+        MountError::Fuse {
+            mountpoint: plan.mountpoint.clone(),
+            source,
+        }
     })?;
     let mut unmounter = session.unmount_callable();
     let mountpoint = plan.mountpoint.clone();
@@ -222,8 +228,6 @@ pub fn run(
             tracing::error!(error = %e, "unmount failed");
         }
     });
-    let socket = stats_socket(&plan.mountpoint);
-    serve_stats(&rt, socket.clone(), core.clone());
     tracing::info!(mountpoint = %plan.mountpoint.display(), "mounted");
     // The kernel keeps flock/fcntl locks (this filesystem does not take FUSE's lock calls):
     // say what they do not do, and again when a program first takes one.

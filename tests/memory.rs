@@ -27,9 +27,10 @@ fn peak_rss(m: &Mount) -> u64 {
         * 1024
 }
 
-/// What the process needs besides what the target counts: code, runtime, TLS and HTTP
-/// state, the kernel's FUSE buffers. Measured idle at about 30 MiB.
-const FIXED: u64 = 64 * MIB;
+/// What the process needs besides what the target counts: code and runtime (about 21 MiB
+/// idle), HTTP and FUSE buffers, the allocator's slack. Unbounded, the same work peaks at
+/// about 550 MiB.
+const FIXED: u64 = 96 * MIB;
 
 #[test]
 fn sixteen_writers_and_fifty_readers_stay_within_the_memory_target() {
