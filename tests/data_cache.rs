@@ -205,3 +205,45 @@ fn a_file_written_through_the_mount_is_read_back_from_the_cache() {
     assert_eq!(s["requests_get"], gets, "{s:?}");
     assert!(s["data_cache_hits"] >= 2, "{s:?}");
 }
+
+#[test]
+fn a_file_written_in_a_multipart_upload_is_read_back_from_the_cache() {
+    let env = Env::embedded();
+    let cache = env.subdir("blocks");
+    let c = cache.to_str().unwrap();
+    {
+        let mut m = env.mount(16, &["--data-cache", c, "--part-size-mib", "5"]);
+        m.ok("head -c 17000000 /dev/urandom > big.bin");
+        // Taken from the upload's local copy after the close returned.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while m.stats()["data_cache_bytes"] < 17_000_000 {
+            assert!(std::time::Instant::now() < deadline, "{:?}", m.stats());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(m.stats()["requests_complete_multipart"] >= 1, "a multipart upload");
+        // The upload's local copy goes once the cache took it.
+        let staged = || -> Vec<std::path::PathBuf> {
+            let staging = env.subdir("cache").join("staging");
+            std::fs::read_dir(&staging)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .flat_map(|p| std::fs::read_dir(p.path()).into_iter().flatten().flatten())
+                .map(|e| e.path())
+                .collect()
+        };
+        while !staged().is_empty() {
+            assert!(std::time::Instant::now() < deadline, "{:?}", staged());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        m.unmount();
+    }
+    let data = env.get(&key(&env, "big.bin"));
+    assert_eq!(data.len(), 17_000_000);
+    let mut m = env.mount(16, &["--data-cache", c]);
+    let gets = m.stats()["requests_get"];
+    assert_eq!(m.ok("sha256sum < big.bin"), sha256(&data));
+    let s = m.stats();
+    assert_eq!(s["requests_get"], gets, "{s:?}");
+    assert!(s["data_cache_hits"] >= 17, "{s:?}");
+}

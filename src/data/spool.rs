@@ -197,6 +197,18 @@ impl Spool {
     }
 
     /// Removes the file (once its last part is written, when one is being written).
+    /// The copy's path, handed over (no longer removed with the spool), when it holds all
+    /// `size` bytes.
+    pub fn take_whole(&mut self, size: u64) -> Option<PathBuf> {
+        match self {
+            Spool::On { len, .. } if *len == size => match std::mem::replace(self, Spool::Off) {
+                Spool::On { path, .. } => Some(path),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     pub fn remove(&mut self) {
         match std::mem::replace(self, Spool::Off) {
             Spool::Busy(h) => {

@@ -69,6 +69,10 @@ pub struct Upload {
     /// and what the buffer being filled holds of it.
     memory: Option<MemoryTarget>,
     lease: Option<Lease>,
+    /// After a multipart upload completed: its local copy, whole, when asked to keep it
+    /// ([`Upload::keep_whole_copy`]) for whoever takes it ([`Upload::take_whole_copy`]).
+    keep_copy: bool,
+    whole_copy: Option<PathBuf>,
 }
 
 impl Upload {
@@ -98,7 +102,22 @@ impl Upload {
             spool: Spool::Off,
             memory: None,
             lease: None,
+            keep_copy: false,
+            whole_copy: None,
         }
+    }
+
+    /// A completed multipart upload hands its whole local copy over instead of removing it
+    /// (the data cache takes the new version from it).
+    pub fn keep_whole_copy(mut self) -> Self {
+        self.keep_copy = true;
+        self
+    }
+
+    /// The local copy of the last completed multipart upload, whole (see
+    /// [`Upload::keep_whole_copy`]); the taker removes it.
+    pub fn take_whole_copy(&mut self) -> Option<PathBuf> {
+        self.whole_copy.take()
     }
 
     /// Part buffers draw from `target` (see [`crate::data::memory`]).
@@ -355,6 +374,9 @@ impl Upload {
                     .complete_multipart_if(&self.key, &id, &self.done, cond)
                     .await?;
                 self.spool.settle().await;
+                if self.keep_copy {
+                    self.whole_copy = self.spool.take_whole(self.size);
+                }
                 self.spool.remove();
             }
         }
@@ -380,6 +402,9 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
+        if let Some(p) = self.whole_copy.take() {
+            let _ = std::fs::remove_file(p);
+        }
         self.spool.remove();
     }
 }

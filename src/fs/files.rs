@@ -219,6 +219,10 @@ impl OpenFiles {
                                 Some(m) => up.within(m.clone()),
                                 None => up,
                             };
+                            let up = match &self.cfg.data_cache {
+                                Some(_) => up.keep_whole_copy(),
+                                None => up,
+                            };
                             Body::Stream(if created { up.created() } else { up })
                         }
                         Start::Over { size, etag } => {

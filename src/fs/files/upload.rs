@@ -76,10 +76,26 @@ impl OpenFiles {
                         (Some(_), false) => Some(bytes::Bytes::copy_from_slice(up.buffered())),
                         _ => None,
                     };
+                    let copy = up.take_whole_copy();
                     st.wrote(etag.as_deref());
                     if let (Some(cache), Some(etag), Some(data)) = (&self.cfg.data_cache, &etag, whole) {
                         let (cache, key, etag) = (cache.clone(), key.clone(), etag.clone());
                         let _ = tokio::task::spawn_blocking(move || cache.put_object(&key, &etag, &data)).await;
+                    }
+                    // A multipart upload's local copy is whole: the data cache takes the new
+                    // version from it after the close returned, then the copy goes.
+                    match (&self.cfg.data_cache, &etag, copy) {
+                        (Some(cache), Some(etag), Some(copy)) => {
+                            let (cache, key, etag) = (cache.clone(), key.clone(), etag.clone());
+                            tokio::task::spawn_blocking(move || {
+                                cache.put_file(&key, &etag, &copy);
+                                let _ = std::fs::remove_file(&copy);
+                            });
+                        }
+                        (_, _, Some(copy)) => {
+                            let _ = std::fs::remove_file(copy);
+                        }
+                        _ => {}
                     }
                 }
                 if late_meta {
