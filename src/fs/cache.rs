@@ -507,8 +507,10 @@ impl MetaCache {
     pub fn remove(&self, path: &RelPath) {
         // A directory's own listing goes with it (and its subtree's, on disk).
         let listed = lock(&self.dirs).pop(path).is_some();
-        let was_dir = listed || self.entry(path).flatten().is_some_and(|i| i.kind == Kind::Dir);
-        self.unsettle(path, false, was_dir);
+        if self.settled.is_some() {
+            let was_dir = listed || self.entry(path).flatten().is_some_and(|i| i.kind == Kind::Dir);
+            self.unsettle(path, false, was_dir);
+        }
         self.put_entry(path, None);
         self.record_change(path, None);
         self.edit_parent_listing(path, |m| {

@@ -85,3 +85,56 @@ fn capacity_is_bounded() {
     }
     assert_eq!(lock(&c.entries).len(), 10);
 }
+
+fn settled_cache(after_secs: u64) -> MetaCache {
+    MetaCache::new(Duration::from_millis(20), 100).with_settled(SettledConfig {
+        after: Duration::from_secs(after_secs),
+        ttl: Duration::from_secs(3600),
+        file: None,
+    })
+}
+
+fn listing_of(entries: &[(&str, Kind, SystemTime)]) -> Listing {
+    Arc::new(
+        entries
+            .iter()
+            .map(|(n, k, t)| (n.to_string(), EntryInfo::new(*k, 1, *t)))
+            .collect(),
+    )
+}
+
+#[test]
+fn a_directory_settles_once_everything_below_it_is_known_old() {
+    let c = settled_cache(3600);
+    let old = SystemTime::now() - Duration::from_secs(7200);
+    let (year, day, today) = (
+        RelPath::parse("2025").unwrap(),
+        RelPath::parse("2025/01").unwrap(),
+        RelPath::parse("2025/02").unwrap(),
+    );
+    c.put_listing(&year, listing_of(&[("01", Kind::Dir, old), ("02", Kind::Dir, old)]));
+    assert_eq!(c.settled_count(), 0, "its subdirectories' ages are unknown");
+    c.put_listing(&day, listing_of(&[("a", Kind::File, old)]));
+    assert_eq!(c.settled_count(), 1, "the old day");
+    c.put_listing(&today, listing_of(&[("b", Kind::File, SystemTime::now())]));
+    assert_eq!(c.settled_count(), 1, "a new file keeps its day and the year unsettled");
+    std::thread::sleep(Duration::from_millis(30));
+    assert!(c.listing(&day).is_some(), "a settled listing outlives the metadata TTL");
+    assert!(c.listing(&today).is_none());
+    assert!(c.entry(&day.join("a").unwrap()).flatten().is_some());
+}
+
+#[test]
+fn the_mounts_own_change_unsettles_the_directory_and_its_ancestors() {
+    let c = settled_cache(0);
+    let old = SystemTime::now() - Duration::from_secs(10);
+    let (year, day) = (RelPath::parse("2025").unwrap(), RelPath::parse("2025/01").unwrap());
+    c.put_listing(&day, listing_of(&[("a", Kind::File, old)]));
+    c.put_listing(&year, listing_of(&[("01", Kind::Dir, old)]));
+    assert_eq!(c.settled_count(), 2);
+    c.upsert(&day.join("new").unwrap(), EntryInfo::new(Kind::File, 1, old));
+    assert_eq!(c.settled_count(), 0);
+    // Listed again while the mount runs: still not settled.
+    c.put_listing(&day, listing_of(&[("a", Kind::File, old), ("new", Kind::File, old)]));
+    assert_eq!(c.settled_count(), 0);
+}
