@@ -27,6 +27,28 @@ macro_rules! sums {
     };
 }
 
+/// An output DTO with the SSE and checksum fields every object answer carries filled in:
+/// `answered!(Output { .. }, entry, checksum_answer(..))`.
+macro_rules! answered {
+    ($out:expr, $entry:expr, $sums:expr) => {{
+        let mut out = $out;
+        (
+            out.server_side_encryption,
+            out.ssekms_key_id,
+            out.sse_customer_algorithm,
+            out.sse_customer_key_md5,
+        ) = sse_answer($entry);
+        let (sums, checksum_type) = $sums;
+        out.checksum_crc32 = sums.checksum_crc32;
+        out.checksum_crc32c = sums.checksum_crc32c;
+        out.checksum_crc64nvme = sums.checksum_crc64nvme;
+        out.checksum_sha1 = sums.checksum_sha1;
+        out.checksum_sha256 = sums.checksum_sha256;
+        out.checksum_type = checksum_type;
+        out
+    }};
+}
+
 /// The SSE-C key headers of an input DTO (`copy_source_…` with `source`).
 macro_rules! customer_key {
     ($i:expr) => {
@@ -194,22 +216,14 @@ impl S3 for S3Store {
                 &cond,
             )
             .map_err(to_s3)?;
-        let (server_side_encryption, ssekms_key_id, sse_customer_algorithm, sse_customer_key_md5) = sse_answer(&entry);
-        let (sums, checksum_type) = checksum_answer(&entry, true);
-        Ok(S3Response::new(PutObjectOutput {
-            e_tag: Some(etag_of(&entry)),
-            server_side_encryption,
-            ssekms_key_id,
-            sse_customer_algorithm,
-            sse_customer_key_md5,
-            checksum_crc32: sums.checksum_crc32,
-            checksum_crc32c: sums.checksum_crc32c,
-            checksum_crc64nvme: sums.checksum_crc64nvme,
-            checksum_sha1: sums.checksum_sha1,
-            checksum_sha256: sums.checksum_sha256,
-            checksum_type,
-            ..Default::default()
-        }))
+        Ok(S3Response::new(answered!(
+            PutObjectOutput {
+                e_tag: Some(etag_of(&entry)),
+                ..Default::default()
+            },
+            &entry,
+            checksum_answer(&entry, true)
+        )))
     }
 
     async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
@@ -242,30 +256,23 @@ impl S3 for S3Store {
             .checksum_mode
             .as_ref()
             .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-        let (sums, checksum_type) = checksum_answer(&e, asked && content_range.is_none());
-        let (server_side_encryption, ssekms_key_id, sse_customer_algorithm, sse_customer_key_md5) = sse_answer(&e);
-        Ok(S3Response::new(GetObjectOutput {
-            server_side_encryption,
-            ssekms_key_id,
-            sse_customer_algorithm,
-            sse_customer_key_md5,
-            checksum_crc32: sums.checksum_crc32,
-            checksum_crc32c: sums.checksum_crc32c,
-            checksum_crc64nvme: sums.checksum_crc64nvme,
-            checksum_sha1: sums.checksum_sha1,
-            checksum_sha256: sums.checksum_sha256,
-            checksum_type,
-            body: Some(StreamingBlob::wrap(stream)),
-            content_length: Some(len as i64),
-            content_range,
-            accept_ranges: Some("bytes".into()),
-            last_modified: Some(Timestamp::from(e.modified())),
-            e_tag: Some(etag_of(&e)),
-            metadata: to_metadata(&e.meta),
-            content_type: e.content_type.as_deref().and_then(|c| c.parse().ok()),
-            storage_class: e.storage_class.clone().map(StorageClass::from),
-            ..Default::default()
-        }))
+        let sums = checksum_answer(&e, asked && content_range.is_none());
+        Ok(S3Response::new(answered!(
+            GetObjectOutput {
+                body: Some(StreamingBlob::wrap(stream)),
+                content_length: Some(len as i64),
+                content_range,
+                accept_ranges: Some("bytes".into()),
+                last_modified: Some(Timestamp::from(e.modified())),
+                e_tag: Some(etag_of(&e)),
+                metadata: to_metadata(&e.meta),
+                content_type: e.content_type.as_deref().and_then(|c| c.parse().ok()),
+                storage_class: e.storage_class.clone().map(StorageClass::from),
+                ..Default::default()
+            },
+            &e,
+            sums
+        )))
     }
 
     async fn get_object_tagging(
@@ -306,28 +313,21 @@ impl S3 for S3Store {
             .checksum_mode
             .as_ref()
             .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED);
-        let (sums, checksum_type) = checksum_answer(&e, asked);
-        let (server_side_encryption, ssekms_key_id, sse_customer_algorithm, sse_customer_key_md5) = sse_answer(&e);
-        Ok(S3Response::new(HeadObjectOutput {
-            server_side_encryption,
-            ssekms_key_id,
-            sse_customer_algorithm,
-            sse_customer_key_md5,
-            checksum_crc32: sums.checksum_crc32,
-            checksum_crc32c: sums.checksum_crc32c,
-            checksum_crc64nvme: sums.checksum_crc64nvme,
-            checksum_sha1: sums.checksum_sha1,
-            checksum_sha256: sums.checksum_sha256,
-            checksum_type,
-            content_length: Some(e.size as i64),
-            accept_ranges: Some("bytes".into()),
-            last_modified: Some(Timestamp::from(e.modified())),
-            e_tag: Some(etag_of(&e)),
-            metadata: to_metadata(&e.meta),
-            content_type: e.content_type.as_deref().and_then(|c| c.parse().ok()),
-            storage_class: e.storage_class.clone().map(StorageClass::from),
-            ..Default::default()
-        }))
+        let sums = checksum_answer(&e, asked);
+        Ok(S3Response::new(answered!(
+            HeadObjectOutput {
+                content_length: Some(e.size as i64),
+                accept_ranges: Some("bytes".into()),
+                last_modified: Some(Timestamp::from(e.modified())),
+                e_tag: Some(etag_of(&e)),
+                metadata: to_metadata(&e.meta),
+                content_type: e.content_type.as_deref().and_then(|c| c.parse().ok()),
+                storage_class: e.storage_class.clone().map(StorageClass::from),
+                ..Default::default()
+            },
+            &e,
+            sums
+        )))
     }
 
     async fn delete_object(&self, req: S3Request<DeleteObjectInput>) -> S3Result<S3Response<DeleteObjectOutput>> {
