@@ -50,9 +50,7 @@ fn main() {
     let latency = Duration::from_millis(knob("LATENCY_MS", 20.0) as u64);
     let mibps = knob("MIBPS", 90.0);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let server_dir = tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .expect("tempdir");
+    let server_dir = common::server_dir();
     let srv = common::start_server(&rt, server_dir.path(), latency, |c| {
         c.connection_rate = (mibps > 0.0).then_some(mibps * MIB as f64);
     });

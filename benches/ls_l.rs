@@ -188,21 +188,13 @@ fn main() {
     for &files in &sizes {
         for (_, ext) in namings {
             let d = RelPath::parse(&format!("d{files}{}", ext.replace('.', "-"))).expect("path");
-            rt.block_on(
-                futures::stream::iter(0..files)
-                    .map(|i| {
-                        let key = layout
-                            .file_key(&d.join(&format!("f{i:06}{ext}")).expect("name"))
-                            .expect("key");
-                        let s3 = &s3;
-                        async move {
-                            s3.put(&key, bytes::Bytes::from_static(b"line\n"), &Default::default())
-                                .await
-                        }
-                    })
-                    .buffer_unordered(256)
-                    .for_each(|r| async move { r.expect("put") }),
-            );
+            let keys = (0..files).map(|i| {
+                let key = layout
+                    .file_key(&d.join(&format!("f{i:06}{ext}")).expect("name"))
+                    .expect("key");
+                (key, bytes::Bytes::from_static(b"line\n"))
+            });
+            rt.block_on(common::put_all(&s3, keys, 256));
         }
     }
     println!(

@@ -11,9 +11,7 @@
 mod common;
 
 use common::{BUCKET, knob};
-use futures::StreamExt;
 use prefixfs::layout::{Layout, RelPath};
-use prefixfs::store::ObjectStore;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -79,9 +77,7 @@ fn main() {
         .map(str::to_string)
         .collect();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let server_dir = tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .expect("tempdir");
+    let server_dir = common::server_dir();
     let srv = common::start_server(&rt, server_dir.path(), latency, |c| {
         c.connection_rate = (mibps > 0.0).then_some(mibps * MIB as f64);
     });
@@ -90,21 +86,12 @@ fn main() {
     let s3 = rt.block_on(common::connect(&endpoint));
     let layout = Layout::new("data", 16).expect("layout");
     rt.block_on(common::write_descriptor(&s3, &layout));
-    rt.block_on(
-        futures::stream::iter(0..50)
-            .map(|i| {
-                let key = layout
-                    .file_key(&RelPath::parse(&format!("in/r{i}.bin")).expect("path"))
-                    .expect("key");
-                let s3 = &s3;
-                async move {
-                    s3.put(&key, bytes::Bytes::from(vec![i as u8; 4 << 20]), &Default::default())
-                        .await
-                }
-            })
-            .buffer_unordered(16)
-            .for_each(|r| async move { r.expect("put") }),
-    );
+    let inputs = (0..50).map(|i| {
+        let path = RelPath::parse(&format!("in/r{i}.bin")).expect("path");
+        let body = bytes::Bytes::from(vec![i as u8; 4 << 20]);
+        (layout.file_key(&path).expect("key"), body)
+    });
+    rt.block_on(common::put_all(&s3, inputs, 16));
     let (base_secs, base_rss, base_target, base_waits) = run(&endpoint, work.path(), write_mib, &[]);
     println!(
         "memory: 16 writers × {write_mib} MiB and 50 readers × 4 MiB at once, 8 MiB parts 4 in flight, {} ms added to every answer, {mibps} MiB/s per connection; bucket {BUCKET}",

@@ -15,9 +15,7 @@
 mod common;
 
 use common::{BUCKET, knob};
-use futures::StreamExt;
 use prefixfs::layout::{Layout, RelPath};
-use prefixfs::store::ObjectStore;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -67,9 +65,7 @@ fn main() {
     let prefixes = knob("PREFIXES", 16.0) as u32;
     let runs = knob("RUNS", 3.0).max(1.0) as usize;
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let server_dir = tempfile::tempdir_in("/dev/shm")
-        .or_else(|_| tempfile::tempdir())
-        .expect("tempdir");
+    let server_dir = common::server_dir();
     let srv = common::start_server(&rt, server_dir.path(), latency, |_| {});
     let endpoint = srv.endpoint();
     let work = tempfile::tempdir().expect("work dir");
@@ -79,19 +75,11 @@ fn main() {
     let paths: Vec<String> = (0..days)
         .flat_map(|d| (0..per_day).map(move |i| format!("year/{:02}/{:02}/{i:03}.log", d / 31 + 1, d % 31 + 1)))
         .collect();
-    rt.block_on(
-        futures::stream::iter(&paths)
-            .map(|p| {
-                let key = layout.file_key(&RelPath::parse(p).expect("path")).expect("key");
-                let s3 = &s3;
-                async move {
-                    s3.put(&key, bytes::Bytes::from_static(b"line\n"), &Default::default())
-                        .await
-                }
-            })
-            .buffer_unordered(256)
-            .for_each(|r| async move { r.expect("put") }),
-    );
+    let keys = paths.iter().map(|p| {
+        let key = layout.file_key(&RelPath::parse(p).expect("path")).expect("key");
+        (key, bytes::Bytes::from_static(b"line\n"))
+    });
+    rt.block_on(common::put_all(&s3, keys, 256));
     let settled = ["--settled-after", "0", "--settled-ttl", "3600"];
     let revalidate = ["--settled-after", "0", "--settled-ttl", "0"];
     let mut rows: Vec<(&str, f64, BTreeMap<String, u64>)> = Vec::new();

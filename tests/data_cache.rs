@@ -40,6 +40,23 @@ fn blocks(dir: &Path) -> Vec<(std::path::PathBuf, u64)> {
     out
 }
 
+/// Mounts with the data cache in `cache_dir`, reads `file` whole and checks it is `data`, read
+/// with no GET (the mount's own start, which reads the layout descriptor, is not counted);
+/// returns the mount and its counters after the read.
+fn read_without_get(
+    env: &Env,
+    cache_dir: &str,
+    file: &str,
+    data: &[u8],
+) -> (Mount, std::collections::BTreeMap<String, u64>) {
+    let mut m = env.mount(16, &["--data-cache", cache_dir]);
+    let gets = m.stats()["requests_get"];
+    assert_eq!(m.ok(&format!("sha256sum < {file}")), sha256(data));
+    let s = m.stats();
+    assert_eq!(s["requests_get"], gets, "{s:?}");
+    (m, s)
+}
+
 #[test]
 fn a_remount_reads_a_cached_file_with_no_get() {
     let env = Env::embedded();
@@ -88,10 +105,7 @@ fn a_replaced_object_is_read_anew_never_mixed_with_its_cached_blocks() {
     assert!(s["requests_get"] >= 2, "the new version was fetched: {s:?}");
     // And after a remount, still the new version (its blocks, not the old ones).
     m.unmount();
-    let mut m = env.mount(16, &["--data-cache", c]);
-    let gets = m.stats()["requests_get"];
-    assert_eq!(m.ok("sha256sum < a.bin"), sha256(&new));
-    assert_eq!(m.stats()["requests_get"], gets);
+    read_without_get(&env, c, "a.bin", &new);
 }
 
 #[test]
@@ -126,10 +140,7 @@ fn a_damaged_block_is_discarded_and_fetched_again() {
     assert!(!cache.join("tmp").join("half-written").exists());
     // Written anew, whole.
     m.unmount();
-    let mut m = env.mount(16, &["--data-cache", c]);
-    let gets = m.stats()["requests_get"];
-    assert_eq!(m.ok("sha256sum < b.bin"), sha256(&data));
-    assert_eq!(m.stats()["requests_get"], gets);
+    read_without_get(&env, c, "b.bin", &data);
 }
 
 #[test]
@@ -198,11 +209,7 @@ fn a_file_written_through_the_mount_is_read_back_from_the_cache() {
     }
     let data = env.get(&key(&env, "logs/app.log"));
     assert!(data.len() > MIB, "two blocks at least");
-    let mut m = env.mount(16, &["--data-cache", c]);
-    let gets = m.stats()["requests_get"];
-    assert_eq!(m.ok("sha256sum < logs/app.log"), sha256(&data));
-    let s = m.stats();
-    assert_eq!(s["requests_get"], gets, "{s:?}");
+    let (_m, s) = read_without_get(&env, c, "logs/app.log", &data);
     assert!(s["data_cache_hits"] >= 2, "{s:?}");
 }
 
@@ -240,10 +247,6 @@ fn a_file_written_in_a_multipart_upload_is_read_back_from_the_cache() {
     }
     let data = env.get(&key(&env, "big.bin"));
     assert_eq!(data.len(), 17_000_000);
-    let mut m = env.mount(16, &["--data-cache", c]);
-    let gets = m.stats()["requests_get"];
-    assert_eq!(m.ok("sha256sum < big.bin"), sha256(&data));
-    let s = m.stats();
-    assert_eq!(s["requests_get"], gets, "{s:?}");
+    let (_m, s) = read_without_get(&env, c, "big.bin", &data);
     assert!(s["data_cache_hits"] >= 17, "{s:?}");
 }

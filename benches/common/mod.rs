@@ -37,6 +37,28 @@ pub fn start_server(
     rt.block_on(server::start(cfg)).expect("server")
 }
 
+/// Where the server keeps its objects: memory (/dev/shm) where there is one, so the disk
+/// under test is the mount's only.
+pub fn server_dir() -> tempfile::TempDir {
+    tempfile::tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
+        .expect("tempdir")
+}
+
+/// PUTs every (key, body), `in_flight` at once, as the fixtures of a run.
+pub async fn put_all(
+    s3: &dyn ObjectStore,
+    objects: impl IntoIterator<Item = (String, bytes::Bytes)>,
+    in_flight: usize,
+) {
+    use futures::StreamExt;
+    futures::stream::iter(objects)
+        .map(|(key, body)| async move { s3.put(&key, body, &Default::default()).await })
+        .buffer_unordered(in_flight)
+        .for_each(|r| async move { r.expect("put") })
+        .await;
+}
+
 /// A raw SDK client of the server at `endpoint`.
 pub async fn connect(endpoint: &str) -> AwsStore {
     AwsStore::connect(&AwsConfig {

@@ -299,15 +299,18 @@ impl BlockCache {
         let mut gone = Vec::new();
         let kept = {
             let mut index = self.index();
+            // What the disk lacks is asked once: the blocks evicted here leave it only after
+            // the loop, so the disk would not show them gone.
+            let mut short = if incoming > 0 { self.disk_shortfall(incoming) } else { 0 };
             loop {
                 let over = self.used() + incoming > self.limit;
-                let short = incoming > 0 && !self.room_on_disk(incoming);
-                if !over && !short {
+                if !over && short == 0 {
                     self.used.fetch_add(incoming, Ordering::Relaxed);
                     break true;
                 }
                 let Some((id, len)) = index.pop_lru() else { break false };
                 self.used.fetch_sub(len, Ordering::Relaxed);
+                short = short.saturating_sub(len);
                 self.counters.evicted.fetch_add(1, Ordering::Relaxed);
                 gone.push(id);
             }
@@ -318,22 +321,22 @@ impl BlockCache {
         kept
     }
 
-    /// Whether the disk keeps its free floor after `incoming` more bytes.
-    fn room_on_disk(&self, incoming: u64) -> bool {
+    /// Bytes to free so that the disk keeps its free floor after `incoming` more (0: none).
+    fn disk_shortfall(&self, incoming: u64) -> u64 {
         let Ok(c) = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()) else {
-            return true;
+            return 0;
         };
         let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
         // SAFETY: the path is NUL-terminated and the buffer is ours; statvfs fills it on 0.
         if unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) } != 0 {
-            return true;
+            return 0;
         }
         // SAFETY: statvfs returned 0.
         let st = unsafe { st.assume_init() };
         let frsize = st.f_frsize;
-        let total = st.f_blocks * frsize;
+        let floor = (st.f_blocks * frsize) as f64 * FREE_FLOOR;
         let free = st.f_bavail * frsize;
-        free.saturating_sub(incoming) as f64 >= total as f64 * FREE_FLOOR
+        (floor as u64 + incoming).saturating_sub(free)
     }
 }
 

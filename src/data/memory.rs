@@ -112,10 +112,6 @@ impl MemoryTarget {
         Some(l)
     }
 
-    pub fn target(&self) -> u64 {
-        self.0.target
-    }
-
     /// Bytes leased to read-ahead, to writers; waits; over-target takes; bytes over now.
     pub fn usage(&self) -> MemoryUsage {
         let n = |a: &AtomicU64| a.load(Ordering::Relaxed);

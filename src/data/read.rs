@@ -499,15 +499,7 @@ mod tests {
         let cache = Arc::new(BlockCache::open(dir.path(), 64 * MIB).unwrap());
         let etag = store.head("k").await.unwrap().etag.unwrap();
         let read_all = |etag: String| {
-            let reads = ObjectReads::new(
-                store.clone(),
-                "k".into(),
-                body.len() as u64,
-                ReadConfig::default(),
-                ReadBudget::new(128 * MIB),
-            )
-            .pinned(Some(etag))
-            .cached(Some(cache.clone()));
+            let reads = cached_reads(&store, &cache, body.len(), etag);
             async move {
                 let (mut off, mut got) = (0u64, Vec::new());
                 loop {
@@ -545,16 +537,21 @@ mod tests {
         body: &[u8],
         etag: String,
     ) -> bool {
-        let reads = ObjectReads::new(
+        let reads = cached_reads(store, cache, body.len(), etag);
+        reads.read(0, 4096).await.is_err()
+    }
+
+    /// The reads of object `k` (`len` bytes) at version `etag`, through `cache`.
+    fn cached_reads(store: &Arc<dyn ObjectStore>, cache: &Arc<BlockCache>, len: usize, etag: String) -> ObjectReads {
+        ObjectReads::new(
             store.clone(),
             "k".into(),
-            body.len() as u64,
+            len as u64,
             ReadConfig::default(),
             ReadBudget::new(128 * MIB),
         )
         .pinned(Some(etag))
-        .cached(Some(cache.clone()));
-        reads.read(0, 4096).await.is_err()
+        .cached(Some(cache.clone()))
     }
 
     #[tokio::test]

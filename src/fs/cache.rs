@@ -11,6 +11,7 @@ use crate::store::ETag;
 use lru::LruCache;
 use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -71,8 +72,10 @@ pub struct MetaCache {
     facts: Mutex<HashMap<RelPath, (Instant, DirFacts)>>,
     /// Settled directories (`--settled-after`), when on.
     settled: Option<settled::SettledState>,
-    /// Names in all cached listings together at most (see [`MetaCache::with_listed_max`]).
+    /// Names in all cached listings together at most (see [`MetaCache::with_listed_max`]),
+    /// and about how many they hold (counted as listings are stored; see `put_listing_with`).
     listed_max: usize,
+    listed: AtomicUsize,
 }
 
 /// What a directory's listing saw besides its entries: its own marker (size and version)
@@ -219,6 +222,7 @@ impl MetaCache {
             facts: Mutex::default(),
             settled: None,
             listed_max: usize::MAX,
+            listed: AtomicUsize::new(0),
         }
     }
 
@@ -227,6 +231,12 @@ impl MetaCache {
     pub fn with_listed_max(mut self, names: usize) -> Self {
         self.listed_max = names;
         self
+    }
+
+    /// Path entries and names in listings held now (what the metadata caches cost).
+    pub fn names_held(&self) -> usize {
+        let listed: usize = lock(&self.dirs).iter().map(|(_, t)| t.value.len()).sum();
+        listed + lock(&self.entries).len()
     }
 
     /// A reader opened `dir` (see `MetaCache::open_dirs`).
@@ -426,7 +436,8 @@ impl MetaCache {
         if settled {
             self.settled_edited();
         }
-        dirs.put(
+        let names = listing.len();
+        let out = dirs.push(
             dir.clone(),
             TimedListing {
                 value: listing,
@@ -440,9 +451,12 @@ impl MetaCache {
             self.settle_up(&mut dirs, dir);
         }
         // Names in all listings within their share of the memory target: the least recently
-        // used listings go (the one just stored stays, however large).
-        if self.listed_max < usize::MAX {
-            let mut listed: usize = dirs.iter().map(|(_, t)| t.value.len()).sum();
+        // used listings go (the one just stored stays, however large). The running count
+        // misses other removals and edits, so it is made exact before anything goes.
+        let mut listed =
+            (self.listed.load(Ordering::Relaxed) + names).saturating_sub(out.map_or(0, |(_, t)| t.value.len()));
+        if listed > self.listed_max {
+            listed = dirs.iter().map(|(_, t)| t.value.len()).sum();
             while listed > self.listed_max && dirs.len() > 1 {
                 match dirs.pop_lru() {
                     Some((_, t)) => listed -= t.value.len(),
@@ -450,6 +464,7 @@ impl MetaCache {
                 }
             }
         }
+        self.listed.store(listed, Ordering::Relaxed);
         let mut all = lock(&self.facts);
         match facts {
             Some(f) => all.insert(dir.clone(), (at, f)),

@@ -221,12 +221,6 @@ impl MetaCache {
         }
     }
 
-    /// Path entries and names in listings held now (what the metadata caches cost).
-    pub fn names_held(&self) -> usize {
-        let listed: usize = lock(&self.dirs).iter().map(|(_, t)| t.value.len()).sum();
-        listed + lock(&self.entries).len()
-    }
-
     /// How many directories are settled and trusted now.
     pub fn settled_count(&self) -> usize {
         if self.settled.is_none() {

@@ -266,7 +266,7 @@ impl SettledFiles {
         for ext in [".log.old", ".log"] {
             if let Ok(f) = File::open(with_ext(&self.base, ext)) {
                 for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
-                    if let Some(d) = Drop_::parse(&line) {
+                    if let Some(d) = Dropped::parse(&line) {
                         drops.push(d);
                     }
                 }
@@ -341,15 +341,15 @@ impl SettledFiles {
 }
 
 /// One line of the change log.
-struct Drop_ {
+struct Dropped {
     dir: RelPath,
     subtree: bool,
 }
 
-impl Drop_ {
-    fn parse(line: &str) -> Option<Drop_> {
+impl Dropped {
+    fn parse(line: &str) -> Option<Dropped> {
         let (kind, path) = line.split_once(' ')?;
-        Some(Drop_ {
+        Some(Dropped {
             dir: RelPath::parse(&serde_json::from_str::<String>(path).ok()?).ok()?,
             subtree: match kind {
                 "T" => true,
